@@ -1,0 +1,194 @@
+"""The backend interface: tensors in PyTorch order, and a per-step context that builds and computes.
+
+Model code sees only what is here. A backend (ml/ggml, ml/torch) implements `Backend`,
+`Context` and `Tensor`; shapes are PyTorch order (`[seq, heads, head_dim]`, Linear weight
+`[out, in]`), whatever the backend stores inside.
+
+A step goes: `ctx = backend.context()`, inputs with `ctx.input(...)`, ops on tensors, then
+`ctx.compute(out)` returns numpy arrays. The ggml backend records ops into a graph and runs
+it at `compute`; the torch backend runs each op eagerly. Persistent tensors (weights, KV
+cache) are made by the backend and can be used in any context.
+"""
+
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Collection, Mapping, Sequence
+
+import numpy as np
+
+from pollama.fs.ggml_types import GGMLType
+
+
+class BackendError(ValueError):
+    """A call into a backend that would be invalid (wrong shapes, types, freed tensors)."""
+
+
+class RopeMode(enum.IntEnum):
+    """How RoPE pairs up the dimensions it rotates (ggml's mode numbers)."""
+
+    NORMAL = 0  # adjacent pairs (x[2i], x[2i+1]): Llama as stored in GGUF
+    NEOX = 2  # halves (x[i], x[i + d/2]): GPT-NeoX, Qwen2, Gemma
+
+
+@dataclass(frozen=True)
+class Rope:
+    """Rotary position embedding parameters, as ggml_rope_ext takes them."""
+
+    dims: int  # how many leading dims of each head are rotated
+    base: float = 10000.0
+    mode: RopeMode = RopeMode.NORMAL
+    freq_scale: float = 1.0  # 1 / (linear scaling factor)
+    # YaRN: ext_factor > 0 mixes interpolated and extrapolated frequencies.
+    original_context: int = 0
+    ext_factor: float = 0.0
+    attn_factor: float = 1.0
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+
+
+class Tensor(ABC):
+    """A tensor of one backend, in PyTorch dimension order."""
+
+    shape: tuple[int, ...]
+    dtype: GGMLType
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    # Linear algebra --------------------------------------------------------------------
+    @abstractmethod
+    def linear(self, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+        """x @ weight.T (+ bias): x [..., in], weight [out, in] in any GGUF type."""
+
+    @abstractmethod
+    def rows(self, index: Tensor) -> Tensor:
+        """Gather rows of a 2-D tensor: self [n, d], index int32 [t] -> [t, d] float32."""
+
+    # Elementwise -----------------------------------------------------------------------
+    @abstractmethod
+    def __add__(self, other: Tensor) -> Tensor:
+        """Sum; `other` broadcasts when each of its dims is 1 or equal to ours."""
+
+    @abstractmethod
+    def __mul__(self, other: Tensor) -> Tensor:
+        """Product; `other` broadcasts when each of its dims is 1 or equal to ours."""
+
+    @abstractmethod
+    def scale(self, factor: float) -> Tensor:
+        """Multiply by a constant."""
+
+    @abstractmethod
+    def silu(self) -> Tensor:
+        """x * sigmoid(x)."""
+
+    @abstractmethod
+    def gelu(self) -> Tensor:
+        """GELU, tanh approximation (as GGML and gelu_pytorch_tanh)."""
+
+    @abstractmethod
+    def tanh(self) -> Tensor:
+        """Hyperbolic tangent."""
+
+    def softcap(self, cap: float) -> Tensor:
+        """cap * tanh(x / cap): bounds logits smoothly (Gemma)."""
+        return self.scale(1.0 / cap).tanh().scale(cap)
+
+    # Normalization ---------------------------------------------------------------------
+    @abstractmethod
+    def rms_norm(self, eps: float) -> Tensor:
+        """x / sqrt(mean(x^2) + eps) over the last dim."""
+
+    @abstractmethod
+    def layer_norm(self, eps: float) -> Tensor:
+        """(x - mean) / sqrt(var + eps) over the last dim."""
+
+    # Shape -----------------------------------------------------------------------------
+    @abstractmethod
+    def reshape(self, *shape: int) -> Tensor:
+        """Same elements in a new shape (makes the tensor contiguous first if needed)."""
+
+    @abstractmethod
+    def permute(self, *dims: int) -> Tensor:
+        """Reorder dims like torch.permute (a view)."""
+
+    @abstractmethod
+    def contiguous(self) -> Tensor:
+        """A contiguous copy (or self when already contiguous)."""
+
+    # Position --------------------------------------------------------------------------
+    @abstractmethod
+    def rope(self, positions: Tensor, rope: Rope, freq_factors: Tensor | None = None) -> Tensor:
+        """Rotate x [seq, heads, head_dim] by positions int32 [seq]."""
+
+
+class Context(ABC):
+    """One step's worth of computation on one backend."""
+
+    @abstractmethod
+    def input(self, array: np.ndarray) -> Tensor:
+        """An input tensor from a float32 or int32 numpy array."""
+
+    @abstractmethod
+    def attention_mask(self, mask: np.ndarray) -> Tensor:
+        """An additive attention mask [queries, keys] (0 or -inf) in the backend's preferred form."""
+
+    @abstractmethod
+    def attention(
+        self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: float, softcap: float = 0.0
+    ) -> Tensor:
+        """softmax(q k^T * scale + mask) v with grouped-query heads.
+
+        q [t, heads, d], k [n, kv_heads, d], v [n, kv_heads, dv] -> [t, heads * dv].
+        """
+
+    @abstractmethod
+    def view(self, tensor: Tensor, start: int, length: int) -> Tensor:
+        """Rows [start, start+length) of a persistent tensor along its first dim (no copy)."""
+
+    @abstractmethod
+    def store(self, cache: Tensor, cells: Tensor, values: Tensor) -> None:
+        """Write rows: cache[cells[i]] = values[i]; cache [n_cells, ...], values [t, ...]."""
+
+    @abstractmethod
+    def compute(self, *outputs: Tensor) -> list[np.ndarray]:
+        """Run everything built so far and return the outputs as float32 numpy arrays."""
+
+    def close(self) -> None:
+        """Free what the step allocated."""
+
+    def __enter__(self) -> Context:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class Backend(ABC):
+    """A device with its kernels: loads weights, allocates caches, makes contexts."""
+
+    name: str
+
+    @abstractmethod
+    def load(
+        self, gguf, names: Sequence[str] | None = None, gathered: Collection[str] = ()
+    ) -> Mapping[str, Tensor]:
+        """Weights of an open GGUFFile (all tensors, or the named ones), by GGUF name.
+
+        `gathered` names the weights that `rows()` will read (embeddings): a backend must
+        keep those in a layout that supports row lookup, not only matmul.
+        """
+
+    @abstractmethod
+    def zeros(self, shape: Sequence[int], dtype: GGMLType) -> Tensor:
+        """A persistent tensor filled with zeros (a KV cache)."""
+
+    @abstractmethod
+    def context(self) -> Context:
+        """A fresh context for one step."""
+
+    def close(self) -> None:
+        """Release weights and buffers."""
