@@ -1,0 +1,3 @@
+"""KV caches for the text models."""
+
+from pollama.kvcache.cache import Batch, CacheFullError, KVCache, LayerCaches  # noqa: F401

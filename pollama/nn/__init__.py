@@ -1,0 +1,13 @@
+"""Layers built from ml/ ops: Linear, Embedding, norms, RoPE parameters, attention."""
+
+from pollama.nn.modules import (  # noqa: F401
+    Embedding,
+    LayerNorm,
+    Linear,
+    ModelError,
+    RMSNorm,
+    RopeScaling,
+    Weights,
+    attention,
+    make_rope,
+)

@@ -6,6 +6,7 @@ Only ml/ggml imports this. It fixes the binding's known defects before anything 
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 
 # ggml forks gdb for a backtrace before it aborts; a server must never hang on that.
@@ -37,3 +38,16 @@ def _fix_pointer_restypes() -> list[str]:
 FIXED_RESTYPES = _fix_pointer_restypes()
 
 TensorPtr = ctypes.POINTER(ggml.ggml_tensor)
+
+_log = logging.getLogger("pollama.ggml")
+# ggml log levels: 1 debug, 2 info, 3 warn, 4 error, 5 cont (continues the previous line).
+_LEVELS = {1: logging.DEBUG, 2: logging.DEBUG, 3: logging.WARNING, 4: logging.ERROR, 5: logging.DEBUG}
+
+
+@ggml.ggml_log_callback
+def _forward_log(level: int, text: bytes, _user: int) -> None:
+    # ggml prints to stderr by default (e.g. a line per repacked tensor); route it to logging.
+    _log.log(_LEVELS.get(level, logging.DEBUG), "%s", text.decode(errors="replace").rstrip())
+
+
+ggml.ggml_log_set(_forward_log, None)

@@ -1,0 +1,2 @@
+"""Llama."""
+from pollama.models.llama.model import Llama  # noqa: F401

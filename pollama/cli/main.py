@@ -1,0 +1,162 @@
+"""The `pollama` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from pollama.store.embedded import EMBEDDED_MODELS, embedded_model_path
+
+
+class CLIError(Exception):
+    """An error to print as one line, exiting non-zero."""
+
+
+def resolve_model(name: str) -> Path:
+    """A GGUF path from a file path or the name of an embedded PyPI model."""
+    path = Path(name).expanduser()
+    if path.is_file():
+        return path
+    if name in EMBEDDED_MODELS:
+        return embedded_model_path(name)
+    if path.exists():
+        raise CLIError(f"{name}: not a regular file")
+    known = ", ".join(EMBEDDED_MODELS)
+    raise CLIError(f"model {name!r} not found: give a GGUF file path or one of {known}")
+
+
+def _format_duration(ns: int) -> str:
+    seconds = ns / 1e9
+    if seconds >= 1:
+        return f"{seconds:.6f}s"
+    return f"{seconds * 1e3:.6f}ms"
+
+
+def _print_timings(done, total_ns: int, load_ns: int) -> None:
+    # Same lines and order as `ollama run --verbose`.
+    def rate(count: int, ns: int) -> str:
+        return f"{count / (ns / 1e9):.2f} tokens/s" if ns > 0 else "n/a"
+
+    err = sys.stderr
+    print(f"total duration:       {_format_duration(total_ns)}", file=err)
+    print(f"load duration:        {_format_duration(load_ns)}", file=err)
+    print(f"prompt eval count:    {done.prompt_eval_count} token(s)", file=err)
+    print(f"prompt eval duration: {_format_duration(done.prompt_eval_duration)}", file=err)
+    print(f"prompt eval rate:     {rate(done.prompt_eval_count, done.prompt_eval_duration)}", file=err)
+    print(f"eval count:           {done.eval_count} token(s)", file=err)
+    print(f"eval duration:        {_format_duration(done.eval_duration)}", file=err)
+    print(f"eval rate:            {rate(done.eval_count, done.eval_duration)}", file=err)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import time
+
+    from pollama.runner.engine import Done, Engine, GenerateOptions
+    from pollama.sample import SamplerOptions
+
+    started = time.perf_counter_ns()
+    path = resolve_model(args.model)
+    prompt = args.prompt if args.prompt is not None else sys.stdin.read()
+    sampler = SamplerOptions(
+        **{k: v for k, v in {
+            "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
+            "min_p": args.min_p, "repeat_penalty": args.repeat_penalty, "seed": args.seed,
+        }.items() if v is not None}
+    )
+    with Engine(path, backend=args.backend, num_ctx=args.num_ctx, num_thread=args.num_thread) as engine:
+        ids = engine.tokenizer.encode(prompt, add_special=True, parse_special=True)
+        options = GenerateOptions(num_predict=args.num_predict, stop=args.stop or (), sampler=sampler)
+        done = None
+        for event in engine.generate(ids, options):
+            if isinstance(event, Done):
+                done = event
+            else:
+                sys.stdout.write(event.text)
+                sys.stdout.flush()
+        sys.stdout.write("\n")
+        if args.verbose and done is not None:
+            _print_timings(done, time.perf_counter_ns() - started, engine.load_duration)
+    return 0
+
+
+def _load_tokenizer(name: str):
+    from pollama.fs.gguf import GGUFFile
+    from pollama.tokenizer import load_tokenizer
+
+    with GGUFFile(resolve_model(name)) as gguf:
+        return load_tokenizer(gguf.metadata)
+
+
+def cmd_tokenize(args: argparse.Namespace) -> int:
+    tokenizer = _load_tokenizer(args.model)
+    special = dict(add_special=not args.no_add_special, parse_special=not args.no_parse_special)
+    if not args.jsonl:
+        print(json.dumps(tokenizer.encode(sys.stdin.read(), **special)))
+        return 0
+    for number, line in enumerate(sys.stdin, 1):
+        if not line.strip():
+            continue
+        try:
+            text = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise CLIError(f"stdin line {number}: not JSON ({e.msg})") from None
+        if not isinstance(text, str):
+            raise CLIError(f"stdin line {number}: expected a JSON string, got {type(text).__name__}")
+        print(json.dumps(tokenizer.encode(text, **special)), flush=True)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pollama", description="Ollama's engine, in Python, on GGML.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="generate from a raw prompt")
+    run.add_argument("model", help="a GGUF file, or an embedded model: " + ", ".join(EMBEDDED_MODELS))
+    run.add_argument("prompt", nargs="?", help="the prompt (default: read stdin)")
+    run.add_argument("--verbose", action="store_true", help="print timings after the response")
+    run.add_argument("--backend", default="ggml", choices=["ggml", "torch"])
+    run.add_argument("--num-ctx", type=int, default=4096)
+    run.add_argument("--num-thread", type=int, default=None)
+    run.add_argument("--num-predict", type=int, default=128)
+    run.add_argument("--temperature", type=float)
+    run.add_argument("--top-k", type=int)
+    run.add_argument("--top-p", type=float)
+    run.add_argument("--min-p", type=float)
+    run.add_argument("--repeat-penalty", type=float)
+    run.add_argument("--seed", type=int)
+    run.add_argument("--stop", action="append", help="a stop string (repeatable)")
+    run.set_defaults(func=cmd_run)
+
+    tok = sub.add_parser("tokenize", help="print the token ids of stdin as a JSON list")
+    tok.add_argument("model", help="a GGUF file (a vocab-only one will do) or an embedded model")
+    tok.add_argument("--no-add-special", action="store_true", help="do not add BOS/EOS")
+    tok.add_argument("--no-parse-special", action="store_true", help="tokenize special-token text as plain text")
+    tok.add_argument("--jsonl", action="store_true", help="each stdin line is a JSON string; print one list per line")
+    tok.set_defaults(func=cmd_tokenize)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `pollama` console script."""
+    args = build_parser().parse_args(argv)
+    from pollama.errors import user_errors
+
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head`); say nothing more.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except (CLIError, *user_errors()) as e:
+        message = str(e).strip() or type(e).__name__
+        print(f"Error: {message}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

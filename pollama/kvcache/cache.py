@@ -1,0 +1,179 @@
+"""KV caches: preallocated cells shared by a set of layers, causal or sliding-window.
+
+Cells are bookkept in numpy on the Python side (which sequence and position each holds);
+the K and V rows live in backend tensors [cells, kv_heads * head_dim], one pair per layer.
+Every step allocates cells for its tokens, writes each layer's new K/V there, and attends
+over cells [0, n_kv) with a mask built from the bookkeeping — so several sequences can share
+one cache and one batch, and any range of positions can be removed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from pollama.fs.ggml_types import GGMLType
+from pollama.ml.base import Backend, Context, Tensor
+
+
+class CacheFullError(RuntimeError):
+    """No free cells for the step's tokens (the context is full)."""
+
+
+@dataclass
+class Batch:
+    """Tokens to run in one forward pass, each with its sequence and position."""
+
+    tokens: np.ndarray  # int32 [t]
+    positions: np.ndarray  # int32 [t]
+    seq_ids: np.ndarray  # int32 [t]
+    outputs: np.ndarray  # int32 indices into the batch whose logits are wanted
+
+    @classmethod
+    def single(cls, tokens: Sequence[int], start: int, seq: int = 0, all_logits: bool = False) -> Batch:
+        """Consecutive tokens of one sequence from position `start`; logits of the last (or all)."""
+        t = len(tokens)
+        outputs = np.arange(t, dtype=np.int32) if all_logits else np.array([t - 1], dtype=np.int32)
+        return cls(
+            np.asarray(tokens, dtype=np.int32),
+            np.arange(start, start + t, dtype=np.int32),
+            np.full(t, seq, dtype=np.int32),
+            outputs,
+        )
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+
+@dataclass
+class _Step:
+    """What one step's forward pass needs from a cache, made inside its context."""
+
+    ctx: Context
+    cells: Tensor
+    mask: Tensor
+    n_kv: int
+    written: set = field(default_factory=set)
+
+
+class KVCache:
+    """K/V cells for a set of layers; with `window`, attention sees only the last `window` positions."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        layers: Sequence[int],
+        n_cells: int,
+        k_width: int,
+        v_width: int,
+        window: int | None = None,
+        dtype: GGMLType = GGMLType.F32,
+    ):
+        self.backend = backend
+        self.layers = list(layers)
+        self.n_cells = n_cells
+        self.window = window
+        self.k = {i: backend.zeros((n_cells, k_width), dtype) for i in self.layers}
+        self.v = {i: backend.zeros((n_cells, v_width), dtype) for i in self.layers}
+        self.cell_pos = np.full(n_cells, -1, dtype=np.int32)  # -1: empty
+        self.cell_seq = np.full(n_cells, -1, dtype=np.int32)
+        self.step: _Step | None = None
+
+    # -- bookkeeping ----------------------------------------------------------------------
+    def _free_out_of_window(self, batch: Batch) -> None:
+        """Sliding window: free cells no future token of their sequence can see."""
+        if self.window is None:
+            return
+        for seq in np.unique(batch.seq_ids):
+            first = batch.positions[batch.seq_ids == seq].min()
+            dead = (self.cell_seq == seq) & (self.cell_pos <= first - self.window)
+            self.cell_pos[dead] = -1
+            self.cell_seq[dead] = -1
+
+    def allocate(self, batch: Batch) -> np.ndarray:
+        """Claim one free cell per token (lowest first, keeping n_kv small) and record it."""
+        self._free_out_of_window(batch)
+        free = np.flatnonzero(self.cell_pos < 0)
+        if len(free) < len(batch):
+            raise CacheFullError(f"KV cache full: {len(batch)} tokens, {len(free)} free cells of {self.n_cells}")
+        cells = free[: len(batch)].astype(np.int32)
+        self.cell_pos[cells] = batch.positions
+        self.cell_seq[cells] = batch.seq_ids
+        return cells
+
+    def mask(self, batch: Batch, n_kv: int) -> np.ndarray:
+        """Additive mask [t, n_kv]: 0 where a token may see a cell, -inf elsewhere."""
+        pos = self.cell_pos[None, :n_kv]
+        visible = (self.cell_seq[None, :n_kv] == batch.seq_ids[:, None]) & (pos >= 0) & (pos <= batch.positions[:, None])
+        if self.window is not None:
+            visible &= batch.positions[:, None] - pos < self.window
+        return np.where(visible, np.float32(0), np.float32(-np.inf))
+
+    def remove(self, seq: int, start: int = 0, end: int | None = None) -> None:
+        """Forget positions [start, end) of a sequence (all of it by default)."""
+        hit = (self.cell_seq == seq) & (self.cell_pos >= start)
+        if end is not None:
+            hit &= self.cell_pos < end
+        self.cell_pos[hit] = -1
+        self.cell_seq[hit] = -1
+
+    def clear(self) -> None:
+        """Forget everything."""
+        self.cell_pos[:] = -1
+        self.cell_seq[:] = -1
+
+    def used(self, seq: int | None = None) -> int:
+        """Number of occupied cells (of one sequence, or all)."""
+        occupied = self.cell_pos >= 0
+        if seq is not None:
+            occupied &= self.cell_seq == seq
+        return int(occupied.sum())
+
+    # -- one step -------------------------------------------------------------------------
+    def begin(self, ctx: Context, batch: Batch) -> None:
+        """Claim cells for a batch and make its cell index and mask inputs."""
+        cells = self.allocate(batch)
+        n_kv = int(np.flatnonzero(self.cell_pos >= 0).max()) + 1
+        self.step = _Step(ctx, ctx.input(cells), ctx.attention_mask(self.mask(batch, n_kv)), n_kv)
+
+    def update(self, ctx: Context, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Store a layer's new k/v [t, kv_heads, d] and return all visible k, v and the mask."""
+        step = self.step
+        if step is None or step.ctx is not ctx:
+            raise RuntimeError("KVCache.update() outside the step begun with begin()")
+        if layer in step.written:
+            raise RuntimeError(f"layer {layer} written twice in one step")
+        step.written.add(layer)
+        ctx.store(self.k[layer], step.cells, k)
+        ctx.store(self.v[layer], step.cells, v)
+        keys = ctx.view(self.k[layer], 0, step.n_kv).reshape(step.n_kv, *k.shape[1:])
+        values = ctx.view(self.v[layer], 0, step.n_kv).reshape(step.n_kv, *v.shape[1:])
+        return keys, values, step.mask
+
+
+class LayerCaches:
+    """Several caches behind one interface, each serving some layers (e.g. sliding + global)."""
+
+    def __init__(self, caches: Sequence[KVCache]):
+        self.caches = list(caches)
+        self.by_layer = {layer: cache for cache in self.caches for layer in cache.layers}
+
+    def begin(self, ctx: Context, batch: Batch) -> None:
+        for cache in self.caches:
+            cache.begin(ctx, batch)
+
+    def update(self, ctx: Context, layer: int, k: Tensor, v: Tensor):
+        return self.by_layer[layer].update(ctx, layer, k, v)
+
+    def remove(self, seq: int, start: int = 0, end: int | None = None) -> None:
+        for cache in self.caches:
+            cache.remove(seq, start, end)
+
+    def clear(self) -> None:
+        for cache in self.caches:
+            cache.clear()
+
+    def used(self, seq: int | None = None) -> int:
+        return max(cache.used(seq) for cache in self.caches)

@@ -1,0 +1,552 @@
+"""The production backend: GGML's CPU kernels through ggml-python.
+
+Every op is checked in Python before ggml sees it, because a bad ggml call aborts the
+process (GGML_ASSERT) or segfaults: shapes, types, and that operands are still alive.
+Shapes are PyTorch order here and reversed to ggml's `ne` (innermost first) at the call.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import os
+from typing import Collection, Mapping, Sequence
+
+import numpy as np
+
+from pollama.fs.ggml_types import GGMLType, block_size
+from pollama.ml.base import Backend, BackendError, Context, Rope, Tensor
+from pollama.ml.ggml.lib import TensorPtr, ggml
+
+# Types a weight may have to be multiplied by ggml's CPU kernels (all float and block formats).
+MATMUL_TYPES = frozenset(t for t in GGMLType if t not in (GGMLType.I8, GGMLType.I16, GGMLType.I32, GGMLType.I64, GGMLType.F64))
+FLOAT_ACTIVATIONS = (GGMLType.F32,)
+CACHE_TYPES = (GGMLType.F32, GGMLType.F16)
+
+# Upper bound on tensors (ops and views) in one step's context; checked before creating one
+# because running out inside ggml aborts.
+MAX_TENSORS = 32768
+
+_NP_TYPES = {np.dtype(np.float32): GGMLType.F32, np.dtype(np.int32): GGMLType.I32}
+
+
+def default_threads() -> int:
+    """Threads for compute: the CPUs this process may run on."""
+    return len(os.sched_getaffinity(0))
+
+
+class _Owner:
+    """Something that owns tensors and may be closed (a step context or a weight store)."""
+
+    alive = True
+    label = "tensor"
+
+
+class GGMLTensor(Tensor):
+    """A ggml tensor seen in PyTorch order."""
+
+    __slots__ = ("ptr", "shape", "dtype", "owner", "ctx", "repacked")
+
+    def __init__(self, ptr, shape: tuple[int, ...], dtype: GGMLType, owner: _Owner, ctx: GGMLContext | None):
+        self.ptr = ptr
+        self.shape = shape
+        self.dtype = dtype
+        self.owner = owner
+        self.ctx = ctx  # the step context that created it; None for persistent tensors
+        self.repacked = False  # a weight in CPU_REPACK layout: matmul only
+
+    def __repr__(self) -> str:
+        return f"GGMLTensor({list(self.shape)}, {self.dtype.name})"
+
+    # -- helpers ----------------------------------------------------------------------------
+    def _step(self, *others: Tensor | None) -> GGMLContext:
+        """The step context an op on self and others is built in, after checking them."""
+        ctx = self.ctx
+        for t in (self, *others):
+            if t is None:
+                continue
+            if not isinstance(t, GGMLTensor):
+                raise BackendError(f"expected a ggml tensor, got {type(t).__name__}")
+            if not t.owner.alive:
+                raise BackendError(f"{t.owner.label} used after it was freed")
+            if t.ctx is not None:
+                if ctx is None:
+                    ctx = t.ctx
+                elif t.ctx is not ctx:
+                    raise BackendError("tensors from two different contexts used in one op")
+        if ctx is None:
+            raise BackendError("an op on persistent tensors only needs a step context: use ctx.view() or an input")
+        return ctx
+
+    def _float(self, op: str) -> None:
+        if self.dtype != GGMLType.F32:
+            raise BackendError(f"{op} needs a float32 tensor, got {self.dtype.name} {list(self.shape)}")
+
+    def _is_contiguous(self) -> bool:
+        return bool(ggml.ggml_is_contiguous(self.ptr))
+
+    # -- linear algebra ---------------------------------------------------------------------
+    def linear(self, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+        ctx = self._step(weight, bias)
+        self._float("linear")
+        if weight.ndim != 2 or weight.dtype not in MATMUL_TYPES:
+            raise BackendError(f"linear weight must be 2-D in a matmul type, got {weight.dtype.name} {list(weight.shape)}")
+        if weight.shape[1] != self.shape[-1]:
+            raise BackendError(f"linear: input {list(self.shape)} does not match weight {list(weight.shape)}")
+        if self.ndim > 4:
+            raise BackendError("linear: input has more than 4 dims")
+        x = self if self._is_contiguous() else self.contiguous()
+        out = ctx._new(ggml.ggml_mul_mat(ctx.ctx, weight.ptr, x.ptr), (*self.shape[:-1], weight.shape[0]))
+        if bias is not None:
+            if bias.shape != (weight.shape[0],):
+                raise BackendError(f"linear bias {list(bias.shape)} does not match weight {list(weight.shape)}")
+            out = out + bias
+        return out
+
+    def rows(self, index: Tensor) -> Tensor:
+        ctx = self._step(index)
+        if self.ndim != 2:
+            raise BackendError(f"rows() needs a 2-D table, got {list(self.shape)}")
+        if index.dtype != GGMLType.I32 or index.ndim != 1:
+            raise BackendError(f"rows() needs a 1-D int32 index, got {index.dtype.name} {list(index.shape)}")
+        if self.repacked:
+            raise BackendError("rows() on a weight repacked for matmul: load it as `gathered`")
+        ptr = ggml.ggml_get_rows(ctx.ctx, self.ptr, index.ptr)
+        return ctx._new(ptr, (index.shape[0], self.shape[1]))
+
+    # -- elementwise ------------------------------------------------------------------------
+    def _binary(self, other: Tensor, fn, op: str) -> Tensor:
+        ctx = self._step(other)
+        if self.dtype != GGMLType.F32 or other.dtype != GGMLType.F32:
+            raise BackendError(f"{op} needs float32 tensors, got {self.dtype.name} and {other.dtype.name}")
+        if other.ndim > self.ndim or any(
+            o != 1 and o != s for o, s in zip(reversed(other.shape), reversed(self.shape))
+        ):
+            raise BackendError(f"{op}: shape {list(other.shape)} does not broadcast to {list(self.shape)}")
+        a = self if self._is_contiguous() else self.contiguous()
+        b = other if other._is_contiguous() else other.contiguous()
+        return ctx._new(fn(ctx.ctx, a.ptr, b.ptr), self.shape)
+
+    def __add__(self, other: Tensor) -> Tensor:
+        return self._binary(other, ggml.ggml_add, "add")
+
+    def __mul__(self, other: Tensor) -> Tensor:
+        return self._binary(other, ggml.ggml_mul, "mul")
+
+    def _unary(self, fn, op: str, *args) -> Tensor:
+        ctx = self._step()
+        self._float(op)
+        src = self if self._is_contiguous() else self.contiguous()
+        return ctx._new(fn(ctx.ctx, src.ptr, *args), self.shape)
+
+    def scale(self, factor: float) -> Tensor:
+        return self._unary(ggml.ggml_scale, "scale", float(factor))
+
+    def silu(self) -> Tensor:
+        return self._unary(ggml.ggml_silu, "silu")
+
+    def gelu(self) -> Tensor:
+        return self._unary(ggml.ggml_gelu, "gelu")
+
+    def tanh(self) -> Tensor:
+        return self._unary(ggml.ggml_tanh, "tanh")
+
+    def rms_norm(self, eps: float) -> Tensor:
+        return self._unary(ggml.ggml_rms_norm, "rms_norm", float(eps))
+
+    def layer_norm(self, eps: float) -> Tensor:
+        return self._unary(ggml.ggml_norm, "layer_norm", float(eps))
+
+    # -- shape ------------------------------------------------------------------------------
+    def reshape(self, *shape: int) -> Tensor:
+        ctx = self._step()
+        shape = _resolve_shape(shape, math.prod(self.shape))
+        if math.prod(shape) != math.prod(self.shape) or not 1 <= len(shape) <= 4:
+            raise BackendError(f"cannot reshape {list(self.shape)} to {list(shape)}")
+        src = self if self._is_contiguous() else self.contiguous()
+        ne = shape[::-1]
+        fn = (ggml.ggml_reshape_1d, ggml.ggml_reshape_2d, ggml.ggml_reshape_3d, ggml.ggml_reshape_4d)[len(ne) - 1]
+        return ctx._new(fn(ctx.ctx, src.ptr, *ne), shape, src.dtype)
+
+    def permute(self, *dims: int) -> Tensor:
+        ctx = self._step()
+        n = self.ndim
+        if sorted(dims) != list(range(n)):
+            raise BackendError(f"permute{dims} is not a permutation of {n} dims")
+        # PyTorch dim j is ggml axis n-1-j; ggml_permute takes, per source axis, its destination.
+        axes = list(range(4))
+        for i, d in enumerate(dims):
+            axes[n - 1 - d] = n - 1 - i
+        ptr = ggml.ggml_permute(ctx.ctx, self.ptr, *axes)
+        return ctx._new(ptr, tuple(self.shape[d] for d in dims), self.dtype)
+
+    def contiguous(self) -> Tensor:
+        ctx = self._step()
+        if self._is_contiguous():
+            return self
+        return ctx._new(ggml.ggml_cont(ctx.ctx, self.ptr), self.shape, self.dtype)
+
+    # -- position ---------------------------------------------------------------------------
+    def rope(self, positions: Tensor, rope: Rope, freq_factors: Tensor | None = None) -> Tensor:
+        ctx = self._step(positions, freq_factors)
+        self._float("rope")
+        if self.ndim != 3:
+            raise BackendError(f"rope needs x [seq, heads, head_dim], got {list(self.shape)}")
+        if positions.dtype != GGMLType.I32 or positions.shape != (self.shape[0],):
+            raise BackendError(f"rope positions must be int32 [{self.shape[0]}], got {positions.dtype.name} {list(positions.shape)}")
+        if not (0 < rope.dims <= self.shape[2]) or rope.dims % 2:
+            raise BackendError(f"rope dims {rope.dims} invalid for head_dim {self.shape[2]}")
+        if freq_factors is not None and freq_factors.shape != (rope.dims // 2,):
+            raise BackendError(f"rope frequency factors must be [{rope.dims // 2}], got {list(freq_factors.shape)}")
+        src = self if self._is_contiguous() else self.contiguous()
+        ptr = ggml.ggml_rope_ext(
+            ctx.ctx, src.ptr, positions.ptr, freq_factors.ptr if freq_factors is not None else None,
+            rope.dims, int(rope.mode), rope.original_context, rope.base, rope.freq_scale,
+            rope.ext_factor, rope.attn_factor, rope.beta_fast, rope.beta_slow,
+        )
+        return ctx._new(ptr, self.shape)
+
+
+def _resolve_shape(shape: Sequence[int], total: int) -> tuple[int, ...]:
+    """Fill in one -1 dim like torch.reshape."""
+    shape = tuple(int(s) for s in shape)
+    if shape.count(-1) == 1:
+        known = math.prod(s for s in shape if s != -1)
+        if known == 0 or total % known:
+            raise BackendError(f"cannot infer -1 in {list(shape)} for {total} elements")
+        shape = tuple(total // known if s == -1 else s for s in shape)
+    if any(s <= 0 for s in shape):
+        raise BackendError(f"invalid shape {list(shape)}")
+    return shape
+
+
+class GGMLContext(Context, _Owner):
+    """One step: a ggml context (tensor metadata only), its graph, and its inputs."""
+
+    label = "tensor of a closed context"
+
+    def __init__(self, backend: GGMLBackend):
+        self.backend = backend
+        params = ggml.ggml_init_params(mem_size=backend.ctx_mem_size, mem_buffer=None, no_alloc=True)
+        self.ctx = ggml.ggml_init(params)
+        if not self.ctx:
+            raise BackendError("ggml_init failed (out of memory)")
+        self.graph = ggml.ggml_new_graph_custom(self.ctx, MAX_TENSORS, False)
+        self.n_tensors = 0
+        self.inputs: list[tuple[GGMLTensor, np.ndarray]] = []
+        self.alive = True
+        self.computed = False
+
+    def _new(self, ptr, shape: tuple[int, ...], dtype: GGMLType = GGMLType.F32) -> GGMLTensor:
+        # Each op makes at most a handful of tensors; the margin keeps ggml's own allocation
+        # inside the context from ever running out (which would abort).
+        self.n_tensors += 1
+        if self.n_tensors > MAX_TENSORS - 8:
+            raise BackendError(f"a step may create at most {MAX_TENSORS} tensors")
+        if not ptr:
+            raise BackendError("ggml returned no tensor")
+        return GGMLTensor(ptr, tuple(shape), dtype, self, self)
+
+    def _check_open(self) -> None:
+        if not self.alive:
+            raise BackendError("context used after it was closed")
+        if self.computed:
+            raise BackendError("context already computed: make a new one for the next step")
+
+    def input(self, array: np.ndarray) -> Tensor:
+        self._check_open()
+        array = np.ascontiguousarray(array)
+        dtype = _NP_TYPES.get(array.dtype)
+        if dtype is None:
+            raise BackendError(f"inputs must be float32 or int32 arrays, got {array.dtype}")
+        if not 1 <= array.ndim <= 4 or array.size == 0:
+            raise BackendError(f"inputs must have 1 to 4 non-empty dims, got shape {array.shape}")
+        return self._input(array, dtype)
+
+    def _input(self, array: np.ndarray, dtype: GGMLType) -> GGMLTensor:
+        ne = array.shape[::-1]
+        fn = (ggml.ggml_new_tensor_1d, ggml.ggml_new_tensor_2d, ggml.ggml_new_tensor_3d, ggml.ggml_new_tensor_4d)[len(ne) - 1]
+        tensor = self._new(fn(self.ctx, int(dtype), *ne), array.shape, dtype)
+        ggml.ggml_set_input(tensor.ptr)
+        self.inputs.append((tensor, array))
+        return tensor
+
+    def attention_mask(self, mask: np.ndarray) -> Tensor:
+        self._check_open()
+        if mask.ndim != 2:
+            raise BackendError(f"attention mask must be [queries, keys], got shape {mask.shape}")
+        # flash attention reads the mask as F16.
+        return self._input(np.ascontiguousarray(mask, dtype=np.float16), GGMLType.F16)
+
+    def attention(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: float, softcap: float = 0.0) -> Tensor:
+        self._check_open()
+        q._step(k, v, mask)
+        if q.ndim != 3 or k.ndim != 3 or v.ndim != 3:
+            raise BackendError(f"attention needs q [t,h,d], k [n,hkv,d], v [n,hkv,dv]; got {list(q.shape)}, {list(k.shape)}, {list(v.shape)}")
+        (t, h, d), (n, hkv, dk), (nv, hkv_v, dv) = q.shape, k.shape, v.shape
+        if dk != d or nv != n or hkv_v != hkv or h % hkv:
+            raise BackendError(f"attention shapes do not fit: q {list(q.shape)}, k {list(k.shape)}, v {list(v.shape)}")
+        if mask.shape != (t, n) or mask.dtype != GGMLType.F16:
+            raise BackendError(f"attention mask must come from attention_mask() with shape [{t}, {n}], got {list(mask.shape)}")
+        if q.dtype != GGMLType.F32 or k.dtype not in CACHE_TYPES or v.dtype not in CACHE_TYPES:
+            raise BackendError(f"attention types: q {q.dtype.name}, k {k.dtype.name}, v {v.dtype.name}")
+        # ggml wants q [d, t, h], k/v [d, n, hkv] (ne order), i.e. heads outermost.
+        qp = ggml.ggml_permute(self.ctx, q.ptr, 0, 2, 1, 3)
+        kp = ggml.ggml_permute(self.ctx, k.ptr, 0, 2, 1, 3)
+        vp = ggml.ggml_permute(self.ctx, v.ptr, 0, 2, 1, 3)
+        self.n_tensors += 3
+        out = ggml.ggml_flash_attn_ext(self.ctx, qp, kp, vp, mask.ptr, float(scale), 0.0, float(softcap))
+        ggml.ggml_flash_attn_ext_set_prec(out, ggml.GGML_PREC_F32)
+        # The result is [dv, h, t] in ne order: [t, h, dv] in ours, already contiguous.
+        result = self._new(out, (t, h, dv))
+        return result.reshape(t, h * dv)
+
+    def view(self, tensor: Tensor, start: int, length: int) -> Tensor:
+        self._check_open()
+        if not isinstance(tensor, GGMLTensor) or tensor.ctx is not None:
+            raise BackendError("view() takes a persistent tensor (a cache)")
+        if not tensor.owner.alive:
+            raise BackendError(f"{tensor.owner.label} used after it was freed")
+        if not (0 <= start and 0 < length and start + length <= tensor.shape[0]):
+            raise BackendError(f"view rows [{start}, {start + length}) outside [0, {tensor.shape[0]})")
+        ne = list(tensor.shape[::-1])
+        ne[-1] = length
+        nb = tensor.ptr.contents.nb
+        offset = start * nb[len(ne) - 1]
+        if len(ne) == 1:
+            ptr = ggml.ggml_view_1d(self.ctx, tensor.ptr, ne[0], offset)
+        elif len(ne) == 2:
+            ptr = ggml.ggml_view_2d(self.ctx, tensor.ptr, ne[0], ne[1], nb[1], offset)
+        elif len(ne) == 3:
+            ptr = ggml.ggml_view_3d(self.ctx, tensor.ptr, ne[0], ne[1], ne[2], nb[1], nb[2], offset)
+        else:
+            ptr = ggml.ggml_view_4d(self.ctx, tensor.ptr, *ne, nb[1], nb[2], nb[3], offset)
+        return self._new(ptr, (length, *tensor.shape[1:]), tensor.dtype)
+
+    def store(self, cache: Tensor, cells: Tensor, values: Tensor) -> None:
+        self._check_open()
+        values._step(cells)
+        if not isinstance(cache, GGMLTensor) or cache.ctx is not None or not cache.owner.alive:
+            raise BackendError("store() writes into a live persistent tensor (a cache)")
+        if cells.dtype != GGMLType.I32 or cells.ndim != 1 or cells.shape[0] != values.shape[0]:
+            raise BackendError(f"store: cells must be int32 [{values.shape[0]}], got {cells.dtype.name} {list(cells.shape)}")
+        if values.dtype != GGMLType.F32 or cache.ndim != 2:
+            raise BackendError("store: values must be float32 and the cache 2-D [cells, width]")
+        width = cache.shape[1]
+        if math.prod(values.shape[1:]) != width:
+            raise BackendError(f"store: rows of {list(values.shape[1:])} do not fit cache rows of {width}")
+        rows = values.reshape(values.shape[0], width)
+        ptr = ggml.ggml_set_rows(self.ctx, cache.ptr, rows.ptr, cells.ptr)
+        self._new(ptr, cache.shape, cache.dtype)
+        # Expanding now puts the write before every later read of the cache in the graph.
+        ggml.ggml_build_forward_expand(self.graph, ptr)
+
+    def compute(self, *outputs: Tensor) -> list[np.ndarray]:
+        self._check_open()
+        finals = []
+        for out in outputs:
+            out._step()
+            if out.dtype != GGMLType.F32:
+                raise BackendError(f"outputs must be float32, got {out.dtype.name}")
+            out = out.contiguous()
+            ggml.ggml_set_output(out.ptr)
+            ggml.ggml_build_forward_expand(self.graph, out.ptr)
+            finals.append(out)
+        self.computed = True
+        backend = self.backend
+        if not ggml.ggml_gallocr_alloc_graph(backend.allocr, self.graph):
+            raise BackendError("could not allocate the compute graph (out of memory)")
+        for tensor, array in self.inputs:
+            ggml.ggml_backend_tensor_set(tensor.ptr, array.ctypes.data, 0, array.nbytes)
+        status = ggml.ggml_backend_graph_compute(backend.cpu, self.graph)
+        if status != 0:
+            raise BackendError(f"ggml graph compute failed with status {status}")
+        results = []
+        for out in finals:
+            array = np.empty(out.shape, dtype=np.float32)
+            ggml.ggml_backend_tensor_get(out.ptr, array.ctypes.data, 0, array.nbytes)
+            results.append(array)
+        return results
+
+    def close(self) -> None:
+        if self.alive:
+            self.alive = False
+            self.inputs.clear()
+            ggml.ggml_free(self.ctx)
+            self.ctx = None
+
+
+class _WeightStore(_Owner):
+    """Weights of one file: a metadata context, the mmap-backed buffer, repacked copies."""
+
+    label = "weight of a closed model"
+
+    def __init__(self, gguf):
+        self.gguf = gguf  # keeps the mapping alive while tensors point into it
+        self.contexts: list = []
+        self.buffers: list = []
+        self.alive = True
+
+    def free(self) -> None:
+        if self.alive:
+            self.alive = False
+            for buffer in self.buffers:
+                ggml.ggml_backend_buffer_free(buffer)
+            for ctx in self.contexts:
+                ggml.ggml_free(ctx)
+            self.buffers.clear()
+            self.contexts.clear()
+
+
+class GGMLBackend(Backend):
+    """GGML on the CPU, with weights zero-copy from the GGUF mapping or repacked for speed."""
+
+    name = "ggml"
+
+    def __init__(self, n_threads: int | None = None, repack: bool = True):
+        self.n_threads = n_threads or default_threads()
+        self.cpu = ggml.ggml_backend_cpu_init()
+        if not self.cpu:
+            raise BackendError("could not initialise ggml's CPU backend")
+        ggml.ggml_backend_cpu_set_n_threads(self.cpu, self.n_threads)
+        self.cpu_buft = ggml.ggml_backend_cpu_buffer_type()
+        self.allocr = ggml.ggml_gallocr_new(self.cpu_buft)
+        self.ctx_mem_size = ggml.ggml_tensor_overhead() * MAX_TENSORS + ggml.ggml_graph_overhead_custom(MAX_TENSORS, False)
+        self.repack_buft = _repack_buffer_type(self.cpu) if repack else None
+        self.stores: list[_WeightStore] = []
+
+    # -- weights ----------------------------------------------------------------------------
+    def load(self, gguf, names: Sequence[str] | None = None, gathered: Collection[str] = ()) -> Mapping[str, Tensor]:
+        infos = [gguf.tensors[n] for n in names] if names is not None else list(gguf.tensors.values())
+        store = _WeightStore(gguf)
+        self.stores.append(store)
+        plain, repacked = [], []
+        for info in infos:
+            if info.type not in MATMUL_TYPES and info.type != GGMLType.I32:
+                raise BackendError(f"tensor {info.name!r} has type {info.type.name}, which the ggml backend does not compute with")
+            if len(info.shape) > 4:
+                raise BackendError(f"tensor {info.name!r} has {len(info.shape)} dims; at most 4 are supported")
+            wants_repack = self.repack_buft is not None and info.name not in gathered and _repackable(info)
+            (repacked if wants_repack else plain).append(info)
+
+        weights: dict[str, GGMLTensor] = {}
+
+        def new_context(count: int):
+            params = ggml.ggml_init_params(mem_size=ggml.ggml_tensor_overhead() * (count + 1), mem_buffer=None, no_alloc=True)
+            ctx = ggml.ggml_init(params)
+            store.contexts.append(ctx)
+            return ctx
+
+        def declare(ctx, info) -> GGMLTensor:
+            ne = info.shape[::-1]
+            ptr = ggml.ggml_new_tensor(ctx, int(info.type), len(ne), (ctypes.c_int64 * len(ne))(*ne))
+            ggml.ggml_set_name(ptr, info.name.encode()[:63])
+            tensor = GGMLTensor(ptr, tuple(info.shape), GGMLType(info.type), store, None)
+            weights[info.name] = tensor
+            return tensor
+
+        if plain:
+            # Zero-copy: one CPU buffer spans the whole mapping; tensors point into it.
+            ctx = new_context(len(plain))
+            base = gguf.address()
+            buffer = ggml.ggml_backend_cpu_buffer_from_ptr(base, gguf.size)
+            if not buffer:
+                raise BackendError("could not wrap the model file mapping in a ggml buffer")
+            store.buffers.append(buffer)
+            ggml.ggml_backend_buffer_set_usage(buffer, ggml.GGML_BACKEND_BUFFER_USAGE_WEIGHTS)
+            for info in plain:
+                tensor = declare(ctx, info)
+                status = ggml.ggml_backend_tensor_alloc(buffer, tensor.ptr, base + info.offset)
+                if status != 0:
+                    raise BackendError(f"could not place tensor {info.name!r} (status {status})")
+
+        if repacked:
+            # The repack buffer type rearranges blocks at upload for faster CPU matmuls; the
+            # file pages read during the copy are dropped afterwards, so memory stays ~1x.
+            ctx = new_context(len(repacked))
+            tensors = [declare(ctx, info) for info in repacked]
+            buffer = ggml.ggml_backend_alloc_ctx_tensors_from_buft(ctx, self.repack_buft)
+            if not buffer:
+                raise BackendError("out of memory allocating repacked weights")
+            store.buffers.append(buffer)
+            ggml.ggml_backend_buffer_set_usage(buffer, ggml.GGML_BACKEND_BUFFER_USAGE_WEIGHTS)
+            for info, tensor in zip(repacked, tensors):
+                raw = gguf.tensor_bytes(info.name)
+                ggml.ggml_backend_tensor_set(tensor.ptr, raw.ctypes.data, 0, info.nbytes)
+                tensor.repacked = True
+                gguf.advise_dontneed(info.offset, info.nbytes)
+        return weights
+
+    def zeros(self, shape: Sequence[int], dtype: GGMLType) -> Tensor:
+        shape = tuple(int(s) for s in shape)
+        if dtype not in CACHE_TYPES or not 1 <= len(shape) <= 4 or any(s <= 0 for s in shape):
+            raise BackendError(f"cannot allocate a {dtype.name} cache of shape {list(shape)}")
+        store = _WeightStore(None)
+        store.label = "cache of a closed model"
+        self.stores.append(store)
+        params = ggml.ggml_init_params(mem_size=ggml.ggml_tensor_overhead() * 2, mem_buffer=None, no_alloc=True)
+        ctx = ggml.ggml_init(params)
+        store.contexts.append(ctx)
+        ne = shape[::-1]
+        ptr = ggml.ggml_new_tensor(ctx, int(dtype), len(ne), (ctypes.c_int64 * len(ne))(*ne))
+        buffer = ggml.ggml_backend_alloc_ctx_tensors_from_buft(ctx, self.cpu_buft)
+        if not buffer:
+            store.free()
+            raise BackendError(f"out of memory allocating a cache of shape {list(shape)}")
+        store.buffers.append(buffer)
+        ggml.ggml_backend_buffer_clear(buffer, 0)
+        return GGMLTensor(ptr, shape, dtype, store, None)
+
+    def free(self, tensors: Mapping[str, Tensor] | Tensor) -> None:
+        """Release a set of loaded weights (or one cache); using them afterwards raises."""
+        items = [tensors] if isinstance(tensors, Tensor) else list(tensors.values())
+        for store in {id(t.owner): t.owner for t in items}.values():
+            store.free()
+            self.stores.remove(store)
+
+    def context(self) -> Context:
+        return GGMLContext(self)
+
+    def close(self) -> None:
+        for store in self.stores:
+            store.free()
+        self.stores.clear()
+        if self.allocr:
+            ggml.ggml_gallocr_free(self.allocr)
+            self.allocr = None
+        if self.cpu:
+            ggml.ggml_backend_free(self.cpu)
+            self.cpu = None
+
+
+def _repack_buffer_type(cpu_backend):
+    """The CPU_REPACK extra buffer type, if this ggml build has one."""
+    reg = ggml.ggml_backend_cpu_reg()
+    address = ggml.ggml_backend_reg_get_proc_address(reg, b"ggml_backend_dev_get_extra_bufts")
+    if not address:
+        return None
+    get_extra = ctypes.CFUNCTYPE(ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p)(address)
+    device = ggml.ggml_backend_get_device(cpu_backend)
+    bufts = get_extra(device)
+    i = 0
+    while bufts and bufts[i]:
+        name = ggml.ggml_backend_buft_name(bufts[i])
+        if name == b"CPU_REPACK":
+            return bufts[i]
+        i += 1
+    return None
+
+
+def _repackable(info) -> bool:
+    """Whether ggml's CPU_REPACK buffer has an x86 layout for this weight.
+
+    Mirrors ggml-cpu/repack.cpp's choice for x86 (AVX2: Q4_0, Q4_K, IQ4_NL, MXFP4; AVX-512:
+    Q2_K; rows a multiple of 8). Uploading any other tensor into that buffer crashes ggml.
+    """
+    if len(info.shape) != 2 or info.shape[0] % 8:
+        return False
+    if info.type in (GGMLType.Q4_0, GGMLType.Q4_K, GGMLType.IQ4_NL, GGMLType.MXFP4):
+        return bool(ggml.ggml_cpu_has_avx2())
+    if info.type == GGMLType.Q2_K:
+        return bool(ggml.ggml_cpu_has_avx512())
+    return False

@@ -1,0 +1,134 @@
+"""What every text model shares: reading hyper-parameters from GGUF, the registry, the cache."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+from pollama.kvcache import Batch, KVCache, LayerCaches
+from pollama.ml.base import Backend, Context, Tensor
+from pollama.nn import ModelError, Weights
+
+_REGISTRY: dict[str, type[TextModel]] = {}
+
+
+def register(arch: str) -> Callable[[type[TextModel]], type[TextModel]]:
+    """Class decorator: the model for GGUF files whose general.architecture is `arch`."""
+
+    def add(cls: type[TextModel]) -> type[TextModel]:
+        _REGISTRY[arch] = cls
+        cls.arch = arch
+        return cls
+
+    return add
+
+
+def architectures() -> list[str]:
+    """Registered architecture names."""
+    _import_all()
+    return sorted(_REGISTRY)
+
+
+def model_class(arch: str) -> type[TextModel]:
+    """The model class registered for an architecture; ModelError if there is none."""
+    _import_all()
+    cls = _REGISTRY.get(arch)
+    if cls is None:
+        raise ModelError(f"unknown model architecture {arch!r} (supported: {', '.join(sorted(_REGISTRY))})")
+    return cls
+
+
+def _import_all() -> None:
+    # Importing a model module registers it; the list is the one place naming them all.
+    from pollama.models import gemma3, llama, qwen2  # noqa: F401
+
+
+class Config:
+    """GGUF hyper-parameters of one architecture: `cfg.int("block_count")` reads `<arch>.block_count`."""
+
+    _MISSING = object()
+
+    def __init__(self, metadata: Mapping[str, Any], arch: str):
+        self.metadata = metadata
+        self.arch = arch
+
+    def _get(self, key: str, default: Any) -> tuple[Any, str, bool]:
+        """(value, full key, whether the file had it); a missing key without default raises."""
+        full = key if key.startswith(("general.", "tokenizer.")) else f"{self.arch}.{key}"
+        if full in self.metadata:
+            return self.metadata[full], full, True
+        if default is self._MISSING:
+            raise ModelError(f"model file lacks the key {full!r}")
+        return default, full, False
+
+    def int(self, key: str, default: Any = _MISSING) -> int:
+        value, full, found = self._get(key, default)
+        if found and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise ModelError(f"key {full!r} must be a non-negative integer, got {value!r}")
+        return value
+
+    def float(self, key: str, default: Any = _MISSING) -> float:
+        value, full, found = self._get(key, default)
+        if found and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ModelError(f"key {full!r} must be a number, got {value!r}")
+        return float(value) if value is not None else None
+
+    def str(self, key: str, default: Any = _MISSING) -> str:
+        value, full, found = self._get(key, default)
+        if found and not isinstance(value, str):
+            raise ModelError(f"key {full!r} must be a string, got {value!r}")
+        return value
+
+    def list(self, key: str, default: Any = _MISSING) -> list:
+        value, full, found = self._get(key, default)
+        if found and not isinstance(value, list):
+            raise ModelError(f"key {full!r} must be an array, got {value!r}")
+        return value
+
+
+def positive(value: int, name: str) -> int:
+    """A hyper-parameter that must be > 0 (so a zero in a hostile file cannot divide by zero)."""
+    if value <= 0:
+        raise ModelError(f"{name} must be positive, got {value}")
+    return value
+
+
+class TextModel:
+    """A decoder-only language model: tokens in, logits out, K/V kept in a cache."""
+
+    arch: str
+    # Weights read with rows() (embedding tables), so the backend keeps them gatherable.
+    gathered: tuple[str, ...] = ("token_embd.weight",)
+
+    def __init__(self, cfg: Config, weights: Weights):
+        raise NotImplementedError
+
+    n_layers: int
+    n_ctx_train: int
+    vocab_size: int
+
+    def forward(self, ctx: Context, batch: Batch, cache) -> Tensor:
+        """Logits [len(batch.outputs), vocab] for the batch, reading and writing the cache."""
+        raise NotImplementedError
+
+    def new_cache(self, backend: Backend, n_ctx: int, n_batch: int, n_seq: int = 1) -> LayerCaches:
+        """A causal cache for every layer holding n_ctx cells."""
+        return LayerCaches([KVCache(backend, range(self.n_layers), n_ctx, self.k_width, self.v_width)])
+
+    @property
+    def k_width(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def v_width(self) -> int:
+        raise NotImplementedError
+
+
+def load_model(gguf, backend: Backend) -> TextModel:
+    """Build the registered model for an open GGUFFile on a backend."""
+    arch = gguf.metadata.get("general.architecture")
+    if not isinstance(arch, str):
+        raise ModelError(f"{gguf.path}: general.architecture is missing")
+    cls = model_class(arch)
+    cfg = Config(gguf.metadata, arch)
+    tensors = backend.load(gguf, gathered=cls.gathered)
+    return cls(cfg, Weights(tensors, str(gguf.path)))

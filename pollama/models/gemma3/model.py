@@ -1,0 +1,110 @@
+"""Gemma 3 (Gemma Team 2025), text: QK-norm, sandwich norms, GeGLU, 5 local : 1 global attention."""
+
+from __future__ import annotations
+
+import math
+
+from pollama.kvcache import Batch, KVCache, LayerCaches
+from pollama.ml.base import Backend, Context, RopeMode, Tensor
+from pollama.models.base import Config, TextModel, positive, register
+from pollama.models.llama.model import read_rope_scaling
+from pollama.nn import Embedding, Linear, ModelError, RMSNorm, Weights, attention, make_rope
+
+
+class Block:
+    """One layer: norms before and after both attention and MLP (GGUF norm weights include Gemma's +1)."""
+
+    def __init__(self, w: Weights, i: int, eps: float):
+        p = f"blk.{i}"
+        self.attn_norm = RMSNorm.load(w, f"{p}.attn_norm", eps)
+        self.attn_q = Linear.load(w, f"{p}.attn_q")
+        self.attn_k = Linear.load(w, f"{p}.attn_k")
+        self.attn_v = Linear.load(w, f"{p}.attn_v")
+        self.attn_q_norm = RMSNorm.load(w, f"{p}.attn_q_norm", eps)
+        self.attn_k_norm = RMSNorm.load(w, f"{p}.attn_k_norm", eps)
+        self.attn_output = Linear.load(w, f"{p}.attn_output")
+        self.post_attention_norm = RMSNorm.load(w, f"{p}.post_attention_norm", eps)
+        self.ffn_norm = RMSNorm.load(w, f"{p}.ffn_norm", eps)
+        self.ffn_gate = Linear.load(w, f"{p}.ffn_gate")
+        self.ffn_up = Linear.load(w, f"{p}.ffn_up")
+        self.ffn_down = Linear.load(w, f"{p}.ffn_down")
+        self.post_ffw_norm = RMSNorm.load(w, f"{p}.post_ffw_norm", eps)
+
+
+@register("gemma3")
+class Gemma3(TextModel):
+    def __init__(self, cfg: Config, w: Weights):
+        self.n_layers = positive(cfg.int("block_count"), "block_count")
+        self.dim = positive(cfg.int("embedding_length"), "embedding_length")
+        self.n_heads = positive(cfg.int("attention.head_count"), "attention.head_count")
+        self.n_kv_heads = positive(cfg.int("attention.head_count_kv", self.n_heads), "attention.head_count_kv")
+        if self.n_heads % self.n_kv_heads:
+            raise ModelError(f"head_count {self.n_heads} is not a multiple of head_count_kv {self.n_kv_heads}")
+        self.head_dim = positive(cfg.int("attention.key_length", 256), "attention.key_length")
+        self.v_head_dim = positive(cfg.int("attention.value_length", self.head_dim), "attention.value_length")
+        self.n_ctx_train = cfg.int("context_length", 131072)
+        eps = cfg.float("attention.layer_norm_rms_epsilon", 1e-6)
+        self.window = positive(cfg.int("attention.sliding_window", 4096), "attention.sliding_window")
+        self.final_softcap = cfg.float("final_logit_softcapping", 0.0)
+
+        # Layers alternate five sliding-window ("local") to one global, unless the file lists them.
+        pattern = cfg.list("attention.sliding_window_pattern", None)
+        if pattern is not None and len(pattern) != self.n_layers:
+            raise ModelError(f"sliding_window_pattern has {len(pattern)} entries for {self.n_layers} layers")
+        self.is_local = [bool(pattern[i]) if pattern is not None else (i + 1) % 6 != 0 for i in range(self.n_layers)]
+
+        self.local_rope = make_rope(self.head_dim, cfg.float("rope.local.freq_base", 10000.0), RopeMode.NEOX)
+        self.global_rope = make_rope(self.head_dim, cfg.float("rope.freq_base", 1000000.0), RopeMode.NEOX, read_rope_scaling(cfg))
+        # Queries are scaled before attention, which then uses scale 1: by 1/sqrt(head_dim),
+        # except Gemma 3 27B (62 layers), trained with 1/sqrt(dim / heads).
+        self.query_scale = 1.0 / math.sqrt(self.dim // self.n_heads if self.n_layers == 62 else self.head_dim)
+
+        self.token_embd = Embedding(w["token_embd.weight"])
+        self.blk = [Block(w, i, eps) for i in range(self.n_layers)]
+        self.output_norm = RMSNorm.load(w, "output_norm", eps)
+        self.output = Linear(w["output.weight"] if "output.weight" in w else w["token_embd.weight"])
+        self.vocab_size = self.output.out_features
+
+    @property
+    def k_width(self) -> int:
+        return self.n_kv_heads * self.head_dim
+
+    @property
+    def v_width(self) -> int:
+        return self.n_kv_heads * self.v_head_dim
+
+    def new_cache(self, backend: Backend, n_ctx: int, n_batch: int, n_seq: int = 1) -> LayerCaches:
+        """Global layers keep every position; local layers only the window (plus one batch)."""
+        local = [i for i in range(self.n_layers) if self.is_local[i]]
+        global_ = [i for i in range(self.n_layers) if not self.is_local[i]]
+        caches = []
+        if global_:
+            caches.append(KVCache(backend, global_, n_ctx, self.k_width, self.v_width))
+        if local:
+            cells = min(n_ctx, self.window + n_batch) * n_seq if n_seq > 1 else min(n_ctx, self.window + n_batch)
+            caches.append(KVCache(backend, local, cells, self.k_width, self.v_width, window=self.window))
+        return LayerCaches(caches)
+
+    def forward(self, ctx: Context, batch: Batch, cache) -> Tensor:
+        t = len(batch)
+        positions = ctx.input(batch.positions)
+        x = self.token_embd(ctx.input(batch.tokens)).scale(math.sqrt(self.dim))  # [t, dim]
+        for i, layer in enumerate(self.blk):
+            rope = self.local_rope if self.is_local[i] else self.global_rope
+            h = layer.attn_norm(x)
+            q = layer.attn_q_norm(layer.attn_q(h).reshape(t, self.n_heads, self.head_dim))
+            k = layer.attn_k_norm(layer.attn_k(h).reshape(t, self.n_kv_heads, self.head_dim))
+            v = layer.attn_v(h).reshape(t, self.n_kv_heads, self.v_head_dim)
+            q = q.rope(positions, rope).scale(self.query_scale)
+            k = k.rope(positions, rope)
+            a = attention(ctx, q, k, v, cache, i, scale=1.0)
+            x = x + layer.post_attention_norm(layer.attn_output(a))
+
+            h = layer.ffn_norm(x)
+            h = layer.ffn_down(layer.ffn_gate(h).gelu() * layer.ffn_up(h))
+            x = x + layer.post_ffw_norm(h)
+        x = x.rows(ctx.input(batch.outputs))
+        logits = self.output(self.output_norm(x))
+        if self.final_softcap:
+            logits = logits.softcap(self.final_softcap)
+        return logits

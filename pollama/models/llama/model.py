@@ -1,0 +1,97 @@
+"""Llama (Touvron et al. 2023): pre-norm decoder, RMSNorm, RoPE, grouped-query attention, SwiGLU."""
+
+from __future__ import annotations
+
+import math
+
+from pollama.kvcache import Batch
+from pollama.ml.base import Context, RopeMode, Tensor
+from pollama.models.base import Config, TextModel, positive, register
+from pollama.nn import Embedding, Linear, ModelError, RMSNorm, RopeScaling, Weights, attention, make_rope
+
+
+def read_rope_scaling(cfg: Config) -> RopeScaling:
+    """`rope.scaling.*` keys (linear or YaRN context extension)."""
+    kind = cfg.str("rope.scaling.type", "none")
+    return RopeScaling(
+        kind=kind,
+        factor=cfg.float("rope.scaling.factor", 1.0),
+        original_context=cfg.int("rope.scaling.original_context_length", 0),
+        beta_fast=cfg.float("rope.scaling.yarn_beta_fast", 32.0),
+        beta_slow=cfg.float("rope.scaling.yarn_beta_slow", 1.0),
+    )
+
+
+class Block:
+    """One decoder layer: x + attn(norm(x)), then h + mlp(norm(h))."""
+
+    def __init__(self, w: Weights, i: int, eps: float):
+        p = f"blk.{i}"
+        self.attn_norm = RMSNorm.load(w, f"{p}.attn_norm", eps)
+        self.attn_q = Linear.load(w, f"{p}.attn_q")
+        self.attn_k = Linear.load(w, f"{p}.attn_k")
+        self.attn_v = Linear.load(w, f"{p}.attn_v")
+        self.attn_output = Linear.load(w, f"{p}.attn_output")
+        self.ffn_norm = RMSNorm.load(w, f"{p}.ffn_norm", eps)
+        self.ffn_gate = Linear.load(w, f"{p}.ffn_gate")
+        self.ffn_up = Linear.load(w, f"{p}.ffn_up")
+        self.ffn_down = Linear.load(w, f"{p}.ffn_down")
+
+
+@register("llama")
+class Llama(TextModel):
+    rope_mode = RopeMode.NORMAL  # GGUF stores Llama's Q/K permuted for adjacent-pair RoPE
+
+    def __init__(self, cfg: Config, w: Weights):
+        self.n_layers = positive(cfg.int("block_count"), "block_count")
+        self.dim = positive(cfg.int("embedding_length"), "embedding_length")
+        self.n_heads = positive(cfg.int("attention.head_count"), "attention.head_count")
+        self.n_kv_heads = positive(cfg.int("attention.head_count_kv", self.n_heads), "attention.head_count_kv")
+        if self.n_heads % self.n_kv_heads:
+            raise ModelError(f"head_count {self.n_heads} is not a multiple of head_count_kv {self.n_kv_heads}")
+        self.head_dim = positive(cfg.int("attention.key_length", self.dim // self.n_heads), "attention.key_length")
+        self.n_ctx_train = cfg.int("context_length", 4096)
+        eps = cfg.float("attention.layer_norm_rms_epsilon", 1e-5)
+        if cfg.int("expert_count", 0):
+            raise ModelError("mixture-of-experts llama models are not supported")
+        self.rope = make_rope(
+            cfg.int("rope.dimension_count", self.head_dim),
+            cfg.float("rope.freq_base", 10000.0),
+            self.rope_mode,
+            read_rope_scaling(cfg),
+        )
+        self.rope_freqs = w.get("rope_freqs.weight")  # Llama 3.1 per-frequency factors
+
+        self.token_embd = Embedding(w["token_embd.weight"])
+        self.blk = [Block(w, i, eps) for i in range(self.n_layers)]
+        self.output_norm = RMSNorm.load(w, "output_norm", eps)
+        # Without its own output matrix the model ties it to the embedding table.
+        self.output = Linear(w["output.weight"] if "output.weight" in w else w["token_embd.weight"])
+        self.vocab_size = self.output.out_features
+
+    @property
+    def k_width(self) -> int:
+        return self.n_kv_heads * self.head_dim
+
+    @property
+    def v_width(self) -> int:
+        return self.n_kv_heads * self.head_dim
+
+    def forward(self, ctx: Context, batch: Batch, cache) -> Tensor:
+        t = len(batch)
+        positions = ctx.input(batch.positions)
+        x = self.token_embd(ctx.input(batch.tokens))  # [t, dim]
+        for i, layer in enumerate(self.blk):
+            h = layer.attn_norm(x)
+            q = layer.attn_q(h).reshape(t, self.n_heads, self.head_dim)
+            k = layer.attn_k(h).reshape(t, self.n_kv_heads, self.head_dim)
+            v = layer.attn_v(h).reshape(t, self.n_kv_heads, self.head_dim)
+            q = q.rope(positions, self.rope, self.rope_freqs)
+            k = k.rope(positions, self.rope, self.rope_freqs)
+            a = attention(ctx, q, k, v, cache, i, 1.0 / math.sqrt(self.head_dim))  # [t, heads * head_dim]
+            x = x + layer.attn_output(a)
+
+            h = layer.ffn_norm(x)
+            x = x + layer.ffn_down(layer.ffn_gate(h).silu() * layer.ffn_up(h))
+        x = x.rows(ctx.input(batch.outputs))  # only the rows whose logits are wanted
+        return self.output(self.output_norm(x))

@@ -1,0 +1,136 @@
+"""Layers written once against ml/: each holds weights named as in GGUF and applies them."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Mapping
+
+from pollama.ml.base import Context, Rope, RopeMode, Tensor
+
+
+class ModelError(ValueError):
+    """A model file that does not fit its architecture (missing tensor or key, bad shape)."""
+
+
+class Weights:
+    """Loaded weights by GGUF name; a missing one is a ModelError naming it."""
+
+    def __init__(self, tensors: Mapping[str, Tensor], source: str = "model"):
+        self.tensors = tensors
+        self.source = source
+
+    def __getitem__(self, name: str) -> Tensor:
+        tensor = self.tensors.get(name)
+        if tensor is None:
+            raise ModelError(f"{self.source}: missing tensor {name!r}")
+        return tensor
+
+    def get(self, name: str) -> Tensor | None:
+        return self.tensors.get(name)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.tensors
+
+
+class Linear:
+    """y = x W^T + b, W kept in its GGUF type (`name.weight`, optional `name.bias`)."""
+
+    def __init__(self, weight: Tensor, bias: Tensor | None = None):
+        self.weight = weight
+        self.bias = bias
+
+    @classmethod
+    def load(cls, weights: Weights, name: str) -> Linear:
+        return cls(weights[f"{name}.weight"], weights.get(f"{name}.bias"))
+
+    @property
+    def out_features(self) -> int:
+        return self.weight.shape[0]
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return x.linear(self.weight, self.bias)
+
+
+class Embedding:
+    """Row lookup in a [vocab, dim] table (any GGUF type)."""
+
+    def __init__(self, weight: Tensor):
+        self.weight = weight
+
+    def __call__(self, ids: Tensor) -> Tensor:
+        return self.weight.rows(ids)
+
+
+class RMSNorm:
+    """x / rms(x) * weight."""
+
+    def __init__(self, weight: Tensor, eps: float):
+        self.weight = weight
+        self.eps = eps
+
+    @classmethod
+    def load(cls, weights: Weights, name: str, eps: float) -> RMSNorm:
+        return cls(weights[f"{name}.weight"], eps)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return x.rms_norm(self.eps) * self.weight
+
+
+class LayerNorm:
+    """(x - mean) / std * weight + bias."""
+
+    def __init__(self, weight: Tensor, bias: Tensor | None, eps: float):
+        self.weight = weight
+        self.bias = bias
+        self.eps = eps
+
+    @classmethod
+    def load(cls, weights: Weights, name: str, eps: float) -> LayerNorm:
+        return cls(weights[f"{name}.weight"], weights.get(f"{name}.bias"), eps)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        x = x.layer_norm(self.eps) * self.weight
+        return x + self.bias if self.bias is not None else x
+
+
+@dataclass(frozen=True)
+class RopeScaling:
+    """RoPE context extension as GGUF describes it (`<arch>.rope.scaling.*`)."""
+
+    kind: str = "none"  # none | linear | yarn
+    factor: float = 1.0
+    original_context: int = 0
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+    attn_factor: float = 1.0
+
+
+def make_rope(dims: int, base: float, mode: RopeMode, scaling: RopeScaling = RopeScaling()) -> Rope:
+    """The Rope parameters for a head, with linear or YaRN scaling applied."""
+    if scaling.kind == "none" or scaling.factor in (0.0, 1.0):
+        return Rope(dims=dims, base=base, mode=mode)
+    freq_scale = 1.0 / scaling.factor
+    if scaling.kind == "linear":
+        return Rope(dims=dims, base=base, mode=mode, freq_scale=freq_scale)
+    if scaling.kind == "yarn":
+        # ext_factor 1 turns YaRN's frequency ramp on; ggml applies the 0.1*ln(s)+1 magnitude
+        # correction itself, so attn_factor carries only a model's extra factor.
+        return Rope(
+            dims=dims, base=base, mode=mode, freq_scale=freq_scale,
+            original_context=scaling.original_context, ext_factor=1.0,
+            attn_factor=scaling.attn_factor, beta_fast=scaling.beta_fast, beta_slow=scaling.beta_slow,
+        )
+    raise ModelError(f"unsupported rope scaling type {scaling.kind!r}")
+
+
+def attention(ctx: Context, q: Tensor, k: Tensor, v: Tensor, cache, layer: int, scale: float | None = None, softcap: float = 0.0) -> Tensor:
+    """Causal (or sliding-window) self-attention of this step's q over the cached k/v.
+
+    q [t, heads, d], k [t, kv_heads, d], v [t, kv_heads, dv] -> [t, heads * dv]. The cache
+    stores k and v for the step's cells and returns every visible cell with its mask.
+    """
+    keys, values, mask = cache.update(ctx, layer, k, v)
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.shape[-1])
+    return ctx.attention(q, keys, values, mask, scale, softcap)

@@ -1,0 +1,214 @@
+"""One loaded model: prefill in chunks, decode as a generator, counts and durations.
+
+The engine keeps the tokens its cache holds, so a prompt that starts like the previous one
+(the next turn of a chat) only evaluates what is new.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from pollama.fs.gguf import GGUFFile
+from pollama.kvcache import Batch
+from pollama.ml.base import Backend
+from pollama.models.base import TextModel, load_model
+from pollama.runner.stop import StopBuffer
+from pollama.sample import Sampler, SamplerOptions
+from pollama.tokenizer import load_tokenizer
+
+DEFAULT_NUM_CTX = 4096
+DEFAULT_NUM_BATCH = 512
+
+
+def make_backend(name: str = "ggml", n_threads: int | None = None) -> Backend:
+    """A backend by name: "ggml" (production) or "torch" (reference; needs PyTorch)."""
+    if name == "ggml":
+        from pollama.ml.ggml.backend import GGMLBackend
+
+        return GGMLBackend(n_threads=n_threads)
+    if name == "torch":
+        try:
+            from pollama.ml.torch.backend import TorchBackend
+        except ImportError as e:  # torch is an optional extra
+            raise ValueError(f"the torch backend needs PyTorch: pip install 'pollama[torch]' ({e})") from None
+        return TorchBackend(n_threads=n_threads)
+    raise ValueError(f"unknown backend {name!r} (ggml or torch)")
+
+
+@dataclass
+class GenerateOptions:
+    """What one generation may do (Ollama's option names)."""
+
+    num_predict: int = -1  # -1: until EOS or the context is full
+    stop: Sequence[str] = ()
+    sampler: SamplerOptions = field(default_factory=lambda: SamplerOptions(temperature=0.0))
+
+
+@dataclass
+class Done:
+    """The final event of a generation, with Ollama's counts; durations in nanoseconds."""
+
+    done_reason: str  # "stop" (EOS or stop string) or "length"
+    prompt_eval_count: int
+    prompt_eval_duration: int
+    eval_count: int
+    eval_duration: int
+    tokens: list[int]  # every token now in context: prompt + generated (Ollama's `context`)
+
+
+@dataclass
+class Piece:
+    """Text for the caller, with the token that completed it."""
+
+    text: str
+    token: int
+
+
+class Engine:
+    """A model, its tokenizer and its cache, ready to generate."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        backend: str | Backend = "ggml",
+        num_ctx: int = DEFAULT_NUM_CTX,
+        num_batch: int = DEFAULT_NUM_BATCH,
+        num_thread: int | None = None,
+    ):
+        start = time.perf_counter_ns()
+        self.gguf = GGUFFile(path)
+        try:
+            self.tokenizer = load_tokenizer(self.gguf.metadata)
+            self.backend = make_backend(backend, num_thread) if isinstance(backend, str) else backend
+            self.model: TextModel = load_model(self.gguf, self.backend)
+        except BaseException:
+            self.gguf.close()
+            raise
+        if num_ctx <= 0 or num_batch <= 0:
+            raise ValueError("num_ctx and num_batch must be positive")
+        self.num_ctx = num_ctx
+        self.num_batch = min(num_batch, num_ctx)
+        self.cache = self.model.new_cache(self.backend, num_ctx, self.num_batch)
+        self.cached: list[int] = []  # tokens whose K/V the cache holds for sequence 0
+        self.load_duration = time.perf_counter_ns() - start
+
+    def close(self) -> None:
+        """Free the model's memory."""
+        self.backend.close()
+        self.gguf.close()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- forward passes -------------------------------------------------------------------
+    def _forward(self, tokens: Sequence[int], start: int, all_logits: bool = False) -> np.ndarray:
+        """Run tokens at positions start.. through the model; logits of the last (or every) token."""
+        batch = Batch.single(tokens, start, all_logits=all_logits)
+        with self.backend.context() as ctx:
+            self.cache.begin(ctx, batch)
+            (logits,) = ctx.compute(self.model.forward(ctx, batch, self.cache))
+        return logits
+
+    def prefill(self, prompt: Sequence[int]) -> tuple[np.ndarray, int]:
+        """Bring the cache to `prompt`, reusing a common prefix; (last logits, tokens evaluated)."""
+        if not prompt:
+            raise ValueError("empty prompt: at least one token is needed")
+        if len(prompt) >= self.num_ctx:
+            raise ValueError(f"prompt of {len(prompt)} tokens does not fit the context of {self.num_ctx}")
+        keep = 0
+        for a, b in zip(self.cached, prompt):
+            if a != b:
+                break
+            keep += 1
+        keep = min(keep, len(prompt) - 1)  # the last token is always evaluated, for its logits
+        if not self._can_keep(keep):
+            keep = 0
+        self.cache.remove(0, keep)
+        self.cached = list(prompt[:keep])
+        logits = None
+        for start in range(keep, len(prompt), self.num_batch):
+            chunk = prompt[start : start + self.num_batch]
+            try:
+                logits = self._forward(chunk, start)
+            except BaseException:
+                self.cache.remove(0, start)
+                raise
+            self.cached.extend(chunk)
+        return logits[-1], len(prompt) - keep
+
+    def _can_keep(self, n: int) -> bool:
+        """Whether the cache still holds every position the next token would attend to."""
+        caches = getattr(self.cache, "caches", [self.cache])
+        for cache in caches:
+            first = max(0, n - cache.window + 1) if cache.window else 0
+            have = (cache.cell_seq == 0) & (cache.cell_pos >= first) & (cache.cell_pos < n)
+            if int(have.sum()) != n - first:
+                return False
+        return True
+
+    def logits(self, tokens: Sequence[int]) -> np.ndarray:
+        """Logits for every position of `tokens` from an empty cache (for tests and tools)."""
+        self.cache.clear()
+        self.cached = []
+        rows = []
+        for start in range(0, len(tokens), self.num_batch):
+            rows.append(self._forward(tokens[start : start + self.num_batch], start, all_logits=True))
+        self.cached = list(tokens)
+        return np.concatenate(rows)
+
+    # -- generation -----------------------------------------------------------------------
+    def generate(self, prompt: Sequence[int], options: GenerateOptions | None = None) -> Iterator[Piece | Done]:
+        """Yield text pieces as tokens are sampled, then a Done with counts and durations."""
+        options = options or GenerateOptions()
+        sampler = Sampler(options.sampler, self.model.vocab_size)
+        stops = StopBuffer(list(options.stop))
+        decoder = self.tokenizer.decoder()
+
+        start = time.perf_counter_ns()
+        logits, evaluated = self.prefill(prompt)
+        prompt_duration = time.perf_counter_ns() - start
+
+        history = list(prompt)
+        generated = 0
+        reason = "length"
+        stopped_by_string = False
+        start = time.perf_counter_ns()
+        while options.num_predict < 0 or generated < options.num_predict:
+            token = sampler.sample(logits, history)
+            generated += 1
+            if token in self.tokenizer.eog_ids:
+                reason = "stop"
+                break
+            history.append(token)
+            text, stopped_by_string = stops.push(decoder.feed(token))
+            if text:
+                yield Piece(text, token)
+            if stopped_by_string:
+                reason = "stop"
+                break
+            if len(self.cached) + 1 >= self.num_ctx:
+                break  # context full: going on would need a shift of the cache
+            logits = self._forward([token], len(self.cached))[-1]
+            self.cached.append(token)
+        if not stopped_by_string:
+            # Release what was held back: partial UTF-8 and text that looked like a stop's start.
+            text, _ = stops.push(decoder.flush())
+            text += stops.flush()
+            if text:
+                yield Piece(text, history[-1])
+        yield Done(
+            done_reason=reason,
+            prompt_eval_count=evaluated,
+            prompt_eval_duration=prompt_duration,
+            eval_count=generated,
+            eval_duration=time.perf_counter_ns() - start,
+            tokens=history,
+        )
