@@ -13,7 +13,7 @@ VPY=.venv/bin/python
 # decade has (AVX2/FMA/F16C), never -march=native: a native wheel in pip's cache can crash
 # with SIGILL on another CPU, and these CPUs' AMX code crashes on batched prompts.
 if ! "$VPY" -c "import ggml" 2>/dev/null; then
-    CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF" \
+    CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX512=OFF -DGGML_LLAMAFILE=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF" \
     CFLAGS="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16" \
     CXXFLAGS="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16" \
         "$VPY" -m pip install -q --no-cache-dir --no-binary ggml-python ggml-python==0.0.45

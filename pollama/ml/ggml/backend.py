@@ -111,6 +111,7 @@ class GGMLTensor(Tensor):
             raise BackendError(f"rows() needs a 1-D int32 index, got {index.dtype.name} {list(index.shape)}")
         if self.repacked:
             raise BackendError("rows() on a weight repacked for matmul: load it as `gathered`")
+        ctx._check_index(index, self.shape[0], "rows()")
         ptr = ggml.ggml_get_rows(ctx.ctx, self.ptr, index.ptr)
         return ctx._new(ptr, (index.shape[0], self.shape[1]))
 
@@ -234,6 +235,7 @@ class GGMLContext(Context, _Owner):
         self.graph = ggml.ggml_new_graph_custom(self.ctx, MAX_TENSORS, False)
         self.n_tensors = 0
         self.inputs: list[tuple[GGMLTensor, np.ndarray]] = []
+        self.arrays: dict[int, np.ndarray] = {}  # id(input tensor) -> its data, for index checks
         self.alive = True
         self.computed = False
 
@@ -246,6 +248,14 @@ class GGMLContext(Context, _Owner):
         if not ptr:
             raise BackendError("ggml returned no tensor")
         return GGMLTensor(ptr, tuple(shape), dtype, self, self)
+
+    def _check_index(self, index: GGMLTensor, limit: int, op: str) -> None:
+        # ggml asserts (aborts) on an out-of-range row index, so check the input's values here.
+        array = self.arrays.get(id(index))
+        if array is None:
+            raise BackendError(f"{op} takes its index from ctx.input()")
+        if array.size and (array.min() < 0 or array.max() >= limit):
+            raise BackendError(f"{op}: index out of range [0, {limit}): min {array.min()}, max {array.max()}")
 
     def _check_open(self) -> None:
         if not self.alive:
@@ -269,6 +279,7 @@ class GGMLContext(Context, _Owner):
         tensor = self._new(fn(self.ctx, int(dtype), *ne), array.shape, dtype)
         ggml.ggml_set_input(tensor.ptr)
         self.inputs.append((tensor, array))
+        self.arrays[id(tensor)] = array
         return tensor
 
     def attention_mask(self, mask: np.ndarray) -> Tensor:
@@ -332,6 +343,7 @@ class GGMLContext(Context, _Owner):
             raise BackendError(f"store: cells must be int32 [{values.shape[0]}], got {cells.dtype.name} {list(cells.shape)}")
         if values.dtype != GGMLType.F32 or cache.ndim != 2:
             raise BackendError("store: values must be float32 and the cache 2-D [cells, width]")
+        self._check_index(cells, cache.shape[0], "store()")
         width = cache.shape[1]
         if math.prod(values.shape[1:]) != width:
             raise BackendError(f"store: rows of {list(values.shape[1:])} do not fit cache rows of {width}")
@@ -372,6 +384,7 @@ class GGMLContext(Context, _Owner):
         if self.alive:
             self.alive = False
             self.inputs.clear()
+            self.arrays.clear()
             ggml.ggml_free(self.ctx)
             self.ctx = None
 
