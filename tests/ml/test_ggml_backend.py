@@ -1,0 +1,256 @@
+"""The ggml backend: ops against numpy, every quant type's matmul, and misuse caught in Python.
+
+A bad call into ggml aborts the process, so each misuse test here would crash pytest itself
+if the Python-side check were missing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+
+import numpy as np
+import pytest
+
+from pollama.fs.ggml_types import GGMLType, block_size, type_size
+from pollama.fs.gguf import GGUFFile
+from pollama.fs.writer import write_gguf
+from pollama.ml.base import BackendError, Rope, RopeMode
+from pollama.ml.ggml.backend import GGMLBackend
+from pollama.ml.ggml.lib import ggml
+
+torch = pytest.importorskip("torch")
+from pollama.ml.torch.quants import SUPPORTED_TYPES, dequantize  # noqa: E402
+
+rng = np.random.default_rng(0)
+
+
+@pytest.fixture(scope="module")
+def backend():
+    b = GGMLBackend(n_threads=2)
+    yield b
+    b.close()
+
+
+def randn(*shape) -> np.ndarray:
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+# -- ops against numpy ------------------------------------------------------------------------
+def test_elementwise_and_norms(backend):
+    x, w = randn(3, 5, 8), randn(8)
+    with backend.context() as ctx:
+        X, W = ctx.input(x), ctx.input(w)
+        outs = ctx.compute(X + W, X * W, X.scale(0.5), X.silu(), X.gelu(), X.tanh(), X.rms_norm(1e-5), X.layer_norm(1e-5), X.softcap(2.0))
+    rms = x / np.sqrt((x * x).mean(-1, keepdims=True) + 1e-5)
+    ln = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-5)
+    gelu = 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
+    expected = [x + w, x * w, x * 0.5, x / (1 + np.exp(-x)), gelu, np.tanh(x), rms, ln, 2 * np.tanh(x / 2)]
+    for got, want in zip(outs, expected):
+        np.testing.assert_allclose(got, want, rtol=2e-3, atol=2e-3)
+
+
+def test_shapes_linear_rows(backend):
+    x, w, b = randn(4, 6), randn(5, 6), randn(5)
+    table, idx = randn(10, 6), np.array([3, 0, 9, 3], dtype=np.int32)
+    with backend.context() as ctx:
+        X = ctx.input(x)
+        lin = X.linear(ctx.input(w), ctx.input(b))
+        rows = ctx.input(table).rows(ctx.input(idx))
+        perm = X.reshape(2, 2, 6).permute(2, 0, 1)
+        back = perm.permute(1, 2, 0).reshape(-1, 6)
+        got = ctx.compute(lin, rows, perm, back)
+    np.testing.assert_allclose(got[0], x @ w.T + b, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(got[1], table[idx])
+    np.testing.assert_array_equal(got[2], x.reshape(2, 2, 6).transpose(2, 0, 1))
+    np.testing.assert_array_equal(got[3], x)
+
+
+def rope_reference(x: np.ndarray, pos: np.ndarray, dims: int, base: float, neox: bool) -> np.ndarray:
+    out = x.astype(np.float64).copy()
+    for t in range(x.shape[0]):
+        for i in range(dims // 2):
+            theta = pos[t] * base ** (-2 * i / dims)
+            a, b = (i, i + dims // 2) if neox else (2 * i, 2 * i + 1)
+            c, s = math.cos(theta), math.sin(theta)
+            out[t, :, a] = x[t, :, a] * c - x[t, :, b] * s
+            out[t, :, b] = x[t, :, a] * s + x[t, :, b] * c
+    return out
+
+
+@pytest.mark.parametrize("mode", [RopeMode.NORMAL, RopeMode.NEOX])
+def test_rope(backend, mode):
+    x, pos = randn(5, 3, 16), np.array([0, 1, 7, 100, 2000], dtype=np.int32)
+    rope = Rope(dims=12, base=10000.0, mode=mode)  # partial: the last 4 dims pass through
+    with backend.context() as ctx:
+        (got,) = ctx.compute(ctx.input(x).rope(ctx.input(pos), rope))
+    np.testing.assert_allclose(got, rope_reference(x, pos, 12, 10000.0, mode == RopeMode.NEOX), rtol=1e-4, atol=1e-4)
+
+
+def test_attention_with_cache_gqa_window_softcap(backend):
+    t, h, hkv, d, n_cells = 4, 6, 2, 8, 16
+    q, k, v = randn(t, h, d), randn(t, hkv, d), randn(t, hkv, d)
+    k_cache = backend.zeros((n_cells, hkv * d), GGMLType.F32)
+    v_cache = backend.zeros((n_cells, hkv * d), GGMLType.F32)
+    cells = np.array([5, 1, 2, 9], dtype=np.int32)
+    mask = np.full((t, 10), -np.inf, dtype=np.float32)
+    for i in range(t):  # token i sees itself and earlier tokens, at most 2 back
+        for j in range(max(0, i - 1), i + 1):
+            mask[i, cells[j]] = 0
+    with backend.context() as ctx:
+        c = ctx.input(cells)
+        ctx.store(k_cache, c, ctx.input(k))
+        ctx.store(v_cache, c, ctx.input(v))
+        keys = ctx.view(k_cache, 0, 10).reshape(10, hkv, d)
+        values = ctx.view(v_cache, 0, 10).reshape(10, hkv, d)
+        (got,) = ctx.compute(ctx.attention(ctx.input(q), keys, values, ctx.attention_mask(mask), 0.3, softcap=5.0))
+    K, V = np.zeros((10, hkv, d)), np.zeros((10, hkv, d))
+    K[cells], V[cells] = k, v
+    want = np.zeros((t, h, d))
+    for head in range(h):
+        g = head // (h // hkv)
+        s = q[:, head] @ K[:, g].T * 0.3
+        s = 5.0 * np.tanh(s / 5.0) + mask
+        p = np.exp(s - s.max(-1, keepdims=True))
+        want[:, head] = (p / p.sum(-1, keepdims=True)) @ V[:, g]
+    np.testing.assert_allclose(got, want.reshape(t, h * d), rtol=2e-3, atol=2e-3)
+
+
+# -- every weight type: ggml's matmul against dequantize-then-matmul --------------------------
+QUANTIZABLE = [
+    GGMLType.F32, GGMLType.F16, GGMLType.BF16, GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0,
+    GGMLType.Q5_1, GGMLType.Q8_0, GGMLType.Q2_K, GGMLType.Q3_K, GGMLType.Q4_K, GGMLType.Q5_K,
+    GGMLType.Q6_K, GGMLType.IQ4_NL, GGMLType.IQ4_XS,
+]
+
+
+def ggml_quantize(w: np.ndarray, t: GGMLType) -> np.ndarray:
+    """Quantize rows with ggml's own reference quantizer (no importance matrix)."""
+    rows, cols = w.shape
+    out = np.zeros(rows * cols // block_size(t) * type_size(t), dtype=np.uint8)
+    src = np.ascontiguousarray(w, dtype=np.float32)
+    ggml.ggml_quantize_init(int(t))
+    written = ggml.ggml_quantize_chunk(
+        int(t), src.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), out.ctypes.data, 0, rows, cols, None
+    )
+    assert written == out.nbytes
+    return out
+
+
+@pytest.fixture(scope="module")
+def weights_file(tmp_path_factory):
+    """A GGUF holding one 64x512 weight per type (64 rows: repackable types get repacked)."""
+    path = tmp_path_factory.mktemp("quant") / "weights.gguf"
+    w = randn(64, 512)
+    tensors = [(f"w.{t.name}", ggml_quantize(w, t), t, (64, 512)) for t in QUANTIZABLE if t in SUPPORTED_TYPES]
+    write_gguf(path, {"general.architecture": "test"}, tensors)
+    return path
+
+
+@pytest.mark.parametrize("t", QUANTIZABLE, ids=lambda t: t.name)
+def test_matmul_each_type_equals_dequantize_then_matmul(backend, weights_file, t):
+    if t not in SUPPORTED_TYPES:
+        pytest.skip(f"the torch reference does not dequantize {t.name}")
+    x = randn(7, 512)
+    with GGUFFile(weights_file) as gguf:
+        weights = backend.load(gguf, [f"w.{t.name}"])
+        w = weights[f"w.{t.name}"]
+        assert w.dtype == t
+        with backend.context() as ctx:
+            (got,) = ctx.compute(ctx.input(x).linear(w))
+        info = gguf.tensors[f"w.{t.name}"]
+        reference = x.astype(np.float64) @ dequantize(gguf.tensor_bytes(info.name), t, info.shape).double().numpy().T
+        backend.free(weights)
+    # Quantized types multiply with activations quantized to 8 bits per block (F16 for F16,
+    # BF16 for BF16, exact for F32): the error is relative to the size of the output.
+    tolerance = {GGMLType.F32: 1e-5, GGMLType.F16: 2e-3, GGMLType.BF16: 1e-2}.get(t, 1.5e-2)
+    error = np.linalg.norm(got - reference) / np.linalg.norm(reference)
+    assert error < tolerance, f"{t.name}: relative error {error:.2e}"
+
+
+def test_repacked_weights_are_used_and_row_lookup_refused(backend, weights_file):
+    with GGUFFile(weights_file) as gguf:
+        weights = backend.load(gguf, ["w.Q4_0", "w.Q8_0"])
+        assert weights["w.Q4_0"].repacked and not weights["w.Q8_0"].repacked
+        with backend.context() as ctx:
+            with pytest.raises(BackendError, match="repacked"):
+                weights["w.Q4_0"].rows(ctx.input(np.array([0], dtype=np.int32)))
+        backend.free(weights)
+        gathered = backend.load(gguf, ["w.Q4_0"], gathered={"w.Q4_0"})
+        assert not gathered["w.Q4_0"].repacked
+        backend.free(gathered)
+
+
+# -- misuse is a BackendError, never an abort -------------------------------------------------
+def test_shape_mismatches_raise(backend):
+    with backend.context() as ctx:
+        x = ctx.input(randn(4, 8))
+        with pytest.raises(BackendError, match="does not match weight"):
+            x.linear(ctx.input(randn(3, 7)))
+        with pytest.raises(BackendError, match="does not broadcast"):
+            x + ctx.input(randn(3, 8))
+        with pytest.raises(BackendError, match="cannot reshape"):
+            x.reshape(5, 7)
+        with pytest.raises(BackendError, match="permutation"):
+            x.permute(0, 0)
+        with pytest.raises(BackendError, match="rope"):
+            x.rope(ctx.input(np.zeros(4, np.int32)), Rope(dims=8))
+        q, k = ctx.input(randn(2, 4, 8)), ctx.input(randn(3, 3, 8))
+        with pytest.raises(BackendError, match="attention shapes"):
+            ctx.attention(q, k, k, ctx.attention_mask(np.zeros((2, 3), np.float32)), 1.0)
+        with pytest.raises(BackendError, match="out of range"):
+            ctx.input(randn(5, 8)).rows(ctx.input(np.array([5], np.int32)))
+        with pytest.raises(BackendError, match="float32 or int32"):
+            ctx.input(np.zeros(3, dtype=np.float64))
+
+
+def test_freed_tensors_raise(backend, weights_file):
+    ctx = backend.context()
+    x = ctx.input(randn(2, 8))
+    ctx.close()
+    other = backend.context()
+    with pytest.raises(BackendError, match="freed"):
+        x + other.input(randn(2, 8))
+    with pytest.raises(BackendError, match="closed"):
+        ctx.input(randn(2))
+    other.close()
+
+    with GGUFFile(weights_file) as gguf:
+        weights = backend.load(gguf, ["w.F32"])
+        backend.free(weights)
+        with backend.context() as ctx:
+            with pytest.raises(BackendError, match="freed"):
+                ctx.input(randn(2, 512)).linear(weights["w.F32"])
+
+    cache = backend.zeros((4, 8), GGMLType.F16)
+    backend.free(cache)
+    with backend.context() as ctx:
+        with pytest.raises(BackendError, match="freed"):
+            ctx.view(cache, 0, 2)
+
+
+def test_unsupported_types_raise(backend, tmp_path):
+    path = tmp_path / "ints.gguf"
+    write_gguf(path, {"general.architecture": "test"}, [("i", np.arange(8, dtype=np.int32).view(np.uint8), GGMLType.I32, (8,)), ("d", np.zeros(4, dtype=np.float64).view(np.uint8), GGMLType.F64, (4,))])
+    with GGUFFile(path) as gguf:
+        with pytest.raises(BackendError, match="F64"):
+            backend.load(gguf, ["d"])
+        weights = backend.load(gguf, ["i"])
+        with backend.context() as ctx:
+            with pytest.raises(BackendError, match="matmul type"):
+                ctx.input(randn(1, 8)).linear(weights["i"])
+        backend.free(weights)
+    with pytest.raises(BackendError, match="cache"):
+        backend.zeros((4, 8), GGMLType.Q4_0)
+
+
+def test_context_reuse_and_cross_context_raise(backend):
+    a, b = backend.context(), backend.context()
+    x, y = a.input(randn(2, 3)), b.input(randn(2, 3))
+    with pytest.raises(BackendError, match="different contexts"):
+        x + y
+    a.compute(x.scale(2.0))
+    with pytest.raises(BackendError, match="already computed"):
+        a.input(randn(2))
+    a.close()
+    b.close()
