@@ -11,8 +11,13 @@ def user_errors() -> tuple[type[BaseException], ...]:
     GGUFError, ModelError and BackendError are ValueErrors; OSError covers missing or
     unreadable files. With OLLAMA_DEBUG set nothing is caught, so a developer sees tracebacks.
     """
-    if os.environ.get("OLLAMA_DEBUG", "") not in ("", "0", "false"):
+    if debug_enabled():
         return ()
     from pollama.kvcache import CacheFullError
 
     return (ValueError, OSError, CacheFullError, MemoryError)
+
+
+def debug_enabled() -> bool:
+    """OLLAMA_DEBUG is set (to anything but empty, 0 or false)."""
+    return os.environ.get("OLLAMA_DEBUG", "").strip().lower() not in ("", "0", "false")

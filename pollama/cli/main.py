@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -142,7 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `pollama` console script."""
     args = build_parser().parse_args(argv)
-    from pollama.errors import user_errors
+    from pollama.errors import debug_enabled, user_errors
+
+    # Library warnings (e.g. a GGUF without a pre-tokenizer name) are for developers.
+    logging.basicConfig(level=logging.DEBUG if debug_enabled() else logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
 
     try:
         return args.func(args)

@@ -69,7 +69,7 @@ class KVCache:
         k_width: int,
         v_width: int,
         window: int | None = None,
-        dtype: GGMLType = GGMLType.F32,
+        dtype: GGMLType = GGMLType.F16,
     ):
         self.backend = backend
         self.layers = list(layers)

@@ -45,15 +45,21 @@ class _Owner:
 class GGMLTensor(Tensor):
     """A ggml tensor seen in PyTorch order."""
 
-    __slots__ = ("ptr", "shape", "dtype", "owner", "ctx", "repacked")
+    __slots__ = ("ptr", "shape", "dtype", "owner", "ctx", "repacked", "contiguous_")
 
-    def __init__(self, ptr, shape: tuple[int, ...], dtype: GGMLType, owner: _Owner, ctx: GGMLContext | None):
+    def __init__(self, ptr, shape: tuple[int, ...], dtype: GGMLType, owner: _Owner, ctx: GGMLContext | None, contiguous: bool = True):
         self.ptr = ptr
         self.shape = shape
         self.dtype = dtype
         self.owner = owner
         self.ctx = ctx  # the step context that created it; None for persistent tensors
         self.repacked = False  # a weight in CPU_REPACK layout: matmul only
+        # Tracked here rather than asked of ggml: only permute makes a non-contiguous tensor.
+        self.contiguous_ = contiguous
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
 
     def __repr__(self) -> str:
         return f"GGMLTensor({list(self.shape)}, {self.dtype.name})"
@@ -62,6 +68,8 @@ class GGMLTensor(Tensor):
     def _step(self, *others: Tensor | None) -> GGMLContext:
         """The step context an op on self and others is built in, after checking them."""
         ctx = self.ctx
+        if not others and ctx is not None and ctx.alive:
+            return ctx
         for t in (self, *others):
             if t is None:
                 continue
@@ -83,7 +91,7 @@ class GGMLTensor(Tensor):
             raise BackendError(f"{op} needs a float32 tensor, got {self.dtype.name} {list(self.shape)}")
 
     def _is_contiguous(self) -> bool:
-        return bool(ggml.ggml_is_contiguous(self.ptr))
+        return self.contiguous_
 
     # -- linear algebra ---------------------------------------------------------------------
     def linear(self, weight: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -161,8 +169,10 @@ class GGMLTensor(Tensor):
     # -- shape ------------------------------------------------------------------------------
     def reshape(self, *shape: int) -> Tensor:
         ctx = self._step()
-        shape = _resolve_shape(shape, math.prod(self.shape))
-        if math.prod(shape) != math.prod(self.shape) or not 1 <= len(shape) <= 4:
+        total = math.prod(self.shape)
+        if -1 in shape or any(s <= 0 for s in shape):
+            shape = _resolve_shape(shape, total)
+        if math.prod(shape) != total or not 1 <= len(shape) <= 4:
             raise BackendError(f"cannot reshape {list(self.shape)} to {list(shape)}")
         src = self if self._is_contiguous() else self.contiguous()
         ne = shape[::-1]
@@ -179,7 +189,8 @@ class GGMLTensor(Tensor):
         for i, d in enumerate(dims):
             axes[n - 1 - d] = n - 1 - i
         ptr = ggml.ggml_permute(ctx.ctx, self.ptr, *axes)
-        return ctx._new(ptr, tuple(self.shape[d] for d in dims), self.dtype)
+        identity = list(dims) == list(range(n))
+        return ctx._new(ptr, tuple(self.shape[d] for d in dims), self.dtype, contiguous=identity and self.contiguous_)
 
     def contiguous(self) -> Tensor:
         ctx = self._step()
@@ -236,10 +247,11 @@ class GGMLContext(Context, _Owner):
         self.n_tensors = 0
         self.inputs: list[tuple[GGMLTensor, np.ndarray]] = []
         self.arrays: dict[int, np.ndarray] = {}  # id(input tensor) -> its data, for index checks
+        self.checked: set[tuple[int, int]] = set()
         self.alive = True
         self.computed = False
 
-    def _new(self, ptr, shape: tuple[int, ...], dtype: GGMLType = GGMLType.F32) -> GGMLTensor:
+    def _new(self, ptr, shape: tuple[int, ...], dtype: GGMLType = GGMLType.F32, contiguous: bool = True) -> GGMLTensor:
         # Each op makes at most a handful of tensors; the margin keeps ggml's own allocation
         # inside the context from ever running out (which would abort).
         self.n_tensors += 1
@@ -247,15 +259,18 @@ class GGMLContext(Context, _Owner):
             raise BackendError(f"a step may create at most {MAX_TENSORS} tensors")
         if not ptr:
             raise BackendError("ggml returned no tensor")
-        return GGMLTensor(ptr, tuple(shape), dtype, self, self)
+        return GGMLTensor(ptr, tuple(shape), dtype, self, self, contiguous)
 
     def _check_index(self, index: GGMLTensor, limit: int, op: str) -> None:
         # ggml asserts (aborts) on an out-of-range row index, so check the input's values here.
         array = self.arrays.get(id(index))
         if array is None:
             raise BackendError(f"{op} takes its index from ctx.input()")
+        if (id(index), limit) in self.checked:
+            return  # the same cell index is written once per layer
         if array.size and (array.min() < 0 or array.max() >= limit):
             raise BackendError(f"{op}: index out of range [0, {limit}): min {array.min()}, max {array.max()}")
+        self.checked.add((id(index), limit))
 
     def _check_open(self) -> None:
         if not self.alive:
