@@ -1,0 +1,89 @@
+"""Byte-level BPE (tokenizer.ggml.model = gpt2), merging as llama.cpp's llm_tokenizer_bpe does."""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Sequence
+
+from .pretokenize import PreTokenizer, byte_encode, splitter
+
+_CACHE_LIMIT = 1 << 17  # words; a prompt rarely has more than a few thousand distinct ones
+
+
+class BPEModel:
+    """Encodes text fragments (already free of special tokens) into ids."""
+
+    def __init__(self, token_to_id: dict[str, int], merges: Sequence[str], pre: PreTokenizer):
+        self.token_to_id = token_to_id
+        # "left right" -> rank. Keyed by the merge line itself: byte-level symbols never contain a
+        # space, so "left right" splits exactly where llama.cpp splits it. Built from the end so
+        # that the first rank of a repeated line wins.
+        self.ranks: dict[str, int] = dict(zip(reversed(merges), range(len(merges) - 1, -1, -1), strict=True))
+        self.pre = pre
+        self.splitter = splitter(pre.regexes)
+        self._cache: dict[str, tuple[int, ...]] = {}
+
+    def encode(self, text: str, out: list[int]) -> None:
+        """Append the ids of one raw text fragment to `out`."""
+        cache = self._cache
+        for word in self.splitter.split(text):
+            ids = cache.get(word)
+            if ids is None:
+                if len(cache) >= _CACHE_LIMIT:
+                    cache.clear()
+                ids = cache[word] = tuple(self._encode_word(byte_encode(word)))
+            out.extend(ids)
+
+    def _encode_word(self, word: str) -> list[int]:
+        tok = self.token_to_id
+        if self.pre.ignore_merges:
+            i = tok.get(word)
+            if i is not None:
+                return [i]
+        out = []
+        for sym in self._merge(word):
+            i = tok.get(sym)
+            if i is not None:
+                out.append(i)
+                continue
+            # A symbol the merges built but the vocabulary lacks: llama.cpp looks up each of its
+            # UTF-8 bytes as a one-byte token and drops those that are not tokens either.
+            for b in sym.encode("utf-8", "surrogateescape"):
+                i = tok.get(bytes([b]).decode("utf-8", "surrogateescape"))
+                if i is not None:
+                    out.append(i)
+        return out
+
+    def _merge(self, word: str) -> list[str]:
+        """Apply merges lowest rank first, leftmost first among equal ranks; return the symbols."""
+        syms = list(word)
+        n = len(syms)
+        if n < 2:
+            return syms
+        ranks = self.ranks
+        nxt = list(range(1, n + 1))
+        nxt[-1] = -1
+        prv = list(range(-1, n - 1))
+        heap = []
+        for i in range(n - 1):
+            r = ranks.get(syms[i] + " " + syms[i + 1])
+            if r is not None:
+                heap.append((r, i, i + 1, syms[i] + syms[i + 1]))
+        heapq.heapify(heap)
+        while heap:
+            _, left, right, text = heapq.heappop(heap)
+            # Stale entry: one side was merged away or grew since it was queued.
+            if not syms[left] or not syms[right] or syms[left] + syms[right] != text:
+                continue
+            syms[left] = text
+            syms[right] = ""
+            after = nxt[right]
+            nxt[left] = after
+            if after != -1:
+                prv[after] = left
+            for a, b in ((prv[left], left), (left, after)):
+                if a != -1 and b != -1:
+                    r = ranks.get(syms[a] + " " + syms[b])
+                    if r is not None:
+                        heapq.heappush(heap, (r, a, b, syms[a] + syms[b]))
+        return [s for s in syms if s]
