@@ -69,14 +69,17 @@ class KVCache:
         k_width: int,
         v_width: int,
         window: int | None = None,
-        dtype: GGMLType = GGMLType.F16,
+        k_dtype: GGMLType = GGMLType.F16,
+        v_dtype: GGMLType = GGMLType.F32,
     ):
         self.backend = backend
         self.layers = list(layers)
         self.n_cells = n_cells
         self.window = window
-        self.k = {i: backend.zeros((n_cells, k_width), dtype) for i in self.layers}
-        self.v = {i: backend.zeros((n_cells, v_width), dtype) for i in self.layers}
+        # K in F16 as llama.cpp keeps it. V in F32: ggml's CPU flash attention accumulates
+        # softmax(qk)·v in the type of V, and F16 accumulation moves logits measurably.
+        self.k = {i: backend.zeros((n_cells, k_width), k_dtype) for i in self.layers}
+        self.v = {i: backend.zeros((n_cells, v_width), v_dtype) for i in self.layers}
         self.cell_pos = np.full(n_cells, -1, dtype=np.int32)  # -1: empty
         self.cell_seq = np.full(n_cells, -1, dtype=np.int32)
         self.step: _Step | None = None

@@ -93,6 +93,14 @@ class Tensor(ABC):
     def tanh(self) -> Tensor:
         """Hyperbolic tangent."""
 
+    def swiglu(self, up: Tensor) -> Tensor:
+        """silu(self) * up: the gated linear unit of Llama's MLP (a backend may fuse it)."""
+        return self.silu() * up
+
+    def geglu(self, up: Tensor) -> Tensor:
+        """gelu(self) * up: the gated linear unit of Gemma's MLP (a backend may fuse it)."""
+        return self.gelu() * up
+
     def softcap(self, cap: float) -> Tensor:
         """cap * tanh(x / cap): bounds logits smoothly (Gemma)."""
         return self.scale(1.0 / cap).tanh().scale(cap)

@@ -38,14 +38,16 @@ def randn(*shape) -> np.ndarray:
 
 # -- ops against numpy ------------------------------------------------------------------------
 def test_elementwise_and_norms(backend):
-    x, w = randn(3, 5, 8), randn(8)
+    x, w, y = randn(3, 5, 8), randn(8), randn(3, 5, 8)
     with backend.context() as ctx:
         X, W = ctx.input(x), ctx.input(w)
-        outs = ctx.compute(X + W, X * W, X.scale(0.5), X.silu(), X.gelu(), X.tanh(), X.rms_norm(1e-5), X.layer_norm(1e-5), X.softcap(2.0))
+        Y = ctx.input(y)
+        outs = ctx.compute(X + W, X * W, X.scale(0.5), X.silu(), X.gelu(), X.tanh(), X.rms_norm(1e-5), X.layer_norm(1e-5), X.softcap(2.0), X.swiglu(Y), X.geglu(Y))
     rms = x / np.sqrt((x * x).mean(-1, keepdims=True) + 1e-5)
     ln = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-5)
     gelu = 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
-    expected = [x + w, x * w, x * 0.5, x / (1 + np.exp(-x)), gelu, np.tanh(x), rms, ln, 2 * np.tanh(x / 2)]
+    silu = x / (1 + np.exp(-x))
+    expected = [x + w, x * w, x * 0.5, silu, gelu, np.tanh(x), rms, ln, 2 * np.tanh(x / 2), silu * y, gelu * y]
     for got, want in zip(outs, expected):
         np.testing.assert_allclose(got, want, rtol=2e-3, atol=2e-3)
 

@@ -160,6 +160,20 @@ class GGMLTensor(Tensor):
     def tanh(self) -> Tensor:
         return self._unary(ggml.ggml_tanh, "tanh")
 
+    def _glu(self, up: Tensor, fn, op: str) -> Tensor:
+        ctx = self._step(up)
+        if self.dtype != GGMLType.F32 or up.dtype != GGMLType.F32 or self.shape != up.shape:
+            raise BackendError(f"{op} needs two float32 tensors of one shape, got {list(self.shape)} and {list(up.shape)}")
+        a = self if self._is_contiguous() else self.contiguous()
+        b = up if up._is_contiguous() else up.contiguous()
+        return ctx._new(fn(ctx.ctx, a.ptr, b.ptr), self.shape)
+
+    def swiglu(self, up: Tensor) -> Tensor:
+        return self._glu(up, ggml.ggml_swiglu_split, "swiglu")
+
+    def geglu(self, up: Tensor) -> Tensor:
+        return self._glu(up, ggml.ggml_geglu_split, "geglu")
+
     def rms_norm(self, eps: float) -> Tensor:
         return self._unary(ggml.ggml_rms_norm, "rms_norm", float(eps))
 

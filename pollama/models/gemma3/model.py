@@ -101,7 +101,7 @@ class Gemma3(TextModel):
             x = x + layer.post_attention_norm(layer.attn_output(a))
 
             h = layer.ffn_norm(x)
-            h = layer.ffn_down(layer.ffn_gate(h).gelu() * layer.ffn_up(h))
+            h = layer.ffn_down(layer.ffn_gate(h).geglu(layer.ffn_up(h)))
             x = x + layer.post_ffw_norm(h)
         x = x.rows(ctx.input(batch.outputs))
         logits = self.output(self.output_norm(x))

@@ -92,6 +92,6 @@ class Llama(TextModel):
             x = x + layer.attn_output(a)
 
             h = layer.ffn_norm(x)
-            x = x + layer.ffn_down(layer.ffn_gate(h).silu() * layer.ffn_up(h))
+            x = x + layer.ffn_down(layer.ffn_gate(h).swiglu(layer.ffn_up(h)))
         x = x.rows(ctx.input(batch.outputs))  # only the rows whose logits are wanted
         return self.output(self.output_norm(x))
