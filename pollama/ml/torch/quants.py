@@ -6,7 +6,9 @@ with shifts and masks. The block layouts and formulas are ggml's (ggml-common.h 
 ``dequantize_row_*`` in ggml-quants.c); the float operations are done in the same order as the
 ``gguf.quants`` numpy reference, so results are bit-identical to it (the tests check that).
 For the same reason a multiply and an add stay two ops: a fused multiply-add (addcmul) would
-round once instead of twice.
+round once instead of twice. The float work is done in place in the output (integer codes
+copied in, then scaled and offset): fresh float temporaries cost more than the arithmetic,
+because every large allocation comes back from the OS as new pages to fault in.
 
 Supported: F32, F16, BF16, F64, I8, I16, I32, I64 (converted to float32), Q4_0, Q4_1, Q5_0,
 Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K, IQ4_NL, IQ4_XS, MXFP4.
@@ -23,9 +25,9 @@ import torch
 
 from pollama.fs.ggml_types import GGMLType, block_size, type_size
 
-# Elements decoded per step. Bounds the temporaries (a handful of chunk-sized tensors) while
-# keeping per-op overhead small; GPUs get bigger steps because every op is a kernel launch.
-_CHUNK_ELEMENTS_CPU = 1 << 20
+# Elements decoded per step. Bounds the temporaries (a few chunk-sized byte and index tensors)
+# while keeping per-op overhead small; GPUs get bigger steps: every op is a kernel launch.
+_CHUNK_ELEMENTS_CPU = 1 << 18
 _CHUNK_ELEMENTS_GPU = 1 << 22
 
 # The non-linear 4-bit codebook of IQ4_NL and IQ4_XS.
@@ -41,25 +43,24 @@ Decoder = Callable[[torch.Tensor, torch.Tensor], None]
 
 
 @functools.lru_cache(maxsize=None)
-def _const(values: tuple, dtype: torch.dtype, device: torch.device, shape: tuple) -> torch.Tensor:
-    # Small per-device constants (shift amounts, codebooks), made once.
-    return torch.tensor(values, dtype=dtype, device=device).reshape(shape)
+def _codebook(values: tuple, device: torch.device) -> torch.Tensor:
+    # Made once per device.
+    return torch.tensor(values, dtype=torch.float32, device=device)
 
 
-def _shifts(values: tuple, device: torch.device, axis_last: bool = False) -> torch.Tensor:
-    shape = (len(values),) if axis_last else (len(values), 1)
-    return _const(values, torch.uint8, device, shape)
+def _fields(b: torch.Tensor, shifts: tuple, mask: int) -> list[torch.Tensor]:
+    # One op per shift by a Python int: much faster on CPU than shifting by a broadcast tensor.
+    return [(b >> s) & mask if s else b & mask for s in shifts]
 
 
 def _unpack(b: torch.Tensor, shifts: tuple, mask: int) -> torch.Tensor:
     """Bit fields of b [..., k] at each shift, as [..., len(shifts), k]."""
-    return (b.unsqueeze(-2) >> _shifts(shifts, b.device)) & mask
+    return torch.stack(_fields(b, shifts, mask), dim=-2)
 
 
 def _bits_lsb_first(b: torch.Tensor) -> torch.Tensor:
     """The bits of b [n, k] as [n, 8k], least significant bit of each byte first."""
-    bits = (b.unsqueeze(-1) >> _shifts(tuple(range(8)), b.device, axis_last=True)) & 1
-    return bits.reshape(b.shape[0], -1)
+    return torch.stack(_fields(b, tuple(range(8)), 1), dim=-1).reshape(b.shape[0], -1)
 
 
 def _f16(b: torch.Tensor) -> torch.Tensor:
@@ -77,9 +78,11 @@ def _nibbles(b: torch.Tensor) -> torch.Tensor:
     return _unpack(b, (0, 4), 0xF).reshape(b.shape[0], -1)
 
 
-def _lookup(codebook: tuple, idx: torch.Tensor) -> torch.Tensor:
-    table = _const(codebook, torch.float32, idx.device, (len(codebook),))
-    return table[idx.long()]
+def _lookup_into(out: torch.Tensor, codebook: tuple, idx: torch.Tensor) -> None:
+    """out = codebook[idx], for a contiguous out with as many elements as idx."""
+    table = _codebook(codebook, idx.device)
+    # index_select is several times faster on CPU than advanced indexing (table[idx]).
+    torch.index_select(table, 0, idx.reshape(-1).int(), out=out.view(-1))
 
 
 # --- 32-element block types ----------------------------------------------------------------
@@ -87,42 +90,41 @@ def _lookup(codebook: tuple, idx: torch.Tensor) -> torch.Tensor:
 
 def _q4_0(b: torch.Tensor, out: torch.Tensor) -> None:
     # d: f16 | qs: 16 bytes, element j in the low nibble of byte j, j+16 in the high one
-    d = _f16(b[:, 0:2])
-    q = _nibbles(b[:, 2:18]).float() - 8
-    torch.mul(d, q, out=out)
+    out.copy_(_nibbles(b[:, 2:18]).view(torch.int8) - 8)
+    out.mul_(_f16(b[:, 0:2]))
 
 
 def _q4_1(b: torch.Tensor, out: torch.Tensor) -> None:
     # d: f16 | m: f16 | qs: 16 bytes as in Q4_0, unsigned
-    d, m = _f16(b[:, 0:2]), _f16(b[:, 2:4])
-    q = _nibbles(b[:, 4:20]).float()
-    torch.add(d * q, m, out=out)
+    out.copy_(_nibbles(b[:, 4:20]))
+    out.mul_(_f16(b[:, 0:2]))
+    out.add_(_f16(b[:, 2:4]))
 
 
 def _q5_0(b: torch.Tensor, out: torch.Tensor) -> None:
     # d: f16 | qh: 32 fifth bits (bit j for element j) | qs: low 4 bits as in Q4_0
-    d = _f16(b[:, 0:2])
     q = _nibbles(b[:, 6:22]) | (_bits_lsb_first(b[:, 2:6]) << 4)
-    torch.mul(d, q.float() - 16, out=out)
+    out.copy_(q.view(torch.int8) - 16)
+    out.mul_(_f16(b[:, 0:2]))
 
 
 def _q5_1(b: torch.Tensor, out: torch.Tensor) -> None:
     # d: f16 | m: f16 | qh | qs, as Q5_0 but unsigned with an offset m
-    d, m = _f16(b[:, 0:2]), _f16(b[:, 2:4])
-    q = _nibbles(b[:, 8:24]) | (_bits_lsb_first(b[:, 4:8]) << 4)
-    torch.add(d * q.float(), m, out=out)
+    out.copy_(_nibbles(b[:, 8:24]) | (_bits_lsb_first(b[:, 4:8]) << 4))
+    out.mul_(_f16(b[:, 0:2]))
+    out.add_(_f16(b[:, 2:4]))
 
 
 def _q8_0(b: torch.Tensor, out: torch.Tensor) -> None:
     # d: f16 | qs: 32 int8
-    d = _f16(b[:, 0:2])
-    torch.mul(b[:, 2:34].view(torch.int8).float(), d, out=out)
+    out.copy_(b[:, 2:34].view(torch.int8))
+    out.mul_(_f16(b[:, 0:2]))
 
 
 def _iq4_nl(b: torch.Tensor, out: torch.Tensor) -> None:
     # d: f16 | qs: 16 bytes of codebook indices, packed as in Q4_0
-    d = _f16(b[:, 0:2])
-    torch.mul(d, _lookup(_KVALUES_IQ4NL, _nibbles(b[:, 2:18])), out=out)
+    _lookup_into(out, _KVALUES_IQ4NL, _nibbles(b[:, 2:18]))
+    out.mul_(_f16(b[:, 0:2]))
 
 
 def _e8m0_half(e: torch.Tensor) -> torch.Tensor:
@@ -135,8 +137,8 @@ def _e8m0_half(e: torch.Tensor) -> torch.Tensor:
 
 def _mxfp4(b: torch.Tensor, out: torch.Tensor) -> None:
     # e: E8M0 shared exponent | qs: 16 bytes of FP4 codes, packed as in Q4_0
-    d = _e8m0_half(b[:, 0:1])
-    torch.mul(_lookup(_KVALUES_MXFP4, _nibbles(b[:, 1:17])), d, out=out)
+    _lookup_into(out, _KVALUES_MXFP4, _nibbles(b[:, 1:17]))
+    out.mul_(_e8m0_half(b[:, 0:1]))
 
 
 # --- K-quants: 256-element super-blocks ----------------------------------------------------
@@ -149,10 +151,10 @@ def _q2_k(b: torch.Tensor, out: torch.Tensor) -> None:
     n = b.shape[0]
     sc = b[:, 0:16]
     d, dmin = _f16(b[:, 80:82]), _f16(b[:, 82:84])
-    q = _unpack(b[:, 16:80].reshape(n, 2, 32), (0, 2, 4, 6), 3).reshape(n, 16, 16).float()
-    dl = (d * (sc & 0xF).float()).unsqueeze(-1)
-    ml = (dmin * (sc >> 4).float()).unsqueeze(-1)
-    torch.sub(dl * q, ml, out=out.view(n, 16, 16))
+    y = out.view(n, 16, 16)
+    y.copy_(_unpack(b[:, 16:80].reshape(n, 2, 32), (0, 2, 4, 6), 3).reshape(n, 16, 16))
+    y.mul_((d * (sc & 0xF).float()).unsqueeze(-1))
+    y.sub_((dmin * (sc >> 4).float()).unsqueeze(-1))
 
 
 def _q3_k_scales(s: torch.Tensor) -> torch.Tensor:
@@ -172,9 +174,9 @@ def _q3_k(b: torch.Tensor, out: torch.Tensor) -> None:
     d = _f16(b[:, 108:110])
     low = _unpack(b[:, 32:96].reshape(n, 2, 32), (0, 2, 4, 6), 3).reshape(n, 16, 16)
     high = _unpack(b[:, 0:32], tuple(range(8)), 1).reshape(n, 16, 16)
-    q = (low.view(torch.int8) - ((high ^ 1) << 2).view(torch.int8)).float()
-    dl = (d * _q3_k_scales(b[:, 96:108]).float()).unsqueeze(-1)
-    torch.mul(dl, q, out=out.view(n, 16, 16))
+    y = out.view(n, 16, 16)
+    y.copy_(low.view(torch.int8) - ((high ^ 1) << 2).view(torch.int8))
+    y.mul_((d * _q3_k_scales(b[:, 96:108]).float()).unsqueeze(-1))
 
 
 def _k4_scales(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -193,10 +195,10 @@ def _q4_k(b: torch.Tensor, out: torch.Tensor) -> None:
     n = b.shape[0]
     d, dmin = _f16(b[:, 0:2]), _f16(b[:, 2:4])
     sc, mn = _k4_scales(b[:, 4:16])
-    q = _unpack(b[:, 16:144].reshape(n, 4, 32), (0, 4), 0xF).reshape(n, 8, 32).float()
-    dl = (d * sc.float()).unsqueeze(-1)
-    ml = (dmin * mn.float()).unsqueeze(-1)
-    torch.sub(dl * q, ml, out=out.view(n, 8, 32))
+    y = out.view(n, 8, 32)
+    y.copy_(_unpack(b[:, 16:144].reshape(n, 4, 32), (0, 4), 0xF).reshape(n, 8, 32))
+    y.mul_((d * sc.float()).unsqueeze(-1))
+    y.sub_((dmin * mn.float()).unsqueeze(-1))
 
 
 def _q5_k(b: torch.Tensor, out: torch.Tensor) -> None:
@@ -207,10 +209,10 @@ def _q5_k(b: torch.Tensor, out: torch.Tensor) -> None:
     sc, mn = _k4_scales(b[:, 4:16])
     low = _unpack(b[:, 48:176].reshape(n, 4, 32), (0, 4), 0xF).reshape(n, 8, 32)
     high = _unpack(b[:, 16:48], tuple(range(8)), 1)
-    q = (low | (high << 4)).float()
-    dl = (d * sc.float()).unsqueeze(-1)
-    ml = (dmin * mn.float()).unsqueeze(-1)
-    torch.sub(dl * q, ml, out=out.view(n, 8, 32))
+    y = out.view(n, 8, 32)
+    y.copy_(low | (high << 4))
+    y.mul_((d * sc.float()).unsqueeze(-1))
+    y.sub_((dmin * mn.float()).unsqueeze(-1))
 
 
 def _q6_k(b: torch.Tensor, out: torch.Tensor) -> None:
@@ -221,16 +223,16 @@ def _q6_k(b: torch.Tensor, out: torch.Tensor) -> None:
     n = b.shape[0]
     low = _unpack(b[:, 0:128].reshape(n, 2, 64), (0, 4), 0xF).reshape(n, 2, 4, 32)
     high = _unpack(b[:, 128:192].reshape(n, 2, 32), (0, 2, 4, 6), 3)
-    q = (low | (high << 4)).reshape(n, 16, 16).float() - 32
+    y = out.view(n, 16, 16)
+    y.copy_((low | (high << 4)).view(torch.int8).reshape(n, 16, 16) - 32)
     d = _f16(b[:, 208:210])
-    dl = (d * b[:, 192:208].view(torch.int8).float()).unsqueeze(-1)
-    torch.mul(dl, q, out=out.view(n, 16, 16))
+    y.mul_((d * b[:, 192:208].view(torch.int8).float()).unsqueeze(-1))
 
 
 def _q8_k(b: torch.Tensor, out: torch.Tensor) -> None:
     # d: f32 | qs: 256 int8 | bsums: 16 int16 (only used by dot products)
-    d = _f32(b[:, 0:4])
-    torch.mul(d, b[:, 4:260].view(torch.int8).float(), out=out)
+    out.copy_(b[:, 4:260].view(torch.int8))
+    out.mul_(_f32(b[:, 0:4]))
 
 
 def _iq4_xs(b: torch.Tensor, out: torch.Tensor) -> None:
@@ -242,9 +244,10 @@ def _iq4_xs(b: torch.Tensor, out: torch.Tensor) -> None:
     low = _unpack(b[:, 4:8], (0, 4), 0xF).transpose(1, 2).reshape(n, 8)
     high = _unpack(b[:, 2:4], (0, 2, 4, 6), 3).transpose(1, 2).reshape(n, 8)
     ls = (low | (high << 4)).view(torch.int8) - 32
-    dl = (d * ls.float()).unsqueeze(-1)
     idx = _unpack(b[:, 8:136].reshape(n, 8, 16), (0, 4), 0xF).reshape(n, 8, 32)
-    torch.mul(dl, _lookup(_KVALUES_IQ4NL, idx), out=out.view(n, 8, 32))
+    y = out.view(n, 8, 32)
+    _lookup_into(y, _KVALUES_IQ4NL, idx)
+    y.mul_((d * ls.float()).unsqueeze(-1))
 
 
 _DECODERS: dict[GGMLType, Decoder] = {
