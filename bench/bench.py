@@ -49,18 +49,15 @@ def run_pollama(model: str, ids: list[int], gen: int, threads: int) -> dict:
     t0 = time.perf_counter()
     engine = Engine(model, num_ctx=len(ids) + gen + 16, num_batch=512, num_thread=threads)
     load = time.perf_counter() - t0
-    engine._forward(ids[:16], 0)  # warm up: page in weights, size the allocator
-    engine.cache.clear()
+    engine.prefill(ids[:16])  # warm up: page in weights, size the allocator
+    engine.reset()
     t0 = time.perf_counter()
-    logits = None
-    for start in range(0, len(ids), engine.num_batch):
-        logits = engine._forward(ids[start : start + engine.num_batch], start)
+    logits, _ = engine.prefill(ids)
     prefill = time.perf_counter() - t0
-    token, pos = int(np.argmax(logits[-1])), len(ids)
+    token = int(np.argmax(logits))
     t0 = time.perf_counter()
     for _ in range(gen):
-        logits = engine._forward([token], pos)
-        token, pos = int(np.argmax(logits[-1])), pos + 1
+        token = int(np.argmax(engine.decode(token)))
     decode = time.perf_counter() - t0
     return {"load_s": load, "prefill_tps": len(ids) / prefill, "decode_tps": gen / decode}
 

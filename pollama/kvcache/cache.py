@@ -18,6 +18,9 @@ from pollama.fs.ggml_types import GGMLType
 from pollama.ml.base import Backend, Context, Tensor
 
 
+N_KV_PAD = 32
+
+
 class CacheFullError(RuntimeError):
     """No free cells for the step's tokens (the context is full)."""
 
@@ -69,17 +72,16 @@ class KVCache:
         k_width: int,
         v_width: int,
         window: int | None = None,
-        k_dtype: GGMLType = GGMLType.F16,
-        v_dtype: GGMLType = GGMLType.F32,
+        dtype: GGMLType = GGMLType.F16,
     ):
         self.backend = backend
         self.layers = list(layers)
         self.n_cells = n_cells
         self.window = window
-        # K in F16 as llama.cpp keeps it. V in F32: ggml's CPU flash attention accumulates
-        # softmax(qk)·v in the type of V, and F16 accumulation moves logits measurably.
-        self.k = {i: backend.zeros((n_cells, k_width), k_dtype) for i in self.layers}
-        self.v = {i: backend.zeros((n_cells, v_width), v_dtype) for i in self.layers}
+        # As llama.cpp keeps them: K as rows [cells, width], V transposed [width, cells] so
+        # that attention multiplies by it without a copy.
+        self.k = {i: backend.zeros((n_cells, k_width), dtype) for i in self.layers}
+        self.v = {i: backend.zeros((v_width, n_cells), dtype) for i in self.layers}
         self.cell_pos = np.full(n_cells, -1, dtype=np.int32)  # -1: empty
         self.cell_seq = np.full(n_cells, -1, dtype=np.int32)
         self.step: _Step | None = None
@@ -138,11 +140,15 @@ class KVCache:
     def begin(self, ctx: Context, batch: Batch) -> None:
         """Claim cells for a batch and make its cell index and mask inputs."""
         cells = self.allocate(batch)
-        n_kv = int(np.flatnonzero(self.cell_pos >= 0).max()) + 1
+        # Attend over the used cells rounded up to a multiple of N_KV_PAD, as llama.cpp does:
+        # the masked extra cells change nothing mathematically, but the dot products then run
+        # the same SIMD path (and summation order) as llama.cpp's, so logits match it exactly.
+        used = int(np.flatnonzero(self.cell_pos >= 0).max()) + 1
+        n_kv = min(self.n_cells, -(-used // N_KV_PAD) * N_KV_PAD)
         self.step = _Step(ctx, ctx.input(cells), ctx.attention_mask(self.mask(batch, n_kv)), n_kv)
 
     def update(self, ctx: Context, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Store a layer's new k/v [t, kv_heads, d] and return all visible k, v and the mask."""
+        """Store a layer's new k/v [t, kv_heads, d]; return visible k [n, kv_heads, d], v_t [kv_heads, dv, n] and the mask."""
         step = self.step
         if step is None or step.ctx is not ctx:
             raise RuntimeError("KVCache.update() outside the step begun with begin()")
@@ -150,10 +156,10 @@ class KVCache:
             raise RuntimeError(f"layer {layer} written twice in one step")
         step.written.add(layer)
         ctx.store(self.k[layer], step.cells, k)
-        ctx.store(self.v[layer], step.cells, v)
+        ctx.store_columns(self.v[layer], step.cells, v)
         keys = ctx.view(self.k[layer], 0, step.n_kv).reshape(step.n_kv, *k.shape[1:])
-        values = ctx.view(self.v[layer], 0, step.n_kv).reshape(step.n_kv, *v.shape[1:])
-        return keys, values, step.mask
+        values_t = ctx.view_columns(self.v[layer], 0, step.n_kv, heads=v.shape[1])
+        return keys, values_t, step.mask
 
 
 class LayerCaches:

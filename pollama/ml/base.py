@@ -146,11 +146,12 @@ class Context(ABC):
 
     @abstractmethod
     def attention(
-        self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: float, softcap: float = 0.0
+        self, q: Tensor, k: Tensor, v_t: Tensor, mask: Tensor, scale: float, softcap: float = 0.0
     ) -> Tensor:
-        """softmax(q k^T * scale + mask) v with grouped-query heads.
+        """softmax(softcap(q k^T * scale) + mask) v with grouped-query heads.
 
-        q [t, heads, d], k [n, kv_heads, d], v [n, kv_heads, dv] -> [t, heads * dv].
+        q [t, heads, d], k [n, kv_heads, d], and V transposed, v_t [kv_heads, dv, n] (as
+        `view_columns` gives it: the layout llama.cpp keeps V in) -> [t, heads * dv].
         """
 
     @abstractmethod
@@ -160,6 +161,14 @@ class Context(ABC):
     @abstractmethod
     def store(self, cache: Tensor, cells: Tensor, values: Tensor) -> None:
         """Write rows: cache[cells[i]] = values[i]; cache [n_cells, ...], values [t, ...]."""
+
+    @abstractmethod
+    def store_columns(self, cache: Tensor, cells: Tensor, values: Tensor) -> None:
+        """Write columns: cache[:, cells[i]] = values[i]; cache [width, n_cells], values [t, width]."""
+
+    @abstractmethod
+    def view_columns(self, cache: Tensor, start: int, length: int, heads: int) -> Tensor:
+        """Columns [start, start+length) of a persistent [width, n_cells] tensor as [heads, width / heads, length]."""
 
     @abstractmethod
     def compute(self, *outputs: Tensor) -> list[np.ndarray]:

@@ -144,6 +144,14 @@ class Engine:
             self.cached.extend(chunk)
         return logits[-1], len(prompt) - keep
 
+    def decode(self, token: int) -> np.ndarray:
+        """Evaluate one token after the cached ones; the logits of the next position."""
+        if len(self.cached) + 1 > self.num_ctx:
+            raise ValueError(f"the context of {self.num_ctx} tokens is full")
+        logits = self._forward([token], len(self.cached))[-1]
+        self.cached.append(token)
+        return logits
+
     def _can_keep(self, n: int) -> bool:
         """Whether the cache still holds every position the next token would attend to."""
         caches = getattr(self.cache, "caches", [self.cache])
@@ -154,10 +162,14 @@ class Engine:
                 return False
         return True
 
-    def logits(self, tokens: Sequence[int]) -> np.ndarray:
-        """Logits for every position of `tokens` from an empty cache (for tests and tools)."""
+    def reset(self) -> None:
+        """Forget the cached tokens (the next prompt is evaluated whole)."""
         self.cache.clear()
         self.cached = []
+
+    def logits(self, tokens: Sequence[int]) -> np.ndarray:
+        """Logits for every position of `tokens` from an empty cache (for tests and tools)."""
+        self.reset()
         rows = []
         for start in range(0, len(tokens), self.num_batch):
             rows.append(self._forward(tokens[start : start + self.num_batch], start, all_logits=True))
@@ -196,8 +208,7 @@ class Engine:
                 break
             if len(self.cached) + 1 >= self.num_ctx:
                 break  # context full: going on would need a shift of the cache
-            logits = self._forward([token], len(self.cached))[-1]
-            self.cached.append(token)
+            logits = self.decode(token)
         if not stopped_by_string:
             # Release what was held back: partial UTF-8 and text that looked like a stop's start.
             text, _ = stops.push(decoder.flush())

@@ -92,8 +92,8 @@ def test_rope(backend, mode):
 def test_attention_with_cache_gqa_window_softcap(backend):
     t, h, hkv, d, n_cells = 4, 6, 2, 8, 16
     q, k, v = randn(t, h, d), randn(t, hkv, d), randn(t, hkv, d)
-    k_cache = backend.zeros((n_cells, hkv * d), GGMLType.F32)
-    v_cache = backend.zeros((n_cells, hkv * d), GGMLType.F32)
+    k_cache = backend.zeros((n_cells, hkv * d), GGMLType.F16)
+    v_cache = backend.zeros((hkv * d, n_cells), GGMLType.F16)  # V transposed, as llama.cpp keeps it
     cells = np.array([5, 1, 2, 9], dtype=np.int32)
     mask = np.full((t, 10), -np.inf, dtype=np.float32)
     for i in range(t):  # token i sees itself and earlier tokens, at most 2 back
@@ -102,9 +102,9 @@ def test_attention_with_cache_gqa_window_softcap(backend):
     with backend.context() as ctx:
         c = ctx.input(cells)
         ctx.store(k_cache, c, ctx.input(k))
-        ctx.store(v_cache, c, ctx.input(v))
+        ctx.store_columns(v_cache, c, ctx.input(v))
         keys = ctx.view(k_cache, 0, 10).reshape(10, hkv, d)
-        values = ctx.view(v_cache, 0, 10).reshape(10, hkv, d)
+        values = ctx.view_columns(v_cache, 0, 10, heads=hkv)
         (got,) = ctx.compute(ctx.attention(ctx.input(q), keys, values, ctx.attention_mask(mask), 0.3, softcap=5.0))
     K, V = np.zeros((10, hkv, d)), np.zeros((10, hkv, d))
     K[cells], V[cells] = k, v
@@ -197,9 +197,12 @@ def test_shape_mismatches_raise(backend):
             x.permute(0, 0)
         with pytest.raises(BackendError, match="rope"):
             x.rope(ctx.input(np.zeros(4, np.int32)), Rope(dims=8))
-        q, k = ctx.input(randn(2, 4, 8)), ctx.input(randn(3, 3, 8))
+        q, k, v_t = ctx.input(randn(2, 4, 8)), ctx.input(randn(3, 3, 8)), ctx.input(randn(3, 8, 3))
         with pytest.raises(BackendError, match="attention shapes"):
-            ctx.attention(q, k, k, ctx.attention_mask(np.zeros((2, 3), np.float32)), 1.0)
+            ctx.attention(q, k, v_t, ctx.attention_mask(np.zeros((2, 3), np.float32)), 1.0)
+        k2, v2 = ctx.input(randn(3, 2, 8)), ctx.input(randn(2, 8, 3))
+        with pytest.raises(BackendError, match="attention_mask"):
+            ctx.attention(q, k2, v2, ctx.input(np.zeros((2, 3), np.float32)), 1.0)
         with pytest.raises(BackendError, match="out of range"):
             ctx.input(randn(5, 8)).rows(ctx.input(np.array([5], np.int32)))
         with pytest.raises(BackendError, match="float32 or int32"):

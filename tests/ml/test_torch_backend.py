@@ -300,6 +300,11 @@ def test_rope_errors(ctx):
 # --- attention ---------------------------------------------------------------------------
 
 
+def transposed(v: np.ndarray) -> np.ndarray:
+    """V [n, kv_heads, dv] in the layout attention takes: [kv_heads, dv, n]."""
+    return np.ascontiguousarray(v.transpose(1, 2, 0))
+
+
 def ref_attention(q, k, v, mask, scale, softcap=0.0):
     t, h, _ = q.shape
     n, hkv, dv = v.shape
@@ -330,7 +335,7 @@ def test_attention_against_loops(ctx, h, hkv, softcap):
         mask[i, n - t + i + 1:] = -np.inf
     mask[1, :] = -np.inf
     scale = 1 / math.sqrt(d)
-    got = run(ctx, ctx.attention(ctx.input(q), ctx.input(k), ctx.input(v), ctx.attention_mask(mask), scale, softcap))
+    got = run(ctx, ctx.attention(ctx.input(q), ctx.input(k), ctx.input(transposed(v)), ctx.attention_mask(mask), scale, softcap))
     want = ref_attention(q, k, v, mask, scale, softcap)
     assert got.shape == (t, h * dv)
     assert not np.isnan(got).any()
@@ -342,21 +347,21 @@ def test_attention_softcap_matters(ctx):
     q, k, v = f32(2, 2, 4, seed=1) * 10, f32(3, 2, 4, seed=2) * 10, f32(3, 2, 4, seed=3)
     mask = np.zeros((2, 3), np.float32)
     a, b = ctx.compute(
-        ctx.attention(ctx.input(q), ctx.input(k), ctx.input(v), ctx.attention_mask(mask), 1.0),
-        ctx.attention(ctx.input(q), ctx.input(k), ctx.input(v), ctx.attention_mask(mask), 1.0, 1.0),
+        ctx.attention(ctx.input(q), ctx.input(k), ctx.input(transposed(v)), ctx.attention_mask(mask), 1.0),
+        ctx.attention(ctx.input(q), ctx.input(k), ctx.input(transposed(v)), ctx.attention_mask(mask), 1.0, 1.0),
     )
     assert np.abs(a - b).max() > 1e-2
 
 
 def test_attention_errors(ctx):
-    q, k, v = ctx.input(f32(2, 4, 8)), ctx.input(f32(3, 2, 8)), ctx.input(f32(3, 2, 8))
+    q, k, v = ctx.input(f32(2, 4, 8)), ctx.input(f32(3, 2, 8)), ctx.input(f32(2, 8, 3))  # v transposed
     m = ctx.attention_mask(np.zeros((2, 3), np.float32))
     with pytest.raises(BackendError, match="do not fit"):
         ctx.attention(ctx.input(f32(2, 3, 8)), k, v, m, 1.0)  # 3 heads over 2 kv heads
     with pytest.raises(BackendError, match="do not fit"):
         ctx.attention(q, ctx.input(f32(3, 2, 6)), v, m, 1.0)
     with pytest.raises(BackendError, match="do not fit"):
-        ctx.attention(q, k, ctx.input(f32(4, 2, 8)), m, 1.0)
+        ctx.attention(q, k, ctx.input(f32(2, 8, 4)), m, 1.0)
     with pytest.raises(BackendError, match="mask"):
         ctx.attention(q, k, v, ctx.attention_mask(np.zeros((2, 4), np.float32)), 1.0)
     with pytest.raises(BackendError, match="attention_mask"):
@@ -472,6 +477,17 @@ def test_store_view_round_trip(backend):
         (got,) = c.compute(c.view(cache, 3, 3))
     np.testing.assert_array_equal(got[0], k[0].reshape(8))
     np.testing.assert_array_equal(got[2], k[1].reshape(8))
+
+
+def test_store_columns_view_columns_round_trip(backend):
+    cache = backend.zeros((6, 8), GGMLType.F32)  # width 6 = 2 heads x 3, 8 cells
+    v = np.arange(12, dtype=np.float32).reshape(2, 6)
+    with backend.context() as c:
+        c.store_columns(cache, c.input(np.array([5, 1], dtype=np.int32)), c.input(v))
+        (got,) = c.compute(c.view_columns(cache, 1, 5, heads=2))
+    want = np.zeros((6, 8), np.float32)
+    want[:, 5], want[:, 1] = v[0], v[1]
+    np.testing.assert_array_equal(got, want[:, 1:6].reshape(2, 3, 5))
 
 
 def test_store_into_3d_cache(backend):

@@ -8,7 +8,6 @@ compared.
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from realmodels import REFERENCE_MODELS, real_model
@@ -16,9 +15,10 @@ from pollama.runner.engine import Done, Engine, GenerateOptions
 from pollama.sample import SamplerOptions
 
 NEAR_TIE = 0.05
-# Measured: up to 0.35 (SmolLM2, Qwen2.5) and 0.76 (Gemma 3, whose float32 torch reference is
-# as far from llama.cpp) on the prompt's last position.
-FIRST_STEP_TOLERANCE = 1.0
+# Measured: our logits equal llama.cpp's (to the 4 decimals it recorded) at every step of 10
+# of the 12 prompts; on the 11-token prompt of Qwen2.5 and Gemma 3 they differ by up to 0.17
+# and 0.54 from the first step on (ggml versions differ in their batched matmul kernels).
+LOGIT_TOLERANCE = 0.6
 GREEDY = SamplerOptions(temperature=0.0, repeat_penalty=1.0)
 
 
@@ -58,6 +58,7 @@ def test_greedy_continuations_match_llamacpp(engine_and_reference):
     engine, reference = engine_and_reference
     compared = []
     for case in reference["generate"]:
+        engine.reset()
         events = list(engine.generate(case["prompt_ids"], GenerateOptions(num_predict=len(case["ids"]), sampler=GREEDY)))
         done = events[-1]
         assert isinstance(done, Done)
@@ -67,11 +68,14 @@ def test_greedy_continuations_match_llamacpp(engine_and_reference):
     assert sum(compared) >= 0.6 * sum(len(c["ids"]) for c in reference["generate"]), compared
 
 
-def test_first_step_logits_close_to_llamacpp(engine_and_reference):
-    """The prompt's last-position logits agree with llama.cpp's top 5 within a stated tolerance."""
+def test_logits_close_to_llamacpp_at_every_step(engine_and_reference):
+    """Step by step as llama.cpp ran (prefill, then one token at a time), its top-5 logits agree."""
     engine, reference = engine_and_reference
+    worst = 0.0
     for case in reference["generate"]:
-        logits = engine.logits(case["prompt_ids"])[-1]
-        for token, value in case["top5"][0]:
-            assert abs(logits[token] - value) < FIRST_STEP_TOLERANCE, (case["prompt"], token, logits[token], value)
-        assert int(np.argmax(logits)) == case["top5"][0][0][0]
+        engine.reset()  # no prefix reuse: evaluate the prompt in one batch, as llama.cpp did
+        logits, _ = engine.prefill(case["prompt_ids"])
+        for token, top5 in zip(case["ids"], case["top5"]):
+            worst = max(worst, *(abs(float(logits[i]) - value) for i, value in top5))
+            logits = engine.decode(token)
+    assert worst < LOGIT_TOLERANCE, worst

@@ -262,6 +262,8 @@ class GGMLContext(Context, _Owner):
         self.inputs: list[tuple[GGMLTensor, np.ndarray]] = []
         self.arrays: dict[int, np.ndarray] = {}  # id(input tensor) -> its data, for index checks
         self.checked: set[tuple[int, int]] = set()
+        self.masks: set[GGMLTensor] = set()
+        self.column_index: dict[tuple[int, int, int], GGMLTensor] = {}
         self.alive = True
         self.computed = False
 
@@ -313,33 +315,41 @@ class GGMLContext(Context, _Owner):
 
     def attention_mask(self, mask: np.ndarray) -> Tensor:
         self._check_open()
-        if mask.ndim != 2:
-            raise BackendError(f"attention mask must be [queries, keys], got shape {mask.shape}")
-        # flash attention reads the mask as F16.
-        return self._input(np.ascontiguousarray(mask, dtype=np.float16), GGMLType.F16)
+        if not isinstance(mask, np.ndarray) or mask.ndim != 2 or mask.size == 0:
+            raise BackendError(f"attention mask must be a 2-D array [queries, keys], got {getattr(mask, 'shape', mask)!r}")
+        tensor = self._input(np.ascontiguousarray(mask, dtype=np.float32), GGMLType.F32)
+        self.masks.add(tensor)
+        return tensor
 
-    def attention(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: float, softcap: float = 0.0) -> Tensor:
+    def attention(self, q: Tensor, k: Tensor, v_t: Tensor, mask: Tensor, scale: float, softcap: float = 0.0) -> Tensor:
         self._check_open()
-        q._step(k, v, mask)
-        if q.ndim != 3 or k.ndim != 3 or v.ndim != 3:
-            raise BackendError(f"attention needs q [t,h,d], k [n,hkv,d], v [n,hkv,dv]; got {list(q.shape)}, {list(k.shape)}, {list(v.shape)}")
-        (t, h, d), (n, hkv, dk), (nv, hkv_v, dv) = q.shape, k.shape, v.shape
+        q._step(k, v_t, mask)
+        if q.ndim != 3 or k.ndim != 3 or v_t.ndim != 3:
+            raise BackendError(f"attention needs q [t,h,d], k [n,hkv,d], v_t [hkv,dv,n]; got {list(q.shape)}, {list(k.shape)}, {list(v_t.shape)}")
+        (t, h, d), (n, hkv, dk), (hkv_v, dv, nv) = q.shape, k.shape, v_t.shape
         if dk != d or nv != n or hkv_v != hkv or h % hkv:
-            raise BackendError(f"attention shapes do not fit: q {list(q.shape)}, k {list(k.shape)}, v {list(v.shape)}")
-        if mask.shape != (t, n) or mask.dtype != GGMLType.F16:
+            raise BackendError(f"attention shapes do not fit: q {list(q.shape)}, k {list(k.shape)}, v_t {list(v_t.shape)}")
+        if mask.shape != (t, n) or mask not in self.masks:
             raise BackendError(f"attention mask must come from attention_mask() with shape [{t}, {n}], got {list(mask.shape)}")
-        if q.dtype != GGMLType.F32 or k.dtype not in CACHE_TYPES or v.dtype not in CACHE_TYPES:
-            raise BackendError(f"attention types: q {q.dtype.name}, k {k.dtype.name}, v {v.dtype.name}")
-        # ggml wants q [d, t, h], k/v [d, n, hkv] (ne order), i.e. heads outermost.
-        qp = ggml.ggml_permute(self.ctx, q.ptr, 0, 2, 1, 3)
-        kp = ggml.ggml_permute(self.ctx, k.ptr, 0, 2, 1, 3)
-        vp = ggml.ggml_permute(self.ctx, v.ptr, 0, 2, 1, 3)
-        self.n_tensors += 3
-        out = ggml.ggml_flash_attn_ext(self.ctx, qp, kp, vp, mask.ptr, float(scale), 0.0, float(softcap))
-        ggml.ggml_flash_attn_ext_set_prec(out, ggml.GGML_PREC_F32)
-        # The result is [dv, h, t] in ne order: [t, h, dv] in ours, already contiguous.
-        result = self._new(out, (t, h, dv))
-        return result.reshape(t, h * dv)
+        if q.dtype != GGMLType.F32 or k.dtype not in CACHE_TYPES or v_t.dtype not in CACHE_TYPES:
+            raise BackendError(f"attention types: q {q.dtype.name}, k {k.dtype.name}, v {v_t.dtype.name}")
+        c = self.ctx
+        # llama.cpp's attention without flash attention, op for op, so logits match its own:
+        # kq [n, t, h] = k·q per head (kv heads broadcast over their query groups), softmax
+        # with mask and scale, then v_t·kq -> [dv, t, h] (ggml order).
+        qp = ggml.ggml_permute(c, q.ptr, 0, 2, 1, 3)
+        kp = ggml.ggml_permute(c, k.ptr, 0, 2, 1, 3)
+        kq = ggml.ggml_mul_mat(c, kp, qp)
+        ggml.ggml_mul_mat_set_prec(kq, ggml.GGML_PREC_F32)
+        if softcap:
+            kq = ggml.ggml_tanh(c, ggml.ggml_scale(c, kq, float(scale) / softcap))
+            kq = ggml.ggml_scale(c, kq, float(softcap))
+            scale = 1.0
+        kq = ggml.ggml_soft_max_ext(c, kq, mask.ptr, float(scale), 0.0)
+        kqv = ggml.ggml_mul_mat(c, v_t.ptr, kq)
+        out = ggml.ggml_cont(c, ggml.ggml_permute(c, kqv, 0, 2, 1, 3))  # [dv, h, t]
+        self.n_tensors += 10
+        return self._new(out, (t, h, dv)).reshape(t, h * dv)
 
     def view(self, tensor: Tensor, start: int, length: int) -> Tensor:
         self._check_open()
@@ -381,6 +391,52 @@ class GGMLContext(Context, _Owner):
         self._new(ptr, cache.shape, cache.dtype)
         # Expanding now puts the write before every later read of the cache in the graph.
         ggml.ggml_build_forward_expand(self.graph, ptr)
+
+    def store_columns(self, cache: Tensor, cells: Tensor, values: Tensor) -> None:
+        self._check_open()
+        values._step(cells)
+        if not isinstance(cache, GGMLTensor) or cache.ctx is not None or not cache.owner.alive:
+            raise BackendError("store_columns() writes into a live persistent tensor (a cache)")
+        if cache.ndim != 2 or values.dtype != GGMLType.F32:
+            raise BackendError("store_columns: the cache must be 2-D [width, cells] and the values float32")
+        width, n_cells = cache.shape
+        t = values.shape[0]
+        if cells.dtype != GGMLType.I32 or cells.shape != (t,):
+            raise BackendError(f"store_columns: cells must be int32 [{t}], got {cells.dtype.name} {list(cells.shape)}")
+        if math.prod(values.shape[1:]) != width:
+            raise BackendError(f"store_columns: rows of {list(values.shape[1:])} do not fit cache columns of {width}")
+        self._check_index(cells, n_cells, "store_columns()")
+        # ggml writes rows, so both sides are seen as rows of one element: value (i, c) goes to
+        # element c * n_cells + cells[i] of the cache. The index is shared by every layer.
+        key = (id(cells), width, n_cells)
+        index = self.column_index.get(key)
+        if index is None:
+            flat = np.arange(width, dtype=np.int64)[:, None] * n_cells + self.arrays[id(cells)][None, :]
+            wide = flat.max() >= 2**31
+            index = self._input(flat.ravel().astype(np.int64 if wide else np.int32), GGMLType.I64 if wide else GGMLType.I32)
+            self.column_index[key] = index
+        c = self.ctx
+        rows = values.reshape(t, width)
+        src = ggml.ggml_reshape_2d(c, ggml.ggml_cont(c, ggml.ggml_transpose(c, rows.ptr)), 1, t * width)
+        dst = ggml.ggml_reshape_2d(c, cache.ptr, 1, width * n_cells)
+        ptr = ggml.ggml_set_rows(c, dst, src, index.ptr)
+        self._new(ptr, cache.shape, cache.dtype)
+        self.n_tensors += 4
+        ggml.ggml_build_forward_expand(self.graph, ptr)
+
+    def view_columns(self, cache: Tensor, start: int, length: int, heads: int) -> Tensor:
+        self._check_open()
+        if not isinstance(cache, GGMLTensor) or cache.ctx is not None or cache.ndim != 2:
+            raise BackendError("view_columns() takes a persistent 2-D tensor (a cache)")
+        if not cache.owner.alive:
+            raise BackendError(f"{cache.owner.label} used after it was freed")
+        width, n_cells = cache.shape
+        if not (0 <= start and 0 < length and start + length <= n_cells) or heads <= 0 or width % heads:
+            raise BackendError(f"view_columns [{start}, {start + length}) x {heads} heads invalid for a [{width}, {n_cells}] cache")
+        es = ggml.ggml_element_size(cache.ptr)
+        dv = width // heads
+        ptr = ggml.ggml_view_3d(self.ctx, cache.ptr, length, dv, heads, n_cells * es, n_cells * es * dv, start * es)
+        return self._new(ptr, (heads, dv, length), cache.dtype, contiguous=length == n_cells)
 
     def compute(self, *outputs: Tensor) -> list[np.ndarray]:
         self._check_open()

@@ -377,23 +377,24 @@ class TorchContext(Context, _Owner):
             raise BackendError(f"attention mask must be a float array, got {mask.dtype}")
         return self._new(self._from_numpy(mask, torch.float32), is_mask=True)
 
-    def attention(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: float, softcap: float = 0.0) -> Tensor:
+    def attention(self, q: Tensor, k: Tensor, v_t: Tensor, mask: Tensor, scale: float, softcap: float = 0.0) -> Tensor:
         """softmax(q k^T * scale [softcapped] + mask) v with grouped-query heads -> [t, heads * dv]."""
         self._check_open()
         if not isinstance(q, TorchTensor):
             raise BackendError(f"expected a torch backend tensor, got {type(q).__name__}")
-        q._step(k, v, mask)
-        if q.ndim != 3 or k.ndim != 3 or v.ndim != 3:
+        q._step(k, v_t, mask)
+        if q.ndim != 3 or k.ndim != 3 or v_t.ndim != 3:
             raise BackendError(
-                f"attention needs q [t,h,d], k [n,hkv,d], v [n,hkv,dv]; got {list(q.shape)}, {list(k.shape)}, {list(v.shape)}"
+                f"attention needs q [t,h,d], k [n,hkv,d], v_t [hkv,dv,n]; got {list(q.shape)}, {list(k.shape)}, {list(v_t.shape)}"
             )
-        (t, h, d), (n, hkv, dk), (nv, hkv_v, dv) = q.shape, k.shape, v.shape
+        (t, h, d), (n, hkv, dk), (hkv_v, dv, nv) = q.shape, k.shape, v_t.shape
         if dk != d or nv != n or hkv_v != hkv or h % hkv:
-            raise BackendError(f"attention shapes do not fit: q {list(q.shape)}, k {list(k.shape)}, v {list(v.shape)}")
+            raise BackendError(f"attention shapes do not fit: q {list(q.shape)}, k {list(k.shape)}, v_t {list(v_t.shape)}")
+        v = v_t.permute(2, 0, 1)  # [n, hkv, dv]
         if not mask.is_mask or mask.shape != (t, n):
             raise BackendError(f"attention mask must come from attention_mask() with shape [{t}, {n}], got {list(mask.shape)}")
-        if q.dtype != GGMLType.F32 or k.dtype != GGMLType.F32 or v.dtype != GGMLType.F32:
-            raise BackendError(f"attention types: q {q.dtype.name}, k {k.dtype.name}, v {v.dtype.name}")
+        if q.dtype != GGMLType.F32 or k.dtype != GGMLType.F32 or v_t.dtype != GGMLType.F32:
+            raise BackendError(f"attention types: q {q.dtype.name}, k {k.dtype.name}, v {v_t.dtype.name}")
         if not isinstance(scale, numbers.Real) or not isinstance(softcap, numbers.Real) or softcap < 0:
             raise BackendError(f"attention scale must be a number and softcap >= 0, got {scale!r}, {softcap!r}")
 
@@ -447,6 +448,38 @@ class TorchContext(Context, _Owner):
         if int(idx.min()) < 0 or int(idx.max()) >= n:
             raise BackendError(f"store: cells out of range [0, {n}): {idx.tolist()}")
         cache._t.index_copy_(0, idx, values._t.reshape(t, *row_shape))
+
+    def store_columns(self, cache: Tensor, cells: Tensor, values: Tensor) -> None:
+        """Write columns now: cache[:, cells[i]] = values[i]; cache [width, n_cells]."""
+        self._check_open()
+        if not isinstance(values, TorchTensor):
+            raise BackendError(f"expected a torch backend tensor, got {type(values).__name__}")
+        values._step(cells)
+        if not isinstance(cache, TorchTensor) or cache.ctx is not None or not cache.owner.alive or cache.ndim != 2:
+            raise BackendError("store_columns() writes into a live persistent 2-D tensor (a cache)")
+        width, n = cache.shape
+        t = values.shape[0]
+        if cells.dtype != GGMLType.I32 or cells.shape != (t,):
+            raise BackendError(f"store_columns: cells must be int32 [{t}], got {cells.dtype.name} {list(cells.shape)}")
+        if values.dtype != GGMLType.F32 or math.prod(values.shape[1:]) != width:
+            raise BackendError(f"store_columns: float32 rows of {width} expected, got {values.dtype.name} {list(values.shape)}")
+        idx = cells._t.long()
+        if int(idx.min()) < 0 or int(idx.max()) >= n:
+            raise BackendError(f"store_columns: cells out of range [0, {n}): {idx.tolist()}")
+        cache._t.index_copy_(1, idx, values._t.reshape(t, width).T)
+
+    def view_columns(self, cache: Tensor, start: int, length: int, heads: int) -> Tensor:
+        """Columns [start, start+length) of a [width, n_cells] cache as [heads, width / heads, length]."""
+        self._check_open()
+        if not isinstance(cache, TorchTensor) or cache.ctx is not None or cache.ndim != 2:
+            raise BackendError("view_columns() takes a persistent 2-D tensor (a cache)")
+        if not cache.owner.alive:
+            raise BackendError(cache.owner.message)
+        width, n = cache.shape
+        start, length, heads = int(start), int(length), int(heads)
+        if not (0 <= start and 0 < length and start + length <= n) or heads <= 0 or width % heads:
+            raise BackendError(f"view_columns [{start}, {start + length}) x {heads} heads invalid for a [{width}, {n}] cache")
+        return self._new(cache._t.narrow(1, start, length).reshape(heads, width // heads, length))
 
     def compute(self, *outputs: Tensor) -> list[np.ndarray]:
         """The outputs as float32 numpy arrays (copies); the ops have already run."""

@@ -97,13 +97,15 @@ class Gemma3(TextModel):
             v = layer.attn_v(h).reshape(t, self.n_kv_heads, self.v_head_dim)
             q = q.rope(positions, rope).scale(self.query_scale)
             k = k.rope(positions, rope)
-            a = attention(ctx, q, k, v, cache, i, scale=1.0)
-            x = x + layer.post_attention_norm(layer.attn_output(a))
+            a = layer.attn_output(attention(ctx, q, k, v, cache, i, scale=1.0))
+            if i == self.n_layers - 1:  # from here on only the rows whose logits are wanted
+                out = ctx.input(batch.outputs)
+                a, x = a.rows(out), x.rows(out)
+            x = x + layer.post_attention_norm(a)
 
             h = layer.ffn_norm(x)
             h = layer.ffn_down(layer.ffn_gate(h).geglu(layer.ffn_up(h)))
             x = x + layer.post_ffw_norm(h)
-        x = x.rows(ctx.input(batch.outputs))
         logits = self.output(self.output_norm(x))
         if self.final_softcap:
             logits = logits.softcap(self.final_softcap)

@@ -88,10 +88,12 @@ class Llama(TextModel):
             v = layer.attn_v(h).reshape(t, self.n_kv_heads, self.head_dim)
             q = q.rope(positions, self.rope, self.rope_freqs)
             k = k.rope(positions, self.rope, self.rope_freqs)
-            a = attention(ctx, q, k, v, cache, i, 1.0 / math.sqrt(self.head_dim))  # [t, heads * head_dim]
-            x = x + layer.attn_output(a)
+            a = layer.attn_output(attention(ctx, q, k, v, cache, i, 1.0 / math.sqrt(self.head_dim)))
+            if i == self.n_layers - 1:  # from here on only the rows whose logits are wanted
+                out = ctx.input(batch.outputs)
+                a, x = a.rows(out), x.rows(out)
+            x = x + a
 
             h = layer.ffn_norm(x)
             x = x + layer.ffn_down(layer.ffn_gate(h).swiglu(layer.ffn_up(h)))
-        x = x.rows(ctx.input(batch.outputs))  # only the rows whose logits are wanted
         return self.output(self.output_norm(x))
