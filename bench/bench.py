@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -88,7 +87,8 @@ def child(args: argparse.Namespace) -> None:
     ids = json.loads(sys.stdin.read())
     runner = run_pollama if args.side == "pollama" else run_llamacpp
     result = runner(args.model, ids, args.gen_tokens, args.threads)
-    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # VmHWM is this process's own peak (ru_maxrss would carry the parent's over exec).
+    result["peak_rss_mib"] = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:")) / 1024
     print(json.dumps(result))
 
 

@@ -1,10 +1,11 @@
 """The two backends agree on the real models: ggml (quantized kernels) against torch (float32).
 
 ggml multiplies quantized weights with activations quantized to 8 bits; the torch reference
-dequantizes weights to float32 and computes in float32. Measured on these models, their
-logits differ by up to ~1.9 at worst over a whole vocabulary (0.7-1.4 on average per
-position), and they pick different tokens only where the top two logits are within 0.26.
-The stated tolerances, with margin:
+dequantizes weights to float32 and computes in float32. Measured on these models (every step
+of llama.cpp's four continuations, teacher-forced): on torch's 20 most likely tokens the
+logits differ by at most 1.14, the root-mean-square difference over the whole vocabulary is
+at most 0.66, and the two choose different tokens only where torch's top two logits are
+within 0.26 of each other. The stated tolerances, with margin:
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from pollama.runner.engine import Engine
 
 pytest.importorskip("torch")
 
-MAX_ABS_LOGIT_DIFF = 2.5  # per position, over the whole vocabulary
+TOP20_TOLERANCE = 1.5  # |ggml - torch| on torch's 20 most likely tokens, every position
+RMS_TOLERANCE = 1.0  # root-mean-square difference over the vocabulary, every position
 DECISIVE_GAP = 0.5  # where torch's top two logits differ by more, both must choose the same
 
 
@@ -32,8 +34,11 @@ def test_ggml_and_torch_agree_on_greedy_tokens_and_logits(name, llamacpp_referen
             logits[backend] = [engine.logits(c["prompt_ids"] + c["ids"])[len(c["prompt_ids"]) - 1 : -1] for c in cases]
     decisive = 0
     for case, ours, reference in zip(cases, logits["ggml"], logits["torch"]):
-        worst = np.abs(ours - reference).max(axis=-1)
-        assert worst.max() < MAX_ABS_LOGIT_DIFF, (case["prompt"], worst.round(3))
+        diff = np.abs(ours - reference)
+        top20 = np.take_along_axis(diff, np.argsort(-reference, axis=-1)[:, :20], axis=-1).max(axis=-1)
+        assert top20.max() < TOP20_TOLERANCE, (case["prompt"], top20.round(3))
+        rms = np.sqrt((diff**2).mean(axis=-1))
+        assert rms.max() < RMS_TOLERANCE, (case["prompt"], rms.round(3))
         top2 = np.sort(reference, axis=-1)[:, -2:]
         clear = top2[:, 1] - top2[:, 0] > DECISIVE_GAP
         steps = np.flatnonzero(clear)

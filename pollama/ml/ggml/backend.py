@@ -445,7 +445,10 @@ class GGMLContext(Context, _Owner):
             out._step()
             if out.dtype != GGMLType.F32:
                 raise BackendError(f"outputs must be float32, got {out.dtype.name}")
-            out = out.contiguous()
+            if out.ptr.contents.view_src or not out.contiguous_:
+                # A view's memory belongs to its source, which the allocator may reuse once the
+                # source's last reader has run: give every output memory of its own.
+                out = self._new(ggml.ggml_cont(self.ctx, out.ptr), out.shape, out.dtype)
             ggml.ggml_set_output(out.ptr)
             ggml.ggml_build_forward_expand(self.graph, out.ptr)
             finals.append(out)
