@@ -74,11 +74,15 @@ def run_llamacpp(model: str, ids: list[int], gen: int, threads: int) -> dict:
     t0 = time.perf_counter()
     llm.eval(ids)
     prefill = time.perf_counter() - t0
-    token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+    def last_logits() -> np.ndarray:
+        # Without logits_all, llama-cpp-python keeps no scores: read the context's last row.
+        return np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),))
+
+    token = int(np.argmax(last_logits()))
     t0 = time.perf_counter()
     for _ in range(gen):
         llm.eval([token])
-        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        token = int(np.argmax(last_logits()))
     decode = time.perf_counter() - t0
     return {"load_s": load, "prefill_tps": len(ids) / prefill, "decode_tps": gen / decode}
 
