@@ -49,10 +49,27 @@ class Batch:
     def __len__(self) -> int:
         return len(self.tokens)
 
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The batch's data by input name (as bind() names it)."""
+        return {"tokens": self.tokens, "positions": self.positions, "outputs": self.outputs}
+
+    def bind(self, ctx: Context) -> tuple[Tensor, Tensor, Tensor]:
+        """The batch as named inputs of a context: (tokens, positions, outputs)."""
+        return tuple(ctx.input(array, name=name) for name, array in self.arrays().items())
+
+
+@dataclass
+class StepPlan:
+    """One cache's part of a step, decided before any graph exists: cells, mask, n_kv."""
+
+    cells: np.ndarray  # int32 [t]: the cell each token's K/V goes to
+    mask: np.ndarray  # float32 [t, n_kv]
+    n_kv: int  # how many cells attention reads
+
 
 @dataclass
 class _Step:
-    """What one step's forward pass needs from a cache, made inside its context."""
+    """The step's inputs inside its context, for update()."""
 
     ctx: Context
     cells: Tensor
@@ -137,15 +154,24 @@ class KVCache:
         return int(occupied.sum())
 
     # -- one step -------------------------------------------------------------------------
-    def begin(self, ctx: Context, batch: Batch) -> None:
-        """Claim cells for a batch and make its cell index and mask inputs."""
+    def plan(self, batch: Batch) -> StepPlan:
+        """Claim cells for a batch and work out its mask (no graph yet)."""
         cells = self.allocate(batch)
         # Attend over the used cells rounded up to a multiple of N_KV_PAD, as llama.cpp does:
         # the masked extra cells change nothing mathematically, but the dot products then run
-        # the same SIMD path (and summation order) as llama.cpp's, so logits match it exactly.
+        # the same SIMD path (and summation order) as llama.cpp's, so logits match it exactly;
+        # and a decode step's graph stays the same for N_KV_PAD steps, so it can be reused.
         used = int(np.flatnonzero(self.cell_pos >= 0).max()) + 1
         n_kv = min(self.n_cells, -(-used // N_KV_PAD) * N_KV_PAD)
-        self.step = _Step(ctx, ctx.input(cells), ctx.attention_mask(self.mask(batch, n_kv)), n_kv)
+        return StepPlan(cells, self.mask(batch, n_kv), n_kv)
+
+    def bind(self, ctx: Context, plan: StepPlan, prefix: str = "cache") -> None:
+        """Make a plan's cells and mask inputs of a context, named for rerun()."""
+        self.step = _Step(ctx, ctx.input(plan.cells, name=f"{prefix}.cells"), ctx.attention_mask(plan.mask, name=f"{prefix}.mask"), plan.n_kv)
+
+    def begin(self, ctx: Context, batch: Batch) -> None:
+        """plan() and bind() in one: claim cells for a batch and make its inputs."""
+        self.bind(ctx, self.plan(batch))
 
     def update(self, ctx: Context, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Store a layer's new k/v [t, kv_heads, d]; return visible k [n, kv_heads, d], v_t [kv_heads, dv, n] and the mask."""
@@ -169,9 +195,24 @@ class LayerCaches:
         self.caches = list(caches)
         self.by_layer = {layer: cache for cache in self.caches for layer in cache.layers}
 
+    def plan(self, batch: Batch) -> list[StepPlan]:
+        """Each cache's plan for the batch."""
+        return [cache.plan(batch) for cache in self.caches]
+
+    def bind(self, ctx: Context, plans: Sequence[StepPlan]) -> None:
+        for i, (cache, plan) in enumerate(zip(self.caches, plans)):
+            cache.bind(ctx, plan, prefix=f"cache{i}")
+
+    def inputs(self, plans: Sequence[StepPlan]) -> dict[str, np.ndarray]:
+        """The named input data of a step's plans, for rerunning a graph made by bind()."""
+        out = {}
+        for i, plan in enumerate(plans):
+            out[f"cache{i}.cells"] = plan.cells
+            out[f"cache{i}.mask"] = plan.mask
+        return out
+
     def begin(self, ctx: Context, batch: Batch) -> None:
-        for cache in self.caches:
-            cache.begin(ctx, batch)
+        self.bind(ctx, self.plan(batch))
 
     def update(self, ctx: Context, layer: int, k: Tensor, v: Tensor):
         return self.by_layer[layer].update(ctx, layer, k, v)

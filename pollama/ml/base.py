@@ -136,12 +136,15 @@ class Tensor(ABC):
 class Context(ABC):
     """One step's worth of computation on one backend."""
 
-    @abstractmethod
-    def input(self, array: np.ndarray) -> Tensor:
-        """An input tensor from a float32 or int32 numpy array."""
+    # Whether rerun() can compute the same graph again with new input data.
+    reusable: bool = False
 
     @abstractmethod
-    def attention_mask(self, mask: np.ndarray) -> Tensor:
+    def input(self, array: np.ndarray, name: str | None = None) -> Tensor:
+        """An input tensor from a float32 or int32 numpy array; a name lets rerun() replace it."""
+
+    @abstractmethod
+    def attention_mask(self, mask: np.ndarray, name: str | None = None) -> Tensor:
         """An additive attention mask [queries, keys] (0 or -inf) in the backend's preferred form."""
 
     @abstractmethod
@@ -174,6 +177,10 @@ class Context(ABC):
     def compute(self, *outputs: Tensor) -> list[np.ndarray]:
         """Run everything built so far and return the outputs as float32 numpy arrays."""
 
+    def rerun(self, arrays: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """Compute the graph again with new data for named inputs (same shapes); the outputs."""
+        raise NotImplementedError(f"{type(self).__name__} cannot rerun a graph")
+
     def close(self) -> None:
         """Free what the step allocated."""
 
@@ -204,8 +211,9 @@ class Backend(ABC):
         """A persistent tensor filled with zeros (a KV cache)."""
 
     @abstractmethod
-    def context(self) -> Context:
-        """A fresh context for one step."""
+    def context(self, reusable: bool = False) -> Context:
+        """A fresh context for one step; `reusable` asks for one that rerun() can compute again
+        (the context then says whether the backend could make it so)."""
 
     def close(self) -> None:
         """Release weights and buffers."""

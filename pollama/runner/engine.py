@@ -23,6 +23,7 @@ from pollama.tokenizer import load_tokenizer
 
 DEFAULT_NUM_CTX = 4096
 DEFAULT_NUM_BATCH = 512
+MAX_GRAPHS = 4  # compute graphs kept for reuse (decode needs one at a time)
 
 
 def make_backend(name: str = "ggml", n_threads: int | None = None) -> Backend:
@@ -95,10 +96,14 @@ class Engine:
         self.num_batch = min(num_batch, num_ctx)
         self.cache = self.model.new_cache(self.backend, num_ctx, self.num_batch)
         self.cached: list[int] = []  # tokens whose K/V the cache holds for sequence 0
+        self.graphs: dict[tuple, object] = {}  # reusable step contexts by shape, oldest first
         self.load_duration = time.perf_counter_ns() - start
 
     def close(self) -> None:
         """Free the model's memory."""
+        for ctx in self.graphs.values():
+            ctx.close()
+        self.graphs.clear()
         self.backend.close()
         self.gguf.close()
 
@@ -112,9 +117,28 @@ class Engine:
     def _forward(self, tokens: Sequence[int], start: int, all_logits: bool = False) -> np.ndarray:
         """Run tokens at positions start.. through the model; logits of the last (or every) token."""
         batch = Batch.single(tokens, start, all_logits=all_logits)
-        with self.backend.context() as ctx:
-            self.cache.begin(ctx, batch)
+        plans = self.cache.plan(batch)
+        # A graph depends only on these sizes: reuse the last few (decode repeats one shape).
+        key = (len(batch), len(batch.outputs), tuple(plan.n_kv for plan in plans))
+        ctx = self.graphs.pop(key, None)
+        if ctx is not None:
+            self.graphs[key] = ctx  # most recently used last
+            (logits,) = ctx.rerun({**batch.arrays(), **self.cache.inputs(plans)})
+            return logits
+        # Only single-token (decode) graphs recur often enough to be worth keeping.
+        ctx = self.backend.context(reusable=len(batch) == 1)
+        try:
+            self.cache.bind(ctx, plans)
             (logits,) = ctx.compute(self.model.forward(ctx, batch, self.cache))
+        except BaseException:
+            ctx.close()
+            raise
+        if not ctx.reusable:
+            ctx.close()
+            return logits
+        self.graphs[key] = ctx
+        while len(self.graphs) > MAX_GRAPHS:
+            self.graphs.pop(next(iter(self.graphs))).close()
         return logits
 
     def prefill(self, prompt: Sequence[int]) -> tuple[np.ndarray, int]:

@@ -259,3 +259,43 @@ def test_context_reuse_and_cross_context_raise(backend):
         a.input(randn(2))
     a.close()
     b.close()
+
+
+# -- rerun: a graph computed again with new input data -----------------------------------------
+def test_rerun_equals_a_fresh_graph_even_after_other_graphs_grew_the_allocator(backend):
+    w = randn(16, 32)
+    table = randn(50, 32)
+
+    def build(ctx, x, idx):
+        rows = ctx.input(table).rows(ctx.input(idx, name="idx"))
+        return (ctx.input(x, name="x") + rows).linear(ctx.input(w)).silu()
+
+    x1, i1 = randn(3, 32), np.array([1, 2, 3], np.int32)
+    x2, i2 = randn(3, 32), np.array([49, 0, 7], np.int32)
+    reused = backend.context(reusable=True)
+    assert reused.reusable
+    first = reused.compute(build(reused, x1, i1))[0]
+    # A much bigger graph in between makes the shared allocator reallocate its buffer.
+    with backend.context() as other:
+        other.compute(other.input(randn(4096, 512)).linear(other.input(randn(512, 512))))
+    again = reused.rerun({"x": x2, "idx": i2})[0]
+    with backend.context() as fresh:
+        expected = fresh.compute(build(fresh, x2, i2))[0]
+    np.testing.assert_array_equal(again, expected)
+    assert not np.array_equal(first, again)
+    with pytest.raises(BackendError, match="out of range"):
+        reused.rerun({"idx": np.array([1, 2, 50], np.int32)})
+    with pytest.raises(BackendError, match="shape"):
+        reused.rerun({"x": randn(4, 32)})
+    with pytest.raises(BackendError, match="no input named"):
+        reused.rerun({"y": x1})
+    reused.close()
+    with pytest.raises(BackendError):
+        reused.rerun({"x": x1})
+
+
+def test_plain_contexts_cannot_rerun(backend):
+    with backend.context() as ctx:
+        ctx.compute(ctx.input(randn(2, 2), name="x").scale(2.0))
+        with pytest.raises(BackendError, match="reusable"):
+            ctx.rerun({"x": randn(2, 2)})

@@ -246,13 +246,30 @@ def _resolve_shape(shape: Sequence[int], total: int) -> tuple[int, ...]:
     return shape
 
 
+def _check_range(array: np.ndarray, limit: int, what: str) -> None:
+    # ggml asserts (aborts) on an out-of-range row index.
+    if array.size and (array.min() < 0 or array.max() >= limit):
+        raise BackendError(f"{what}: index out of range [0, {limit}): min {array.min()}, max {array.max()}")
+
+
+def _column_index(cells: np.ndarray, width: int, n_cells: int, dtype: GGMLType) -> np.ndarray:
+    """Flat element index of value (token i, column c) in a [width, n_cells] cache, c-major."""
+    flat = np.arange(width, dtype=np.int64)[:, None] * n_cells + cells[None, :]
+    return flat.ravel().astype(np.int64 if dtype == GGMLType.I64 else np.int32)
+
+
 class GGMLContext(Context, _Owner):
     """One step: a ggml context (tensor metadata only), its graph, and its inputs."""
 
     label = "tensor of a closed context"
 
-    def __init__(self, backend: GGMLBackend):
+    def __init__(self, backend: GGMLBackend, reusable: bool = False):
         self.backend = backend
+        # A graph that is computed again later needs a compute buffer of its own: ggml's
+        # allocator keeps a tensor's address once set, so if another graph grew the shared
+        # buffer in between, the old graph would write into freed memory.
+        self.reusable = reusable
+        self.allocr = ggml.ggml_gallocr_new(backend.cpu_buft) if reusable else backend.allocr
         params = ggml.ggml_init_params(mem_size=backend.ctx_mem_size, mem_buffer=None, no_alloc=True)
         self.ctx = ggml.ggml_init(params)
         if not self.ctx:
@@ -264,6 +281,12 @@ class GGMLContext(Context, _Owner):
         self.checked: set[tuple[int, int]] = set()
         self.masks: set[GGMLTensor] = set()
         self.column_index: dict[tuple[int, int, int], GGMLTensor] = {}
+        # For rerun(): inputs by name, the limit each index input was checked against, the
+        # column indices derived from a cell index, and the outputs of the first compute.
+        self.named: dict[str, GGMLTensor] = {}
+        self.index_limits: dict[int, int] = {}
+        self.derived: list[tuple[GGMLTensor, GGMLTensor, int, int]] = []
+        self.outputs: list[GGMLTensor] = []
         self.alive = True
         self.computed = False
 
@@ -284,9 +307,9 @@ class GGMLContext(Context, _Owner):
             raise BackendError(f"{op} takes its index from ctx.input()")
         if (id(index), limit) in self.checked:
             return  # the same cell index is written once per layer
-        if array.size and (array.min() < 0 or array.max() >= limit):
-            raise BackendError(f"{op}: index out of range [0, {limit}): min {array.min()}, max {array.max()}")
+        _check_range(array, limit, op)
         self.checked.add((id(index), limit))
+        self.index_limits[id(index)] = min(limit, self.index_limits.get(id(index), limit))
 
     def _check_open(self) -> None:
         if not self.alive:
@@ -294,7 +317,7 @@ class GGMLContext(Context, _Owner):
         if self.computed:
             raise BackendError("context already computed: make a new one for the next step")
 
-    def input(self, array: np.ndarray) -> Tensor:
+    def input(self, array: np.ndarray, name: str | None = None) -> Tensor:
         self._check_open()
         array = np.ascontiguousarray(array)
         dtype = _NP_TYPES.get(array.dtype)
@@ -302,22 +325,26 @@ class GGMLContext(Context, _Owner):
             raise BackendError(f"inputs must be float32 or int32 arrays, got {array.dtype}")
         if not 1 <= array.ndim <= 4 or array.size == 0:
             raise BackendError(f"inputs must have 1 to 4 non-empty dims, got shape {array.shape}")
-        return self._input(array, dtype)
+        return self._input(array, dtype, name)
 
-    def _input(self, array: np.ndarray, dtype: GGMLType) -> GGMLTensor:
+    def _input(self, array: np.ndarray, dtype: GGMLType, name: str | None = None) -> GGMLTensor:
+        if name is not None and name in self.named:
+            raise BackendError(f"two inputs named {name!r}")
         ne = array.shape[::-1]
         fn = (ggml.ggml_new_tensor_1d, ggml.ggml_new_tensor_2d, ggml.ggml_new_tensor_3d, ggml.ggml_new_tensor_4d)[len(ne) - 1]
         tensor = self._new(fn(self.ctx, int(dtype), *ne), array.shape, dtype)
         ggml.ggml_set_input(tensor.ptr)
         self.inputs.append((tensor, array))
         self.arrays[id(tensor)] = array
+        if name is not None:
+            self.named[name] = tensor
         return tensor
 
-    def attention_mask(self, mask: np.ndarray) -> Tensor:
+    def attention_mask(self, mask: np.ndarray, name: str | None = None) -> Tensor:
         self._check_open()
         if not isinstance(mask, np.ndarray) or mask.ndim != 2 or mask.size == 0:
             raise BackendError(f"attention mask must be a 2-D array [queries, keys], got {getattr(mask, 'shape', mask)!r}")
-        tensor = self._input(np.ascontiguousarray(mask, dtype=np.float32), GGMLType.F32)
+        tensor = self._input(np.ascontiguousarray(mask, dtype=np.float32), GGMLType.F32, name)
         self.masks.add(tensor)
         return tensor
 
@@ -411,10 +438,11 @@ class GGMLContext(Context, _Owner):
         key = (id(cells), width, n_cells)
         index = self.column_index.get(key)
         if index is None:
-            flat = np.arange(width, dtype=np.int64)[:, None] * n_cells + self.arrays[id(cells)][None, :]
-            wide = flat.max() >= 2**31
-            index = self._input(flat.ravel().astype(np.int64 if wide else np.int32), GGMLType.I64 if wide else GGMLType.I32)
+            # 64-bit when the flat index could pass 2^31 (so that rerun() never needs to widen it).
+            dtype = GGMLType.I64 if width * n_cells >= 2**31 else GGMLType.I32
+            index = self._input(_column_index(self.arrays[id(cells)], width, n_cells, dtype), dtype)
             self.column_index[key] = index
+            self.derived.append((index, cells, width, n_cells))
         c = self.ctx
         rows = values.reshape(t, width)
         src = ggml.ggml_reshape_2d(c, ggml.ggml_cont(c, ggml.ggml_transpose(c, rows.ptr)), 1, t * width)
@@ -453,8 +481,12 @@ class GGMLContext(Context, _Owner):
             ggml.ggml_build_forward_expand(self.graph, out.ptr)
             finals.append(out)
         self.computed = True
+        self.outputs = finals
+        return self._run()
+
+    def _run(self) -> list[np.ndarray]:
         backend = self.backend
-        if not ggml.ggml_gallocr_alloc_graph(backend.allocr, self.graph):
+        if not ggml.ggml_gallocr_alloc_graph(self.allocr, self.graph):
             raise BackendError("could not allocate the compute graph (out of memory)")
         for tensor, array in self.inputs:
             ggml.ggml_backend_tensor_set(tensor.ptr, array.ctypes.data, 0, array.nbytes)
@@ -462,11 +494,38 @@ class GGMLContext(Context, _Owner):
         if status != 0:
             raise BackendError(f"ggml graph compute failed with status {status}")
         results = []
-        for out in finals:
+        for out in self.outputs:
             array = np.empty(out.shape, dtype=np.float32)
             ggml.ggml_backend_tensor_get(out.ptr, array.ctypes.data, 0, array.nbytes)
             results.append(array)
         return results
+
+    def rerun(self, arrays: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """Compute the same graph again with new data for named inputs; the same outputs.
+
+        Building a graph from Python costs milliseconds; a decode step's graph only changes
+        when the number of attended cells does, so the engine reuses it in between.
+        """
+        if not self.alive or not self.computed or not self.reusable:
+            raise BackendError("rerun() needs a reusable context that was computed and not closed")
+        updates = []
+        for name, array in arrays.items():
+            tensor = self.named.get(name)
+            if tensor is None:
+                raise BackendError(f"no input named {name!r} in this graph")
+            array = np.ascontiguousarray(array, dtype=np.float32 if tensor.dtype == GGMLType.F32 else np.int32)
+            if array.shape != tensor.shape:
+                raise BackendError(f"input {name!r} has shape {list(tensor.shape)} in this graph, got {list(array.shape)}")
+            limit = self.index_limits.get(id(tensor))
+            if limit is not None:
+                _check_range(array, limit, f"input {name!r}")
+            updates.append((tensor, array))
+        for tensor, array in updates:
+            self.arrays[id(tensor)] = array
+        for index, cells, width, n_cells in self.derived:
+            self.arrays[id(index)] = _column_index(self.arrays[id(cells)], width, n_cells, index.dtype)
+        self.inputs = [(tensor, self.arrays[id(tensor)]) for tensor, _ in self.inputs]
+        return self._run()
 
     def close(self) -> None:
         if self.alive:
@@ -475,6 +534,9 @@ class GGMLContext(Context, _Owner):
             self.arrays.clear()
             ggml.ggml_free(self.ctx)
             self.ctx = None
+            if self.reusable:
+                ggml.ggml_gallocr_free(self.allocr)
+            self.allocr = None
 
 
 class _WeightStore(_Owner):
@@ -605,8 +667,8 @@ class GGMLBackend(Backend):
             store.free()
             self.stores.remove(store)
 
-    def context(self) -> Context:
-        return GGMLContext(self)
+    def context(self, reusable: bool = False) -> Context:
+        return GGMLContext(self, reusable)
 
     def close(self) -> None:
         for store in self.stores:

@@ -358,7 +358,7 @@ class TorchContext(Context, _Owner):
         # A copy: the caller may reuse its array once input() returns.
         return torch.tensor(array, dtype=dtype, device=self.backend.device)
 
-    def input(self, array: np.ndarray) -> Tensor:
+    def input(self, array: np.ndarray, name: str | None = None) -> Tensor:
         """An input tensor from a float32 or int32 numpy array (copied)."""
         self._check_open()
         if not isinstance(array, np.ndarray):
@@ -368,7 +368,7 @@ class TorchContext(Context, _Owner):
             raise BackendError(f"inputs must be float32 or int32 arrays, got {array.dtype}")
         return self._new(self._from_numpy(array, dtype))
 
-    def attention_mask(self, mask: np.ndarray) -> Tensor:
+    def attention_mask(self, mask: np.ndarray, name: str | None = None) -> Tensor:
         """An additive mask [queries, keys] (0 or -inf) as a float32 tensor."""
         self._check_open()
         if not isinstance(mask, np.ndarray) or mask.ndim != 2:
@@ -553,7 +553,7 @@ class TorchBackend(Backend):
             raise BackendError(f"zeros() needs 1 to {MAX_DIMS} positive dims, got {list(shape)}")
         return self._persistent(torch.zeros(shape, dtype=torch.float32, device=self.device))
 
-    def context(self) -> Context:
+    def context(self, reusable: bool = False) -> Context:
         """A fresh context for one step."""
         if not self._weights.alive:
             raise BackendError("backend used after it was closed")

@@ -87,8 +87,8 @@ class Gemma3(TextModel):
 
     def forward(self, ctx: Context, batch: Batch, cache) -> Tensor:
         t = len(batch)
-        positions = ctx.input(batch.positions)
-        x = self.token_embd(ctx.input(batch.tokens)).scale(math.sqrt(self.dim))  # [t, dim]
+        tokens, positions, outputs = batch.bind(ctx)
+        x = self.token_embd(tokens).scale(math.sqrt(self.dim))  # [t, dim]
         for i, layer in enumerate(self.blk):
             rope = self.local_rope if self.is_local[i] else self.global_rope
             h = layer.attn_norm(x)
@@ -99,8 +99,7 @@ class Gemma3(TextModel):
             k = k.rope(positions, rope)
             a = layer.attn_output(attention(ctx, q, k, v, cache, i, scale=1.0))
             if i == self.n_layers - 1:  # from here on only the rows whose logits are wanted
-                out = ctx.input(batch.outputs)
-                a, x = a.rows(out), x.rows(out)
+                a, x = a.rows(outputs), x.rows(outputs)
             x = x + layer.post_attention_norm(a)
 
             h = layer.ffn_norm(x)

@@ -79,8 +79,8 @@ class Llama(TextModel):
 
     def forward(self, ctx: Context, batch: Batch, cache) -> Tensor:
         t = len(batch)
-        positions = ctx.input(batch.positions)
-        x = self.token_embd(ctx.input(batch.tokens))  # [t, dim]
+        tokens, positions, outputs = batch.bind(ctx)
+        x = self.token_embd(tokens)  # [t, dim]
         for i, layer in enumerate(self.blk):
             h = layer.attn_norm(x)
             q = layer.attn_q(h).reshape(t, self.n_heads, self.head_dim)
@@ -90,8 +90,7 @@ class Llama(TextModel):
             k = k.rope(positions, self.rope, self.rope_freqs)
             a = layer.attn_output(attention(ctx, q, k, v, cache, i, 1.0 / math.sqrt(self.head_dim)))
             if i == self.n_layers - 1:  # from here on only the rows whose logits are wanted
-                out = ctx.input(batch.outputs)
-                a, x = a.rows(out), x.rows(out)
+                a, x = a.rows(outputs), x.rows(outputs)
             x = x + a
 
             h = layer.ffn_norm(x)
