@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,26 +13,10 @@ from pollama.fs.ggml_types import GGMLType
 from pollama.fs.gguf import GGUFFile
 from pollama.fs.writer import write_gguf
 from pollama.tokenizer import load_tokenizer
+from cliproc import assert_one_line_error, pollama
 from realmodels import REFERENCE_MODELS, SHARED, real_model
 
 VOCAB = SHARED / "testdata" / "vocab"
-
-
-def pollama(*args: str, stdin: str = "", timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "pollama.cli.main", *args],
-        input=stdin, capture_output=True, text=True, timeout=timeout,
-    )
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) -> str:
-    assert result.returncode != 0, result
-    assert "Traceback" not in result.stderr, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    return lines[0]
 
 
 # -- run ------------------------------------------------------------------------------------

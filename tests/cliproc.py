@@ -1,0 +1,25 @@
+"""Running the `pollama` command in a real process, and checking its one-line errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+
+def pollama(*args: str, stdin: str = "", timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run `pollama ARGS` as a user would, with text stdin; the finished process."""
+    return subprocess.run(
+        [sys.executable, "-m", "pollama.cli.main", *args],
+        input=stdin, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) -> str:
+    """A non-zero exit with exactly one stderr line, 'Error: ...', containing each needle."""
+    assert result.returncode != 0, result
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
