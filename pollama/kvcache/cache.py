@@ -95,10 +95,12 @@ class KVCache:
         self.layers = list(layers)
         self.n_cells = n_cells
         self.window = window
-        # As llama.cpp keeps them: K as rows [cells, width], V transposed [width, cells] so
-        # that attention multiplies by it without a copy.
+        # As llama.cpp keeps them: K as rows [cells, width]; V transposed [width, cells] so
+        # that attention multiplies by it without a copy, or as rows for flash attention.
+        self.v_rows = backend.flash_attention
         self.k = {i: backend.zeros((n_cells, k_width), dtype) for i in self.layers}
-        self.v = {i: backend.zeros((v_width, n_cells), dtype) for i in self.layers}
+        v_shape = (n_cells, v_width) if self.v_rows else (v_width, n_cells)
+        self.v = {i: backend.zeros(v_shape, dtype) for i in self.layers}
         self.cell_pos = np.full(n_cells, -1, dtype=np.int32)  # -1: empty
         self.cell_seq = np.full(n_cells, -1, dtype=np.int32)
         self.step: _Step | None = None
@@ -174,7 +176,8 @@ class KVCache:
         self.bind(ctx, self.plan(batch))
 
     def update(self, ctx: Context, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Store a layer's new k/v [t, kv_heads, d]; return visible k [n, kv_heads, d], v_t [kv_heads, dv, n] and the mask."""
+        """Store a layer's new k/v [t, kv_heads, d]; return the visible k [n, kv_heads, d], v (in
+        the layout the backend's attention takes: see Context.attention) and the mask."""
         step = self.step
         if step is None or step.ctx is not ctx:
             raise RuntimeError("KVCache.update() outside the step begun with begin()")
@@ -182,10 +185,14 @@ class KVCache:
             raise RuntimeError(f"layer {layer} written twice in one step")
         step.written.add(layer)
         ctx.store(self.k[layer], step.cells, k)
-        ctx.store_columns(self.v[layer], step.cells, v)
         keys = ctx.view(self.k[layer], 0, step.n_kv).reshape(step.n_kv, *k.shape[1:])
-        values_t = ctx.view_columns(self.v[layer], 0, step.n_kv, heads=v.shape[1])
-        return keys, values_t, step.mask
+        if self.v_rows:
+            ctx.store(self.v[layer], step.cells, v)
+            values = ctx.view(self.v[layer], 0, step.n_kv).reshape(step.n_kv, *v.shape[1:])
+        else:
+            ctx.store_columns(self.v[layer], step.cells, v)
+            values = ctx.view_columns(self.v[layer], 0, step.n_kv, heads=v.shape[1])
+        return keys, values, step.mask
 
 
 class LayerCaches:

@@ -153,8 +153,9 @@ class Context(ABC):
     ) -> Tensor:
         """softmax(softcap(q k^T * scale) + mask) v with grouped-query heads.
 
-        q [t, heads, d], k [n, kv_heads, d], and V transposed, v_t [kv_heads, dv, n] (as
-        `view_columns` gives it: the layout llama.cpp keeps V in) -> [t, heads * dv].
+        q [t, heads, d], k [n, kv_heads, d] -> [t, heads * dv]. V is transposed, v_t
+        [kv_heads, dv, n] (as `view_columns` gives it: the layout llama.cpp keeps V in), or,
+        when the backend does flash attention, rows [n, kv_heads, dv] (as `view` gives it).
         """
 
     @abstractmethod
@@ -195,6 +196,9 @@ class Backend(ABC):
     """A device with its kernels: loads weights, allocates caches, makes contexts."""
 
     name: str
+    # With flash attention, attention() takes V as rows [n, kv_heads, dv] (and KV caches keep
+    # it so); without, V transposed [kv_heads, dv, n], as llama.cpp keeps it then.
+    flash_attention: bool = False
 
     @abstractmethod
     def load(

@@ -130,7 +130,7 @@ def attention(ctx: Context, q: Tensor, k: Tensor, v: Tensor, cache, layer: int, 
     q [t, heads, d], k [t, kv_heads, d], v [t, kv_heads, dv] -> [t, heads * dv]. The cache
     stores k and v for the step's cells and returns every visible cell with its mask.
     """
-    keys, values_t, mask = cache.update(ctx, layer, k, v)
+    keys, values, mask = cache.update(ctx, layer, k, v)
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
-    return ctx.attention(q, keys, values_t, mask, scale, softcap)
+    return ctx.attention(q, keys, values, mask, scale, softcap)

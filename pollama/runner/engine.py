@@ -6,6 +6,7 @@ The engine keeps the tokens its cache holds, so a prompt that starts like the pr
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,12 +27,18 @@ DEFAULT_NUM_BATCH = 512
 MAX_GRAPHS = 4  # compute graphs kept for reuse (decode needs one at a time)
 
 
-def make_backend(name: str = "ggml", n_threads: int | None = None) -> Backend:
+def flash_attention_default() -> bool:
+    """OLLAMA_FLASH_ATTENTION, as Ollama reads it (off unless set to a true value)."""
+    return os.environ.get("OLLAMA_FLASH_ATTENTION", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def make_backend(name: str = "ggml", n_threads: int | None = None, flash_attention: bool | None = None) -> Backend:
     """A backend by name: "ggml" (production) or "torch" (reference; needs PyTorch)."""
     if name == "ggml":
         from pollama.ml.ggml.backend import GGMLBackend
 
-        return GGMLBackend(n_threads=n_threads)
+        fa = flash_attention_default() if flash_attention is None else flash_attention
+        return GGMLBackend(n_threads=n_threads, flash_attention=fa)
     if name == "torch":
         try:
             from pollama.ml.torch.backend import TorchBackend

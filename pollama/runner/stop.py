@@ -18,12 +18,13 @@ class StopBuffer:
             return "", True
         pending = self._held + text
 
-        # The earliest match wins: text before it is the answer, the rest is discarded.
-        hits = [i for i in (pending.find(s) for s in self.stops) if i >= 0]
+        # The match that completes first wins, as it would if the text came one character
+        # at a time: text before it is the answer, the rest is discarded.
+        hits = [(i + len(s), i) for s in self.stops if (i := pending.find(s)) >= 0]
         if hits:
             self.stopped = True
             self._held = ""
-            return pending[: min(hits)], True
+            return pending[: min(hits)[1]], True
 
         # Hold the longest tail that could still grow into a stop string. Any earlier
         # start would need a longer such tail, so everything before it is safe to emit.

@@ -299,3 +299,27 @@ def test_plain_contexts_cannot_rerun(backend):
         ctx.compute(ctx.input(randn(2, 2), name="x").scale(2.0))
         with pytest.raises(BackendError, match="reusable"):
             ctx.rerun({"x": randn(2, 2)})
+
+
+def test_flash_attention_equals_plain_attention():
+    """With flash attention the cache keeps V as rows and ggml's fused kernel runs."""
+    from pollama.kvcache import Batch, KVCache
+
+    results = {}
+    for flash in (False, True):
+        b = GGMLBackend(n_threads=2, flash_attention=flash)
+        cache = KVCache(b, [0], n_cells=64, k_width=2 * 16, v_width=2 * 16, window=6)
+        assert cache.v[0].shape == ((64, 32) if flash else (32, 64))
+        outs = []
+        for step, t in enumerate((5, 1, 1, 4)):
+            start = sum((5, 1, 1, 4)[:step])
+            q = np.random.default_rng(step).standard_normal((t, 4, 16)).astype(np.float32)
+            kv = np.random.default_rng(100 + step).standard_normal((2, t, 2, 16)).astype(np.float32)
+            with b.context() as ctx:
+                cache.begin(ctx, Batch.single([1] * t, start))
+                keys, values, mask = cache.update(ctx, 0, ctx.input(kv[0]), ctx.input(kv[1]))
+                outs.append(ctx.compute(ctx.attention(ctx.input(q), keys, values, mask, 0.25, softcap=3.0))[0])
+        results[flash] = np.concatenate(outs)
+        b.close()
+    # F16 accumulation inside the fused CPU kernel: agreement to F16 precision.
+    np.testing.assert_allclose(results[True], results[False], atol=5e-3, rtol=5e-3)

@@ -98,9 +98,10 @@ def test_any_split_gives_the_same_result(text, stops, cuts):
     bounds = sorted({c for c in cuts if c <= len(text)} | {0, len(text)})
     pieces = [text[a:b] for a, b in zip(bounds, bounds[1:])]
     emitted, stopped, flushed = run(stops, pieces)
-    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
+    # The stop string whose first occurrence is complete earliest wins (as when streaming).
+    hits = [(i + len(s), i) for s in stops if (i := text.find(s)) >= 0]
     if hits:
-        assert stopped and emitted == text[: min(hits)] and flushed == ""
+        assert stopped and emitted == text[: min(hits)[1]] and flushed == ""
     else:
         assert not stopped and emitted + flushed == text
         # Nothing that could still become a stop string was emitted early.

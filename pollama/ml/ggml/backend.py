@@ -353,13 +353,17 @@ class GGMLContext(Context, _Owner):
         q._step(k, v_t, mask)
         if q.ndim != 3 or k.ndim != 3 or v_t.ndim != 3:
             raise BackendError(f"attention needs q [t,h,d], k [n,hkv,d], v_t [hkv,dv,n]; got {list(q.shape)}, {list(k.shape)}, {list(v_t.shape)}")
-        (t, h, d), (n, hkv, dk), (hkv_v, dv, nv) = q.shape, k.shape, v_t.shape
+        flash = self.backend.flash_attention
+        (t, h, d), (n, hkv, dk) = q.shape, k.shape
+        nv, hkv_v, dv = v_t.shape if flash else (v_t.shape[2], v_t.shape[0], v_t.shape[1])
         if dk != d or nv != n or hkv_v != hkv or h % hkv:
-            raise BackendError(f"attention shapes do not fit: q {list(q.shape)}, k {list(k.shape)}, v_t {list(v_t.shape)}")
+            raise BackendError(f"attention shapes do not fit: q {list(q.shape)}, k {list(k.shape)}, v {list(v_t.shape)}")
         if mask.shape != (t, n) or mask not in self.masks:
             raise BackendError(f"attention mask must come from attention_mask() with shape [{t}, {n}], got {list(mask.shape)}")
         if q.dtype != GGMLType.F32 or k.dtype not in CACHE_TYPES or v_t.dtype not in CACHE_TYPES:
             raise BackendError(f"attention types: q {q.dtype.name}, k {k.dtype.name}, v {v_t.dtype.name}")
+        if flash:
+            return self._flash_attention(q, k, v_t, mask, scale, softcap)
         c = self.ctx
         # llama.cpp's attention without flash attention, op for op, so logits match its own:
         # kq [n, t, h] = k·q per head (kv heads broadcast over their query groups), softmax
@@ -377,6 +381,20 @@ class GGMLContext(Context, _Owner):
         out = ggml.ggml_cont(c, ggml.ggml_permute(c, kqv, 0, 2, 1, 3))  # [dv, h, t]
         self.n_tensors += 10
         return self._new(out, (t, h, dv)).reshape(t, h * dv)
+
+    def _flash_attention(self, q, k, v, mask, scale: float, softcap: float) -> Tensor:
+        c = self.ctx
+        t, h, _ = q.shape
+        dv = v.shape[2]
+        # ggml's fused kernel wants q [d, t, h], k/v [d, n, kv_heads] (ne order) and an F16 mask.
+        qp = ggml.ggml_permute(c, q.ptr, 0, 2, 1, 3)
+        kp = ggml.ggml_permute(c, k.ptr, 0, 2, 1, 3)
+        vp = ggml.ggml_permute(c, v.ptr, 0, 2, 1, 3)
+        mask16 = ggml.ggml_cast(c, mask.ptr, int(GGMLType.F16))
+        out = ggml.ggml_flash_attn_ext(c, qp, kp, vp, mask16, float(scale), 0.0, float(softcap))
+        ggml.ggml_flash_attn_ext_set_prec(out, ggml.GGML_PREC_F32)
+        self.n_tensors += 5
+        return self._new(out, (t, h, dv)).reshape(t, h * dv)  # [dv, h, t] in ne order
 
     def view(self, tensor: Tensor, start: int, length: int) -> Tensor:
         self._check_open()
@@ -566,8 +584,9 @@ class GGMLBackend(Backend):
 
     name = "ggml"
 
-    def __init__(self, n_threads: int | None = None, repack: bool = True):
+    def __init__(self, n_threads: int | None = None, repack: bool = True, flash_attention: bool = False):
         self.n_threads = n_threads or default_threads()
+        self.flash_attention = flash_attention
         self.cpu = ggml.ggml_backend_cpu_init()
         if not self.cpu:
             raise BackendError("could not initialise ggml's CPU backend")
