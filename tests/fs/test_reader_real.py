@@ -2,7 +2,6 @@
 
 import ctypes
 import random
-import time
 
 import numpy as np
 import pytest
@@ -105,7 +104,7 @@ def test_close_keeps_outstanding_views_valid(smollm2):
     del view
 
 
-def test_big_vocab_parses_fast(tmp_path):
+def test_big_vocab_round_trips(tmp_path):
     # Gemma 3 sized vocabulary: 262,144 tokens + scores + types.
     rng = random.Random(1)
     alphabet = "abcdefghijklmnopqrstuvwxyz▁ÄéΩ中文"
@@ -118,16 +117,9 @@ def test_big_vocab_parses_fast(tmp_path):
         "tokenizer.ggml.scores": np.arange(n, dtype=np.float32),
         "tokenizer.ggml.token_type": np.ones(n, dtype=np.int32),
     }, [])
-    best = float("inf")
-    for _ in range(3):
-        t0 = time.perf_counter()
-        with GGUFFile(path) as f:
-            got = f.metadata["tokenizer.ggml.tokens"]
-        best = min(best, time.perf_counter() - t0)
-    assert got == tokens
-    print(f"262k-token vocab parsed in {best * 1000:.0f} ms")
-    # Target is < 0.5 s; the bound leaves room for a loaded CI machine.
-    assert best < 1.0
+    with GGUFFile(path) as f:
+        got = f.metadata["tokenizer.ggml.tokens"]
+    assert got == tokens  # (its speed is measured by bench/bench_load.py)
 
 
 def test_smollm2_path_lookup_does_not_import():
