@@ -323,3 +323,32 @@ def test_flash_attention_equals_plain_attention():
         b.close()
     # F16 accumulation inside the fused CPU kernel: agreement to F16 precision.
     np.testing.assert_allclose(results[True], results[False], atol=5e-3, rtol=5e-3)
+
+
+@pytest.mark.parametrize(
+    "rope",
+    [
+        Rope(dims=16, base=10000.0, mode=RopeMode.NORMAL, freq_scale=0.25),
+        Rope(dims=12, base=500000.0, mode=RopeMode.NEOX),
+        Rope(dims=16, base=10000.0, mode=RopeMode.NORMAL, freq_scale=0.125, original_context=4096,
+             ext_factor=1.0, attn_factor=1.0, beta_fast=32.0, beta_slow=1.0),
+        Rope(dims=16, base=1000000.0, mode=RopeMode.NEOX, freq_scale=0.25, original_context=8192,
+             ext_factor=1.0, attn_factor=0.9, beta_fast=64.0, beta_slow=2.0),
+    ],
+    ids=["linear", "neox-partial", "yarn-normal", "yarn-neox"],
+)
+@pytest.mark.parametrize("factors", [False, True], ids=["", "freq-factors"])
+def test_rope_scaling_and_factors_agree_with_torch(backend, rope, factors):
+    """Linear scaling, YaRN and Llama 3.1 frequency factors: ggml's kernel and the reference agree."""
+    from pollama.ml.torch.backend import TorchBackend
+
+    x = randn(6, 2, 16)
+    pos = np.array([0, 3, 100, 4000, 9000, 30000], dtype=np.int32)
+    ff = (1.0 + np.arange(rope.dims // 2, dtype=np.float32)) if factors else None
+    outs = []
+    for b in (backend, TorchBackend()):
+        with b.context() as ctx:
+            f = ctx.input(ff) if ff is not None else None
+            outs.append(ctx.compute(ctx.input(x).rope(ctx.input(pos), rope, f))[0])
+    np.testing.assert_allclose(outs[0], outs[1], rtol=1e-4, atol=1e-4)
+    assert not np.allclose(outs[0], x)  # it did rotate
