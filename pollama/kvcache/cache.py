@@ -148,6 +148,13 @@ class KVCache:
         self.cell_pos[:] = -1
         self.cell_seq[:] = -1
 
+    def can_keep(self, seq: int, n: int) -> bool:
+        """Whether positions [0, n) of a sequence are all still here, as far as position n
+        can see them (a sliding window only needs its last `window` positions)."""
+        first = max(0, n - self.window + 1) if self.window else 0
+        have = (self.cell_seq == seq) & (self.cell_pos >= first) & (self.cell_pos < n)
+        return int(have.sum()) == n - first
+
     def used(self, seq: int | None = None) -> int:
         """Number of occupied cells (of one sequence, or all)."""
         occupied = self.cell_pos >= 0
@@ -234,3 +241,6 @@ class LayerCaches:
 
     def used(self, seq: int | None = None) -> int:
         return max(cache.used(seq) for cache in self.caches)
+
+    def can_keep(self, seq: int, n: int) -> bool:
+        return all(cache.can_keep(seq, n) for cache in self.caches)

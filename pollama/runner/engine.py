@@ -125,6 +125,13 @@ class Engine:
         """Run tokens at positions start.. through the model; logits of the last (or every) token."""
         batch = Batch.single(tokens, start, all_logits=all_logits)
         plans = self.cache.plan(batch)
+        try:
+            return self._run(batch, plans)
+        except BaseException:
+            self.cache.remove(0, start, start + len(batch))  # give back the cells just claimed
+            raise
+
+    def _run(self, batch: Batch, plans) -> np.ndarray:
         # A graph depends only on these sizes: reuse the last few (decode repeats one shape).
         key = (len(batch), len(batch.outputs), tuple(plan.n_kv for plan in plans))
         ctx = self.graphs.pop(key, None)
@@ -148,30 +155,33 @@ class Engine:
             self.graphs.pop(next(iter(self.graphs))).close()
         return logits
 
+    def _check_tokens(self, tokens: Sequence[int]) -> None:
+        vocab = self.model.vocab_size
+        bad = [t for t in tokens if not 0 <= t < vocab]
+        if bad:
+            raise ValueError(f"token id {bad[0]} is outside the vocabulary (0..{vocab - 1})")
+
     def prefill(self, prompt: Sequence[int]) -> tuple[np.ndarray, int]:
         """Bring the cache to `prompt`, reusing a common prefix; (last logits, tokens evaluated)."""
         if not prompt:
             raise ValueError("empty prompt: at least one token is needed")
         if len(prompt) >= self.num_ctx:
             raise ValueError(f"prompt of {len(prompt)} tokens does not fit the context of {self.num_ctx}")
+        self._check_tokens(prompt)
         keep = 0
         for a, b in zip(self.cached, prompt):
             if a != b:
                 break
             keep += 1
         keep = min(keep, len(prompt) - 1)  # the last token is always evaluated, for its logits
-        if not self._can_keep(keep):
+        if not self.cache.can_keep(0, keep):
             keep = 0
         self.cache.remove(0, keep)
         self.cached = list(prompt[:keep])
         logits = None
         for start in range(keep, len(prompt), self.num_batch):
             chunk = prompt[start : start + self.num_batch]
-            try:
-                logits = self._forward(chunk, start)
-            except BaseException:
-                self.cache.remove(0, start)
-                raise
+            logits = self._forward(chunk, start)
             self.cached.extend(chunk)
         return logits[-1], len(prompt) - keep
 
@@ -179,19 +189,10 @@ class Engine:
         """Evaluate one token after the cached ones; the logits of the next position."""
         if len(self.cached) + 1 > self.num_ctx:
             raise ValueError(f"the context of {self.num_ctx} tokens is full")
+        self._check_tokens([token])
         logits = self._forward([token], len(self.cached))[-1]
         self.cached.append(token)
         return logits
-
-    def _can_keep(self, n: int) -> bool:
-        """Whether the cache still holds every position the next token would attend to."""
-        caches = getattr(self.cache, "caches", [self.cache])
-        for cache in caches:
-            first = max(0, n - cache.window + 1) if cache.window else 0
-            have = (cache.cell_seq == 0) & (cache.cell_pos >= first) & (cache.cell_pos < n)
-            if int(have.sum()) != n - first:
-                return False
-        return True
 
     def reset(self) -> None:
         """Forget the cached tokens (the next prompt is evaluated whole)."""
@@ -224,7 +225,7 @@ class Engine:
         reason = "length"
         stopped_by_string = False
         start = time.perf_counter_ns()
-        while options.num_predict < 0 or generated < options.num_predict:
+        while generated != options.num_predict:  # num_predict < 0: no limit
             token = sampler.sample(logits, history)
             generated += 1
             if token in self.tokenizer.eog_ids:
@@ -237,6 +238,8 @@ class Engine:
             if stopped_by_string:
                 reason = "stop"
                 break
+            if generated == options.num_predict:
+                break  # (checked here so the last token is not evaluated for nothing)
             if len(self.cached) + 1 >= self.num_ctx:
                 break  # context full: going on would need a shift of the cache
             logits = self.decode(token)

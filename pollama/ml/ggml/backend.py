@@ -14,13 +14,12 @@ from typing import Collection, Mapping, Sequence
 
 import numpy as np
 
-from pollama.fs.ggml_types import GGMLType, block_size
+from pollama.fs.ggml_types import GGMLType
 from pollama.ml.base import Backend, BackendError, Context, Rope, Tensor
-from pollama.ml.ggml.lib import TensorPtr, ggml
+from pollama.ml.ggml.lib import ggml
 
 # Types a weight may have to be multiplied by ggml's CPU kernels (all float and block formats).
 MATMUL_TYPES = frozenset(t for t in GGMLType if t not in (GGMLType.I8, GGMLType.I16, GGMLType.I32, GGMLType.I64, GGMLType.F64))
-FLOAT_ACTIVATIONS = (GGMLType.F32,)
 CACHE_TYPES = (GGMLType.F32, GGMLType.F16)
 
 # Upper bound on tensors (ops and views) in one step's context; checked before creating one

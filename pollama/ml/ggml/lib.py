@@ -37,7 +37,6 @@ def _fix_pointer_restypes() -> list[str]:
 
 FIXED_RESTYPES = _fix_pointer_restypes()
 
-TensorPtr = ctypes.POINTER(ggml.ggml_tensor)
 
 _log = logging.getLogger("pollama.ggml")
 # ggml log levels: 1 debug, 2 info, 3 warn, 4 error, 5 cont (continues the previous line).

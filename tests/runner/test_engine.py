@@ -1,0 +1,95 @@
+"""The engine on a real model: prefill in chunks, prefix reuse, generation's counts and stops."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pollama.runner.engine import Done, Engine, GenerateOptions, Piece
+from pollama.sample import SamplerOptions
+from realmodels import real_model
+
+GREEDY = SamplerOptions(temperature=0.0, repeat_penalty=1.0)
+
+
+@pytest.fixture(scope="module")
+def engine():
+    with Engine(real_model("smollm2"), num_ctx=512, num_batch=16) as e:
+        yield e
+
+
+def run(engine, prompt, **options):
+    events = list(engine.generate(prompt, GenerateOptions(sampler=GREEDY, **options)))
+    assert isinstance(events[-1], Done) and all(isinstance(e, Piece) for e in events[:-1])
+    return "".join(e.text for e in events[:-1]), events[-1]
+
+
+def test_chunked_prefill_and_counts(engine):
+    engine.reset()
+    prompt = engine.tokenizer.encode("The capital of France is Paris. " * 6)  # > num_batch tokens
+    assert len(prompt) > 2 * engine.num_batch
+    text, done = run(engine, prompt, num_predict=5)
+    assert done.done_reason == "length" and done.eval_count == 5
+    assert done.prompt_eval_count == len(prompt) and done.prompt_eval_duration > 0 and done.eval_duration > 0
+    assert done.tokens[: len(prompt)] == prompt and len(done.tokens) == len(prompt) + 5
+    assert engine.tokenizer.decode(done.tokens[len(prompt) :]) == text
+
+
+def test_prefix_is_reused_and_only_new_tokens_are_evaluated(engine):
+    engine.reset()
+    first = engine.tokenizer.encode("The capital of France is")
+    _, done = run(engine, first, num_predict=3)
+    follow_up = done.tokens + engine.tokenizer.encode(" And Germany's is")
+    _, again = run(engine, follow_up, num_predict=3)
+    # Everything but the last generated token (never evaluated) was in the cache already.
+    assert again.prompt_eval_count == len(follow_up) - (len(done.tokens) - 1)
+
+
+def test_prefix_reuse_gives_the_same_logits_as_a_fresh_prompt():
+    """On the float32 reference backend, where batch shapes do not change rounding."""
+    pytest.importorskip("torch")
+    with Engine(real_model("smollm2"), backend="torch", num_ctx=128) as e:
+        a = e.tokenizer.encode("One, two, three, four")
+        b = e.tokenizer.encode("One, two, three, five, six")
+        e.prefill(a)
+        reused, evaluated = e.prefill(b)
+        assert evaluated < len(b)
+        e.reset()
+        fresh, _ = e.prefill(b)
+    np.testing.assert_allclose(reused, fresh, atol=1e-4)
+
+
+def test_stop_string_and_eos(engine):
+    engine.reset()
+    prompt = engine.tokenizer.encode("1, 2, 3, 4,")
+    text, done = run(engine, prompt, num_predict=30, stop=[", 7"])
+    assert done.done_reason == "stop" and text == " 5, 6"
+    # An end-of-generation token ends the answer without appearing in it.
+    chat = engine.tokenizer.encode("<|im_start|>user\nSay hi<|im_end|>\n<|im_start|>assistant\n")
+    text, done = run(engine, chat, num_predict=64)
+    assert done.done_reason == "stop" and done.eval_count < 64
+    assert "<|im_end|>" not in text and done.tokens[-1] not in engine.tokenizer.eog_ids
+
+
+def test_bad_tokens_are_refused_and_the_engine_recovers(engine):
+    engine.reset()
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        engine.prefill([1, 2, 10**6])
+    with pytest.raises(ValueError, match="empty prompt"):
+        engine.prefill([])
+    with pytest.raises(ValueError, match="does not fit"):
+        engine.prefill([1] * 600)
+    prompt = engine.tokenizer.encode("The capital of France is")
+    text, _ = run(engine, prompt, num_predict=2)
+    assert text == " Paris."
+
+
+def test_seeded_sampling_repeats():
+    with Engine(real_model("smollm2"), num_ctx=128) as e:
+        prompt = e.tokenizer.encode("Once upon a time")
+        options = GenerateOptions(num_predict=12, sampler=SamplerOptions(temperature=1.0, seed=42))
+        outs = []
+        for _ in range(2):
+            e.reset()
+            outs.append([p.token for p in e.generate(prompt, options) if isinstance(p, Piece)])
+        assert outs[0] == outs[1]
