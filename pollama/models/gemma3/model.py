@@ -81,7 +81,7 @@ class Gemma3(TextModel):
         if global_:
             caches.append(KVCache(backend, global_, n_ctx, self.k_width, self.v_width))
         if local:
-            cells = min(n_ctx, self.window + n_batch) * n_seq if n_seq > 1 else min(n_ctx, self.window + n_batch)
+            cells = min(n_ctx, self.window + n_batch) * n_seq
             caches.append(KVCache(backend, local, cells, self.k_width, self.v_width, window=self.window))
         return LayerCaches(caches)
 

@@ -12,13 +12,14 @@ from pollama.nn import Embedding, Linear, ModelError, RMSNorm, RopeScaling, Weig
 
 def read_rope_scaling(cfg: Config) -> RopeScaling:
     """`rope.scaling.*` keys (linear or YaRN context extension)."""
-    kind = cfg.str("rope.scaling.type", "none")
+    # llama.cpp's converter writes yarn_beta_*, Ollama's beta_*: read either.
     return RopeScaling(
-        kind=kind,
+        kind=cfg.str("rope.scaling.type", "none"),
         factor=cfg.float("rope.scaling.factor", 1.0),
         original_context=cfg.int("rope.scaling.original_context_length", 0),
-        beta_fast=cfg.float("rope.scaling.yarn_beta_fast", 32.0),
-        beta_slow=cfg.float("rope.scaling.yarn_beta_slow", 1.0),
+        beta_fast=cfg.float("rope.scaling.yarn_beta_fast", cfg.float("rope.scaling.beta_fast", 32.0)),
+        beta_slow=cfg.float("rope.scaling.yarn_beta_slow", cfg.float("rope.scaling.beta_slow", 1.0)),
+        attn_factor=cfg.float("rope.scaling.attn_factor", 1.0),
     )
 
 
