@@ -6,7 +6,7 @@ from typing import Any, Callable, Mapping
 
 from pollama.kvcache import Batch, KVCache, LayerCaches
 from pollama.ml.base import Backend, Context, Tensor
-from pollama.nn import ModelError, Weights
+from pollama.nn import Linear, ModelError, Weights
 
 _REGISTRY: dict[str, type[TextModel]] = {}
 
@@ -99,12 +99,36 @@ class TextModel:
     # Weights read with rows() (embedding tables), so the backend keeps them gatherable.
     gathered: tuple[str, ...] = ("token_embd.weight",)
 
+    n_layers: int
+    dim: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    v_head_dim: int
+    n_ctx_train: int
+    vocab_size: int
+
     def __init__(self, cfg: Config, weights: Weights):
         raise NotImplementedError
 
-    n_layers: int
-    n_ctx_train: int
-    vocab_size: int
+    def read_dims(self, cfg: Config, head_dim: int | None = None) -> None:
+        """The sizes every decoder has (layers, width, heads, head dims), checked for sense."""
+        self.n_layers = positive(cfg.int("block_count"), "block_count")
+        self.dim = positive(cfg.int("embedding_length"), "embedding_length")
+        self.n_heads = positive(cfg.int("attention.head_count"), "attention.head_count")
+        self.n_kv_heads = positive(cfg.int("attention.head_count_kv", self.n_heads), "attention.head_count_kv")
+        if self.n_heads % self.n_kv_heads:
+            raise ModelError(f"head_count {self.n_heads} is not a multiple of head_count_kv {self.n_kv_heads}")
+        self.head_dim = positive(cfg.int("attention.key_length", head_dim or self.dim // self.n_heads), "attention.key_length")
+        self.v_head_dim = positive(cfg.int("attention.value_length", self.head_dim), "attention.value_length")
+
+    @property
+    def k_width(self) -> int:
+        return self.n_kv_heads * self.head_dim
+
+    @property
+    def v_width(self) -> int:
+        return self.n_kv_heads * self.v_head_dim
 
     def forward(self, ctx: Context, batch: Batch, cache) -> Tensor:
         """Logits [len(batch.outputs), vocab] for the batch, reading and writing the cache."""
@@ -114,13 +138,10 @@ class TextModel:
         """A causal cache for every layer holding n_ctx cells."""
         return LayerCaches([KVCache(backend, range(self.n_layers), n_ctx, self.k_width, self.v_width)])
 
-    @property
-    def k_width(self) -> int:
-        raise NotImplementedError
 
-    @property
-    def v_width(self) -> int:
-        raise NotImplementedError
+def output_projection(w: Weights) -> Linear:
+    """`output.weight`, or without one the embedding table (tied embeddings)."""
+    return Linear(w["output.weight"] if "output.weight" in w else w["token_embd.weight"])
 
 
 def load_model(gguf, backend: Backend) -> TextModel:

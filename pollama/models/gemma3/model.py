@@ -6,7 +6,7 @@ import math
 
 from pollama.kvcache import Batch, KVCache, LayerCaches
 from pollama.ml.base import Backend, Context, RopeMode, Tensor
-from pollama.models.base import Config, TextModel, positive, register
+from pollama.models.base import Config, TextModel, output_projection, positive, register
 from pollama.models.llama.model import read_rope_scaling
 from pollama.nn import Embedding, Linear, ModelError, RMSNorm, Weights, attention, make_rope
 
@@ -34,14 +34,7 @@ class Block:
 @register("gemma3")
 class Gemma3(TextModel):
     def __init__(self, cfg: Config, w: Weights):
-        self.n_layers = positive(cfg.int("block_count"), "block_count")
-        self.dim = positive(cfg.int("embedding_length"), "embedding_length")
-        self.n_heads = positive(cfg.int("attention.head_count"), "attention.head_count")
-        self.n_kv_heads = positive(cfg.int("attention.head_count_kv", self.n_heads), "attention.head_count_kv")
-        if self.n_heads % self.n_kv_heads:
-            raise ModelError(f"head_count {self.n_heads} is not a multiple of head_count_kv {self.n_kv_heads}")
-        self.head_dim = positive(cfg.int("attention.key_length", 256), "attention.key_length")
-        self.v_head_dim = positive(cfg.int("attention.value_length", self.head_dim), "attention.value_length")
+        self.read_dims(cfg, head_dim=256)
         self.n_ctx_train = cfg.int("context_length", 131072)
         eps = cfg.float("attention.layer_norm_rms_epsilon", 1e-6)
         self.window = positive(cfg.int("attention.sliding_window", 4096), "attention.sliding_window")
@@ -62,16 +55,8 @@ class Gemma3(TextModel):
         self.token_embd = Embedding(w["token_embd.weight"])
         self.blk = [Block(w, i, eps) for i in range(self.n_layers)]
         self.output_norm = RMSNorm.load(w, "output_norm", eps)
-        self.output = Linear(w["output.weight"] if "output.weight" in w else w["token_embd.weight"])
+        self.output = output_projection(w)
         self.vocab_size = self.output.out_features
-
-    @property
-    def k_width(self) -> int:
-        return self.n_kv_heads * self.head_dim
-
-    @property
-    def v_width(self) -> int:
-        return self.n_kv_heads * self.v_head_dim
 
     def new_cache(self, backend: Backend, n_ctx: int, n_batch: int, n_seq: int = 1) -> LayerCaches:
         """Global layers keep every position; local layers only the window (plus one batch)."""

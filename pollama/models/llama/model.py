@@ -6,7 +6,7 @@ import math
 
 from pollama.kvcache import Batch
 from pollama.ml.base import Context, RopeMode, Tensor
-from pollama.models.base import Config, TextModel, positive, register
+from pollama.models.base import Config, TextModel, output_projection, register
 from pollama.nn import Embedding, Linear, ModelError, RMSNorm, RopeScaling, Weights, attention, make_rope
 
 
@@ -44,13 +44,7 @@ class Llama(TextModel):
     rope_mode = RopeMode.NORMAL  # GGUF stores Llama's Q/K permuted for adjacent-pair RoPE
 
     def __init__(self, cfg: Config, w: Weights):
-        self.n_layers = positive(cfg.int("block_count"), "block_count")
-        self.dim = positive(cfg.int("embedding_length"), "embedding_length")
-        self.n_heads = positive(cfg.int("attention.head_count"), "attention.head_count")
-        self.n_kv_heads = positive(cfg.int("attention.head_count_kv", self.n_heads), "attention.head_count_kv")
-        if self.n_heads % self.n_kv_heads:
-            raise ModelError(f"head_count {self.n_heads} is not a multiple of head_count_kv {self.n_kv_heads}")
-        self.head_dim = positive(cfg.int("attention.key_length", self.dim // self.n_heads), "attention.key_length")
+        self.read_dims(cfg)
         self.n_ctx_train = cfg.int("context_length", 4096)
         eps = cfg.float("attention.layer_norm_rms_epsilon", 1e-5)
         if cfg.int("expert_count", 0):
@@ -66,17 +60,8 @@ class Llama(TextModel):
         self.token_embd = Embedding(w["token_embd.weight"])
         self.blk = [Block(w, i, eps) for i in range(self.n_layers)]
         self.output_norm = RMSNorm.load(w, "output_norm", eps)
-        # Without its own output matrix the model ties it to the embedding table.
-        self.output = Linear(w["output.weight"] if "output.weight" in w else w["token_embd.weight"])
+        self.output = output_projection(w)
         self.vocab_size = self.output.out_features
-
-    @property
-    def k_width(self) -> int:
-        return self.n_kv_heads * self.head_dim
-
-    @property
-    def v_width(self) -> int:
-        return self.n_kv_heads * self.head_dim
 
     def forward(self, ctx: Context, batch: Batch, cache) -> Tensor:
         t = len(batch)
@@ -86,7 +71,7 @@ class Llama(TextModel):
             h = layer.attn_norm(x)
             q = layer.attn_q(h).reshape(t, self.n_heads, self.head_dim)
             k = layer.attn_k(h).reshape(t, self.n_kv_heads, self.head_dim)
-            v = layer.attn_v(h).reshape(t, self.n_kv_heads, self.head_dim)
+            v = layer.attn_v(h).reshape(t, self.n_kv_heads, self.v_head_dim)
             q = q.rope(positions, self.rope, self.rope_freqs)
             k = k.rope(positions, self.rope, self.rope_freqs)
             a = layer.attn_output(attention(ctx, q, k, v, cache, i, 1.0 / math.sqrt(self.head_dim)))
