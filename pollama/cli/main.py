@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--backend", default="ggml", choices=["ggml", "torch"])
     run.add_argument("--num-ctx", type=int, default=4096)
     run.add_argument("--num-thread", type=int, default=None)
-    run.add_argument("--num-predict", type=int, default=128)
+    run.add_argument("--num-predict", type=int, default=128, help="tokens to generate at most (default 128; -1: until EOS or the context is full)")
     run.add_argument("--temperature", type=float)
     run.add_argument("--top-k", type=int)
     run.add_argument("--top-p", type=float)
