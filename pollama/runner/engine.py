@@ -245,7 +245,9 @@ class Engine:
             logits = self.decode(token)
         if not stopped_by_string:
             # Release what was held back: partial UTF-8 and text that looked like a stop's start.
-            text, _ = stops.push(decoder.flush())
+            text, stopped_by_string = stops.push(decoder.flush())
+            if stopped_by_string:
+                reason = "stop"
             text += stops.flush()
             if text:
                 yield Piece(text, history[-1])
