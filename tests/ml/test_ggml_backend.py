@@ -352,3 +352,15 @@ def test_rope_scaling_and_factors_agree_with_torch(backend, rope, factors):
             outs.append(ctx.compute(ctx.input(x).rope(ctx.input(pos), rope, f))[0])
     np.testing.assert_allclose(outs[0], outs[1], rtol=1e-4, atol=1e-4)
     assert not np.allclose(outs[0], x)  # it did rotate
+
+
+def test_attention_accepts_v_permuted_by_the_caller(backend):
+    """Without a cache (an encoder), V comes as [n, kv_heads, dv] and is permuted in place."""
+    q, k, v = randn(3, 2, 4), randn(3, 2, 4), randn(3, 2, 4)
+    with backend.context() as ctx:
+        v_t = ctx.input(v).permute(1, 2, 0)  # [kv_heads, dv, n], innermost dim strided
+        out = ctx.compute(ctx.attention(ctx.input(q), ctx.input(k), v_t, ctx.attention_mask(np.zeros((3, 3), np.float32)), 0.5))[0]
+    s = np.einsum("thd,nhd->htn", q, k) * 0.5
+    p = np.exp(s - s.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    np.testing.assert_allclose(out, np.einsum("htn,nhd->thd", p, v).reshape(3, 8), rtol=1e-5, atol=1e-5)

@@ -245,6 +245,11 @@ def _resolve_shape(shape: Sequence[int], total: int) -> tuple[int, ...]:
     return shape
 
 
+def _rows_dense(tensor: GGMLTensor) -> bool:
+    """Whether the innermost (ggml ne0) dim is contiguous, as ggml's matmul needs."""
+    return tensor.contiguous_ or tensor.ptr.contents.nb[0] == ggml.ggml_type_size(int(tensor.dtype))
+
+
 def _check_range(array: np.ndarray, limit: int, what: str) -> None:
     # ggml asserts (aborts) on an out-of-range row index.
     if array.size and (array.min() < 0 or array.max() >= limit):
@@ -361,6 +366,9 @@ class GGMLContext(Context, _Owner):
             raise BackendError(f"attention mask must come from attention_mask() with shape [{t}, {n}], got {list(mask.shape)}")
         if q.dtype != GGMLType.F32 or k.dtype not in CACHE_TYPES or v_t.dtype not in CACHE_TYPES:
             raise BackendError(f"attention types: q {q.dtype.name}, k {k.dtype.name}, v {v_t.dtype.name}")
+        # ggml multiplies only operands whose innermost dim is dense: copy any other (e.g. V
+        # permuted by the caller rather than viewed from a cache with view_columns()).
+        q, k, v_t = (x if _rows_dense(x) else x.contiguous() for x in (q, k, v_t))
         if flash:
             return self._flash_attention(q, k, v_t, mask, scale, softcap)
         c = self.ctx
