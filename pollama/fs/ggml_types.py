@@ -55,7 +55,7 @@ _BLOCK: dict[GGMLType, tuple[int, int]] = {
     GGMLType.Q5_0: (32, 22),
     GGMLType.Q5_1: (32, 24),
     GGMLType.Q8_0: (32, 34),
-    GGMLType.Q8_1: (32, 40),
+    GGMLType.Q8_1: (32, 36),
     GGMLType.Q2_K: (256, 84),
     GGMLType.Q3_K: (256, 110),
     GGMLType.Q4_K: (256, 144),

@@ -1,0 +1,1 @@
+"""Creating models: Modelfile, conversion from Hugging Face checkpoints, quantization."""
