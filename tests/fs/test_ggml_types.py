@@ -11,8 +11,19 @@ from pollama.fs.ggml_types import (
 )
 
 
+def test_table_matches_ggml_itself():
+    """ggml's own type traits are the truth (gguf-py still says 40 bytes for a Q8_1 block)."""
+    from pollama.ml.ggml.lib import ggml
+
+    for t in GGMLType:
+        assert (block_size(t), type_size(t)) == (ggml.ggml_blck_size(int(t)), ggml.ggml_type_size(int(t))), t.name
+
+
 def test_table_matches_gguf_package():
     for t in GGMLType:
+        if t == GGMLType.Q8_1:  # gguf 0.17.1 has the old 40-byte layout; ggml's block is 36 bytes
+            assert (block_size(t), type_size(t)) == (32, 36)
+            continue
         if t == GGMLType.MXFP4:  # newer than gguf 0.17.1
             assert (block_size(t), type_size(t)) == (32, 17)
             continue
