@@ -1,0 +1,716 @@
+"""Ollama's on-disk model store: the same layout, so an existing Ollama store works unchanged.
+
+    <root>/manifests/<host>/<namespace>/<model>/<tag>   manifest JSON (see manifest.py)
+    <root>/blobs/sha256-<64 hex>                        content-addressed layer bytes
+
+root is $OLLAMA_MODELS, else ~/.ollama/models.
+
+Safety rules, each checked where a path is made:
+- a name reaches the disk only after passing Ollama's grammar (names.py), and a digest only
+  after matching ^sha256:[0-9a-f]{64}$, so neither can name a path outside the store;
+- every write goes to a temp file in the destination's directory, is fsynced, renamed into
+  place and the directory fsynced: a reader sees the old file or the whole new one, never a
+  part. A blob is renamed into place only when its sha256 is the digest expected of it;
+- temp files are named ``.pollama-tmp-<pid>-<random>``: not a digest and not a valid name
+  part, so this store and Ollama both ignore them (Ollama's prune deletes them after an
+  hour); a later Store() deletes those whose writer process is gone;
+- blobs are checked against their digest before use (resolve); see BlobVerifier for why a
+  cache keyed by file identity and mtime makes that cheap.
+
+There is no lock between processes, as in Ollama: removing a model while another process
+writes a model that shares its blobs can race (the other write then fails its blob checks).
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import json
+import logging
+import os
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from pollama.store.errors import DigestMismatch, InvalidName, ModelNotFound, StoreError
+from pollama.store.manifest import (
+    CONFIG_MEDIA_TYPE,
+    LAYER_MEDIA_TYPES,
+    MAX_MANIFEST_BYTES,
+    MAX_METADATA_BYTES,
+    Layer,
+    Manifest,
+    MediaType,
+    check_digest,
+    encode_config,
+    is_digest,
+    parse_config,
+    parse_messages,
+    parse_params,
+)
+from pollama.store.names import PART_KINDS, ModelName, is_valid_part
+
+log = logging.getLogger(__name__)
+
+Source = str | os.PathLike | bytes | bytearray | memoryview | BinaryIO
+NameLike = str | ModelName
+
+TEMP_PREFIX = ".pollama-tmp-"
+STALE_TEMP_SECONDS = 3600  # a temp file untouched this long is abandoned, whoever wrote it
+CHUNK = 1 << 20
+GGUF_MAGIC = b"GGUF"
+# Layers a GGUF runner cannot use; resolve says so instead of failing later.
+_SAFETENSORS_TYPES = (MediaType.TENSOR, MediaType.JSON)
+
+
+def default_root() -> Path:
+    """$OLLAMA_MODELS (trimmed of spaces and quotes, as Ollama reads it), else ~/.ollama/models."""
+    value = os.environ.get("OLLAMA_MODELS", "").strip().strip("\"'")
+    return Path(value) if value else Path.home() / ".ollama" / "models"
+
+
+@dataclass
+class ModelInfo:
+    """A model as `list` shows it: name, manifest digest (hex), total size and when it changed."""
+
+    name: ModelName
+    digest: str
+    size: int
+    modified_at: datetime
+    manifest: Manifest = field(repr=False)
+
+
+@dataclass
+class ResolvedModel:
+    """Everything a runner needs from a model's manifest, with blob paths checked.
+
+    model_path is None only for a model without weights (a remote model: config remote_host).
+    template and system are None when the manifest has no such layer (the caller's default
+    applies); params holds the options of the params layer; license has one entry per layer.
+    """
+
+    name: ModelName
+    manifest: Manifest
+    config: dict[str, Any]
+    model_path: Path | None
+    parent_model: str = ""
+    projector_paths: list[Path] = field(default_factory=list)
+    adapter_paths: list[Path] = field(default_factory=list)
+    draft_path: Path | None = None
+    template: str | None = None
+    system: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    license: list[str] = field(default_factory=list)
+
+
+# -- atomic files ------------------------------------------------------------------------------
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:  # e.g. Windows, where directories cannot be opened
+        return
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
+
+
+def _temp_file(directory: Path) -> tuple[Path, BinaryIO]:
+    """A new temp file in directory, named so that stores ignore it and can tell its writer."""
+    directory.mkdir(parents=True, exist_ok=True)
+    while True:
+        path = directory / f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(8)}"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o644)
+        except FileExistsError:
+            continue
+        return path, os.fdopen(fd, "wb")
+
+
+def _commit(temp: Path, f: BinaryIO, dest: Path) -> None:
+    """Make temp's bytes durable, then atomically give them dest's name."""
+    f.flush()
+    os.fsync(f.fileno())
+    f.close()
+    os.chmod(temp, 0o644)  # what Ollama gives blobs and manifests, whatever the umask did
+    os.replace(temp, dest)
+    _fsync_dir(dest.parent)
+
+
+def atomic_write(dest: Path, data: bytes) -> None:
+    """Write data to dest so that readers see the old file or all of data, never a part."""
+    temp, f = _temp_file(dest.parent)
+    try:
+        with f:
+            f.write(data)
+            _commit(temp, f, dest)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists but is not ours, or we cannot tell: keep its file
+    return True
+
+
+def _is_stale_temp(path: Path) -> bool:
+    """A temp file whose writer died, or that nobody has touched for an hour."""
+    try:
+        pid = int(path.name[len(TEMP_PREFIX) :].split("-", 1)[0])
+        age = time.time() - path.lstat().st_mtime
+    except (ValueError, OSError):
+        return False
+    return age > STALE_TEMP_SECONDS or not _pid_alive(pid)
+
+
+# -- blob verification -------------------------------------------------------------------------
+class BlobVerifier:
+    """Checks that a blob's bytes hash to its digest, remembering files already checked.
+
+    Hashing a 40 GB model at each load would cost tens of seconds, so a blob that was hashed
+    (or written by this store) is remembered by (path, size, mtime_ns, inode, device) and not
+    hashed again while those are unchanged. Any rewrite, truncation, append or rename in
+    place changes one of them. What this does not catch is a deliberate edit that restores
+    the mtime: the check guards against broken downloads, disks and tools, not against
+    someone who can write the store (and could rewrite the manifests just as well).
+
+    The memory is kept in this process and, when cache_file is given, for blobs of at least
+    PERSIST_BYTES also in a small JSON file outside the store, so that separate processes
+    (CLI runs) profit too; small blobs are cheaper to hash than to record.
+    """
+
+    PERSIST_BYTES = 16 << 20
+
+    def __init__(self, cache_file: Path | None):
+        self.cache_file = cache_file
+        self._known: dict[str, tuple[int, int, int, int, str]] = {}
+        self._lock = threading.Lock()
+        self._loaded = False
+
+    @staticmethod
+    def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
+        return (st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
+
+    def _read_file(self) -> dict[str, tuple[int, int, int, int, str]]:
+        if self.cache_file is None:
+            return {}
+        try:
+            entries = json.loads(self.cache_file.read_text())
+            return {
+                path: tuple(entry)  # type: ignore[misc]
+                for path, entry in entries.items()
+                if isinstance(entry, list) and len(entry) == 5 and is_digest(entry[4])
+            }
+        except (OSError, ValueError, AttributeError):
+            return {}  # no cache or a broken one: it is only a cache
+
+    def _load(self) -> None:
+        if not self._loaded:
+            self._loaded = True
+            self._known.update(self._read_file())
+
+    def _save(self) -> None:
+        if self.cache_file is None:
+            return
+        # Merge with what other processes recorded meanwhile; forget files that are gone,
+        # so the cache does not grow with every model ever seen.
+        entries = self._read_file()
+        entries.update((p, e) for p, e in self._known.items() if e[0] >= self.PERSIST_BYTES)
+        entries = {p: list(e) for p, e in entries.items() if os.path.exists(p)}
+        try:
+            self.cache_file.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(self.cache_file, json.dumps(entries).encode())
+        except OSError as e:
+            log.debug("could not save the blob hash cache %s: %s", self.cache_file, e)
+
+    def is_known(self, path: Path, digest: str) -> bool:
+        """Whether path was already found to hash to digest and has not changed since."""
+        try:
+            st = path.stat()
+        except OSError:
+            return False
+        with self._lock:
+            self._load()
+            entry = self._known.get(os.path.abspath(path))
+        return entry is not None and entry == (*self._identity(st), digest)
+
+    def remember(self, path: Path, digest: str) -> None:
+        """Record that path, as it is now, hashes to digest."""
+        try:
+            st = path.stat()
+        except OSError:
+            return
+        with self._lock:
+            self._load()
+            self._known[os.path.abspath(path)] = (*self._identity(st), digest)
+            if st.st_size >= self.PERSIST_BYTES:
+                self._save()
+
+    def forget(self, path: Path) -> None:
+        """Drop what is known of path (it is being deleted)."""
+        with self._lock:
+            self._load()
+            entry = self._known.pop(os.path.abspath(path), None)
+            if entry is not None and entry[0] >= self.PERSIST_BYTES:
+                self._save()
+
+
+def sha256_file(path: Path) -> str:
+    """The "sha256:<hex>" digest of a file's bytes."""
+    h = hashlib.sha256()
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    with open(path, "rb") as f:
+        while n := f.readinto(buf):
+            h.update(view[:n])
+    return "sha256:" + h.hexdigest()
+
+
+_DEFAULT_CACHE = object()
+
+
+class Store:
+    """An Ollama model store rooted at root (default: $OLLAMA_MODELS or ~/.ollama/models).
+
+    hash_cache is the file remembering which blobs were verified (default
+    $POLLAMA_CACHE/verified-blobs.json); None keeps that memory in this process only.
+    Opening a store deletes temp files left by writers that died.
+    """
+
+    def __init__(self, root: str | os.PathLike | None = None, *, hash_cache: Any = _DEFAULT_CACHE):
+        self.root = Path(root) if root is not None else default_root()
+        self.manifests_dir = self.root / "manifests"
+        self.blobs_dir = self.root / "blobs"
+        if hash_cache is _DEFAULT_CACHE:
+            from pollama.store.embedded import cache_dir
+
+            hash_cache = cache_dir() / "verified-blobs.json"
+        self.verifier = BlobVerifier(Path(hash_cache) if hash_cache is not None else None)
+        self._clean_temp_files()
+        self._fix_blob_names()
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.root)!r})"
+
+    # -- housekeeping -------------------------------------------------------------------------
+    def _clean_temp_files(self) -> None:
+        for top in (self.blobs_dir, self.manifests_dir):
+            if not top.is_dir():
+                continue
+            for dirpath, _dirs, files in os.walk(top):
+                for name in files:
+                    path = Path(dirpath) / name
+                    if name.startswith(TEMP_PREFIX) and _is_stale_temp(path):
+                        log.info("removing %s, left by an interrupted write", path)
+                        path.unlink(missing_ok=True)
+
+    def _fix_blob_names(self) -> None:
+        # Very old Ollama named blobs "sha256:<hex>"; Ollama renames them at start, so do we.
+        if not self.blobs_dir.is_dir():
+            return
+        for path in self.blobs_dir.glob("sha256:*"):
+            new = self.blobs_dir / path.name.replace(":", "-", 1)
+            if is_digest(path.name) and not new.exists():
+                os.replace(path, new)
+
+    # -- paths --------------------------------------------------------------------------------
+    def blob_path(self, digest: str) -> Path:
+        """Where the blob with this digest lives (whether or not it exists)."""
+        check_digest(digest)
+        return self.blobs_dir / ("sha256-" + digest[len("sha256:") :])
+
+    def _on_disk_parts(self, name: ModelName) -> tuple[tuple[str, ...], bool]:
+        """name's parts as the directories on disk spell them, and whether all four exist.
+
+        Each part matches an existing entry case-insensitively (the exact spelling first), as
+        Ollama matches names; parts with no entry keep the spelling given.
+        """
+        directory = self.manifests_dir
+        found: list[str] = []
+        complete = True
+        for kind, part in zip(PART_KINDS, name.parts):
+            entry = part
+            if complete and not os.path.lexists(directory / part):
+                try:
+                    names = sorted(os.listdir(directory))
+                except OSError:
+                    names = []
+                matches = [n for n in names if n.lower() == part.lower() and is_valid_part(kind, n)]
+                if matches:
+                    entry = matches[0]
+                else:
+                    complete = False
+            found.append(entry)
+            directory = directory / entry
+        return tuple(found), complete
+
+    def _manifest_path(self, parts: tuple[str, ...]) -> Path:
+        path = self.manifests_dir.joinpath(*parts)
+        # Name parts are validated before they get here; this is the second lock.
+        if os.path.commonpath([os.path.abspath(path), os.path.abspath(self.manifests_dir)]) != os.path.abspath(
+            self.manifests_dir
+        ):
+            raise StoreError(f"refusing path {path} outside {self.manifests_dir}")
+        return path
+
+    def _find_manifest(self, name: ModelName) -> tuple[ModelName, Path] | None:
+        """The on-disk spelling and manifest file of name, or None if it has none."""
+        parts, complete = self._on_disk_parts(name)
+        path = self._manifest_path(parts)
+        if not complete or not path.is_file():
+            return None
+        return name.with_parts(parts), path
+
+    def _manifest_target(self, name: ModelName) -> tuple[ModelName, Path]:
+        """Where to write name's manifest: into existing directories of any case, as Ollama does."""
+        parts, _ = self._on_disk_parts(name)
+        return name.with_parts(parts), self._manifest_path(parts)
+
+    # -- blobs --------------------------------------------------------------------------------
+    def has_blob(self, digest: str) -> bool:
+        """Whether the blob with this digest is present (its bytes are not checked)."""
+        return self.blob_path(digest).is_file()
+
+    def write_blob(self, source: Source, expected_digest: str | None = None) -> str:
+        """Store bytes, a file's content (path) or a binary stream as a blob; return its digest.
+
+        The bytes go to a temp file while being hashed and are renamed into place only if
+        their digest is expected_digest (when given); otherwise DigestMismatch. If a blob
+        with expected_digest is already present and intact, source is not read at all.
+        """
+        if expected_digest is not None:
+            check_digest(expected_digest, "expected digest")
+            existing = self.blob_path(expected_digest)
+            if existing.is_file() and self._blob_ok(existing, expected_digest):
+                return expected_digest
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            return self._write_stream(io.BytesIO(bytes(source)), expected_digest)
+        if isinstance(source, (str, os.PathLike)):
+            with open(source, "rb") as f:
+                return self._write_stream(f, expected_digest)
+        if hasattr(source, "read"):
+            return self._write_stream(source, expected_digest)
+        raise TypeError(f"write_blob takes a path, bytes or a binary file, not {type(source).__name__}")
+
+    def _write_stream(self, stream: BinaryIO, expected_digest: str | None) -> str:
+        h = hashlib.sha256()
+        temp, f = _temp_file(self.blobs_dir)
+        try:
+            with f:
+                while chunk := stream.read(CHUNK):
+                    if not isinstance(chunk, (bytes, bytearray, memoryview)):
+                        raise TypeError(f"write_blob needs a binary stream; read() gave {type(chunk).__name__}")
+                    h.update(chunk)
+                    f.write(chunk)
+                digest = "sha256:" + h.hexdigest()
+                if expected_digest is not None and digest != expected_digest:
+                    raise DigestMismatch(f"blob content has digest {digest}, expected {expected_digest}")
+                dest = self.blob_path(digest)
+                if dest.is_file() and self.verifier.is_known(dest, digest):
+                    f.close()
+                    temp.unlink()
+                else:
+                    # Replaces a blob of the right name but wrong bytes, healing the store.
+                    _commit(temp, f, dest)
+            self.verifier.remember(dest, digest)
+            return digest
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+
+    def add_layer(self, source: Source, media_type: str, *, from_: str = "", name: str = "") -> Layer:
+        """Write source as a blob and return the Layer that describes it."""
+        if media_type not in LAYER_MEDIA_TYPES:
+            raise StoreError(f"unknown layer media type {media_type!r}")
+        digest = self.write_blob(source)
+        return Layer(media_type, digest, self.blob_path(digest).stat().st_size, from_, name)
+
+    def _blob_ok(self, path: Path, digest: str) -> bool:
+        if self.verifier.is_known(path, digest):
+            return True
+        if sha256_file(path) != digest:
+            return False
+        self.verifier.remember(path, digest)
+        return True
+
+    def verify_blob(self, layer: Layer, model: str = "") -> Path:
+        """The path of layer's blob after checking it exists, has its size and hashes to its digest."""
+        path = self.blob_path(layer.digest)
+        owner = f" of model '{model}'" if model else ""
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            raise StoreError(f"blob {layer.digest}{owner} is missing from {self.blobs_dir}") from None
+        if size != layer.size:
+            raise DigestMismatch(
+                f"blob {layer.digest}{owner} is {size} bytes but its manifest says {layer.size}: "
+                f"the file is damaged or incomplete; remove the model and pull or create it again"
+            )
+        if not self._blob_ok(path, layer.digest):
+            raise DigestMismatch(
+                f"blob {layer.digest}{owner} does not match its digest: the file is damaged; "
+                f"remove the model and pull or create it again"
+            )
+        return path
+
+    def _read_small_blob(self, layer: Layer, model: str, what: str) -> bytes:
+        owner = f" of model '{model}'" if model else ""
+        if layer.size > MAX_METADATA_BYTES:
+            raise StoreError(f"{what} blob {layer.digest}{owner} is {layer.size} bytes, too large to read")
+        path = self.blob_path(layer.digest)
+        try:
+            with open(path, "rb") as f:
+                data = f.read(MAX_METADATA_BYTES + 1)
+        except FileNotFoundError:
+            raise StoreError(f"{what} blob {layer.digest}{owner} is missing from {self.blobs_dir}") from None
+        if len(data) != layer.size or "sha256:" + hashlib.sha256(data).hexdigest() != layer.digest:
+            raise DigestMismatch(
+                f"{what} blob {layer.digest}{owner} does not match its digest or size: the file is damaged"
+            )
+        return data
+
+    # -- manifests ----------------------------------------------------------------------------
+    def write_manifest(self, name: NameLike, config: dict[str, Any], layers: list[Layer]) -> Manifest:
+        """Write config as the config blob and a manifest of layers under name; return it.
+
+        Every layer's blob must already be in the store with the size the layer says.
+        """
+        model = ModelName.parse(name)
+        for layer in layers:
+            if not isinstance(layer, Layer):
+                raise TypeError(f"layers must be Layer objects, not {type(layer).__name__}")
+            if layer.media_type not in LAYER_MEDIA_TYPES:
+                raise StoreError(f"unknown layer media type {layer.media_type!r}")
+            self._check_blob_present(layer, model.display)
+        config_bytes = encode_config(config)
+        config_layer = Layer(CONFIG_MEDIA_TYPE, self.write_blob(config_bytes), len(config_bytes))
+        manifest = Manifest(config=config_layer, layers=list(layers))
+        return self._put_manifest(model, manifest.to_bytes())
+
+    def write_manifest_bytes(self, name: NameLike, data: bytes) -> Manifest:
+        """Store a manifest's bytes verbatim (as pulled) after checking them and their blobs."""
+        model = ModelName.parse(name)
+        manifest = Manifest.parse(data, f"manifest for model '{model.display}'")
+        for layer in manifest.all_layers():
+            self._check_blob_present(layer, model.display)
+        return self._put_manifest(model, data)
+
+    def _check_blob_present(self, layer: Layer, model: str) -> None:
+        path = self.blob_path(layer.digest)
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            raise StoreError(f"blob {layer.digest} of model '{model}' is not in the store; write it first") from None
+        if size != layer.size:
+            raise StoreError(f"layer {layer.digest} of model '{model}' says {layer.size} bytes, its blob has {size}")
+
+    def _put_manifest(self, model: ModelName, data: bytes) -> Manifest:
+        model, path = self._manifest_target(model)
+        atomic_write(path, data)
+        return self._load_manifest(model, path)
+
+    def _load_manifest(self, model: ModelName, path: Path) -> Manifest:
+        try:
+            with open(path, "rb") as f:
+                st = os.fstat(f.fileno())
+                data = f.read(MAX_MANIFEST_BYTES + 1)  # a hostile giant is refused by parse
+        except FileNotFoundError:
+            raise ModelNotFound(model.display) from None
+        except IsADirectoryError:
+            raise ModelNotFound(model.display) from None
+        manifest = Manifest.parse(data, f"manifest of model '{model.display}' ({path})")
+        manifest.digest = hashlib.sha256(data).hexdigest()
+        manifest.path = path
+        manifest.modified_at = datetime.fromtimestamp(st.st_mtime).astimezone()
+        return manifest
+
+    def exists(self, name: NameLike) -> bool:
+        """Whether a manifest exists for name (any case)."""
+        return self._find_manifest(ModelName.parse(name)) is not None
+
+    def canonical_name(self, name: NameLike) -> ModelName:
+        """name spelled as it is on disk; ModelNotFound if there is no such model."""
+        found = self._find_manifest(ModelName.parse(name))
+        if found is None:
+            raise ModelNotFound(_shown(name))
+        return found[0]
+
+    def read_manifest(self, name: NameLike) -> Manifest:
+        """The manifest of name (matched case-insensitively); ModelNotFound if there is none."""
+        found = self._find_manifest(ModelName.parse(name))
+        if found is None:
+            raise ModelNotFound(_shown(name))
+        return self._load_manifest(*found)
+
+    def read_config(self, name: NameLike, manifest: Manifest | None = None) -> dict[str, Any]:
+        """The config blob of name's manifest (model_format, model_family, file_type, ...)."""
+        manifest = manifest or self.read_manifest(name)
+        shown = _shown(name)
+        return parse_config(self._read_small_blob(manifest.config, shown, "config"), f"config of model '{shown}'")
+
+    def _walk_manifests(self) -> Iterator[tuple[ModelName, Path]]:
+        """Every file at manifests/<host>/<namespace>/<model>/<tag> with a valid name."""
+        if not self.manifests_dir.is_dir():
+            return
+        for dirpath, dirs, files in os.walk(self.manifests_dir):
+            rel = Path(dirpath).relative_to(self.manifests_dir).parts
+            if len(rel) >= 3:
+                dirs.clear()  # manifests sit exactly four levels down
+            if len(rel) != 3:
+                continue
+            for tag in sorted(files):
+                if tag.startswith(TEMP_PREFIX):
+                    continue
+                try:
+                    yield ModelName.from_parts((*rel, tag)), Path(dirpath) / tag
+                except InvalidName:
+                    log.warning("ignoring %s: not a valid model name", Path(dirpath) / tag)
+
+    def _all_manifests(self) -> tuple[list[tuple[ModelName, Manifest]], list[Path]]:
+        """(name, manifest) of every readable manifest, and the paths of unreadable ones."""
+        good, bad = [], []
+        for model, path in self._walk_manifests():
+            try:
+                good.append((model, self._load_manifest(model, path)))
+            except (StoreError, OSError) as e:
+                log.warning("ignoring manifest %s: %s", path, e)
+                bad.append(path)
+        return good, bad
+
+    def list(self) -> list[ModelInfo]:
+        """Every model in the store, newest first (unreadable manifests are logged and skipped)."""
+        good, _bad = self._all_manifests()
+        infos = [ModelInfo(model, m.digest or "", m.size, m.modified_at, m) for model, m in good]  # type: ignore[arg-type]
+        infos.sort(key=lambda i: (-i.modified_at.timestamp(), i.name.display))
+        return infos
+
+    def copy(self, src: NameLike, dst: NameLike) -> ModelName:
+        """Copy src's manifest bytes to dst (same digest, shared blobs); return dst's name."""
+        source = self.canonical_name(src)
+        target = ModelName.parse(dst)
+        _, src_path = self._find_manifest(source)  # type: ignore[misc]
+        if source == target:
+            return source
+        data = src_path.read_bytes()
+        Manifest.parse(data, f"manifest of model '{source.display}'")  # never spread a broken manifest
+        target, dst_path = self._manifest_target(target)
+        atomic_write(dst_path, data)
+        return target
+
+    def remove(self, name: NameLike) -> None:
+        """Delete name's manifest, then every blob of it that no other manifest references."""
+        model = ModelName.parse(name)
+        found = self._find_manifest(model)
+        if found is None:
+            raise ModelNotFound(_shown(name))
+        model, path = found
+        try:
+            manifest: Manifest | None = self._load_manifest(model, path)
+        except StoreError as e:
+            log.warning("removing broken manifest %s (%s); its blobs are left for a prune", path, e)
+            manifest = None
+        path.unlink()
+        _fsync_dir(path.parent)
+        self._prune_empty_dirs(path.parent)
+        if manifest is not None:
+            self._delete_unreferenced(d.digest for d in manifest.all_layers())
+
+    def _delete_unreferenced(self, digests) -> None:
+        others, bad = self._all_manifests()
+        if bad:
+            # A manifest we cannot read may reference any blob: deleting could break it.
+            log.warning("not deleting blobs: %d manifest(s) could not be read (%s)", len(bad), bad[0])
+            return
+        in_use = {layer.digest for _, m in others for layer in m.all_layers()}
+        for digest in set(digests) - in_use:
+            path = self.blob_path(digest)
+            path.unlink(missing_ok=True)
+            self.verifier.forget(path)
+
+    def _prune_empty_dirs(self, directory: Path) -> None:
+        # Walk up from the model's tag directory, stopping at the first non-empty one.
+        while directory != self.manifests_dir and self.manifests_dir in directory.parents:
+            try:
+                directory.rmdir()
+            except OSError:
+                return
+            directory = directory.parent
+
+    # -- resolve ------------------------------------------------------------------------------
+    def resolve(self, name: NameLike) -> ResolvedModel:
+        """Everything needed to run name: checked blob paths, template, system, params, ..."""
+        found = self._find_manifest(ModelName.parse(name))
+        if found is None:
+            raise ModelNotFound(_shown(name))
+        model, path = found
+        manifest = self._load_manifest(model, path)
+        shown = model.display
+        config = self.read_config(model, manifest)
+        resolved = ResolvedModel(name=model, manifest=manifest, config=config, model_path=None)
+        for layer in manifest.layers:
+            kind = layer.media_type
+            what = kind.rsplit(".", 1)[-1]  # "template", "params", ...
+            if kind == MediaType.MODEL:
+                resolved.model_path = self._checked_gguf(layer, shown)
+                resolved.parent_model = layer.from_
+            elif kind == MediaType.PROJECTOR:
+                resolved.projector_paths.append(self._checked_gguf(layer, shown))
+            elif kind == MediaType.ADAPTER:
+                resolved.adapter_paths.append(self._checked_gguf(layer, shown))
+            elif kind == MediaType.DRAFT:
+                resolved.draft_path = self.verify_blob(layer, shown)
+            elif kind in (MediaType.TEMPLATE, MediaType.PROMPT):
+                resolved.template = self._text(layer, shown, "template")
+            elif kind == MediaType.SYSTEM:
+                resolved.system = self._text(layer, shown, what)
+            elif kind == MediaType.LICENSE:
+                resolved.license.append(self._text(layer, shown, what))
+            elif kind == MediaType.PARAMS:
+                data = self._read_small_blob(layer, shown, what)
+                resolved.params = parse_params(data, f"params layer of model '{shown}'")
+            elif kind == MediaType.MESSAGES:
+                data = self._read_small_blob(layer, shown, what)
+                resolved.messages = parse_messages(data, f"messages layer of model '{shown}'")
+            elif kind == MediaType.EMBED:
+                log.info("model '%s' has a legacy embed layer; it is ignored, as Ollama does", shown)
+            elif kind in _SAFETENSORS_TYPES:
+                raise StoreError(f"model '{shown}' is a safetensors (MLX) model, which pollama cannot run")
+            else:
+                raise StoreError(f"model '{shown}' has a layer of unknown media type {kind!r}")
+        if resolved.model_path is None and not config.get("remote_host"):
+            raise StoreError(f"model '{shown}' has no model layer")
+        return resolved
+
+    def _text(self, layer: Layer, model: str, what: str) -> str:
+        # Go keeps arbitrary bytes in a string; replacing bad UTF-8 is the nearest to that.
+        return self._read_small_blob(layer, model, what).decode("utf-8", "replace")
+
+    def _checked_gguf(self, layer: Layer, model: str) -> Path:
+        path = self.verify_blob(layer, model)
+        with open(path, "rb") as f:
+            if f.read(4) != GGUF_MAGIC:
+                raise StoreError(f"blob {layer.digest} of model '{model}' is not a GGUF file")
+        return path
+
+
+def _shown(name: NameLike) -> str:
+    """How a name appears in messages: as the user wrote it, or Ollama's short display form."""
+    return name.display if isinstance(name, ModelName) else name
