@@ -90,6 +90,10 @@ class Tensor(ABC):
         """GELU, tanh approximation (as GGML and gelu_pytorch_tanh)."""
 
     @abstractmethod
+    def gelu_erf(self) -> Tensor:
+        """GELU, exact: x/2 * (1 + erf(x/sqrt(2))) (BERT's "gelu", torch's default)."""
+
+    @abstractmethod
     def tanh(self) -> Tensor:
         """Hyperbolic tangent."""
 

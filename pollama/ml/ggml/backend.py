@@ -156,6 +156,9 @@ class GGMLTensor(Tensor):
     def gelu(self) -> Tensor:
         return self._unary(ggml.ggml_gelu, "gelu")
 
+    def gelu_erf(self) -> Tensor:
+        return self._unary(ggml.ggml_gelu_erf, "gelu_erf")
+
     def tanh(self) -> Tensor:
         return self._unary(ggml.ggml_tanh, "tanh")
 

@@ -167,6 +167,10 @@ class TorchTensor(Tensor):
         """GELU, tanh approximation."""
         return self._unary("gelu", lambda t: F.gelu(t, approximate="tanh"))
 
+    def gelu_erf(self) -> Tensor:
+        """GELU, exact (erf)."""
+        return self._unary("gelu_erf", F.gelu)
+
     def tanh(self) -> Tensor:
         """Hyperbolic tangent."""
         return self._unary("tanh", torch.tanh)
