@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
 
-def pollama(*args: str, stdin: str = "", timeout: float = 120) -> subprocess.CompletedProcess:
-    """Run `pollama ARGS` as a user would, with text stdin; the finished process."""
+def pollama(*args: str, stdin: str = "", timeout: float = 120, env: dict | None = None, cwd=None) -> subprocess.CompletedProcess:
+    """Run `pollama ARGS` as a user would, with text stdin (and extra environment); the finished process."""
     return subprocess.run(
         [sys.executable, "-m", "pollama.cli.main", *args],
         input=stdin, capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, **(env or {})}, cwd=cwd,
     )
 
 

@@ -17,16 +17,33 @@ class CLIError(Exception):
 
 
 def resolve_model(name: str) -> Path:
-    """A GGUF path from a file path or the name of an embedded PyPI model."""
+    """A GGUF path from a file path, an embedded PyPI model, or a model in the store."""
+    return resolve(name)[0]
+
+
+def resolve(name: str) -> tuple[Path, dict]:
+    """(GGUF path, the model's stored options) for a file, embedded model or store model."""
     path = Path(name).expanduser()
     if path.is_file():
-        return path
-    if name in EMBEDDED_MODELS:
-        return embedded_model_path(name)
+        return path, {}
     if path.exists():
         raise CLIError(f"{name}: not a regular file")
+    from pollama.store.store import Store
+
+    store = Store()
+    try:
+        if store.exists(name):
+            resolved = store.resolve(name)
+            if resolved.model_path is None:
+                raise CLIError(f"model {name!r} has no weights pollama can run")
+            return resolved.model_path, dict(resolved.params)
+    except ValueError as e:
+        if name not in EMBEDDED_MODELS:
+            raise CLIError(str(e)) from None
+    if name in EMBEDDED_MODELS:
+        return embedded_model_path(name), {}
     known = ", ".join(EMBEDDED_MODELS)
-    raise CLIError(f"model {name!r} not found: give a GGUF file path or one of {known}")
+    raise CLIError(f"model {name!r} not found: give a GGUF file, a model created with `pollama create`, or one of {known}")
 
 
 def _format_duration(ns: int) -> str:
@@ -59,17 +76,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pollama.sample import SamplerOptions
 
     started = time.perf_counter_ns()
-    path = resolve_model(args.model)
+    path, stored = resolve(args.model)
     prompt = args.prompt if args.prompt is not None else sys.stdin.read()
-    sampler = SamplerOptions(
-        **{k: v for k, v in {
-            "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
-            "min_p": args.min_p, "repeat_penalty": args.repeat_penalty, "seed": args.seed,
-        }.items() if v is not None}
-    )
-    with Engine(path, backend=args.backend, num_ctx=args.num_ctx, num_thread=args.num_thread) as engine:
+    # Options: the model's stored PARAMETERs, overridden by flags given here.
+    flags = {
+        "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "min_p": args.min_p,
+        "repeat_penalty": args.repeat_penalty, "seed": args.seed, "num_ctx": args.num_ctx,
+        "num_thread": args.num_thread, "num_predict": args.num_predict, "stop": args.stop,
+    }
+    options = {**stored, **{k: v for k, v in flags.items() if v is not None}}
+    sampler = SamplerOptions.from_options(options)
+    with Engine(path, backend=args.backend, num_ctx=options.get("num_ctx", 4096), num_thread=options.get("num_thread")) as engine:
         ids = engine.tokenizer.encode(prompt, add_special=True, parse_special=True)
-        options = GenerateOptions(num_predict=args.num_predict, stop=args.stop or (), sampler=sampler)
+        options = GenerateOptions(num_predict=options.get("num_predict", 128), stop=options.get("stop") or (), sampler=sampler)
         done = None
         for event in engine.generate(ids, options):
             if isinstance(event, Done):
@@ -119,9 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("prompt", nargs="?", help="the prompt (default: read stdin)")
     run.add_argument("--verbose", action="store_true", help="print timings after the response")
     run.add_argument("--backend", default="ggml", choices=["ggml", "torch"])
-    run.add_argument("--num-ctx", type=int, default=4096)
-    run.add_argument("--num-thread", type=int, default=None)
-    run.add_argument("--num-predict", type=int, default=128, help="tokens to generate at most (default 128; -1: until EOS or the context is full)")
+    run.add_argument("--num-ctx", type=int, help="context length (default 4096, or the model's num_ctx)")
+    run.add_argument("--num-thread", type=int)
+    run.add_argument("--num-predict", type=int, help="tokens to generate at most (default 128; -1: until EOS or the context is full)")
     run.add_argument("--temperature", type=float)
     run.add_argument("--top-k", type=int)
     run.add_argument("--top-p", type=float)
@@ -130,6 +149,38 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int)
     run.add_argument("--stop", action="append", help="a stop string (repeatable)")
     run.set_defaults(func=cmd_run)
+
+    from pollama.cli import models
+
+    create = sub.add_parser("create", help="create a model from a Modelfile")
+    create.add_argument("model")
+    create.add_argument("-f", "--file", default="Modelfile", help="the Modelfile (default ./Modelfile)")
+    create.add_argument("-q", "--quantize", help="quantize the weights, e.g. q4_K_M, q8_0")
+    create.set_defaults(func=models.cmd_create)
+
+    show = sub.add_parser("show", help="show a model's information")
+    show.add_argument("model")
+    for flag in ("--modelfile", "--parameters", "--template", "--system", "--license"):
+        show.add_argument(flag, action="store_true")
+    show.add_argument("-v", "--verbose", action="store_true", help="also list the GGUF metadata")
+    show.set_defaults(func=models.cmd_show)
+
+    for alias in ("list", "ls"):
+        sub.add_parser(alias, help="list models").set_defaults(func=models.cmd_list)
+
+    cp = sub.add_parser("cp", help="copy a model")
+    cp.add_argument("source")
+    cp.add_argument("destination")
+    cp.set_defaults(func=models.cmd_cp)
+
+    rm = sub.add_parser("rm", help="remove models")
+    rm.add_argument("models", nargs="+")
+    rm.set_defaults(func=models.cmd_rm)
+
+    tensors = sub.add_parser("tensors", help="list the tensors of a GGUF, safetensors or PyTorch checkpoint")
+    tensors.add_argument("path")
+    tensors.add_argument("--json", action="store_true", help="one JSON list of {name, shape, dtype}")
+    tensors.set_defaults(func=models.cmd_tensors)
 
     tok = sub.add_parser("tokenize", help="print the token ids of stdin as a JSON list")
     tok.add_argument("model", help="a GGUF file (a vocab-only one will do) or an embedded model")

@@ -364,3 +364,11 @@ def test_attention_accepts_v_permuted_by_the_caller(backend):
     p = np.exp(s - s.max(-1, keepdims=True))
     p /= p.sum(-1, keepdims=True)
     np.testing.assert_allclose(out, np.einsum("htn,nhd->thd", p, v).reshape(3, 8), rtol=1e-5, atol=1e-5)
+
+
+def test_closed_backend_raises():
+    b = GGMLBackend(n_threads=1)
+    b.close()
+    for call in (b.context, lambda: b.zeros((2, 2), GGMLType.F16)):
+        with pytest.raises(BackendError, match="closed"):
+            call()

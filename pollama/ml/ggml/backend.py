@@ -609,6 +609,8 @@ class GGMLBackend(Backend):
 
     # -- weights ----------------------------------------------------------------------------
     def load(self, gguf, names: Sequence[str] | None = None, gathered: Collection[str] = ()) -> Mapping[str, Tensor]:
+        if self.cpu is None:
+            raise BackendError("backend used after it was closed")
         infos = [gguf.tensors[n] for n in names] if names is not None else list(gguf.tensors.values())
         store = _WeightStore(gguf)
         self.stores.append(store)
@@ -670,6 +672,8 @@ class GGMLBackend(Backend):
         return weights
 
     def zeros(self, shape: Sequence[int], dtype: GGMLType) -> Tensor:
+        if self.cpu is None:
+            raise BackendError("backend used after it was closed")
         shape = tuple(int(s) for s in shape)
         if dtype not in CACHE_TYPES or not 1 <= len(shape) <= 4 or any(s <= 0 for s in shape):
             raise BackendError(f"cannot allocate a {dtype.name} cache of shape {list(shape)}")
@@ -697,6 +701,8 @@ class GGMLBackend(Backend):
             self.stores.remove(store)
 
     def context(self, reusable: bool = False) -> Context:
+        if self.cpu is None:
+            raise BackendError("backend used after it was closed")
         return GGMLContext(self, reusable)
 
     def close(self) -> None:

@@ -1,0 +1,195 @@
+"""Model management commands: create, show, list, cp, rm, tensors (Ollama's output formats)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+from pollama.create.options import format_option_value
+
+
+def _store():
+    from pollama.store.store import Store
+
+    return Store()
+
+
+def cmd_create(args: argparse.Namespace) -> int:
+    from pollama.create.pipeline import create_model
+
+    path = Path(args.file)
+    if not path.is_file():
+        if args.file == "Modelfile" and not path.exists():
+            text, base = "FROM .", Path(".")  # Ollama: no Modelfile means FROM .
+        else:
+            raise ValueError(f"{args.file}: no such Modelfile")
+    else:
+        text, base = path.read_bytes(), path.parent
+    create_model(_store(), args.model, text, base, quantize=args.quantize, status=lambda line: print(line, flush=True))
+    return 0
+
+
+def human_bytes(n: int) -> str:
+    """Sizes as Ollama prints them (decimal units): 94 MB, 1.2 GB."""
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n >= scale:
+            value = n / scale
+            return f"{value:.1f} {unit}" if value < 10 and unit in ("GB", "TB") else f"{value:.0f} {unit}"
+    return f"{n} B"
+
+
+def human_time(then: datetime) -> str:
+    """'2 minutes ago', 'About an hour ago', as Ollama's list shows."""
+    seconds = (datetime.now(timezone.utc) - then.astimezone(timezone.utc)).total_seconds()
+    for unit, size in (("year", 31536000), ("month", 2592000), ("week", 604800), ("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size:
+            n = int(seconds // size)
+            if n == 1:
+                return f"About {'an' if unit == 'hour' else 'a'} {unit} ago"
+            return f"{n} {unit}s ago"
+    return "Less than a second ago" if seconds < 1 else f"{int(seconds)} seconds ago"
+
+
+def _table(rows: list[list[str]], indent: str = "") -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join(indent + "    ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    rows = [["NAME", "ID", "SIZE", "MODIFIED"]]
+    for info in _store().list():
+        rows.append([info.name.display, info.digest[:12], human_bytes(info.size), human_time(info.modified_at)])
+    print(_table(rows))
+    return 0
+
+
+def cmd_cp(args: argparse.Namespace) -> int:
+    dst = _store().copy(args.source, args.destination)
+    print(f"copied '{args.source}' to '{dst.display}'")
+    return 0
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    store = _store()
+    for name in args.models:
+        store.remove(name)
+        print(f"deleted '{name}'")
+    return 0
+
+
+def _capabilities(metadata: dict, template: str | None) -> list[str]:
+    # As Ollama derives them: an encoder (pooling) embeds, anything else completes; the
+    # template's variables add tools and insert (suffix), a vision tower adds vision.
+    arch = metadata.get("general.architecture", "")
+    caps = ["embedding"] if metadata.get(f"{arch}.pooling_type") or arch == "bert" else ["completion"]
+    text = template or ""
+    if ".Tools" in text:
+        caps.append("tools")
+    if ".Suffix" in text:
+        caps.append("insert")
+    if metadata.get(f"{arch}.vision.block_count"):
+        caps.append("vision")
+    if ".Thinking" in text or ".Think" in text:
+        caps.append("thinking")
+    return caps
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from pollama.create.modelfile import format_modelfile
+    from pollama.create.pipeline import human_number
+    from pollama.fs.gguf import GGUFFile
+
+    resolved = _store().resolve(args.model)
+    if args.modelfile:
+        print(format_modelfile(
+            str(resolved.model_path), name=resolved.name.display, template=resolved.template,
+            system=resolved.system, adapters=[str(p) for p in resolved.adapter_paths],
+            projectors=[str(p) for p in resolved.projector_paths], parameters=resolved.params,
+            license=resolved.license, messages=resolved.messages,
+        ), end="")
+        return 0
+    if args.parameters:
+        for key, value in resolved.params.items():
+            for v in value if isinstance(value, list) else [value]:
+                print(f"{key:<30} {format_option_value(v)}")
+        return 0
+    if args.template:
+        print(resolved.template or "{{ .Prompt }}")
+        return 0
+    if args.system:
+        print(resolved.system or "")
+        return 0
+    if args.license:
+        print("\n\n".join(resolved.license))
+        return 0
+    with GGUFFile(resolved.model_path) as gguf:
+        md = gguf.metadata
+        arch = md.get("general.architecture", "")
+        n_params = sum(info.n_elements for info in gguf.tensors.values())
+        rows = [
+            ["architecture", arch],
+            ["parameters", human_number(n_params)],
+            ["context length", str(md.get(f"{arch}.context_length", ""))],
+            ["embedding length", str(md.get(f"{arch}.embedding_length", ""))],
+            ["quantization", resolved.config.get("file_type", "")],
+        ]
+        sections = [("Model", _table(rows, "    "))]
+        sections.append(("Capabilities", "\n".join("    " + c for c in _capabilities(md, resolved.template))))
+        if resolved.params:
+            lines = [[k, format_option_value(v)] for k, vs in resolved.params.items() for v in (vs if isinstance(vs, list) else [vs])]
+            sections.append(("Parameters", _table(lines, "    ")))
+        if resolved.system:
+            sections.append(("System", "\n".join("    " + line for line in resolved.system.splitlines()[:2])))
+        if resolved.license:
+            sections.append(("License", "\n".join("    " + line for line in resolved.license[0].splitlines()[:2])))
+        if args.verbose:
+            meta = [[k, _short(v)] for k, v in md.items()]
+            sections.append(("Metadata", _table(meta, "    ")))
+    print("\n\n".join(f"  {title}\n{body}" for title, body in sections) + "\n")
+    return 0
+
+
+def _short(value) -> str:
+    if isinstance(value, list):
+        return f"[...{len(value)} items]" if len(value) > 8 else json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
+def cmd_tensors(args: argparse.Namespace) -> int:
+    rows = list_tensors(Path(args.path))
+    if args.json:
+        print(json.dumps([{"name": n, "shape": list(s), "dtype": d} for n, s, d in rows]))
+        return 0
+    table = [["NAME", "SHAPE", "DTYPE"]] + [[n, "[" + ", ".join(map(str, s)) + "]", d] for n, s, d in rows]
+    print(_table(table))
+    return 0
+
+
+def list_tensors(path: Path) -> list[tuple[str, tuple[int, ...], str]]:
+    """(name, shape in PyTorch order, dtype) of every tensor in a GGUF, safetensors file or
+    folder, or PyTorch checkpoint."""
+    if path.is_dir():
+        files = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin")) + sorted(path.glob("*.pth")) or sorted(path.glob("*.gguf"))
+        if not files:
+            raise ValueError(f"{path}: no .safetensors, .bin, .pth or .gguf files")
+        return [row for f in files for row in list_tensors(f)]
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head[:4] == b"GGUF":
+        from pollama.fs.gguf import GGUFFile
+
+        with GGUFFile(path) as gguf:
+            return [(i.name, tuple(i.shape), i.type.name) for i in gguf.tensors.values()]
+    if head[:2] == b"PK":
+        from pollama.fs.torchzip import TorchCheckpoint
+
+        with TorchCheckpoint(path) as ckpt:
+            return [(t.name, t.shape, t.dtype) for t in ckpt.tensors.values()]
+    from pollama.fs.safetensors import SafetensorsFile
+
+    with SafetensorsFile(path) as st:
+        # Shapes from the header: listing must work even for dtypes we do not convert.
+        return [(name, tuple(st._entries[name][1]), st.dtype(name)) for name in st.keys()]

@@ -1,0 +1,205 @@
+"""`create`: a Modelfile becomes a model in the store, as Ollama's create builds one.
+
+FROM names a GGUF file, a Hugging Face folder (converted), or a model already in the store
+(its layers reused). Then the weights are quantized if asked, and the Modelfile's TEMPLATE,
+SYSTEM, PARAMETER, MESSAGE and LICENSE commands become layers; the manifest is written last,
+so an interrupted create leaves no model behind (and the store keeps no partial blob).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+from pollama.create.modelfile import Modelfile, parse_modelfile
+from pollama.fs.ggml_types import FileType, GGMLType
+from pollama.fs.gguf import GGUFFile
+from pollama.store.errors import StoreError
+from pollama.store.manifest import Layer, MediaType, Manifest, encode_messages, encode_params
+from pollama.store.names import parse_name
+from pollama.store.store import Store
+
+Status = Callable[[str], None]
+
+# Layers a Modelfile command replaces wholesale (Ollama keeps at most one of each).
+_SINGLE = {MediaType.TEMPLATE, MediaType.SYSTEM, MediaType.MESSAGES, MediaType.PARAMS}
+
+
+class CreateError(ValueError):
+    """A create that cannot be done: the message says why, in one line."""
+
+
+def human_number(n: int) -> str:
+    """A parameter count as Ollama prints it: 134.52M, 8.0B, 270M."""
+    for unit, scale, digits in (("B", 1e9, 1), ("M", 1e6, 2)):
+        if n >= scale:
+            value = n / scale
+            return f"{value:.0f}{unit}" if value == int(value) else f"{value:.{digits}f}{unit}"
+    return f"{n / 1e3:.0f}K" if n >= 1000 else str(n)
+
+
+def describe_gguf(path: Path) -> dict:
+    """Config-blob fields of a GGUF model: family, parameter size, file type."""
+    with GGUFFile(path) as gguf:
+        arch = gguf.metadata.get("general.architecture", "")
+        n_params = sum(info.n_elements for info in gguf.tensors.values())
+        file_type = gguf.metadata.get("general.file_type")
+        if file_type is None:
+            file_type = _guess_file_type(gguf)
+    config = {
+        "model_format": "gguf",
+        "model_family": arch,
+        "model_families": [arch] if arch else [],
+        "model_type": human_number(n_params),
+        "file_type": FileType(file_type).name() if file_type in FileType._value2member_map_ else "unknown",
+    }
+    return config
+
+
+def _guess_file_type(gguf: GGUFFile) -> int:
+    types = {info.type for info in gguf.tensors.values() if len(info.shape) > 1}
+    return {GGMLType.F16: FileType.MOSTLY_F16, GGMLType.BF16: FileType.BF16}.get(next(iter(types), None), FileType.ALL_F32)
+
+
+def create_model(
+    store: Store,
+    name: str,
+    modelfile: str | Modelfile,
+    base_dir: str | Path = ".",
+    quantize: str | None = None,
+    status: Status = lambda line: None,
+) -> Manifest:
+    """Create (or replace) model `name` from a Modelfile; status lines as Ollama's stream."""
+    target = parse_name(name)
+    mf = modelfile if isinstance(modelfile, Modelfile) else parse_modelfile(modelfile)
+    froms = mf.froms
+    if len(froms) != 1:
+        raise CreateError("a Modelfile needs exactly one FROM" if not froms else "more than one FROM is not supported")
+    base_dir = Path(base_dir)
+    with tempfile.TemporaryDirectory(prefix="pollama-create-") as tmp:
+        status("gathering model components")
+        layers, config, params = _from(store, froms[0], base_dir, Path(tmp), status)
+        if quantize:
+            layers, config = _quantize(store, layers, config, quantize, Path(tmp), status)
+        layers, params = _apply_commands(store, mf, layers, params, base_dir, status)
+        if params:
+            layers = _replace(layers, _new_layer(store, encode_params(params), MediaType.PARAMS, status))
+        status("writing manifest")
+        manifest = store.write_manifest(target, config, layers)
+    status("success")
+    return manifest
+
+
+def _from(store: Store, value: str, base_dir: Path, tmp: Path, status: Status) -> tuple[list[Layer], dict, dict]:
+    """Layers, config and parameters from the FROM value."""
+    path = Path(os.path.expanduser(value))
+    path = path if path.is_absolute() else base_dir / path
+    if path.is_file():
+        with open(path, "rb") as f:
+            magic = f.read(4)
+        if magic != b"GGUF":
+            raise CreateError(f"{value}: not a GGUF file (and not a folder to convert)")
+        status("parsing GGUF")
+        layer = _new_layer(store, path, MediaType.MODEL, status)
+        return [layer], describe_gguf(path), {}
+    if path.is_dir():
+        return _convert(store, value, path, tmp, status)
+    if value.startswith((".", "/", "~")) or os.sep in value and not _is_model_name(value):
+        raise CreateError(f"{value}: no such file or folder")
+    try:
+        resolved = store.resolve(value)
+    except StoreError as e:
+        raise CreateError(f"FROM {value}: {e}") from None
+    # Reuse the model's layers as they are (the same blobs), as Ollama does.
+    layers = []
+    for layer in resolved.manifest.layers:
+        status(f"using existing layer {layer.digest}")
+        layers.append(layer)
+    config = {k: v for k, v in resolved.config.items() if k in ("model_format", "model_family", "model_families", "model_type", "file_type")}
+    return layers, config, dict(resolved.params)
+
+
+def _is_model_name(value: str) -> bool:
+    try:
+        parse_name(value)
+        return True
+    except ValueError:
+        return False
+
+
+def _convert(store: Store, value: str, folder: Path, tmp: Path, status: Status) -> tuple[list[Layer], dict, dict]:
+    """A Hugging Face folder (config.json + safetensors) converted to GGUF."""
+    ggufs = sorted(folder.glob("*.gguf"))
+    if ggufs and not (folder / "config.json").exists():
+        if len(ggufs) > 1:
+            raise CreateError(f"{value}: several GGUF files; name one in FROM")
+        return _from(store, str(ggufs[0]), folder, tmp, status)
+    from pollama.create.convert import convert_hf
+
+    status("converting model")
+    out = tmp / "converted.gguf"
+    convert_hf(folder, out)
+    layer = _new_layer(store, out, MediaType.MODEL, status)
+    return [layer], describe_gguf(out), {}
+
+
+def _quantize(store: Store, layers: list[Layer], config: dict, target: str, tmp: Path, status: Status):
+    from pollama.create.quantize import parse_target, quantize_gguf
+
+    model = [layer for layer in layers if layer.media_type == MediaType.MODEL]
+    if len(model) != 1:
+        raise CreateError("quantize needs a model with one weights layer")
+    wanted = parse_target(target)
+    source = store.blob_path(model[0].digest)
+    if config.get("file_type") == FileType(wanted).name():
+        return layers, config  # already that type: keep the same layer, as Ollama does
+    status(f"quantizing {config.get('file_type', 'unknown')} model to {FileType(wanted).name()}")
+    out = tmp / "quantized.gguf"
+    quantize_gguf(source, out, target)
+    layer = _new_layer(store, out, MediaType.MODEL, status)
+    return [layer if x is model[0] else x for x in layers], {**config, **{k: v for k, v in describe_gguf(out).items() if k == "file_type"}}
+
+
+def _apply_commands(store: Store, mf: Modelfile, layers: list[Layer], params: dict, base_dir: Path, status: Status):
+    """TEMPLATE, SYSTEM, MESSAGE, LICENSE and PARAMETER commands as layers / merged options."""
+    if mf.template is not None:
+        layers = _replace(layers, _new_layer(store, mf.template.encode(), MediaType.TEMPLATE, status))
+    if mf.system is not None:
+        layers = _replace(layers, _new_layer(store, mf.system.encode(), MediaType.SYSTEM, status))
+    if mf.messages:
+        layers = _replace(layers, _new_layer(store, encode_messages(mf.messages), MediaType.MESSAGES, status))
+    for text in mf.license:
+        layers = layers + [_new_layer(store, text.encode(), MediaType.LICENSE, status)]
+    for adapter in mf.adapters:
+        path = Path(adapter) if Path(adapter).is_absolute() else base_dir / adapter
+        if not path.is_file():
+            raise CreateError(f"ADAPTER {adapter}: no such file")
+        layers = layers + [_new_layer(store, path, MediaType.ADAPTER, status)]
+    # Parameters merge per key over the base model's; a list (stop) is replaced whole.
+    merged = {**params, **mf.parameters}
+    return layers, merged
+
+
+def _replace(layers: list[Layer], new: Layer) -> list[Layer]:
+    """Put `new` in place of any layer of its (single-valued) type, else append it."""
+    if new.media_type in _SINGLE:
+        layers = [layer for layer in layers if layer.media_type != new.media_type]
+    return layers + [new]
+
+
+def _new_layer(store: Store, source, media_type: str, status: Status) -> Layer:
+    existed = _digest_if_present(store, source)
+    layer = store.add_layer(source, media_type)
+    status(f"using existing layer {layer.digest}" if existed == layer.digest else f"creating new layer {layer.digest}")
+    return layer
+
+
+def _digest_if_present(store: Store, source) -> str | None:
+    import hashlib
+
+    if isinstance(source, (bytes, bytearray)):
+        digest = "sha256:" + hashlib.sha256(source).hexdigest()
+        return digest if store.has_blob(digest) else None
+    return None
