@@ -1,0 +1,261 @@
+"""Safetensors reading: validated headers, zero-copy numpy views over a memory map, sharded folders.
+
+A file is an 8-byte little-endian header length, a JSON header naming each tensor's dtype,
+shape and byte range within the data that follows, then the data. Every range is checked
+against the file size before any view is made, so a truncated or hostile file is an error,
+never a crash or a read past the end.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import mmap
+import os
+import struct
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["STensor", "SafetensorsError", "SafetensorsFile", "SafetensorsFolder", "open_folder"]
+
+MAX_HEADER = 100 * 1024 * 1024  # the reference implementation's limit
+INDEX_NAME = "model.safetensors.index.json"
+
+# dtypes we can hand to the converter; BF16 has no numpy type and is read as raw uint16.
+_DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2")}
+# dtypes a valid file may hold that we refuse, with their element size (to validate ranges).
+_OTHER_DTYPES = {
+    "F64": 8, "I64": 8, "U64": 8, "I32": 4, "U32": 4, "I16": 2, "U16": 2, "I8": 1, "U8": 1,
+    "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1, "F4": 1, "F6_E2M3": 1, "F6_E3M2": 1,
+}
+
+
+class SafetensorsError(ValueError):
+    """A safetensors file or folder is malformed, or holds something we cannot read."""
+
+
+@dataclass(frozen=True)
+class STensor:
+    """One tensor of a safetensors file: its dtype name, PyTorch-order shape and data view."""
+
+    name: str
+    dtype: str  # "F32", "F16" or "BF16"
+    shape: tuple[int, ...]
+    raw: np.ndarray  # zero-copy view: float32/float16, or uint16 bit patterns for BF16
+    path: str
+
+    def numpy(self) -> np.ndarray:
+        """The values as a float array shaped like the tensor (zero-copy except for BF16)."""
+        if self.dtype == "BF16":  # bfloat16 is the top half of a float32
+            return (self.raw.astype(np.uint32) << 16).view(np.float32).reshape(self.shape)
+        return self.raw.reshape(self.shape)
+
+
+class SafetensorsFile:
+    """One .safetensors file, memory-mapped; tensors by name as zero-copy views."""
+
+    def __init__(self, path: str | os.PathLike[str]):
+        self.path = os.fspath(path)
+        self._mmap: mmap.mmap | None = None
+        size = os.path.getsize(self.path)
+        if size < 8:
+            raise SafetensorsError(f"{self.path}: not a safetensors file ({size} bytes, too short for a header)")
+        with open(self.path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > MAX_HEADER or n > size - 8:
+                raise SafetensorsError(f"{self.path}: header length {n} does not fit the file of {size} bytes")
+            head = f.read(n)
+            self._mmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        self.metadata: dict[str, str] = {}
+        self._entries: dict[str, tuple[str, tuple[int, ...], int, int]] = {}
+        try:
+            self._parse(head, data_start=8 + n, data_size=size - 8 - n)
+        except BaseException:
+            self.close()
+            raise
+
+    def _parse(self, head: bytes, data_start: int, data_size: int) -> None:
+        def no_duplicates(pairs):
+            seen = {}
+            for k, v in pairs:
+                if k in seen:
+                    raise SafetensorsError(f"{self.path}: duplicate tensor name {k!r} in the header")
+                seen[k] = v
+            return seen
+
+        try:
+            header = json.loads(head.decode("utf-8"), object_pairs_hook=no_duplicates)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise SafetensorsError(f"{self.path}: header is not valid JSON ({e})") from None
+        if not isinstance(header, dict):
+            raise SafetensorsError(f"{self.path}: header is not a JSON object")
+        meta = header.pop("__metadata__", None) or {}
+        if not isinstance(meta, dict):
+            raise SafetensorsError(f"{self.path}: __metadata__ is not an object")
+        self.metadata = {str(k): str(v) for k, v in meta.items()}
+        spans = []
+        for name, info in header.items():
+            where = f"{self.path}: tensor {name!r}"
+            if not isinstance(info, dict):
+                raise SafetensorsError(f"{where}: entry is not an object")
+            dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+            if dtype in _DTYPES:
+                itemsize = _DTYPES[dtype].itemsize
+            elif dtype in _OTHER_DTYPES:
+                itemsize = _OTHER_DTYPES[dtype]
+            else:
+                raise SafetensorsError(f"{where}: unknown dtype {dtype!r}")
+            if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+                raise SafetensorsError(f"{where}: bad shape {shape!r}")
+            if (not isinstance(offsets, list) or len(offsets) != 2 or not all(type(o) is int for o in offsets)
+                    or not 0 <= offsets[0] <= offsets[1] <= data_size):
+                raise SafetensorsError(f"{where}: data_offsets {offsets!r} lie outside the {data_size} data bytes")
+            begin, end = offsets
+            if dtype in ("F4", "F6_E2M3", "F6_E3M2"):  # sub-byte types: sizes not checkable this simply
+                pass
+            elif end - begin != math.prod(shape) * itemsize:
+                raise SafetensorsError(f"{where}: {end - begin} bytes for {dtype}{shape}")
+            spans.append((begin, end, name))
+            self._entries[name] = (dtype, tuple(shape), data_start + begin, data_start + end)
+        spans.sort()
+        for (b0, e0, n0), (b1, e1, n1) in itertools.pairwise(spans):
+            if b1 < e0:
+                raise SafetensorsError(f"{self.path}: tensors {n0!r} and {n1!r} overlap")
+
+    def keys(self) -> list[str]:
+        """Tensor names in file order."""
+        return sorted(self._entries, key=lambda k: self._entries[k][2])
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._entries
+
+    def dtype(self, name: str) -> str:
+        """The dtype name of a tensor, as the header gives it."""
+        return self._entries[name][0]
+
+    def __getitem__(self, name: str) -> STensor:
+        dtype, shape, begin, end = self._entries[name]
+        if dtype not in _DTYPES:
+            raise SafetensorsError(
+                f"{self.path}: tensor {name!r} has dtype {dtype}; only F32, F16 and BF16 are supported"
+            )
+        if self._mmap is None:
+            raise SafetensorsError(f"{self.path}: file is closed")
+        count = (end - begin) // _DTYPES[dtype].itemsize
+        raw = np.frombuffer(self._mmap, dtype=_DTYPES[dtype], count=count, offset=begin)
+        return STensor(name, dtype, shape, raw, self.path)
+
+    def close(self) -> None:
+        """Unmap the file (views still in use keep it mapped until they go)."""
+        if self._mmap is not None:
+            try:
+                self._mmap.close()
+            except BufferError:  # numpy views still point into it; the GC unmaps it later
+                pass
+            self._mmap = None
+
+    def __enter__(self) -> SafetensorsFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class SafetensorsFolder(Mapping[str, STensor]):
+    """The tensors of a checkpoint folder: one file, several shards, or shards listed by index.json."""
+
+    def __init__(self, files: list[SafetensorsFile]):
+        self.files = files
+        self._where: dict[str, SafetensorsFile] = {}
+        for f in files:
+            for name in f.keys():  # (in file order)
+                other = self._where.get(name)
+                if other is not None:
+                    raise SafetensorsError(
+                        f"duplicate tensor name {name!r} in {os.path.basename(other.path)} and {os.path.basename(f.path)}"
+                    )
+                self._where[name] = f
+
+    def __getitem__(self, name: str) -> STensor:
+        return self._where[name][name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._where)
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def dtype(self, name: str) -> str:
+        """The dtype name of a tensor, without reading it."""
+        return self._where[name].dtype(name)
+
+    def close(self) -> None:
+        """Close every file."""
+        for f in self.files:
+            f.close()
+
+    def __enter__(self) -> SafetensorsFolder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def weight_files(folder: str | os.PathLike[str]) -> list[Path]:
+    """The .safetensors files that hold a folder's weights (the index's list when there is one)."""
+    folder = Path(folder)
+    index = folder / INDEX_NAME
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            names = sorted(set(weight_map.values()))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+            raise SafetensorsError(f"{index}: not a valid safetensors index ({e})") from None
+        for n in names:
+            if not isinstance(n, str) or os.path.basename(n) != n:
+                raise SafetensorsError(f"{index}: bad shard name {n!r}")
+            if not (folder / n).is_file():
+                raise SafetensorsError(f"{index}: lists {n}, which is missing from the folder")
+        return [folder / n for n in names]
+    files = sorted(folder.glob("*.safetensors"))
+    # Mistral's repositories carry its own consolidated layout beside the HF shards: not both.
+    hf = [f for f in files if not f.name.startswith("consolidated")]
+    return hf or files
+
+
+def open_folder(folder: str | os.PathLike[str]) -> SafetensorsFolder:
+    """Open every weight file of a checkpoint folder; SafetensorsError if there is none."""
+    paths = weight_files(folder)
+    if not paths:
+        raise SafetensorsError(f"{folder}: no .safetensors weights in the folder")
+    files: list[SafetensorsFile] = []
+    try:
+        for p in paths:
+            files.append(SafetensorsFile(p))
+        folder_ = SafetensorsFolder(files)
+        index = Path(folder) / INDEX_NAME
+        if index.is_file():
+            _check_index(index, folder_)
+        return folder_
+    except BaseException:
+        for f in files:
+            f.close()
+        raise
+
+
+def _check_index(index: Path, folder: SafetensorsFolder) -> None:
+    """Every tensor the index names is in the shard it names, and no shard holds more."""
+    weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+    for name, shard in weight_map.items():
+        f = folder._where.get(name)
+        if f is None:
+            raise SafetensorsError(f"{index}: tensor {name!r} is not in {shard}")
+        if os.path.basename(f.path) != shard:
+            raise SafetensorsError(f"{index}: tensor {name!r} is in {os.path.basename(f.path)}, not {shard}")
+    extra = sorted(set(folder) - set(weight_map))
+    if extra:
+        raise SafetensorsError(f"{index}: does not list tensor {extra[0]!r}")
