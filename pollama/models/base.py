@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping
 
+from pollama.fs.ggml_types import GGMLType
 from pollama.kvcache import Batch, KVCache, LayerCaches
 from pollama.ml.base import Backend, Context, Tensor
 from pollama.nn import Linear, ModelError, Weights
@@ -134,9 +135,11 @@ class TextModel:
         """Logits [len(batch.outputs), vocab] for the batch, reading and writing the cache."""
         raise NotImplementedError
 
-    def new_cache(self, backend: Backend, n_ctx: int, n_batch: int, n_seq: int = 1) -> LayerCaches:
-        """A causal cache for every layer holding n_ctx cells."""
-        return LayerCaches([KVCache(backend, range(self.n_layers), n_ctx, self.k_width, self.v_width)])
+    def new_cache(
+        self, backend: Backend, n_ctx: int, n_batch: int, n_seq: int = 1, dtype: GGMLType = GGMLType.F16
+    ) -> LayerCaches:
+        """A causal cache for every layer holding n_ctx cells of K/V in `dtype`."""
+        return LayerCaches([KVCache(backend, range(self.n_layers), n_ctx, self.k_width, self.v_width, dtype=dtype)])
 
 
 def output_projection(w: Weights) -> Linear:

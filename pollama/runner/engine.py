@@ -6,6 +6,7 @@ The engine keeps the tokens its cache holds, so a prompt that starts like the pr
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from pollama.fs.ggml_types import GGMLType
 from pollama.fs.gguf import GGUFFile
 from pollama.kvcache import Batch
 from pollama.ml.base import Backend
@@ -21,6 +23,8 @@ from pollama.models.base import TextModel, load_model
 from pollama.runner.stop import StopBuffer
 from pollama.sample import Sampler, SamplerOptions
 from pollama.tokenizer import load_tokenizer
+
+log = logging.getLogger(__name__)
 
 DEFAULT_NUM_CTX = 4096
 DEFAULT_NUM_BATCH = 512
@@ -30,6 +34,22 @@ MAX_GRAPHS = 4  # compute graphs kept for reuse (decode needs one at a time)
 def flash_attention_default() -> bool:
     """OLLAMA_FLASH_ATTENTION, as Ollama reads it (off unless set to a true value)."""
     return os.environ.get("OLLAMA_FLASH_ATTENTION", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+KV_CACHE_TYPES = {"f16": GGMLType.F16, "f32": GGMLType.F32}
+
+
+def kv_cache_dtype(name: str | None) -> GGMLType:
+    """The K/V cache type: the argument, else OLLAMA_KV_CACHE_TYPE, else f16.
+
+    Like Ollama, a type this engine cannot use (q8_0 and q4_0 need flash attention's quantized
+    cache, not here yet) falls back to f16 with a warning rather than failing the load.
+    """
+    name = (name or os.environ.get("OLLAMA_KV_CACHE_TYPE", "") or "f16").strip().lower()
+    if name not in KV_CACHE_TYPES:
+        log.warning("KV cache type %r is not supported; using f16", name)
+        return GGMLType.F16
+    return KV_CACHE_TYPES[name]
 
 
 def make_backend(name: str = "ggml", n_threads: int | None = None, flash_attention: bool | None = None) -> Backend:
@@ -87,6 +107,7 @@ class Engine:
         num_ctx: int = DEFAULT_NUM_CTX,
         num_batch: int = DEFAULT_NUM_BATCH,
         num_thread: int | None = None,
+        kv_cache_type: str | None = None,
     ):
         start = time.perf_counter_ns()
         self.gguf = GGUFFile(path)
@@ -101,7 +122,7 @@ class Engine:
             raise ValueError("num_ctx and num_batch must be positive")
         self.num_ctx = num_ctx
         self.num_batch = min(num_batch, num_ctx)
-        self.cache = self.model.new_cache(self.backend, num_ctx, self.num_batch)
+        self.cache = self.model.new_cache(self.backend, num_ctx, self.num_batch, dtype=kv_cache_dtype(kv_cache_type))
         self.cached: list[int] = []  # tokens whose K/V the cache holds for sequence 0
         self.graphs: dict[tuple, object] = {}  # reusable step contexts by shape, oldest first
         self.load_duration = time.perf_counter_ns() - start

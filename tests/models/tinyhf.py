@@ -25,9 +25,7 @@ transformers = pytest.importorskip("transformers")
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers  # noqa: E402
 
 from pollama.create.convert import convert_hf  # noqa: E402
-from pollama.fs.ggml_types import GGMLType  # noqa: E402
 from pollama.fs.gguf import GGUFFile  # noqa: E402
-from pollama.kvcache import KVCache, LayerCaches  # noqa: E402
 from pollama.runner.engine import Engine  # noqa: E402
 from pollama.tokenizer import load_tokenizer  # noqa: E402
 from pollama.tokenizer.convert import PRE_BY_SPLIT_REGEX  # noqa: E402
@@ -134,25 +132,12 @@ def hf_greedy(model, ids: list[int], steps: int = GREEDY_STEPS) -> list[int]:
     return out[0, len(ids):].tolist()
 
 
-def use_f32_cache(engine: Engine) -> None:
-    """Rebuild the engine's K/V cache in F32 (the Engine itself always makes F16 ones).
-
-    On ggml, rounding K and V to F16 alone moves these logits by 1.4e-3 to 2.4e-3 (measured on
-    the Llama and Qwen2 cases; 2e-6 with this cache), which would hide the converter's exactness.
-    The torch reference backend keeps its cache in float32 whatever it is asked.
-    """
-    engine.cache = LayerCaches([
-        KVCache(engine.backend, c.layers, c.n_cells, engine.model.k_width, engine.model.v_width,
-                window=c.window, dtype=GGMLType.F32)
-        for c in engine.cache.caches
-    ])
-
-
 def our_logits(gguf: Path, backend: str, ids: list[int], f32_cache: bool = True) -> np.ndarray:
     """Our Engine's logits for every position (F32 K/V cache unless told)."""
-    with Engine(gguf, backend=backend, num_ctx=64) as engine:
-        if f32_cache:
-            use_f32_cache(engine)
+    # On ggml, rounding K and V to F16 alone moves these logits by 1.4e-3 to 2.4e-3 (measured
+    # on the Llama and Qwen2 cases; 2e-6 with an F32 cache), which would hide the converter's
+    # exactness. The torch reference backend keeps its cache in float32 whatever it is asked.
+    with Engine(gguf, backend=backend, num_ctx=64, kv_cache_type="f32" if f32_cache else "f16") as engine:
         return engine.logits(ids)
 
 

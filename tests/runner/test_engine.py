@@ -93,3 +93,16 @@ def test_seeded_sampling_repeats():
             e.reset()
             outs.append([p.token for p in e.generate(prompt, options) if isinstance(p, Piece)])
         assert outs[0] == outs[1]
+
+
+def test_kv_cache_type_option_and_env(monkeypatch):
+    from pollama.fs.ggml_types import GGMLType
+    from pollama.runner.engine import kv_cache_dtype
+
+    assert kv_cache_dtype("f32") == GGMLType.F32 and kv_cache_dtype(None) == GGMLType.F16
+    monkeypatch.setenv("OLLAMA_KV_CACHE_TYPE", "f32")
+    assert kv_cache_dtype(None) == GGMLType.F32
+    monkeypatch.setenv("OLLAMA_KV_CACHE_TYPE", "q8_0")  # not available here: f16, as Ollama falls back
+    assert kv_cache_dtype(None) == GGMLType.F16
+    with Engine(real_model("smollm2"), num_ctx=64, kv_cache_type="f32") as e:
+        assert all(t.dtype == GGMLType.F32 for c in e.cache.caches for t in c.k.values())

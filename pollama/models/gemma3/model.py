@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from pollama.fs.ggml_types import GGMLType
 from pollama.kvcache import Batch, KVCache, LayerCaches
 from pollama.ml.base import Backend, Context, RopeMode, Tensor
 from pollama.models.base import Config, TextModel, output_projection, positive, register
@@ -58,16 +59,18 @@ class Gemma3(TextModel):
         self.output = output_projection(w)
         self.vocab_size = self.output.out_features
 
-    def new_cache(self, backend: Backend, n_ctx: int, n_batch: int, n_seq: int = 1) -> LayerCaches:
+    def new_cache(
+        self, backend: Backend, n_ctx: int, n_batch: int, n_seq: int = 1, dtype: GGMLType = GGMLType.F16
+    ) -> LayerCaches:
         """Global layers keep every position; local layers only the window (plus one batch)."""
         local = [i for i in range(self.n_layers) if self.is_local[i]]
         global_ = [i for i in range(self.n_layers) if not self.is_local[i]]
         caches = []
         if global_:
-            caches.append(KVCache(backend, global_, n_ctx, self.k_width, self.v_width))
+            caches.append(KVCache(backend, global_, n_ctx, self.k_width, self.v_width, dtype=dtype))
         if local:
             cells = min(n_ctx, self.window + n_batch) * n_seq
-            caches.append(KVCache(backend, local, cells, self.k_width, self.v_width, window=self.window))
+            caches.append(KVCache(backend, local, cells, self.k_width, self.v_width, window=self.window, dtype=dtype))
         return LayerCaches(caches)
 
     def forward(self, ctx: Context, batch: Batch, cache) -> Tensor:
