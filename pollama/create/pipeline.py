@@ -106,7 +106,7 @@ def _from(store: Store, value: str, base_dir: Path, tmp: Path, status: Status) -
         return [layer], describe_gguf(path), {}
     if path.is_dir():
         return _convert(store, value, path, tmp, status)
-    if value.startswith((".", "/", "~")) or os.sep in value and not _is_model_name(value):
+    if value.startswith((".", "/", "~")) or (os.sep in value and not _is_model_name(value)):
         raise CreateError(f"{value}: no such file or folder")
     try:
         resolved = store.resolve(value)

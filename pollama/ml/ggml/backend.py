@@ -285,11 +285,10 @@ class GGMLContext(Context, _Owner):
         self.n_tensors = 0
         self.inputs: list[tuple[GGMLTensor, np.ndarray]] = []
         self.arrays: dict[int, np.ndarray] = {}  # id(input tensor) -> its data, for index checks
-        self.checked: set[tuple[int, int]] = set()
         self.masks: set[GGMLTensor] = set()
         self.column_index: dict[tuple[int, int, int], GGMLTensor] = {}
-        # For rerun(): inputs by name, the limit each index input was checked against, the
-        # column indices derived from a cell index, and the outputs of the first compute.
+        # For rerun(): inputs by name, the (tightest) bound each index input was checked
+        # against, the column indices derived from a cell index, the first compute's outputs.
         self.named: dict[str, GGMLTensor] = {}
         self.index_limits: dict[int, int] = {}
         self.derived: list[tuple[GGMLTensor, GGMLTensor, int, int]] = []
@@ -312,11 +311,11 @@ class GGMLContext(Context, _Owner):
         array = self.arrays.get(id(index))
         if array is None:
             raise BackendError(f"{op} takes its index from ctx.input()")
-        if (id(index), limit) in self.checked:
-            return  # the same cell index is written once per layer
+        known = self.index_limits.get(id(index))
+        if known is not None and known <= limit:
+            return  # already checked against this bound or a tighter one (cells: once per layer)
         _check_range(array, limit, op)
-        self.checked.add((id(index), limit))
-        self.index_limits[id(index)] = min(limit, self.index_limits.get(id(index), limit))
+        self.index_limits[id(index)] = limit if known is None else min(known, limit)
 
     def _check_open(self) -> None:
         if not self.alive:
