@@ -1,4 +1,10 @@
-"""Atomic GGUF writer on top of `gguf.GGUFWriter`, with exact metadata types."""
+"""Atomic GGUF writer on top of `gguf.GGUFWriter`, with exact metadata types.
+
+Tensors are written one at a time: the header and every offset follow from each tensor's
+type and shape alone, so a tensor's data can be a `LazyTensor`, made only when the writer
+reaches it and dropped once written. Converting or quantizing a model then needs memory
+for about one tensor, not for the whole output.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,8 @@ import math
 import os
 import secrets
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import gguf
@@ -21,7 +28,7 @@ from pollama.fs.gguf import (
     GGUFValueType,
 )
 
-__all__ = ["write_gguf"]
+__all__ = ["LazyTensor", "write_gguf"]
 
 _V = GGUFValueType
 _U32 = struct.Struct("<I")
@@ -63,6 +70,19 @@ _PLAIN_TENSOR_DTYPE = {
     GGMLType.I32: np.dtype("<i4"),
     GGMLType.I64: np.dtype("<i8"),
 }
+
+
+@dataclass(frozen=True)
+class LazyTensor:
+    """A tensor's data made on demand, when the writer reaches it.
+
+    `load()` returns what an eager tensor would hold: raw uint8 bytes in the tensor's
+    type, or numbers to convert. `written()`, if given, runs once those bytes are in the
+    file (to drop a memory-mapped source's pages, or to report progress).
+    """
+
+    load: Callable[[], Any]
+    written: Callable[[], None] | None = None
 
 
 def _encode(s: str | bytes) -> bytes:
@@ -202,6 +222,21 @@ class _GGUFWriter(gguf.GGUFWriter):
             return (_U32.pack(_V.ARRAY) if add_vtype else b"") + body
         return super()._pack_val(val, vtype, add_vtype, sub_type)
 
+    def write_tensors_to_file(self, planned=(), *, progress: bool = False) -> None:
+        # gguf-py's version writes tensors it holds; ours makes each one in turn and lets it go.
+        self.write_ti_data_to_file()
+        fout = self.fout[0]
+        self.write_padding(fout, fout.tell())
+        for name, data, gtype, shape in planned:
+            lazy = data if isinstance(data, LazyTensor) else None
+            raw = _tensor_data(name, lazy.load() if lazy else data, gtype, shape)
+            raw.tofile(fout)
+            self.write_padding(fout, raw.nbytes)
+            del raw
+            if lazy is not None and lazy.written is not None:
+                lazy.written()
+        self.state = gguf.gguf_writer.WriterState.WEIGHTS
+
 
 def _tensor_data(name: str, data: Any, gtype: GGMLType, shape: tuple[int, ...]) -> np.ndarray:
     """The tensor's bytes as a flat contiguous array, converting or quantizing floats."""
@@ -236,7 +271,7 @@ def _tensor_data(name: str, data: Any, gtype: GGMLType, shape: tuple[int, ...]) 
 def write_gguf(
     path: str | os.PathLike[str],
     metadata: Mapping[str, Any],
-    tensors: Sequence[tuple[str, np.ndarray, int, Sequence[int]]],
+    tensors: Sequence[tuple[str, Any, int, Sequence[int]]],
     value_types: Mapping[str, int] | None = None,
     *,
     array_types: Mapping[str, ArrayType] | None = None,
@@ -244,8 +279,9 @@ def write_gguf(
     """Write a GGUF v3 file atomically (temp file, fsync, rename).
 
     `tensors` are (name, data, GGMLType, PyTorch-order shape); data is raw uint8 bytes in
-    that type, or an array of numbers to convert. `value_types` / `array_types` (as in
-    GGUFFile) pin metadata types; missing ones are inferred from the Python values.
+    that type, an array of numbers to convert, or a LazyTensor giving either when its turn
+    comes. `value_types` / `array_types` (as in GGUFFile) pin metadata types; missing ones
+    are inferred from the Python values.
     """
     path = os.fspath(path)
     value_types = value_types or {}
@@ -273,7 +309,8 @@ def write_gguf(
             or alignment > MAX_ALIGNMENT):
         raise ValueError(f"general.alignment {alignment!r} must be a power of two up to {MAX_ALIGNMENT}")
 
-    prepared = []
+    # Names, types and shapes are checked before the file exists; data is checked as it is written.
+    planned: list[tuple[str, Any, GGMLType, tuple[int, ...]]] = []
     seen: set[str] = set()
     for name, data, gtype, shape in tensors:
         if not isinstance(name, str) or not name or len(name.encode()) >= GGML_MAX_NAME:
@@ -281,11 +318,18 @@ def write_gguf(
         if name in seen:
             raise ValueError(f"duplicate tensor name '{name}'")
         seen.add(name)
-        gtype = GGMLType(int(gtype))
+        try:
+            gtype = GGMLType(int(gtype))
+        except ValueError:
+            raise ValueError(f"tensor '{name}': unknown tensor type {gtype!r}") from None
         shape = tuple(int(d) for d in shape)
         if not 1 <= len(shape) <= GGML_MAX_DIMS or any(d <= 0 for d in shape):
             raise ValueError(f"tensor '{name}': bad shape {list(shape)}")
-        prepared.append((name, _tensor_data(name, data, gtype, shape), gtype, shape))
+        try:
+            tensor_nbytes(gtype, shape)  # rows that are not whole blocks fail here, before any work
+        except ValueError as e:
+            raise ValueError(f"tensor '{name}': {e}") from None
+        planned.append((name, data, gtype, shape))
 
     # A fresh name in the target directory, so the final rename is atomic.
     directory = os.path.dirname(os.path.abspath(path))
@@ -298,13 +342,13 @@ def write_gguf(
         writer.data_alignment = alignment
         for key, value, vtype, atype in kvs:
             writer.add_key_value(key, value, vtype, sub_type=atype)
-        for name, raw, gtype, shape in prepared:
-            # An int8 view keeps gguf-py from reinterpreting `shape` as a byte shape;
-            # a plain int type lets it write types its enum lacks (MXFP4).
-            writer.add_tensor(name, raw.view(np.int8), raw_shape=shape, raw_dtype=int(gtype))
+        for name, _, gtype, shape in planned:
+            # A plain int type lets gguf-py write types its enum lacks (MXFP4).
+            writer.add_tensor_info(name, shape, np.dtype(np.int8), tensor_nbytes(gtype, shape),
+                                   raw_dtype=int(gtype))
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
+        writer.write_tensors_to_file(planned)
         writer.flush()
         os.fsync(writer.fout[0].fileno())
         writer.close()

@@ -180,7 +180,7 @@ def test_atomic_replace(tmp_path, monkeypatch):
     write_gguf(out, {"general.name": "old"}, [])
     old = out.read_bytes()
 
-    def boom(self, **kw):
+    def boom(self, *args, **kw):
         raise OSError("disk full")
 
     monkeypatch.setattr(writer_mod._GGUFWriter, "write_tensors_to_file", boom)
@@ -195,3 +195,66 @@ def test_atomic_replace(tmp_path, monkeypatch):
     umask = os.umask(0)
     os.umask(umask)
     assert out.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_lazy_tensors_write_the_same_file_one_tensor_at_a_time(tmp_path):
+    rng = np.random.default_rng(1)
+    arrays = {f"t{i}": rng.standard_normal((3, 64)).astype(np.float32) for i in range(4)}
+    types = [GGMLType.F32, GGMLType.F16, GGMLType.Q8_0, GGMLType.F32]
+    eager = [(n, a, t, a.shape) for (n, a), t in zip(arrays.items(), types)]
+    write_gguf(tmp_path / "eager.gguf", {"general.name": "x"}, eager)
+
+    events = []
+
+    def lazy(name, array):
+        def load():
+            events.append(("load", name))
+            return array
+
+        return writer_mod.LazyTensor(load, written=lambda: events.append(("written", name)))
+
+    tensors = [(n, lazy(n, a), t, s) for n, a, t, s in eager]
+    write_gguf(tmp_path / "lazy.gguf", {"general.name": "x"}, tensors)
+    assert (tmp_path / "lazy.gguf").read_bytes() == (tmp_path / "eager.gguf").read_bytes()
+    # Each tensor is made only after the previous one is in the file.
+    assert events == [(e, n) for n in arrays for e in ("load", "written")]
+
+
+def test_lazy_tensors_hold_one_tensor_in_memory(tmp_path):
+    import tracemalloc
+
+    rows, cols, count = 256, 4096, 24  # 4 MiB of float32 each, 96 MiB in all
+    one = rows * cols * 4
+
+    def make(i):
+        return writer_mod.LazyTensor(lambda: np.full((rows, cols), i, dtype=np.float32))
+
+    tensors = [(f"w{i}", make(i), GGMLType.F32, (rows, cols)) for i in range(count)]
+    tracemalloc.start()
+    try:
+        write_gguf(tmp_path / "big.gguf", {}, tensors)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # An in-memory writer would peak at the whole output (count * one); this one at a tensor or two.
+    assert peak < 3 * one, f"peak {peak / 2**20:.1f} MiB for {one / 2**20:.0f} MiB tensors"
+    with GGUFFile(tmp_path / "big.gguf") as f:
+        assert f.tensor_bytes("w23").view(np.float32)[-1] == 23
+
+
+def test_a_failing_lazy_tensor_leaves_nothing(tmp_path):
+    out = tmp_path / "model.gguf"
+    write_gguf(out, {"general.name": "old"}, [])
+    old = out.read_bytes()
+
+    def fail():
+        raise ValueError("tensor 'b': source is truncated")
+
+    tensors = [("a", np.zeros(4, np.float32), GGMLType.F32, (4,)),
+               ("b", writer_mod.LazyTensor(fail), GGMLType.F32, (4,))]
+    with pytest.raises(ValueError, match="truncated"):
+        write_gguf(out, {"general.name": "new"}, tensors)
+    # A lazy tensor's data is still checked against its declared type and shape.
+    with pytest.raises(ValueError, match="5 elements given for shape \\[4\\]"):
+        write_gguf(out, {}, [("c", writer_mod.LazyTensor(lambda: np.zeros(5, np.float32)), GGMLType.F32, (4,))])
+    assert out.read_bytes() == old and os.listdir(tmp_path) == ["model.gguf"]
