@@ -6,6 +6,10 @@ metadata keys and tensor names llama.cpp's converter writes, so the file runs he
 llama.cpp and in Ollama alike. Weights keep their values: 1-D tensors are stored F32, matrices
 F16 (or F32 when asked), and the architecture's converter applies what its GGUF layout needs
 (Llama's Q/K row order, Gemma's norm offset). BertModel folders go to the BERT converter.
+
+Weights come from safetensors or PyTorch checkpoints, found in Ollama's order (`find_weights`),
+and are converted one tensor at a time as the GGUF is written: a model of any size needs
+memory for about one tensor, whatever its file size.
 """
 
 from __future__ import annotations
@@ -24,12 +28,16 @@ import numpy as np
 from pollama.fs.ggml_types import FileType, GGMLType
 from pollama.fs.gguf import GGUFValueType
 from pollama.fs.safetensors import SafetensorsError, open_folder
-from pollama.fs.writer import write_gguf
+from pollama.fs.torchzip import CheckpointError, open_checkpoints
+from pollama.fs.writer import LazyTensor, write_gguf
 from pollama.tokenizer.convert import TokenizerConvertError, convert_tokenizer
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ConvertError", "HFConfig", "ModelConverter", "convert_hf", "supported_architectures"]
+__all__ = [
+    "ConvertError", "HFConfig", "ModelConverter", "convert_hf", "find_weights", "open_weights",
+    "supported_architectures",
+]
 
 OUT_TYPES = {"f32": (GGMLType.F32, FileType.ALL_F32), "f16": (GGMLType.F16, FileType.MOSTLY_F16)}
 _F16_MAX = float(np.finfo(np.float16).max)
@@ -90,7 +98,7 @@ class ModelConverter:
         raise NotImplementedError
 
     def transform(self, name: str, data: np.ndarray) -> np.ndarray:
-        """Change a tensor for its GGUF layout; `name` is its GGUF name, data float32."""
+        """Change a tensor for its GGUF layout (keeping its shape); `name` is its GGUF name, data float32."""
         return data
 
     def extra_tensors(self) -> list[tuple[str, np.ndarray]]:
@@ -181,6 +189,55 @@ def _whole_converters() -> dict[str, Callable[..., None]]:
     return {"BertModel": convert_bert}
 
 
+def find_weights(folder: str | Path) -> tuple[str, list[Path]]:
+    """("safetensors" | "torch" | "gguf", files) holding a folder's model, ("", []) when none.
+
+    Ollama's order: safetensors (model*, else consolidated*), then pytorch_model*.bin, then
+    consolidated*.pth, then *.gguf, then a GGUF named *.bin. Checkpoints are taken only when
+    they are zip files, as Ollama checks their content type (a git-lfs pointer is skipped).
+    """
+    folder = Path(folder)
+    if any(folder.glob("*.safetensors")):
+        return "safetensors", sorted(folder.glob("*.safetensors"))
+    for pattern in ("pytorch_model*.bin", "consolidated*.pth"):
+        found = sorted(folder.glob(pattern))
+        if found and all(_magic(p) == b"PK\x03\x04" for p in found):
+            return "torch", found
+    ggufs = sorted(folder.glob("*.gguf")) or [p for p in sorted(folder.glob("*.bin")) if _magic(p) == b"GGUF"]
+    return ("gguf", ggufs) if ggufs else ("", [])
+
+
+def _magic(path: Path) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4)
+    except OSError:
+        return b""
+
+
+TORCH_INDEX_NAME = "pytorch_model.bin.index.json"
+
+
+def open_weights(folder: str | Path):
+    """The tensors of a checkpoint folder, by HF name (safetensors or PyTorch); ConvertError if none."""
+    folder = Path(folder)
+    kind, files = find_weights(folder)
+    try:
+        if kind == "safetensors":
+            return open_folder(folder)
+        if kind == "torch":
+            index = folder / TORCH_INDEX_NAME
+            return open_checkpoints(files, index if files[0].name.startswith("pytorch_model") and index.is_file() else None)
+    except (SafetensorsError, CheckpointError) as e:
+        raise ConvertError(str(e)) from None
+    except OSError as e:
+        raise ConvertError(f"{folder}: cannot read the weights ({e})") from None
+    not_zips = [p.name for p in (*folder.glob("pytorch_model*.bin"), *folder.glob("consolidated*.pth"))]
+    if not_zips:
+        raise ConvertError(f"{folder / sorted(not_zips)[0]}: not a PyTorch zip checkpoint (a git-lfs pointer?)")
+    raise ConvertError(f"{folder}: no .safetensors weights (nor pytorch_model*.bin, consolidated*.pth) in the folder")
+
+
 def convert_hf(
     folder: str | Path,
     out_path: str | Path,
@@ -225,13 +282,7 @@ def convert_hf(
         raise ConvertError(str(e)) from None
 
     say("reading weights")
-    try:
-        weights = open_folder(folder)
-    except SafetensorsError as e:
-        raise ConvertError(str(e)) from None
-    except OSError as e:
-        raise ConvertError(f"{folder}: cannot read the weights ({e})") from None
-    with weights:
+    with open_weights(folder) as weights:
         tensor_type, file_type = OUT_TYPES[outtype]
         tensors = _convert_tensors(conv, weights, tensor_type, say)
         metadata: dict[str, Any] = {
@@ -248,8 +299,12 @@ def convert_hf(
 
 
 def _convert_tensors(conv: ModelConverter, weights, tensor_type: GGMLType, say: Callable[[str], None]):
-    """(GGUF name, raw bytes, type, shape) of every tensor, renamed and changed as the architecture needs."""
-    # Everything that can be refused is refused before any tensor is read.
+    """(GGUF name, LazyTensor, type, shape) of every tensor, renamed and changed as the architecture needs.
+
+    Nothing is read here: each tensor is read, changed and converted when the writer reaches
+    it, and its source pages are dropped once it is written.
+    """
+    # Everything that can be refused without reading data is refused before the file is begun.
     names = [n for n in weights if not conv.skip(n)]
     for name in names:
         dtype = weights.dtype(name)
@@ -264,21 +319,38 @@ def _convert_tensors(conv: ModelConverter, weights, tensor_type: GGMLType, say: 
         seen[gguf_name] = origin
 
     out = []
-    # One tensor at a time: only the converted copies are held, never the whole model as float32.
-    for gguf_name, data in chain(((g, weights[n].numpy()) for g, n in sources), computed):
-        data = conv.transform(gguf_name, np.asarray(data, dtype=np.float32))
-        # Norms, biases and other vectors stay F32: they are small and precision matters there.
-        if tensor_type == GGMLType.F16 and data.ndim >= 2:
-            if max(data.max(initial=0.0), -data.min(initial=0.0)) > _F16_MAX:
-                raise ConvertError(f"tensor {seen[gguf_name]!r} has values beyond F16's range; convert to f32")
-            gtype, raw = GGMLType.F16, data.astype("<f2")
-        else:
-            gtype, raw = GGMLType.F32, np.ascontiguousarray(data, dtype="<f4")
-        # As raw bytes in the target type: an unchanged F32 tensor stays a view of the mapped file.
-        out.append((gguf_name, raw.reshape(-1).view(np.uint8), gtype, data.shape))
-    say(f"converted {len(out)} tensors")
+    for gguf_name, hf_name in sources:
+        shape = tuple(weights[hf_name].shape)
+        read = (lambda n=hf_name: weights[n].numpy())
+        done = (lambda n=hf_name: weights.release(n))
+        out.append(_planned(conv, gguf_name, hf_name, shape, tensor_type, read, done))
+    for gguf_name, data in computed:
+        data = np.asarray(data)
+        out.append(_planned(conv, gguf_name, "(computed)", data.shape, tensor_type, lambda d=data: d, None))
+    say(f"converting {len(out)} tensors")
     # A fixed order (embedding, layers by number, the rest), whatever the shards' order was.
     return sorted(out, key=_tensor_order)
+
+
+def _planned(conv: ModelConverter, gguf_name: str, origin: str, shape: tuple[int, ...], tensor_type: GGMLType,
+             read: Callable[[], np.ndarray], done: Callable[[], None] | None) -> tuple:
+    # Norms, biases and other vectors stay F32: they are small and precision matters there.
+    gtype = GGMLType.F16 if tensor_type == GGMLType.F16 and len(shape) >= 2 else GGMLType.F32
+
+    def load() -> np.ndarray:
+        data = conv.transform(gguf_name, np.asarray(read(), dtype=np.float32))
+        if data.shape != shape:
+            raise ConvertError(f"tensor {origin!r}: {conv.arch} conversion changed its shape {list(shape)}")
+        if gtype == GGMLType.F16:
+            if max(data.max(initial=0.0), -data.min(initial=0.0)) > _F16_MAX:
+                raise ConvertError(f"tensor {origin!r} has values beyond F16's range; convert to f32")
+            raw = data.astype("<f2")
+        else:
+            raw = np.ascontiguousarray(data, dtype="<f4")
+        # As raw bytes in the target type: an unchanged F32 tensor stays a view of the mapped file.
+        return raw.reshape(-1).view(np.uint8)
+
+    return gguf_name, LazyTensor(load, done), gtype, shape
 
 
 def _tensor_order(tensor: tuple) -> tuple:

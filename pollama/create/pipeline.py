@@ -130,13 +130,18 @@ def _is_model_name(value: str) -> bool:
 
 
 def _convert(store: Store, value: str, folder: Path, tmp: Path, status: Status) -> tuple[list[Layer], dict, dict]:
-    """A Hugging Face folder (config.json + safetensors) converted to GGUF."""
-    ggufs = sorted(folder.glob("*.gguf"))
-    if ggufs and not (folder / "config.json").exists():
-        if len(ggufs) > 1:
+    """A folder's model: a Hugging Face checkpoint converted to GGUF, or the folder's GGUF file.
+
+    What the folder holds is looked for in Ollama's order: safetensors, pytorch_model*.bin,
+    consolidated*.pth, then GGUF.
+    """
+    from pollama.create.convert import convert_hf, find_weights
+
+    kind, files = find_weights(folder)
+    if kind == "gguf":
+        if len(files) > 1:
             raise CreateError(f"{value}: several GGUF files; name one in FROM")
-        return _from(store, str(ggufs[0]), folder, tmp, status)
-    from pollama.create.convert import convert_hf
+        return _from(store, str(files[0]), folder, tmp, status)
 
     status("converting model")
     out = tmp / "converted.gguf"

@@ -21,9 +21,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pollama.fs.ggml_types import FileType, GGMLType, block_size
+from pollama.fs.ggml_types import FileType, GGMLType, block_size, tensor_nbytes
 from pollama.fs.gguf import GGUFFile, GGUFValueType, TensorInfo
-from pollama.fs.writer import write_gguf
+from pollama.fs.writer import LazyTensor, write_gguf
 from pollama.ml.ggml.quantize import convert_rows
 
 __all__ = [
@@ -364,6 +364,30 @@ def _source_file_type(src: GGUFFile) -> FileType | None:
     raise QuantizeError("quantization is only supported for F16, BF16 and F32 models")
 
 
+def _requantized(src: GGUFFile, info: TensorInfo, out_type: GGMLType, threads: int | None,
+                 report: Callable[[], None] | None) -> LazyTensor:
+    """One tensor of the output, made when the writer reaches it; its source pages dropped after."""
+
+    def load():
+        # Zero-copy: a tensor that keeps its type is written straight from the mapping.
+        raw = src.tensor_bytes(info.name)
+        if out_type == info.type:
+            return raw
+        try:
+            return convert_rows(raw, info.type, out_type, info.shape, threads=threads)
+        except ValueError as e:
+            raise QuantizeError(
+                f"tensor '{info.name}': cannot convert {info.type.name} to {out_type.name}: {e}"
+            ) from None
+
+    def written() -> None:
+        src.advise_dontneed(info.offset, info.nbytes)
+        if report is not None:
+            report()
+
+    return LazyTensor(load, written)
+
+
 def quantize_gguf(
     src_path: str | os.PathLike[str],
     dst_path: str | os.PathLike[str],
@@ -374,7 +398,9 @@ def quantize_gguf(
 ) -> QuantizeSummary:
     """Write `dst_path` (atomically): the F32/F16/BF16 GGUF `src_path` quantized to `target`.
 
-    `progress(done_tensors, total)` is called before the first tensor and after each one.
+    Tensors are quantized one at a time as the file is written, so memory holds about one
+    tensor. `progress(done_tensors, total)` is called before the first tensor and after each
+    one is written.
     """
     file_type = parse_target(target)
     with GGUFFile(src_path) as src:
@@ -386,22 +412,11 @@ def quantize_gguf(
         tensors = []
         for done, info in enumerate(src.tensors.values(), 1):
             out_type = summary.tensor_types[info.name]
-            # Zero-copy: a tensor that keeps its type is written straight from the mapping.
-            raw = src.tensor_bytes(info.name)
-            summary.source_bytes += raw.size
-            if out_type != info.type:
-                try:
-                    raw = convert_rows(raw, info.type, out_type, info.shape, threads=threads)
-                except ValueError as e:
-                    raise QuantizeError(
-                        f"tensor '{info.name}': cannot convert {info.type.name} to "
-                        f"{out_type.name}: {e}"
-                    ) from None
-                summary.converted += 1
-            summary.output_bytes += raw.size
-            tensors.append((info.name, raw, out_type, info.shape))
-            if progress is not None:
-                progress(done, total)
+            summary.source_bytes += info.nbytes
+            summary.output_bytes += tensor_nbytes(out_type, info.shape)
+            summary.converted += out_type != info.type
+            report = None if progress is None else (lambda done=done: progress(done, total))
+            tensors.append((info.name, _requantized(src, info, out_type, threads, report), out_type, info.shape))
 
         metadata = dict(src.metadata)
         value_types = dict(src.value_types)

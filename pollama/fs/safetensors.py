@@ -149,6 +149,20 @@ class SafetensorsFile:
         raw = np.frombuffer(self._mmap, dtype=_DTYPES[dtype], count=count, offset=begin)
         return STensor(name, dtype, shape, raw, self.path)
 
+    def release(self, name: str) -> None:
+        """Drop tensor `name`'s pages from this process's memory (they stay in the page cache).
+
+        A converter calls this once a tensor is written, so reading a whole checkpoint through
+        the map never holds more than the tensors in hand. Views stay valid: a later read
+        maps the pages again.
+        """
+        _, _, begin, end = self._entries[name]
+        # Only whole pages inside the tensor: its neighbours may share the edge pages.
+        page = mmap.PAGESIZE
+        start, stop = -(-begin // page) * page, end // page * page
+        if self._mmap is not None and stop > start and hasattr(self._mmap, "madvise"):
+            self._mmap.madvise(mmap.MADV_DONTNEED, start, stop - start)
+
     def close(self) -> None:
         """Unmap the file (views still in use keep it mapped until they go)."""
         if self._mmap is not None:
@@ -192,6 +206,10 @@ class SafetensorsFolder(Mapping[str, STensor]):
     def dtype(self, name: str) -> str:
         """The dtype name of a tensor, without reading it."""
         return self._where[name].dtype(name)
+
+    def release(self, name: str) -> None:
+        """Drop tensor `name`'s pages from this process's memory (see SafetensorsFile.release)."""
+        self._where[name].release(name)
 
     def close(self) -> None:
         """Close every file."""

@@ -9,10 +9,14 @@ a hostile checkpoint cannot execute anything (pickle's usual danger).
 
 from __future__ import annotations
 
+import json
 import math
+import mmap
 import pickle
+import struct
 import zipfile
 from collections import OrderedDict
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,15 +105,31 @@ def _walk(obj, prefix: str, out: dict) -> None:
             _walk(value, f"{prefix}.{key}" if prefix else str(key), out)
 
 
+_LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, ..., file name length, extra field length
+
+
 class TorchCheckpoint:
-    """The tensors of a torch.save zip file, by name; data read on demand."""
+    """The tensors of a torch.save zip file, by name; data read on demand.
+
+    torch.save stores each storage uncompressed, so a tensor is a zero-copy view into the
+    memory-mapped file (as a safetensors tensor is); a storage a re-packer compressed is
+    read out of the zip instead.
+    """
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self._mmap: mmap.mmap | None = None
         try:
             self.zip = zipfile.ZipFile(self.path)
         except (zipfile.BadZipFile, OSError) as e:
             raise CheckpointError(f"{self.path}: not a PyTorch zip checkpoint ({e})") from None
+        try:
+            self._open()
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self) -> None:
         names = self.zip.namelist()
         pkl = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
         if len(pkl) != 1:
@@ -127,33 +147,185 @@ class TorchCheckpoint:
         for name, (storage, offset, shape, stride) in found.items():
             if not isinstance(storage, _Storage):
                 raise CheckpointError(f"{self.path}: tensor {name!r} has no storage")
-            if any(s < 0 for s in shape) or offset < 0:
-                raise CheckpointError(f"{self.path}: tensor {name!r} has a negative size or offset")
+            if len(stride) != len(shape) or any(s < 0 for s in (*shape, *stride)) or offset < 0:
+                raise CheckpointError(f"{self.path}: tensor {name!r} has a negative or mismatched size, stride or offset")
             end = offset + sum((d - 1) * s for d, s in zip(shape, stride)) + 1 if math.prod(shape) else offset
             if end > storage.numel:
                 raise CheckpointError(f"{self.path}: tensor {name!r} reaches past its storage")
             dtype = _STORAGES[storage.kind][1]
             self.tensors[name] = CheckpointTensor(name, dtype, shape, storage.key, offset, stride)
         self._storages = {s.key: s for s, *_ in found.values()}
+        # Where each storage's bytes start in the file (None: compressed, read through the zip).
+        size = self.path.stat().st_size
+        self._data_start: dict[str, int | None] = {}
+        with open(self.path, "rb") as f:
+            for key, storage in self._storages.items():
+                try:
+                    info = self.zip.getinfo(f"{self.root}/data/{key}")
+                except KeyError:
+                    raise CheckpointError(f"{self.path}: storage {key!r} is missing from the zip") from None
+                if info.file_size < storage.numel * _STORAGES[storage.kind][0].itemsize:
+                    raise CheckpointError(f"{self.path}: storage {key!r} is truncated")
+                if info.compress_type != zipfile.ZIP_STORED:
+                    self._data_start[key] = None
+                    continue
+                f.seek(info.header_offset)
+                head = f.read(_LOCAL_HEADER.size)
+                if len(head) != _LOCAL_HEADER.size or head[:4] != b"PK\x03\x04":
+                    raise CheckpointError(f"{self.path}: storage {key!r} has a damaged zip entry")
+                _, name_len, extra_len = _LOCAL_HEADER.unpack(head)
+                start = info.header_offset + _LOCAL_HEADER.size + name_len + extra_len
+                if start + info.file_size > size:
+                    raise CheckpointError(f"{self.path}: storage {key!r} is truncated")
+                self._data_start[key] = start
+            if size and any(v is not None for v in self._data_start.values()):
+                self._mmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+
+    def _flat(self, key: str) -> np.ndarray:
+        storage = self._storages[key]
+        np_dtype = _STORAGES[storage.kind][0]
+        start = self._data_start[key]
+        if start is None:
+            raw = self.zip.read(f"{self.root}/data/{key}")
+            return np.frombuffer(raw, dtype=np_dtype, count=storage.numel)
+        if self._mmap is None:
+            raise CheckpointError(f"{self.path}: file is closed")
+        return np.frombuffer(self._mmap, dtype=np_dtype, count=storage.numel, offset=start)
+
+    def view(self, name: str) -> np.ndarray:
+        """The tensor's values (BF16 as raw uint16 bits), read-only, zero-copy where the zip allows."""
+        t = self.tensors[name]
+        flat = self._flat(t.storage_key)
+        if not t.shape:
+            return flat[t.offset : t.offset + 1].reshape(())
+        strides = tuple(s * flat.itemsize for s in t.stride)
+        return np.lib.stride_tricks.as_strided(flat[t.offset :], shape=t.shape, strides=strides, writeable=False)
 
     def array(self, name: str) -> np.ndarray:
-        """The tensor's values (BF16 as raw uint16 bits), copied out of the zip."""
-        t = self.tensors[name]
-        storage = self._storages[t.storage_key]
-        np_dtype = _STORAGES[storage.kind][0]
-        raw = self.zip.read(f"{self.root}/data/{t.storage_key}")
-        if len(raw) < storage.numel * np_dtype.itemsize:
-            raise CheckpointError(f"{self.path}: storage of {name!r} is truncated")
-        flat = np.frombuffer(raw, dtype=np_dtype, count=storage.numel)
-        strides = tuple(s * np_dtype.itemsize for s in t.stride)
-        view = np.lib.stride_tricks.as_strided(flat[t.offset :], shape=t.shape, strides=strides)
-        return np.array(view)
+        """The tensor's values (BF16 as raw uint16 bits), copied out of the file."""
+        return np.array(self.view(name))
+
+    def release(self, name: str) -> None:
+        """Drop the pages of tensor `name`'s storage from this process's memory (they stay cached)."""
+        key = self.tensors[name].storage_key
+        start = self._data_start.get(key)
+        if start is None or self._mmap is None or not hasattr(self._mmap, "madvise"):
+            return
+        storage = self._storages[key]
+        end = start + storage.numel * _STORAGES[storage.kind][0].itemsize
+        page = mmap.PAGESIZE
+        first, last = -(-start // page) * page, end // page * page
+        if last > first:
+            self._mmap.madvise(mmap.MADV_DONTNEED, first, last - first)
 
     def close(self) -> None:
+        """Close the zip and unmap the file (views still in use keep it mapped until they go)."""
         self.zip.close()
+        if self._mmap is not None:
+            try:
+                self._mmap.close()
+            except BufferError:  # numpy views still point into it; the GC unmaps it later
+                pass
+            self._mmap = None
 
     def __enter__(self) -> TorchCheckpoint:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+@dataclass(frozen=True)
+class TorchTensor:
+    """One tensor of a checkpoint folder, as a converter reads it (the shape of safetensors' STensor)."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    checkpoint: TorchCheckpoint
+
+    def numpy(self) -> np.ndarray:
+        """The values as a float array shaped like the tensor (zero-copy except for BF16)."""
+        values = self.checkpoint.view(self.name)
+        if self.dtype == "BF16":  # bfloat16 is the top half of a float32
+            return (values.astype(np.uint32) << 16).view(np.float32)
+        return values
+
+
+class TorchFolder(Mapping[str, TorchTensor]):
+    """The tensors of one or several PyTorch checkpoint files (shards), by name."""
+
+    def __init__(self, checkpoints: list[TorchCheckpoint]):
+        self.checkpoints = checkpoints
+        self._where: dict[str, TorchCheckpoint] = {}
+        for ckpt in checkpoints:
+            for name in ckpt.tensors:
+                other = self._where.get(name)
+                if other is not None:
+                    raise CheckpointError(f"duplicate tensor name {name!r} in {other.path.name} and {ckpt.path.name}")
+                self._where[name] = ckpt
+
+    def __getitem__(self, name: str) -> TorchTensor:
+        ckpt = self._where[name]
+        info = ckpt.tensors[name]
+        return TorchTensor(name, info.dtype, info.shape, ckpt)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._where)
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def dtype(self, name: str) -> str:
+        """The dtype name of a tensor, without reading it."""
+        return self._where[name].tensors[name].dtype
+
+    def release(self, name: str) -> None:
+        """Drop tensor `name`'s pages from this process's memory (see TorchCheckpoint.release)."""
+        self._where[name].release(name)
+
+    def close(self) -> None:
+        """Close every file."""
+        for ckpt in self.checkpoints:
+            ckpt.close()
+
+    def __enter__(self) -> TorchFolder:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_checkpoints(paths: list[Path], index: Path | None = None) -> TorchFolder:
+    """Open checkpoint shards as one folder; `index` (pytorch_model.bin.index.json) must agree with them."""
+    weight_map = None
+    if index is not None:
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            shards = sorted(set(weight_map.values()))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+            raise CheckpointError(f"{index}: not a valid checkpoint index ({e})") from None
+        for shard in shards:
+            if not isinstance(shard, str) or Path(shard).name != shard:
+                raise CheckpointError(f"{index}: bad shard name {shard!r}")
+            if not (index.parent / shard).is_file():
+                raise CheckpointError(f"{index}: lists {shard}, which is missing from the folder")
+        paths = [index.parent / shard for shard in shards]
+    opened: list[TorchCheckpoint] = []
+    try:
+        for p in paths:
+            opened.append(TorchCheckpoint(p))
+        folder = TorchFolder(opened)
+        if weight_map is not None:
+            for name, shard in weight_map.items():
+                ckpt = folder._where.get(name)
+                if ckpt is None or ckpt.path.name != shard:
+                    raise CheckpointError(f"{index}: tensor {name!r} is not in {shard}")
+            extra = sorted(set(folder) - set(weight_map))
+            if extra:
+                raise CheckpointError(f"{index}: does not list tensor {extra[0]!r}")
+        return folder
+    except BaseException:
+        for ckpt in opened:
+            ckpt.close()
+        raise

@@ -1,4 +1,4 @@
-"""HF BertModel (safetensors) -> GGUF, as llama.cpp's and Ollama's converters lay it out.
+"""HF BertModel (safetensors or PyTorch checkpoint) -> GGUF, as llama.cpp's and Ollama's converters lay it out.
 
 Tensors take llama.cpp's BERT names (token_embd, blk.N.attn_q, ...); the pooler and any
 masked-LM head are dropped (sentence embeddings do not use them). The WordPiece vocabulary is
@@ -20,8 +20,7 @@ from typing import Any
 
 from pollama.fs.ggml_types import GGMLType
 from pollama.fs.gguf import GGUFValueType
-from pollama.fs.safetensors import open_folder
-from pollama.fs.writer import write_gguf
+from pollama.fs.writer import LazyTensor, write_gguf
 from pollama.models.bert.model import Pooling
 
 # GGUF token types (llama.h)
@@ -215,13 +214,21 @@ def convert(hf_dir: str | Path, out_path: str | Path, *, outtype: str = "f16", p
     vocab = read_vocab(hf_dir)
 
     wide = GGMLType.F16 if outtype == "f16" else GGMLType.F32
+    from pollama.create.convert import open_weights  # (that module imports this one lazily)
+
     tensors = []
-    with open_folder(hf_dir) as st:
+    with open_weights(hf_dir) as st:
         for hf_name in st:
             name = gguf_name(hf_name)
-            if name is not None:
-                data = st[hf_name].numpy()
-                tensors.append((name, data, wide if data.ndim >= 2 else GGMLType.F32, data.shape))
+            if name is None:
+                continue
+            if st.dtype(hf_name) not in ("F32", "F16", "BF16"):
+                raise ConvertError(f"{hf_dir}: tensor {hf_name!r} has dtype {st.dtype(hf_name)}; "
+                                   "only F32, F16 and BF16 weights are supported")
+            shape = tuple(st[hf_name].shape)
+            # Read when the writer reaches it, and its source pages dropped once written.
+            data = LazyTensor(lambda n=hf_name: st[n].numpy(), lambda n=hf_name: st.release(n))
+            tensors.append((name, data, wide if len(shape) >= 2 else GGMLType.F32, shape))
         shapes = {name: shape for name, _, _, shape in tensors}
         expected = {"token_embd.weight", "position_embd.weight", "token_types.weight",
                     "token_embd_norm.weight", "token_embd_norm.bias"}
