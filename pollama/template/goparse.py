@@ -1,0 +1,660 @@
+"""Parse tree of Go's text/template, built as Go's text/template/parse builds it.
+
+The node kinds and their nesting are Go's (an `else if` is an IfNode alone in the else
+list of its parent IfNode), because Ollama's tree walks (tool-tag and thinking-tag
+inference, the cut after .Response) depend on that exact shape.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+from .errors import TemplateError
+from .golex import Tok, Token, lex, template_error
+
+# ---------------------------------------------------------------- nodes
+
+
+@dataclass(eq=False)
+class Node:
+    pos: int
+
+    def copy(self) -> "Node":
+        return copy.deepcopy(self)
+
+
+@dataclass(eq=False)
+class TextNode(Node):
+    text: str
+
+    def __str__(self) -> str:
+        return repr(self.text)
+
+
+@dataclass(eq=False)
+class CommentNode(Node):
+    text: str
+
+    def __str__(self) -> str:
+        return "{{" + self.text + "}}"
+
+
+@dataclass(eq=False)
+class ListNode(Node):
+    nodes: list[Node] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return "".join(str(n) for n in self.nodes)
+
+
+@dataclass(eq=False)
+class DotNode(Node):
+    def __str__(self) -> str:
+        return "."
+
+
+@dataclass(eq=False)
+class NilNode(Node):
+    def __str__(self) -> str:
+        return "nil"
+
+
+@dataclass(eq=False)
+class BoolNode(Node):
+    value: bool
+
+    def __str__(self) -> str:
+        return "true" if self.value else "false"
+
+
+@dataclass(eq=False)
+class NumberNode(Node):
+    text: str
+    value: int | float | complex
+
+    def __str__(self) -> str:
+        return self.text
+
+
+@dataclass(eq=False)
+class StringNode(Node):
+    quoted: str
+    text: str
+
+    def __str__(self) -> str:
+        return self.quoted
+
+
+@dataclass(eq=False)
+class FieldNode(Node):
+    ident: list[str]
+
+    def __str__(self) -> str:
+        return "".join("." + i for i in self.ident)
+
+
+@dataclass(eq=False)
+class VariableNode(Node):
+    ident: list[str]  # ["$x", "Field", ...]
+
+    def __str__(self) -> str:
+        return ".".join(self.ident)
+
+
+@dataclass(eq=False)
+class IdentifierNode(Node):
+    name: str
+
+    def __str__(self) -> str:
+        return self.name
+
+
+@dataclass(eq=False)
+class ChainNode(Node):
+    node: Node
+    field: list[str]
+
+    def __str__(self) -> str:
+        inner = f"({self.node})" if isinstance(self.node, PipeNode) else str(self.node)
+        return inner + "".join("." + f for f in self.field)
+
+
+@dataclass(eq=False)
+class CommandNode(Node):
+    args: list[Node] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return " ".join(f"({a})" if isinstance(a, PipeNode) else str(a) for a in self.args)
+
+
+@dataclass(eq=False)
+class PipeNode(Node):
+    is_assign: bool = False
+    decl: list[VariableNode] = field(default_factory=list)
+    cmds: list[CommandNode] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        s = ""
+        if self.decl:
+            s = ", ".join(str(v) for v in self.decl) + (" = " if self.is_assign else " := ")
+        return s + " | ".join(str(c) for c in self.cmds)
+
+
+@dataclass(eq=False)
+class ActionNode(Node):
+    pipe: PipeNode
+
+    def __str__(self) -> str:
+        return "{{" + str(self.pipe) + "}}"
+
+
+@dataclass(eq=False)
+class BranchNode(Node):
+    pipe: PipeNode
+    list: ListNode
+    else_list: ListNode | None
+    keyword = ""
+
+    def __str__(self) -> str:
+        s = "{{" + self.keyword + " " + str(self.pipe) + "}}" + str(self.list)
+        if self.else_list is not None:
+            s += "{{else}}" + str(self.else_list)
+        return s + "{{end}}"
+
+
+@dataclass(eq=False)
+class IfNode(BranchNode):
+    keyword = "if"
+
+
+@dataclass(eq=False)
+class RangeNode(BranchNode):
+    keyword = "range"
+
+
+@dataclass(eq=False)
+class WithNode(BranchNode):
+    keyword = "with"
+
+
+@dataclass(eq=False)
+class BreakNode(Node):
+    def __str__(self) -> str:
+        return "{{break}}"
+
+
+@dataclass(eq=False)
+class ContinueNode(Node):
+    def __str__(self) -> str:
+        return "{{continue}}"
+
+
+@dataclass(eq=False)
+class TemplateNode(Node):
+    name: str
+    pipe: PipeNode | None
+
+    def __str__(self) -> str:
+        if self.pipe is None:
+            return "{{template " + repr(self.name) + "}}"
+        return "{{template " + repr(self.name) + " " + str(self.pipe) + "}}"
+
+
+# ---------------------------------------------------------------- literals
+
+
+_SIMPLE_ESCAPES = {"a": 7, "b": 8, "f": 12, "n": 10, "r": 13, "t": 9, "v": 11, "\\": 92}
+
+
+def go_unquote(quoted: str) -> str:
+    """The value of a Go string, raw string or character literal (as strconv.Unquote)."""
+    if quoted.startswith("`"):
+        return quoted[1:-1].replace("\r", "")
+    quote = quoted[0]
+    body = quoted[1:-1]
+    out = bytearray()
+    i = 0
+    while i < len(body):
+        c = body[i]
+        if c == quote:
+            raise ValueError("unescaped quote")
+        if c != "\\":
+            out += c.encode("utf-8")
+            i += 1
+            continue
+        if i + 1 >= len(body):
+            raise ValueError("trailing backslash")
+        e = body[i + 1]
+        i += 2
+        if e in _SIMPLE_ESCAPES:
+            out.append(_SIMPLE_ESCAPES[e])
+        elif e == quote:
+            out += e.encode()
+        elif e == "x":
+            out.append(int(body[i : i + 2], 16)) if len(body[i : i + 2]) == 2 else _bad()
+            i += 2
+        elif e in "01234567":
+            digits = body[i - 1 : i + 2]
+            if len(digits) != 3 or any(d not in "01234567" for d in digits) or int(digits, 8) > 255:
+                raise ValueError("bad octal escape")
+            out.append(int(digits, 8))
+            i += 2
+        elif e in "uU":
+            width = 4 if e == "u" else 8
+            hexits = body[i : i + width]
+            if len(hexits) != width:
+                raise ValueError("short unicode escape")
+            code = int(hexits, 16)
+            if code > 0x10FFFF or 0xD800 <= code <= 0xDFFF:
+                raise ValueError("invalid unicode code point")
+            out += chr(code).encode("utf-8")
+            i += width
+        else:
+            raise ValueError(f"unknown escape \\{e}")
+    return out.decode("utf-8", errors="replace")
+
+
+def _bad():
+    raise ValueError("bad hex escape")
+
+
+def parse_number(text: str) -> int | float | complex:
+    """The ideal constant of a Go number or character literal, typed as Go's idealConstant does."""
+    if text.startswith("'"):
+        value = go_unquote(text)
+        if len(value) != 1:
+            raise ValueError("malformed character constant")
+        return ord(value)
+    if text.endswith("i"):
+        return complex(0, float(parse_number(text[:-1])))
+    body = text.lstrip("+-")
+    neg = text.startswith("-")
+    low = body.lower()
+    is_hex = low.startswith("0x")
+    if is_hex and "p" in low:
+        mant = body.replace("_", "")
+        value = float.fromhex(mant)
+        return -value if neg else value
+    if not is_hex and any(ch in body for ch in ".eE"):
+        value = float(body.replace("_", ""))
+        if value in (float("inf"),):
+            raise ValueError("float overflow")
+        return -value if neg else value
+    clean = body.replace("_", "")
+    if len(clean) > 1 and clean[0] == "0" and clean[1].isdigit():
+        ivalue = int(clean, 8)  # Go's legacy octal: 0777
+    else:
+        ivalue = int(clean, 0)
+    ivalue = -ivalue if neg else ivalue
+    if not -(2**63) <= ivalue < 2**64:
+        raise ValueError("integer overflow")
+    return ivalue
+
+
+# ---------------------------------------------------------------- parser
+
+
+class Parser:
+    """Recursive-descent parser producing {name: ListNode} for the main template and its defines."""
+
+    def __init__(self, text: str, name: str, funcs: set[str]):
+        self.text = text
+        self.name = name
+        self.funcs = funcs
+        self.tokens = lex(text, name)
+        self.i = 0
+        self.vars: list[str] = ["$"]
+        self.range_depth = 0
+        self.trees: dict[str, ListNode] = {}
+
+    # token stream
+    def next(self) -> Token:
+        t = self.tokens[self.i]
+        if self.i < len(self.tokens) - 1:
+            self.i += 1
+        return t
+
+    def backup(self, n: int = 1) -> None:
+        self.i -= n
+
+    def peek(self) -> Token:
+        return self.tokens[self.i]
+
+    def next_non_space(self) -> Token:
+        t = self.next()
+        while t.typ is Tok.SPACE:
+            t = self.next()
+        return t
+
+    def peek_non_space(self) -> Token:
+        t = self.next_non_space()
+        self.backup()
+        return t
+
+    def error(self, msg: str, tok: Token | None = None) -> TemplateError:
+        pos = (tok or self.tokens[max(self.i - 1, 0)]).pos
+        return template_error(self.text, self.name, msg, pos)
+
+    def expect(self, typ: Tok, context: str) -> Token:
+        t = self.next_non_space()
+        if t.typ is not typ:
+            raise self.unexpected(t, context)
+        return t
+
+    def unexpected(self, t: Token, context: str) -> TemplateError:
+        if t.typ is Tok.ERROR:
+            return self.error(t.val, t)
+        return self.error(f"unexpected {t} in {context}", t)
+
+    # grammar
+    def parse(self) -> dict[str, ListNode]:
+        root = ListNode(0)
+        while self.peek().typ is not Tok.EOF:
+            if self.peek().typ is Tok.LEFT_DELIM:
+                save = self.i
+                self.next()
+                if self.next_non_space().typ is Tok.DEFINE:
+                    self.parse_definition()
+                    continue
+                self.i = save
+            node = self.text_or_action()
+            if isinstance(node, (EndMarker, ElseMarker)):
+                raise self.error(f"unexpected {node}", node.token)
+            root.nodes.append(node)
+        self._add(self.name, root)
+        return self.trees
+
+    def _add(self, name: str, tree: ListNode) -> None:
+        # As Go: an empty redefinition never replaces a non-empty one.
+        if name in self.trees and _is_empty(tree) and not _is_empty(self.trees[name]):
+            return
+        self.trees[name] = tree
+
+    def parse_definition(self) -> None:
+        context = "define clause"
+        name_tok = self.next_non_space()
+        if name_tok.typ not in (Tok.STRING, Tok.RAW_STRING):
+            raise self.unexpected(name_tok, context)
+        name = self._unquote(name_tok)
+        self.expect(Tok.RIGHT_DELIM, context)
+        saved_vars = self.vars
+        self.vars = ["$"]
+        body, end = self.item_list()
+        if not isinstance(end, EndMarker):
+            raise self.error(f"unexpected {end} in {context}", end.token)
+        self.vars = saved_vars
+        self._add(name, body)
+
+    def item_list(self) -> tuple[ListNode, "EndMarker | ElseMarker"]:
+        lst = ListNode(self.peek_non_space().pos)
+        while self.peek_non_space().typ is not Tok.EOF:
+            node = self.text_or_action()
+            if isinstance(node, (EndMarker, ElseMarker)):
+                return lst, node
+            lst.nodes.append(node)
+        raise self.error("unexpected EOF", self.peek())
+
+    def text_or_action(self) -> Node:
+        t = self.next_non_space()
+        if t.typ is Tok.TEXT:
+            return TextNode(t.pos, t.val)
+        if t.typ is Tok.LEFT_DELIM:
+            return self.action()
+        if t.typ is Tok.COMMENT:
+            return CommentNode(t.pos, t.val)
+        raise self.unexpected(t, "input")
+
+    def action(self) -> Node:
+        t = self.next_non_space()
+        typ = t.typ
+        if typ is Tok.BLOCK:
+            return self.block_control(t)
+        if typ is Tok.BREAK:
+            return self.break_control(t, "break", BreakNode)
+        if typ is Tok.CONTINUE:
+            return self.break_control(t, "continue", ContinueNode)
+        if typ is Tok.ELSE:
+            return self.else_control(t)
+        if typ is Tok.END:
+            self.expect(Tok.RIGHT_DELIM, "end")
+            return EndMarker(t)
+        if typ is Tok.IF:
+            return self.control(IfNode, "if", t)
+        if typ is Tok.RANGE:
+            return self.control(RangeNode, "range", t)
+        if typ is Tok.TEMPLATE:
+            return self.template_control(t)
+        if typ is Tok.WITH:
+            return self.control(WithNode, "with", t)
+        self.backup()
+        tok = self.peek()
+        return ActionNode(tok.pos, self.pipeline("command", Tok.RIGHT_DELIM))
+
+    def break_control(self, t: Token, word: str, cls) -> Node:
+        nt = self.next_non_space()
+        if nt.typ is not Tok.RIGHT_DELIM:
+            raise self.unexpected(nt, "{{" + word + "}}")
+        if self.range_depth == 0:
+            raise self.error("{{" + word + "}} outside {{range}}", t)
+        return cls(t.pos)
+
+    def else_control(self, t: Token) -> "ElseMarker":
+        peek = self.peek_non_space()
+        if peek.typ in (Tok.IF, Tok.WITH):
+            return ElseMarker(t, chained=peek.typ)
+        self.expect(Tok.RIGHT_DELIM, "else")
+        return ElseMarker(t, chained=None)
+
+    def control(self, cls, context: str, t: Token) -> BranchNode:
+        mark = len(self.vars)
+        try:
+            pipe = self.pipeline(context, Tok.RIGHT_DELIM)
+            if context == "range":
+                self.range_depth += 1
+            body, nxt = self.item_list()
+            if context == "range":
+                self.range_depth -= 1
+            else_list = None
+            if isinstance(nxt, ElseMarker):
+                if context == "if" and nxt.chained is Tok.IF:
+                    self.next_non_space()  # the "if"
+                    else_list = ListNode(nxt.token.pos, [self.control(IfNode, "if", nxt.token)])
+                elif context == "with" and nxt.chained is Tok.WITH:
+                    self.next_non_space()
+                    else_list = ListNode(nxt.token.pos, [self.control(WithNode, "with", nxt.token)])
+                else:
+                    if nxt.chained is not None:
+                        raise self.unexpected(self.peek_non_space(), "else")
+                    else_list, end = self.item_list()
+                    if not isinstance(end, EndMarker):
+                        raise self.error(f"expected end; found {end}", end.token)
+            return cls(t.pos, pipe, body, else_list)
+        finally:
+            del self.vars[mark:]
+
+    def block_control(self, t: Token) -> Node:
+        context = "block clause"
+        name_tok = self.next_non_space()
+        if name_tok.typ not in (Tok.STRING, Tok.RAW_STRING):
+            raise self.unexpected(name_tok, context)
+        name = self._unquote(name_tok)
+        pipe = self.pipeline(context, Tok.RIGHT_DELIM)
+        saved_vars, saved_depth = self.vars, self.range_depth
+        self.vars, self.range_depth = ["$"], 0
+        body, end = self.item_list()
+        if not isinstance(end, EndMarker):
+            raise self.error(f"unexpected {end} in {context}", end.token)
+        self.vars, self.range_depth = saved_vars, saved_depth
+        self._add(name, body)
+        return TemplateNode(t.pos, name, pipe)
+
+    def template_control(self, t: Token) -> Node:
+        context = "template clause"
+        name_tok = self.next_non_space()
+        if name_tok.typ not in (Tok.STRING, Tok.RAW_STRING):
+            raise self.unexpected(name_tok, context)
+        name = self._unquote(name_tok)
+        pipe = None
+        if self.next_non_space().typ is not Tok.RIGHT_DELIM:
+            self.backup()
+            pipe = self.pipeline(context, Tok.RIGHT_DELIM)
+        return TemplateNode(t.pos, name, pipe)
+
+    def _unquote(self, tok: Token) -> str:
+        try:
+            return go_unquote(tok.val)
+        except ValueError as e:
+            raise self.error(f"invalid syntax: {tok.val} ({e})", tok) from None
+
+    def pipeline(self, context: str, end: Tok) -> PipeNode:
+        start = self.peek_non_space()
+        pipe = PipeNode(start.pos)
+        # optional declarations: $x := / $x = / $i, $v :=
+        if self.peek_non_space().typ is Tok.VARIABLE:
+            save = self.i
+            v = self.next_non_space()
+            nxt = self.peek_non_space()
+            if nxt.typ in (Tok.ASSIGN, Tok.DECLARE):
+                self.next_non_space()
+                pipe.is_assign = nxt.typ is Tok.ASSIGN
+                pipe.decl.append(VariableNode(v.pos, [v.val]))
+                # As Go: an assignment to an undeclared variable fails only when executed.
+                self.vars.append(v.val)
+            elif nxt.typ is Tok.CHAR and nxt.val == ",":
+                self.next_non_space()
+                pipe.decl.append(VariableNode(v.pos, [v.val]))
+                self.vars.append(v.val)
+                if context != "range":
+                    raise self.error(f"too many declarations in {context}", nxt)
+                v2 = self.next_non_space()
+                if v2.typ is not Tok.VARIABLE:
+                    raise self.error("range can only initialize variables", v2)
+                op = self.next_non_space()
+                if op.typ not in (Tok.ASSIGN, Tok.DECLARE):
+                    raise self.error(f"too many declarations in {context}", op)
+                pipe.is_assign = op.typ is Tok.ASSIGN
+                pipe.decl.append(VariableNode(v2.pos, [v2.val]))
+                self.vars.append(v2.val)
+            else:
+                self.i = save
+        while True:
+            t = self.next_non_space()
+            if t.typ is end:
+                self._check_pipeline(pipe, context, t)
+                return pipe
+            if t.typ in (Tok.BOOL, Tok.CHAR_CONSTANT, Tok.DOT, Tok.FIELD, Tok.IDENTIFIER, Tok.NUMBER,
+                         Tok.NIL, Tok.RAW_STRING, Tok.STRING, Tok.VARIABLE, Tok.LEFT_PAREN):
+                self.backup()
+                pipe.cmds.append(self.command())
+            else:
+                raise self.unexpected(t, context)
+
+    def _check_pipeline(self, pipe: PipeNode, context: str, t: Token) -> None:
+        if not pipe.cmds:
+            raise self.error(f"missing command", t)
+        for i, c in enumerate(pipe.cmds[1:], start=2):
+            first = c.args[0]
+            if isinstance(first, (BoolNode, DotNode, NilNode, NumberNode, StringNode)):
+                raise template_error(self.text, self.name, f"non executable command in pipeline stage {i}", first.pos)
+
+    def command(self) -> CommandNode:
+        cmd = CommandNode(self.peek_non_space().pos)
+        while True:
+            self.peek_non_space()
+            operand = self.operand()
+            if operand is not None:
+                cmd.args.append(operand)
+            t = self.next()
+            if t.typ is Tok.SPACE:
+                continue
+            if t.typ in (Tok.RIGHT_DELIM, Tok.RIGHT_PAREN):
+                self.backup()
+            elif t.typ is Tok.PIPE:
+                pass
+            else:
+                raise self.unexpected(t, "operand")
+            break
+        if not cmd.args:
+            raise self.error("empty command")
+        return cmd
+
+    def operand(self) -> Node | None:
+        node = self.term()
+        if node is None:
+            return None
+        if self.peek().typ is Tok.FIELD:
+            fields = []
+            while self.peek().typ is Tok.FIELD:
+                fields.append(self.next().val[1:])
+            if isinstance(node, FieldNode):
+                return FieldNode(node.pos, node.ident + fields)
+            if isinstance(node, VariableNode):
+                return VariableNode(node.pos, node.ident + fields)
+            if isinstance(node, (BoolNode, StringNode, NumberNode, NilNode, DotNode)):
+                raise self.error(f"unexpected . after term {str(node)!r}")
+            return ChainNode(node.pos, node, fields)
+        return node
+
+    def term(self) -> Node | None:
+        t = self.next_non_space()
+        typ = t.typ
+        if typ is Tok.IDENTIFIER:
+            if t.val not in self.funcs:
+                raise self.error(f"function {t.val!r} not defined".replace("'", '"'), t)
+            return IdentifierNode(t.pos, t.val)
+        if typ is Tok.DOT:
+            return DotNode(t.pos)
+        if typ is Tok.NIL:
+            return NilNode(t.pos)
+        if typ is Tok.VARIABLE:
+            if t.val not in self.vars:
+                raise self.error(f'undefined variable "{t.val}"', t)
+            return VariableNode(t.pos, [t.val])
+        if typ is Tok.FIELD:
+            return FieldNode(t.pos, [t.val[1:]])
+        if typ is Tok.BOOL:
+            return BoolNode(t.pos, t.val == "true")
+        if typ in (Tok.CHAR_CONSTANT, Tok.NUMBER):
+            try:
+                return NumberNode(t.pos, t.val, parse_number(t.val))
+            except (ValueError, OverflowError):
+                raise self.error(f"illegal number syntax: {t.val!r}".replace("'", '"'), t) from None
+        if typ is Tok.LEFT_PAREN:
+            return self.pipeline("parenthesized pipeline", Tok.RIGHT_PAREN)
+        if typ in (Tok.STRING, Tok.RAW_STRING):
+            return StringNode(t.pos, t.val, self._unquote(t))
+        self.backup()
+        return None
+
+
+@dataclass
+class EndMarker:
+    token: Token
+
+    def __str__(self) -> str:
+        return "{{end}}"
+
+
+@dataclass
+class ElseMarker:
+    token: Token
+    chained: Tok | None
+
+    def __str__(self) -> str:
+        return "{{else}}"
+
+
+def _is_empty(tree: ListNode) -> bool:
+    for n in tree.nodes:
+        if isinstance(n, TextNode) and n.text.strip() == "":
+            continue
+        if isinstance(n, CommentNode):
+            continue
+        return False
+    return True
+
+
+def parse(text: str, name: str, funcs: set[str]) -> dict[str, ListNode]:
+    """Parse `text`; returns the tree of `name` and of every template it defines."""
+    return Parser(text, name, funcs).parse()

@@ -1,0 +1,270 @@
+"""Go text/template, as Ollama parses and uses it (template/template.go).
+
+    tmpl = Template.parse("{{ range .Messages }}{{ .Role }}: {{ .Content }}\\n{{ end }}")
+    tmpl.execute({"Messages": [...]})
+
+Parsing is Ollama's: missingkey=zero, its functions (json, currentDate, yesterdayDate,
+toTypeScriptType) beside Go's builtins, and an implicit {{ .Response }} appended when the
+template mentions neither .Messages nor .Response.
+"""
+
+from __future__ import annotations
+
+from . import goparse as P
+from .errors import TemplateError
+from .goexec import BUILTINS, OLLAMA_FUNCS, Func, execute
+
+__all__ = ["Template", "TemplateError", "tool_call_tag", "thinking_tags"]
+
+FUNCS: dict[str, Func] = {**BUILTINS, **OLLAMA_FUNCS}
+
+
+def _response_action() -> P.ActionNode:
+    field = P.FieldNode(0, ["Response"])
+    return P.ActionNode(0, P.PipeNode(0, cmds=[P.CommandNode(0, [field])]))
+
+
+class Template:
+    """A parsed Go template with the set of templates it defines."""
+
+    def __init__(self, text: str, name: str, trees: dict[str, P.ListNode]):
+        self.text = text
+        self.name = name
+        self.trees = trees
+
+    @classmethod
+    def parse(cls, text: str, name: str = "", *, ollama: bool = True) -> "Template":
+        """Parse `text` as Go does; with `ollama` (default) apply Ollama's implicit {{ .Response }}."""
+        text = text.replace("\r\n", "\n") if ollama else text
+        trees = P.parse(text, name, set(FUNCS))
+        tmpl = cls(text, name, trees)
+        if ollama:
+            names = tmpl.vars()
+            if "messages" not in names and "response" not in names:
+                trees[name].nodes.append(_response_action())
+        return tmpl
+
+    @property
+    def root(self) -> P.ListNode:
+        """The parse tree of the main template."""
+        return self.trees[self.name]
+
+    def execute(self, data) -> str:
+        """Render the template on `data` (dicts are Go maps, dataclasses Go structs)."""
+        return execute(self.trees, self.name, self.text, data, FUNCS)
+
+    def __str__(self) -> str:
+        return self.text
+
+    def vars(self) -> set[str]:
+        """Identifiers the templates reference, lower-cased (Ollama's Vars)."""
+        names: set[str] = set()
+        for tree in self.trees.values():
+            for node in tree.nodes:
+                names.update(n.lower() for n in identifiers(node))
+        return names
+
+    def contains_response(self) -> bool:
+        """Whether the template refers to .Response."""
+        return "response" in self.vars()
+
+    def contains(self, s: str) -> bool:
+        """Whether the template's source text contains `s` (Ollama's Contains)."""
+        return s in self.text
+
+    def without_after_response(self) -> "Template":
+        """A copy whose main tree drops every node after the first .Response field (legacy mode's open turn)."""
+        root = self.root.copy()
+        cut = [False]
+        _delete_after_response(root, cut)
+        trees = dict(self.trees)
+        trees[self.name] = root
+        return Template(self.text, self.name, trees)
+
+
+def identifiers(n: P.Node) -> list[str]:
+    """Field and variable identifiers under `n`, as Ollama's Identifiers walks them."""
+    if isinstance(n, P.ListNode):
+        return [i for c in n.nodes for i in identifiers(c)]
+    if isinstance(n, P.TemplateNode):
+        return identifiers(n.pipe) if n.pipe is not None else []
+    if isinstance(n, P.ActionNode):
+        return identifiers(n.pipe)
+    if isinstance(n, P.BranchNode):
+        out = identifiers(n.pipe) + identifiers(n.list)
+        if n.else_list is not None:
+            out += identifiers(n.else_list)
+        return out
+    if isinstance(n, P.PipeNode):
+        return [i for c in n.cmds for a in c.args for i in identifiers(a)]
+    if isinstance(n, (P.FieldNode, P.VariableNode)):
+        return list(n.ident)
+    return []
+
+
+def _delete_after_response(n: P.Node, cut: list[bool]) -> P.Node | None:
+    """Ollama's deleteNode: keep nodes up to the first .Response field, drop every later one.
+
+    As Ollama, the pipelines of if/range/with are not searched for .Response. Where Go would
+    crash (a later else-list of a cut branch), the list is emptied instead.
+    """
+    if isinstance(n, P.FieldNode) and "Response" in n.ident:
+        cut[0] = True
+        return n
+    if cut[0]:
+        return None
+    if isinstance(n, P.ListNode):
+        n.nodes = [c for c in (_delete_after_response(c, cut) for c in n.nodes) if c is not None]
+        return n
+    if isinstance(n, P.BranchNode):
+        n.list = _delete_after_response(n.list, cut) or P.ListNode(n.list.pos)
+        if n.else_list is not None:
+            n.else_list = _delete_after_response(n.else_list, cut) or P.ListNode(n.else_list.pos)
+        return n
+    if isinstance(n, P.ActionNode):
+        pipe = _delete_after_response(n.pipe, cut)
+        if pipe is None:
+            return None
+        n.pipe = pipe
+        return n
+    if isinstance(n, P.PipeNode):
+        cmds = []
+        for c in n.cmds:
+            args = [a for a in (_delete_after_response(a, cut) for a in c.args) if a is not None]
+            if not args:
+                return None
+            c.args = args
+            cmds.append(c)
+        if not cmds:
+            return None
+        n.cmds = cmds
+        return n
+    return n
+
+
+# ---------------------------------------------------------------- tree inference (tools/, thinking/)
+
+
+def _pipe_has_field(pipe: P.PipeNode, name: str) -> bool:
+    return any(isinstance(a, P.FieldNode) and name in a.ident for c in pipe.cmds for a in c.args)
+
+
+def _find_tool_call_if(nodes: list[P.Node]) -> P.IfNode | None:
+    for n in nodes:
+        if isinstance(n, P.IfNode):
+            if _pipe_has_field(n.pipe, "ToolCalls"):
+                return n
+            for lst in (n.list, n.else_list):
+                if lst is not None and (found := _find_tool_call_if(lst.nodes)):
+                    return found
+        elif isinstance(n, P.ListNode):
+            if found := _find_tool_call_if(n.nodes):
+                return found
+        elif isinstance(n, (P.RangeNode, P.WithNode)):
+            for lst in (n.list, n.else_list):
+                if lst is not None and (found := _find_tool_call_if(lst.nodes)):
+                    return found
+    return None
+
+
+def _first_text(nodes: list[P.Node]) -> P.TextNode | None:
+    for n in nodes:
+        if isinstance(n, P.TextNode):
+            if n.text.strip() == "":
+                continue
+            return n
+        if isinstance(n, P.ListNode):
+            if found := _first_text(n.nodes):
+                return found
+        elif isinstance(n, P.BranchNode):
+            for lst in (n.list, n.else_list):
+                if lst is not None and (found := _first_text(lst.nodes)):
+                    return found
+            return None  # text after a control structure is not the tag
+        elif isinstance(n, P.ActionNode):
+            return None
+    return None
+
+
+def tool_call_tag(tmpl: Template) -> str | None:
+    """The text a model writes before tool calls, inferred as Ollama's tools.parseTag does.
+
+    The first text inside the first {{ if }} whose pipeline mentions .ToolCalls, cut at its
+    first "{" and trimmed. None where Ollama falls back to "{" (the caller's choice).
+    """
+    node = _find_tool_call_if(tmpl.root.nodes)
+    if node is None:
+        return None
+    text = _first_text(node.list.nodes)
+    if text is None:
+        return None
+    tag = text.text.replace("\r\n", "\n").split("{", 1)[0].strip()
+    return tag or None
+
+
+def _children(n: P.Node) -> list[P.Node]:
+    if isinstance(n, P.ListNode):
+        return list(n.nodes)
+    if isinstance(n, P.BranchNode):
+        return [_Branch(n)]
+    if isinstance(n, _Branch):
+        b = n.node
+        return [x for x in (b.pipe, b.list, b.else_list) if x is not None]
+    if isinstance(n, P.ActionNode):
+        return [n.pipe]
+    if isinstance(n, P.TemplateNode):
+        return [n.pipe] if n.pipe is not None else []
+    if isinstance(n, P.PipeNode):
+        return list(n.cmds)
+    if isinstance(n, P.CommandNode):
+        return list(n.args)
+    return []
+
+
+class _Branch:
+    """Go's BranchNode, which its tree walk visits as a node of its own below an If/Range/With."""
+
+    def __init__(self, node: P.BranchNode):
+        self.node = node
+
+
+def _range_uses_field(r: P.RangeNode, name: str) -> bool:
+    stack: list = [r.pipe]
+    while stack:
+        n = stack.pop()
+        if isinstance(n, P.FieldNode) and n.ident[0] == name:
+            return True
+        stack.extend(_children(n))
+    return False
+
+
+def thinking_tags(tmpl: Template) -> tuple[str, str] | None:
+    """Opening and closing thinking tags inferred as Ollama's thinking.InferTags does.
+
+    For each .Thinking field inside a range over .Messages, the nearest enclosing list's
+    first and last text nodes (trimmed) become the tags; the last such field wins. None
+    when either tag is missing.
+    """
+    opening, closing = "", ""
+    ancestors: list = []
+
+    def visit(n) -> None:
+        nonlocal opening, closing
+        ancestors.append(n)
+        if isinstance(n, P.FieldNode) and n.ident and n.ident[0] == "Thinking":
+            rng = next((a for a in reversed(ancestors) if isinstance(a, P.RangeNode)), None)
+            if rng is not None and _range_uses_field(rng, "Messages"):
+                lst = next((a for a in reversed(ancestors) if isinstance(a, P.ListNode)), None)
+                if lst is not None and lst.nodes:
+                    if isinstance(lst.nodes[0], P.TextNode):
+                        opening = lst.nodes[0].text.strip()
+                    if isinstance(lst.nodes[-1], P.TextNode):
+                        closing = lst.nodes[-1].text.strip()
+        for c in _children(n):
+            visit(c)
+        ancestors.pop()
+
+    visit(tmpl.root)
+    if opening and closing:
+        return opening, closing
+    return None
