@@ -53,23 +53,52 @@ def _format_duration(ns: int) -> str:
     return f"{seconds * 1e3:.6f}ms"
 
 
-def _print_timings(done, total_ns: int, load_ns: int) -> None:
-    # Same lines and order as `ollama run --verbose`.
+def print_timings(done, total_ns: int, load_ns: int) -> None:
+    """The --verbose lines, in `ollama run --verbose`'s order; done is a Done or an API final object."""
+    def get(name: str) -> int:
+        return done[name] if isinstance(done, dict) else getattr(done, name)
+
     def rate(count: int, ns: int) -> str:
         return f"{count / (ns / 1e9):.2f} tokens/s" if ns > 0 else "n/a"
 
     err = sys.stderr
     print(f"total duration:       {_format_duration(total_ns)}", file=err)
     print(f"load duration:        {_format_duration(load_ns)}", file=err)
-    print(f"prompt eval count:    {done.prompt_eval_count} token(s)", file=err)
-    print(f"prompt eval duration: {_format_duration(done.prompt_eval_duration)}", file=err)
-    print(f"prompt eval rate:     {rate(done.prompt_eval_count, done.prompt_eval_duration)}", file=err)
-    print(f"eval count:           {done.eval_count} token(s)", file=err)
-    print(f"eval duration:        {_format_duration(done.eval_duration)}", file=err)
-    print(f"eval rate:            {rate(done.eval_count, done.eval_duration)}", file=err)
+    print(f"prompt eval count:    {get('prompt_eval_count')} token(s)", file=err)
+    print(f"prompt eval duration: {_format_duration(get('prompt_eval_duration'))}", file=err)
+    print(f"prompt eval rate:     {rate(get('prompt_eval_count'), get('prompt_eval_duration'))}", file=err)
+    print(f"eval count:           {get('eval_count')} token(s)", file=err)
+    print(f"eval duration:        {_format_duration(get('eval_duration'))}", file=err)
+    print(f"eval rate:            {rate(get('eval_count'), get('eval_duration'))}", file=err)
+
+
+def _run_flags(args: argparse.Namespace) -> dict:
+    flags = {
+        "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "min_p": args.min_p,
+        "repeat_penalty": args.repeat_penalty, "seed": args.seed, "num_ctx": args.num_ctx,
+        "num_thread": args.num_thread, "num_predict": args.num_predict, "stop": args.stop,
+    }
+    return {k: v for k, v in flags.items() if v is not None}
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    """Through the server at OLLAMA_HOST when one answers (models by name); else in this process."""
+    is_file = Path(args.model).expanduser().exists()
+    if not is_file and args.backend == "ggml":
+        from pollama.cli.client import Client
+
+        client = Client()
+        if client.is_running():
+            from pollama.cli.remote import run_remote
+
+            prompt = args.prompt if args.prompt is not None else sys.stdin.read()
+            with client:
+                return run_remote(client, args, prompt, _run_flags(args))
+    return run_here(args)
+
+
+def run_here(args: argparse.Namespace) -> int:
+    """`run` without a server: load the model in this process and generate from the raw prompt."""
     import time
 
     from pollama.runner.engine import Done, Engine, GenerateOptions
@@ -79,12 +108,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     path, stored = resolve(args.model)
     prompt = args.prompt if args.prompt is not None else sys.stdin.read()
     # Options: the model's stored PARAMETERs, overridden by flags given here.
-    flags = {
-        "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "min_p": args.min_p,
-        "repeat_penalty": args.repeat_penalty, "seed": args.seed, "num_ctx": args.num_ctx,
-        "num_thread": args.num_thread, "num_predict": args.num_predict, "stop": args.stop,
-    }
-    options = {**stored, **{k: v for k, v in flags.items() if v is not None}}
+    options = {**stored, **_run_flags(args)}
     sampler = SamplerOptions.from_options(options)
     with Engine(path, backend=args.backend, num_ctx=options.get("num_ctx", 4096), num_thread=options.get("num_thread")) as engine:
         ids = engine.tokenizer.encode(prompt, add_special=True, parse_special=True)
@@ -98,7 +122,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 sys.stdout.flush()
         sys.stdout.write("\n")
         if args.verbose and done is not None:
-            _print_timings(done, time.perf_counter_ns() - started, engine.load_duration)
+            print_timings(done, time.perf_counter_ns() - started, engine.load_duration)
     return 0
 
 
@@ -148,7 +172,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--repeat-penalty", type=float)
     run.add_argument("--seed", type=int)
     run.add_argument("--stop", action="append", help="a stop string (repeatable)")
+    run.add_argument("--keepalive", help="how long the server keeps the model loaded (e.g. 5m)")
+    run.add_argument("--format", help="response format (e.g. json)")
     run.set_defaults(func=cmd_run)
+
+    from pollama.cli import remote
+
+    sub.add_parser("serve", help="start the server (Ollama's API and OpenAI's) on $OLLAMA_HOST").set_defaults(func=remote.cmd_serve)
+    sub.add_parser("ps", help="list running models").set_defaults(func=remote.cmd_ps)
+    stop = sub.add_parser("stop", help="stop a running model")
+    stop.add_argument("model")
+    stop.set_defaults(func=remote.cmd_stop)
 
     from pollama.cli import models
 
@@ -194,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `pollama` console script."""
     args = build_parser().parse_args(argv)
+    from pollama.cli.client import ServerError
     from pollama.errors import debug_enabled, user_errors
 
     # Library warnings (e.g. a GGUF without a pre-tokenizer name) are for developers.
@@ -207,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         # The reader went away (e.g. `| head`); say nothing more.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
-    except (CLIError, *user_errors()) as e:
+    except (CLIError, ServerError, *user_errors()) as e:
         message = str(e).strip() or type(e).__name__
         print(f"Error: {message}", file=sys.stderr)
         return 1

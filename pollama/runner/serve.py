@@ -1,0 +1,287 @@
+"""A runner process: one loaded model, served to `pollama serve` over a Unix socket.
+
+The server starts one of these per loaded model (as Ollama starts `ollama runner`), so native
+code that crashes or aborts takes down this process only. The protocol is JSON lines:
+
+- The process loads the model, then prints one line on stdout: {"ready": true, ...facts}
+  or {"error": "..."} (and exits 1). It exits when its stdin closes, so a server that dies
+  never leaves runners behind.
+- Each request is one connection: the server sends one JSON object on one line and reads
+  JSON lines back until the connection closes. Closing the connection early cancels the
+  request (a completion frees its sequence slot within one step).
+
+Requests ("op"):
+  completion  {prompt, options, logprobs, top_logprobs} -> {"content", "logprobs"?}... then
+              {"done": true, "done_reason", counts and durations, "context"}
+  embed       {input: [str], truncate, normalize, dimensions} -> {"embeddings", "prompt_eval_count"}
+  tokenize    {content, add_special?} -> {"tokens"}
+  detokenize  {tokens} -> {"content"}
+  health      {} -> {"status": "ok"}
+Any failure is one line {"error": "...", "status": 400|500}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import socketserver
+import sys
+import threading
+from typing import Any
+
+log = logging.getLogger("pollama.runner")
+
+MAX_REQUEST_BYTES = 64 << 20
+
+
+class RequestError(Exception):
+    """A request this model cannot serve as asked (the server answers it with `status`)."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+class Model:
+    """What a runner holds: a completion engine or an embedder, and its tokenizer."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.kind = args.kind
+        self.engine = None
+        self.embedder = None
+        if args.kind == "embedding":
+            from pollama.runner.embed import Embedder
+
+            self.embedder = Embedder(args.model, backend=args.backend, n_threads=args.num_thread,
+                                     num_ctx=args.num_ctx, num_batch=args.num_batch)
+            self.tokenizer = self.embedder.tokenizer
+            self.num_ctx = self.embedder.num_ctx
+            self.load_duration = 0
+            # One encoder forward at a time; requests beyond it wait here.
+            self.embed_lock = threading.Lock()
+        else:
+            from pollama.runner.parallel import ParallelEngine
+
+            self.engine = ParallelEngine(
+                args.model, num_parallel=args.num_parallel, num_ctx=args.num_ctx, num_batch=args.num_batch,
+                num_thread=args.num_thread, kv_cache_type=args.kv_cache_type, backend=args.backend,
+            )
+            self.tokenizer = self.engine.tokenizer
+            self.num_ctx = self.engine.num_ctx
+            self.load_duration = self.engine.load_duration
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
+        if self.embedder is not None:
+            self.embedder.close()
+
+
+def _generate_options(request: dict[str, Any]):
+    from pollama.runner.generation import GenerateOptions
+    from pollama.sample import SamplerOptions
+
+    options = request.get("options") or {}
+    return GenerateOptions(
+        num_predict=int(options.get("num_predict", -1)),
+        stop=tuple(options.get("stop") or ()),
+        sampler=SamplerOptions.from_options(options),
+        logprobs=bool(request.get("logprobs") or request.get("top_logprobs")),
+        top_logprobs=int(request.get("top_logprobs") or 0),
+    )
+
+
+class Handler(socketserver.StreamRequestHandler):
+    """One request per connection."""
+
+    model: Model  # set on the class before serving
+
+    def handle(self) -> None:
+        try:
+            line = self.rfile.readline(MAX_REQUEST_BYTES)
+            if not line:
+                return
+            request = json.loads(line)
+            op = request.get("op")
+            if op == "completion":
+                self.completion(request)
+            elif op == "embed":
+                self.send(self.embed(request))
+            elif op == "tokenize":
+                self.send(self.tokenize(request))
+            elif op == "detokenize":
+                self.send(self.detokenize(request))
+            elif op == "health":
+                self.send({"status": "ok", "kind": self.model.kind})
+            else:
+                raise RequestError(f"unknown runner request {op!r}")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server went away: nothing to answer
+        except RequestError as e:
+            self.send_quietly({"error": str(e), "status": e.status})
+        except (ValueError, TypeError, KeyError) as e:
+            self.send_quietly({"error": str(e) or type(e).__name__, "status": 400})
+        except Exception as e:  # noqa: BLE001 - any failure is answered, never a dead connection
+            log.exception("request failed")
+            self.send_quietly({"error": f"{type(e).__name__}: {e}", "status": 500})
+
+    def send(self, obj: dict[str, Any]) -> None:
+        self.wfile.write(json.dumps(obj, ensure_ascii=False).encode() + b"\n")
+        self.wfile.flush()
+
+    def send_quietly(self, obj: dict[str, Any]) -> None:
+        try:
+            self.send(obj)
+        except OSError:
+            pass
+
+    # -- ops ------------------------------------------------------------------------------
+    def completion(self, request: dict[str, Any]) -> None:
+        from pollama.runner.generation import Done
+
+        engine = self.model.engine
+        if engine is None:
+            raise RequestError("this model does not support generation (it is an embedding model)")
+        prompt = request.get("prompt")
+        if not isinstance(prompt, str):
+            raise RequestError("completion needs a prompt string")
+        tokens = self.model.tokenizer.encode(prompt, add_special=True, parse_special=True)
+        if not tokens:
+            raise RequestError("the prompt is empty after tokenization")
+        if len(tokens) >= self.model.num_ctx:
+            raise RequestError(
+                f"the input length ({len(tokens)} tokens) exceeds the context length ({self.model.num_ctx} tokens)"
+            )
+        job = engine.submit(tokens, _generate_options(request))
+        finished = threading.Event()
+        watcher = threading.Thread(target=self._cancel_on_close, args=(job, finished), daemon=True)
+        watcher.start()
+        try:
+            for event in job:
+                if isinstance(event, Done):
+                    self.send({
+                        "done": True,
+                        "done_reason": event.done_reason,
+                        "prompt_eval_count": event.prompt_eval_count,
+                        "prompt_eval_duration": event.prompt_eval_duration,
+                        "eval_count": event.eval_count,
+                        "eval_duration": event.eval_duration,
+                        "context": list(event.tokens),
+                    })
+                else:
+                    piece: dict[str, Any] = {"content": event.text}
+                    logprobs = getattr(event, "logprobs", None)
+                    if logprobs:
+                        piece["logprobs"] = logprobs
+                    self.send(piece)
+        except OSError:
+            job.cancel()  # the server hung up while we wrote
+            raise
+        finally:
+            finished.set()
+
+    def _cancel_on_close(self, job, finished: threading.Event) -> None:
+        # The server sends nothing after its request line, so any end of the read side
+        # (EOF or reset) means it gave up on the request: free the slot now.
+        try:
+            data = self.connection.recv(1)
+        except OSError:
+            data = b""
+        if not data and not finished.is_set():
+            job.cancel()
+
+    def embed(self, request: dict[str, Any]) -> dict[str, Any]:
+        embedder = self.model.embedder
+        if embedder is None:
+            raise RequestError("this model does not support embeddings")
+        texts = request.get("input")
+        if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+            raise RequestError("embed needs a list of strings")
+        from pollama.runner.embed import InputTooLong
+
+        with self.model.embed_lock:
+            try:
+                result = embedder.run(texts, truncate=bool(request.get("truncate", True)),
+                                      normalize=bool(request.get("normalize", True)),
+                                      dimensions=int(request.get("dimensions") or 0))
+            except InputTooLong as e:
+                raise RequestError(str(e)) from None
+        return {"embeddings": result.vectors.tolist(), "prompt_eval_count": result.prompt_eval_count}
+
+    def tokenize(self, request: dict[str, Any]) -> dict[str, Any]:
+        content = request.get("content")
+        if not isinstance(content, str):
+            raise RequestError("tokenize needs a content string")
+        add_special = bool(request.get("add_special", True))
+        return {"tokens": self.model.tokenizer.encode(content, add_special=add_special, parse_special=True)}
+
+    def detokenize(self, request: dict[str, Any]) -> dict[str, Any]:
+        tokens = request.get("tokens")
+        if not isinstance(tokens, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in tokens):
+            raise RequestError("detokenize needs a list of token ids")
+        vocab = self.model.tokenizer.vocab_size
+        bad = [t for t in tokens if not 0 <= t < vocab]
+        if bad:
+            raise RequestError(f"token id {bad[0]} is outside the vocabulary (0..{vocab - 1})")
+        return {"content": self.model.tokenizer.decode(tokens)}
+
+
+class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+    request_queue_size = 1024
+
+
+def _exit_when_stdin_closes() -> None:
+    # The server holds our stdin open; when it dies (even by SIGKILL) the pipe closes.
+    try:
+        while sys.stdin.buffer.read(4096):
+            pass
+    except OSError:
+        pass
+    os._exit(0)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m pollama.runner.serve", description="Serve one model over a Unix socket.")
+    p.add_argument("--model", required=True, help="the GGUF file")
+    p.add_argument("--socket", required=True, help="the Unix socket path to listen on")
+    p.add_argument("--kind", default="completion", choices=["completion", "embedding"])
+    p.add_argument("--num-ctx", type=int, default=4096)
+    p.add_argument("--num-batch", type=int, default=512)
+    p.add_argument("--num-parallel", type=int, default=1)
+    p.add_argument("--num-thread", type=int)
+    p.add_argument("--kv-cache-type")
+    p.add_argument("--backend", default="ggml", choices=["ggml", "torch"])
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Load the model, say so on stdout, serve until stdin closes."""
+    args = parse_args(argv)
+    from pollama.errors import debug_enabled
+
+    logging.basicConfig(level=logging.DEBUG if debug_enabled() else logging.WARNING,
+                        format="runner %(levelname)s %(name)s: %(message)s")
+    threading.Thread(target=_exit_when_stdin_closes, daemon=True).start()
+    try:
+        model = Model(args)
+    except Exception as e:  # noqa: BLE001 - the server shows this line to the user
+        print(json.dumps({"error": f"{e}" or type(e).__name__}), flush=True)
+        return 1
+    Handler.model = model
+    server = Server(args.socket, Handler)
+    print(json.dumps({
+        "ready": True, "pid": os.getpid(), "num_ctx": model.num_ctx, "load_duration": model.load_duration,
+        "kind": model.kind,
+    }), flush=True)
+    try:
+        server.serve_forever(poll_interval=0.5)
+    finally:
+        model.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""`pollama serve`: Ollama's HTTP API and OpenAI's, over runner processes."""

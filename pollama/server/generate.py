@@ -1,0 +1,83 @@
+"""One generation or embedding, from a checked request to the runner's answers.
+
+Shared by the native routes and the OpenAI ones: the scheduler hands out the runner, the
+prompt is assembled once the runner (and so its tokenizer) is there, and the runner's lines
+come back with Ollama's durations added to the final one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pollama.server.errors import APIError
+from pollama.server.models import ModelRef
+from pollama.server.options import RequestOptions
+from pollama.server.runner import RunnerProcess
+from pollama.server.scheduler import Scheduler
+
+# Builds the prompt text with the loaded runner at hand (for token counts).
+PromptBuilder = Callable[[RunnerProcess, int], Awaitable[str]]
+
+
+@dataclass
+class Completion:
+    """What a generation needs once the request is checked."""
+
+    model: ModelRef
+    options: RequestOptions
+    keep_alive: float | None
+    build_prompt: PromptBuilder
+    logprobs: bool = False
+    top_logprobs: int = 0
+    render_only: bool = False
+    started: int = field(default_factory=time.perf_counter_ns)
+
+
+async def run_completion(scheduler: Scheduler, job: Completion) -> AsyncIterator[dict[str, Any]]:
+    """Runner lines ({"content", "logprobs"?} ..., then {"done": true, ...}).
+
+    With render_only, one line {"rendered": prompt} and nothing is generated. The final line
+    gains load_duration and total_duration (nanoseconds).
+    """
+    async with scheduler.use(job.model, job.options.spec, job.keep_alive) as loaded:
+        load_duration = time.perf_counter_ns() - job.started
+        runner = loaded.runner
+        prompt = await job.build_prompt(runner, runner.num_ctx)
+        if job.render_only:
+            yield {"rendered": prompt}
+            return
+        request = {"op": "completion", "prompt": prompt, "options": job.options.predict,
+                   "logprobs": job.logprobs, "top_logprobs": job.top_logprobs}
+        async for message in runner.stream(request):
+            if message.get("done"):
+                message["load_duration"] = load_duration
+                message["total_duration"] = time.perf_counter_ns() - job.started
+                message["prompt"] = prompt
+            yield message
+
+
+async def in_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run blocking work (store reads, prompt assembly that counts tokens) off the event loop."""
+    return await asyncio.to_thread(fn, *args, **kwargs)
+
+
+async def embed(scheduler: Scheduler, model: ModelRef, options: RequestOptions, keep_alive: float | None,
+                texts: list[str], *, truncate: bool = True, normalize: bool = True, dimensions: int = 0) -> dict[str, Any]:
+    """{"embeddings", "prompt_eval_count", "load_duration", "total_duration"} for texts."""
+    if "embedding" not in model.capabilities:
+        raise APIError(400, f'"{model.name}" does not support embeddings')
+    started = time.perf_counter_ns()
+    async with scheduler.use(model, options.spec, keep_alive) as loaded:
+        load_duration = time.perf_counter_ns() - started
+        if not texts:
+            return {"embeddings": [], "prompt_eval_count": 0, "load_duration": load_duration,
+                    "total_duration": time.perf_counter_ns() - started}
+        answer = await loaded.runner.call({"op": "embed", "input": texts, "truncate": truncate,
+                                           "normalize": normalize, "dimensions": dimensions})
+    answer["load_duration"] = load_duration
+    answer["total_duration"] = time.perf_counter_ns() - started
+    return answer

@@ -1,0 +1,336 @@
+"""OpenAI's API over the native one: /v1/chat/completions, /v1/completions, /v1/embeddings,
+/v1/models. Requests are translated to native requests and answers back, as Ollama's
+middleware does; errors take OpenAI's shape {"error": {"message", "type", "param", "code"}}.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+import struct
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI
+from starlette.requests import Request
+from starlette.responses import Response
+
+from pollama.server.errors import APIError
+from pollama.server.generate import Completion, embed, in_thread, run_completion
+from pollama.server.http import EventStream, json_bytes, json_response, primed, read_json, unless_disconnected
+from pollama.server.options import request_options
+
+FINGERPRINT = "fp_ollama"
+
+
+def openai_error(status: int, message: str) -> Response:
+    kind = "invalid_request_error" if status < 500 else "api_error"
+    if status == 404:
+        kind = "not_found_error" if "model" in message else kind
+    return json_response({"error": {"message": message, "type": kind, "param": None, "code": None}}, status)
+
+
+def _number(body: dict[str, Any], name: str) -> float | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise APIError(400, f"invalid value for {name}: expected a number")
+    return value
+
+
+def openai_options(body: dict[str, Any]) -> dict[str, Any]:
+    """Native options from OpenAI's sampling fields (as Ollama maps them)."""
+    options: dict[str, Any] = {}
+    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    if max_tokens is not None:
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 0:
+            raise APIError(400, "max_tokens must be a non-negative integer")
+        options["num_predict"] = max_tokens
+    stop = body.get("stop")
+    if stop is not None:
+        if isinstance(stop, str):
+            stop = [stop]
+        if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
+            raise APIError(400, "stop must be a string or an array of strings")
+        options["stop"] = stop
+    for name in ("temperature", "top_p", "frequency_penalty", "presence_penalty", "seed"):
+        value = _number(body, name)
+        if value is not None:
+            options[name] = int(value) if name == "seed" else value
+    # Ollama: OpenAI's temperature is used as given, and without one the model's default.
+    return options
+
+
+def _refuse(body: dict[str, Any]) -> None:
+    if body.get("tools"):
+        raise APIError(400, "tools are not supported yet by pollama")
+    fmt = body.get("response_format")
+    if isinstance(fmt, dict) and fmt.get("type") not in (None, "text"):
+        raise APIError(400, "response_format (structured outputs) is not supported yet by pollama")
+    effort = body.get("reasoning_effort")
+    if effort is None and isinstance(body.get("reasoning"), dict):
+        effort = body["reasoning"].get("effort")
+    if effort not in (None, "none"):
+        raise APIError(400, "reasoning is not supported yet by pollama")
+    n = body.get("n")
+    if n not in (None, 1):
+        raise APIError(400, "n other than 1 is not supported")
+
+
+def _message_text(i: int, content: Any) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts = []
+        for part in content:
+            if not isinstance(part, dict):
+                raise APIError(400, f"messages[{i}].content: invalid part")
+            if part.get("type") == "text":
+                texts.append(str(part.get("text", "")))
+            elif part.get("type") == "image_url":
+                raise APIError(400, "images are not supported yet by pollama")
+            else:
+                raise APIError(400, f"messages[{i}].content: unsupported part type {part.get('type')!r}")
+        return "\n".join(texts)
+    raise APIError(400, f"messages[{i}].content must be a string or an array of parts")
+
+
+def _stream_options(body: dict[str, Any]) -> bool:
+    opts = body.get("stream_options")
+    return bool(isinstance(opts, dict) and opts.get("include_usage"))
+
+
+def _finish_reason(done_reason: str | None) -> str:
+    return "length" if done_reason == "length" else "stop"
+
+
+def _usage(done: dict[str, Any]) -> dict[str, int]:
+    prompt, completion = done.get("prompt_eval_count", 0), done.get("eval_count", 0)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _openai_logprobs(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"token": e.get("token", ""), "logprob": e.get("logprob", 0.0), "bytes": e.get("bytes"),
+             "top_logprobs": [{"token": t.get("token", ""), "logprob": t.get("logprob", 0.0), "bytes": t.get("bytes")}
+                              for t in e.get("top_logprobs") or []]} for e in entries]
+
+
+def sse(events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
+    async def lines() -> AsyncIterator[bytes]:
+        try:
+            async for event in events:
+                yield b"data: " + json_bytes(event) + b"\n\n"
+        except APIError as e:
+            yield b"data: " + json_bytes({"error": {"message": e.message, "type": "api_error", "param": None, "code": None}}) + b"\n\n"
+            return
+        finally:
+            await events.aclose()
+        yield b"data: [DONE]\n\n"
+
+    return lines()
+
+
+def add_openai_routes(app: FastAPI, state) -> None:
+    """Mount the /v1 routes on app, sharing state (store, scheduler) with the native ones."""
+    from pollama.server.app import keep_alive_of, list_models
+    from pollama.server.prompt import chat_prompt, generate_prompt
+
+    async def completion_job(body: dict[str, Any], build) -> tuple[Any, Completion]:
+        name = body.get("model")
+        if not isinstance(name, str) or not name:
+            raise APIError(400, "model is required")
+        model = await state.resolve(name)
+        if "completion" not in model.capabilities:
+            raise APIError(400, f'"{name}" does not support generate')
+        options = request_options(model, openai_options(body), state.config)
+        logprobs = body.get("logprobs")
+        top = body.get("top_logprobs") or 0
+        if isinstance(logprobs, int) and not isinstance(logprobs, bool):  # /v1/completions: an int
+            top, logprobs = logprobs, logprobs > 0
+        if not isinstance(top, int) or not 0 <= top <= 20:
+            raise APIError(400, "top_logprobs must be between 0 and 20")
+        return model, Completion(model, options, keep_alive_of(body), build(model), bool(logprobs) or top > 0, top)
+
+    async def respond(request: Request, body: dict[str, Any], job: Completion, chunk, final) -> Response:
+        """Stream SSE chunks, or one object; chunk(message) / final(texts, done, logprobs) build them."""
+        events = run_completion(state.scheduler, job)
+        if not body.get("stream"):
+            async def collect():
+                texts, lps, done = [], [], {}
+                try:
+                    async for message in events:
+                        if message.get("done"):
+                            done = message
+                        else:
+                            texts.append(message["content"])
+                            lps.extend(message.get("logprobs") or [])
+                finally:
+                    await events.aclose()
+                return final("".join(texts), done, lps)
+
+            return json_response(await unless_disconnected(request, collect()))
+        include_usage = _stream_options(body)
+
+        async def chunks() -> AsyncIterator[dict[str, Any]]:
+            async for message in events:
+                for out in chunk(message, include_usage):
+                    yield out
+
+        first, all_chunks = await primed(request, chunks())
+        return EventStream(sse(all_chunks), "text/event-stream")
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        body = await read_json(request)
+        _refuse(body)
+        raw_messages = body.get("messages")
+        if not isinstance(raw_messages, list) or not raw_messages:
+            raise APIError(400, "messages are required")
+        messages = []
+        for i, m in enumerate(raw_messages):
+            if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+                raise APIError(400, f"messages[{i}] must be an object with a role")
+            if m.get("tool_calls"):
+                raise APIError(400, "tool calls are not supported yet by pollama")
+            role = "system" if m["role"] == "developer" else m["role"]
+            messages.append({"role": role, "content": _message_text(i, m.get("content"))})
+
+        def build(model):
+            async def build_prompt(runner, num_ctx: int) -> str:
+                return await in_thread(chat_prompt, model, messages, num_ctx=num_ctx, truncate=True,
+                                       tokenize=runner.tokenize_sync)
+            return build_prompt
+
+        model, job = await completion_job(body, build)
+        ident = f"chatcmpl-{random.randint(0, 999)}"
+        created = int(time.time())
+        name = body["model"]
+
+        def base(**fields: Any) -> dict[str, Any]:
+            return {"id": ident, "created": created, "model": name, "system_fingerprint": FINGERPRINT, **fields}
+
+        def chunk(message: dict[str, Any], include_usage: bool) -> list[dict[str, Any]]:
+            if message.get("done"):
+                out = [base(object="chat.completion.chunk", choices=[
+                    {"index": 0, "delta": {}, "finish_reason": _finish_reason(message.get("done_reason"))}])]
+                if include_usage:
+                    out.append(base(object="chat.completion.chunk", choices=[], usage=_usage(message)))
+                return out
+            choice: dict[str, Any] = {"index": 0, "delta": {"role": "assistant", "content": message["content"]},
+                                      "finish_reason": None}
+            if message.get("logprobs"):
+                choice["logprobs"] = {"content": _openai_logprobs(message["logprobs"])}
+            return [base(object="chat.completion.chunk", choices=[choice])]
+
+        def final(text: str, done: dict[str, Any], lps: list) -> dict[str, Any]:
+            choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": text},
+                                      "finish_reason": _finish_reason(done.get("done_reason"))}
+            if lps:
+                choice["logprobs"] = {"content": _openai_logprobs(lps)}
+            return base(object="chat.completion", choices=[choice], usage=_usage(done))
+
+        return await respond(request, body, job, chunk, final)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        body = await read_json(request)
+        _refuse(body)
+        prompt = body.get("prompt")
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+            prompt = prompt[0]
+        if not isinstance(prompt, str):
+            raise APIError(400, "prompt must be a string")
+        suffix = body.get("suffix") or ""
+        if not isinstance(suffix, str):
+            raise APIError(400, "suffix must be a string")
+
+        def build(model):
+            async def build_prompt(runner, num_ctx: int) -> str:
+                return await in_thread(generate_prompt, model, prompt, system=None, template=None, suffix=suffix,
+                                       context_text="", tokenize=runner.tokenize_sync, num_ctx=num_ctx)
+            return build_prompt
+
+        model, job = await completion_job(body, build)
+        ident = f"cmpl-{random.randint(0, 999)}"
+        created = int(time.time())
+        name = body["model"]
+
+        def base(**fields: Any) -> dict[str, Any]:
+            return {"id": ident, "object": "text_completion", "created": created, "model": name,
+                    "system_fingerprint": FINGERPRINT, **fields}
+
+        def logprobs_of(entries: list) -> dict[str, Any] | None:
+            if not entries:
+                return None
+            return {"tokens": [e.get("token", "") for e in entries],
+                    "token_logprobs": [e.get("logprob", 0.0) for e in entries],
+                    "top_logprobs": [{t["token"]: t["logprob"] for t in e.get("top_logprobs") or []} for e in entries]}
+
+        def chunk(message: dict[str, Any], include_usage: bool) -> list[dict[str, Any]]:
+            if message.get("done"):
+                out = [base(choices=[{"text": "", "index": 0, "logprobs": None,
+                                      "finish_reason": _finish_reason(message.get("done_reason"))}])]
+                if include_usage:
+                    out.append(base(choices=[], usage=_usage(message)))
+                return out
+            return [base(choices=[{"text": message["content"], "index": 0,
+                                   "logprobs": logprobs_of(message.get("logprobs") or []), "finish_reason": None}])]
+
+        def final(text: str, done: dict[str, Any], lps: list) -> dict[str, Any]:
+            return base(choices=[{"text": text, "index": 0, "logprobs": logprobs_of(lps),
+                                  "finish_reason": _finish_reason(done.get("done_reason"))}], usage=_usage(done))
+
+        return await respond(request, body, job, chunk, final)
+
+    @app.post("/v1/embeddings")
+    async def embeddings(request: Request) -> Response:
+        body = await read_json(request)
+        texts = body.get("input")
+        if isinstance(texts, str):
+            texts = [texts]
+        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+            raise APIError(400, "invalid input: give a string or an array of strings (token arrays are not supported)")
+        encoding = body.get("encoding_format") or "float"
+        if encoding not in ("float", "base64"):
+            raise APIError(400, f"invalid encoding_format {encoding!r}: float or base64")
+        dimensions = body.get("dimensions") or 0
+        if isinstance(dimensions, bool) or not isinstance(dimensions, int) or dimensions < 0:
+            raise APIError(400, "dimensions must be a positive integer")
+        name = body.get("model")
+        model = await state.resolve(name)
+        options = request_options(model, None, state.config)
+        answer = await unless_disconnected(request, embed(
+            state.scheduler, model, options, keep_alive_of(body), texts, dimensions=dimensions))
+        data = []
+        for i, vector in enumerate(answer["embeddings"]):
+            value: Any = vector
+            if encoding == "base64":
+                value = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+            data.append({"object": "embedding", "embedding": value, "index": i})
+        tokens = answer["prompt_eval_count"]
+        return json_response({"object": "list", "data": data, "model": name,
+                              "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+
+    def model_entry(entry: dict[str, Any]) -> dict[str, Any]:
+        from datetime import datetime
+
+        name = entry["name"]
+        namespace = name.split("/")[-2] if name.count("/") >= 1 else "library"
+        created = int(datetime.fromisoformat(entry["modified_at"]).timestamp())
+        return {"id": name, "object": "model", "created": created, "owned_by": namespace}
+
+    @app.get("/v1/models")
+    async def models() -> Response:
+        entries = await in_thread(list_models, state.store)
+        return json_response({"object": "list", "data": [model_entry(e) for e in entries]})
+
+    @app.get("/v1/models/{model:path}")
+    async def retrieve_model(model: str) -> Response:
+        ref = await state.resolve(model)
+        return json_response({"id": model, "object": "model", "created": int(ref.modified_at.timestamp()),
+                              "owned_by": model.split("/")[-2] if "/" in model else "library"})

@@ -1,0 +1,28 @@
+"""Run the server on $OLLAMA_HOST until interrupted."""
+
+from __future__ import annotations
+
+import logging
+
+from pollama.server.config import ServerConfig, parse_host
+
+
+def serve(host: str | None = None) -> int:
+    """Serve the API on host (default $OLLAMA_HOST, else 127.0.0.1:11434); returns on Ctrl+C."""
+    import uvicorn
+
+    from pollama.errors import debug_enabled
+    from pollama.server.app import create_app
+
+    where = parse_host(host)
+    level = logging.DEBUG if debug_enabled() else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(ServerConfig.from_env())
+    config = uvicorn.Config(
+        app, host=where.host, port=where.port, log_level="debug" if debug_enabled() else "warning",
+        access_log=debug_enabled(), timeout_graceful_shutdown=5, lifespan="on",
+    )
+    server = uvicorn.Server(config)
+    logging.getLogger(__name__).info("Listening on %s:%d (version %s)", where.host, where.port, app.version)
+    server.run()
+    return 0

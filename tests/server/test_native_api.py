@@ -1,0 +1,193 @@
+"""Ollama's native API through the official `ollama` client and raw HTTP, against a real server."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime, timedelta, timezone
+
+import ollama
+import pytest
+
+GREEDY = {"temperature": 0, "repeat_penalty": 1.0, "num_predict": 6}
+PROMPT = "The capital of France is"
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return ollama.Client(host=server.url, timeout=120)
+
+
+def test_root_and_version(server):
+    with server.http() as http:
+        r = http.get("/")
+        assert r.status_code == 200 and r.text == "Ollama is running"
+        assert http.head("/").status_code == 200
+        assert http.get("/api/version").json()["version"]
+        assert http.head("/api/version").status_code == 200
+        missing = http.get("/api/nothing")
+        assert missing.status_code == 404 and "error" in missing.json()
+
+
+def test_generate_streams_ndjson_and_matches_non_streaming(server, client):
+    with server.http() as http, http.stream("POST", "/api/generate", json={"model": "smollm2", "prompt": PROMPT, "options": GREEDY}) as r:
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("application/x-ndjson")
+        lines = [json.loads(line) for line in r.iter_lines() if line]
+    assert all(not line["done"] for line in lines[:-1]) and lines[-1]["done"]
+    final = lines[-1]
+    assert final["done_reason"] == "length" and final["eval_count"] == 6
+    for key in ("total_duration", "load_duration", "prompt_eval_count", "prompt_eval_duration", "eval_duration", "context"):
+        assert key in final, key
+    assert final["created_at"].endswith("Z")
+    streamed = "".join(line["response"] for line in lines)
+    assert streamed.startswith(" Paris.")  # llama.cpp's greedy continuation
+
+    whole = client.generate(model="smollm2", prompt=PROMPT, options=GREEDY)
+    assert whole.response == streamed and whole.done and whole.done_reason == "length"
+    # context = prompt + response tokens; feeding it back continues the text.
+    assert len(whole.context) == whole.prompt_eval_count + 6 or len(whole.context) > 6
+
+
+def test_generate_context_continues_and_raw(client):
+    first = client.generate(model="smollm2", prompt=PROMPT, options=GREEDY)
+    raw = client.generate(model="smollm2", prompt=PROMPT, raw=True, options=GREEDY)
+    assert raw.response == first.response and raw.context is None
+    again = client.generate(model="smollm2", prompt=" And", context=first.context, options={**GREEDY, "num_predict": 2})
+    assert again.done and again.eval_count == 2
+
+
+def test_generate_stop_and_options_from_request(client):
+    r = client.generate(model="smollm2", prompt="1, 2, 3, 4,", options={"temperature": 0, "num_predict": 24, "stop": [","]})
+    assert r.response.strip() == "5" and r.done_reason == "stop"
+
+
+def test_chat_stream_and_not(client):
+    messages = [{"role": "user", "content": PROMPT}]
+    whole = client.chat(model="smollm2", messages=messages, options=GREEDY)
+    assert whole.message.role == "assistant" and whole.message.content and whole.done
+    parts = list(client.chat(model="smollm2", messages=messages, options=GREEDY, stream=True))
+    assert "".join(p.message.content for p in parts) == whole.message.content
+    assert parts[-1].done and parts[-1].eval_count == 6
+
+
+def test_logprobs(server):
+    with server.http() as http:
+        r = http.post("/api/generate", json={"model": "smollm2", "prompt": PROMPT, "stream": False, "options": GREEDY,
+                                             "logprobs": True, "top_logprobs": 3}).json()
+    assert len(r["logprobs"]) == 6
+    first = r["logprobs"][0]
+    assert first["logprob"] <= 0 and len(first["top_logprobs"]) == 3
+    assert first["top_logprobs"][0]["token"] == first["token"]  # greedy: the best one was taken
+
+
+def test_debug_render_only(server):
+    with server.http() as http:
+        r = http.post("/api/generate", json={"model": "smollm2", "prompt": PROMPT, "stream": False,
+                                             "_debug_render_only": True}).json()
+    assert r["done"] and r["_debug_info"]["rendered_template"].endswith(PROMPT)
+
+
+def test_empty_prompt_loads_and_keep_alive_zero_unloads(server, client):
+    r = client.generate(model="smollm2", prompt="", keep_alive="10m")
+    assert r.done and r.done_reason == "load"
+    ps = client.ps().models
+    assert [m.model for m in ps] == ["smollm2:latest"]
+    expires = ps[0].expires_at
+    assert timedelta(minutes=9) < expires - datetime.now(timezone.utc) <= timedelta(minutes=10, seconds=5)
+    assert ps[0].context_length > 0 and ps[0].size > 0
+    r = client.generate(model="smollm2", prompt="", keep_alive=0)
+    assert r.done_reason == "unload"
+    assert client.ps().models == []
+    # A generation with keep_alive 0 unloads as soon as it ends.
+    client.generate(model="smollm2", prompt=PROMPT, options=GREEDY, keep_alive=0)
+    assert client.ps().models == []
+    chat = client.chat(model="smollm2", messages=[], keep_alive=-1)
+    assert chat.done_reason == "load"
+    assert client.ps().models[0].expires_at.year > 2200  # forever
+
+
+def test_tokenize_and_detokenize(server):
+    with server.http() as http:
+        tokens = http.post("/api/tokenize", json={"model": "smollm2", "content": PROMPT}).json()["tokens"]
+        assert tokens == [504, 3575, 282, 4649, 314]
+        text = http.post("/api/detokenize", json={"model": "smollm2", "tokens": tokens}).json()["content"]
+        assert text == PROMPT
+        bad = http.post("/api/detokenize", json={"model": "smollm2", "tokens": [10**9]})
+        assert bad.status_code == 400 and "outside the vocabulary" in bad.json()["error"]
+
+
+def test_create_list_show_copy_delete(server, client, smollm2_path, tmp_path):
+    digest = client.create_blob(smollm2_path)
+    with server.http() as http:
+        assert http.head(f"/api/blobs/{digest}").status_code == 200
+        assert http.head("/api/blobs/sha256:" + "0" * 64).status_code == 404
+    statuses = [p.status for p in client.create(
+        model="smolly", files={"smollm2.gguf": digest}, parameters={"temperature": 0, "num_predict": 4, "stop": ["!"]},
+        system="You are terse.", license="MIT", stream=True)]
+    assert statuses[0] == "gathering model components" and statuses[-1] == "success"
+    names = [m.model for m in client.list().models]
+    assert "smolly:latest" in names
+    entry = next(m for m in client.list().models if m.model == "smolly:latest")
+    assert entry.details.family == "llama" and entry.details.quantization_level == "Q4_1" and entry.size > 90e6
+
+    shown = client.show("smolly")
+    assert "completion" in shown.capabilities
+    with server.http() as http:
+        assert http.post("/api/show", json={"model": "smolly"}).json()["system"] == "You are terse."
+    assert shown.modelinfo["general.architecture"] == "llama"
+    assert "num_predict" in shown.parameters and '"!"' in shown.parameters
+    assert shown.modelfile.startswith("# Modelfile generated by")
+
+    # The model's parameters apply (num_predict 4), the request's override them.
+    assert client.generate(model="smolly", prompt=PROMPT).eval_count == 4
+    assert client.generate(model="smolly", prompt=PROMPT, options={"num_predict": 2}).eval_count == 2
+
+    client.copy("smolly", "team/smolly:v2")
+    assert "team/smolly:v2" in [m.model for m in client.list().models]
+    client.delete("smolly")
+    client.delete("team/smolly:v2")
+    assert "smolly:latest" not in [m.model for m in client.list().models]
+    with pytest.raises(ollama.ResponseError) as e:
+        client.delete("smolly")
+    assert e.value.status_code == 404
+    with pytest.raises(ollama.ResponseError) as e:
+        client.copy("nope", "other")
+    assert e.value.status_code == 404
+
+
+def test_create_from_existing_model_json_form(server, client, smollm2_path):
+    digest = client.create_blob(smollm2_path)
+    client.create(model="base-a", files={"m.gguf": digest})
+    r = client.create(model="derived-a", from_="base-a", parameters={"num_predict": 3}, system="Hi")
+    assert r.status == "success"
+    with server.http() as http:
+        assert http.post("/api/show", json={"model": "derived-a"}).json()["system"] == "Hi"
+    with pytest.raises(ollama.ResponseError) as e:
+        client.create(model="x", from_="no-such-model")
+    assert e.value.status_code == 400 and "no-such-model" in str(e.value)
+    client.delete("derived-a")
+    client.delete("base-a")
+
+
+def test_blob_upload_is_verified(server):
+    data = b"hello blob"
+    good = "sha256:" + hashlib.sha256(data).hexdigest()
+    with server.http() as http:
+        assert http.post(f"/api/blobs/{good}", content=data).status_code == 201
+        assert http.head(f"/api/blobs/{good}").status_code == 200
+        wrong = "sha256:" + "1" * 64
+        r = http.post(f"/api/blobs/{wrong}", content=data)
+        assert r.status_code == 400 and "digest" in r.json()["error"]
+        assert http.head(f"/api/blobs/{wrong}").status_code == 404
+        for bad in ("sha256:../../etc", "sha256-" + "0" * 64, "md5:abc"):
+            r = http.post(f"/api/blobs/{bad}", content=data)
+            assert r.status_code in (400, 404), (bad, r.status_code)
+        assert not any(p.name.startswith("..") for p in (server.models / "blobs").iterdir())
+
+
+def test_pull_and_push_say_not_supported(server):
+    with server.http() as http:
+        for path in ("/api/pull", "/api/push"):
+            r = http.post(path, json={"model": "llama3"})
+            assert r.status_code == 501 and "registry" in r.json()["error"]
