@@ -117,7 +117,9 @@ def test_create_and_quantize_hold_about_one_tensor(tmp_path):
     for step in ("create", "create -q"):
         rise, size = got["rise"][step], got["size"][step]
         print(f"{step}: peak RSS rise {rise / MiB:.1f} MiB for a {size / MiB:.1f} MiB model")
-        # About one tensor's worth of copies (float32 work array, output, its source pages),
-        # far from the whole output that an in-memory writer holds at its end.
-        assert size > 5 * (4 * largest)  # so the bound below is far from the output size
-        assert rise < 4 * largest, f"{step}: peak RSS rose {rise / MiB:.1f} MiB for a {size / MiB:.1f} MiB model"
+        # About one tensor's worth of copies (float32 work array, output, its source pages,
+        # quantizing threads' buffers): measured 19 and 21-26 MiB. An in-memory writer rises
+        # by more than the output (measured 681 and 516 MiB), far above this bound.
+        bound = 5 * largest
+        assert size > 4 * bound
+        assert rise < bound, f"{step}: peak RSS rose {rise / MiB:.1f} MiB for a {size / MiB:.1f} MiB model"
