@@ -98,3 +98,25 @@ def test_metadata_and_vocabulary_as_llama_cpp_writes_them(minilm):
     bge = read_metadata(BGE_VOCAB)
     assert md["tokenizer.ggml.tokens"] == bge["tokenizer.ggml.tokens"]
     assert md["tokenizer.ggml.token_type"] == bge["tokenizer.ggml.token_type"]
+
+
+def test_pytorch_bin_converts_to_the_safetensors_file(minilm, tmp_path):
+    """The same weights as pytorch_model.bin (with the int64 position_ids buffer older files
+    carry) convert to the same GGUF as the safetensors folder."""
+    import shutil
+
+    from pollama.fs.gguf import GGUFFile
+
+    folder = tmp_path / "minilm-bin"
+    shutil.copytree(minilm_folder(), folder, ignore=shutil.ignore_patterns("*.safetensors"))
+    model = transformers.AutoModel.from_pretrained(minilm_folder(), dtype=torch.float32)
+    state = dict(model.state_dict())
+    state["embeddings.position_ids"] = torch.arange(512).unsqueeze(0)
+    torch.save(state, folder / "pytorch_model.bin")
+    convert(folder, tmp_path / "bin.gguf", outtype="f32")
+    with GGUFFile(minilm[0]) as want, GGUFFile(tmp_path / "bin.gguf") as got:
+        assert {k: v for k, v in got.metadata.items() if k != "general.name"} == \
+            {k: v for k, v in want.metadata.items() if k != "general.name"}
+        assert sorted(got.tensors) == sorted(want.tensors)
+        for name in want.tensors:
+            assert np.array_equal(got.tensor_bytes(name), want.tensor_bytes(name)), name
