@@ -1,3 +1,3 @@
 """KV caches for the text models."""
 
-from pollama.kvcache.cache import Batch, CacheFullError, KVCache, LayerCaches, StepPlan  # noqa: F401
+from pollama.kvcache.cache import N_KV_PAD, Batch, CacheFullError, KVCache, LayerCaches, StepPlan, pages_for  # noqa: F401

@@ -21,6 +21,11 @@ from pollama.ml.base import Backend, Context, Tensor
 N_KV_PAD = 32
 
 
+def pages_for(n_tokens: int) -> int:
+    """Cells that hold n_tokens of one sequence: whole pages of N_KV_PAD."""
+    return -(-n_tokens // N_KV_PAD) * N_KV_PAD
+
+
 class CacheFullError(RuntimeError):
     """No free cells for the step's tokens (the context is full)."""
 
@@ -53,6 +58,16 @@ class Batch:
         """The batch's data by input name (as bind() names it)."""
         return {"tokens": self.tokens, "positions": self.positions, "outputs": self.outputs}
 
+    def sequence_runs(self) -> tuple[tuple[int, int], ...] | None:
+        """(first row, rows) of each run of one sequence's tokens, or None if there is one run."""
+        if len(self.seq_ids) == 0:
+            return None
+        starts = [0] + [i for i in range(1, len(self.seq_ids)) if self.seq_ids[i] != self.seq_ids[i - 1]]
+        if len(starts) == 1:
+            return None
+        ends = starts[1:] + [len(self.seq_ids)]
+        return tuple((a, b - a) for a, b in zip(starts, ends))
+
     def bind(self, ctx: Context) -> tuple[Tensor, Tensor, Tensor]:
         """The batch as named inputs of a context: (tokens, positions, outputs)."""
         return tuple(ctx.input(array, name=name) for name, array in self.arrays().items())
@@ -65,6 +80,7 @@ class StepPlan:
     cells: np.ndarray  # int32 [t]: the cell each token's K/V goes to
     mask: np.ndarray  # float32 [t, n_kv]
     n_kv: int  # how many cells attention reads
+    groups: tuple[tuple[int, int], ...] | None = None  # rows of each sequence (see Batch.sequence_runs)
 
 
 @dataclass
@@ -75,6 +91,7 @@ class _Step:
     cells: Tensor
     mask: Tensor
     n_kv: int
+    groups: tuple[tuple[int, int], ...] | None
     written: set = field(default_factory=set)
 
 
@@ -90,10 +107,12 @@ class KVCache:
         v_width: int,
         window: int | None = None,
         dtype: GGMLType = GGMLType.F16,
+        page_size: int = N_KV_PAD,
     ):
         self.backend = backend
         self.layers = list(layers)
-        self.n_cells = n_cells
+        self.page_size = page_size
+        self.n_cells = n_cells = -(-n_cells // page_size) * page_size
         self.window = window
         # As llama.cpp keeps them: K as rows [cells, width]; V transposed [width, cells] so
         # that attention multiplies by it without a copy, or as rows for flash attention.
@@ -103,6 +122,11 @@ class KVCache:
         self.v = {i: backend.zeros(v_shape, dtype) for i in self.layers}
         self.cell_pos = np.full(n_cells, -1, dtype=np.int32)  # -1: empty
         self.cell_seq = np.full(n_cells, -1, dtype=np.int32)
+        # Cells are handed out in pages: position p of a sequence lives at offset
+        # p % page_size of the page holding that sequence's (p // page_size)-th stretch.
+        n_pages = n_cells // page_size
+        self.page_seq = np.full(n_pages, -1, dtype=np.int32)  # -1: free
+        self.page_index = np.full(n_pages, -1, dtype=np.int32)  # which stretch of the sequence
         self.step: _Step | None = None
 
     # -- bookkeeping ----------------------------------------------------------------------
@@ -117,15 +141,52 @@ class KVCache:
             self.cell_seq[dead] = -1
 
     def allocate(self, batch: Batch) -> np.ndarray:
-        """Claim one free cell per token (lowest first, keeping n_kv small) and record it."""
+        """Claim a cell for each token and record it.
+
+        Why pages: attention sums over cells in cell order, in SIMD lanes by cell index, and
+        ggml rounds activations to 8 bits between layers, so a different placement of the
+        same K/V can change logits by a whole unit. With pages of N_KV_PAD cells kept in
+        position order, a sequence's cells line up exactly as they would alone in the cache
+        (other sequences' cells are masked to exact zeros), so batching several sequences
+        gives each the very logits it gets alone.
+        """
         self._free_out_of_window(batch)
-        free = np.flatnonzero(self.cell_pos < 0)
-        if len(free) < len(batch):
-            raise CacheFullError(f"KV cache full: {len(batch)} tokens, {len(free)} free cells of {self.n_cells}")
-        cells = free[: len(batch)].astype(np.int32)
+        self._free_empty_pages()
+        size = self.page_size
+        owner = {(int(s), int(i)): k for k, (s, i) in enumerate(zip(self.page_seq, self.page_index)) if s >= 0}
+        cells = np.empty(len(batch), dtype=np.int32)
+        claimed: list[int] = []
+        for n, (seq, pos) in enumerate(zip(batch.seq_ids.tolist(), batch.positions.tolist())):
+            stretch = pos // size
+            page = owner.get((seq, stretch))
+            if page is None:
+                page = self._free_page(after=owner.get((seq, stretch - 1), -1))
+                if page is None:
+                    for k in claimed:  # nothing is recorded for a batch that does not fit
+                        self.page_seq[k] = self.page_index[k] = -1
+                    raise CacheFullError(
+                        f"KV cache full: no room for {len(batch)} tokens in {self.n_cells} cells ({self.used()} used)"
+                    )
+                self.page_seq[page], self.page_index[page] = seq, stretch
+                owner[(seq, stretch)] = page
+                claimed.append(page)
+            cells[n] = page * size + pos % size
         self.cell_pos[cells] = batch.positions
         self.cell_seq[cells] = batch.seq_ids
         return cells
+
+    def _free_page(self, after: int) -> int | None:
+        """The lowest free page above `after` (keeping a sequence's pages in order), else the lowest."""
+        free = np.flatnonzero(self.page_seq < 0)
+        if not len(free):
+            return None
+        above = free[free > after]
+        return int(above[0] if len(above) else free[0])
+
+    def _free_empty_pages(self) -> None:
+        empty = (self.cell_pos.reshape(-1, self.page_size) < 0).all(axis=1)
+        self.page_seq[empty] = -1
+        self.page_index[empty] = -1
 
     def mask(self, batch: Batch, n_kv: int) -> np.ndarray:
         """Additive mask [t, n_kv]: 0 where a token may see a cell, -inf elsewhere."""
@@ -147,6 +208,8 @@ class KVCache:
         """Forget everything."""
         self.cell_pos[:] = -1
         self.cell_seq[:] = -1
+        self.page_seq[:] = -1
+        self.page_index[:] = -1
 
     def can_keep(self, seq: int, n: int) -> bool:
         """Whether positions [0, n) of a sequence are all still here, as far as position n
@@ -172,15 +235,20 @@ class KVCache:
         # and a decode step's graph stays the same for N_KV_PAD steps, so it can be reused.
         used = int(np.flatnonzero(self.cell_pos >= 0).max()) + 1
         n_kv = min(self.n_cells, -(-used // N_KV_PAD) * N_KV_PAD)
-        return StepPlan(cells, self.mask(batch, n_kv), n_kv)
+        return StepPlan(cells, self.mask(batch, n_kv), n_kv, batch.sequence_runs())
 
     def bind(self, ctx: Context, plan: StepPlan, prefix: str = "cache") -> None:
         """Make a plan's cells and mask inputs of a context, named for rerun()."""
-        self.step = _Step(ctx, ctx.input(plan.cells, name=f"{prefix}.cells"), ctx.attention_mask(plan.mask, name=f"{prefix}.mask"), plan.n_kv)
+        cells = ctx.input(plan.cells, name=f"{prefix}.cells")
+        self.step = _Step(ctx, cells, ctx.attention_mask(plan.mask, name=f"{prefix}.mask"), plan.n_kv, plan.groups)
 
     def begin(self, ctx: Context, batch: Batch) -> None:
         """plan() and bind() in one: claim cells for a batch and make its inputs."""
         self.bind(ctx, self.plan(batch))
+
+    def groups(self, layer: int) -> tuple[tuple[int, int], ...] | None:
+        """The step's rows of each sequence, for attention to keep them apart (see there)."""
+        return self.step.groups if self.step is not None else None
 
     def update(self, ctx: Context, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Store a layer's new k/v [t, kv_heads, d]; return the visible k [n, kv_heads, d], v (in
@@ -230,6 +298,9 @@ class LayerCaches:
 
     def update(self, ctx: Context, layer: int, k: Tensor, v: Tensor):
         return self.by_layer[layer].update(ctx, layer, k, v)
+
+    def groups(self, layer: int) -> tuple[tuple[int, int], ...] | None:
+        return self.by_layer[layer].groups(layer)
 
     def remove(self, seq: int, start: int = 0, end: int | None = None) -> None:
         for cache in self.caches:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Callable, Mapping
 
 from pollama.fs.ggml_types import GGMLType
-from pollama.kvcache import Batch, KVCache, LayerCaches
+from pollama.kvcache import Batch, KVCache, LayerCaches, pages_for
 from pollama.ml.base import Backend, Context, Tensor
 from pollama.nn import Linear, ModelError, Weights
 
@@ -138,8 +138,9 @@ class TextModel:
     def new_cache(
         self, backend: Backend, n_ctx: int, n_batch: int, n_seq: int = 1, dtype: GGMLType = GGMLType.F16
     ) -> LayerCaches:
-        """A causal cache for every layer holding n_ctx cells of K/V in `dtype`."""
-        return LayerCaches([KVCache(backend, range(self.n_layers), n_ctx, self.k_width, self.v_width, dtype=dtype)])
+        """A causal cache for every layer: n_seq sequences of up to n_ctx tokens, K/V in `dtype`."""
+        cells = pages_for(n_ctx) * n_seq
+        return LayerCaches([KVCache(backend, range(self.n_layers), cells, self.k_width, self.v_width, dtype=dtype)])
 
 
 def output_projection(w: Weights) -> Linear:

@@ -133,4 +133,4 @@ def attention(ctx: Context, q: Tensor, k: Tensor, v: Tensor, cache, layer: int, 
     keys, values, mask = cache.update(ctx, layer, k, v)
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
-    return ctx.attention(q, keys, values, mask, scale, softcap)
+    return ctx.attention(q, keys, values, mask, scale, softcap, groups=cache.groups(layer))

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -20,8 +19,7 @@ from pollama.fs.gguf import GGUFFile
 from pollama.kvcache import Batch
 from pollama.ml.base import Backend
 from pollama.models.base import TextModel, load_model
-from pollama.runner.stop import StopBuffer
-from pollama.sample import Sampler, SamplerOptions
+from pollama.runner.generation import Done, GenerateOptions, Generation, Piece
 from pollama.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -29,6 +27,7 @@ log = logging.getLogger(__name__)
 DEFAULT_NUM_CTX = 4096
 DEFAULT_NUM_BATCH = 512
 MAX_GRAPHS = 4  # compute graphs kept for reuse (decode needs one at a time)
+MAX_DECODE_BATCH = 16  # decode batches up to this many sequences keep their graphs
 
 
 def flash_attention_default() -> bool:
@@ -68,35 +67,6 @@ def make_backend(name: str = "ggml", n_threads: int | None = None, flash_attenti
     raise ValueError(f"unknown backend {name!r} (ggml or torch)")
 
 
-@dataclass
-class GenerateOptions:
-    """What one generation may do (Ollama's option names)."""
-
-    num_predict: int = -1  # -1: until EOS or the context is full
-    stop: Sequence[str] = ()
-    sampler: SamplerOptions = field(default_factory=lambda: SamplerOptions(temperature=0.0))
-
-
-@dataclass
-class Done:
-    """The final event of a generation, with Ollama's counts; durations in nanoseconds."""
-
-    done_reason: str  # "stop" (EOS or stop string) or "length"
-    prompt_eval_count: int
-    prompt_eval_duration: int
-    eval_count: int
-    eval_duration: int
-    tokens: list[int]  # every token now in context: prompt + generated (Ollama's `context`)
-
-
-@dataclass
-class Piece:
-    """Text for the caller, with the token that completed it."""
-
-    text: str
-    token: int
-
-
 class Engine:
     """A model, its tokenizer and its cache, ready to generate."""
 
@@ -108,7 +78,10 @@ class Engine:
         num_batch: int = DEFAULT_NUM_BATCH,
         num_thread: int | None = None,
         kv_cache_type: str | None = None,
+        num_parallel: int = 1,
     ):
+        if num_ctx <= 0 or num_batch <= 0 or num_parallel <= 0:
+            raise ValueError("num_ctx, num_batch and num_parallel must be positive")
         start = time.perf_counter_ns()
         self.gguf = GGUFFile(path)
         try:
@@ -118,11 +91,13 @@ class Engine:
         except BaseException:
             self.gguf.close()
             raise
-        if num_ctx <= 0 or num_batch <= 0:
-            raise ValueError("num_ctx and num_batch must be positive")
-        self.num_ctx = num_ctx
+        self.num_ctx = num_ctx  # per sequence
         self.num_batch = min(num_batch, num_ctx)
-        self.cache = self.model.new_cache(self.backend, num_ctx, self.num_batch, dtype=kv_cache_dtype(kv_cache_type))
+        # Room for num_parallel sequences of num_ctx tokens each (ParallelEngine uses them;
+        # this class's own methods use sequence 0).
+        self.cache = self.model.new_cache(
+            self.backend, num_ctx, self.num_batch, n_seq=num_parallel, dtype=kv_cache_dtype(kv_cache_type)
+        )
         self.cached: list[int] = []  # tokens whose K/V the cache holds for sequence 0
         self.graphs: dict[tuple, object] = {}  # reusable step contexts by shape, oldest first
         self.load_duration = time.perf_counter_ns() - start
@@ -154,14 +129,14 @@ class Engine:
 
     def _run(self, batch: Batch, plans) -> np.ndarray:
         # A graph depends only on these sizes: reuse the last few (decode repeats one shape).
-        key = (len(batch), len(batch.outputs), tuple(plan.n_kv for plan in plans))
+        key = (len(batch), len(batch.outputs), tuple(plan.n_kv for plan in plans), batch.sequence_runs())
         ctx = self.graphs.pop(key, None)
         if ctx is not None:
             self.graphs[key] = ctx  # most recently used last
             (logits,) = ctx.rerun({**batch.arrays(), **self.cache.inputs(plans)})
             return logits
-        # Only single-token (decode) graphs recur often enough to be worth keeping.
-        ctx = self.backend.context(reusable=len(batch) == 1)
+        # Only decode graphs (one token per sequence, each an output) recur often enough to keep.
+        ctx = self.backend.context(reusable=len(batch) == len(batch.outputs) <= MAX_DECODE_BATCH)
         try:
             self.cache.bind(ctx, plans)
             (logits,) = ctx.compute(self.model.forward(ctx, batch, self.cache))
@@ -233,50 +208,28 @@ class Engine:
     def generate(self, prompt: Sequence[int], options: GenerateOptions | None = None) -> Iterator[Piece | Done]:
         """Yield text pieces as tokens are sampled, then a Done with counts and durations."""
         options = options or GenerateOptions()
-        sampler = Sampler(options.sampler, self.model.vocab_size)
-        stops = StopBuffer(list(options.stop))
-        decoder = self.tokenizer.decoder()
+        generation = Generation(self.tokenizer, self.model.vocab_size, prompt, options)
 
         start = time.perf_counter_ns()
         logits, evaluated = self.prefill(prompt)
         prompt_duration = time.perf_counter_ns() - start
 
-        history = list(prompt)
-        generated = 0
-        reason = "length"
-        stopped_by_string = False
         start = time.perf_counter_ns()
-        while generated != options.num_predict:  # num_predict < 0: no limit
-            token = sampler.sample(logits, history)
-            generated += 1
-            if token in self.tokenizer.eog_ids:
-                reason = "stop"
+        if options.num_predict == 0:
+            generation.finish()
+        while not generation.finished:
+            yield from generation.step(logits)
+            if generation.finished:
                 break
-            history.append(token)
-            text, stopped_by_string = stops.push(decoder.feed(token))
-            if text:
-                yield Piece(text, token)
-            if stopped_by_string:
-                reason = "stop"
-                break
-            if generated == options.num_predict:
-                break  # (checked here so the last token is not evaluated for nothing)
             if len(self.cached) + 1 >= self.num_ctx:
-                break  # context full: going on would need a shift of the cache
-            logits = self.decode(token)
-        if not stopped_by_string:
-            # Release what was held back: partial UTF-8 and text that looked like a stop's start.
-            text, stopped_by_string = stops.push(decoder.flush())
-            if stopped_by_string:
-                reason = "stop"
-            text += stops.flush()
-            if text:
-                yield Piece(text, history[-1])
+                yield from generation.finish("length")  # going on would need a shift of the cache
+                break
+            logits = self.decode(generation.last_token)
         yield Done(
-            done_reason=reason,
+            done_reason=generation.done_reason,
             prompt_eval_count=evaluated,
             prompt_eval_duration=prompt_duration,
-            eval_count=generated,
+            eval_count=generation.generated,
             eval_duration=time.perf_counter_ns() - start,
-            tokens=history,
+            tokens=generation.history,
         )

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from pollama.kvcache import Batch, CacheFullError, KVCache, LayerCaches
-from pollama.ml.ggml.backend import GGMLBackend
 from realmodels import real_model
+
+from pollama.kvcache import N_KV_PAD, Batch, CacheFullError, KVCache, LayerCaches
+from pollama.ml.ggml.backend import GGMLBackend
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def brute_force(cache: KVCache, batch: Batch, n_kv: int) -> set[tuple[int, int]]
 
 @pytest.mark.parametrize("window", [None, 3])
 def test_mask_matches_brute_force_with_two_sequences(backend, window):
-    cache = KVCache(backend, [0], n_cells=32, k_width=4, v_width=4, window=window)
+    cache = KVCache(backend, [0], n_cells=64, k_width=4, v_width=4, window=window)
     a = Batch.single(range(5), 0, seq=0)
     cache.allocate(a)
     b = Batch.single(range(4), 0, seq=1)
@@ -47,12 +47,12 @@ def test_mask_matches_brute_force_with_two_sequences(backend, window):
     # Next step: two more tokens of sequence 0 and one of sequence 1, in one batch.
     step = Batch(np.array([7, 8, 9], np.int32), np.array([5, 6, 4], np.int32), np.array([0, 0, 1], np.int32), np.array([2], np.int32))
     cache.allocate(step)
-    assert visible(cache, step, 32) == brute_force(cache, step, 32)
-    assert (0, 0) in visible(cache, step, 32) or window is not None  # token at pos 5 sees pos 0 only without a window
+    assert visible(cache, step, 64) == brute_force(cache, step, 64)
+    assert (0, 0) in visible(cache, step, 64) or window is not None  # token at pos 5 sees pos 0 only without a window
 
 
 def test_remove_range_and_reuse(backend):
-    cache = KVCache(backend, [0], n_cells=8, k_width=4, v_width=4)
+    cache = KVCache(backend, [0], n_cells=8, k_width=4, v_width=4, page_size=1)
     cells = cache.allocate(Batch.single(range(6), 0))
     assert list(cells) == [0, 1, 2, 3, 4, 5]
     cache.remove(0, 2, 4)
@@ -65,8 +65,32 @@ def test_remove_range_and_reuse(backend):
     assert cache.used() == 0
 
 
+def test_pages_place_each_sequence_as_if_it_were_alone(backend):
+    """Position p of any sequence sits at offset p % 32 of a page, its pages in position order."""
+    cache = KVCache(backend, [0], n_cells=4 * N_KV_PAD, k_width=4, v_width=4)
+    cache.allocate(Batch.single(range(40), 0, seq=0))  # pages 0, 1
+    cache.allocate(Batch.single(range(3), 0, seq=1))  # page 2
+    step = Batch(np.array([1, 2], np.int32), np.array([40, 3], np.int32), np.array([0, 1], np.int32), np.array([0, 1], np.int32))
+    assert list(cache.allocate(step)) == [N_KV_PAD + 8, 2 * N_KV_PAD + 3]
+    for seq in (0, 1):
+        cells = np.flatnonzero(cache.cell_seq == seq)
+        assert (cells % N_KV_PAD == cache.cell_pos[cells] % N_KV_PAD).all()
+        assert (np.diff(cache.cell_pos[cells]) > 0).all()  # position order = cell order
+    cache.remove(0)  # a freed page is reused, lowest first
+    assert list(cache.allocate(Batch.single([5], 0, seq=2))) == [0]
+
+
+def test_a_batch_that_does_not_fit_claims_nothing(backend):
+    cache = KVCache(backend, [0], n_cells=2 * N_KV_PAD, k_width=4, v_width=4)
+    cache.allocate(Batch.single(range(N_KV_PAD), 0, seq=0))
+    before = (cache.cell_pos.copy(), cache.page_seq.copy())
+    with pytest.raises(CacheFullError):  # seq 1 takes the last page, seq 2 finds none
+        cache.allocate(Batch(np.zeros(2, np.int32), np.zeros(2, np.int32), np.array([1, 2], np.int32), np.array([1], np.int32)))
+    assert (cache.cell_pos == before[0]).all() and (cache.page_seq == before[1]).all()
+
+
 def test_sliding_window_frees_cells_out_of_reach(backend):
-    cache = KVCache(backend, [0], n_cells=6, k_width=4, v_width=4, window=4)
+    cache = KVCache(backend, [0], n_cells=6, k_width=4, v_width=4, window=4, page_size=2)
     for pos in range(0, 40, 2):  # 20 steps of 2 tokens: 40 positions through 6 cells
         cache.allocate(Batch.single([1, 2], pos))
     kept = sorted(int(p) for p in cache.cell_pos if p >= 0)
@@ -120,7 +144,7 @@ def test_gemma3_window_cache_equals_keeping_every_cell():
         tokens = [int(t) for t in np.random.default_rng(0).integers(100, 20000, 700)]
         small = model.new_cache(backend, n_ctx=1024, n_batch=128)
         local = [c for c in small.caches if c.window]
-        assert local and local[0].n_cells == 512 + 128  # evicts: far fewer cells than the context
+        assert local and local[0].n_cells == 512 + 128 + N_KV_PAD  # evicts: far fewer cells than the context
         full = LayerCaches([KeepEveryCell(backend, c.layers, 1024, model.k_width, model.v_width, window=c.window) for c in small.caches])
         got = run(model, backend, small, tokens, 128)
         want = run(model, backend, full, tokens, 128)

@@ -8,6 +8,7 @@ Shapes are PyTorch order here and reversed to ggml's `ne` (innermost first) at t
 from __future__ import annotations
 
 import ctypes
+import itertools
 import math
 import os
 from typing import Collection, Mapping, Sequence
@@ -354,7 +355,9 @@ class GGMLContext(Context, _Owner):
         self.masks.add(tensor)
         return tensor
 
-    def attention(self, q: Tensor, k: Tensor, v_t: Tensor, mask: Tensor, scale: float, softcap: float = 0.0) -> Tensor:
+    def attention(
+        self, q: Tensor, k: Tensor, v_t: Tensor, mask: Tensor, scale: float, softcap: float = 0.0, groups=None
+    ) -> Tensor:
         self._check_open()
         q._step(k, v_t, mask)
         if q.ndim != 3 or k.ndim != 3 or v_t.ndim != 3:
@@ -371,39 +374,55 @@ class GGMLContext(Context, _Owner):
         # ggml multiplies only operands whose innermost dim is dense: copy any other (e.g. V
         # permuted by the caller rather than viewed from a cache with view_columns()).
         q, k, v_t = (x if _rows_dense(x) else x.contiguous() for x in (q, k, v_t))
-        if flash:
-            return self._flash_attention(q, k, v_t, mask, scale, softcap)
+        kernel = self._flash_attention if flash else self._attention
+        if not groups or len(groups) == 1:
+            return self._new(kernel(q.ptr, k.ptr, v_t.ptr, mask.ptr, scale, softcap), (t, h, dv)).reshape(t, h * dv)
+        # One sequence at a time: ggml's kernels for one query row and for several sum in a
+        # different order, and that difference, rounded to 8 bits in the next matmul, can move
+        # logits by a whole unit. Computed alone, each sequence gets exactly its solo result.
+        if [start for start, _ in groups] != list(itertools.accumulate([0] + [n for _, n in groups[:-1]])) or sum(
+            n for _, n in groups
+        ) != t or any(n <= 0 for _, n in groups):
+            raise BackendError(f"attention groups {list(groups)} do not cover the {t} query rows in order")
+        c, out = self.ctx, None
+        for start, rows in groups:
+            q_rows = ggml.ggml_view_3d(c, q.ptr, d, h, rows, q.ptr.contents.nb[1], q.ptr.contents.nb[2], start * q.ptr.contents.nb[2])
+            m = mask.ptr.contents
+            mask_rows = ggml.ggml_view_2d(c, mask.ptr, m.ne[0], rows, m.nb[1], start * m.nb[1])
+            part = kernel(q_rows, k.ptr, v_t.ptr, mask_rows, scale, softcap)
+            out = part if out is None else ggml.ggml_concat(c, out, part, 2)
+            self.n_tensors += 3
+        return self._new(out, (t, h, dv)).reshape(t, h * dv)
+
+    def _attention(self, q, k, v_t, mask, scale: float, softcap: float):
         c = self.ctx
         # llama.cpp's attention without flash attention, op for op, so logits match its own:
         # kq [n, t, h] = k·q per head (kv heads broadcast over their query groups), softmax
         # with mask and scale, then v_t·kq -> [dv, t, h] (ggml order).
-        qp = ggml.ggml_permute(c, q.ptr, 0, 2, 1, 3)
-        kp = ggml.ggml_permute(c, k.ptr, 0, 2, 1, 3)
+        qp = ggml.ggml_permute(c, q, 0, 2, 1, 3)
+        kp = ggml.ggml_permute(c, k, 0, 2, 1, 3)
         kq = ggml.ggml_mul_mat(c, kp, qp)
         ggml.ggml_mul_mat_set_prec(kq, ggml.GGML_PREC_F32)
         if softcap:
             kq = ggml.ggml_tanh(c, ggml.ggml_scale(c, kq, float(scale) / softcap))
             kq = ggml.ggml_scale(c, kq, float(softcap))
             scale = 1.0
-        kq = ggml.ggml_soft_max_ext(c, kq, mask.ptr, float(scale), 0.0)
-        kqv = ggml.ggml_mul_mat(c, v_t.ptr, kq)
-        out = ggml.ggml_cont(c, ggml.ggml_permute(c, kqv, 0, 2, 1, 3))  # [dv, h, t]
+        kq = ggml.ggml_soft_max_ext(c, kq, mask, float(scale), 0.0)
+        kqv = ggml.ggml_mul_mat(c, v_t, kq)
         self.n_tensors += 10
-        return self._new(out, (t, h, dv)).reshape(t, h * dv)
+        return ggml.ggml_cont(c, ggml.ggml_permute(c, kqv, 0, 2, 1, 3))  # [dv, h, t]
 
-    def _flash_attention(self, q, k, v, mask, scale: float, softcap: float) -> Tensor:
+    def _flash_attention(self, q, k, v, mask, scale: float, softcap: float):
         c = self.ctx
-        t, h, _ = q.shape
-        dv = v.shape[2]
         # ggml's fused kernel wants q [d, t, h], k/v [d, n, kv_heads] (ne order) and an F16 mask.
-        qp = ggml.ggml_permute(c, q.ptr, 0, 2, 1, 3)
-        kp = ggml.ggml_permute(c, k.ptr, 0, 2, 1, 3)
-        vp = ggml.ggml_permute(c, v.ptr, 0, 2, 1, 3)
-        mask16 = ggml.ggml_cast(c, mask.ptr, int(GGMLType.F16))
+        qp = ggml.ggml_permute(c, q, 0, 2, 1, 3)
+        kp = ggml.ggml_permute(c, k, 0, 2, 1, 3)
+        vp = ggml.ggml_permute(c, v, 0, 2, 1, 3)
+        mask16 = ggml.ggml_cast(c, mask, int(GGMLType.F16))
         out = ggml.ggml_flash_attn_ext(c, qp, kp, vp, mask16, float(scale), 0.0, float(softcap))
         ggml.ggml_flash_attn_ext_set_prec(out, ggml.GGML_PREC_F32)
         self.n_tensors += 5
-        return self._new(out, (t, h, dv)).reshape(t, h * dv)  # [dv, h, t] in ne order
+        return out  # [dv, h, t] in ne order
 
     def view(self, tensor: Tensor, start: int, length: int) -> Tensor:
         self._check_open()

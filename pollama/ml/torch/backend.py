@@ -381,8 +381,13 @@ class TorchContext(Context, _Owner):
             raise BackendError(f"attention mask must be a float array, got {mask.dtype}")
         return self._new(self._from_numpy(mask, torch.float32), is_mask=True)
 
-    def attention(self, q: Tensor, k: Tensor, v_t: Tensor, mask: Tensor, scale: float, softcap: float = 0.0) -> Tensor:
-        """softmax(q k^T * scale [softcapped] + mask) v with grouped-query heads -> [t, heads * dv]."""
+    def attention(
+        self, q: Tensor, k: Tensor, v_t: Tensor, mask: Tensor, scale: float, softcap: float = 0.0, groups=None
+    ) -> Tensor:
+        """softmax(q k^T * scale [softcapped] + mask) v with grouped-query heads -> [t, heads * dv].
+
+        Rows never mix here, so `groups` (kept by ggml for its summation order) change nothing.
+        """
         self._check_open()
         if not isinstance(q, TorchTensor):
             raise BackendError(f"expected a torch backend tensor, got {type(q).__name__}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from pollama.fs.ggml_types import GGMLType
-from pollama.kvcache import Batch, KVCache, LayerCaches
+from pollama.kvcache import N_KV_PAD, Batch, KVCache, LayerCaches, pages_for
 from pollama.ml.base import Backend, Context, RopeMode, Tensor
 from pollama.models.base import Config, TextModel, output_projection, positive, register
 from pollama.models.llama.model import read_rope_scaling
@@ -67,9 +67,11 @@ class Gemma3(TextModel):
         global_ = [i for i in range(self.n_layers) if not self.is_local[i]]
         caches = []
         if global_:
-            caches.append(KVCache(backend, global_, n_ctx, self.k_width, self.v_width, dtype=dtype))
+            caches.append(KVCache(backend, global_, pages_for(n_ctx) * n_seq, self.k_width, self.v_width, dtype=dtype))
         if local:
-            cells = min(n_ctx, self.window + n_batch) * n_seq
+            # The live positions (the window before a batch, and the batch) can straddle one
+            # more page than they fill.
+            cells = (pages_for(min(n_ctx, self.window + n_batch)) + N_KV_PAD) * n_seq
             caches.append(KVCache(backend, local, cells, self.k_width, self.v_width, window=self.window, dtype=dtype))
         return LayerCaches(caches)
 

@@ -1,0 +1,128 @@
+"""One sequence's generation: logits in, text pieces out, until EOS, a stop string or a limit.
+
+The forward passes are someone else's (Engine for one sequence, ParallelEngine for several
+in one batch): this only samples, decodes, filters stop strings and counts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from pollama.runner.stop import StopBuffer
+from pollama.sample import Sampler, SamplerOptions
+from pollama.sample.logprobs import logprobs as log_softmax_of
+from pollama.tokenizer.tokenizer import Tokenizer
+
+
+@dataclass
+class GenerateOptions:
+    """What one generation may do (Ollama's option names)."""
+
+    num_predict: int = -1  # -1: until EOS or the context is full
+    stop: Sequence[str] = ()
+    sampler: SamplerOptions = field(default_factory=lambda: SamplerOptions(temperature=0.0))
+    logprobs: bool = False  # report each sampled token's log-probability
+    top_logprobs: int = 0  # and the best n alternatives (Ollama allows 0..20)
+
+
+@dataclass
+class Done:
+    """The final event of a generation, with Ollama's counts; durations in nanoseconds."""
+
+    done_reason: str  # "stop" (EOS or stop string) or "length"
+    prompt_eval_count: int
+    prompt_eval_duration: int
+    eval_count: int
+    eval_duration: int
+    tokens: list[int]  # every token now in context: prompt + generated (Ollama's `context`)
+
+
+@dataclass
+class Piece:
+    """Text for the caller, with the token that completed it.
+
+    `logprobs` (when asked for) covers every token sampled since the previous piece, in
+    Ollama's wire form: {"token", "logprob", "bytes", "top_logprobs": [...]}.
+    """
+
+    text: str
+    token: int
+    logprobs: list[dict] | None = None
+
+
+class Generation:
+    """The sampling side of one sequence; feed it each step's logits with step()."""
+
+    def __init__(self, tokenizer: Tokenizer, vocab_size: int, prompt: Sequence[int], options: GenerateOptions):
+        self.tokenizer = tokenizer
+        self.options = options
+        self.sampler = Sampler(options.sampler, vocab_size)
+        self.stops = StopBuffer(list(options.stop))
+        self.decoder = tokenizer.decoder()
+        self.history = list(prompt)  # prompt + generated ids (penalties look at both)
+        self.generated = 0
+        self.done_reason = "length"
+        self.finished = False
+        self._logprobs: list[dict] = []  # sampled but not yet attached to a piece
+
+    @property
+    def last_token(self) -> int:
+        """The token to evaluate next (the one just sampled)."""
+        return self.history[-1]
+
+    def step(self, logits: np.ndarray) -> list[Piece]:
+        """Sample from one position's logits; the pieces of text this completes.
+
+        After it, `finished` says whether the sequence is over (and `done_reason` why).
+        """
+        if self.finished:
+            raise RuntimeError("step() after the generation finished")
+        token = self.sampler.sample(logits, self.history)
+        self.generated += 1
+        if self.options.logprobs:
+            self._logprobs.append(self._logprob_entry(logits, token))
+        if token in self.tokenizer.eog_ids:
+            self.done_reason = "stop"
+            return self.finish()
+        self.history.append(token)
+        text, stopped = self.stops.push(self.decoder.feed(token))
+        pieces = self._piece(text, token)
+        if stopped:
+            self.done_reason = "stop"
+            self.finished = True
+            return pieces + self._piece("", token, force=True)
+        if self.generated == self.options.num_predict:
+            return pieces + self.finish()
+        return pieces
+
+    def finish(self, reason: str | None = None) -> list[Piece]:
+        """End the generation here (EOS, a limit, a full context): release held-back text."""
+        if reason is not None:
+            self.done_reason = reason
+        self.finished = True
+        # What was held back: partial UTF-8, and text that looked like a stop string's start.
+        text, stopped = self.stops.push(self.decoder.flush())
+        if stopped:
+            self.done_reason = "stop"
+        text += self.stops.flush()
+        return self._piece(text, self.history[-1], force=True)
+
+    def _piece(self, text: str, token: int, force: bool = False) -> list[Piece]:
+        """A piece for `text`, carrying the pending logprobs; at the end (`force`) also an
+        empty piece if logprobs would otherwise be lost."""
+        if not text and not (force and self._logprobs):
+            return []
+        pending, self._logprobs = self._logprobs, []
+        return [Piece(text, token, pending if self.options.logprobs else None)]
+
+    def _logprob_entry(self, logits: np.ndarray, token: int) -> dict:
+        own, top = log_softmax_of(logits, token, self.options.top_logprobs)
+
+        def entry(token_id: int, logprob: float) -> dict:
+            raw = self.tokenizer.token_piece(token_id, special=True)
+            return {"token": raw.decode("utf-8", "replace"), "logprob": logprob, "bytes": list(raw)}
+
+        return {**entry(token, own), "top_logprobs": [entry(i, lp) for i, lp in top]}

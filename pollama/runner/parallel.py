@@ -1,0 +1,341 @@
+"""Several sequences of one model, decoded together: one forward pass per step for all of them.
+
+Each request (a Job) gets a slot: a sequence id in the shared KV cache, with room for
+num_ctx tokens. Every step gathers, for each busy slot, either its next token (decoding) or
+a chunk of its prompt (prefill), into one Batch; the model runs it once; each slot that
+produced logits samples from its own row. Decoding slots go first, so a long prompt arriving
+never stalls the others for more than one chunk.
+
+A slot keeps its sequence's K/V after its job ends. The next job goes to the slot whose
+cached tokens share the longest prefix with its prompt, so the next turn of a chat evaluates
+only what is new.
+
+All model work happens on one background thread; submit(), iteration and cancel() are safe
+to call from any thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from pollama.kvcache import Batch
+from pollama.ml.base import Backend
+from pollama.runner.engine import DEFAULT_NUM_BATCH, DEFAULT_NUM_CTX, Engine
+from pollama.runner.generation import Done, GenerateOptions, Generation, Piece
+
+log = logging.getLogger(__name__)
+
+_END = object()  # ends a Job's event stream without a Done (cancelled, or the engine closed)
+
+
+class EngineClosed(RuntimeError):
+    """The engine was closed before the job finished."""
+
+
+class Job:
+    """One generation request: iterate it for Piece events and a final Done."""
+
+    def __init__(self, prompt: Sequence[int], options: GenerateOptions):
+        self.prompt = list(prompt)
+        self.options = options
+        self._events: queue.SimpleQueue = queue.SimpleQueue()
+        self._cancelled = threading.Event()
+
+    def __iter__(self) -> Iterator[Piece | Done]:
+        while True:
+            event = self._events.get()
+            if event is _END:
+                return
+            if isinstance(event, BaseException):
+                raise event
+            yield event
+            if isinstance(event, Done):
+                return
+
+    def cancel(self) -> None:
+        """Stop generating (within one step); the iteration ends without a Done."""
+        self._cancelled.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    def _put(self, event) -> None:
+        self._events.put(event)
+
+
+@dataclass
+class _Slot:
+    """A sequence of the shared cache and the job using it, if any."""
+
+    seq: int
+    cached: list[int] = field(default_factory=list)  # tokens whose K/V the cache holds
+    job: Job | None = None
+    generation: Generation | None = None
+    pending: list[int] = field(default_factory=list)  # prompt tokens not evaluated yet
+    evaluated: int = 0  # prompt tokens this job evaluated (the rest came from the cache)
+    started: int = 0  # ns: the job entered the slot
+    prompt_done: int = 0  # ns: its prompt was evaluated
+    last_used: float = 0.0
+
+
+class ParallelEngine:
+    """A model serving up to num_parallel generations at once, batched together."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        num_parallel: int = 1,
+        num_ctx: int = DEFAULT_NUM_CTX,
+        num_batch: int = DEFAULT_NUM_BATCH,
+        num_thread: int | None = None,
+        kv_cache_type: str | None = None,
+        backend: str | Backend = "ggml",
+    ):
+        self.engine = Engine(
+            path, backend=backend, num_ctx=num_ctx, num_batch=num_batch, num_thread=num_thread,
+            kv_cache_type=kv_cache_type, num_parallel=num_parallel,
+        )
+        self.tokenizer = self.engine.tokenizer
+        self.model = self.engine.model
+        self.num_ctx = num_ctx  # per sequence
+        self.num_parallel = num_parallel
+        self.load_duration = self.engine.load_duration
+        self._slots = [_Slot(seq) for seq in range(num_parallel)]
+        self._waiting: list[Job] = []
+        self._wake = threading.Condition()
+        self._closing = False
+        self._thread = threading.Thread(target=self._loop, name="pollama-engine", daemon=True)
+        self._thread.start()
+
+    # -- the caller's side ----------------------------------------------------------------
+    def submit(self, prompt: Sequence[int], options: GenerateOptions | None = None) -> Job:
+        """Queue a generation; it starts as soon as a slot is free."""
+        prompt = list(prompt)
+        if not prompt:
+            raise ValueError("empty prompt: at least one token is needed")
+        if len(prompt) >= self.num_ctx:
+            raise ValueError(f"prompt of {len(prompt)} tokens does not fit the context of {self.num_ctx}")
+        self.engine._check_tokens(prompt)
+        job = Job(prompt, options or GenerateOptions())
+        with self._wake:
+            if self._closing:
+                raise EngineClosed("the engine is closed")
+            self._waiting.append(job)
+            self._wake.notify()
+        return job
+
+    def busy(self) -> int:
+        """Jobs running or waiting."""
+        with self._wake:
+            return len(self._waiting) + sum(slot.job is not None for slot in self._slots)
+
+    def close(self) -> None:
+        """Stop the loop (jobs still running end without a Done) and free the model."""
+        with self._wake:
+            self._closing = True
+            self._wake.notify()
+        self._thread.join()
+        self.engine.close()
+
+    def __enter__(self) -> ParallelEngine:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- the engine thread ----------------------------------------------------------------
+    def _loop(self) -> None:
+        try:
+            while self._next_step():
+                pass
+        except BaseException as e:  # a bug here must not leave callers waiting forever
+            log.exception("engine loop failed")
+            self._end_all(e)
+            return
+        self._end_all(EngineClosed("the engine was closed"))
+
+    def _end_all(self, error: BaseException) -> None:
+        with self._wake:
+            self._closing = True
+            jobs = self._waiting + [slot.job for slot in self._slots if slot.job is not None]
+            self._waiting.clear()
+        for slot in self._slots:
+            slot.job = slot.generation = None
+        for job in jobs:
+            job._put(error)
+
+    def _next_step(self) -> bool:
+        """Admit waiting jobs, run one batch; False once closing."""
+        with self._wake:
+            while not self._closing and not self._waiting and not any(s.job for s in self._slots):
+                self._wake.wait()
+            if self._closing:
+                return False
+            self._admit()
+        self._drop_cancelled()
+        batch, members = self._gather()
+        if members:
+            self._step(batch, members)
+        return True
+
+    def _admit(self) -> None:
+        """Give waiting jobs free slots, each the one caching most of its prompt."""
+        self._waiting = [job for job in self._waiting if not self._discard_if_cancelled(job)]
+        while self._waiting:
+            free = [slot for slot in self._slots if slot.job is None]
+            if not free:
+                return
+            job = self._waiting.pop(0)
+            best = max(free, key=lambda slot: (_common_prefix(slot.cached, job.prompt), -slot.last_used))
+            self._start(best, job)
+
+    def _discard_if_cancelled(self, job: Job) -> bool:
+        if job.cancelled:
+            job._put(_END)
+        return job.cancelled
+
+    def _start(self, slot: _Slot, job: Job) -> None:
+        cache = self.engine.cache
+        # The last prompt token is always evaluated: its logits give the first new token.
+        keep = min(_common_prefix(slot.cached, job.prompt), len(job.prompt) - 1)
+        if not cache.can_keep(slot.seq, keep):
+            keep = 0
+        cache.remove(slot.seq, keep)
+        slot.cached = job.prompt[:keep]
+        slot.pending = job.prompt[keep:]
+        slot.evaluated = len(slot.pending)
+        slot.job = job
+        slot.generation = Generation(self.tokenizer, self.model.vocab_size, job.prompt, job.options)
+        slot.started = time.perf_counter_ns()
+        slot.last_used = time.monotonic()
+
+    def _drop_cancelled(self) -> None:
+        for slot in self._slots:
+            if slot.job is not None and slot.job.cancelled:
+                slot.job._put(_END)
+                self._release(slot)
+
+    def _release(self, slot: _Slot) -> None:
+        # The cache keeps what was evaluated: the slot's next job may start with it.
+        slot.job = slot.generation = None
+        slot.pending = []
+        slot.last_used = time.monotonic()
+
+    def _gather(self) -> tuple[Batch, list[tuple[_Slot, int, int | None]]]:
+        """One step's batch: a token of every decoding slot, then prompt chunks. Members are
+        (slot, how many tokens it put in, its row of logits or None)."""
+        tokens: list[int] = []
+        positions: list[int] = []
+        seqs: list[int] = []
+        outputs: list[int] = []
+        members: list[tuple[_Slot, int, int | None]] = []
+
+        def add(slot: _Slot, chunk: list[int], wants_logits: bool) -> None:
+            start = len(slot.cached)
+            tokens.extend(chunk)
+            positions.extend(range(start, start + len(chunk)))
+            seqs.extend([slot.seq] * len(chunk))
+            row = None
+            if wants_logits:
+                row = len(outputs)
+                outputs.append(len(tokens) - 1)
+            members.append((slot, len(chunk), row))
+
+        busy = [slot for slot in self._slots if slot.job is not None]
+        for slot in busy:
+            if not slot.pending:
+                add(slot, [slot.generation.last_token], True)
+        # Prompts go in the chunks a solo run would use (num_batch from where the cache ends),
+        # as many as fit num_batch prompt tokens, at least one: the same chunks give the same
+        # numbers (see Context.attention's groups).
+        prompt_tokens = 0
+        for slot in busy:
+            chunk = slot.pending[: self.engine.num_batch]
+            if chunk and (prompt_tokens == 0 or prompt_tokens + len(chunk) <= self.engine.num_batch):
+                add(slot, chunk, len(chunk) == len(slot.pending))
+                prompt_tokens += len(chunk)
+        if tokens and not outputs:
+            outputs.append(len(tokens) - 1)  # a step of prompt chunks only: one row, unused
+        batch = Batch(
+            np.asarray(tokens, dtype=np.int32),
+            np.asarray(positions, dtype=np.int32),
+            np.asarray(seqs, dtype=np.int32),
+            np.asarray(outputs, dtype=np.int32),
+        )
+        return batch, members
+
+    def _step(self, batch: Batch, members: list[tuple[_Slot, int, int | None]]) -> None:
+        cache = self.engine.cache
+        try:
+            plans = cache.plan(batch)
+            try:
+                logits = self.engine._run(batch, plans)
+            except BaseException:
+                for slot, _, _ in members:  # give back the cells just claimed
+                    cache.remove(slot.seq, len(slot.cached))
+                raise
+        except Exception as e:  # the step failed: so do the jobs in it, the others go on
+            log.warning("step of %d tokens failed: %s", len(batch), e)
+            for slot, _, _ in members:
+                slot.job._put(e)
+                self._release(slot)
+            return
+
+        now = time.perf_counter_ns()
+        for slot, n, row in members:
+            if slot.pending:
+                slot.cached.extend(slot.pending[:n])
+                slot.pending = slot.pending[n:]
+            else:
+                slot.cached.append(slot.generation.last_token)
+            if row is None:
+                continue
+            if slot.generation.generated == 0:
+                slot.prompt_done = now
+            self._sample(slot, logits[row])
+
+    def _sample(self, slot: _Slot, logits: np.ndarray) -> None:
+        generation, job = slot.generation, slot.job
+        try:
+            if job.options.num_predict == 0:
+                pieces = generation.finish()
+            else:
+                pieces = generation.step(logits)
+                if not generation.finished and len(slot.cached) + 1 >= self.num_ctx:
+                    pieces += generation.finish("length")  # going on would need a shift of the cache
+        except Exception as e:  # e.g. NaN logits: this job fails, the others go on
+            job._put(e)
+            self._release(slot)
+            return
+        for piece in pieces:
+            job._put(piece)
+        if generation.finished:
+            end = time.perf_counter_ns()
+            job._put(Done(
+                done_reason=generation.done_reason,
+                prompt_eval_count=slot.evaluated,
+                prompt_eval_duration=slot.prompt_done - slot.started,
+                eval_count=generation.generated,
+                eval_duration=end - slot.prompt_done,
+                tokens=generation.history,
+            ))
+            self._release(slot)
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n

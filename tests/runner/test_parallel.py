@@ -1,0 +1,158 @@
+"""Several sequences batched together on a real model: each gets what it gets alone."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+from realmodels import real_model
+
+from pollama.runner.engine import Engine
+from pollama.runner.generation import Done, GenerateOptions, Piece
+from pollama.runner.parallel import EngineClosed, ParallelEngine
+from pollama.sample import SamplerOptions, logprobs
+
+GREEDY = SamplerOptions(temperature=0.0, repeat_penalty=1.0)
+PROMPTS = [
+    "The capital of France is",
+    "Once upon a time, in a land far away,",
+    "def fibonacci(n):",
+    "The three primary colors are",
+    "List of the planets of the solar system: Mercury,",
+    "import numpy as np\nx = np.arange(10)\n",
+]
+
+
+def collect(job):
+    events = list(job)
+    assert isinstance(events[-1], Done) and all(isinstance(e, Piece) for e in events[:-1])
+    return "".join(e.text for e in events[:-1]), events[-1]
+
+
+@pytest.fixture(scope="module")
+def alone():
+    """Each prompt's greedy continuation, run on its own."""
+    out = {}
+    with Engine(real_model("smollm2"), num_ctx=256) as engine:
+        for prompt in PROMPTS:
+            engine.reset()
+            ids = engine.tokenizer.encode(prompt)
+            out[prompt] = collect(iter(engine.generate(ids, GenerateOptions(num_predict=32, sampler=GREEDY))))
+    return out
+
+
+@pytest.mark.parametrize("num_parallel", [4, 2])
+def test_batched_sequences_equal_their_solo_runs(alone, num_parallel):
+    """More requests than slots, submitted at once from several threads: every output equals
+    the solo run token for token (the batch changes no logit: see Context.attention groups)."""
+    with ParallelEngine(real_model("smollm2"), num_parallel=num_parallel, num_ctx=256) as engine:
+        results = {}
+
+        def ask(prompt):
+            ids = engine.tokenizer.encode(prompt)
+            results[prompt] = collect(engine.submit(ids, GenerateOptions(num_predict=32, sampler=GREEDY)))
+
+        threads = [threading.Thread(target=ask, args=(p,)) for p in PROMPTS]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert engine.busy() == 0
+    for prompt in PROMPTS:
+        text, done = results[prompt]
+        want_text, want = alone[prompt]
+        assert done.tokens == want.tokens, prompt
+        assert text == want_text
+        assert (done.done_reason, done.eval_count) == (want.done_reason, 32)
+        assert 0 < done.prompt_eval_count <= want.prompt_eval_count  # a slot may hold a common prefix
+        assert done.prompt_eval_duration > 0 and done.eval_duration > 0
+
+
+def test_prefix_reuse_cancel_and_limits():
+    with ParallelEngine(real_model("smollm2"), num_parallel=2, num_ctx=128) as engine:
+        tok = engine.tokenizer
+        first = tok.encode("The capital of France is")
+        _, done = collect(engine.submit(first, GenerateOptions(num_predict=4, sampler=GREEDY)))
+        assert done.prompt_eval_count == len(first)
+        # The next turn starts with the whole previous exchange: only the new tokens are
+        # evaluated (and the last generated one, which was sampled but never run).
+        follow = done.tokens + tok.encode(" And of Spain?", add_special=False)
+        _, again = collect(engine.submit(follow, GenerateOptions(num_predict=4, sampler=GREEDY)))
+        assert again.prompt_eval_count == len(follow) - len(done.tokens) + 1
+
+        # A cancelled job frees its slot within a step; both slots then serve new jobs.
+        long_jobs = [engine.submit(first, GenerateOptions(num_predict=100_000, sampler=GREEDY)) for _ in range(2)]
+        for job in long_jobs:
+            next(iter(job))
+            job.cancel()
+        started = time.monotonic()
+        _, quick = collect(engine.submit(first, GenerateOptions(num_predict=3, sampler=GREEDY)))
+        assert quick.eval_count == 3 and time.monotonic() - started < 30
+        for job in long_jobs:
+            assert all(isinstance(e, Piece) for e in job)  # the stream ends, without a Done
+        assert engine.busy() == 0
+
+        # The context limit ends a generation with "length", as Engine does.
+        _, full = collect(engine.submit(first, GenerateOptions(num_predict=-1, sampler=GREEDY)))
+        assert full.done_reason in ("length", "stop") and len(full.tokens) <= 128
+        _, none = collect(engine.submit(first, GenerateOptions(num_predict=0, sampler=GREEDY)))
+        assert none.eval_count == 0 and none.tokens == first
+
+        for bad, match in (([], "empty prompt"), ([1] * 128, "does not fit"), ([10**9], "outside the vocabulary")):
+            with pytest.raises(ValueError, match=match):
+                engine.submit(bad)
+
+
+def test_logprobs_are_the_models_distribution():
+    with ParallelEngine(real_model("smollm2"), num_parallel=2, num_ctx=128) as engine:
+        ids = engine.tokenizer.encode("The capital of France is")
+        job = engine.submit(ids, GenerateOptions(num_predict=5, sampler=GREEDY, logprobs=True, top_logprobs=3))
+        events = list(job)
+        entries = [entry for e in events if isinstance(e, Piece) for entry in e.logprobs]
+        done = events[-1]
+    assert len(entries) == 5
+    generated = done.tokens[len(ids):]
+    with Engine(real_model("smollm2"), num_ctx=128) as engine:  # the same steps, alone
+        rows = [engine.prefill(ids)[0]] + [engine.decode(t) for t in generated[:-1]]
+    for i, entry in enumerate(entries):
+        token = generated[i]
+        want, top = logprobs(rows[i], token, 3)
+        assert entry["logprob"] == pytest.approx(want, abs=1e-4)
+        assert [t["logprob"] for t in entry["top_logprobs"]] == pytest.approx([lp for _, lp in top], abs=1e-4)
+        assert bytes(entry["bytes"]) == engine.tokenizer.token_piece(token, special=True)
+        assert entry["top_logprobs"][0]["logprob"] >= entry["top_logprobs"][-1]["logprob"]
+
+
+def test_close_ends_running_jobs_with_an_error():
+    engine = ParallelEngine(real_model("smollm2"), num_parallel=1, num_ctx=128)
+    ids = engine.tokenizer.encode("Hello")
+    running = engine.submit(ids, GenerateOptions(num_predict=100_000, sampler=GREEDY))
+    waiting = engine.submit(ids, GenerateOptions(num_predict=5, sampler=GREEDY))
+    next(iter(running))
+    engine.close()
+    for job in (running, waiting):
+        with pytest.raises(EngineClosed):
+            list(job)
+    with pytest.raises(EngineClosed):
+        engine.submit(ids)
+
+
+def test_many_sequences_share_one_forward_pass(monkeypatch):
+    """Decoding N sequences runs one model pass per step, not N."""
+    with ParallelEngine(real_model("smollm2"), num_parallel=4, num_ctx=128) as engine:
+        sizes = []
+        run = engine.engine._run
+
+        def counting_run(batch, plans):
+            sizes.append(len(batch))
+            return run(batch, plans)
+
+        monkeypatch.setattr(engine.engine, "_run", counting_run)
+        ids = engine.tokenizer.encode("Count: one, two,")
+        jobs = [engine.submit(ids, GenerateOptions(num_predict=10, sampler=GREEDY)) for _ in range(4)]
+        for job in jobs:
+            collect(job)
+    assert max(sizes) >= 4 and len(sizes) < 4 * 10
+    assert np.count_nonzero(np.array(sizes) == 4) >= 5  # steps decoding all four at once
