@@ -25,7 +25,7 @@ MiB = 2**20
 # Runs in its own process: imports first (their code is no model data), then each create
 # with the peak reset before it.
 PROBE = r"""
-import json, resource, sys
+import json, resource, sys, time
 from pollama.create.pipeline import create_model
 from pollama.store.store import Store
 import numpy as np
@@ -40,7 +40,10 @@ def status_kib(field):
         if line.startswith(field + ":"):
             return int(line.split()[1])
 
+seconds = {}
+
 def peak_rise(step):
+    start = time.perf_counter()
     before = status_kib("VmRSS")
     try:  # resets VmHWM to the current RSS (Linux 4.0+)
         with open("/proc/self/clear_refs", "w") as f:
@@ -50,6 +53,7 @@ def peak_rise(step):
     except OSError:
         step()
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    seconds[len(seconds)] = time.perf_counter() - start
     return (peak - before) * 1024
 
 folder, root = sys.argv[1], sys.argv[2]
@@ -60,11 +64,11 @@ rises = {
 }
 sizes = {"create": store.resolve("big:f16").model_path.stat().st_size,
          "create -q": store.resolve("big:q8").model_path.stat().st_size}
-print(json.dumps({"rise": rises, "size": sizes}))
+print(json.dumps({"rise": rises, "size": sizes, "seconds": dict(zip(rises, seconds.values()))}))
 """
 
 
-def write_big_llama(folder: Path) -> int:
+def write_big_llama(folder: Path, layers: int = LAYERS) -> int:
     """A Llama folder of F16 safetensors (one shard per layer), tokenizer included; its weight bytes."""
     from models.tinyhf import bpe_tokenizer
     from safetensors.numpy import save_file
@@ -72,7 +76,7 @@ def write_big_llama(folder: Path) -> int:
     folder.mkdir()
     config = {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": VOCAB, "hidden_size": HIDDEN,
-        "intermediate_size": FFN, "num_hidden_layers": LAYERS, "num_attention_heads": 8, "num_key_value_heads": 8,
+        "intermediate_size": FFN, "num_hidden_layers": layers, "num_attention_heads": 8, "num_key_value_heads": 8,
         "max_position_embeddings": 256, "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": False,
         "bos_token_id": 0, "eos_token_id": 1, "torch_dtype": "float16",
     }
@@ -86,7 +90,7 @@ def write_big_llama(folder: Path) -> int:
     total = 0
     shards = [{"model.embed_tokens.weight": weights(VOCAB, HIDDEN), "model.norm.weight": weights(HIDDEN),
                "lm_head.weight": weights(VOCAB, HIDDEN)}]
-    for i in range(LAYERS):
+    for i in range(layers):
         p = f"model.layers.{i}."
         shards.append({
             **{p + f"self_attn.{x}_proj.weight": weights(HIDDEN, HIDDEN) for x in "qkvo"},
@@ -101,7 +105,7 @@ def write_big_llama(folder: Path) -> int:
 
 
 def measure(folder: Path, root: Path, pythonpath: Path = REPO) -> dict:
-    """Peak RSS rise (bytes) of create and create -q in a fresh process, and the model blobs' sizes."""
+    """Peak RSS rise (bytes) and seconds of create and create -q in a fresh process, and the model blobs' sizes."""
     env = {**os.environ, "PYTHONPATH": str(pythonpath), "OLLAMA_MODELS": str(root)}
     out = subprocess.run([sys.executable, "-c", PROBE, str(folder), str(root)], capture_output=True, text=True,
                          env=env, timeout=600, check=True)
