@@ -296,7 +296,8 @@ class Lexer:
     def _number(self, pos: int) -> int:
         m = _NUMBER.match(self.text, pos)
         end = m.end() if m else pos
-        if end == pos or (end < len(self.text) and _is_alnum(self.text[end])):
+        has_digit = any(ch.isdigit() for ch in self.text[pos:end])
+        if not has_digit or (end < len(self.text) and _is_alnum(self.text[end])):
             bad_end = end
             while bad_end < len(self.text) and _is_alnum(self.text[bad_end]):
                 bad_end += 1

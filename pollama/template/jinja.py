@@ -122,8 +122,20 @@ class _ChatSandbox(jinja2.sandbox.ImmutableSandboxedEnvironment):
         )
 
 
+class _GenerationBlock(jinja2.ext.Extension):
+    """transformers' {% generation %} ... {% endgeneration %}: marks assistant text, renders it as is."""
+
+    tags = {"generation"}
+
+    def parse(self, parser):
+        lineno = next(parser.stream).lineno
+        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+        return nodes.Scope(body).set_lineno(lineno)
+
+
 def _environment() -> _ChatSandbox:
-    env = _ChatSandbox(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
+    env = _ChatSandbox(trim_blocks=True, lstrip_blocks=True,
+                       extensions=[_GenerationBlock, jinja2.ext.loopcontrols])
     env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now

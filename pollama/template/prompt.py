@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Callable, Iterable
 
 from .gotemplate import Template
@@ -37,12 +38,17 @@ class Media:
     data: Any
 
 
+@lru_cache(maxsize=128)
+def _parse(text: str) -> Template:
+    return Template.parse(text)
+
+
 def _as_template(template: Template | str | None) -> Template:
     if template is None:
-        return Template.parse(DEFAULT_TEMPLATE)
+        return _parse(DEFAULT_TEMPLATE)
     if isinstance(template, Template):
         return template
-    return Template.parse(template)
+    return _parse(template)
 
 
 def think_values(think: bool | str | None) -> dict:
@@ -185,7 +191,7 @@ def generate_prompt(template: Template | str | None, prompt: str, *, system: str
     MESSAGE layers; `context` is the detokenized text of a request's (deprecated) context,
     which is prepended and makes the Modelfile messages be skipped.
     """
-    tmpl = Template.parse(template_override) if template_override else _as_template(template)
+    tmpl = _as_template(template_override) if template_override else _as_template(template)
     images = list(images or [])
     head = context or ""
     if suffix:

@@ -262,6 +262,7 @@ PARSE_ERRORS = [
     ("empty action", "{{}}", "missing command"),
     ("empty parenthesized pipeline", "{{print ( ) }}", "missing command"),
     ("bad number", "{{3k}}", "bad number syntax"),
+    ("lone minus", "{{-/* x */}}", "bad number syntax"),
     ("literal in later stage", "{{.X | 3}}", "non executable command in pipeline stage 2"),
     ("too many declarations", "{{$a, $b := 1}}", "too many declarations"),
     ("unclosed paren", "{{(.X}}", "unclosed left paren"),

@@ -202,3 +202,10 @@ def test_strftime_now_available():
     import datetime
 
     assert ours("{{ strftime_now('%Y') }}", []) == str(datetime.datetime.now().year)
+
+
+def test_generation_blocks_render_as_transformers():
+    template = ("{% for m in messages %}{% if m.role == 'assistant' %}{% generation %}A: {{ m.content }}"
+                "{% endgeneration %}{% else %}U: {{ m.content }}{% endif %}\n{% endfor %}")
+    conv = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    assert ours(template, conv) == hf_render(template, conv) == "U: qA: a"  # trim_blocks eats the newline
