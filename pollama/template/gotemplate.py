@@ -14,7 +14,7 @@ from . import goparse as P
 from .errors import TemplateError
 from .goexec import BUILTINS, OLLAMA_FUNCS, Func, execute
 
-__all__ = ["Template", "TemplateError", "tool_call_tag", "thinking_tags"]
+__all__ = ["Template", "TemplateError", "capabilities", "tool_call_tag", "thinking_tags"]
 
 FUNCS: dict[str, Func] = {**BUILTINS, **OLLAMA_FUNCS}
 
@@ -35,7 +35,6 @@ class Template:
     @classmethod
     def parse(cls, text: str, name: str = "", *, ollama: bool = True) -> "Template":
         """Parse `text` as Go does; with `ollama` (default) apply Ollama's implicit {{ .Response }}."""
-        text = text.replace("\r\n", "\n") if ollama else text
         trees = P.parse(text, name, set(FUNCS))
         tmpl = cls(text, name, trees)
         if ollama:
@@ -268,3 +267,16 @@ def thinking_tags(tmpl: Template) -> tuple[str, str] | None:
     if opening and closing:
         return opening, closing
     return None
+
+
+def capabilities(tmpl: Template) -> set[str]:
+    """What the template lets a model do, as Ollama reads it: "tools", "insert", "thinking"."""
+    names = tmpl.vars()
+    found = set()
+    if "tools" in names:
+        found.add("tools")
+    if "suffix" in names:
+        found.add("insert")
+    if thinking_tags(tmpl) is not None:
+        found.add("thinking")
+    return found

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from pollama.template.gotemplate import Template, TemplateError, thinking_tags, tool_call_tag
+from pollama.template.gotemplate import Template, TemplateError, capabilities, thinking_tags, tool_call_tag
 
 
 @dataclass
@@ -344,8 +344,17 @@ def test_cut_after_response_inside_a_branch():
     assert tmpl.without_after_response().execute({"Prompt": "p", "Response": ""}) == "<u>p</u><a>"
 
 
-def test_crlf_normalized_like_ollama():
-    assert Template.parse("a\r\n{{ .Prompt }}").execute({"Prompt": "b", "Response": ""}) == "a\nb"
+def test_crlf_kept_as_go_keeps_it():
+    # Go's lexer keeps text as written (Ollama normalizes line endings of its named templates only);
+    # a trim marker eats \r like any space, and a raw string drops its carriage returns.
+    tmpl = Template.parse("a\r\n{{ .Prompt }}\r\n {{- `x\r\ny` }}")
+    assert tmpl.execute({"Prompt": "b", "Response": ""}) == "a\r\nbx\ny"
+
+
+def test_capabilities_from_template():
+    assert capabilities(Template.parse(QWEN_LIKE)) == set()
+    assert capabilities(Template.parse(THINKING)) == {"thinking"}
+    assert capabilities(Template.parse("{{ if .Tools }}{{ .Tools }}{{ end }}{{ .Prompt }}{{ .Suffix }}")) == {"tools", "insert"}
 
 
 # ---------------------------------------------------------------- tree inference
