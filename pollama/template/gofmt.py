@@ -332,6 +332,8 @@ def _format_one(arg, verb: str, flags: str, width: int | None, prec: int | None)
         body = format(arg, f".{prec}{verb}") if verb not in "gG" else _go_g_prec(arg, prec, verb)
     elif isinstance(arg, str) and verb in "sv" and prec is not None:
         body = arg[:prec]
+    elif isinstance(arg, str) and verb in "xX" and space:
+        body = " ".join(format(b, "02x" if verb == "x" else "02X") for b in arg.encode("utf-8"))
     elif isinstance(arg, str) and verb == "q" and sharp and "`" not in arg and all(_is_go_print(c) for c in arg):
         body = "`" + arg + "`"
     elif isinstance(arg, int) and not isinstance(arg, bool) and verb in "xXob" and sharp:

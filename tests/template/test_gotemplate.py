@@ -170,6 +170,7 @@ CASES = [
     ("printf floats", '{{printf "%f %.2f %.0f %e %g" 3.14159 3.14159 2.5 1234.5 0.000001}}',
      "3.141590 3.14 2 1.234500e+03 1e-06"),
     ("printf width", '{{printf "%5d|%-5d|%05d|%5s|%-5s|" 42 42 42 "ab" "ab"}}', "   42|42   |00042|   ab|ab   |"),
+    ("printf hex string", '{{printf "%x|% x|%X" "hi" "hi" "hi"}}', "6869|68 69|6869"),
     ("printf %%", '{{printf "100%%"}}', "100%"),
     ("printf type", "{{printf `%T %T %T %T` 0xef 1.5 `s` true}}", "int float64 string bool"),
     ("printf missing", '{{printf "%d %d" 1}}', "1 %!d(MISSING)"),
