@@ -26,6 +26,7 @@ _EXPORTS = {
     "detect_named": "detect",
     "chat_prompt": "prompt",
     "generate_prompt": "prompt",
+    "jinja_chat_prompt": "prompt",
     "Media": "prompt",
 }
 

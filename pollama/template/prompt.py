@@ -238,3 +238,75 @@ def filter_think_tags(messages: list[dict]) -> list[dict]:
             m = {**m, "content": strip_leading_thinking(str(m.get("content") or ""))}
         out.append(m)
     return out
+
+
+# ---------------------------------------------------------------- models without a Go template
+
+
+def hf_messages(messages: list[dict]) -> list[dict]:
+    """Ollama JSON messages in the form HF chat templates read (OpenAI style, arguments as objects)."""
+    out = []
+    for m in _checked_messages(messages):
+        hf: dict = {"role": m["role"], "content": str(m.get("content") or "")}
+        if m.get("thinking"):
+            hf["reasoning_content"] = str(m["thinking"])
+        if m.get("tool_calls"):
+            calls = []
+            for tc in m["tool_calls"]:
+                call = template_message({"tool_calls": [tc]}).ToolCalls[0]
+                entry: dict = {"type": "function", "function": {
+                    "name": call.Function.Name, "arguments": dict(call.Function.Arguments)}}
+                if call.ID:
+                    entry["id"] = call.ID
+                calls.append(entry)
+            hf["tool_calls"] = calls
+        if m.get("tool_call_id"):
+            hf["tool_call_id"] = str(m["tool_call_id"])
+        if m.get("tool_name"):
+            hf["name"] = str(m["tool_name"])
+        out.append(hf)
+    return out
+
+
+def jinja_chat_prompt(chat_template: str, messages: list[dict], *, tools: list[dict] | None = None,
+                      think: bool | str | None = None, bos_token: str = "", eos_token: str = "",
+                      count_tokens: Callable[[str], int] | None = None, num_ctx: int = 4096,
+                      truncate: bool = True, image_tokens: int = IMAGE_TOKENS) -> tuple[str, list[Media]]:
+    """The prompt from the model's own HF chat_template (sandboxed), truncated as chat_prompt truncates.
+
+    This is the path Ollama takes (through llama-server) for a model without a Go template:
+    add_generation_prompt is on, `think` becomes enable_thinking (and reasoning_effort for a
+    level). A leading BOS written by the template is removed, because the tokenizer adds BOS
+    as the model's metadata says, as it does for every other prompt.
+    """
+    from .jinja import compile_chat_template
+
+    compiled = compile_chat_template(chat_template)
+    messages = _checked_messages(messages)
+    extra: dict = {}
+    if think is not None:
+        extra["enable_thinking"] = think_values(think)["Think"]
+        if isinstance(think, str) and think:
+            extra["reasoning_effort"] = think
+
+    def render(msgs: list[dict]) -> str:
+        text = compiled.render(hf_messages(msgs), tools=tools, add_generation_prompt=True,
+                               bos_token=bos_token, eos_token=eos_token, **extra)
+        if bos_token and text.startswith(bos_token):
+            text = text[len(bos_token):]
+        return text
+
+    if truncate and count_tokens is None:
+        raise ValueError("truncation needs count_tokens")
+    system: list[dict] = []
+    start = 0
+    if truncate:
+        for i in range(len(messages)):
+            system = [m for m in messages[:i] if m.get("role") == "system"]
+            used = count_tokens(render(system + messages[i:]))
+            used += image_tokens * sum(len(m.get("images") or []) for m in messages[i:])
+            if used <= num_ctx or i == len(messages) - 1:
+                start = i
+                break
+    tagged, media = tag_images(messages, start)
+    return render(system + tagged[start:]), media

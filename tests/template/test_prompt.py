@@ -257,3 +257,36 @@ def test_bad_input_is_a_clear_error():
         chat_prompt(CHATML, ["hello"], truncate=False)
     with pytest.raises(ValueError, match="think"):
         think_values(3)
+
+
+def test_jinja_chat_prompt_matches_transformers_on_qwen_template():
+    transformers = pytest.importorskip("transformers", reason="transformers (test extra) is the reference renderer")
+    tokenizers = pytest.importorskip("tokenizers")
+    from pollama.fs.gguf import GGUFFile
+    from pollama.template.prompt import hf_messages, jinja_chat_prompt
+    from realmodels import real_model
+
+    md = GGUFFile(real_model("qwen2.5-coder-0.5b")).metadata
+    template = md["tokenizer.chat_template"]
+    msgs = [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": "", "tool_calls": [
+            {"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+        {"role": "tool", "content": "21", "tool_name": "get_weather"},
+    ]
+    ours, _ = jinja_chat_prompt(template, msgs, tools=TOOLS, truncate=False)
+    tok = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tokenizers.Tokenizer(tokenizers.models.WordLevel({"[UNK]": 0}, unk_token="[UNK]")))
+    tok.chat_template = template
+    want = tok.apply_chat_template(hf_messages(msgs), tools=TOOLS, tokenize=False, add_generation_prompt=True)
+    assert ours == want
+    assert '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>' in ours
+
+
+def test_jinja_chat_prompt_strips_bos_and_truncates():
+    from pollama.template.prompt import jinja_chat_prompt
+
+    template = "{{ bos_token }}{% for m in messages %}{{ m.content }} {% endfor %}{% if enable_thinking %}T{% endif %}"
+    msgs = [{"role": "system", "content": "sys"}, {"role": "user", "content": "a b c"}, {"role": "user", "content": "d"}]
+    prompt, _ = jinja_chat_prompt(template, msgs, bos_token="<s>", think=True, count_tokens=words, num_ctx=3)
+    assert prompt == "sys d T"
