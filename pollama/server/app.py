@@ -429,7 +429,7 @@ async def generate_response(state: State, request: Request, body: dict[str, Any]
     async def build_prompt(runner, num_ctx: int) -> str:
         if raw:
             return prompt
-        context_text = ""
+        context_text = None
         if context:
             context_text = (await runner.call({"op": "detokenize", "tokens": context}))["content"]
         return await in_thread(generate_prompt, model, prompt, system=system, template=template, suffix=suffix,

@@ -252,7 +252,7 @@ def add_openai_routes(app: FastAPI, state) -> None:
         def build(model):
             async def build_prompt(runner, num_ctx: int) -> str:
                 return await in_thread(generate_prompt, model, prompt, system=None, template=None, suffix=suffix,
-                                       context_text="", tokenize=runner.tokenize_sync, num_ctx=num_ctx)
+                                       context_text=None, tokenize=runner.tokenize_sync, num_ctx=num_ctx)
             return build_prompt
 
         model, job = await completion_job(body, build)

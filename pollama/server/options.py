@@ -77,7 +77,9 @@ class RequestOptions:
 def request_options(model: ModelRef, request_options_: object, config: ServerConfig) -> RequestOptions:
     """Merge and check; num_ctx is clamped to the model's trained context, as Ollama does."""
     merged = merge_options(model, request_options_)
-    num_ctx = merged.get("num_ctx") or config.context_length
+    num_ctx = merged.get("num_ctx")
+    if not num_ctx:  # 0 (or unset) means the server's default, as OLLAMA_CONTEXT_LENGTH=0 does
+        num_ctx = config.context_length
     if num_ctx < 1:
         raise APIError(400, f"num_ctx must be positive, got {num_ctx}")
     if num_ctx > MAX_NUM_CTX:

