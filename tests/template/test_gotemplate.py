@@ -409,3 +409,71 @@ def test_thinking_tags_inferred():
 def test_thinking_tags_need_range_over_messages():
     assert thinking_tags(Template.parse("{{ if .Thinking }}<think>{{ .Thinking }}</think>{{ end }}")) is None
     assert thinking_tags(Template.parse("{{ range .Messages }}{{ .Content }}{{ end }}")) is None
+
+
+# Ollama's tool-tag rule (tools/template.go parseTag): None here is its "{" fallback.
+TOOL_TAGS = [
+    ("no if", "{{ .Prompt }}", None),
+    ("empty if", "{{if .ToolCalls}}{{end}}", None),
+    ("only an action", "{{if .ToolCalls}}{{range .ToolCalls}}{{ . }}{{end}}{{end}}", None),
+    ("fenced json", "{{if .ToolCalls}}```json\n{{end}}", "```json"),
+    ("bracket", "{{if .ToolCalls}}[{{range .ToolCalls}}{{ . }}{{end}}]{{end}}", "["),
+    ("bracket after whitespace", "{{if .ToolCalls}}\n [ {{range .ToolCalls}}{{ . }}{{end}}]{{end}}", "["),
+    ("text after the range is not the tag", "{{if .ToolCalls}}{{range .ToolCalls}}{{ . }}{{end}}]{{end}}", None),
+    ("bare json objects", '{{if .ToolCalls}}{{range .ToolCalls}}\r\n{"name": "{{ .Function.Name }}"}{{end}}{{end}}', None),
+    ("tag inside the range", '{{if .ToolCalls}}\n{{range .ToolCalls}}<tool_call>{"name": 1}</tool_call>{{end}}{{end}}',
+     "<tool_call>"),
+    ("tag before the range", "{{if .ToolCalls}}<calls>{{range .ToolCalls}}<call>{{end}}</calls>{{end}}", "<calls>"),
+    ("nested if text comes first", "{{if .ToolCalls}}First{{if .X}}inner{{end}}Second{{end}}", "First"),
+    ("if inside range", "{{range .Messages}}{{if .ToolCalls}}Action: ```json{{end}}{{end}}", "Action: ```json"),
+    ("open bracket kept", "{{if .ToolCalls}}[TOOL_CALLS] [{{end}}", "[TOOL_CALLS] ["),
+    ("else branch searched", "{{if .Content}}{{.Content}}{{else if .ToolCalls}}<tc>{{end}}", "<tc>"),
+]
+
+
+@pytest.mark.parametrize("name,text,tag", TOOL_TAGS, ids=[c[0] for c in TOOL_TAGS])
+def test_tool_call_tag_table(name, text, tag):
+    assert tool_call_tag(Template.parse(text)) == tag
+
+
+THINKING_TAGS = [
+    ("nested range over something else",
+     "{{ range .Messages }}{{ range .Other }}<think>{{ .Thinking }}</think>{{ end }}{{ end }}", None),
+    ("text around is trimmed",
+     "{{ range .Messages }}{{ if .Thinking }}\n  Before   {{ .Thinking }}   After\n{{ end }}{{ end }}", ("Before", "After")),
+    ("last occurrence wins",
+     "{{ range $i, $m := .Messages }}{{ if .Thinking }}<a>{{ .Thinking }}</a>{{ end }}"
+     "{{ if .Thinking }}<think>{{ .Thinking }}</think>{{ end }}{{ end }}", ("<think>", "</think>")),
+    ("non-text ends keep the earlier tags",
+     "{{ range .Messages }}{{ if .Thinking }}<t>{{ .Thinking }}</t>{{ end }}{{ with .Thinking }}{{ . }}{{ end }}{{ end }}",
+     ("<t>", "</t>")),
+]
+
+
+@pytest.mark.parametrize("name,text,tags", THINKING_TAGS, ids=[c[0] for c in THINKING_TAGS])
+def test_thinking_tags_table(name, text, tags):
+    assert thinking_tags(Template.parse(text)) == tags
+
+
+# ---------------------------------------------------------------- a Go template reaches no Python
+
+
+@dataclass
+class Secretive:
+    Public: str = "ok"
+    _private: str = "hidden"
+
+    def Method(self):  # noqa: N802 - a Go-style exported name that must still be unreachable
+        raise AssertionError("called")
+
+
+@pytest.mark.parametrize("text", [
+    "{{ .S._private }}", "{{ .S.Method }}", "{{ .S.__class__ }}", "{{ .S.__dict__ }}", "{{ .S.go_json }}",
+])
+def test_only_struct_fields_are_visible(text):
+    with pytest.raises(TemplateError, match="can't evaluate field"):
+        Template.parse(text, ollama=False).execute({"S": Secretive()})
+
+
+def test_dunder_keys_are_just_missing_map_keys():
+    assert Template.parse("{{ .__class__ }}|{{ .S.Public }}", ollama=False).execute({"S": Secretive()}) == "<no value>|ok"
