@@ -217,11 +217,12 @@ def _index(item, *indexes):
             item = seq[x]
             item = _held(item)
         elif isinstance(item, dict):
+            # Template maps are Go map[string]any unless their keys say otherwise.
+            key_type = go_type_name(next(iter(item))) if item else "string"
             if index is None:
-                raise _CallError("value is nil; should be of type string")
-            if item and not any(type(index) is type(k) for k in item):
-                k0 = next(iter(item))
-                raise _CallError(f"value has type {go_type_name(index)}; should be {go_type_name(k0)}")
+                raise _CallError(f"value is nil; should be of type {key_type}")
+            if go_type_name(index) != key_type:
+                raise _CallError(f"value has type {go_type_name(index)}; should be {key_type}")
             item = _held(item.get(index))
         else:
             raise _CallError(f"can't index item of type {go_type_name(item)}")
@@ -376,8 +377,7 @@ OLLAMA_FUNCS: dict[str, Func] = {
 class State:
     """One execution: output buffer, variable stack, the template set."""
 
-    def __init__(self, trees: dict[str, P.ListNode], funcs: dict[str, Func], name: str, text: str,
-                 texts: dict[str, str] | None = None):
+    def __init__(self, trees: dict[str, P.ListNode], funcs: dict[str, Func], name: str, text: str):
         self.trees = trees
         self.funcs = funcs
         self.name = name

@@ -366,8 +366,8 @@ def _pad(body: str, minus: bool, zero: bool, width: int | None, numeric: bool = 
 
 
 def _go_g_prec(x: float, prec: int, verb: str) -> str:
-    s = format(x, f".{max(prec, 1)}{'g' if verb == 'g' else 'G'}")
-    return s
+    # Go's %.Ng agrees with Python's for the finite values printf sees (precision 0 means 1).
+    return format(x, f".{max(prec, 1)}{verb}")
 
 
 # ---------------------------------------------------------------- JSON

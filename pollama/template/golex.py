@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass
 
 from .errors import TemplateError
+from .gofmt import go_quote
 
 LEFT_DELIM = "{{"
 RIGHT_DELIM = "}}"
@@ -73,6 +74,7 @@ class Token:
     line: int
 
     def __str__(self) -> str:
+        """The token as Go's parse errors name it."""
         if self.typ is Tok.EOF:
             return "EOF"
         if self.typ is Tok.ERROR:
@@ -80,8 +82,8 @@ class Token:
         if self.typ in KEYWORDS.values():
             return f"<{self.val}>"
         if len(self.val) > 10:
-            return f"{self.val[:10]!r}..."
-        return f"{self.val!r}" if self.typ is not Tok.TEXT else repr(self.val)
+            return go_quote(self.val[:10]) + "..."
+        return go_quote(self.val)
 
 
 # Go's number syntax, loosely: the parser validates the value afterwards.

@@ -11,6 +11,7 @@ import copy
 from dataclasses import dataclass, field
 
 from .errors import TemplateError
+from .gofmt import go_quote
 from .golex import Tok, Token, lex, template_error
 
 # ---------------------------------------------------------------- nodes
@@ -592,7 +593,7 @@ class Parser:
             if isinstance(node, VariableNode):
                 return VariableNode(node.pos, node.ident + fields)
             if isinstance(node, (BoolNode, StringNode, NumberNode, NilNode, DotNode)):
-                raise self.error(f"unexpected . after term {str(node)!r}")
+                raise self.error(f"unexpected . after term {go_quote(str(node))}")
             return ChainNode(node.pos, node, fields)
         return node
 
@@ -601,7 +602,7 @@ class Parser:
         typ = t.typ
         if typ is Tok.IDENTIFIER:
             if t.val not in self.funcs:
-                raise self.error(f"function {t.val!r} not defined".replace("'", '"'), t)
+                raise self.error(f"function {go_quote(t.val)} not defined", t)
             return IdentifierNode(t.pos, t.val)
         if typ is Tok.DOT:
             return DotNode(t.pos)
@@ -609,7 +610,7 @@ class Parser:
             return NilNode(t.pos)
         if typ is Tok.VARIABLE:
             if t.val not in self.vars:
-                raise self.error(f'undefined variable "{t.val}"', t)
+                raise self.error(f"undefined variable {go_quote(t.val)}", t)
             return VariableNode(t.pos, [t.val])
         if typ is Tok.FIELD:
             return FieldNode(t.pos, [t.val[1:]])
@@ -619,7 +620,7 @@ class Parser:
             try:
                 return NumberNode(t.pos, t.val, parse_number(t.val))
             except (ValueError, OverflowError):
-                raise self.error(f"illegal number syntax: {t.val!r}".replace("'", '"'), t) from None
+                raise self.error(f"illegal number syntax: {go_quote(t.val)}", t) from None
         if typ is Tok.LEFT_PAREN:
             return self.pipeline("parenthesized pipeline", Tok.RIGHT_PAREN)
         if typ in (Tok.STRING, Tok.RAW_STRING):

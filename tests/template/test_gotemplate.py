@@ -477,3 +477,8 @@ def test_only_struct_fields_are_visible(text):
 
 def test_dunder_keys_are_just_missing_map_keys():
     assert Template.parse("{{ .__class__ }}|{{ .S.Public }}", ollama=False).execute({"S": Secretive()}) == "<no value>|ok"
+
+
+def test_index_map_with_wrong_key_type():
+    with pytest.raises(TemplateError, match="value has type int; should be string"):
+        Template.parse("{{ index .M 1 }}", ollama=False).execute({"M": {}})
