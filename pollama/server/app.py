@@ -145,8 +145,11 @@ async def ndjson_or_single(request: Request, events: AsyncIterator[dict[str, Any
     return EventStream(lines(), "application/x-ndjson")
 
 
-def create_app(config: ServerConfig | None = None, store: Store | None = None) -> FastAPI:
-    """The application, with its own scheduler; runners stop when it shuts down."""
+def create_app(config: ServerConfig | None = None, store: Store | None = None, *, host_check: bool = False) -> FastAPI:
+    """The application, with its own scheduler; runners stop when it shuts down.
+
+    host_check: refuse non-local Host headers (for a server bound to loopback).
+    """
     state = State(config or ServerConfig.from_env(), store)
 
     @contextlib.asynccontextmanager
@@ -351,8 +354,11 @@ def create_app(config: ServerConfig | None = None, store: Store | None = None) -
         return json_response({"models": models})
 
     from pollama.server.openai import add_openai_routes
+    from pollama.server.security import HostCheck, add_cors
 
     add_openai_routes(app, state)
+    add_cors(app)
+    app.add_middleware(HostCheck, enabled=host_check)
     return app
 
 

@@ -66,6 +66,7 @@ class RunnerProcess:
         self.load_duration = 0
         self.exited = asyncio.Event()
         self._watch: asyncio.Task | None = None
+        self._drain: asyncio.Task | None = None
 
     @property
     def alive(self) -> bool:
@@ -93,17 +94,13 @@ class RunnerProcess:
         log.info("runner for %s started (pid %d)", self.name, self.proc.pid)
         try:
             wait = None if math.isinf(timeout) else timeout
-            line = await asyncio.wait_for(self.proc.stdout.readline(), wait)
+            hello = await asyncio.wait_for(self._hello(), wait)
         except asyncio.TimeoutError:
             await self.stop()
             raise RunnerError(f"timed out loading model {self.name} after {timeout:.0f}s") from None
         except BaseException:
             await self.stop()
             raise
-        try:
-            hello = json.loads(line) if line else {}
-        except json.JSONDecodeError:
-            hello = {}
         if not hello.get("ready"):
             code = await self._wait_exit(5)
             await self.stop()
@@ -112,6 +109,25 @@ class RunnerProcess:
         self.num_ctx = int(hello.get("num_ctx") or spec.num_ctx)
         self.load_duration = int(hello.get("load_duration") or 0)
         self._watch = asyncio.create_task(self._watch_exit())
+        self._drain = asyncio.create_task(self._drain_stdout())
+
+    async def _hello(self) -> dict[str, Any]:
+        """The runner's first JSON line ({"ready"} or {"error"}); other output is passed over."""
+        while line := await self.proc.stdout.readline():
+            try:
+                message = json.loads(line)
+            except json.JSONDecodeError:
+                message = None
+            if isinstance(message, dict) and ("ready" in message or "error" in message):
+                return message
+            log.info("runner %s: %s", self.name, line.decode(errors="replace").rstrip())
+        return {}
+
+    async def _drain_stdout(self) -> None:
+        # Whatever native code prints later must not fill the pipe and stall the runner.
+        with contextlib.suppress(Exception):
+            while line := await self.proc.stdout.readline():
+                log.info("runner %s: %s", self.name, line.decode(errors="replace").rstrip())
 
     async def _watch_exit(self) -> None:
         await self.proc.wait()

@@ -17,7 +17,9 @@ def serve(host: str | None = None) -> int:
     where = parse_host(host)
     level = logging.DEBUG if debug_enabled() else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_app(ServerConfig.from_env())
+    from pollama.server.security import bound_to_loopback
+
+    app = create_app(ServerConfig.from_env(), host_check=bound_to_loopback(where.host))
     config = uvicorn.Config(
         app, host=where.host, port=where.port, log_level="debug" if debug_enabled() else "warning",
         access_log=debug_enabled(), timeout_graceful_shutdown=5, lifespan="on",

@@ -191,3 +191,14 @@ def test_pull_and_push_say_not_supported(server):
         for path in ("/api/pull", "/api/push"):
             r = http.post(path, json={"model": "llama3"})
             assert r.status_code == 501 and "registry" in r.json()["error"]
+
+
+def test_cors_and_host_check(server):
+    with server.http() as http:
+        ok = http.options("/api/tags", headers={"Origin": "http://localhost:3000", "Access-Control-Request-Method": "GET"})
+        assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == "http://localhost:3000"
+        foreign = http.options("/api/tags", headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "GET"})
+        assert "access-control-allow-origin" not in foreign.headers
+        # Bound to loopback: a foreign Host (DNS rebinding) is refused, a local one served.
+        assert http.get("/api/version", headers={"Host": "evil.example"}).status_code == 403
+        assert http.get("/api/version", headers={"Host": "localhost:11434"}).status_code == 200
