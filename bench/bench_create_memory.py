@@ -17,7 +17,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "tests"), str(REPO)]
 
-from tests.create.test_streaming_memory import measure, write_big_llama  # noqa: E402
+from tests.create.test_streaming_memory import measure, write_big_llama
 
 MiB = 2**20
 

@@ -19,7 +19,6 @@ import logging
 import math
 import re
 from collections.abc import Callable
-from itertools import chain
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -192,9 +191,12 @@ def _whole_converters() -> dict[str, Callable[..., None]]:
 def find_weights(folder: str | Path) -> tuple[str, list[Path]]:
     """("safetensors" | "torch" | "gguf", files) holding a folder's model, ("", []) when none.
 
-    Ollama's order: safetensors (model*, else consolidated*), then pytorch_model*.bin, then
-    consolidated*.pth, then *.gguf, then a GGUF named *.bin. Checkpoints are taken only when
-    they are zip files, as Ollama checks their content type (a git-lfs pointer is skipped).
+    Ollama's order: safetensors, then pytorch_model*.bin (its -N-of-M shards before a single
+    file, as Ollama's converter reads them), then consolidated*.pth, then *.gguf, then a GGUF
+    named *.bin. Ollama takes only model*.safetensors (else consolidated*); we take every
+    .safetensors file, HF shards before Mistral's consolidated ones (see weight_files).
+    Checkpoints are taken only when they are zip files, as Ollama checks their content type,
+    so a git-lfs pointer is skipped.
     """
     folder = Path(folder)
     if any(folder.glob("*.safetensors")):
@@ -202,7 +204,8 @@ def find_weights(folder: str | Path) -> tuple[str, list[Path]]:
     for pattern in ("pytorch_model*.bin", "consolidated*.pth"):
         found = sorted(folder.glob(pattern))
         if found and all(_magic(p) == b"PK\x03\x04" for p in found):
-            return "torch", found
+            shards = [p for p in found if re.fullmatch(r"pytorch_model-.+-of-.+\.bin", p.name)]
+            return "torch", shards or found
     ggufs = sorted(folder.glob("*.gguf")) or [p for p in sorted(folder.glob("*.bin")) if _magic(p) == b"GGUF"]
     return ("gguf", ggufs) if ggufs else ("", [])
 
@@ -234,7 +237,7 @@ def open_weights(folder: str | Path):
         raise ConvertError(f"{folder}: cannot read the weights ({e})") from None
     not_zips = [p.name for p in (*folder.glob("pytorch_model*.bin"), *folder.glob("consolidated*.pth"))]
     if not_zips:
-        raise ConvertError(f"{folder / sorted(not_zips)[0]}: not a PyTorch zip checkpoint (a git-lfs pointer?)")
+        raise ConvertError(f"{folder / min(not_zips)}: not a PyTorch zip checkpoint (a git-lfs pointer?)")
     raise ConvertError(f"{folder}: no .safetensors weights (nor pytorch_model*.bin, consolidated*.pth) in the folder")
 
 

@@ -17,15 +17,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from models.tinyhf import (  # noqa: E402
-    PROMPT, TOLERANCE, bpe_tokenizer, hf_ids, hf_logits, our_logits, save_tiny, torch, transformers,
+from cliproc import assert_one_line_error, pollama
+from models.tinyhf import (
+    PROMPT,
+    bpe_tokenizer,
+    hf_ids,
+    hf_logits,
+    our_logits,
+    save_tiny,
+    torch,
+    transformers,
 )
-from cliproc import assert_one_line_error, pollama  # noqa: E402
-from pollama.create.convert import find_weights  # noqa: E402
-from pollama.create.pipeline import create_model  # noqa: E402
-from pollama.fs.gguf import GGUFFile  # noqa: E402
-from pollama.store.store import Store  # noqa: E402
+
+from pollama.create.convert import find_weights
+from pollama.create.pipeline import create_model
+from pollama.fs.gguf import GGUFFile
+from pollama.store.store import Store
 
 
 def save_bin(model, folder: Path, shards: int = 1) -> None:
@@ -99,7 +106,7 @@ def test_bin_checkpoint_creates_the_safetensors_model(tiny, shards):
 
 
 def test_consolidated_pth_and_the_order_of_sources(tiny):
-    model, st_folder, ids, st_gguf, tmp = tiny
+    model, st_folder, _, st_gguf, tmp = tiny
     folder = without_safetensors(st_folder, tmp / "pth" / "tiny")
     torch.save(model.state_dict(), folder / "consolidated.00.pth")
     assert find_weights(folder) == ("torch", [folder / "consolidated.00.pth"])

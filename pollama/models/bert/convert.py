@@ -214,7 +214,8 @@ def convert(hf_dir: str | Path, out_path: str | Path, *, outtype: str = "f16", p
     vocab = read_vocab(hf_dir)
 
     wide = GGMLType.F16 if outtype == "f16" else GGMLType.F32
-    from pollama.create.convert import open_weights  # (that module imports this one lazily)
+    # Imported here: pollama.create.convert imports this module (lazily) for BertModel folders.
+    from pollama.create.convert import open_weights
 
     tensors = []
     with open_weights(hf_dir) as st:
