@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import time
 import urllib.parse
 from typing import Callable
 
@@ -29,6 +30,8 @@ from .gofmt import (
 from .golex import template_error
 
 MAX_TEMPLATE_DEPTH = 64
+# An execution may take this long (seconds): {{ range 1000000000 }} must not hang the server.
+MAX_EXECUTION_SECONDS = 10.0
 
 
 class _Nil:
@@ -385,6 +388,8 @@ class State:
         self.out: list[str] = []
         self.vars: list[list] = []
         self.depth = 0
+        self.iterations = 0
+        self.deadline = time.monotonic() + MAX_EXECUTION_SECONDS
 
     # errors
     def error(self, node: P.Node | None, msg: str) -> TemplateError:
@@ -461,6 +466,9 @@ class State:
             decl = r.pipe.decl
 
             def one(index, elem) -> bool:
+                self.iterations += 1
+                if self.iterations % 1024 == 0 and time.monotonic() > self.deadline:
+                    raise self.error(r, f"execution took longer than {MAX_EXECUTION_SECONDS:g}s")
                 if decl:
                     if r.pipe.is_assign:
                         self.set_var(r, decl[0].ident[0], index if len(decl) > 1 else elem)

@@ -11,8 +11,8 @@ A chat template comes with a model file, so it is untrusted code. Beyond Jinja's
 templates that name an underscore attribute (`''.__class__`, `cycler.__init__.__globals__`,
 `self._TemplateReference__context`, `x|attr('__dict__')`, `'{0.__class__}'.format(x)`) are
 refused before anything runs; an unsafe attribute reached at run time raises instead of
-rendering as empty; repetition and power are bounded; and everything the template sees is
-rebuilt from plain JSON types.
+rendering as empty; repetition and power are bounded; a render stops after
+MAX_RENDER_SECONDS; and everything the template sees is rebuilt from plain JSON types.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ import json
 import operator
 import re
 import string
+import sys
+import time
 from collections.abc import Mapping
 from datetime import datetime
 from functools import lru_cache
@@ -38,8 +40,10 @@ from .errors import TemplateError
 TEMPLATE_NAME = "chat_template"
 
 # Bounds on what one expression may build: a hostile template must not exhaust memory.
-MAX_REPEAT_LENGTH = 1_000_000
+MAX_REPEAT_LENGTH = 100_000
 MAX_POWER_EXPONENT = 1000
+# A render may take this long (seconds): loops nested over range() must not hang the server.
+MAX_RENDER_SECONDS = 5.0
 
 # Names transformers passes a message's reasoning under; the first is the one templates read.
 _REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")
@@ -220,6 +224,50 @@ def _alias_reasoning(messages: list) -> list:
     return out
 
 
+# ---------------------------------------------------------------- time limit
+
+
+class _Deadline:
+    """Stops a render that runs past MAX_RENDER_SECONDS.
+
+    Jinja compiles a template to Python code named "<template>"; a line tracer on those
+    frames only (other frames run untraced) checks the clock every 1024 lines. When another
+    tracer is active (a debugger, coverage) it is left alone and no limit applies.
+    """
+
+    CHECK_EVERY = 1024
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.lines = 0
+        self.deadline = 0.0
+        self.previous = None
+
+    def _local(self, frame, event, arg):
+        if event == "line":
+            self.lines += 1
+            if self.lines % self.CHECK_EVERY == 0 and time.monotonic() > self.deadline:
+                raise jinja2.exceptions.SecurityError(f"rendering took longer than {self.seconds:g}s")
+        return self._local
+
+    def _global(self, frame, event, arg):
+        if frame.f_code.co_filename == "<template>":
+            return self._local
+        return None
+
+    def __enter__(self):
+        self.previous = sys.gettrace()
+        if self.previous is None:
+            self.deadline = time.monotonic() + self.seconds
+            sys.settrace(self._global)
+        return self
+
+    def __exit__(self, *exc):
+        if self.previous is None:
+            sys.settrace(None)
+        return False
+
+
 # ---------------------------------------------------------------- API
 
 
@@ -260,7 +308,8 @@ class ChatTemplate:
             eos_token=plain_data(eos_token),
         )
         try:
-            return self._template.render(**data)
+            with _Deadline(MAX_RENDER_SECONDS):
+                return self._template.render(**data)
         except _ChatTemplateError as e:
             raise _error(e, "the template raised: ") from None
         except jinja2.exceptions.SecurityError as e:

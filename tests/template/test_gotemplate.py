@@ -482,3 +482,11 @@ def test_dunder_keys_are_just_missing_map_keys():
 def test_index_map_with_wrong_key_type():
     with pytest.raises(TemplateError, match="value has type int; should be string"):
         Template.parse("{{ index .M 1 }}", ollama=False).execute({"M": {}})
+
+
+def test_endless_range_is_stopped(monkeypatch):
+    import pollama.template.goexec as goexec
+
+    monkeypatch.setattr(goexec, "MAX_EXECUTION_SECONDS", 0.2)
+    with pytest.raises(TemplateError, match="execution took longer than 0.2s"):
+        Template.parse("{{ range 1000000000 }}{{ end }}", ollama=False).execute({})

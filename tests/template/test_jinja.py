@@ -209,3 +209,18 @@ def test_generation_blocks_render_as_transformers():
                 "{% endgeneration %}{% else %}U: {{ m.content }}{% endif %}\n{% endfor %}")
     conv = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
     assert ours(template, conv) == hf_render(template, conv) == "U: qA: a"  # trim_blocks eats the newline
+
+
+def test_endless_loops_are_stopped(monkeypatch):
+    import sys
+
+    import pollama.template.jinja as jinja_module
+
+    if sys.gettrace() is not None:
+        pytest.skip("a tracer (debugger or coverage) is active: the render time limit stands aside")
+    monkeypatch.setattr(jinja_module, "MAX_RENDER_SECONDS", 0.2)
+    template = "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}"
+    with pytest.raises(TemplateError, match="longer than 0.2s"):
+        ours(template, [])
+    assert sys.gettrace() is None
+    assert ours("{% for a in range(3) %}{{ a }}{% endfor %}", []) == "012"
