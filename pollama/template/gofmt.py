@@ -292,14 +292,26 @@ def sprintf(fmt: str, args: list) -> str:
         flags, width, prec, verb = m.group(1), m.group(2), m.group(3), m.group(4)
         has_prec = "." in fmt[j : m.end()] and fmt[j : m.end()].rfind(".") > 0
         i = m.end()
+        if (width not in (None, "*") and _too_long(width)) or (prec not in (None, "*") and _too_long(prec)):
+            # Go's parsenum gives up on a crazy long number and the rest of the format is lost.
+            out.append("%!(NOVERB)")
+            break
         if width == "*":
             width, argi = (args[argi] if argi < len(args) else None), argi + 1
-            width = width if isinstance(width, int) and not isinstance(width, bool) else None
+            if not _is_int(width) or abs(width) > _MAX_WIDTH:
+                out.append("%!(BADWIDTH)")
+                width = None
+            elif width < 0:
+                flags, width = flags + "-", -width
         if prec == "*":
             prec, argi = (args[argi] if argi < len(args) else None), argi + 1
-            prec = prec if isinstance(prec, int) and not isinstance(prec, bool) else None
+            if not _is_int(prec) or abs(prec) > _MAX_WIDTH:
+                out.append("%!(BADPREC)")
+                prec = None
+            elif prec < 0:
+                prec = None
         width = int(width) if width is not None else None
-        prec = int(prec) if prec is not None else (0 if has_prec else None)
+        prec = int(prec) if prec is not None else (0 if has_prec and m.group(3) is None else None)
         if verb == "":
             out.append("%!(NOVERB)")
             break
@@ -322,6 +334,23 @@ def sprintf(fmt: str, args: list) -> str:
         )
         out.append(f"%!(EXTRA {extra})")
     return "".join(out)
+
+
+_MAX_WIDTH = 1_000_000  # Go's fmt refuses widths and precisions beyond this
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _too_long(digits: str) -> bool:
+    """Whether Go's parsenum overflows on these digits (it checks before adding each one)."""
+    num = 0
+    for d in digits:
+        if num > _MAX_WIDTH:
+            return True
+        num = num * 10 + int(d)
+    return False
 
 
 def _format_one(arg, verb: str, flags: str, width: int | None, prec: int | None) -> str:
