@@ -166,8 +166,10 @@ def _unsafe_reason(tree: nodes.Template) -> str | None:
     for node in tree.find_all((nodes.Getattr, nodes.Getitem, nodes.Filter, nodes.Call, nodes.Name)):
         if isinstance(node, nodes.Getattr) and node.attr.startswith("_"):
             return f"attribute {node.attr!r}"
+        # A single leading underscore may be a data key (m['_meta']); the sandbox still guards
+        # the attribute lookup Jinja falls back to. Dunders are never data.
         if isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const) \
-                and isinstance(node.arg.value, str) and node.arg.value.startswith("_"):
+                and isinstance(node.arg.value, str) and node.arg.value.startswith("__"):
             return f"item {node.arg.value!r}"
         if isinstance(node, nodes.Filter) and node.name in ("attr", "map", "selectattr", "rejectattr", "sort",
                                                              "groupby", "sum", "unique", "min", "max"):
@@ -181,7 +183,7 @@ def _unsafe_reason(tree: nodes.Template) -> str | None:
             for f in _format_fields(node.node.node.value):
                 if re.search(r"[.\[]\s*_", f) or f.startswith("_"):
                     return f"format field {{{f}}}"
-        if isinstance(node, nodes.Name) and node.name.startswith("_") and node.ctx == "load":
+        if isinstance(node, nodes.Name) and node.name.startswith("__") and node.ctx == "load":
             return f"name {node.name!r}"
     return None
 

@@ -224,3 +224,9 @@ def test_endless_loops_are_stopped(monkeypatch):
         ours(template, [])
     assert sys.gettrace() is None
     assert ours("{% for a in range(3) %}{{ a }}{% endfor %}", []) == "012"
+
+
+def test_single_underscore_names_and_keys_are_data():
+    template = "{% set _ = 1 %}{{ _ }}{% for m in messages %}{{ m['_meta'] }}{% endfor %}"
+    conv = [{"role": "user", "content": "x", "_meta": "M"}]
+    assert ours(template, conv) == hf_render(template, conv) == "1M"
