@@ -30,7 +30,22 @@ _EXPORTS = {
     "Media": "prompt",
 }
 
-__all__ = ["TemplateError", *_EXPORTS]
+__all__ = [
+    "Media",
+    "NamedTemplate",
+    "Template",
+    "TemplateError",
+    "capabilities",
+    "chat_prompt",
+    "compile_chat_template",
+    "detect_named",
+    "generate_prompt",
+    "jinja_chat_prompt",
+    "named_template",
+    "render_chat_template",
+    "thinking_tags",
+    "tool_call_tag",
+]
 
 
 def __getattr__(name: str):

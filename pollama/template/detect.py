@@ -63,7 +63,7 @@ def _bounded_edits(a: str, b: str, limit: int) -> int:
     if a == b:
         return 0
     inf = limit + 1
-    prev = {j: j for j in range(0, min(len(b), limit) + 1)}
+    prev = {j: j for j in range(min(len(b), limit) + 1)}
     for i in range(1, len(a) + 1):
         cur = {}
         lo, hi = max(0, i - limit), min(len(b), i + limit)

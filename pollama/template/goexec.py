@@ -12,7 +12,7 @@ import dataclasses
 import datetime
 import time
 import urllib.parse
-from typing import Callable
+from collections.abc import Callable
 
 from . import goparse as P
 from .errors import TemplateError
@@ -128,9 +128,8 @@ def _eq(arg1, *rest):
         b = _plain(arg)
         k2 = _kind(b)
         if k1 != k2:
-            if k1 in _BASIC or k2 in _BASIC:
-                if a is not None and b is not None:
-                    raise _CallError(f"incompatible types for comparison: {go_type_name(a)} and {go_type_name(b)}")
+            if (k1 in _BASIC or k2 in _BASIC) and a is not None and b is not None:
+                raise _CallError(f"incompatible types for comparison: {go_type_name(a)} and {go_type_name(b)}")
             truth = False
             if a is None or b is None:
                 truth = a is None and b is None
@@ -435,7 +434,7 @@ class State:
         elif isinstance(node, P.ListNode):
             for n in node.nodes:
                 self.walk(dot, n)
-        elif isinstance(node, P.IfNode) or isinstance(node, P.WithNode):
+        elif isinstance(node, (P.IfNode, P.WithNode)):
             mark = self.mark()
             try:
                 val = self.eval_pipeline(dot, node.pipe)
@@ -525,7 +524,7 @@ class State:
         if self.depth >= MAX_TEMPLATE_DEPTH:
             raise self.error(t, f"exceeded maximum template depth ({MAX_TEMPLATE_DEPTH})")
         dot = self.eval_pipeline(dot, t.pipe) if t.pipe is not None else None
-        saved_vars, saved_name = self.vars, self.name
+        saved_vars = self.vars
         self.vars = [["$", dot]]  # no dynamic scoping: a template inherits no variables
         self.depth += 1
         try:
@@ -649,7 +648,7 @@ class State:
             raise self.error(node, f"error calling {name}: {e}") from None
         except TemplateError:
             raise
-        except Exception as e:  # a user-supplied function failed
+        except Exception as e:  # noqa: BLE001 - a failing function is the template's error, never a traceback
             raise self.error(node, f"error calling {name}: {e}") from None
 
     def eval_arg(self, dot, n: P.Node):

@@ -273,7 +273,7 @@ def sprintln(args: list) -> str:
     return " ".join(format_value(a) for a in args) + "\n"
 
 
-_SPEC = re.compile(r"%([-+# 0]*)(\*|\d+)?(?:\.(\*|\d+)?)?(.?)", re.S)
+_SPEC = re.compile(r"%([-+# 0]*)(\*|\d+)?(?:\.(\*|\d+)?)?(.?)", re.DOTALL)
 
 
 def sprintf(fmt: str, args: list) -> str:

@@ -21,7 +21,7 @@ from .golex import Tok, Token, lex, template_error
 class Node:
     pos: int
 
-    def copy(self) -> "Node":
+    def copy(self) -> Node:
         return copy.deepcopy(self)
 
 
@@ -387,7 +387,7 @@ class Parser:
         self.vars = saved_vars
         self._add(name, body)
 
-    def item_list(self) -> tuple[ListNode, "EndMarker | ElseMarker"]:
+    def item_list(self) -> tuple[ListNode, EndMarker | ElseMarker]:
         lst = ListNode(self.peek_non_space().pos)
         while self.peek_non_space().typ is not Tok.EOF:
             node = self.text_or_action()
@@ -440,7 +440,7 @@ class Parser:
             raise self.error("{{" + word + "}} outside {{range}}", t)
         return cls(t.pos)
 
-    def else_control(self, t: Token) -> "ElseMarker":
+    def else_control(self, t: Token) -> ElseMarker:
         peek = self.peek_non_space()
         if peek.typ in (Tok.IF, Tok.WITH):
             return ElseMarker(t, chained=peek.typ)
@@ -553,7 +553,7 @@ class Parser:
 
     def _check_pipeline(self, pipe: PipeNode, context: str, t: Token) -> None:
         if not pipe.cmds:
-            raise self.error(f"missing command", t)
+            raise self.error("missing command", t)
         for i, c in enumerate(pipe.cmds[1:], start=2):
             first = c.args[0]
             if isinstance(first, (BoolNode, DotNode, NilNode, NumberNode, StringNode)):

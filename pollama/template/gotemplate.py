@@ -14,7 +14,7 @@ from . import goparse as P
 from .errors import TemplateError
 from .goexec import BUILTINS, OLLAMA_FUNCS, Func, execute
 
-__all__ = ["Template", "TemplateError", "capabilities", "tool_call_tag", "thinking_tags"]
+__all__ = ["Template", "TemplateError", "capabilities", "thinking_tags", "tool_call_tag"]
 
 FUNCS: dict[str, Func] = {**BUILTINS, **OLLAMA_FUNCS}
 
@@ -33,7 +33,7 @@ class Template:
         self.trees = trees
 
     @classmethod
-    def parse(cls, text: str, name: str = "", *, ollama: bool = True) -> "Template":
+    def parse(cls, text: str, name: str = "", *, ollama: bool = True) -> Template:
         """Parse `text` as Go does; with `ollama` (default) apply Ollama's implicit {{ .Response }}."""
         trees = P.parse(text, name, set(FUNCS))
         tmpl = cls(text, name, trees)
@@ -71,7 +71,7 @@ class Template:
         """Whether the template's source text contains `s` (Ollama's Contains)."""
         return s in self.text
 
-    def without_after_response(self) -> "Template":
+    def without_after_response(self) -> Template:
         """A copy whose main tree drops every node after the first .Response field (legacy mode's open turn)."""
         root = self.root.copy()
         cut = [False]

@@ -31,9 +31,9 @@ from typing import Any
 
 import jinja2
 import jinja2.ext
-import jinja2.nodes as nodes
 import jinja2.sandbox
 import jinja2.utils
+from jinja2 import nodes
 
 from .errors import TemplateError
 
@@ -74,7 +74,7 @@ def _check_name(name) -> None:
 class _Namespace(jinja2.utils.Namespace):
     """Jinja's namespace() refusing underscore attribute names."""
 
-    def __init__(*args, **kwargs):  # noqa: N805 - Jinja's signature trick, so namespace(self=...) works
+    def __init__(*args, **kwargs):
         self, args = args[0], args[1:]
         attrs = dict(*args, **kwargs)
         for name in attrs:
@@ -129,7 +129,7 @@ class _ChatSandbox(jinja2.sandbox.ImmutableSandboxedEnvironment):
 class _GenerationBlock(jinja2.ext.Extension):
     """transformers' {% generation %} ... {% endgeneration %}: marks assistant text, renders it as is."""
 
-    tags = {"generation"}
+    tags = frozenset({"generation"})
 
     def parse(self, parser):
         lineno = next(parser.stream).lineno

@@ -17,9 +17,10 @@ This is Ollama's template.Execute and server/prompt.go chatPrompt:
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from .gotemplate import Template
 from .values import TemplateMessage, template_message, template_tools
@@ -141,11 +142,11 @@ def tag_images(messages: list[dict], start: int = 0) -> tuple[list[dict], list[M
 def _checked_messages(messages: list) -> list[dict]:
     """Copies of the messages with roles lower-cased, as Ollama's JSON decoding leaves them."""
     if not isinstance(messages, list):
-        raise ValueError("messages must be a list")
+        raise TypeError("messages must be a list")
     out = []
     for i, m in enumerate(messages):
         if not isinstance(m, dict):
-            raise ValueError(f"message {i} must be an object, got {type(m).__name__}")
+            raise TypeError(f"message {i} must be an object, got {type(m).__name__}")
         out.append({**m, "role": str(m.get("role") or "").lower()})
     return out
 

@@ -206,7 +206,7 @@ class TemplateTools(list):
 
 def _property(d: Any) -> ToolProperty:
     if not isinstance(d, dict):
-        raise ValueError(f"a tool property must be an object, got {type(d).__name__}")
+        raise TypeError(f"a tool property must be an object, got {type(d).__name__}")
     typ = d.get("type")
     if typ is None:
         types = PropertyType()
@@ -235,7 +235,7 @@ def template_tools(tools: list[dict] | None) -> TemplateTools:
     out = TemplateTools()
     for t in tools:
         if not isinstance(t, dict):
-            raise ValueError(f"a tool must be an object, got {type(t).__name__}")
+            raise TypeError(f"a tool must be an object, got {type(t).__name__}")
         fn = t.get("function") or {}
         params = fn.get("parameters") or {}
         props = params.get("properties")
@@ -284,7 +284,7 @@ def _tool_call(tc: dict) -> TemplateToolCall:
 def template_message(m: dict) -> TemplateMessage:
     """One Ollama JSON message as a template message (role lower-cased, as Ollama's decoder does)."""
     if not isinstance(m, dict):
-        raise ValueError(f"a message must be an object, got {type(m).__name__}")
+        raise TypeError(f"a message must be an object, got {type(m).__name__}")
     # Images stay as given (base64 text from the API): templates only test for their presence.
     images = list(m.get("images") or [])
     return TemplateMessage(

@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from template_goldens import require_goldens  # noqa: E402
+from template_goldens import require_goldens
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from realmodels import SHARED
 
 GOLDEN_DIR = SHARED / "testdata" / "templates"

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from realmodels import real_model
 
 from pollama.template.detect import detect_named
 from pollama.template.jinja import render_chat_template
 from pollama.template.named import named_template
 from pollama.template.prompt import execute
-from realmodels import real_model
 
 # Hand-written Jinja templates in the styles the model cards document.
 LLAMA3_STYLE = (

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import pytest
+from template_goldens import (
+    CONVERSATIONS,
+    GOLDEN_DIR,
+    golden_expected,
+    golden_matches,
+    golden_names,
+)
 
-from template_goldens import CONVERSATIONS, GOLDEN_DIR, golden_expected, golden_matches, golden_names
 from pollama.template.gotemplate import Template
 
 NAMES = golden_names()

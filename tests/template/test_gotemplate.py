@@ -12,7 +12,13 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from pollama.template.gotemplate import Template, TemplateError, capabilities, thinking_tags, tool_call_tag
+from pollama.template.gotemplate import (
+    Template,
+    TemplateError,
+    capabilities,
+    thinking_tags,
+    tool_call_tag,
+)
 
 
 @dataclass
@@ -445,8 +451,8 @@ THINKING_TAGS = [
     ("text around is trimmed",
      "{{ range .Messages }}{{ if .Thinking }}\n  Before   {{ .Thinking }}   After\n{{ end }}{{ end }}", ("Before", "After")),
     ("last occurrence wins",
-     "{{ range $i, $m := .Messages }}{{ if .Thinking }}<a>{{ .Thinking }}</a>{{ end }}"
-     "{{ if .Thinking }}<think>{{ .Thinking }}</think>{{ end }}{{ end }}", ("<think>", "</think>")),
+     ("{{ range $i, $m := .Messages }}{{ if .Thinking }}<a>{{ .Thinking }}</a>{{ end }}"
+      "{{ if .Thinking }}<think>{{ .Thinking }}</think>{{ end }}{{ end }}"), ("<think>", "</think>")),
     ("non-text ends keep the earlier tags",
      "{{ range .Messages }}{{ if .Thinking }}<t>{{ .Thinking }}</t>{{ end }}{{ with .Thinking }}{{ . }}{{ end }}{{ end }}",
      ("<t>", "</t>")),
@@ -466,7 +472,7 @@ class Secretive:
     Public: str = "ok"
     _private: str = "hidden"
 
-    def Method(self):  # noqa: N802 - a Go-style exported name that must still be unreachable
+    def Method(self):
         raise AssertionError("called")
 
 
@@ -488,7 +494,7 @@ def test_index_map_with_wrong_key_type():
 
 
 def test_endless_range_is_stopped(monkeypatch):
-    import pollama.template.goexec as goexec
+    from pollama.template import goexec
 
     monkeypatch.setattr(goexec, "MAX_EXECUTION_SECONDS", 0.2)
     with pytest.raises(TemplateError, match="execution took longer than 0.2s"):

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from realmodels import real_model
 
 from pollama.template.errors import TemplateError
 from pollama.template.jinja import compile_chat_template, render_chat_template
-from realmodels import real_model
 
 transformers = pytest.importorskip("transformers", reason="transformers (test extra) is the reference renderer")
 tokenizers = pytest.importorskip("tokenizers")

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import pytest
+from template_goldens import (
+    CONVERSATIONS,
+    golden_expected,
+    golden_matches,
+    golden_names,
+)
 
 from pollama.template.named import all_named, named_template, names
-from template_goldens import CONVERSATIONS, golden_expected, golden_matches, golden_names
 
 GOLDEN = golden_names()
 

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from template_goldens import (
+    CONVERSATIONS,
+    golden_expected,
+    golden_matches,
+    golden_names,
+)
 
 from pollama.template.gotemplate import Template, thinking_tags, tool_call_tag
 from pollama.template.named import named_template
@@ -14,7 +20,6 @@ from pollama.template.prompt import (
     generate_prompt,
     think_values,
 )
-from template_goldens import CONVERSATIONS, golden_expected, golden_matches, golden_names
 
 CHATML = named_template("chatml").template
 # A legacy (pre-.Messages) ChatML template, as older Modelfiles have.
@@ -253,7 +258,7 @@ def test_thinking_and_tool_templates_end_to_end():
 
 
 def test_bad_input_is_a_clear_error():
-    with pytest.raises(ValueError, match="message 0 must be an object"):
+    with pytest.raises(TypeError, match="message 0 must be an object"):
         chat_prompt(CHATML, ["hello"], truncate=False)
     with pytest.raises(ValueError, match="think"):
         think_values(3)
@@ -262,9 +267,10 @@ def test_bad_input_is_a_clear_error():
 def test_jinja_chat_prompt_matches_transformers_on_qwen_template():
     transformers = pytest.importorskip("transformers", reason="transformers (test extra) is the reference renderer")
     tokenizers = pytest.importorskip("tokenizers")
+    from realmodels import real_model
+
     from pollama.fs.gguf import GGUFFile
     from pollama.template.prompt import hf_messages, jinja_chat_prompt
-    from realmodels import real_model
 
     md = GGUFFile(real_model("qwen2.5-coder-0.5b")).metadata
     template = md["tokenizer.chat_template"]

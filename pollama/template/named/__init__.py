@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 
 from ..gotemplate import Template
@@ -33,7 +33,7 @@ def names() -> list[str]:
                   if p.name.endswith(".gotmpl"))
 
 
-@lru_cache(maxsize=None)
+@cache
 def named_template(name: str) -> NamedTemplate:
     """The built-in template `name`; KeyError naming the known ones when there is none."""
     folder = resources.files(__name__)
