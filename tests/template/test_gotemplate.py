@@ -499,3 +499,19 @@ def test_endless_range_is_stopped(monkeypatch):
     monkeypatch.setattr(goexec, "MAX_EXECUTION_SECONDS", 0.2)
     with pytest.raises(TemplateError, match="execution took longer than 0.2s"):
         Template.parse("{{ range 1000000000 }}{{ end }}", ollama=False).execute({})
+
+
+def test_current_and_yesterday_date():
+    import datetime
+
+    today = datetime.date.today()
+    out = Template.parse('{{ currentDate }}|{{ yesterdayDate }}|{{ currentDate "ignored format" }}', ollama=False).execute({})
+    # Rendering may straddle midnight: accept the day before as well.
+    days = [today, today - datetime.timedelta(days=1)]
+    assert out in {f"{d:%Y-%m-%d}|{d - datetime.timedelta(days=1):%Y-%m-%d}|{d:%Y-%m-%d}" for d in days}
+    with pytest.raises(TemplateError, match="expected string"):
+        Template.parse("{{ currentDate 1 }}", ollama=False).execute({})
+
+
+def test_to_typescript_type_of_other_values_is_any():
+    assert Template.parse("{{ toTypeScriptType .S }}", ollama=False).execute(DATA) == "any"
