@@ -45,6 +45,7 @@ def go_type_name(v) -> str:
 
 
 def is_struct(v) -> bool:
+    """Whether a value stands for a Go struct (a dataclass instance)."""
     return dataclasses.is_dataclass(v) and not isinstance(v, type)
 
 

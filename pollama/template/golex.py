@@ -15,6 +15,8 @@ SPACE_CHARS = " \t\r\n"
 
 
 class Tok(enum.Enum):
+    """Token kinds, Go's lexer items."""
+
     ERROR = "error"
     BOOL = "bool"
     CHAR = "char"  # a printable ASCII punctuation character: ',' in "range $i, $v"
@@ -68,6 +70,8 @@ KEYWORDS = {
 
 @dataclass
 class Token:
+    """One lexed token: kind, source text, offset and line."""
+
     typ: Tok
     val: str
     pos: int  # offset in the source text

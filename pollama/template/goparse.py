@@ -19,6 +19,8 @@ from .golex import Tok, Token, lex, template_error
 
 @dataclass(eq=False)
 class Node:
+    """A parse-tree node; `pos` is its offset in the template text."""
+
     pos: int
 
     def copy(self) -> Node:
@@ -27,6 +29,8 @@ class Node:
 
 @dataclass(eq=False)
 class TextNode(Node):
+    """Plain text, written as is."""
+
     text: str
 
     def __str__(self) -> str:
@@ -35,6 +39,8 @@ class TextNode(Node):
 
 @dataclass(eq=False)
 class CommentNode(Node):
+    """A {{/* comment */}}."""
+
     text: str
 
     def __str__(self) -> str:
@@ -43,6 +49,8 @@ class CommentNode(Node):
 
 @dataclass(eq=False)
 class ListNode(Node):
+    """A sequence of nodes."""
+
     nodes: list[Node] = field(default_factory=list)
 
     def __str__(self) -> str:
@@ -51,18 +59,24 @@ class ListNode(Node):
 
 @dataclass(eq=False)
 class DotNode(Node):
+    """The cursor, `.`."""
+
     def __str__(self) -> str:
         return "."
 
 
 @dataclass(eq=False)
 class NilNode(Node):
+    """The untyped `nil`."""
+
     def __str__(self) -> str:
         return "nil"
 
 
 @dataclass(eq=False)
 class BoolNode(Node):
+    """`true` or `false`."""
+
     value: bool
 
     def __str__(self) -> str:
@@ -71,6 +85,8 @@ class BoolNode(Node):
 
 @dataclass(eq=False)
 class NumberNode(Node):
+    """A number or character literal with its Go ideal-constant value."""
+
     text: str
     value: int | float | complex
 
@@ -80,6 +96,8 @@ class NumberNode(Node):
 
 @dataclass(eq=False)
 class StringNode(Node):
+    """A quoted or raw string literal."""
+
     quoted: str
     text: str
 
@@ -89,6 +107,8 @@ class StringNode(Node):
 
 @dataclass(eq=False)
 class FieldNode(Node):
+    """A field chain from dot: .A.B."""
+
     ident: list[str]
 
     def __str__(self) -> str:
@@ -97,6 +117,8 @@ class FieldNode(Node):
 
 @dataclass(eq=False)
 class VariableNode(Node):
+    """A variable, possibly with fields: $x.A."""
+
     ident: list[str]  # ["$x", "Field", ...]
 
     def __str__(self) -> str:
@@ -105,6 +127,8 @@ class VariableNode(Node):
 
 @dataclass(eq=False)
 class IdentifierNode(Node):
+    """A function name."""
+
     name: str
 
     def __str__(self) -> str:
@@ -113,6 +137,8 @@ class IdentifierNode(Node):
 
 @dataclass(eq=False)
 class ChainNode(Node):
+    """Fields of a non-field term: (pipeline).A."""
+
     node: Node
     field: list[str]
 
@@ -123,6 +149,8 @@ class ChainNode(Node):
 
 @dataclass(eq=False)
 class CommandNode(Node):
+    """One stage of a pipeline: an operand and its arguments."""
+
     args: list[Node] = field(default_factory=list)
 
     def __str__(self) -> str:
@@ -131,6 +159,8 @@ class CommandNode(Node):
 
 @dataclass(eq=False)
 class PipeNode(Node):
+    """A pipeline with its optional variable declarations."""
+
     is_assign: bool = False
     decl: list[VariableNode] = field(default_factory=list)
     cmds: list[CommandNode] = field(default_factory=list)
@@ -144,6 +174,8 @@ class PipeNode(Node):
 
 @dataclass(eq=False)
 class ActionNode(Node):
+    """{{pipeline}}: evaluated and printed unless it declares variables."""
+
     pipe: PipeNode
 
     def __str__(self) -> str:
@@ -152,6 +184,8 @@ class ActionNode(Node):
 
 @dataclass(eq=False)
 class BranchNode(Node):
+    """What if, range and with share: a pipeline, a list and an optional else-list."""
+
     pipe: PipeNode
     list: ListNode
     else_list: ListNode | None
@@ -166,33 +200,45 @@ class BranchNode(Node):
 
 @dataclass(eq=False)
 class IfNode(BranchNode):
+    """{{if}}."""
+
     keyword = "if"
 
 
 @dataclass(eq=False)
 class RangeNode(BranchNode):
+    """{{range}}."""
+
     keyword = "range"
 
 
 @dataclass(eq=False)
 class WithNode(BranchNode):
+    """{{with}}."""
+
     keyword = "with"
 
 
 @dataclass(eq=False)
 class BreakNode(Node):
+    """{{break}} inside a range."""
+
     def __str__(self) -> str:
         return "{{break}}"
 
 
 @dataclass(eq=False)
 class ContinueNode(Node):
+    """{{continue}} inside a range."""
+
     def __str__(self) -> str:
         return "{{continue}}"
 
 
 @dataclass(eq=False)
 class TemplateNode(Node):
+    """{{template "name" pipeline}}."""
+
     name: str
     pipe: PipeNode | None
 
@@ -631,6 +677,8 @@ class Parser:
 
 @dataclass
 class EndMarker:
+    """{{end}}, returned to the control structure that waits for it."""
+
     token: Token
 
     def __str__(self) -> str:
@@ -639,6 +687,8 @@ class EndMarker:
 
 @dataclass
 class ElseMarker:
+    """{{else}} (and whether an if/with follows it), returned to its control structure."""
+
     token: Token
     chained: Tok | None
 
