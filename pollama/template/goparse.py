@@ -24,6 +24,7 @@ class Node:
     pos: int
 
     def copy(self) -> Node:
+        """A deep copy of the subtree."""
         return copy.deepcopy(self)
 
 
@@ -34,7 +35,7 @@ class TextNode(Node):
     text: str
 
     def __str__(self) -> str:
-        return repr(self.text)
+        return self.text
 
 
 @dataclass(eq=False)
