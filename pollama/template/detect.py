@@ -140,3 +140,21 @@ def detect_named(chat_template: str, *, bos_token: str = "", eos_token: str = "<
         if best is None or key < best[:2]:
             best = (score, named.name, named)
     return best[2] if best else None
+
+
+def _token_text(metadata, key: str) -> str:
+    tokens = metadata.get("tokenizer.ggml.tokens")
+    token_id = metadata.get(key)
+    if tokens is None or not isinstance(token_id, int) or not 0 <= token_id < len(tokens):
+        return ""
+    text = tokens[token_id]
+    return text if isinstance(text, str) else ""
+
+
+def detect_from_gguf_metadata(metadata) -> NamedTemplate | None:
+    """The named template for a GGUF's tokenizer.chat_template (BOS/EOS texts from its vocabulary), or None."""
+    chat_template = metadata.get("tokenizer.chat_template")
+    if not isinstance(chat_template, str) or not chat_template.strip():
+        return None
+    return detect_named(chat_template, bos_token=_token_text(metadata, "tokenizer.ggml.bos_token_id"),
+                        eos_token=_token_text(metadata, "tokenizer.ggml.eos_token_id") or "</s>")

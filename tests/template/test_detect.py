@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from realmodels import real_model
 
-from pollama.template.detect import detect_named
+from pollama.template.detect import detect_from_gguf_metadata, detect_named
 from pollama.template.jinja import render_chat_template
 from pollama.template.named import named_template
 from pollama.template.prompt import execute
@@ -151,6 +151,14 @@ def test_smollm2_gguf_template_is_chatml():
     # ChatML (Ollama's index also maps it to chatml: Levenshtein distance 41).
     template, bos, eos = _gguf("smollm2")
     assert detect_named(template, bos_token=bos, eos_token=eos).name == "chatml"
+    from pollama.fs.gguf import GGUFFile
+
+    assert detect_from_gguf_metadata(GGUFFile(real_model("smollm2")).metadata).name == "chatml"
+
+
+def test_metadata_without_chat_template():
+    assert detect_from_gguf_metadata({}) is None
+    assert detect_from_gguf_metadata({"tokenizer.chat_template": "  "}) is None
 
 
 def test_qwen25_coder_gguf_template_is_not_a_named_template():
