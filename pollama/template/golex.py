@@ -302,6 +302,12 @@ class Lexer:
     def _number(self, pos: int) -> int:
         m = _NUMBER.match(self.text, pos)
         end = m.end() if m else pos
+        if end < len(self.text) and self.text[end] in "+-" and end > pos and self.text[end - 1] != "i":
+            # A complex constant: 1+2i, no spaces, the second part ending in i.
+            imag = _NUMBER.match(self.text, end)
+            if imag is None or not imag.group().endswith("i") or not any(ch.isdigit() for ch in imag.group()):
+                raise self.error(f"bad number syntax: {self.text[pos:imag.end() if imag else end + 1]!r}", pos)
+            end = imag.end()
         has_digit = any(ch.isdigit() for ch in self.text[pos:end])
         if not has_digit or (end < len(self.text) and _is_alnum(self.text[end])):
             bad_end = end

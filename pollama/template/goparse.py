@@ -315,6 +315,10 @@ def parse_number(text: str) -> int | float | complex:
             raise ValueError("malformed character constant")
         return ord(value)
     if text.endswith("i"):
+        # "2i", or "1+2i": the sign that splits real from imaginary is not an exponent's
+        for k in range(len(text) - 2, 0, -1):
+            if text[k] in "+-" and text[k - 1] not in "eEpP":
+                return complex(float(parse_number(text[:k])), float(parse_number(text[k:-1])))
         return complex(0, float(parse_number(text[:-1])))
     body = text.lstrip("+-")
     neg = text.startswith("-")

@@ -11,7 +11,6 @@ Where this differs from Go and Ollama, on purpose:
 * parse errors carry a column as well as a line (Go names the line only);
 * data is Python: dicts are map[string]any, dataclasses are structs whose fields (never
   methods, never underscore names) are visible; `call` has nothing to call;
-* complex literals with a real part (1+2i) are not lexed; 2i alone is;
 * a {{ template "x" }} without a pipeline does not make Vars fail (Ollama's does);
 * where Ollama's cut after .Response would crash (an else-list after the cut) the list is
   emptied; an execution stops after MAX_EXECUTION_SECONDS and at MAX_TEMPLATE_DEPTH nested

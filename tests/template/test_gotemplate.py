@@ -68,6 +68,8 @@ CASES = [
     ("float small uses exponent", "{{.Small}}", "1e-05"),
     ("float literal", "{{1.0}} {{2.50}} {{1e3}} {{100000.0}}", "1 2.5 1000 100000"),
     ("int literals", "{{0x1F}} {{0o17}} {{0b101}} {{1_000}} {{-3}} {{'a'}} {{0777}}", "31 15 5 1000 -3 97 511"),
+    ("complex literals", "{{ 2i }} {{ 1+2i }} {{ printf `%v` 1.5-3i }} {{ if 0i }}T{{ else }}F{{ end }}",
+     "(0+2i) (1+2i) (1.5-3i) F"),
     ("string", "{{.S}}", "hello"),
     ("bool", "{{.True}} {{true}} {{false}}", "true true false"),
     ("slice", "{{.SI}}", "[3 4 5]"),
