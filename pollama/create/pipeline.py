@@ -103,7 +103,8 @@ def _from(store: Store, value: str, base_dir: Path, tmp: Path, status: Status) -
             raise CreateError(f"{value}: not a GGUF file (and not a folder to convert)")
         status("parsing GGUF")
         layer = _new_layer(store, path, MediaType.MODEL, status)
-        return [layer], describe_gguf(path), {}
+        template_layers, params = _detect_template(store, path, status)
+        return [layer, *template_layers], describe_gguf(path), params
     if path.is_dir():
         return _convert(store, value, path, tmp, status)
     if value.startswith((".", "/", "~")) or (os.sep in value and not _is_model_name(value)):
@@ -147,7 +148,37 @@ def _convert(store: Store, value: str, folder: Path, tmp: Path, status: Status) 
     out = tmp / "converted.gguf"
     convert_hf(folder, out)
     layer = _new_layer(store, out, MediaType.MODEL, status)
-    return [layer], describe_gguf(out), {}
+    template_layers, params = _detect_template(store, out, status)
+    return [layer, *template_layers], describe_gguf(out), params
+
+
+def _detect_template(store: Store, gguf_path: Path, status: Status) -> tuple[list[Layer], dict]:
+    """The built-in template the GGUF's Jinja chat_template renders like, as a template layer,
+    and the parameters (stop strings) that go with it; nothing when none does (the Jinja
+    template itself is then used at chat time)."""
+    from pollama.template import TemplateError, detect_named
+
+    with GGUFFile(gguf_path) as gguf:
+        md = gguf.metadata
+        chat_template = md.get("tokenizer.chat_template")
+        if not isinstance(chat_template, str) or not chat_template:
+            return [], {}
+        tokens = md.get("tokenizer.ggml.tokens") or []
+
+        def token_text(key: str) -> str:
+            i = md.get(key)
+            return str(tokens[i]) if isinstance(i, int) and 0 <= i < len(tokens) else ""
+
+        try:
+            named = detect_named(chat_template, bos_token=token_text("tokenizer.ggml.bos_token_id"),
+                                 eos_token=token_text("tokenizer.ggml.eos_token_id"))
+        except TemplateError:
+            named = None  # a template we cannot even render stays the model's own, unused here
+    if named is None:
+        return [], {}
+    # Ollama reports this layer by what it is rather than as "creating new layer".
+    status(f"using autodetected template {named.name}")
+    return [store.add_layer(named.template.encode(), MediaType.TEMPLATE)], dict(named.params)
 
 
 def _quantize(store: Store, layers: list[Layer], config: dict, target: str, tmp: Path, status: Status):
