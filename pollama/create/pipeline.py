@@ -156,22 +156,12 @@ def _detect_template(store: Store, gguf_path: Path, status: Status) -> tuple[lis
     """The built-in template the GGUF's Jinja chat_template renders like, as a template layer,
     and the parameters (stop strings) that go with it; nothing when none does (the Jinja
     template itself is then used at chat time)."""
-    from pollama.template import TemplateError, detect_named
+    from pollama.template import TemplateError
+    from pollama.template.detect import detect_from_gguf_metadata
 
     with GGUFFile(gguf_path) as gguf:
-        md = gguf.metadata
-        chat_template = md.get("tokenizer.chat_template")
-        if not isinstance(chat_template, str) or not chat_template:
-            return [], {}
-        tokens = md.get("tokenizer.ggml.tokens") or []
-
-        def token_text(key: str) -> str:
-            i = md.get(key)
-            return str(tokens[i]) if isinstance(i, int) and 0 <= i < len(tokens) else ""
-
         try:
-            named = detect_named(chat_template, bos_token=token_text("tokenizer.ggml.bos_token_id"),
-                                 eos_token=token_text("tokenizer.ggml.eos_token_id"))
+            named = detect_from_gguf_metadata(gguf.metadata)
         except TemplateError:
             named = None  # a template we cannot even render stays the model's own, unused here
     if named is None:
