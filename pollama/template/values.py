@@ -4,6 +4,10 @@ Field names are Ollama's (.Role, .Content, .ToolCalls, .Function.Name, .Function
 .Tools, .Function.Parameters.Properties, ...), and so is how they print: arguments, tools
 and properties print as JSON (Ollama gives those types a String method), and `json` marshals
 tools with their JSON tags. Input is Ollama's JSON form (plain dicts, as /api/chat receives).
+
+As Ollama (v0.33) does, a tool's .Function has no String method, so {{ .Function }} prints
+as a Go struct ({name description {object <nil> <nil> [required] {...}}}), not as JSON;
+templates written for older Ollama versions (llama3-groq-tool-use) expected JSON there.
 """
 
 from __future__ import annotations

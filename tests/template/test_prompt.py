@@ -296,3 +296,13 @@ def test_jinja_chat_prompt_strips_bos_and_truncates():
     msgs = [{"role": "system", "content": "sys"}, {"role": "user", "content": "a b c"}, {"role": "user", "content": "d"}]
     prompt, _ = jinja_chat_prompt(template, msgs, bos_token="<s>", think=True, count_tokens=words, num_ctx=3)
     assert prompt == "sys d T"
+
+
+def test_tool_function_prints_as_a_go_struct_as_in_ollama():
+    # Ollama's templateToolFunction has no String method: %v of the struct, where only the
+    # properties map (which has one) prints as JSON.
+    tmpl = "{{ range .Messages }}{{ end }}{{ range .Tools }}{{ .Function }}{{ end }}"
+    assert execute(tmpl, messages=[], tools=TOOLS) == (
+        '{get_weather Get <weather> {object <nil> <nil> [city] {"city":{"type":"string","description":"City name"},'
+        '"unit":{"type":["string","null"],"enum":["C","F"]}}}}'
+    )
