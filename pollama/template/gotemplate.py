@@ -11,7 +11,6 @@ Where this differs from Go and Ollama, on purpose:
 * parse errors carry a column as well as a line (Go names the line only);
 * data is Python: dicts are map[string]any, dataclasses are structs whose fields (never
   methods, never underscore names) are visible; `call` has nothing to call;
-* a {{ template "x" }} without a pipeline does not make Vars fail (Ollama's does);
 * where Ollama's cut after .Response would crash (an else-list after the cut) the list is
   emptied; an execution stops after MAX_EXECUTION_SECONDS and at MAX_TEMPLATE_DEPTH nested
   template calls instead of Go's 100000.
@@ -22,6 +21,7 @@ from __future__ import annotations
 from . import goparse as P
 from .errors import TemplateError
 from .goexec import BUILTINS, OLLAMA_FUNCS, Func, execute
+from .golex import template_error
 
 __all__ = ["Template", "TemplateError", "capabilities", "thinking_tags", "tool_call_tag"]
 
@@ -47,6 +47,11 @@ class Template:
         trees = P.parse(text, name, set(FUNCS))
         tmpl = cls(text, name, trees)
         if ollama:
+            # Ollama's Vars fails on {{ template "x" }} without a pipeline, and so does its Parse.
+            for tree in trees.values():
+                node = _find(tree, lambda n: isinstance(n, P.TemplateNode) and n.pipe is None)
+                if node is not None:
+                    raise template_error(text, name, "undefined template specified", node.pos)
             names = tmpl.vars()
             if "messages" not in names and "response" not in names:
                 trees[name].nodes.append(_response_action())
@@ -88,6 +93,21 @@ class Template:
         trees = dict(self.trees)
         trees[self.name] = root
         return Template(self.text, self.name, trees)
+
+
+def _find(n, match) -> P.Node | None:
+    """The first node under `n` (in the order Go's walks visit them) for which `match` is true."""
+    if match(n):
+        return n
+    children: list = []
+    if isinstance(n, P.ListNode):
+        children = n.nodes
+    elif isinstance(n, P.BranchNode):
+        children = [n.list, n.else_list]
+    for c in children:
+        if c is not None and (found := _find(c, match)) is not None:
+            return found
+    return None
 
 
 def identifiers(n: P.Node) -> list[str]:

@@ -197,7 +197,7 @@ CASES = [
     ("urlquery space", '{{urlquery "a b&c"}}', "a+b%26c"),
     # define / template / block
     ("define and template", '{{define "T"}}[{{.}}]{{end}}{{template "T" .I}}', "[17]"),
-    ("template no pipeline", '{{define "T"}}[{{.}}]{{end}}{{template "T"}}', "[<no value>]"),
+    ("template no pipeline", '{{define "T"}}[{{.}}]{{end}}{{template "T"}}', "[<no value>]"),  # Go; Ollama refuses it
     ("template does not inherit vars", '{{define "T"}}{{$}}{{end}}{{$x := 1}}{{template "T" "root"}}', "root"),
     ("block default", '{{block "B" .S}}<{{.}}>{{end}}', "<hello>"),
     ("define after use", '{{template "T" 1}}{{define "T"}}x{{.}}{{end}}', "x1"),
@@ -517,3 +517,13 @@ def test_current_and_yesterday_date():
 
 def test_to_typescript_type_of_other_values_is_any():
     assert Template.parse("{{ toTypeScriptType .S }}", ollama=False).execute(DATA) == "any"
+
+
+def test_ollama_refuses_template_calls_without_pipeline():
+    # Ollama's Vars fails on a {{ template }} node without a pipeline, so its Parse does too.
+    with pytest.raises(TemplateError, match="undefined template specified"):
+        Template.parse('{{ define "x" }}{{ .Prompt }}{{ end }}{{ template "x" }}')
+    with pytest.raises(TemplateError, match="undefined template specified"):
+        Template.parse('{{ define "x" }}{{ template "y" }}{{ end }}{{ template "x" . }}')
+    assert Template.parse('{{ define "x" }}{{ .Prompt }}{{ end }}{{ template "x" . }}').execute(
+        {"Prompt": "p", "Response": ""}) == "p"

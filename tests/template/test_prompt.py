@@ -306,3 +306,19 @@ def test_tool_function_prints_as_a_go_struct_as_in_ollama():
         '{get_weather Get <weather> {object <nil> <nil> [city] {"city":{"type":"string","description":"City name"},'
         '"unit":{"type":["string","null"],"enum":["C","F"]}}}}'
     )
+
+
+def test_legacy_mode_continues_a_final_assistant_message():
+    # The open turn holds the unfinished answer: the prompt ends with it, ready to be continued.
+    msgs = [{"role": "user", "content": "Count to three"}, {"role": "assistant", "content": "One, two,"}]
+    for tmpl in ("<u>{{ .Prompt }}</u><a>", "<u>{{ .Prompt }}</u><a>{{ .Response }}</a>"):
+        assert execute(tmpl, messages=msgs) == "<u>Count to three</u><a>One, two,"
+
+
+def test_legacy_mode_renders_finished_turns_whole():
+    msgs = [{"role": "system", "content": "S"}, {"role": "user", "content": "Q1"},
+            {"role": "assistant", "content": "A1"}, {"role": "user", "content": "Q2"}]
+    tmpl = "{{ if .System }}({{ .System }}){{ end }}<u>{{ .Prompt }}</u><a>{{ .Response }}</a>"
+    assert execute(tmpl, messages=msgs) == "(S)<u>Q1</u><a>A1</a><u>Q2</u><a>"
+    # the implicit {{ .Response }} of a template that has none is rendered between turns too
+    assert execute("[{{ .Prompt }}] ", messages=msgs) == "[Q1] A1[Q2] "
