@@ -243,6 +243,12 @@ def _exit_when_stdin_closes() -> None:
     os._exit(0)
 
 
+def _token_text(tokenizer, which: str) -> str:
+    """The text of the BOS or EOS token (chat templates write them), "" when the model has none."""
+    token = getattr(tokenizer, which, None)
+    return tokenizer.token_text(token) if token is not None else ""
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m pollama.runner.serve", description="Serve one model over a Unix socket.")
     p.add_argument("--model", required=True, help="the GGUF file")
@@ -274,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     server = Server(args.socket, Handler)
     print(json.dumps({
         "ready": True, "pid": os.getpid(), "num_ctx": model.num_ctx, "load_duration": model.load_duration,
-        "kind": model.kind,
+        "kind": model.kind, "add_bos": bool(model.tokenizer.add_bos), "bos_token": _token_text(model.tokenizer, "bos_id"),
+        "eos_token": _token_text(model.tokenizer, "eos_id"),
     }), flush=True)
     try:
         server.serve_forever(poll_interval=0.5)

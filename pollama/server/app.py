@@ -41,7 +41,7 @@ from pollama.server.http import (
 )
 from pollama.server.models import ModelRef, full_metadata, not_found, resolve_model
 from pollama.server.options import MAX_TOP_LOGPROBS, request_options
-from pollama.server.prompt import chat_prompt, generate_prompt
+from pollama.server.prompt import Specials, chat_prompt, generate_prompt
 from pollama.server.scheduler import Scheduler
 from pollama.store.errors import DigestMismatch, InvalidName, ModelNotFound, StoreError
 from pollama.store.manifest import check_digest
@@ -439,7 +439,8 @@ async def generate_response(state: State, request: Request, body: dict[str, Any]
         if context:
             context_text = (await runner.call({"op": "detokenize", "tokens": context}))["content"]
         return await in_thread(generate_prompt, model, prompt, system=system, template=template, suffix=suffix,
-                               context_text=context_text, tokenize=runner.tokenize_sync, num_ctx=num_ctx)
+                               context_text=context_text, tokenize=runner.tokenize_sync, num_ctx=num_ctx,
+                               specials=Specials(runner.bos_token, runner.eos_token))
 
     job = Completion(model, options, keep_alive, build_prompt, logprobs, top_logprobs, render_only)
 
@@ -527,7 +528,7 @@ async def chat_response(state: State, request: Request, body: dict[str, Any]) ->
 
     async def build_prompt(runner, num_ctx: int) -> str:
         return await in_thread(chat_prompt, model, messages, num_ctx=num_ctx, truncate=truncate,
-                               tokenize=runner.tokenize_sync)
+                               tokenize=runner.tokenize_sync, specials=Specials(runner.bos_token, runner.eos_token))
 
     job = Completion(model, options, keep_alive, build_prompt, logprobs, top_logprobs, render_only)
 

@@ -138,7 +138,7 @@ def sse(events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
 def add_openai_routes(app: FastAPI, state) -> None:
     """Mount the /v1 routes on app, sharing state (store, scheduler) with the native ones."""
     from pollama.server.app import keep_alive_of, list_models
-    from pollama.server.prompt import chat_prompt, generate_prompt
+    from pollama.server.prompt import Specials, chat_prompt, generate_prompt
 
     async def completion_job(body: dict[str, Any], build) -> tuple[Any, Completion]:
         name = body.get("model")
@@ -203,7 +203,7 @@ def add_openai_routes(app: FastAPI, state) -> None:
         def build(model):
             async def build_prompt(runner, num_ctx: int) -> str:
                 return await in_thread(chat_prompt, model, messages, num_ctx=num_ctx, truncate=True,
-                                       tokenize=runner.tokenize_sync)
+                                       tokenize=runner.tokenize_sync, specials=Specials(runner.bos_token, runner.eos_token))
             return build_prompt
 
         model, job = await completion_job(body, build)
@@ -252,7 +252,8 @@ def add_openai_routes(app: FastAPI, state) -> None:
         def build(model):
             async def build_prompt(runner, num_ctx: int) -> str:
                 return await in_thread(generate_prompt, model, prompt, system=None, template=None, suffix=suffix,
-                                       context_text=None, tokenize=runner.tokenize_sync, num_ctx=num_ctx)
+                                       context_text=None, tokenize=runner.tokenize_sync, num_ctx=num_ctx,
+                                       specials=Specials(runner.bos_token, runner.eos_token))
             return build_prompt
 
         model, job = await completion_job(body, build)

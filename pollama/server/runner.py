@@ -64,6 +64,7 @@ class RunnerProcess:
         self.socket_path = self.dir / "runner.sock"
         self.num_ctx = spec.num_ctx
         self.load_duration = 0
+        self.bos_token = self.eos_token = ""  # texts of the model's special tokens
         self.exited = asyncio.Event()
         self._watch: asyncio.Task | None = None
         self._drain: asyncio.Task | None = None
@@ -108,6 +109,10 @@ class RunnerProcess:
             raise RunnerError(f"error loading model {self.name}: {reason}")
         self.num_ctx = int(hello.get("num_ctx") or spec.num_ctx)
         self.load_duration = int(hello.get("load_duration") or 0)
+        # A template's leading BOS text is dropped when rendered (the tokenizer adds BOS); so it
+        # is given to templates only when the tokenizer does add it, or it would be lost.
+        self.bos_token = str(hello.get("bos_token") or "") if hello.get("add_bos") else ""
+        self.eos_token = str(hello.get("eos_token") or "")
         self._watch = asyncio.create_task(self._watch_exit())
         self._drain = asyncio.create_task(self._drain_stdout())
 

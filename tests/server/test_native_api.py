@@ -30,35 +30,39 @@ def test_root_and_version(server):
 
 
 def test_generate_streams_ndjson_and_matches_non_streaming(server, client):
-    with server.http() as http, http.stream("POST", "/api/generate", json={"model": "smollm2", "prompt": PROMPT, "options": GREEDY}) as r:
+    body = {"model": "smollm2", "prompt": PROMPT, "raw": True, "options": GREEDY}
+    with server.http() as http, http.stream("POST", "/api/generate", json=body) as r:
         assert r.status_code == 200
         assert r.headers["content-type"].startswith("application/x-ndjson")
         lines = [json.loads(line) for line in r.iter_lines() if line]
     assert all(not line["done"] for line in lines[:-1]) and lines[-1]["done"]
     final = lines[-1]
     assert final["done_reason"] == "length" and final["eval_count"] == 6
-    for key in ("total_duration", "load_duration", "prompt_eval_count", "prompt_eval_duration", "eval_duration", "context"):
+    for key in ("total_duration", "load_duration", "prompt_eval_count", "prompt_eval_duration", "eval_duration"):
         assert key in final, key
     assert final["created_at"].endswith("Z")
     streamed = "".join(line["response"] for line in lines)
-    assert streamed.startswith(" Paris.")  # llama.cpp's greedy continuation
+    assert streamed.startswith(" Paris.")  # llama.cpp's greedy continuation of the raw prompt
 
-    whole = client.generate(model="smollm2", prompt=PROMPT, options=GREEDY)
+    whole = client.generate(model="smollm2", prompt=PROMPT, raw=True, options=GREEDY)
     assert whole.response == streamed and whole.done and whole.done_reason == "length"
-    # context = prompt + response tokens; feeding it back continues the text.
-    assert len(whole.context) == whole.prompt_eval_count + 6 or len(whole.context) > 6
 
 
-def test_generate_context_continues_and_raw(client):
+def test_generate_templated_context_and_raw(client):
+    # Without a Modelfile TEMPLATE the GGUF's own chat template applies (as Ollama does now).
     first = client.generate(model="smollm2", prompt=PROMPT, options=GREEDY)
+    chat = client.chat(model="smollm2", messages=[{"role": "user", "content": PROMPT}], options=GREEDY)
+    assert first.response == chat.message.content
     raw = client.generate(model="smollm2", prompt=PROMPT, raw=True, options=GREEDY)
-    assert raw.response == first.response and raw.context is None
-    again = client.generate(model="smollm2", prompt=" And", context=first.context, options={**GREEDY, "num_predict": 2})
-    assert again.done and again.eval_count == 2
+    assert raw.context is None and raw.response != first.response
+    # context = the prompt's and the response's tokens; it goes back in as text before the next prompt.
+    assert len(first.context) == first.prompt_eval_count + 6 or len(first.context) > 6
+    again = client.generate(model="smollm2", prompt="And Germany?", context=first.context, options={**GREEDY, "num_predict": 2})
+    assert again.done and again.eval_count == 2 and again.prompt_eval_count > 0
 
 
 def test_generate_stop_and_options_from_request(client):
-    r = client.generate(model="smollm2", prompt="1, 2, 3, 4,", options={"temperature": 0, "num_predict": 24, "stop": [","]})
+    r = client.generate(model="smollm2", prompt="1, 2, 3, 4,", raw=True, options={"temperature": 0, "num_predict": 24, "stop": [","]})
     assert r.response.strip() == "5" and r.done_reason == "stop"
 
 
@@ -85,7 +89,10 @@ def test_debug_render_only(server):
     with server.http() as http:
         r = http.post("/api/generate", json={"model": "smollm2", "prompt": PROMPT, "stream": False,
                                              "_debug_render_only": True}).json()
-    assert r["done"] and r["_debug_info"]["rendered_template"].endswith(PROMPT)
+    assert r["done"] and "eval_count" not in r
+    rendered = r["_debug_info"]["rendered_template"]
+    assert "<|im_start|>user\nThe capital of France is<|im_end|>\n<|im_start|>assistant\n" in rendered
+    assert rendered.startswith("<|im_start|>system\n")  # the template's default system prompt
 
 
 def test_empty_prompt_loads_and_keep_alive_zero_unloads(server, client):

@@ -58,7 +58,7 @@ def test_two_parallel_streams_equal_their_greedy_text_alone(server):
 
 def test_disconnect_frees_the_slot(server):
     # OLLAMA_NUM_PARALLEL=2: fill both slots, drop one stream, and a new request runs at once.
-    body = {"model": "smollm2", "prompt": COUNTING, "options": LONG}
+    body = {"model": "smollm2", "prompt": COUNTING, "raw": True, "options": LONG}
     with httpx.Client(base_url=server.url, timeout=120) as keep, httpx.Client(base_url=server.url, timeout=120) as drop:
         with keep.stream("POST", "/api/generate", json=body) as kept:
             kept_lines = stream_lines(kept)
@@ -85,11 +85,11 @@ def test_killed_runner_fails_its_request_and_the_next_one_reloads(server, smollm
 
     def other_stream() -> None:
         with server.http() as http:
-            with http.stream("POST", "/api/generate", json={"model": other_model, "prompt": COUNTING,
+            with http.stream("POST", "/api/generate", json={"model": other_model, "prompt": COUNTING, "raw": True,
                                                             "options": {**GREEDY, "num_predict": 40}}) as r:
                 other_result["lines"] = list(stream_lines(r))
 
-    with server.http() as http, http.stream("POST", "/api/generate", json={"model": "smollm2", "prompt": COUNTING,
+    with server.http() as http, http.stream("POST", "/api/generate", json={"model": "smollm2", "prompt": COUNTING, "raw": True,
                                                                              "options": LONG}) as r:
         lines = stream_lines(r)
         next(lines)
@@ -133,7 +133,7 @@ def strict(server_factory, smollm2_path):
 
 
 def test_full_queue_answers_503(strict):
-    with strict.http() as http, http.stream("POST", "/api/generate", json={"model": "smollm2", "prompt": COUNTING,
+    with strict.http() as http, http.stream("POST", "/api/generate", json={"model": "smollm2", "prompt": COUNTING, "raw": True,
                                                                              "options": LONG}) as r:
         lines = stream_lines(r)
         next(lines)
