@@ -223,7 +223,9 @@ def strip_leading_thinking(content: str, opening: str = "<think>", closing: str 
     """Content without a leading thinking block (Ollama's filterThinkTags for qwen3 and deepseek-r1)."""
     body = content.lstrip()
     if not body.startswith(opening):
-        return content
+        # As Ollama's thinking parser fed one whole message: blank text, or text that could
+        # still become the opening tag, is held back (and so dropped); anything else is content.
+        return "" if opening.startswith(body) else content
     end = body.find(closing, len(opening))
     if end < 0:
         return ""

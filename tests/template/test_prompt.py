@@ -219,6 +219,13 @@ def test_filter_think_tags_before_last_user():
     out = filter_think_tags(msgs)
     assert out[1]["content"] == "A1" and out[3]["content"] == "<think>keep</think>A2"
     assert msgs[1]["content"].startswith("<think>")  # inputs untouched
+    from pollama.template.prompt import strip_leading_thinking
+
+    assert strip_leading_thinking("  plain") == "  plain"
+    assert strip_leading_thinking(" \n ") == ""
+    assert strip_leading_thinking("<thi") == ""
+    assert strip_leading_thinking("<think>unfinished") == ""
+    assert strip_leading_thinking("\n<think>\n a </think> b </think> c") == "b </think> c"
 
 
 QWEN3_LIKE = """{{- range $i, $_ := .Messages }}
