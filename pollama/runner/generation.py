@@ -7,7 +7,7 @@ in one batch): this only samples, decodes, filters stop strings and counts.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -26,6 +26,11 @@ class GenerateOptions:
     sampler: SamplerOptions = field(default_factory=lambda: SamplerOptions(temperature=0.0))
     logprobs: bool = False  # report each sampled token's log-probability
     top_logprobs: int = 0  # and the best n alternatives (Ollama allows 0..20)
+    # Structured output: an object with mask() -> bool[vocab] of the tokens allowed next,
+    # accept(token) and `done` (see pollama/sample/constraint.py). With `constrain_after`
+    # (a thinking block's closing tag) it applies only once that text was generated.
+    constraint: Any = None
+    constrain_after: str | None = None
 
 
 @dataclass
@@ -67,6 +72,9 @@ class Generation:
         self.done_reason = "length"
         self.finished = False
         self._logprobs: list[dict] = []  # sampled but not yet attached to a piece
+        self.constraint = options.constraint
+        self._constrained = options.constraint is not None and not options.constrain_after
+        self._tail = ""  # the end of the generated text, to spot constrain_after
 
     @property
     def last_token(self) -> int:
@@ -80,16 +88,25 @@ class Generation:
         """
         if self.finished:
             raise RuntimeError("step() after the generation finished")
-        token = self.sampler.sample(logits, self.history)
+        allowed = logits
+        if self._constrained:
+            allowed = np.where(self.constraint.mask(), logits, np.float32(-np.inf)).astype(np.float32)
+        token = self.sampler.sample(allowed, self.history)
         self.generated += 1
-        if self.options.logprobs:
+        if self.options.logprobs:  # the model's own distribution, as Ollama reports it
             self._logprobs.append(self._logprob_entry(logits, token))
+        if self._constrained:
+            self.constraint.accept(token)
         if token in self.tokenizer.eog_ids:
             self.done_reason = "stop"
             return self.finish()
         self.history.append(token)
-        text, stopped = self.stops.push(self.decoder.feed(token))
+        decoded = self.decoder.feed(token)
+        self._watch_for_constraint_start(decoded)
+        text, stopped = self.stops.push(decoded)
         pieces = self._piece(text, token)
+        if self._constrained and self.constraint.done:
+            return pieces + self.finish("stop")  # the structure is complete
         if stopped:
             self.done_reason = "stop"
             self.finished = True
@@ -97,6 +114,14 @@ class Generation:
         if self.generated == self.options.num_predict:
             return pieces + self.finish()
         return pieces
+
+    def _watch_for_constraint_start(self, text: str) -> None:
+        marker = self.options.constrain_after
+        if self.constraint is None or self._constrained or not marker:
+            return
+        self._tail = (self._tail + text)[-(len(marker) + len(text)):]
+        if marker in self._tail:
+            self._constrained = True
 
     def finish(self, reason: str | None = None) -> list[Piece]:
         """End the generation here (EOS, a limit, a full context): release held-back text."""
