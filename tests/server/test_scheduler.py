@@ -162,3 +162,73 @@ def test_second_model_evicts_the_first_and_keep_alive_expires(strict):
     time.sleep(2.5)
     assert client.ps().models == []
     assert strict.runner_pids() == []
+
+
+NEAR_TIE = 0.05  # logits this close may swap between batch shapes; anything else must match
+
+
+def chat_tokens(http: httpx.Client, prompt: str) -> list[dict]:
+    """The logprobs entries (token text and the two best alternatives) of a greedy chat turn."""
+    r = http.post("/api/chat", json={"model": "smollm2", "stream": True, "logprobs": True, "top_logprobs": 2,
+                                      "options": {**GREEDY, "num_predict": 8},
+                                      "messages": [{"role": "user", "content": prompt}]}, timeout=300)
+    assert r.status_code == 200, r.text
+    lines = [json.loads(line) for line in r.text.splitlines() if line]
+    assert lines[-1]["done"], lines[-1]
+    return [entry for line in lines for entry in line.get("logprobs") or []]
+
+
+def assert_same_up_to_near_ties(alone: list[dict], together: list[dict]) -> None:
+    for a, b in zip(alone, together):
+        if a["token"] != b["token"]:
+            best, second = a["top_logprobs"][:2]
+            assert best["logprob"] - second["logprob"] < NEAR_TIE, (a, b)
+            return  # past a near tie the two texts may go their own ways
+    assert len(alone) == len(together)
+
+
+def test_sixteen_streams_on_four_slots_match_alone_and_the_seventeenth_is_refused(server_factory):
+    srv = server_factory(OLLAMA_NUM_PARALLEL="4", OLLAMA_MAX_QUEUE="16")
+    prompts = [f"Write a word that rhymes with the number {i}." for i in range(16)]
+    with srv.http(300) as http:
+        alone = [chat_tokens(http, p) for p in prompts]
+    together: list = [None] * 16
+
+    def run(i: int) -> None:
+        with srv.http(300) as http:
+            together[i] = chat_tokens(http, prompts[i])
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    for a, b in zip(alone, together):
+        assert_same_up_to_near_ties(a, b)
+
+    # 16 long streams fill the queue (4 decoding, 12 waiting for a slot); the 17th gets 503.
+    body = {"model": "smollm2", "prompt": COUNTING, "raw": True, "options": LONG}
+    stop = threading.Event()
+    started = threading.Semaphore(0)
+
+    def hold() -> None:
+        with srv.http(300) as http, http.stream("POST", "/api/generate", json=body) as r:
+            for _ in stream_lines(r):
+                started.release()
+                if stop.wait(0):
+                    return
+
+    holders = [threading.Thread(target=hold) for _ in range(16)]
+    for t in holders:
+        t.start()
+    try:
+        for _ in range(4):
+            assert started.acquire(timeout=120)  # the first four are decoding
+        time.sleep(1.0)  # and the other twelve have been accepted and wait for a slot
+        with srv.http() as http:
+            busy = http.post("/api/generate", json={"model": "smollm2", "prompt": "Hi", "options": {"num_predict": 1}})
+        assert busy.status_code == 503 and busy.json()["error"].startswith("server busy")
+    finally:
+        stop.set()
+        for t in holders:
+            t.join(120)
