@@ -209,3 +209,25 @@ def test_cors_and_host_check(server):
         # Bound to loopback: a foreign Host (DNS rebinding) is refused, a local one served.
         assert http.get("/api/version", headers={"Host": "evil.example"}).status_code == 403
         assert http.get("/api/version", headers={"Host": "localhost:11434"}).status_code == 200
+
+
+def test_a_model_that_fails_to_load_is_a_clear_500_and_the_server_goes_on(server, client, smollm2_path, tmp_path):
+    import numpy as np
+
+    from pollama.fs.gguf import GGUFFile
+    from pollama.fs.writer import write_gguf
+
+    broken = tmp_path / "broken.gguf"
+    with GGUFFile(smollm2_path) as g:
+        tensors = [(i.name, np.array(g.tensor_bytes(i.name)), i.type, i.shape) for i in g.tensors.values()
+                   if i.name != "blk.0.ffn_up.weight"]
+        write_gguf(broken, dict(g.metadata), tensors)
+    client.create(model="broken", files={"broken.gguf": client.create_blob(broken)})
+    with server.http() as http:
+        r = http.post("/api/generate", json={"model": "broken", "prompt": "Hi"})
+        assert r.status_code == 500
+        assert "error loading model broken:latest" in r.json()["error"] and "blk.0.ffn_up.weight" in r.json()["error"]
+        assert "broken:latest" not in [m["name"] for m in http.get("/api/ps").json()["models"]]
+        ok = http.post("/api/generate", json={"model": "smollm2", "prompt": "Hi", "stream": False, "options": {"num_predict": 1}})
+        assert ok.status_code == 200
+    client.delete("broken")
