@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 
 from pollama.server.config import ServerConfig, parse_host
 
@@ -25,6 +26,21 @@ def serve(host: str | None = None) -> int:
         access_log=debug_enabled(), timeout_graceful_shutdown=5, lifespan="on",
     )
     server = uvicorn.Server(config)
+    sock = _listen(where.host, where.port)
     logging.getLogger(__name__).info("Listening on %s:%d (version %s)", where.host, where.port, app.version)
-    server.run()
+    server.run(sockets=[sock])
     return 0
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """The bound listening socket; a failure is one clear line, as Ollama's `listen tcp ...`."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise OSError(f"listen tcp {host}:{port}: bind: {e.strerror or e}") from None
+    sock.set_inheritable(False)
+    return sock

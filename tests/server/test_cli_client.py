@@ -40,3 +40,8 @@ def test_ps_without_a_server_says_how_to_start_one():
         port = s.getsockname()[1]  # nothing listens here once the socket closes
     result = pollama("ps", env={"OLLAMA_HOST": f"127.0.0.1:{port}"})
     assert_one_line_error(result, "could not connect", "pollama serve")
+
+
+def test_serve_on_a_port_in_use_is_a_one_line_error(server):
+    result = pollama("serve", env={"OLLAMA_HOST": server.host}, timeout=30)
+    assert_one_line_error(result, f"listen tcp {server.host}", "in use")
