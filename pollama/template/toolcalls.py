@@ -34,10 +34,10 @@ from .thinking import GO_SPACE
 __all__ = [
     "JINJA_TOOL_CALL_TAGS",
     "ToolCallParser",
+    "closes_balanced",
     "find_arguments",
     "find_tag",
     "find_tool",
-    "closes_balanced",
     "go_json_loads",
     "jinja_tool_call_tag",
     "new_tool_call_id",

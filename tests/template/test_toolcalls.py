@@ -73,26 +73,26 @@ STREAMS = [
     ("qwen no args with text", "qwen", ["Let me say hello to the user. I'll use the say_hello tool. "],
      "Let me say hello to the user. I'll use the say_hello tool. ", []),
     ("two tool calls in a list", "mistral",
-     ['[TOOL_CALLS] [{"name": "get_temperature", "arguments": {"city": "London", "format": "fahrenheit"}}, '
-      '{"name": "get_conditions", "arguments": {"location": "Tokyo"}}][/TOOL_CALLS]'], "",
+     [('[TOOL_CALLS] [{"name": "get_temperature", "arguments": {"city": "London", "format": "fahrenheit"}}, '
+      '{"name": "get_conditions", "arguments": {"location": "Tokyo"}}][/TOOL_CALLS]')], "",
      [call(0, "get_temperature", city="London", format="fahrenheit"), call(1, "get_conditions", location="Tokyo")]),
     ("qwen two tool calls", "qwen",
-     ["Okay, let's call both tools! <tool_call>{\"name\": \"get_temperature\", \"arguments\": {\"city\": \"London\", "
+     [("Okay, let's call both tools! <tool_call>{\"name\": \"get_temperature\", \"arguments\": {\"city\": \"London\", "
       "\"format\": \"fahrenheit\"}}</tool_call><tool_call>{\"name\": \"get_conditions\", \"arguments\": "
-      "{\"location\": \"Tokyo\"}}</tool_call>"], "Okay, let's call both tools! ",
+      "{\"location\": \"Tokyo\"}}</tool_call>")], "Okay, let's call both tools! ",
      [call(0, "get_temperature", city="London", format="fahrenheit"), call(1, "get_conditions", location="Tokyo")]),
     ("empty args followed by args", "qwen",
-     ['Let me say hello and check the weather. <tool_call>{"name": "say_hello", "arguments": {}}</tool_call>'
-      '<tool_call>{"name": "get_temperature", "arguments": {"city": "London", "format": "fahrenheit"}}</tool_call>'],
+     [('Let me say hello and check the weather. <tool_call>{"name": "say_hello", "arguments": {}}</tool_call>'
+      '<tool_call>{"name": "get_temperature", "arguments": {"city": "London", "format": "fahrenheit"}}</tool_call>')],
      "Let me say hello and check the weather. ",
      [call(0, "say_hello"), call(1, "get_temperature", city="London", format="fahrenheit")]),
     ("qwen empty followed by args", "qwen",
-     ['Let me check the weather. <tool_call>{"name": "get_conditions", "arguments": {}}</tool_call>'
-      '<tool_call>{"name": "get_conditions", "arguments": {"location": "Tokyo"}}'],
+     [('Let me check the weather. <tool_call>{"name": "get_conditions", "arguments": {}}</tool_call>'
+      '<tool_call>{"name": "get_conditions", "arguments": {"location": "Tokyo"}}')],
      "Let me check the weather. ", [call(0, "get_conditions"), call(1, "get_conditions", location="Tokyo")]),
     ("deepseek", "deepseek",
-     ["<think>Wait, I need to call a tool</think><|tool▁calls▁begin|><|tool▁call▁begin|>function<|tool▁sep|>"
-      "get_temperature\n```json\n{\"city\": \"Tokyo\"}\n```<|tool▁call▁end|><|tool▁calls▁end|><|end▁of▁sentence|>"],
+     [("<think>Wait, I need to call a tool</think><|tool▁calls▁begin|><|tool▁call▁begin|>function<|tool▁sep|>"
+      "get_temperature\n```json\n{\"city\": \"Tokyo\"}\n```<|tool▁call▁end|><|tool▁calls▁end|><|end▁of▁sentence|>")],
      "<think>Wait, I need to call a tool</think>", [call(0, "get_temperature", city="Tokyo")]),
     ("deepseek incremental", "deepseek",
      ["<think>Wait", ", I need", " to call", " a tool</think><|too", "l▁calls▁begin", "|>",
@@ -135,8 +135,8 @@ STREAMS = [
      [call(0, "say_hello_world"), call(1, "say_hello")]),
     ("tool name with collision non streaming", "qwen", ['<tool_call>{"name": "say_hello'], "", []),
     ("tool name with collision non streaming multiple", "qwen",
-     ['<tool_call>{"name": "say_hello", "arguments": {}}</tool_call><tool_call>{"name": "say_hello_world", '
-      '"arguments": {}}'], "", [call(0, "say_hello"), call(1, "say_hello_world")]),
+     [('<tool_call>{"name": "say_hello", "arguments": {}}</tool_call><tool_call>{"name": "say_hello_world", '
+      '"arguments": {}}')], "", [call(0, "say_hello"), call(1, "say_hello_world")]),
     ("tool name with collision non streaming shorter", "qwen",
      ['<tool_call>{"name": "say_hello", "arguments": {}}</tool_call>'], "", [call(0, "say_hello")]),
     ("tool name with collision non streaming longer", "qwen",
@@ -320,11 +320,11 @@ FIND_ARGUMENTS = [
     ('{"function": {"name": "get_temperature", "arguments": {"format": "fahrenheit", "location": "San Francisco, CA"}}}',
      "", {"format": "fahrenheit", "location": "San Francisco, CA"}),
     ('get_temperature({"location": "San Francisco, CA"})', "", {"location": "San Francisco, CA"}),
-    ('[{"name": "get_temperature", "arguments": {"location": "San Francisco, CA", "format": "fahrenheit"}}, '
-     '{"name": "get_weather", "arguments": {"location": "San Francisco, CA", "format": "fahrenheit"}}]', "",
+    (('[{"name": "get_temperature", "arguments": {"location": "San Francisco, CA", "format": "fahrenheit"}}, '
+     '{"name": "get_weather", "arguments": {"location": "San Francisco, CA", "format": "fahrenheit"}}]'), "",
      {"location": "San Francisco, CA", "format": "fahrenheit"}),
-    ("<|tool▁calls▁begin|><|tool▁call▁begin|>function<|tool▁sep|>get_temperature\n```json\n{\"location\": \"Tokyo\"}\n"
-     "```<|tool▁call▁end|><|tool▁calls▁end|><|end▁of▁sentence|>", "", {"location": "Tokyo"}),
+    (("<|tool▁calls▁begin|><|tool▁call▁begin|>function<|tool▁sep|>get_temperature\n```json\n{\"location\": \"Tokyo\"}\n"
+     "```<|tool▁call▁end|><|tool▁calls▁end|><|end▁of▁sentence|>"), "", {"location": "Tokyo"}),
     ('"arguments": {"location": "Tokyo"}}</tool_call>', "", {"location": "Tokyo"}),
     ('{"name": "process_code", "arguments": {"code": "if (x > 0) { return true; }"}}', "",
      {"code": "if (x > 0) { return true; }"}),
@@ -334,8 +334,8 @@ FIND_ARGUMENTS = [
      {"text": 'The JSON is: {"key": "val{ue}"}'}),
     ('{"name": "test", "arguments": {"query": "find } in text"}} {"name": "other"}', "", {"query": "find } in text"}),
     ('{"name": "search", "arguments": {"pattern": "regex: }"}}', "", {"pattern": "regex: }"}),
-    ('{"name": "analyze", "arguments": {"data": "{\\"items\\": [{\\"value\\": \\"}\\"}, {\\"code\\": '
-     '\\"if (x) { return y; }\\"}]}"}}', "", {"data": '{"items": [{"value": "}"}, {"code": "if (x) { return y; }"}]}'}),
+    (('{"name": "analyze", "arguments": {"data": "{\\"items\\": [{\\"value\\": \\"}\\"}, {\\"code\\": '
+     '\\"if (x) { return y; }\\"}]}"}}'), "", {"data": '{"items": [{"value": "}"}, {"code": "if (x) { return y; }"}]}'}),
     ('{"name": "format", "arguments": {"template": "{\\n  \\"key\\": \\"value\\"\\n}"}}', "",
      {"template": '{\n  "key": "value"\n}'}),
     ('{"name": "test", "arguments": {"text": "Unicode: \\u007B and \\u007D"}}', "", {"text": "Unicode: { and }"}),
@@ -413,18 +413,18 @@ PARSE_TAG = [
      "{"),
     ('{{if .ToolCalls}}{{range .ToolCalls}}\n{"name": "{{ .Function.Name }}", "arguments": {{ .Function.Arguments }}}{{end}}{{end}}',
      "{"),
-    ('{{if .ToolCalls}}{{range .ToolCalls}}\r\n{"name": "{{ .Function.Name }}", "arguments": {{ .Function.Arguments }}}'
-     '{{end}}{{end}}', "{"),
-    ('{{if .ToolCalls}}\n{{range .ToolCalls}}\n{"name": "{{ .Function.Name }}", "arguments": {{ .Function.Arguments }}}'
-     '\r\n{{end}}\r\n{{end}}', "{"),
-    ("{{if .ToolCalls}}<|tool▁calls▁begin|>{{range .ToolCalls}}<|tool▁call▁begin|>functionget_current_weather\n```json\n"
-     "{\"location\": \"Tokyo\"}\n```<|tool▁call▁end|>\n{{end}}<|tool▁calls▁end|>{{end}}", "<|tool▁calls▁begin|>"),
-    ('{{if .ToolCalls}}{{range .ToolCalls}}<tool_call>{"name": "{{ .Function.Name }}", "arguments": '
-     '{{ .Function.Arguments }}}</tool_call>{{end}}{{end}}', "<tool_call>"),
-    ('{{if .ToolCalls}}\n{{range .ToolCalls}}<tool_call>{"name": "{{ .Function.Name }}", "arguments": '
-     '{{ .Function.Arguments }}}</tool_call>{{end}}{{end}}', "<tool_call>"),
-    ('{{if .ToolCalls}}{{range .ToolCalls}}<tool_call>{"name": "{{ .Function.Name }}", "arguments": '
-     '{{ .Function.Arguments }}}<tool_call>{{end}}{{end}}', "<tool_call>"),
+    (('{{if .ToolCalls}}{{range .ToolCalls}}\r\n{"name": "{{ .Function.Name }}", "arguments": {{ .Function.Arguments }}}'
+     '{{end}}{{end}}'), "{"),
+    (('{{if .ToolCalls}}\n{{range .ToolCalls}}\n{"name": "{{ .Function.Name }}", "arguments": {{ .Function.Arguments }}}'
+     '\r\n{{end}}\r\n{{end}}'), "{"),
+    (("{{if .ToolCalls}}<|tool▁calls▁begin|>{{range .ToolCalls}}<|tool▁call▁begin|>functionget_current_weather\n```json\n"
+     "{\"location\": \"Tokyo\"}\n```<|tool▁call▁end|>\n{{end}}<|tool▁calls▁end|>{{end}}"), "<|tool▁calls▁begin|>"),
+    (('{{if .ToolCalls}}{{range .ToolCalls}}<tool_call>{"name": "{{ .Function.Name }}", "arguments": '
+     '{{ .Function.Arguments }}}</tool_call>{{end}}{{end}}'), "<tool_call>"),
+    (('{{if .ToolCalls}}\n{{range .ToolCalls}}<tool_call>{"name": "{{ .Function.Name }}", "arguments": '
+     '{{ .Function.Arguments }}}</tool_call>{{end}}{{end}}'), "<tool_call>"),
+    (('{{if .ToolCalls}}{{range .ToolCalls}}<tool_call>{"name": "{{ .Function.Name }}", "arguments": '
+     '{{ .Function.Arguments }}}<tool_call>{{end}}{{end}}'), "<tool_call>"),
     ("{{if .ToolCalls}}First text{{if .Something}}inner{{end}}Second text{{end}}", "First text"),
     ("{{if .ToolCalls}}Action: ```json{{end}}", "Action: ```json"),
     ("{{if .ToolCalls}}functools[{{end}}", "functools["),
