@@ -190,6 +190,7 @@ class Handler(socketserver.StreamRequestHandler):
         except OSError:
             data = b""
         if not data and not finished.is_set():
+            log.debug("the server closed the request's connection: cancelling it")
             job.cancel()
 
     def embed(self, request: dict[str, Any]) -> dict[str, Any]:

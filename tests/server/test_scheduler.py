@@ -76,6 +76,21 @@ def test_disconnect_frees_the_slot(server):
             assert not next(kept_lines)["done"]  # the kept stream still holds its slot
 
 
+def test_a_non_streaming_client_that_gives_up_frees_its_slot(server):
+    # Both slots taken by clients that time out and hang up; if either slot stayed busy
+    # with its 2000 tokens, the request after them would wait for it.
+    body = {"model": "smollm2", "prompt": COUNTING, "raw": True, "stream": False, "options": LONG}
+    for _ in range(2):
+        with httpx.Client(base_url=server.url, timeout=httpx.Timeout(60, read=1.5)) as impatient:
+            with pytest.raises(httpx.ReadTimeout):
+                impatient.post("/api/generate", json=body)
+    started = time.monotonic()
+    with server.http() as http:
+        r = http.post("/api/generate", json={"model": "smollm2", "prompt": "Hi", "stream": False,
+                                             "options": {**GREEDY, "num_predict": 2}})
+    assert r.status_code == 200 and time.monotonic() - started < 30
+
+
 def test_killed_runner_fails_its_request_and_the_next_one_reloads(server, smollm2_path, other_model):
     with server.http() as http:
         assert http.post("/api/generate", json={"model": other_model, "prompt": "", "keep_alive": "5m"}).status_code == 200
