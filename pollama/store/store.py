@@ -436,6 +436,32 @@ class Store:
             temp.unlink(missing_ok=True)
             raise
 
+    def partial_blob_path(self, digest: str) -> Path:
+        """Where a download of this blob is assembled (Ollama's name: "<blob>-partial")."""
+        path = self.blob_path(digest)
+        return path.with_name(path.name + "-partial")
+
+    def commit_partial_blob(self, partial: Path, digest: str) -> Path:
+        """Make a finished download visible as blob digest, only if its bytes hash to it.
+
+        On a mismatch the partial file is deleted (its bytes cannot be trusted for a resume)
+        and DigestMismatch names both digests.
+        """
+        dest = self.blob_path(digest)
+        if partial.parent != dest.parent:
+            raise StoreError(f"refusing to commit {partial}: not in {self.blobs_dir}")
+        actual = sha256_file(partial)
+        if actual != digest:
+            partial.unlink(missing_ok=True)
+            raise DigestMismatch(f"downloaded blob has digest {actual}, expected {digest}; the download was deleted")
+        with open(partial, "rb+") as f:
+            os.fsync(f.fileno())
+        os.chmod(partial, 0o644)
+        os.replace(partial, dest)
+        _fsync_dir(dest.parent)
+        self.verifier.remember(dest, digest)
+        return dest
+
     def add_layer(self, source: Source, media_type: str, *, from_: str = "", name: str = "") -> Layer:
         """Write source as a blob and return the Layer that describes it."""
         if media_type not in LAYER_MEDIA_TYPES:
@@ -632,6 +658,10 @@ class Store:
         self._prune_empty_dirs(path.parent)
         if manifest is not None:
             self._delete_unreferenced(d.digest for d in manifest.all_layers())
+
+    def delete_unreferenced_blobs(self, digests) -> None:
+        """Delete those of digests' blobs that no manifest references (after a pull replaced one)."""
+        self._delete_unreferenced(list(digests))
 
     def _delete_unreferenced(self, digests) -> None:
         others, bad = self._all_manifests()

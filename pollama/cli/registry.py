@@ -1,0 +1,120 @@
+"""`pollama pull` and `pollama push`, with progress bars drawn as Ollama's CLI draws them.
+
+Credentials for registries with Basic auth or a token server come from
+$POLLAMA_REGISTRY_USERNAME and $POLLAMA_REGISTRY_PASSWORD.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+from typing import Any, TextIO
+
+from pollama.cli.models import human_bytes
+
+BAR_WIDTH = 40
+REDRAW_SECONDS = 0.1
+
+
+def add_registry_parsers(subparsers) -> None:
+    """Register `pull NAME [--insecure]` and `push NAME [--insecure]`."""
+    pull = subparsers.add_parser("pull", help="pull a model from a registry")
+    pull.add_argument("model")
+    pull.add_argument("--insecure", action="store_true", help="use plain http (for a local registry)")
+    pull.set_defaults(func=cmd_pull)
+    push = subparsers.add_parser("push", help="push a model to a registry")
+    push.add_argument("model")
+    push.add_argument("--insecure", action="store_true", help="use plain http (for a local registry)")
+    push.set_defaults(func=cmd_push)
+
+
+class ProgressPrinter:
+    """Turns Ollama's progress dicts into lines: one per status, a bar for byte counts.
+
+    On a terminal the current line is redrawn in place; elsewhere each line is printed once,
+    when its status ends, so logs stay readable.
+    """
+
+    def __init__(self, out: TextIO | None = None):
+        self.out = out or sys.stderr
+        self.tty = self.out.isatty()
+        self.current: str | None = None
+        self.line = ""
+        self.last_draw = 0.0
+        self.started = time.monotonic()
+        self.lock = threading.Lock()
+
+    def __call__(self, update: dict[str, Any]) -> None:
+        with self.lock:
+            status = update.get("status", "")
+            if status != self.current:
+                self._finish()
+                self.current, self.started = status, time.monotonic()
+            self.line = self._render(update)
+            now = time.monotonic()
+            if self.tty and (now - self.last_draw >= REDRAW_SECONDS or update.get("completed") == update.get("total")):
+                self.out.write("\r" + self.line + "\x1b[K")
+                self.out.flush()
+                self.last_draw = now
+
+    def _render(self, update: dict[str, Any]) -> str:
+        status = update.get("status", "")
+        total, completed = update.get("total"), update.get("completed")
+        if not total:
+            return status
+        completed = completed or 0
+        fraction = min(completed / total, 1.0)
+        filled = int(fraction * BAR_WIDTH)
+        bar = "█" * filled + " " * (BAR_WIDTH - filled)
+        elapsed = time.monotonic() - self.started
+        rate = completed / elapsed if elapsed > 0.5 and completed < total else 0
+        speed = f" {human_bytes(int(rate))}/s" if rate else ""
+        return f"{status}... {int(fraction * 100):3d}% ▕{bar}▏ {human_bytes(total):>7}{speed}"
+
+    def _finish(self) -> None:
+        if self.current is None:
+            return
+        if self.tty:
+            self.out.write("\r" + self.line + "\x1b[K\n")
+        else:
+            self.out.write(self.line + "\n")
+        self.out.flush()
+
+    def close(self) -> None:
+        """End the last line."""
+        with self.lock:
+            self._finish()
+            self.current = None
+
+
+def _transfer(args: argparse.Namespace, action) -> int:
+    from pollama.store.store import Store
+
+    printer = ProgressPrinter()
+    cancel = threading.Event()
+    try:
+        action(Store(), args.model, insecure=args.insecure, progress=printer, cancel=cancel)
+    except KeyboardInterrupt:
+        cancel.set()
+        printer.close()
+        print("interrupted: run the same command again to resume", file=sys.stderr)
+        return 130
+    except BaseException:
+        printer.close()
+        raise
+    printer.close()
+    return 0
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    from pollama.store.registry import pull_model
+
+    return _transfer(args, pull_model)
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from pollama.store.registry import push_model
+
+    return _transfer(args, push_model)
