@@ -72,7 +72,9 @@ class ChatOutputParser:
         if tools:
             if tool_tag is None:
                 tool_tag = tool_call_tag_for(template) if template is not None else jinja_tool_call_tag(chat_template)
-            self.tools = ToolCallParser(tool_tag, tools, new_id=new_id)
+            # Without a Go template Ollama's answer comes from llama-server, which also reads
+            # a JSON call at the start of the output (```json fenced or not) as a call.
+            self.tools = ToolCallParser(tool_tag, tools, json_start=template is None, new_id=new_id)
 
     @property
     def tool_calls(self) -> list[dict]:

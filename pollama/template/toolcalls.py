@@ -17,8 +17,14 @@ key named after the tool. Each call is Ollama's JSON:
 Where this differs from Ollama, on purpose: the top-level argument order is the model's
 (Ollama's generic parser loses it through a Go map); text held back as a possible partial
 tag is content at the end rather than dropped; text already sent is never sent twice at the
-end (Ollama's Content() can repeat it once parsing was given up); tools without a name are
-ignored; JSON strings with lone surrogate escapes get U+FFFD as Go's decoder gives them.
+end (Ollama's Content() can repeat it once parsing was given up); after a first call, a bare
+"{" answer is not released by brace balance (Ollama's balance check, starting at the first
+call's closing brace, would send a second streamed call as content); tools without a name
+are ignored; JSON strings with lone surrogate escapes get U+FFFD as Go's decoder gives them.
+
+For models with only a Jinja template (`for_jinja`), output that opens with a JSON call,
+maybe in a ```json fence or behind <tool_call>, is a call too: Ollama hands such models to
+llama-server, whose Hermes-style parser reads them so.
 """
 
 from __future__ import annotations
@@ -314,6 +320,39 @@ def closes_balanced(buffer: str, opening: str, closing: str) -> bool:
 # ---------------------------------------------------------------- the parser
 
 
+def _call_start(text: str) -> bool | None:
+    """Whether `text` opens a JSON tool call as llama.cpp's Hermes parser reads one; None: undecided.
+
+    The call may sit in a ```json (or ```xml, or bare ```) fence and behind <tool_call>;
+    then comes {"name". Only whitespace may come before it.
+    """
+    t = text.lstrip(GO_SPACE)
+    for fence in ("```json\n", "```xml\n", "```\n"):
+        if t.startswith(fence):
+            t = t[len(fence):]
+            break
+        if fence.startswith(t):
+            return None
+    else:
+        if t.startswith("`"):
+            return False
+    t = t.lstrip(GO_SPACE)
+    if t.startswith("<") or not t:
+        if "<tool_call>".startswith(t):
+            return None
+        if not t.startswith("<tool_call>"):
+            return False
+        t = t[len("<tool_call>"):].lstrip(GO_SPACE)
+    if not t:
+        return None
+    if not t.startswith("{"):
+        return False
+    t = t[1:].lstrip(GO_SPACE)
+    if t.startswith('"name"'):
+        return True
+    return None if '"name"'.startswith(t) else False
+
+
 class ToolCallParser:
     """Ollama's streaming tool-call parser: add(piece) -> (content, new tool calls)."""
 
@@ -322,7 +361,13 @@ class ToolCallParser:
     DONE = "Done"
 
     def __init__(self, template: Template | str | None, tools: Iterable[dict] | None = None, *,
-                 new_id: Callable[[], str] = new_tool_call_id):
+                 json_start: bool = False, new_id: Callable[[], str] = new_tool_call_id):
+        """`template` is a Go template (its tag is inferred) or the tag itself.
+
+        With `json_start`, output that opens with a JSON call ({"name" ..., maybe in a
+        ```json fence or behind <tool_call>) is a call whatever the tag, as llama.cpp reads
+        the output of models that only have a Jinja template (Ollama hands those to it).
+        """
         # A string is the tag itself; a Template gives its tag as Ollama infers it.
         if isinstance(template, str) and template:
             self.tag = template
@@ -333,18 +378,22 @@ class ToolCallParser:
         self.calls: list[dict] = []
         self._new_id = new_id
         self._longest_name = max((len(n) for n in self.names), default=0)
+        # The bracket whose balanced close ends a bare-JSON answer that was no call.
+        self._bracket = self.tag if self.tag in ("{", "[") else None
+        self._json_start = json_start
         self._set_buffer("")
 
     @classmethod
     def for_jinja(cls, chat_template: str | None, tools: Iterable[dict] | None = None, **kwargs) -> ToolCallParser:
-        """A parser for a model prompted by its Jinja chat template (tag from the template text)."""
+        """A parser for a model prompted by its Jinja chat template: its tag, and JSON calls at the start."""
+        kwargs.setdefault("json_start", True)
         return cls(jinja_tool_call_tag(chat_template), tools, **kwargs)
 
     def _set_buffer(self, text: str) -> None:
         # The scans resume over a growing buffer; cutting its front starts them again.
         self._buffer = text
         self._objects = _ObjectFinder()
-        self._balance = _Balance(self.tag, "}" if self.tag == "{" else "]") if self.tag in ("{", "[") else None
+        self._balance = _Balance(self._bracket, "}" if self._bracket == "{" else "]") if self._bracket else None
         self._no_name_before = 0
 
     def add(self, text: str) -> tuple[str, list[dict]]:
@@ -354,6 +403,17 @@ class ToolCallParser:
         content = ""
         if self.state == self.LOOKING_FOR_TAG:
             buffer = self._buffer + text
+            starts_call = _call_start(buffer) if self._json_start else False
+            if starts_call is None:
+                self._buffer = buffer  # too early to tell: hold it all
+                return "", []
+            if starts_call:
+                # From here on it is a bare-JSON call: released whole if it turns out to be none.
+                self._bracket = "{"
+                self._set_buffer(buffer)
+                self.state = self.TOOL_CALLING
+                return self._calls_then_content("")
+            self._json_start = False
             i, found = find_tag(buffer, self.tag)
             content, held = (buffer, "") if i < 0 else (buffer[:i], buffer[i:])
             # With a bare "{" or "[" as tag, only output that starts with it can be a call.
@@ -367,10 +427,15 @@ class ToolCallParser:
             self.state = self.TOOL_CALLING
         else:
             self._buffer += text
+        return self._calls_then_content(content)
+
+    def _calls_then_content(self, content: str) -> tuple[str, list[dict]]:
         calls = []
         while (call := self._next_call()) is not None:
             calls.append(call)
-        if self._balance is not None and self._balance.closed_in(self._buffer):
+        # Once a call was made nothing is released any more (Ollama's Content() says the
+        # same); Ollama's own check would go on and send a second streamed call as content.
+        if not self.calls and self._balance is not None and self._balance.closed_in(self._buffer):
             # A bare JSON object or list that held no (more) tool calls: it was content after all.
             self.state = self.DONE
             content = self._buffer
@@ -384,7 +449,7 @@ class ToolCallParser:
         state, self.state = self.state, self.DONE
         if state == self.LOOKING_FOR_TAG:
             return buffer, []  # the start of a tag that never came
-        if not self.calls and self.tag in ("{", "["):
+        if not self.calls and self._bracket:
             return buffer, []
         return "", []
 

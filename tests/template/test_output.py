@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from realmodels import real_model
 
 from pollama.template import ChatOutputParser, to_openai_tool_calls
 from pollama.template.gotemplate import Template
@@ -176,3 +177,36 @@ def test_arguments_json_is_go_json():
 ])
 def test_finish_reason(reason, sent, want):
     assert openai_finish_reason(reason, sent) == want
+
+
+# ---------------------------------------------------------------- a real model
+
+
+def test_qwen_coder_calls_the_weather_tool():
+    """Qwen2.5-Coder-0.5B, prompted by its GGUF chat template with a weather tool, makes a parsed call."""
+    from pollama.runner.engine import Engine
+    from pollama.runner.generation import GenerateOptions, Piece
+    from pollama.template.prompt import jinja_chat_prompt
+
+    weather = [{"type": "function", "function": {
+        "name": "get_weather", "description": "Get the current weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string", "description": "The city"}},
+                       "required": ["city"]}}}]
+    with Engine(real_model("qwen2.5-coder-0.5b"), num_ctx=512, num_thread=2) as engine:
+        chat_template = engine.gguf.metadata["tokenizer.chat_template"]
+        prompt, _ = jinja_chat_prompt(chat_template, [{"role": "user", "content": "What is the weather in Paris?"}],
+                                      tools=weather, truncate=False)
+        parser = ChatOutputParser(None, weather, chat_template=chat_template)
+        assert parser.tools.tag == "<tool_call>"
+        out = {"thinking": "", "content": "", "tool_calls": []}
+        for event in engine.generate(engine.tokenizer.encode(prompt), GenerateOptions(num_predict=64)):
+            if isinstance(event, Piece):
+                delta = parser.add(event.text)
+                out["content"] += delta["content"]
+                out["tool_calls"] += delta["tool_calls"]
+        out["content"] += parser.finish()["content"]
+    assert [c["function"]["name"] for c in out["tool_calls"]] == ["get_weather"]
+    assert out["tool_calls"][0]["function"]["arguments"]["city"].startswith("Paris")
+    assert out["content"] == ""
+    [openai] = to_openai_tool_calls(out["tool_calls"])
+    assert json.loads(openai["function"]["arguments"])["city"].startswith("Paris")

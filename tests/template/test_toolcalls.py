@@ -483,3 +483,54 @@ def test_a_long_bare_json_answer_stays_linear_enough():
     for i in range(0, len(body), 3):
         out.append(parser.add(body[i:i + 3])[0])
     assert "".join(out) == body
+
+
+# ---------------------------------------------------------------- JSON calls at the start (Jinja-only models)
+
+
+@pytest.mark.parametrize(("text", "content", "names"), [
+    ('```json\n{\n    "name": "get_conditions",\n    "arguments": {"location": "Paris"}\n}\n```', "", ["get_conditions"]),
+    ('\n```\n{"name": "add", "arguments": {"a": "1", "b": "2"}}\n```', "", ["add"]),
+    ('<tool_call>\n{"name": "say_hello", "arguments": {}}\n</tool_call>', "", ["say_hello"]),
+    ('  {"name": "say_hello_world", "arguments": {}}', "", ["say_hello_world"]),
+    (('```json\n{"name": "get_conditions", "arguments": {"location": "A"}}\n```\n'
+     '```json\n{"name": "get_conditions", "arguments": {"location": "B"}}\n```'), "", ["get_conditions", "get_conditions"]),
+    # JSON that names no tool is content, released when it closes
+    ('```json\n{"name": "Bob", "age": 3}\n```\nThat is Bob.', '```json\n{"name": "Bob", "age": 3}\n```\nThat is Bob.', []),
+    ('```python\nprint("{")\n```', '```python\nprint("{")\n```', []),
+    ('```json\n[1, 2]\n```', '```json\n[1, 2]\n```', []),
+    ('{"answer": 42}', '{"answer": 42}', []),
+    ("Sure. ```json\n{\"name\": \"add\"}```", "Sure. ```json\n{\"name\": \"add\"}```", []),
+    ("``", "``", []),
+    ("", "", []),
+    # text first: only the tag counts then
+    ('Let me see. <tool_call>{"name": "add", "arguments": {"a": "1"}}</tool_call>', "Let me see. ", ["add"]),
+])
+@pytest.mark.parametrize("split", ["whole", "chars"])
+def test_json_start_reads_calls_as_llama_cpp_does(text, content, names, split):
+    parser = ToolCallParser.for_jinja("...<tool_call>...", TOOLS)
+    assert parser.tag == "<tool_call>"
+    pieces = [text] if split == "whole" else list(text)
+    got, calls = "", []
+    for piece in pieces:
+        c, new = parser.add(piece)
+        got += c
+        calls += new
+    c, new = parser.finish()
+    assert got + c == content
+    assert [call["function"]["name"] for call in calls + new] == names
+    assert [call["function"]["index"] for call in calls] == list(range(len(names)))
+
+
+def test_json_start_is_off_for_go_templates():
+    parser = ToolCallParser(TEMPLATES["qwen"], TOOLS)
+    text = '```json\n{"name": "add", "arguments": {"a": "1"}}\n```'
+    assert parser.add(text) == (text, [])
+
+
+def test_two_bare_json_calls_streamed():
+    # Ollama's brace balance would send the second call as content; both are calls here.
+    text = '{"name": "add", "arguments": {"a": "1"}}\n{"name": "add", "arguments": {"a": "2"}}'
+    content, calls = run("json", list(text))
+    assert [c["function"]["arguments"] for c in calls] == [{"a": "1"}, {"a": "2"}]
+    assert content == ""
