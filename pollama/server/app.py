@@ -628,6 +628,9 @@ def _create_commands(state: State, body: dict[str, Any], staging: Path) -> tuple
     if source and files:
         raise APIError(400, "give either from or files, not both")
     if source:
+        # A model name only: paths on the server's disk are not the client's to read.
+        if source.startswith(("/", ".", "~")) or "\\" in source:
+            raise APIError(400, f"from must name a model, not a path ({source!r}): upload files with /api/blobs and give them in files")
         commands.append(["model", source])
     elif files:
         commands.append(["model", _stage_files(state.store, files, staging)])

@@ -70,6 +70,12 @@ class Scheduler:
         self.in_flight = 0
         self.changed = asyncio.Condition()
         self._closing = False
+        self._tasks: set[asyncio.Task] = set()  # the loop holds tasks weakly: keep them alive here
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     # -- use --------------------------------------------------------------------------
     @contextlib.asynccontextmanager
@@ -119,7 +125,7 @@ class Scheduler:
                     continue
                 current = Loaded(model, spec, RunnerProcess(key, spec), asyncio.get_running_loop().create_future(), keep_alive, refcount=1)
                 self.loaded[key] = current
-                asyncio.create_task(self._load(current))
+                self._spawn(self._load(current))
                 break
         try:
             await asyncio.shield(current.ready)
@@ -139,7 +145,7 @@ class Scheduler:
                 loaded.ready.exception()  # retrieved here too, so an unwaited failure is not logged as lost
             return
         loaded.ready.set_result(True)
-        asyncio.create_task(self._forget_when_dead(loaded))
+        self._spawn(self._forget_when_dead(loaded))
 
     async def _forget_when_dead(self, loaded: Loaded) -> None:
         await loaded.runner.exited.wait()
@@ -162,7 +168,7 @@ class Scheduler:
         self._cancel_timer(loaded)
         loaded.expires_at = datetime.now(timezone.utc).astimezone() + timedelta(seconds=loaded.keep_alive)
         loaded.timer = asyncio.get_running_loop().call_later(
-            loaded.keep_alive, lambda: asyncio.ensure_future(self._expire(loaded))
+            loaded.keep_alive, lambda: self._spawn(self._expire(loaded))
         )
 
     def _cancel_timer(self, loaded: Loaded) -> None:

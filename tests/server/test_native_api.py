@@ -173,6 +173,12 @@ def test_create_from_existing_model_json_form(server, client, smollm2_path):
     with pytest.raises(ollama.ResponseError) as e:
         client.create(model="x", from_="no-such-model")
     assert e.value.status_code == 400 and "no-such-model" in str(e.value)
+    with pytest.raises(ollama.ResponseError) as e:
+        client.create(model="x", from_=str(smollm2_path))  # the server's files are not the client's
+    assert e.value.status_code == 400 and "not a path" in str(e.value)
+    with pytest.raises(ollama.ResponseError) as e:
+        client.create(model="x", files={"../escape.gguf": client.create_blob(smollm2_path)})
+    assert e.value.status_code == 400 and "invalid file name" in str(e.value)
     client.delete("derived-a")
     client.delete("base-a")
 
