@@ -84,16 +84,24 @@ def _run_flags(args: argparse.Namespace) -> dict:
 def cmd_run(args: argparse.Namespace) -> int:
     """Through the server at OLLAMA_HOST when one answers (models by name); else in this process."""
     is_file = Path(args.model).expanduser().exists()
+    interactive = args.prompt is None and sys.stdin.isatty()
     if not is_file and args.backend == "ggml":
         from pollama.cli.client import Client
 
         client = Client()
         if client.is_running():
-            from pollama.cli.remote import run_remote
-
-            prompt = args.prompt if args.prompt is not None else sys.stdin.read()
             with client:
+                if interactive:
+                    from pollama.cli.repl import repl
+
+                    return repl(client, args.model, _run_flags(args), verbose=args.verbose,
+                                keep_alive=args.keepalive, fmt=args.format)
+                from pollama.cli.remote import run_remote
+
+                prompt = args.prompt if args.prompt is not None else sys.stdin.read()
                 return run_remote(client, args, prompt, _run_flags(args))
+        if interactive:
+            raise CLIError(f"an interactive chat needs a server: start one with 'pollama serve' (none answers at {client.base_url})")
     return run_here(args)
 
 

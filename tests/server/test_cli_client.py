@@ -45,3 +45,41 @@ def test_ps_without_a_server_says_how_to_start_one():
 def test_serve_on_a_port_in_use_is_a_one_line_error(server):
     result = pollama("serve", env={"OLLAMA_HOST": server.host}, timeout=30)
     assert_one_line_error(result, f"listen tcp {server.host}", "in use")
+
+
+def test_interactive_run_through_a_pseudo_terminal(server, tmp_path):
+    import os
+    import sys
+
+    pexpect = __import__("pytest").importorskip("pexpect")
+    env = {**os.environ, "OLLAMA_HOST": server.host, "HOME": str(tmp_path), "TERM": "dumb"}
+    child = pexpect.spawn(sys.executable, ["-m", "pollama.cli.main", "run", "smollm2", "--temperature", "0",
+                                           "--num-predict", "4"], env=env, encoding="utf-8", timeout=120)
+    try:
+        child.expect_exact(">>> ")
+        child.sendline("/set parameter num_predict 3")
+        child.expect_exact("Set parameter 'num_predict' to '3'")
+        child.expect_exact(">>> ")
+        child.sendline("/set verbose")
+        child.expect_exact("Set 'verbose' mode.")
+        child.expect_exact(">>> ")
+        child.sendline('"""The capital')
+        child.expect_exact("... ")
+        child.sendline('of France is"""')
+        child.expect_exact("eval count:           3 token(s)")
+        child.expect_exact(">>> ")
+        child.sendline("/set system Answer in one word.")
+        child.expect_exact("Set system message.")
+        child.expect_exact(">>> ")
+        child.sendline("/show system")
+        child.expect_exact("Answer in one word.")
+        child.expect_exact(">>> ")
+        child.sendline("/nonsense")
+        child.expect_exact("Unknown command '/nonsense'")
+        child.expect_exact(">>> ")
+        child.sendline("/bye")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 0
+    assert (tmp_path / ".ollama" / "history").is_file()
