@@ -225,6 +225,9 @@ class RegistryClient:
                 raise TransientError(f"{what}: {self.host} timed out ({type(e).__name__})") from None
             except httpx.TransportError as e:
                 raise TransientError(f"{what}: could not reach {url.host}: {e or type(e).__name__}") from None
+            except httpx.InvalidURL as e:
+                # httpx prepares the next request of a redirect even when not following it.
+                raise RegistryError(f"{what}: refusing redirect to an unusable URL ({e}): only http and https URLs are followed") from None
             if response.status_code == 401 and self._is_registry(url) and not authenticated:
                 challenge = response.headers.get("www-authenticate", "")
                 response.close()
