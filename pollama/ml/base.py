@@ -13,6 +13,7 @@ cache) are made by the backend and can be used in any context.
 from __future__ import annotations
 
 import enum
+import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Collection, Mapping, Sequence
@@ -137,11 +138,75 @@ class Tensor(ABC):
         """Rotate x [seq, heads, head_dim] by positions int32 [seq]."""
 
 
+class Recorder:
+    """Collects the intermediates a forward pass names with `ctx.record` (debug mode).
+
+    A backend whose `recorder` is set gives it to every context it makes; each compute then
+    also computes the recorded tensors (extra graph outputs, only then) and hands them here.
+    Without `all_rows`, only the last row of each [tokens, ...] tensor is kept (the last
+    token's: the one whose logits a step returns).
+    """
+
+    def __init__(self, all_rows: bool = False, log: bool = False):
+        self.all_rows = all_rows
+        self.log = log  # log each tensor's statistics at DEBUG level (OLLAMA_DEBUG)
+        self.values: dict[str, np.ndarray] = {}  # the last computed step's, by name, in order
+        self.steps = 0
+
+    @classmethod
+    def from_env(cls) -> Recorder | None:
+        """A logging recorder when OLLAMA_DEBUG is set (as pollama.errors reads it), else None."""
+        from pollama.errors import debug_enabled
+
+        return cls(log=True) if debug_enabled() else None
+
+    def select(self, ctx: Context, tensor: Tensor) -> Tensor:
+        """The part of `tensor` to keep: its last row unless all rows are asked for."""
+        if self.all_rows or tensor.ndim != 2 or tensor.shape[0] == 1:
+            return tensor
+        return tensor.rows(ctx.input(np.array([tensor.shape[0] - 1], dtype=np.int32)))
+
+    def collect(self, names: Sequence[str], arrays: Sequence[np.ndarray]) -> None:
+        """Take one computed step's recorded arrays."""
+        self.values = dict(zip(names, arrays, strict=True))
+        self.steps += 1
+        if self.log:
+            logger = logging.getLogger("pollama.debug")
+            for name, array in self.values.items():
+                logger.debug("step %d %s %s", self.steps, name, describe(array))
+
+
+def describe(array: np.ndarray) -> str:
+    """One line of a tensor's shape and statistics (min, max, mean, std, finite or not)."""
+    a = np.asarray(array, dtype=np.float64)
+    finite = bool(np.isfinite(a).all())
+    return (f"{list(a.shape)} min={a.min():.6g} max={a.max():.6g} mean={a.mean():.6g} std={a.std():.6g} "
+            f"{'finite' if finite else 'NOT FINITE'}")
+
+
 class Context(ABC):
     """One step's worth of computation on one backend."""
 
     # Whether rerun() can compute the same graph again with new input data.
     reusable: bool = False
+    # The debug recorder (None: record() does nothing, and no graph changes).
+    recorder: Recorder | None = None
+
+    def record(self, name: str, tensor: Tensor) -> None:
+        """Name an intermediate tensor for the debug recorder; a no-op when not recording."""
+        if self.recorder is not None:
+            self.__dict__.setdefault("recorded", {})[name] = self.recorder.select(self, tensor)
+
+    def with_records(self, outputs: Sequence[Tensor]) -> tuple[Tensor, ...]:
+        """The outputs a compute must produce: the asked ones, then the recorded ones (if any)."""
+        recorded = self.__dict__.get("recorded")
+        return (*outputs, *recorded.values()) if recorded else tuple(outputs)
+
+    def hand_back(self, results: list[np.ndarray], asked: int) -> list[np.ndarray]:
+        """The asked outputs of a compute; the recorded rest go to the recorder."""
+        if len(results) > asked:
+            self.recorder.collect(list(self.__dict__["recorded"]), results[asked:])
+        return results[:asked]
 
     @abstractmethod
     def input(self, array: np.ndarray, name: str | None = None) -> Tensor:
@@ -203,6 +268,8 @@ class Backend(ABC):
     """A device with its kernels: loads weights, allocates caches, makes contexts."""
 
     name: str
+    # Given to every context made (debug recording); backends set it from OLLAMA_DEBUG.
+    recorder: Recorder | None = None
     # With flash attention, attention() takes V as rows [n, kv_heads, dv] (and KV caches keep
     # it so); without, V transposed [kv_heads, dv, n], as llama.cpp keeps it then.
     flash_attention: bool = False

@@ -16,7 +16,7 @@ from typing import Collection, Mapping, Sequence
 import numpy as np
 
 from pollama.fs.ggml_types import GGMLType
-from pollama.ml.base import Backend, BackendError, Context, Rope, Tensor
+from pollama.ml.base import Backend, BackendError, Context, Recorder, Rope, Tensor
 from pollama.ml.ggml.lib import ggml
 
 # Types a weight may have to be multiplied by ggml's CPU kernels (all float and block formats).
@@ -514,8 +514,9 @@ class GGMLContext(Context, _Owner):
 
     def compute(self, *outputs: Tensor) -> list[np.ndarray]:
         self._check_open()
+        self.asked = len(outputs)
         finals = []
-        for out in outputs:
+        for out in self.with_records(outputs):
             out._step()
             if out.dtype != GGMLType.F32:
                 raise BackendError(f"outputs must be float32, got {out.dtype.name}")
@@ -528,7 +529,7 @@ class GGMLContext(Context, _Owner):
             finals.append(out)
         self.computed = True
         self.outputs = finals
-        return self._run()
+        return self.hand_back(self._run(), self.asked)
 
     def _run(self) -> list[np.ndarray]:
         backend = self.backend
@@ -571,7 +572,7 @@ class GGMLContext(Context, _Owner):
         for index, cells, width, n_cells in self.derived:
             self.arrays[id(index)] = _column_index(self.arrays[id(cells)], width, n_cells, index.dtype)
         self.inputs = [(tensor, self.arrays[id(tensor)]) for tensor, _ in self.inputs]
-        return self._run()
+        return self.hand_back(self._run(), self.asked)
 
     def close(self) -> None:
         if self.alive:
@@ -624,6 +625,7 @@ class GGMLBackend(Backend):
         self.ctx_mem_size = ggml.ggml_tensor_overhead() * MAX_TENSORS + ggml.ggml_graph_overhead_custom(MAX_TENSORS, False)
         self.repack_buft = _repack_buffer_type(self.cpu) if repack else None
         self.stores: list[_WeightStore] = []
+        self.recorder = Recorder.from_env()
 
     # -- weights ----------------------------------------------------------------------------
     def load(self, gguf, names: Sequence[str] | None = None, gathered: Collection[str] = ()) -> Mapping[str, Tensor]:
@@ -721,7 +723,9 @@ class GGMLBackend(Backend):
     def context(self, reusable: bool = False) -> Context:
         if self.cpu is None:
             raise BackendError("backend used after it was closed")
-        return GGMLContext(self, reusable)
+        ctx = GGMLContext(self, reusable)
+        ctx.recorder = self.recorder
+        return ctx
 
     def close(self) -> None:
         for store in self.stores:

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from pollama.fs.ggml_types import GGMLType
-from pollama.ml.base import Backend, BackendError, Context, Rope, RopeMode, Tensor
+from pollama.ml.base import Backend, BackendError, Context, Recorder, Rope, RopeMode, Tensor
 from pollama.ml.torch.quants import dequantize
 
 MAX_DIMS = 4  # ggml's GGML_MAX_DIMS: a shape the ggml backend could not hold is refused here too
@@ -494,7 +494,7 @@ class TorchContext(Context, _Owner):
         """The outputs as float32 numpy arrays (copies); the ops have already run."""
         self._check_open()
         results = []
-        for out in outputs:
+        for out in self.with_records(outputs):
             if not isinstance(out, TorchTensor):
                 raise BackendError(f"expected a torch backend tensor, got {type(out).__name__}")
             out._step()
@@ -502,7 +502,7 @@ class TorchContext(Context, _Owner):
                 raise BackendError(f"outputs must be float32, got {out.dtype.name}")
             results.append(out._t.detach().to(device="cpu", dtype=torch.float32, copy=True).numpy())
         self.computed = True
-        return results
+        return self.hand_back(results, len(outputs))
 
     def close(self) -> None:
         """Free the step's tensors; using them afterwards raises BackendError."""
@@ -525,6 +525,7 @@ class TorchBackend(Backend):
             # Process-wide in torch: the last backend made decides.
             torch.set_num_threads(n_threads)
         self._weights = _Owner("backend")
+        self.recorder = Recorder.from_env()
 
     def _persistent(self, t: torch.Tensor) -> TorchTensor:
         if not self._weights.alive:
@@ -566,7 +567,9 @@ class TorchBackend(Backend):
         """A fresh context for one step."""
         if not self._weights.alive:
             raise BackendError("backend used after it was closed")
-        return TorchContext(self)
+        ctx = TorchContext(self)
+        ctx.recorder = self.recorder
+        return ctx
 
     def close(self) -> None:
         """Free weights and caches; tensors made by this backend can no longer be used."""

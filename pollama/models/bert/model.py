@@ -103,14 +103,19 @@ class Bert:
         # Every token is in segment 0 (sentence A): one row of token_types, broadcast.
         x = self.token_embd(ctx.input(tokens)) + self.position_embd(ctx.input(positions))
         x = self.token_embd_norm(x + self.token_types(ctx.input(np.zeros(1, dtype=np.int32))))  # [t, dim]
+        ctx.record("token_embd", x)
         h, d = self.n_heads, self.head_dim
-        for layer in self.blk:
+        for i, layer in enumerate(self.blk):
             q = layer.attn_q(x).reshape(t, h, d)
             k = layer.attn_k(x).reshape(t, h, d)
             v = layer.attn_v(x).reshape(t, h, d)
-            a = ctx.attention(q, k, v if v_rows else v.permute(1, 2, 0), mask, 1.0 / math.sqrt(d))
-            x = layer.attn_output_norm(x + layer.attn_output(a))
-            x = layer.layer_output_norm(x + layer.ffn_down(layer.ffn_up(x).gelu_erf()))
+            a = layer.attn_output(ctx.attention(q, k, v if v_rows else v.permute(1, 2, 0), mask, 1.0 / math.sqrt(d)))
+            ctx.record(f"blk.{i}.attn_out", a)
+            x = layer.attn_output_norm(x + a)
+            m = layer.ffn_down(layer.ffn_up(x).gelu_erf())
+            ctx.record(f"blk.{i}.ffn_out", m)
+            x = layer.layer_output_norm(x + m)
+            ctx.record(f"blk.{i}.out", x)
         return x
 
     def pool(self, ctx: Context, hidden: Tensor, lens: Sequence[int]) -> Tensor:

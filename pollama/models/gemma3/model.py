@@ -79,6 +79,7 @@ class Gemma3(TextModel):
         t = len(batch)
         tokens, positions, outputs = batch.bind(ctx)
         x = self.token_embd(tokens).scale(math.sqrt(self.dim))  # [t, dim]
+        ctx.record("token_embd", x)
         for i, layer in enumerate(self.blk):
             rope = self.local_rope if self.is_local[i] else self.global_rope
             h = layer.attn_norm(x)
@@ -90,12 +91,18 @@ class Gemma3(TextModel):
             a = layer.attn_output(attention(ctx, q, k, v, cache, i, scale=1.0))
             if i == self.n_layers - 1:  # from here on only the rows whose logits are wanted
                 a, x = a.rows(outputs), x.rows(outputs)
+            ctx.record(f"blk.{i}.attn_out", a)
             x = x + layer.post_attention_norm(a)
 
             h = layer.ffn_norm(x)
             h = layer.ffn_down(layer.ffn_gate(h).geglu(layer.ffn_up(h)))
+            ctx.record(f"blk.{i}.ffn_out", h)
             x = x + layer.post_ffw_norm(h)
-        logits = self.output(self.output_norm(x))
+            ctx.record(f"blk.{i}.out", x)
+        x = self.output_norm(x)
+        ctx.record("output_norm", x)
+        logits = self.output(x)
         if self.final_softcap:
             logits = logits.softcap(self.final_softcap)
+        ctx.record("logits", logits)
         return logits

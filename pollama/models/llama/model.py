@@ -67,6 +67,7 @@ class Llama(TextModel):
         t = len(batch)
         tokens, positions, outputs = batch.bind(ctx)
         x = self.token_embd(tokens)  # [t, dim]
+        ctx.record("token_embd", x)
         for i, layer in enumerate(self.blk):
             h = layer.attn_norm(x)
             q = layer.attn_q(h).reshape(t, self.n_heads, self.head_dim)
@@ -77,8 +78,16 @@ class Llama(TextModel):
             a = layer.attn_output(attention(ctx, q, k, v, cache, i, 1.0 / math.sqrt(self.head_dim)))
             if i == self.n_layers - 1:  # from here on only the rows whose logits are wanted
                 a, x = a.rows(outputs), x.rows(outputs)
+            ctx.record(f"blk.{i}.attn_out", a)
             x = x + a
 
             h = layer.ffn_norm(x)
-            x = x + layer.ffn_down(layer.ffn_gate(h).swiglu(layer.ffn_up(h)))
-        return self.output(self.output_norm(x))
+            m = layer.ffn_down(layer.ffn_gate(h).swiglu(layer.ffn_up(h)))
+            ctx.record(f"blk.{i}.ffn_out", m)
+            x = x + m
+            ctx.record(f"blk.{i}.out", x)
+        x = self.output_norm(x)
+        ctx.record("output_norm", x)
+        logits = self.output(x)
+        ctx.record("logits", logits)
+        return logits
