@@ -198,26 +198,26 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("model")
     create.add_argument("-f", "--file", default="Modelfile", help="the Modelfile (default ./Modelfile)")
     create.add_argument("-q", "--quantize", help="quantize the weights, e.g. q4_K_M, q8_0")
-    create.set_defaults(func=models.cmd_create)
+    create.set_defaults(func=remote.via_server(models.cmd_create, remote.create_remote))
 
     show = sub.add_parser("show", help="show a model's information")
     show.add_argument("model")
     for flag in ("--modelfile", "--parameters", "--template", "--system", "--license"):
         show.add_argument(flag, action="store_true")
     show.add_argument("-v", "--verbose", action="store_true", help="also list the GGUF metadata")
-    show.set_defaults(func=models.cmd_show)
+    show.set_defaults(func=remote.via_server(models.cmd_show, remote.show_remote))
 
     for alias in ("list", "ls"):
-        sub.add_parser(alias, help="list models").set_defaults(func=models.cmd_list)
+        sub.add_parser(alias, help="list models").set_defaults(func=remote.via_server(models.cmd_list, remote.list_remote))
 
     cp = sub.add_parser("cp", help="copy a model")
     cp.add_argument("source")
     cp.add_argument("destination")
-    cp.set_defaults(func=models.cmd_cp)
+    cp.set_defaults(func=remote.via_server(models.cmd_cp, remote.cp_remote))
 
     rm = sub.add_parser("rm", help="remove models")
     rm.add_argument("models", nargs="+")
-    rm.set_defaults(func=models.cmd_rm)
+    rm.set_defaults(func=remote.via_server(models.cmd_rm, remote.rm_remote))
 
     tensors = sub.add_parser("tensors", help="list the tensors of a GGUF, safetensors or PyTorch checkpoint")
     tensors.add_argument("path")

@@ -76,4 +76,174 @@ def run_remote(client: Client, args: argparse.Namespace, prompt: str, options: d
     return 0
 
 
-__all__ = ["cmd_ps", "cmd_serve", "cmd_stop", "run_remote", "ServerError"]
+# -- model management through the server (as Ollama's CLI does) ---------------------------------
+def list_remote(client: Client, args: argparse.Namespace) -> int:
+    from pollama.cli.models import _table, human_time
+
+    rows = [["NAME", "ID", "SIZE", "MODIFIED"]]
+    for m in client.request("GET", "/api/tags")["models"]:
+        modified = datetime.fromisoformat(m["modified_at"].replace("Z", "+00:00"))
+        rows.append([m["name"], m["digest"][:12], human_bytes(m["size"]), human_time(modified)])
+    print(_table(rows))
+    return 0
+
+
+def cp_remote(client: Client, args: argparse.Namespace) -> int:
+    client.request("POST", "/api/copy", {"source": args.source, "destination": args.destination})
+    print(f"copied '{args.source}' to '{args.destination}'")
+    return 0
+
+
+def rm_remote(client: Client, args: argparse.Namespace) -> int:
+    for name in args.models:
+        client.request("DELETE", "/api/delete", {"model": name})
+        print(f"deleted '{name}'")
+    return 0
+
+
+def show_remote(client: Client, args: argparse.Namespace) -> int:
+    from pollama.cli.models import _short, _table
+
+    info = client.request("POST", "/api/show", {"model": args.model, "verbose": bool(args.verbose)})
+    if args.modelfile:
+        print(info.get("modelfile", ""), end="")
+        return 0
+    if args.parameters:
+        print(info.get("parameters", ""))
+        return 0
+    if args.template:
+        print(info.get("template") or "{{ .Prompt }}")
+        return 0
+    if args.system:
+        print(info.get("system", ""))
+        return 0
+    if args.license:
+        print(info.get("license", ""))
+        return 0
+    details, md = info.get("details") or {}, info.get("model_info") or {}
+    arch = md.get("general.architecture", "")
+    rows = [
+        ["architecture", arch],
+        ["parameters", details.get("parameter_size", "")],
+        ["context length", str(md.get(f"{arch}.context_length", ""))],
+        ["embedding length", str(md.get(f"{arch}.embedding_length", ""))],
+        ["quantization", details.get("quantization_level", "")],
+    ]
+    sections = [("Model", _table(rows, "    "))]
+    sections.append(("Capabilities", "\n".join("    " + c for c in info.get("capabilities") or [])))
+    if info.get("parameters"):
+        lines = [line.split(None, 1) for line in info["parameters"].splitlines() if line.strip()]
+        sections.append(("Parameters", _table([[k, v] for k, v in lines], "    ")))
+    if info.get("system"):
+        sections.append(("System", "\n".join("    " + line for line in info["system"].splitlines()[:2])))
+    if info.get("license"):
+        sections.append(("License", "\n".join("    " + line for line in info["license"].splitlines()[:2])))
+    if args.verbose:
+        sections.append(("Metadata", _table([[k, _short(v)] for k, v in md.items()], "    ")))
+    print("\n\n".join(f"  {title}\n{body}" for title, body in sections) + "\n")
+    return 0
+
+
+# Files of a Hugging Face folder that create reads (weights, configs, tokenizers).
+_UPLOAD_SUFFIXES = (".safetensors", ".json", ".txt", ".model", ".bin", ".pth", ".gguf", ".tiktoken")
+
+
+def _upload(client: Client, path) -> str:
+    """Send a file to /api/blobs unless the server has it; its digest."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    digest = "sha256:" + h.hexdigest()
+    try:
+        response = client.http.head(f"/api/blobs/{digest}")
+        if response.status_code == 200:
+            return digest
+
+        def body():
+            with open(path, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    yield chunk
+
+        response = client.http.post(f"/api/blobs/{digest}", content=body())
+    except Exception as e:  # noqa: BLE001 - any transport failure is one line for the user
+        raise ServerError(f"uploading {path}: {e}") from None
+    if response.status_code >= 400:
+        raise client._error_of(response)
+    return digest
+
+
+def _files_of(client: Client, path) -> dict[str, str]:
+    from pathlib import Path
+
+    path = Path(path)
+    if path.is_file():
+        return {path.name: _upload(client, path)}
+    files = {}
+    for f in sorted(path.rglob("*")):
+        if f.is_file() and f.suffix in _UPLOAD_SUFFIXES and not any(p.startswith(".") for p in f.relative_to(path).parts):
+            files[str(f.relative_to(path))] = _upload(client, f)
+    if not files:
+        raise ServerError(f"{path}: no model files to upload")
+    return files
+
+
+def create_remote(client: Client, args: argparse.Namespace) -> int:
+    """Parse the Modelfile here, upload what FROM and ADAPTER name, and let the server create."""
+    from pathlib import Path
+
+    from pollama.create.modelfile import parse_modelfile
+
+    path = Path(args.file)
+    if path.is_file():
+        modelfile, base = parse_modelfile(path.read_bytes()), path.parent
+    elif args.file == "Modelfile" and not path.exists():
+        modelfile, base = parse_modelfile("FROM ."), Path(".")
+    else:
+        raise ValueError(f"{args.file}: no such Modelfile")
+    froms = modelfile.froms
+    if len(froms) != 1:
+        raise ValueError("a Modelfile needs exactly one FROM" if not froms else "more than one FROM is not supported")
+    body: dict = {"model": args.model, "stream": True}
+    source = Path(froms[0]).expanduser()
+    source = source if source.is_absolute() else base / source
+    if source.exists():
+        print("gathering model components", flush=True)
+        body["files"] = _files_of(client, source)
+    else:
+        body["from"] = froms[0]
+    adapters = {}
+    for adapter in modelfile.adapters:
+        adapter_path = Path(adapter).expanduser()
+        adapters.update(_files_of(client, adapter_path if adapter_path.is_absolute() else base / adapter_path))
+    if adapters:
+        body["adapters"] = adapters
+    for key in ("template", "system"):
+        value = getattr(modelfile, key)
+        if value is not None:
+            body[key] = value
+    if modelfile.parameters:
+        body["parameters"] = modelfile.parameters
+    if modelfile.license:
+        body["license"] = modelfile.license
+    if modelfile.messages:
+        body["messages"] = modelfile.messages
+    if args.quantize:
+        body["quantize"] = args.quantize
+    for message in client.stream("/api/create", body):
+        print(message.get("status", ""), flush=True)
+    return 0
+
+
+def via_server(local, remote):
+    """A command that uses the server at OLLAMA_HOST when one answers, else works here."""
+    def run(args: argparse.Namespace) -> int:
+        client = Client()
+        if client.is_running():
+            with client:
+                return remote(client, args)
+        return local(args)
+
+    return run
