@@ -151,6 +151,7 @@ class Scheduler:
         await loaded.runner.exited.wait()
         async with self.changed:
             self._forget(loaded)
+        await loaded.runner.stop()  # removes its socket directory
 
     async def _release(self, loaded: Loaded) -> None:
         async with self.changed:
