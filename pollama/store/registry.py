@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from typing import Any
 
 import httpx
 
+from pollama.store.errors import StoreError
 from pollama.store.manifest import (
     CONFIG_MEDIA_TYPE,
     LAYER_MEDIA_TYPES,
@@ -49,16 +51,15 @@ from pollama.store.registry_client import (
 )
 from pollama.store.registry_download import download_blob
 from pollama.store.store import Store
-from pollama.store.errors import StoreError
 
 __all__ = [
-    "pull_model",
-    "push_model",
-    "TransferResult",
-    "TransferSettings",
     "RegistryError",
     "RegistryNotFound",
     "TransferCancelled",
+    "TransferResult",
+    "TransferSettings",
+    "pull_model",
+    "push_model",
 ]
 
 Progress = Callable[[dict[str, Any]], None]
@@ -135,12 +136,15 @@ def pull_model(
     with RegistryClient(model, insecure=insecure, credentials=credentials, settings=settings) as client:
         emit({"status": "pulling manifest"})
         try:
-            _, data = client.request(
-                "GET",
-                client.manifest_url(),
-                f"pull manifest of '{model.display}'",
-                headers={"Accept": f"{MANIFEST_MEDIA_TYPE}, {OCI_MANIFEST_MEDIA_TYPE}"},
-                limit=MAX_MANIFEST_BYTES,
+            _, data = client.retrying(
+                lambda: client.request(
+                    "GET",
+                    client.manifest_url(),
+                    f"pull manifest of '{model.display}'",
+                    headers={"Accept": f"{MANIFEST_MEDIA_TYPE}, {OCI_MANIFEST_MEDIA_TYPE}"},
+                    limit=MAX_MANIFEST_BYTES,
+                ),
+                cancel,
             )
         except RegistryNotFound:
             raise RegistryNotFound(f"pull model manifest: model '{model.display}' not found on {model.host}") from None
@@ -223,7 +227,8 @@ def push_model(
             _check_cancel(cancel, f"push of '{model.display}'")
             path = store.verify_blob(layer, model.display)  # never push damaged bytes
             what = f"push blob {layer.digest}"
-            response, _ = client.request("HEAD", client.blob_url(layer.digest), what, ok=(200, 404))
+            head = client.blob_url(layer.digest)
+            response, _ = client.retrying(lambda head=head, what=what: client.request("HEAD", head, what, ok=(200, 404)), cancel)
             if response.status_code == 200:
                 emit(_status(layer.digest, "pushing", layer.size, layer.size))
                 result.skipped_blobs += 1
@@ -238,13 +243,16 @@ def push_model(
             result.transferred_blobs += 1
             result.transferred_bytes += sent
         emit({"status": "pushing manifest"})
-        client.request(
-            "PUT",
-            client.manifest_url(),
-            f"push manifest of '{model.display}'",
-            ok=(200, 201, 202),
-            headers={"Content-Type": manifest.media_type},
-            content=data,
+        client.retrying(
+            lambda: client.request(
+                "PUT",
+                client.manifest_url(),
+                f"push manifest of '{model.display}'",
+                ok=(200, 201, 202),
+                headers={"Content-Type": manifest.media_type},
+                content=data,
+            ),
+            cancel,
         )
     emit({"status": "success"})
     return result
@@ -269,25 +277,13 @@ def _start_upload(client: RegistryClient, layer: Layer, model: ModelName, what: 
     source = _mount_source(layer, model)
     if source:
         url = url.copy_merge_params({"mount": layer.digest, "from": source})
-    response, _ = _with_retries(client, lambda: client.request("POST", url, what, ok=(201, 202), content=b""))
+    response, _ = client.retrying(lambda: client.request("POST", url, what, ok=(201, 202), content=b""))
     if response.status_code == 201 and source:
         return None
     location = response.headers.get("location") or response.headers.get("docker-upload-location")
     if not location:
         raise RegistryError(f"{what}: {client.host} started an upload without a Location")
     return client.resolve(response.url, location, what)
-
-
-def _with_retries(client: RegistryClient, call):
-    settings = client.settings
-    for attempt in range(settings.retries + 1):
-        try:
-            return call()
-        except TransientError:
-            if attempt == settings.retries:
-                raise
-            threading.Event().wait(settings.delay(attempt))
-    raise AssertionError("unreachable")
 
 
 def _file_chunks(path: Path, offset: int, size: int, sent: Callable[[int], None], md5) -> Callable[[], Iterator[bytes]]:
@@ -319,11 +315,14 @@ def _upload(client, location, path, layer, what, emit, cancel) -> int:
     sent_total = 0
     part_md5s: list[bytes] = []
     redirected = False
-    progress = {"done": 0}
+    progress = {"done": 0, "shown": 0.0}
 
     def sent(n: int) -> None:
         progress["done"] += n
-        emit(_status(layer.digest, "pushing", layer.size, min(progress["done"], layer.size)))
+        now = time.monotonic()
+        if now - progress["shown"] >= settings.progress_interval:
+            progress["shown"] = now
+            emit(_status(layer.digest, "pushing", layer.size, min(progress["done"], layer.size)))
 
     attempt = 0
     while offset < layer.size:
@@ -355,10 +354,11 @@ def _upload(client, location, path, layer, what, emit, cancel) -> int:
                     raise client.fail(response, what)
             finally:
                 response.close()
-        except TransientError:
+        except TransientError as e:
             if attempt >= settings.retries:
-                raise
-            threading.Event().wait(settings.delay(attempt))
+                raise RegistryError(f"{e} (gave up after {attempt} retries)") from None
+            if (cancel or threading.Event()).wait(settings.delay(attempt)):
+                raise TransferCancelled(f"{what} cancelled") from None
             attempt += 1
             offset = _upload_offset(client, location, what, offset)
             continue
@@ -371,7 +371,7 @@ def _upload(client, location, path, layer, what, emit, cancel) -> int:
         # Ollama's registry assembles the parts with S3; it checks the multipart ETag.
         params["etag"] = f"{hashlib.md5(b''.join(part_md5s), usedforsecurity=False).hexdigest()}-{len(part_md5s)}"
     final = httpx.URL(location).copy_merge_params(params)
-    _with_retries(client, lambda: client.request("PUT", final, what, ok=(201, 204), content=b""))
+    client.retrying(lambda: client.request("PUT", final, what, ok=(201, 204), content=b""), cancel)
     emit(_status(layer.digest, "pushing", layer.size, layer.size))
     return sent_total
 

@@ -19,6 +19,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass
+from typing import Self
 from urllib.parse import quote, urlencode
 
 import httpx
@@ -158,7 +159,7 @@ class RegistryClient:
     def close(self) -> None:
         self.http.close()
 
-    def __enter__(self) -> RegistryClient:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -279,6 +280,18 @@ class RegistryClient:
         finally:
             response.close()
         return response, body
+
+    def retrying(self, call, cancel: threading.Event | None = None):
+        """call(), again after a backoff while it fails with a TransientError (settings.retries times)."""
+        for attempt in range(self.settings.retries + 1):
+            try:
+                return call()
+            except TransientError as e:
+                if attempt == self.settings.retries:
+                    raise RegistryError(f"{e} (gave up after {attempt} retries)") from None
+                if (cancel or threading.Event()).wait(self.settings.delay(attempt)):
+                    raise TransferCancelled("cancelled") from None
+        raise AssertionError("unreachable")
 
     # -- auth ---------------------------------------------------------------------------------
     def _authenticate(self, challenge: str, what: str) -> None:

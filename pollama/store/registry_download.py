@@ -121,7 +121,7 @@ class BlobDownload:
                 os.fsync(fd)
             finally:
                 os.close(fd)  # also releases the flock
-        except BaseException as e:
+        except BaseException as e:  # noqa: BLE001 - kept for every caller waiting on this download
             if not isinstance(e, (TransientError, TransferCancelled)) and isinstance(e, (RegistryError, DigestMismatch)):
                 # The registry sent something wrong: its bytes are not worth resuming from.
                 self.discard()
@@ -208,7 +208,7 @@ class BlobDownload:
             for future in futures:
                 try:
                     future.result()
-                except BaseException as e:
+                except BaseException as e:  # noqa: BLE001 - re-raised below, after the other parts stop
                     # Stop the other parts; they save their progress on the way out.
                     self.cancel.set()
                     first_error = first_error or e

@@ -65,7 +65,7 @@ class RunningRegistry:
             f"storage:\n  filesystem:\n    rootdirectory: {folder / 'storage'}\n  delete:\n    enabled: true\n"
             f"http:\n  addr: 127.0.0.1:{self.port}\n  secret: pollama-test-secret\n" + auth
         )
-        self.log = open(folder / "registry.log", "wb")
+        self.log = open(folder / "registry.log", "wb")  # noqa: SIM115 - open while the registry runs
         self.process = subprocess.Popen([REGISTRY_BINARY, "serve", str(config)], stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
