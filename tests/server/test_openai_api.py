@@ -90,3 +90,14 @@ def test_openai_errors_have_openais_shape(server, oai):
         r = http.post("/v1/chat/completions", json={"model": "smollm2", "messages": MESSAGES,
                                                     "tools": [{"type": "function", "function": {"name": "f"}}]})
         assert r.status_code == 400 and "tools" in r.json()["error"]["message"]
+
+
+def test_logprobs_in_openais_shape(oai):
+    r = oai.chat.completions.create(model="smollm2", messages=MESSAGES, temperature=0, max_tokens=3,
+                                    logprobs=True, top_logprobs=2)
+    content = r.choices[0].logprobs.content
+    assert len(content) == 3 and all(c.logprob <= 0 and len(c.top_logprobs) == 2 for c in content)
+    assert "".join(c.token for c in content) == r.choices[0].message.content
+    legacy = oai.completions.create(model="smollm2", prompt=PROMPT, temperature=0, max_tokens=3, logprobs=2)
+    lp = legacy.choices[0].logprobs
+    assert len(lp.tokens) == 3 and len(lp.token_logprobs) == 3 and all(len(t) <= 2 for t in lp.top_logprobs)
