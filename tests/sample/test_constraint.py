@@ -16,11 +16,15 @@ from pollama.sample.constraint import (
 from realmodels import real_model
 
 # Ten schemas of the kinds clients send: required fields, bounds, enums, arrays, nesting, anyOf, patterns.
+# Objects are closed and strings bounded (as OpenAI's strict mode asks): a 135M model at
+# temperature 1 otherwise invents keys or runs on inside a string until num_predict, which no
+# mask can prevent (the prefix stays valid, the document never ends).
 SCHEMAS = {
     "person": {
         "type": "object",
         "properties": {"name": {"type": "string", "maxLength": 40}, "age": {"type": "integer", "minimum": 0, "maximum": 120}},
         "required": ["name", "age"],
+        "additionalProperties": False,
     },
     "enums": {
         "type": "object",
@@ -29,11 +33,13 @@ SCHEMAS = {
             "size": {"enum": ["S", "M", "L", 42]},
         },
         "required": ["color", "size"],
+        "additionalProperties": False,
     },
     "string_array": {
         "type": "object",
         "properties": {"tags": {"type": "array", "items": {"type": "string", "maxLength": 20}, "minItems": 2, "maxItems": 4}},
         "required": ["tags"],
+        "additionalProperties": False,
     },
     "nested": {
         "type": "object",
@@ -45,31 +51,35 @@ SCHEMAS = {
                     "city": {"type": "string", "maxLength": 30},
                     "zip": {"type": "string", "pattern": "^[0-9]{5}$"},
                     "geo": {"type": "object", "properties": {"lat": {"type": "number"}, "lon": {"type": "number"}},
-                            "required": ["lat", "lon"]},
+                            "required": ["lat", "lon"], "additionalProperties": False},
                 },
                 "required": ["city", "zip", "geo"],
+                "additionalProperties": False,
             },
         },
         "required": ["name", "address"],
+        "additionalProperties": False,
     },
     "any_of": {
         "type": "object",
         "properties": {
             "id": {"anyOf": [{"type": "integer", "minimum": 1}, {"type": "string", "pattern": "^id-[a-z]{2,6}$"}]},
             "contact": {"anyOf": [
-                {"type": "object", "properties": {"email": {"type": "string", "format": "email"}}, "required": ["email"],
+                {"type": "object", "properties": {"email": {"type": "string", "format": "email", "maxLength": 40}}, "required": ["email"],
                  "additionalProperties": False},
                 {"type": "object", "properties": {"phone": {"type": "string", "pattern": "^[0-9]{3}-[0-9]{4}$"}},
                  "required": ["phone"], "additionalProperties": False},
             ]},
         },
         "required": ["id", "contact"],
+        "additionalProperties": False,
     },
     "pattern": {
         "type": "object",
         "properties": {"code": {"type": "string", "pattern": "^[A-Z]{3}-[0-9]{3}$"},
                        "date": {"type": "string", "format": "date"}},
         "required": ["code", "date"],
+        "additionalProperties": False,
     },
     "number_bounds": {
         "type": "object",
@@ -79,6 +89,7 @@ SCHEMAS = {
             "ratio": {"type": "number", "minimum": 0, "maximum": 1},
         },
         "required": ["score", "count", "ratio"],
+        "additionalProperties": False,
     },
     "object_array": {
         "type": "object",
@@ -94,12 +105,13 @@ SCHEMAS = {
         "properties": {"ok": {"type": "boolean"}, "note": {"type": "null"}, "version": {"const": 2},
                        "kind": {"type": ["string", "null"], "maxLength": 10}},
         "required": ["ok", "note", "version", "kind"],
+        "additionalProperties": False,
     },
     "top_level_array": {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 100}, "minItems": 3, "maxItems": 5},
 }
 # What the model is asked for each format (a 135M model: the mask does the real work).
 PROMPTS = {
-    "json": "Describe a cat as a JSON object.",
+    "json": "Describe a cat as a short JSON object with the keys name, age and color.",
     "person": "Give a person's name and age as JSON.",
     "enums": "Pick a t-shirt color and size. Answer in JSON.",
     "string_array": "List a few tags for a blog post about cooking, as JSON.",
@@ -112,7 +124,7 @@ PROMPTS = {
     "top_level_array": "Give a few numbers as a JSON array.",
 }
 FORMATS = {"json": "json", **SCHEMAS}
-MAX_NEW_TOKENS = 300
+MAX_NEW_TOKENS = 200
 
 
 def validate(fmt, text: str):
@@ -337,3 +349,67 @@ def test_every_token_the_mask_allows_keeps_the_output_completable(tokenizer, nam
             allowed = np.array(short) if short else allowed
         constraint.accept(int(allowed[rng.randrange(allowed.size)]))
     validate(fmt, complete(tokenizer, constraint, rng))
+
+
+# --- with the real SmolLM2 ------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def engine():
+    from pollama.runner.engine import Engine
+
+    with Engine(real_model("smollm2"), num_ctx=1024, num_batch=64) as e:
+        yield e
+
+
+def chat_prompt(engine, question: str) -> list[int]:
+    text = ("<|im_start|>system\nYou are a helpful assistant. Answer in JSON only.<|im_end|>\n"
+            f"<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n")
+    return engine.tokenizer.encode(text)
+
+
+def generate(engine, fmt, prompt: list[int], options: SamplerOptions) -> tuple[str, str]:
+    """(text, done_reason): the loop the runner runs, with the mask applied before sampling."""
+    constraint = make_constraint(engine.tokenizer, fmt)
+    sampler = Sampler(options, engine.model.vocab_size)
+    history = list(prompt)
+    logits, _ = engine.prefill(prompt)
+    for _ in range(MAX_NEW_TOKENS):
+        token = sampler.sample(apply_mask(logits, constraint.mask()), history)
+        constraint.accept(token)
+        if engine.tokenizer.is_eog(token) or constraint.done:
+            return constraint.text(), "stop"
+        history.append(token)
+        logits = engine.decode(token)
+    return constraint.text(), "length"
+
+
+@pytest.mark.parametrize("name", list(FORMATS))
+def test_real_model_output_parses_and_validates(engine, name):
+    fmt = FORMATS[name]
+    prompt = chat_prompt(engine, PROMPTS[name])
+    runs = [SamplerOptions(temperature=0.0)]  # Ollama's defaults otherwise (repeat_penalty 1.1)
+    runs += [SamplerOptions(temperature=1.0, seed=seed) for seed in range(5)]
+    for options in runs:
+        text, reason = generate(engine, fmt, prompt, options)
+        assert reason == "stop", f"{name} (temperature {options.temperature}, seed {options.seed}) did not finish: {text!r}"
+        validate(fmt, text)
+
+
+def test_the_constraint_starts_after_a_thinking_block(engine):
+    """The runner engages the mask only once </think> is out: free text first, then valid JSON."""
+    fmt = SCHEMAS["person"]
+    prompt = chat_prompt(engine, PROMPTS["person"]) + engine.tokenizer.encode("<think>\n", add_special=False)
+    sampler = Sampler(SamplerOptions(temperature=0.0), engine.model.vocab_size)
+    logits, _ = engine.prefill(prompt)
+    thinking = []
+    for _ in range(24):  # a thinking budget; then the block is closed for the model
+        token = sampler.sample(logits, prompt + thinking)
+        if engine.tokenizer.is_eog(token) or "</think>" in engine.tokenizer.decode(thinking + [token]):
+            break
+        thinking.append(token)
+        logits = engine.decode(token)
+    prompt = prompt + thinking + engine.tokenizer.encode("\n</think>\n\n", add_special=False)
+    for options in (SamplerOptions(temperature=0.0), SamplerOptions(temperature=1.0, seed=7)):
+        text, reason = generate(engine, fmt, prompt, options)
+        assert reason == "stop", text
+        validate(fmt, text)
