@@ -206,8 +206,9 @@ class TokenConstraint:
         self._raise_if_failed()
         self._matcher.unsafe_compute_mask_ptr(self._bits.ctypes.data, self._bits.nbytes)
         self._raise_if_failed()
-        # Little-endian words: byte order and bit order both run from the lowest token up.
-        allowed = np.unpackbits(self._bits.view(np.uint8), bitorder="little")[: self.vocab_size]
+        # As little-endian bytes (no copy on little-endian machines) the bits run from token 0 up.
+        words = self._bits.astype("<u4", copy=False)
+        allowed = np.unpackbits(words.view(np.uint8), bitorder="little")[: self.vocab_size]
         return allowed.view(np.bool_)
 
     def accept(self, token: int) -> None:
@@ -219,9 +220,11 @@ class TokenConstraint:
         # Checked first, so a rejected token leaves the state as it was (consuming it would not).
         if self._matcher.validate_tokens([token]) != 1:
             piece = self.tokenizer.token_piece(token, special=True)
+            so_far = self.text()
+            if len(so_far) > 60:
+                so_far = "..." + so_far[-60:]
             raise ConstraintViolation(
-                f"token {token} ({piece.decode('utf-8', 'replace')!r}) is not allowed by the format after "
-                f"{self.text()!r}"
+                f"token {token} ({piece.decode('utf-8', 'replace')!r}) is not allowed by the format after {so_far!r}"
             )
         if not self._matcher.consume_token(token):
             self._raise_if_failed()
