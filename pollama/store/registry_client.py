@@ -6,7 +6,9 @@ host, and every body is read with a limit, so an endless answer cannot fill memo
 
 Credentials for Basic auth (and for token servers) come from the caller or from
 $POLLAMA_REGISTRY_USERNAME / $POLLAMA_REGISTRY_PASSWORD. Ollama has no such variables (it
-signs token requests with ~/.ollama/id_ed25519 instead), so they carry pollama's prefix.
+signs token requests with ~/.ollama/id_ed25519 instead, which pollama also does when no
+credentials are given and the token realm is on the registry's host: registry_signing.py),
+so they carry pollama's prefix.
 """
 
 from __future__ import annotations
@@ -19,13 +21,15 @@ import re
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Self
-from urllib.parse import quote, urlencode
+from urllib.parse import quote
 
 import httpx
 
 from pollama.store.errors import StoreError
 from pollama.store.names import ModelName
+from pollama.store.registry_signing import default_key_path, signed_token_request
 
 USERNAME_ENV = "POLLAMA_REGISTRY_USERNAME"
 PASSWORD_ENV = "POLLAMA_REGISTRY_PASSWORD"
@@ -134,6 +138,7 @@ class RegistryClient:
         insecure: bool = False,
         credentials: tuple[str, str] | None = None,
         settings: TransferSettings | None = None,
+        signing_key: Path | None = None,
     ):
         if name.scheme == "http" and not insecure:
             raise RegistryError(f"insecure protocol http for '{name}': use --insecure (insecure=True) to allow it")
@@ -146,6 +151,7 @@ class RegistryClient:
         self.base = f"{self.scheme}://{self.host}/v2/{quote(name.namespace)}/{quote(name.model)}"
         self.credentials = credentials if credentials is not None else credentials_from_env()
         self.settings = settings or TransferSettings()
+        self.signing_key = signing_key if signing_key is not None else default_key_path()
         s = self.settings
         self.http = httpx.Client(
             follow_redirects=False,
@@ -318,14 +324,21 @@ class RegistryClient:
         except (httpx.InvalidURL, ValueError):
             raise RegistryError(f"{what}: {self.host} sent an invalid token realm {realm[:200]!r}") from None
         self.check_url(url, None, f"{what}: token realm")
-        query = {k: params[k] for k in ("service", "scope") if params.get(k)}
-        query["ts"] = str(int(time.time()))
-        url = url.copy_merge_params(query) if hasattr(url, "copy_merge_params") else httpx.URL(f"{realm}?{urlencode(query)}")
         headers = {}
-        if self.credentials:
-            # A token server authenticates the user; the registry trusts its tokens. The
-            # realm is checked to be http(s); sending credentials to it is what Docker does.
-            headers["Authorization"] = _basic(self.credentials)
+        key = self.signing_key
+        if not self.credentials and url.netloc.decode("ascii").lower() == self.host.lower() and key and key.is_file():
+            # Ollama's registry: sign the token URL with the user's ed25519 key. Only for a
+            # realm on the registry's own host, as Ollama does, so no other host sees it.
+            signed, headers["Authorization"] = signed_token_request(realm, params.get("service", ""), params.get("scope", ""), key)
+            url = httpx.URL(signed)
+        else:
+            query = {k: params[k] for k in ("service", "scope") if params.get(k)}
+            query["ts"] = str(int(time.time()))
+            url = url.copy_merge_params(query)
+            if self.credentials:
+                # A token server authenticates the user; the registry trusts its tokens. The
+                # realm is checked to be http(s); sending credentials to it is what Docker does.
+                headers["Authorization"] = _basic(self.credentials)
         try:
             response = self.http.send(self.http.build_request("GET", url, headers=headers), stream=True)
             try:

@@ -302,3 +302,39 @@ def test_bearer_realm_of_another_scheme_is_refused(fake, tmp_path):
     fake.routes["/v2/evil/model/manifests/latest"] = lambda h: h.reply(401, b"", {"WWW-Authenticate": challenge})
     with pytest.raises(RegistryError, match="token realm: refusing redirect to 'file:.*only http and https"):
         pull_model(Store(tmp_path / "models", hash_cache=None), f"{fake.host}/evil/model", insecure=True)
+
+
+def test_token_request_signed_with_ollamas_key_for_a_realm_on_the_registry_host(fake, tmp_path, monkeypatch):
+    """As Ollama: no credentials, realm on the registry's host -> the token URL is signed."""
+    import base64
+    import shutil
+    import subprocess
+
+    from pollama.store.registry_signing import ed25519_sign, read_openssh_ed25519
+
+    if shutil.which("ssh-keygen") is None:
+        pytest.skip("ssh-keygen is not installed")
+    (tmp_path / "home" / ".ollama").mkdir(parents=True)
+    key = tmp_path / "home" / ".ollama" / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    challenge = f'Bearer realm="http://{fake.host}/token",service="ollama.com",scope="repository:evil/model:pull"'
+    data = manifest([model_layer()])
+
+    def manifest_route(handler):
+        if handler.headers.get("Authorization") != "Bearer signed-token":
+            return handler.reply(401, b"{}", {"WWW-Authenticate": challenge})
+        return handler.reply(200, data)
+
+    fake.routes["/v2/evil/model/manifests/latest"] = manifest_route
+    fake.routes["/token"] = lambda h: h.reply(200, b'{"token": "signed-token"}')
+    store = Store(tmp_path / "models", hash_cache=None)
+    pull_model(store, f"{fake.host}/evil/model", insecure=True, settings=TransferSettings(backoff=0.01))
+
+    _, path, headers = next(r for r in fake.requests if r[1].startswith("/token"))
+    query = path.split("?", 1)[1]
+    assert [kv.split("=")[0] for kv in query.split("&")] == ["nonce", "scope", "service", "ts"]  # Go's sorted Encode
+    seed, public_blob = read_openssh_ed25519(key)
+    empty = base64.b64encode(hashlib.sha256(b"").hexdigest().encode()).decode()
+    signature = ed25519_sign(seed, f"GET,http://{fake.host}{path},{empty}".encode())
+    assert headers["Authorization"] == f"{base64.b64encode(public_blob).decode()}:{base64.b64encode(signature).decode()}"
