@@ -106,7 +106,9 @@ def guidance_tokenizer(tokenizer: Tokenizer) -> llguidance.LLTokenizer:
 # --- compiling a format ----------------------------------------------------------------------
 
 def _compile_schema(schema: Mapping[str, Any], lenient: bool) -> str:
-    overrides: dict[str, Any] = {"whitespace_pattern": JSON_WHITESPACE}
+    # \u escapes of any character, as Ollama's JSON grammar allows (llguidance's default only
+    # allows them for control characters).
+    overrides: dict[str, Any] = {"whitespace_pattern": JSON_WHITESPACE, "json_allow_general_unicode_escapes": True}
     if lenient:
         overrides["lenient"] = True
     return llguidance.LLMatcher.grammar_from_json_schema(dict(schema), overrides=overrides)

@@ -413,3 +413,23 @@ def test_the_constraint_starts_after_a_thinking_block(engine):
         text, reason = generate(engine, fmt, prompt, options)
         assert reason == "stop", text
         validate(fmt, text)
+
+
+@pytest.mark.parametrize("model", ["qwen2.5-coder-0.5b", "gemma3-270m"])
+def test_other_vocabularies(model):
+    """Byte-level BPE with 151k tokens (Qwen) and SentencePiece with byte tokens (Gemma)."""
+    from pollama.fs.gguf import read_metadata
+    from pollama.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(read_metadata(real_model(model)))
+    text = '{"name": "Zoë \\u00e9 ✓", "tags": ["a", "b"],\n  "n": -1.5e3, "ok": true}'
+    constraint = make_constraint(tokenizer, SCHEMAS["person"] | {"additionalProperties": True})
+    for token in encode(tokenizer, text.replace('"tags"', '"age": 3, "tags"')):
+        assert constraint.mask()[token], f"{tokenizer.token_piece(token)!r} refused after {constraint.text()!r}"
+        constraint.accept(token)
+    assert constraint.done
+    constraint = make_constraint(tokenizer, "json")
+    for token in encode(tokenizer, '{"a": "'):
+        constraint.accept(token)
+    controls = [t for t in range(tokenizer.vocab_size) if tokenizer.is_control(t)]
+    assert not constraint.mask()[controls].any()
