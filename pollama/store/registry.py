@@ -342,6 +342,7 @@ def _upload(client, location, path, layer, what, emit, cancel) -> int:
                 if response.status_code == 307:
                     target = client.resolve(response.url, response.headers.get("location", ""), what)
                     response.close()
+                    progress["done"] = offset  # the PATCH carried the bytes only to be redirected
                     response = client.send("PUT", target, what, headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)}, content=_file_chunks(path, offset, size, sent, md5s))
                     redirected = True
                     if response.status_code not in (200, 201):
@@ -360,7 +361,7 @@ def _upload(client, location, path, layer, what, emit, cancel) -> int:
             if (cancel or threading.Event()).wait(settings.delay(attempt)):
                 raise TransferCancelled(f"{what} cancelled") from None
             attempt += 1
-            offset = _upload_offset(client, location, what, offset)
+            offset, location = _upload_offset(client, location, what, offset)
             continue
         attempt = 0
         part_md5s.extend(md5s[-1:])
@@ -376,11 +377,19 @@ def _upload(client, location, path, layer, what, emit, cancel) -> int:
     return sent_total
 
 
-def _upload_offset(client: RegistryClient, location, what: str, fallback: int) -> int:
-    """Where an interrupted upload stands: the registry's Range header ("0-<last>")."""
+def _upload_offset(client: RegistryClient, location, what: str, fallback: int) -> tuple[int, httpx.URL]:
+    """Where an interrupted upload stands (the registry's Range "0-<last>"), and its location now.
+
+    Without an answer, the chunk is sent again from fallback (where it started).
+    """
     try:
         response, _ = client.request("GET", location, what, ok=(204,))
     except TransientError:
-        return fallback
+        return fallback, location
+    if response.headers.get("location"):  # distribution's location carries the upload's state
+        location = client.resolve(response.url, response.headers["location"], what)
     last = response.headers.get("range", "").rpartition("-")[2]
-    return int(last) + 1 if last.isdigit() else 0
+    # "0-0" means both "nothing" and "one byte" to distribution; the chunk's start is safe.
+    if not last.isdigit() or last == "0":
+        return fallback, location
+    return int(last) + 1, location
