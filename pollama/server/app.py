@@ -139,6 +139,9 @@ async def ndjson_or_single(request: Request, events: AsyncIterator[dict[str, Any
                 yield json_bytes(event) + b"\n"
         except APIError as e:
             yield json_bytes({"error": e.message}) + b"\n"
+        except Exception as e:  # noqa: BLE001 - the stream still ends with an error object
+            log.exception("stream failed")
+            yield json_bytes({"error": f"internal error: {type(e).__name__}: {e}"}) + b"\n"
         finally:
             await all_events.aclose()
 

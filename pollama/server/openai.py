@@ -125,8 +125,9 @@ def sse(events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
         try:
             async for event in events:
                 yield b"data: " + json_bytes(event) + b"\n\n"
-        except APIError as e:
-            yield b"data: " + json_bytes({"error": {"message": e.message, "type": "api_error", "param": None, "code": None}}) + b"\n\n"
+        except Exception as e:  # noqa: BLE001 - the stream still ends with an error object
+            message = e.message if isinstance(e, APIError) else f"internal error: {type(e).__name__}: {e}"
+            yield b"data: " + json_bytes({"error": {"message": message, "type": "api_error", "param": None, "code": None}}) + b"\n\n"
             return
         finally:
             await events.aclose()
