@@ -1,0 +1,51 @@
+"""HF MyModelForCausalLM -> GGUF "mymodel".
+
+TEMPLATE: set `arch` (general.architecture, as model.py's ARCH) and `architectures` (the
+config.json class names this converts), map the tensor names, write the keys model.py reads.
+Then add the class to supported_architectures() in pollama/create/convert.py so that
+`pollama create` picks it for those config.json classes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pollama.create.convert import ModelConverter, rope_scaling_metadata
+
+# HF name inside `model.layers.N.` (without .weight/.bias) -> GGUF name inside `blk.N.`.
+# `pollama tensors FOLDER` lists the HF names; outside the layers, ModelConverter.top_names
+# maps model.embed_tokens, model.norm and lm_head already.
+LAYER_NAMES = {
+    "input_layernorm": "attn_norm",
+    "self_attn.q_proj": "attn_q",
+    "self_attn.k_proj": "attn_k",
+    "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output",
+    "post_attention_layernorm": "ffn_norm",
+    "mlp.gate_proj": "ffn_gate",
+    "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down",
+}
+
+
+class MyModelConverter(ModelConverter):
+    arch = "mymodel"
+    architectures = ("MyModelForCausalLM",)
+    layer_names = LAYER_NAMES
+
+    def metadata(self) -> dict:
+        """`mymodel.*` keys (without the prefix): every value model.py reads."""
+        c = self.cfg
+        # Refuse what model.py does not compute, rather than convert it into a wrong model.
+        self.check_activation("hidden_act", ("silu",), "silu")
+        rope = c.rope()
+        md = self.decoder_metadata(default_eps=1e-6, default_ctx=4096)
+        md["rope.freq_base"] = float(rope["rope_theta"])
+        md["rope.dimension_count"] = self.head_dim()
+        md.update(rope_scaling_metadata(rope))
+        return md
+
+    def transform(self, name: str, data: np.ndarray) -> np.ndarray:
+        # Change a tensor's values for its GGUF layout (Gemma adds 1 to its norms; Llama
+        # permutes q/k rows for NORMAL RoPE). This template's layout is HF's own.
+        return data
