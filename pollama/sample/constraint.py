@@ -53,7 +53,9 @@ class _TokenizerCallbacks:
     """What llguidance.TokenizerWrapper reads: token bytes, special ids, and a tokenize callback."""
 
     def __init__(self, tokenizer: Tokenizer):
-        self._tokenizer = tokenizer
+        # Weak, because the cache below maps the tokenizer to an object that holds this callback:
+        # a strong reference would keep both alive forever.
+        self._tokenizer = weakref.ref(tokenizer)
         size = tokenizer.vocab_size
         # special=True: control tokens keep their text (b"<|im_end|>"), so llguidance can tell
         # them apart once they are marked special below.
@@ -70,8 +72,11 @@ class _TokenizerCallbacks:
         # since an exception here becomes a panic inside the native library.
         if isinstance(text, bytes):
             text = text.decode("utf-8", "replace")
+        tokenizer = self._tokenizer()
+        if tokenizer is None:
+            return []
         try:
-            return self._tokenizer.encode(text, add_special=False, parse_special=False)
+            return tokenizer.encode(text, add_special=False, parse_special=False)
         except Exception:
             return []
 
@@ -93,12 +98,13 @@ def guidance_tokenizer(tokenizer: Tokenizer) -> llguidance.LLTokenizer:
         cached = _guidance_tokenizers.get(tokenizer)
         if cached is None:
             callbacks = _TokenizerCallbacks(tokenizer)
+            wrapper = llguidance.TokenizerWrapper(callbacks)
             eog = sorted(tokenizer.eog_ids)
             cached = llguidance.LLTokenizer(
-                llguidance.TokenizerWrapper(callbacks),
-                eos_token=eog if eog else None,
-                slices=llguidance.LLTokenizer.json_slices(),
+                wrapper, eos_token=eog if eog else None, slices=llguidance.LLTokenizer.json_slices()
             )
+            # llguidance copied the token bytes into its trie; only the tokenize callback stays in use.
+            wrapper.tokens = callbacks.tokens = []
             _guidance_tokenizers[tokenizer] = cached
         return cached
 

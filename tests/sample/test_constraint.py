@@ -244,6 +244,24 @@ def test_clone_and_reset(tokenizer):
 
 def test_the_llguidance_tokenizer_is_built_once_per_tokenizer(tokenizer):
     assert guidance_tokenizer(tokenizer) is guidance_tokenizer(tokenizer)
+    # llguidance tokenizes with our tokenizer, as the model's prompts are.
+    text = '{"a": "hello world", "b": [1, 2]}'
+    assert guidance_tokenizer(tokenizer).tokenize_str(text) == encode(tokenizer, text)
+
+
+def test_the_cache_lets_a_tokenizer_go():
+    import gc
+
+    from pollama.fs.gguf import read_metadata
+    from pollama.sample import constraint as module
+    from pollama.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(read_metadata(real_model("smollm2")))
+    make_constraint(tokenizer, "json")
+    before = len(module._guidance_tokenizers)
+    del tokenizer
+    gc.collect()
+    assert len(module._guidance_tokenizers) == before - 1
 
 
 @pytest.mark.parametrize("fmt", ["xml", "JSON", 5, True, ["json"], '{"type": "object"}'])
