@@ -36,6 +36,9 @@ def _import_transformers():
         import transformers
     except ImportError as e:
         raise ReferenceError(f"compare needs PyTorch and transformers for the reference: pip install torch transformers ({e})") from None
+    # Progress bars and advice on stderr would bury the comparison's one-line verdict.
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
     return torch, transformers
 
 

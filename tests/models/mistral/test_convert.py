@@ -26,7 +26,7 @@ from pollama.models.mistral.convert import convert as convert_mistral
 from pollama.models.mistral.convert import main as convert_main
 
 WINDOW = 4
-# Long enough that the window matters at most positions (17 tokens with BOS).
+# Long enough (28 tokens with BOS) that the window matters at most positions.
 LONG_PROMPT = "The quick brown fox jumps over the lazy dog. Hello world!"
 
 
