@@ -80,3 +80,25 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print(f"saved {len(recording.values)} tensors to {recording.save(args.dump)}")
     print(report.verdict(), file=sys.stderr if report.diverges else sys.stdout)
     return 1 if report.diverges else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m pollama.cli.compare ...`: the same command, before `pollama compare` is wired in."""
+    import logging
+
+    from pollama.cli.main import CLIError
+    from pollama.errors import debug_enabled, user_errors
+
+    parser = argparse.ArgumentParser(prog="pollama")
+    add_compare_parser(parser.add_subparsers())
+    args = parser.parse_args(["compare", *(sys.argv[1:] if argv is None else argv)])
+    logging.basicConfig(level=logging.DEBUG if debug_enabled() else logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except (CLIError, *user_errors()) as e:
+        print(f"Error: {str(e).strip() or type(e).__name__}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -159,3 +159,13 @@ def test_quantized_model_is_judged_by_its_weight_type(tmp_path, monkeypatch):
     break_block(monkeypatch, llama_model.Block, 1, swap_gate_up)
     report, _ = compare_model(q8, c.folder, c.ids, "ggml")
     assert report.first_divergent.name == "blk.1.ffn_out"
+
+
+def test_module_entry_point_prints_one_line_errors(case, capsys):
+    from pollama.cli.compare import main
+
+    _, c = case
+    assert main([str(c.gguf), str(c.folder), "--tokens", tokens_arg(c), "--backend", "torch"]) == 0
+    assert main(["no-such-model", str(c.folder)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("Error: model 'no-such-model' not found") and "\n" not in err
