@@ -247,3 +247,17 @@ def test_sixteen_streams_on_four_slots_match_alone_and_the_seventeenth_is_refuse
         stop.set()
         for t in holders:
             t.join(120)
+
+
+def test_runners_exit_when_the_server_is_killed(server_factory):
+    import psutil
+
+    srv = server_factory()
+    with srv.http() as http:
+        assert http.post("/api/generate", json={"model": "smollm2", "prompt": ""}).status_code == 200
+    runners = [psutil.Process(pid) for pid in srv.runner_pids()]
+    assert len(runners) == 1
+    srv.proc.kill()  # no shutdown code runs: the runner sees its stdin pipe close
+    srv.proc.wait(10)
+    gone, alive = psutil.wait_procs(runners, timeout=20)
+    assert not alive
