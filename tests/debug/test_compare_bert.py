@@ -1,0 +1,67 @@
+"""`compare` on the encoder: a tiny random BertModel and the real all-MiniLM-L6-v2, layer by layer."""
+
+from __future__ import annotations
+
+import pytest
+from models.bert.test_convert import minilm_folder
+from models.bert.test_model import build_tokenizer
+
+from pollama.debug.compare import compare_model
+from pollama.models.bert import model as bert_model
+from pollama.models.bert.convert import convert
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+PROMPT_WORDS = "the quick brown fox"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """(HF folder, our F32 GGUF, token ids) of a tiny random BertModel."""
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    tok, n_vocab = build_tokenizer()
+    tok.save(str(folder / "tokenizer.json"))
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        vocab_size=n_vocab, hidden_size=64, num_hidden_layers=3, num_attention_heads=4, intermediate_size=128,
+        max_position_embeddings=128, type_vocab_size=2, hidden_act="gelu", layer_norm_eps=1e-12)
+    model = transformers.BertModel(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    model.save_pretrained(folder)
+    out = folder.parent / "tiny-bert.gguf"
+    convert(folder, out, outtype="f32")
+    return folder, out, tok.encode(PROMPT_WORDS).ids
+
+
+@pytest.mark.parametrize("backend", ["ggml", "torch"])
+def test_tiny_bert_within_tolerance(tiny, backend):
+    folder, gguf, ids = tiny
+    report, recording = compare_model(gguf, folder, ids, backend)
+    assert recording.arch == "bert" and not report.diverges, report.table()
+    assert [r.name for r in report.rows][:2] == ["token_embd", "blk.0.attn_out"] and len(report.rows) == 1 + 3 * 3
+
+
+def test_missing_norm_in_one_layer_is_named(tiny, monkeypatch):
+    folder, gguf, ids = tiny
+    original = bert_model.Layer.__init__
+
+    def init(self, w, i, eps):
+        original(self, w, i, eps)
+        if i == 1:
+            self.attn_output_norm = lambda x: x
+
+    monkeypatch.setattr(bert_model.Layer, "__init__", init)
+    report, _ = compare_model(gguf, folder, ids, "ggml")
+    assert report.first_divergent.name == "blk.1.ffn_out"
+
+
+def test_real_minilm_within_tolerance(tmp_path):
+    folder = minilm_folder()
+    gguf = tmp_path / "minilm.gguf"
+    convert(folder, gguf, outtype="f32")
+    ids = transformers.AutoTokenizer.from_pretrained(folder)("why is the sky blue?")["input_ids"]
+    report, _ = compare_model(gguf, folder, ids, "ggml")
+    assert not report.diverges and len(report.rows) == 1 + 6 * 3, report.table()
