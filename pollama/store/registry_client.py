@@ -181,7 +181,8 @@ class RegistryClient:
     def uploads_url(self) -> str:
         return f"{self.base}/blobs/uploads/"
 
-    def _is_registry(self, url: httpx.URL) -> bool:
+    def is_registry(self, url: httpx.URL) -> bool:
+        """Whether url is on the registry itself (where its credentials may go)."""
         return url.scheme == self.scheme and url.netloc.decode("ascii").lower() == self.host.lower()
 
     def check_url(self, url: httpx.URL, came_from: httpx.URL | None, what: str) -> httpx.URL:
@@ -222,7 +223,7 @@ class RegistryClient:
         for _ in range(MAX_REDIRECTS + 1):
             request_headers = dict(headers or {})
             # Credentials and tokens are for the registry only, never for a CDN or other host.
-            if self._is_registry(url) and self._authorization:
+            if self.is_registry(url) and self._authorization:
                 request_headers["Authorization"] = self._authorization
             body = content() if callable(content) else content
             try:
@@ -235,7 +236,7 @@ class RegistryClient:
             except httpx.InvalidURL as e:
                 # httpx prepares the next request of a redirect even when not following it.
                 raise RegistryError(f"{what}: refusing redirect to an unusable URL ({e}): only http and https URLs are followed") from None
-            if response.status_code == 401 and self._is_registry(url) and not authenticated:
+            if response.status_code == 401 and self.is_registry(url) and not authenticated:
                 challenge = response.headers.get("www-authenticate", "")
                 response.close()
                 self._authenticate(challenge, what)

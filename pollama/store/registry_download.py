@@ -48,6 +48,14 @@ log = logging.getLogger(__name__)
 DESCRIPTOR_SAVE_SECONDS = 1.0  # how much download a crash may cost, per part
 
 
+class UntrustedBytes(RegistryError):
+    """The server sent bytes other than those asked for: what was saved cannot be resumed from."""
+
+
+class ExpiredURL(TransientError):
+    """A CDN refused the direct URL (signed URLs expire): ask the registry for a new one."""
+
+
 @dataclass
 class Part:
     """One byte range of a blob: [offset, offset + size), of which completed bytes are on disk."""
@@ -105,29 +113,49 @@ class BlobDownload:
     def run(self, client: RegistryClient) -> None:
         """Download every missing byte (in its own thread); errors are kept for the callers."""
         try:
-            if self.store.blob_path(self.digest).is_file():
+            fd = self._open_locked()
+            if fd is None:
                 self.completed, self.already_present = self.total, True
                 return
-            self.partial.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self._prepare(fd)
+                self._download_parts(client, fd)
+                os.fsync(fd)
+            except BaseException as e:
+                # Keep a partial download to resume from, unless it holds nothing or bytes
+                # that cannot be trusted (deleted while the lock is still held).
+                if isinstance(e, UntrustedBytes) or self.completed == 0:
+                    self.discard()
+                raise
+            finally:
+                os.close(fd)  # also releases the flock
+        except BaseException as e:  # noqa: BLE001 - kept for every caller waiting on this download
+            self.error = e
+        finally:
+            self.finished.set()
+
+    def _open_locked(self) -> int | None:
+        """The -partial file, opened and locked against other processes; None if the blob exists."""
+        self.partial.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            if self.store.blob_path(self.digest).is_file():
+                return None
             fd = os.open(self.partial, os.O_RDWR | os.O_CREAT, 0o644)
             try:
                 self._lock_between_processes(fd)
                 if self.store.blob_path(self.digest).is_file():  # another process finished it
-                    self.partial.unlink(missing_ok=True)  # the empty file opening it made
-                    self.completed, self.already_present = self.total, True
-                    return
-                self._prepare(fd)
-                self._download_parts(client, fd)
-                os.fsync(fd)
-            finally:
-                os.close(fd)  # also releases the flock
-        except BaseException as e:  # noqa: BLE001 - kept for every caller waiting on this download
-            if not isinstance(e, (TransientError, TransferCancelled)) and isinstance(e, (RegistryError, DigestMismatch)):
-                # The registry sent something wrong: its bytes are not worth resuming from.
-                self.discard()
-            self.error = e
-        finally:
-            self.finished.set()
+                    os.close(fd)
+                    return None
+                try:
+                    current = os.stat(self.partial).st_ino == os.fstat(fd).st_ino
+                except FileNotFoundError:
+                    current = False
+            except BaseException:
+                os.close(fd)
+                raise
+            if current:
+                return fd
+            os.close(fd)  # the file was committed or replaced while we waited: look again
 
     def _lock_between_processes(self, fd: int) -> None:
         if fcntl is None:
@@ -137,6 +165,7 @@ class BlobDownload:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 return
             except BlockingIOError:
+                log.info("waiting for another process downloading %s", self.digest)
                 if self.cancel.wait(0.5):
                     raise TransferCancelled(f"pull of {self.digest} cancelled") from None
 
@@ -228,7 +257,7 @@ class BlobDownload:
                         raise client.fail(response, what)
                     announced = _content_range_total(response)
                     if announced is not None and announced != self.total:
-                        raise RegistryError(f"{what}: the registry says it has {announced} bytes, the manifest says {self.total}")
+                        raise UntrustedBytes(f"{what}: the registry says it has {announced} bytes, the manifest says {self.total}")
                     return response.url
                 finally:
                     response.close()
@@ -249,6 +278,12 @@ class BlobDownload:
             before = part.completed
             try:
                 self._receive(client, fd, part, url, what)
+            except ExpiredURL as e:
+                if attempt >= settings.retries:
+                    raise RegistryError(f"{e} (gave up after {settings.retries} retries)") from None
+                log.info("%s; asking the registry for a new one", e)
+                url = self._direct_url(client)
+                attempt += 1
             except TransientError as e:
                 self._save_synced(fd, part)
                 if part.completed > before:
@@ -270,18 +305,21 @@ class BlobDownload:
         response = client.send("GET", url, what, headers={"Range": f"bytes={start}-{end}", "Accept-Encoding": "identity"})
         try:
             if response.status_code == 200 and not whole:
-                raise RegistryError(f"{what}: the server ignored the byte range asked for (answered 200, not 206)")
+                raise UntrustedBytes(f"{what}: the server ignored the byte range asked for (answered 200, not 206)")
+            if response.status_code in (401, 403, 404, 410) and not client.is_registry(url):
+                response.close()
+                raise ExpiredURL(f"{what}: {url.host} answered {response.status_code} for the blob's direct URL")
             if response.status_code not in (200, 206):
                 raise client.fail(response, what)
             if response.status_code == 206 and _content_range_start(response) not in (None, start):
-                raise RegistryError(f"{what}: the server sent another byte range than asked for")
+                raise UntrustedBytes(f"{what}: the server sent another byte range than asked for")
             last_save = time.monotonic()
             position = start
             for chunk in response.iter_bytes():
                 if self.cancel.is_set():
                     return
                 if position + len(chunk) > end + 1:
-                    raise RegistryError(f"{what}: the server sent more bytes than the {self.total} the blob has")
+                    raise UntrustedBytes(f"{what}: the server sent more bytes than the {self.total} the blob has")
                 os.pwrite(fd, chunk, position)
                 position += len(chunk)
                 with self._lock:
@@ -316,12 +354,25 @@ class BlobDownload:
                     self._verified = blob
                 else:
                     try:
-                        self._verified = self.store.commit_partial_blob(self.partial, self.digest)
+                        self._verified = self._commit()
                     except DigestMismatch as e:
                         self.discard()
                         raise DigestMismatch(f"blob {self.digest}: {e}") from None
+                    except FileNotFoundError:
+                        if not blob.is_file():
+                            raise
+                        self._verified = blob  # another process verified and committed it first
                     self._remove_descriptors()
             return self._verified
+
+    def _commit(self) -> Path:
+        # Under the file's lock, so another process never starts on a file being renamed.
+        fd = os.open(self.partial, os.O_RDONLY)
+        try:
+            self._lock_between_processes(fd)
+            return self.store.commit_partial_blob(self.partial, self.digest)
+        finally:
+            os.close(fd)
 
     def _remove_descriptors(self) -> None:
         for path in self.partial.parent.glob(self.partial.name + "-*"):

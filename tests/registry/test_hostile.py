@@ -338,3 +338,33 @@ def test_token_request_signed_with_ollamas_key_for_a_realm_on_the_registry_host(
     empty = base64.b64encode(hashlib.sha256(b"").hexdigest().encode()).decode()
     signature = ed25519_sign(seed, f"GET,http://{fake.host}{path},{empty}".encode())
     assert headers["Authorization"] == f"{base64.b64encode(public_blob).decode()}:{base64.b64encode(signature).decode()}"
+
+
+def test_an_expired_direct_url_is_asked_for_again(fake, tmp_path, quick):
+    """A CDN that refuses its signed URL (403) makes the pull ask the registry for a new one."""
+    cdn = FakeRegistry()
+    threading.Thread(target=cdn.serve_forever, daemon=True).start()
+    try:
+        issued = []
+
+        def redirect(handler):
+            issued.append(1)
+            handler.reply(307, b"", {"Location": f"http://{cdn.host}/signed/{len(issued)}"})
+
+        def signed(handler):
+            version = handler.path.rpartition("/")[2]
+            if version == "1" and handler.headers.get("Range") != "bytes=0-0":
+                return handler.reply(403, b"expired")
+            send_range(handler, WEIGHTS)
+
+        fake.routes[f"/v2/evil/model/blobs/{digest_of(WEIGHTS)}"] = redirect
+        for n in range(1, 40):
+            cdn.routes[f"/signed/{n}"] = signed
+        name = serve_manifest(fake, manifest([model_layer()]))
+        store = Store(tmp_path / "models", hash_cache=None)
+        pull_model(store, name, insecure=True, settings=quick)
+        assert store.resolve(name).model_path.read_bytes() == WEIGHTS
+        assert len(issued) > 1
+    finally:
+        cdn.shutdown()
+        cdn.server_close()
