@@ -229,6 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
     tensors.add_argument("--json", action="store_true", help="one JSON list of {name, shape, dtype}")
     tensors.set_defaults(func=models.cmd_tensors)
 
+    from pollama.cli.compare import add_compare_parser
+
+    add_compare_parser(sub)
+
     tok = sub.add_parser("tokenize", help="print the token ids of stdin as a JSON list")
     tok.add_argument("model", help="a GGUF file (a vocab-only one will do) or an embedded model")
     tok.add_argument("--no-add-special", action="store_true", help="do not add BOS/EOS")
