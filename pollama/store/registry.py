@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -60,6 +61,7 @@ __all__ = [
     "TransferSettings",
     "pull_model",
     "push_model",
+    "stream_transfer",
 ]
 
 Progress = Callable[[dict[str, Any]], None]
@@ -393,3 +395,37 @@ def _upload_offset(client: RegistryClient, location, what: str, fallback: int) -
     if not last.isdigit() or last == "0":
         return fallback, location
     return int(last) + 1, location
+
+
+# -- for the HTTP API ------------------------------------------------------------------------------
+def stream_transfer(transfer: Callable[..., TransferResult], store: Store, name: str, **options) -> Iterator[dict[str, Any]]:
+    """Run pull_model or push_model in a thread and yield its progress dicts as they come.
+
+    What /api/pull and /api/push stream: the progress objects, ending with {"status":
+    "success"} or with {"error": "<one line>"} when it fails. Closing the generator (the
+    client went away) cancels the transfer; a pull keeps its partial files for a resume.
+    """
+    updates: queue.Queue = queue.Queue()
+    cancel = threading.Event()
+    done = object()
+
+    def run() -> None:
+        try:
+            transfer(store, name, progress=updates.put, cancel=cancel, **options)
+        except TransferCancelled:
+            pass
+        except (StoreError, OSError) as e:
+            updates.put({"error": str(e)})
+        except Exception as e:  # noqa: BLE001 - the stream must end with a message, not hang
+            updates.put({"error": f"{type(e).__name__}: {e}"})
+        finally:
+            updates.put(done)
+
+    worker = threading.Thread(target=run, name=f"{transfer.__name__}-{name}", daemon=True)
+    worker.start()
+    try:
+        while (update := updates.get()) is not done:
+            yield update
+    finally:
+        cancel.set()
+        worker.join(15)

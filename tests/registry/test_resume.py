@@ -215,3 +215,24 @@ def test_concurrent_pulls_of_one_blob_share_one_download(published, proxy, tmp_p
     assert blob_bytes <= layer.size + 3  # one download (and at most a probe per caller)
     assert store.verify_blob(layer)
     assert not list((root / "blobs").glob("*-partial*"))
+
+
+def test_two_processes_pulling_one_blob_download_it_once(published, proxy, tmp_path):
+    """The second process waits on the first one's lock on the -partial file, then uses its blob."""
+    layer = model_layer(published)
+    root = tmp_path / "models"
+    name = f"{proxy.host}/test/resume:latest"
+    proxy.delay = 0.003
+    script = (
+        "import sys\n"
+        "from pollama.store.store import Store\n"
+        "from pollama.store.registry import pull_model, TransferSettings\n"
+        "settings = TransferSettings(min_part_size=1 << 20, max_part_size=8 << 20, max_parallel=4, backoff=0.05)\n"
+        "pull_model(Store(sys.argv[1], hash_cache=None), sys.argv[2], insecure=True, settings=settings)\n"
+    )
+    children = [subprocess.Popen([sys.executable, "-c", script, str(root), name], cwd=REPO) for _ in range(2)]
+    for child in children:
+        assert child.wait(180) == 0
+    assert proxy.bytes[f"/v2/test/resume/blobs/{layer.digest}"] <= layer.size + 2  # once, plus the probes
+    assert Store(root, hash_cache=None).verify_blob(layer)
+    assert not list((root / "blobs").glob("*-partial*"))

@@ -109,3 +109,28 @@ def test_cross_repository_mount(pushed, smollm2_store, settings):
     smollm2_store.write_manifest(child, config, layers)
     result = push_model(smollm2_store, child, insecure=True, settings=settings)
     assert result.mounted_blobs == 1 and result.transferred_bytes < 1000
+
+
+def test_stream_transfer_for_the_api(pushed, tmp_path, settings):
+    """What /api/pull streams: progress dicts, then success; or one error object."""
+    from pollama.store.registry import stream_transfer
+
+    name, _, _ = pushed
+    store = Store(tmp_path / "models", hash_cache=None)
+    updates = list(stream_transfer(pull_model, store, name, insecure=True, settings=settings))
+    assert updates[0] == {"status": "pulling manifest"} and updates[-1] == {"status": "success"}
+    assert store.exists(name)
+
+    missing = list(stream_transfer(pull_model, store, name.replace("smollm2", "absent"), insecure=True, settings=settings))
+    assert missing[-1].keys() == {"error"} and "not found" in missing[-1]["error"]
+
+
+def test_closing_the_stream_cancels_the_pull(pushed, tmp_path, settings):
+    from pollama.store.registry import stream_transfer
+
+    name, _, _ = pushed
+    store = Store(tmp_path / "models", hash_cache=None)
+    stream = stream_transfer(pull_model, store, name, insecure=True, settings=settings)
+    assert next(stream) == {"status": "pulling manifest"}
+    stream.close()  # the client went away
+    assert not store.exists(name)
