@@ -237,3 +237,13 @@ def test_a_model_that_fails_to_load_is_a_clear_500_and_the_server_goes_on(server
         ok = http.post("/api/generate", json={"model": "smollm2", "prompt": "Hi", "stream": False, "options": {"num_predict": 1}})
         assert ok.status_code == 200
     client.delete("broken")
+
+
+def test_next_chat_turn_reuses_the_cached_prefix(client):
+    messages = [{"role": "user", "content": "Name a color."}]
+    first = client.chat(model="smollm2", messages=messages, options=GREEDY)
+    messages += [{"role": "assistant", "content": first.message.content}, {"role": "user", "content": "And another?"}]
+    second = client.chat(model="smollm2", messages=messages, options=GREEDY)
+    assert second.done
+    # Only the new turn's tokens are evaluated: the first turn's prompt and answer are in the cache.
+    assert second.prompt_eval_count < first.prompt_eval_count, (first.prompt_eval_count, second.prompt_eval_count)
