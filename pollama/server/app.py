@@ -272,7 +272,12 @@ def create_app(config: ServerConfig | None = None, store: Store | None = None, *
     async def api_show(request: Request) -> Response:
         body = await read_json(request)
         name = body.get("model") or body.get("name")
-        model = await state.resolve(name)
+        try:
+            model = await state.resolve(name)
+        except APIError as e:
+            if e.status == 404:  # show words it its own way in Ollama
+                raise APIError(404, f"model '{name}' not found") from None
+            raise
         return json_response(await in_thread(show_model, model, bool(field(body, "verbose", bool, False))))
 
     @app.post("/api/copy")
@@ -301,8 +306,10 @@ def create_app(config: ServerConfig | None = None, store: Store | None = None, *
             await state.scheduler.unload(canonical.display)
             await in_thread(state.store.remove, name)
         except ModelNotFound:
-            raise APIError(404, f'model "{name}" not found') from None
-        except (InvalidName, StoreError) as e:
+            raise APIError(404, f"model '{name}' not found") from None
+        except InvalidName:
+            raise APIError(400, f'name "{name}" is invalid') from None
+        except StoreError as e:
             raise APIError(400, str(e)) from None
         return Response(status_code=200)
 

@@ -62,11 +62,14 @@ def test_unknown_model_is_404_with_ollamas_message(server):
     with server.http() as http:
         for path, body in (("/api/generate", {"model": "nope", "prompt": "x"}),
                            ("/api/chat", {"model": "nope", "messages": [{"role": "user", "content": "x"}]}),
-                           ("/api/embed", {"model": "nope", "input": "x"}),
-                           ("/api/show", {"model": "nope"})):
+                           ("/api/embed", {"model": "nope", "input": "x"})):
             r = http.post(path, json=body)
             assert r.status_code == 404, path
             assert r.json() == {"error": 'model "nope" not found, try pulling it first'}
+        # show and delete word it as Ollama's handlers do.
+        assert http.post("/api/show", json={"model": "nope"}).json() == {"error": "model 'nope' not found"}
+        r = http.request("DELETE", "/api/delete", json={"model": "nope"})
+        assert r.status_code == 404 and r.json() == {"error": "model 'nope' not found"}
 
 
 def test_oversized_body_is_refused(server):
