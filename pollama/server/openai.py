@@ -41,9 +41,13 @@ def _number(body: dict[str, Any], name: str) -> float | None:
     return value
 
 
-def openai_options(body: dict[str, Any]) -> dict[str, Any]:
-    """Native options from OpenAI's sampling fields (as Ollama maps them)."""
-    options: dict[str, Any] = {}
+def openai_options(body: dict[str, Any], *, completions: bool = False) -> dict[str, Any]:
+    """Native options from OpenAI's sampling fields, as Ollama maps them: temperature and
+    top_p default to OpenAI's 1.0 (not the model's), and the legacy completions endpoint
+    always sets both penalties (0 when absent)."""
+    options: dict[str, Any] = {"temperature": 1.0, "top_p": 1.0}
+    if completions:
+        options.update(frequency_penalty=0.0, presence_penalty=0.0)
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     if max_tokens is not None:
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 0:
@@ -60,7 +64,6 @@ def openai_options(body: dict[str, Any]) -> dict[str, Any]:
         value = _number(body, name)
         if value is not None:
             options[name] = int(value) if name == "seed" else value
-    # Ollama: OpenAI's temperature is used as given, and without one the model's default.
     return options
 
 
@@ -141,14 +144,14 @@ def add_openai_routes(app: FastAPI, state) -> None:
     from pollama.server.app import keep_alive_of, list_models
     from pollama.server.prompt import Specials, chat_prompt, generate_prompt
 
-    async def completion_job(body: dict[str, Any], build) -> tuple[Any, Completion]:
+    async def completion_job(body: dict[str, Any], build, *, completions: bool = False) -> tuple[Any, Completion]:
         name = body.get("model")
         if not isinstance(name, str) or not name:
             raise APIError(400, "model is required")
         model = await state.resolve(name)
         if "completion" not in model.capabilities:
             raise APIError(400, f'"{name}" does not support generate')
-        options = request_options(model, openai_options(body), state.config)
+        options = request_options(model, openai_options(body, completions=completions), state.config)
         logprobs = body.get("logprobs")
         top = body.get("top_logprobs") or 0
         if isinstance(logprobs, int) and not isinstance(logprobs, bool):  # /v1/completions: an int
@@ -257,7 +260,7 @@ def add_openai_routes(app: FastAPI, state) -> None:
                                        specials=Specials(runner.bos_token, runner.eos_token))
             return build_prompt
 
-        model, job = await completion_job(body, build)
+        model, job = await completion_job(body, build, completions=True)
         ident = f"cmpl-{random.randint(0, 999)}"
         created = int(time.time())
         name = body["model"]
