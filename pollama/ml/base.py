@@ -189,23 +189,26 @@ class Context(ABC):
 
     # Whether rerun() can compute the same graph again with new input data.
     reusable: bool = False
-    # The debug recorder (None: record() does nothing, and no graph changes).
+    # The debug recorder (None: record() does nothing, and no graph changes), and what this
+    # step recorded, by name (made on the first record()).
     recorder: Recorder | None = None
+    recorded: dict[str, Tensor] | None = None
 
     def record(self, name: str, tensor: Tensor) -> None:
         """Name an intermediate tensor for the debug recorder; a no-op when not recording."""
         if self.recorder is not None:
-            self.__dict__.setdefault("recorded", {})[name] = self.recorder.select(self, tensor)
+            if self.recorded is None:
+                self.recorded = {}
+            self.recorded[name] = self.recorder.select(self, tensor)
 
     def with_records(self, outputs: Sequence[Tensor]) -> tuple[Tensor, ...]:
         """The outputs a compute must produce: the asked ones, then the recorded ones (if any)."""
-        recorded = self.__dict__.get("recorded")
-        return (*outputs, *recorded.values()) if recorded else tuple(outputs)
+        return (*outputs, *self.recorded.values()) if self.recorded else tuple(outputs)
 
     def hand_back(self, results: list[np.ndarray], asked: int) -> list[np.ndarray]:
         """The asked outputs of a compute; the recorded rest go to the recorder."""
         if len(results) > asked:
-            self.recorder.collect(list(self.__dict__["recorded"]), results[asked:])
+            self.recorder.collect(list(self.recorded), results[asked:])
         return results[:asked]
 
     @abstractmethod
