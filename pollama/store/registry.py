@@ -17,12 +17,14 @@ sha256:<64 hex> (they become file names), media types must be Ollama's, sizes bo
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,6 +64,7 @@ __all__ = [
     "pull_model",
     "push_model",
     "stream_transfer",
+    "transfer_events",
 ]
 
 Progress = Callable[[dict[str, Any]], None]
@@ -429,3 +432,37 @@ def stream_transfer(transfer: Callable[..., TransferResult], store: Store, name:
     finally:
         cancel.set()
         worker.join(15)
+
+
+async def transfer_events(transfer: Callable[..., TransferResult], store: Store, name: str, **options) -> AsyncIterator[dict[str, Any]]:
+    """pull_model or push_model on a worker thread, its progress dicts as an async iterator.
+
+    For an asyncio server: the transfer's exception (RegistryNotFound, RegistryError,
+    another StoreError) is raised from the iterator where it happened, so an error before
+    the first event can still get its HTTP status. Closing the iterator cancels the transfer.
+    """
+    loop = asyncio.get_running_loop()
+    updates: asyncio.Queue = asyncio.Queue()
+    cancel = threading.Event()
+
+    def progress(update: dict[str, Any]) -> None:
+        loop.call_soon_threadsafe(updates.put_nowait, update)
+
+    job = loop.run_in_executor(None, lambda: transfer(store, name, progress=progress, cancel=cancel, **options))
+    try:
+        while True:
+            next_update = asyncio.ensure_future(updates.get())
+            await asyncio.wait({next_update, job}, return_when=asyncio.FIRST_COMPLETED)
+            if next_update.done():
+                yield next_update.result()
+                continue
+            next_update.cancel()
+            # Updates were queued before the job finished (call_soon_threadsafe keeps order).
+            while not updates.empty():
+                yield updates.get_nowait()
+            job.result()
+            return
+    finally:
+        cancel.set()
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(asyncio.shield(job), 15)

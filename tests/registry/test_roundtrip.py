@@ -134,3 +134,29 @@ def test_closing_the_stream_cancels_the_pull(pushed, tmp_path, settings):
     assert next(stream) == {"status": "pulling manifest"}
     stream.close()  # the client went away
     assert not store.exists(name)
+
+
+def test_transfer_events_for_an_asyncio_server(pushed, tmp_path, settings):
+    import asyncio
+
+    from pollama.store.registry import transfer_events
+
+    name, _, _ = pushed
+    store = Store(tmp_path / "models", hash_cache=None)
+
+    async def collect(model):
+        return [update async for update in transfer_events(pull_model, store, model, insecure=True, settings=settings)]
+
+    updates = asyncio.run(collect(name))
+    assert updates[0] == {"status": "pulling manifest"} and updates[-1] == {"status": "success"}
+    with pytest.raises(RegistryNotFound, match="not found"):
+        asyncio.run(collect(name.replace("smollm2", "absent")))
+
+    async def first_then_close():
+        events = transfer_events(pull_model, Store(tmp_path / "other", hash_cache=None), name, insecure=True, settings=settings)
+        first = await anext(events)
+        await events.aclose()
+        return first
+
+    assert asyncio.run(first_then_close()) == {"status": "pulling manifest"}
+    assert not Store(tmp_path / "other", hash_cache=None).exists(name)
