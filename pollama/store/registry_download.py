@@ -140,7 +140,7 @@ class BlobDownload:
         while True:
             if self.store.blob_path(self.digest).is_file():
                 return None
-            fd = os.open(self.partial, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(self.partial, os.O_RDWR | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o644)
             try:
                 self._lock_between_processes(fd)
                 if self.store.blob_path(self.digest).is_file():  # another process finished it
@@ -320,7 +320,7 @@ class BlobDownload:
                     return
                 if position + len(chunk) > end + 1:
                     raise UntrustedBytes(f"{what}: the server sent more bytes than the {self.total} the blob has")
-                os.pwrite(fd, chunk, position)
+                self._write_at(fd, chunk, position)
                 position += len(chunk)
                 with self._lock:
                     part.completed += len(chunk)
@@ -337,6 +337,14 @@ class BlobDownload:
             response.close()
         if part.completed < part.size:
             raise TransientError(f"{what}: the connection ended after {part.completed} of {part.size} bytes")
+
+    def _write_at(self, fd: int, data: bytes, position: int) -> None:
+        if hasattr(os, "pwrite"):
+            os.pwrite(fd, data, position)
+            return
+        with self._lock:  # Windows has no pwrite: seek and write must not interleave
+            os.lseek(fd, position, os.SEEK_SET)
+            os.write(fd, data)
 
     def _save_synced(self, fd: int, part: Part) -> None:
         os.fsync(fd)  # the bytes first, so a descriptor never claims bytes that are not on disk
