@@ -89,32 +89,57 @@ class ProgressPrinter:
             self.current = None
 
 
-def _transfer(args: argparse.Namespace, action) -> int:
-    from pollama.store.store import Store
+def _local(transfer_name: str):
+    """The command run here, on the store at $OLLAMA_MODELS (when no server answers)."""
 
-    printer = ProgressPrinter()
-    cancel = threading.Event()
-    try:
-        action(Store(), args.model, insecure=args.insecure, progress=printer, cancel=cancel)
-    except KeyboardInterrupt:
-        cancel.set()
-        printer.close()
-        print("interrupted: run the same command again to resume", file=sys.stderr)
-        return 130
-    except BaseException:
-        printer.close()
-        raise
-    printer.close()
-    return 0
+    def run(args: argparse.Namespace) -> int:
+        from pollama.store import registry
+        from pollama.store.store import Store
+
+        transfer = getattr(registry, transfer_name)
+        printer = ProgressPrinter()
+        cancel = threading.Event()
+        try:
+            transfer(Store(), args.model, insecure=args.insecure, progress=printer, cancel=cancel)
+        except KeyboardInterrupt:
+            cancel.set()
+            printer.close()
+            print("interrupted: run the same command again to resume", file=sys.stderr)
+            return 130
+        finally:
+            printer.close()
+        return 0
+
+    return run
 
 
-def cmd_pull(args: argparse.Namespace) -> int:
-    from pollama.store.registry import pull_model
+def _remote(path: str):
+    """The command run by the server at $OLLAMA_HOST, drawing its progress stream."""
 
-    return _transfer(args, pull_model)
+    def run(client, args: argparse.Namespace) -> int:
+        printer = ProgressPrinter()
+        try:
+            for message in client.stream(path, {"model": args.model, "insecure": args.insecure, "stream": True}):
+                printer(message)
+        finally:
+            printer.close()
+        return 0
+
+    return run
 
 
-def cmd_push(args: argparse.Namespace) -> int:
-    from pollama.store.registry import push_model
+def _via_server(local, remote):
+    def run(args: argparse.Namespace) -> int:
+        from pollama.cli.remote import via_server
 
-    return _transfer(args, push_model)
+        return via_server(local, remote)(args)
+
+    return run
+
+
+# As `ollama pull`/`push`: through the server when one answers (it owns the store then),
+# else here.
+cmd_pull = _via_server(_local("pull_model"), _remote("/api/pull"))
+cmd_push = _via_server(_local("push_model"), _remote("/api/push"))
+pull_here = _local("pull_model")
+push_here = _local("push_model")

@@ -24,7 +24,18 @@ def test_parsers():
     assert parse(["push", "a/b"]).insecure is False
 
 
-def test_push_then_pull_print_ollamas_lines(registry, smollm2_store, tmp_path, monkeypatch, capsys):
+@pytest.fixture
+def no_server(monkeypatch):
+    """No server answers at OLLAMA_HOST, so the commands work on the store here."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("OLLAMA_HOST", f"127.0.0.1:{port}")
+
+
+def test_push_then_pull_print_ollamas_lines(registry, smollm2_store, tmp_path, monkeypatch, capsys, no_server):
     name = f"{registry.host}/cli/smollm2:latest"
     monkeypatch.setenv("OLLAMA_MODELS", str(smollm2_store.root))
     smollm2_store.copy("smollm2", name)
@@ -44,7 +55,7 @@ def test_push_then_pull_print_ollamas_lines(registry, smollm2_store, tmp_path, m
     assert Store(tmp_path / "models", hash_cache=None).exists(name)
 
 
-def test_pull_of_unknown_model_is_one_clear_error(registry, tmp_path, monkeypatch):
+def test_pull_of_unknown_model_is_one_clear_error(registry, tmp_path, monkeypatch, no_server):
     monkeypatch.setenv("OLLAMA_MODELS", str(tmp_path / "models"))
     args = parse(["pull", f"{registry.host}/cli/none", "--insecure"])
     with pytest.raises(ValueError, match="not found on 127.0.0.1"):
@@ -62,3 +73,18 @@ def test_progress_printer_without_a_terminal_prints_each_status_once():
     lines = out.getvalue().splitlines()
     assert lines[0] == "pulling manifest" and lines[2] == "success"
     assert lines[1].startswith("pulling 0123456789ab... 100% ▕") and lines[1].endswith("100 B")
+
+
+def test_through_a_server_its_stream_is_drawn(capsys):
+    from pollama.cli.registry import _remote
+
+    class FakeClient:
+        def stream(self, path, body):
+            assert path == "/api/pull" and body == {"model": "m", "insecure": True, "stream": True}
+            yield {"status": "pulling manifest"}
+            yield {"status": "pulling 0123456789ab", "digest": "sha256:" + "0" * 64, "total": 2000, "completed": 2000}
+            yield {"status": "success"}
+
+    assert _remote("/api/pull")(FakeClient(), parse(["pull", "m", "--insecure"])) == 0
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == "pulling manifest" and lines[-1] == "success" and "100%" in lines[1] and "2 KB" in lines[1]
