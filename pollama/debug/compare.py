@@ -16,7 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from pollama.debug.record import Recording, record_forward
-from pollama.debug.reference import load_reference, reference_tensors
+from pollama.debug.reference import (
+    load_reference,
+    reference_layer_count,
+    reference_tensors,
+)
 
 # The relative error allowed on every tensor, set from measurement: the largest relative error
 # over all tensors of the tiny random llama, smollm, mistral, qwen2 and gemma3 models of
@@ -134,7 +138,7 @@ def compare_model(path: str | Path, reference: str | Path, tokens: Sequence[int]
     """Run our model and the reference on the same tokens and compare every recorded tensor."""
     model = load_reference(reference)
     recording = record_forward(path, tokens, backend, all_rows=True, num_thread=num_thread)
-    n_ref = int(model.config.num_hidden_layers)
+    n_ref = reference_layer_count(model)
     n_ours = sum(1 for name in recording.values if name.endswith(".out") and name.startswith("blk."))
     if n_ours != n_ref:
         raise ValueError(f"the model has {n_ours} layers, the reference {n_ref}: not the same model")

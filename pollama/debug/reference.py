@@ -67,6 +67,14 @@ def load_reference(folder: str | Path):
     return model.eval()
 
 
+def reference_layer_count(model) -> int:
+    """num_hidden_layers of a text model's config; ReferenceError for a model that has none (vision-language)."""
+    n_layers = getattr(model.config, "num_hidden_layers", None)
+    if not isinstance(n_layers, int):
+        raise ReferenceError(f"{type(model).__name__}: compare handles text models (...ForCausalLM) and BERT encoders")
+    return n_layers
+
+
 def _layers(model, n_layers: int):
     """The module list of the model's layers: the one ModuleList with n_layers entries that are layers."""
     torch, _ = _import_transformers()
@@ -91,7 +99,7 @@ def _first(output):
 def reference_tensors(model, tokens: Sequence[int]) -> dict[str, np.ndarray]:
     """Run the HF model on one sequence of token ids; every tensor we record, by our name, [tokens, ...]."""
     torch, _ = _import_transformers()
-    n_layers = int(model.config.num_hidden_layers)
+    n_layers = reference_layer_count(model)
     _, layers = _layers(model, n_layers)
     encoder = hasattr(layers[0], "attention") and not hasattr(layers[0], "self_attn")
     hooks = ENCODER_HOOKS if encoder else DECODER_HOOKS
