@@ -368,3 +368,38 @@ def test_an_expired_direct_url_is_asked_for_again(fake, tmp_path, quick):
     finally:
         cdn.shutdown()
         cdn.server_close()
+
+
+def test_an_empty_layer_is_pulled(fake, tmp_path):
+    empty = {"mediaType": MediaType.SYSTEM, "digest": digest_of(b""), "size": 0}
+    fake.blobs[digest_of(b"")] = b""
+    name = serve_manifest(fake, manifest([model_layer(), empty]))
+    store = Store(tmp_path / "models", hash_cache=None)
+    pull_model(store, name, insecure=True, settings=TransferSettings(backoff=0.01))
+    assert store.resolve(name).system == ""
+
+
+def test_part_descriptors_are_ollamas_json():
+    from pollama.store.registry_download import Part
+
+    assert Part(3, 300, 100, 42).to_json() == b'{"N":3,"Offset":300,"Size":100,"Completed":42}'
+    assert Part.from_json(b'{"N":3,"Offset":300,"Size":100,"Completed":42}\n') == Part(3, 300, 100, 42)
+    for bad in (b'{"N":3,"Offset":300,"Size":100,"Completed":101}', b'{"N":-1,"Offset":0,"Size":1,"Completed":0}', b"[]", b"{"):
+        assert Part.from_json(bad) is None
+
+
+def test_a_partial_file_with_wrong_bytes_fails_once_then_downloads_again(fake, tmp_path):
+    """Descriptors that claim bytes the file does not hold (a power cut) are caught by the digest."""
+    from pollama.store.registry_download import Part
+
+    name = serve_manifest(fake, manifest([model_layer()]))
+    store = Store(tmp_path / "models", hash_cache=None)
+    partial = store.partial_blob_path(digest_of(WEIGHTS))
+    partial.parent.mkdir(parents=True)
+    partial.write_bytes(b"\0" * len(WEIGHTS))
+    partial.with_name(partial.name + "-0").write_bytes(Part(0, 0, len(WEIGHTS), len(WEIGHTS)).to_json())
+    with pytest.raises(DigestMismatch, match="downloaded blob has digest"):
+        pull_model(store, name, insecure=True, settings=TransferSettings(backoff=0.01))
+    assert not list(partial.parent.glob("*-partial*"))
+    pull_model(store, name, insecure=True, settings=TransferSettings(backoff=0.01))
+    assert store.resolve(name).model_path.read_bytes() == WEIGHTS
