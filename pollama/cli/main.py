@@ -191,11 +191,11 @@ def build_parser() -> argparse.ArgumentParser:
     stop = sub.add_parser("stop", help="stop a running model")
     stop.add_argument("model")
     stop.set_defaults(func=remote.cmd_stop)
-    for name, func in (("pull", remote.cmd_pull), ("push", remote.cmd_push)):
-        transfer = sub.add_parser(name, help=f"{name} a model {'from' if name == 'pull' else 'to'} a registry (through the server)")
-        transfer.add_argument("model")
-        transfer.add_argument("--insecure", action="store_true", help="use an insecure registry")
-        transfer.set_defaults(func=func)
+    from pollama.cli import registry
+
+    registry.add_registry_parsers(sub)
+    sub.choices["pull"].set_defaults(func=remote.via_server(registry.cmd_pull, remote.pull_remote))
+    sub.choices["push"].set_defaults(func=remote.via_server(registry.cmd_push, remote.push_remote))
 
     from pollama.cli import models
 

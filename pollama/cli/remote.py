@@ -249,24 +249,26 @@ def via_server(local, remote):
     return run
 
 
-def _transfer(path: str, args: argparse.Namespace) -> int:
-    """pull or push through the server, printing its progress lines."""
-    with Client() as client:
-        if not client.is_running():
-            raise ServerError(f"could not connect to a server at {client.base_url}: start one with 'pollama serve'")
-        for message in client.stream(path, {"model": args.model, "insecure": args.insecure, "stream": True}):
-            status = message.get("status", "")
-            total, completed = message.get("total"), message.get("completed")
-            if total:
-                print(f"{status} {100 * (completed or 0) // total}% of {human_bytes(total)}", flush=True)
-            else:
-                print(status, flush=True)
+def _transfer_remote(client: Client, args: argparse.Namespace, path: str) -> int:
+    """pull or push through the server, drawing its progress as Ollama's CLI does."""
+    from pollama.cli.registry import ProgressPrinter
+
+    printer = ProgressPrinter()
+    try:
+        for update in client.stream(path, {"model": args.model, "insecure": args.insecure, "stream": True}):
+            printer(update)
+    except KeyboardInterrupt:
+        printer.close()
+        print("interrupted: run the same command again to resume", file=sys.stderr)
+        return 130
+    finally:
+        printer.close()
     return 0
 
 
-def cmd_pull(args: argparse.Namespace) -> int:
-    return _transfer("/api/pull", args)
+def pull_remote(client: Client, args: argparse.Namespace) -> int:
+    return _transfer_remote(client, args, "/api/pull")
 
 
-def cmd_push(args: argparse.Namespace) -> int:
-    return _transfer("/api/push", args)
+def push_remote(client: Client, args: argparse.Namespace) -> int:
+    return _transfer_remote(client, args, "/api/push")

@@ -343,13 +343,11 @@ def create_app(config: ServerConfig | None = None, store: Store | None = None, *
 
     @app.post("/api/pull")
     async def api_pull(request: Request) -> Response:
-        await read_json(request)
-        raise APIError(501, "pull is not supported yet: pollama has no registry client")
+        return await transfer_response(state, request, await read_json(request), "pull")
 
     @app.post("/api/push")
     async def api_push(request: Request) -> Response:
-        await read_json(request)
-        raise APIError(501, "push is not supported yet: pollama has no registry client")
+        return await transfer_response(state, request, await read_json(request), "push")
 
     @app.get("/api/ps")
     async def api_ps() -> Response:
@@ -622,6 +620,45 @@ def show_model(model: ModelRef, verbose: bool) -> dict[str, Any]:
         with GGUFFile(model.model_path) as gguf:
             answer["tensors"] = [{"name": t.name, "type": t.type.name, "shape": list(t.ne)} for t in gguf.tensors.values()]
     return answer
+
+
+# -- /api/pull and /api/push ----------------------------------------------------------------------
+async def transfer_response(state: State, request: Request, body: dict[str, Any], verb: str) -> Response:
+    """A pull or push through the registry client, its progress objects streamed as Ollama's."""
+    from pollama.store import registry
+    from pollama.store.names import ModelName
+
+    name = body.get("model") or body.get("name")
+    if not isinstance(name, str) or not name:
+        raise APIError(400, "model is required")
+    try:
+        ModelName.parse(name)
+    except (InvalidName, ValueError):
+        raise APIError(400, f'name "{name}" is invalid') from None
+    insecure = field(body, "insecure", bool, False)
+    stream = field(body, "stream", bool, True)
+    transfer = registry.pull_model if verb == "pull" else registry.push_model
+
+    async def events() -> AsyncIterator[dict[str, Any]]:
+        updates = registry.transfer_events(transfer, state.store, name, insecure=insecure)
+        try:
+            async for update in updates:
+                if "error" in update:
+                    raise APIError(500, update["error"])
+                yield update
+        except registry.RegistryNotFound as e:
+            raise APIError(404, str(e)) from None
+        except ModelNotFound as e:
+            raise APIError(404, str(e)) from None
+        except (StoreError, OSError) as e:
+            raise APIError(500, str(e)) from None
+        finally:
+            await updates.aclose()
+
+    def combine(updates: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"status": "success"} if not updates else updates[-1]
+
+    return await ndjson_or_single(request, events(), stream, combine)
 
 
 # -- /api/create --------------------------------------------------------------------------------

@@ -119,6 +119,3 @@ def test_create_list_show_cp_rm_through_the_server(server, smollm2_path, tmp_pat
     assert_one_line_error(pollama("rm", "clismol", env=env), "not found")
     assert_one_line_error(pollama("show", "clismol", env=env), "not found")
 
-
-def test_pull_says_it_is_not_supported_yet(server):
-    assert_one_line_error(pollama("pull", "llama3", env={"OLLAMA_HOST": server.host}), "not supported yet")

@@ -199,11 +199,6 @@ def test_blob_upload_is_verified(server):
         assert not any(p.name.startswith("..") for p in (server.models / "blobs").iterdir())
 
 
-def test_pull_and_push_say_not_supported(server):
-    with server.http() as http:
-        for path in ("/api/pull", "/api/push"):
-            r = http.post(path, json={"model": "llama3"})
-            assert r.status_code == 501 and "registry" in r.json()["error"]
 
 
 def test_cors_and_host_check(server):
