@@ -85,11 +85,11 @@ def main() -> None:
                 results[variant].append((min(builds), *run_seconds(engine)))
         llama_module.Llama.forward = shipped
         engine.backend.recorder = None
-    print(f"SmolLM2 Q4_1, {len(PROMPT)}-token prefill, {DECODE_STEPS} decode steps, medians of {args.rounds} rounds")
-    print(f"{'':8} {'graph build ms':>15} {'prefill ms':>11} {'decode ms/tok':>14}")
+    print(f"SmolLM2 Q4_1, {len(PROMPT)}-token prefill, {DECODE_STEPS} decode steps, {args.rounds} rounds: median (min)")
+    print(f"{'':8} {'graph build ms':>18} {'prefill ms':>18} {'decode ms/tok':>18}")
     for variant, rows in results.items():
-        build, prefill, decode = (statistics.median(column) for column in zip(*rows))
-        print(f"{variant:8} {build * 1e3:>15.3f} {prefill * 1e3:>11.2f} {decode * 1e3:>14.3f}")
+        cells = [f"{statistics.median(col) * 1e3:.2f} ({min(col) * 1e3:.2f})" for col in zip(*rows)]
+        print(f"{variant:8} " + " ".join(f"{cell:>18}" for cell in cells))
 
 
 if __name__ == "__main__":
