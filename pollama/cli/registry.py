@@ -44,6 +44,7 @@ class ProgressPrinter:
         self.line = ""
         self.last_draw = 0.0
         self.started = time.monotonic()
+        self.first_completed: int | None = None
         self.lock = threading.Lock()
 
     def __call__(self, update: dict[str, Any]) -> None:
@@ -51,7 +52,7 @@ class ProgressPrinter:
             status = update.get("status", "")
             if status != self.current:
                 self._finish()
-                self.current, self.started = status, time.monotonic()
+                self.current, self.started, self.first_completed = status, time.monotonic(), None
             self.line = self._render(update)
             now = time.monotonic()
             if self.tty and (now - self.last_draw >= REDRAW_SECONDS or update.get("completed") == update.get("total")):
@@ -65,13 +66,20 @@ class ProgressPrinter:
         if not total:
             return status
         completed = completed or 0
+        if self.first_completed is None:
+            self.first_completed = completed  # a resumed pull starts with bytes already there
         fraction = min(completed / total, 1.0)
         filled = int(fraction * BAR_WIDTH)
         bar = "█" * filled + " " * (BAR_WIDTH - filled)
+        head = f"{status}... {int(fraction * 100):3d}% ▕{bar}▏"
+        if completed >= total:
+            return f"{head} {human_bytes(total):>7}"
         elapsed = time.monotonic() - self.started
-        rate = completed / elapsed if elapsed > 0.5 and completed < total else 0
-        speed = f" {human_bytes(int(rate))}/s" if rate else ""
-        return f"{status}... {int(fraction * 100):3d}% ▕{bar}▏ {human_bytes(total):>7}{speed}"
+        rate = (completed - self.first_completed) / elapsed if elapsed > 0.5 else 0
+        tail = f" {human_bytes(completed)}/{human_bytes(total)}"
+        if rate > 0:
+            tail += f"  {human_bytes(int(rate))}/s  {_eta((total - completed) / rate)}"
+        return head + tail
 
     def _finish(self) -> None:
         if self.current is None:
@@ -87,6 +95,13 @@ class ProgressPrinter:
         with self.lock:
             self._finish()
             self.current = None
+
+
+def _eta(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60}m"
+    return f"{seconds // 60}m{seconds % 60}s" if seconds >= 60 else f"{seconds}s"
 
 
 def _local(transfer_name: str):
