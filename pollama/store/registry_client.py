@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import re
+import ssl
 import threading
 import time
 from dataclasses import dataclass
@@ -232,6 +233,8 @@ class RegistryClient:
             except httpx.TimeoutException as e:
                 raise TransientError(f"{what}: {self.host} timed out ({type(e).__name__})") from None
             except httpx.TransportError as e:
+                if _tls_failure(e):  # a certificate does not get better by asking again
+                    raise RegistryError(f"{what}: TLS with {url.host} failed: {e}") from None
                 raise TransientError(f"{what}: could not reach {url.host}: {e or type(e).__name__}") from None
             except httpx.InvalidURL as e:
                 # httpx prepares the next request of a redirect even when not following it.
@@ -363,6 +366,17 @@ class RegistryClient:
 
 class TransientError(RegistryError):
     """A failure worth retrying: a timeout, a dropped connection, a 5xx or 429."""
+
+
+def _tls_failure(error: BaseException) -> bool:
+    seen: BaseException | None = error
+    for _ in range(10):
+        if seen is None:
+            return False
+        if isinstance(seen, ssl.SSLError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _basic(credentials: tuple[str, str]) -> str:

@@ -48,7 +48,7 @@ def free_port() -> int:
 class RunningRegistry:
     """A registry process at host (127.0.0.1:<port>)."""
 
-    def __init__(self, folder: Path, htpasswd: Path | None = None):
+    def __init__(self, folder: Path, htpasswd: Path | None = None, tls: tuple[Path, Path] | None = None):
         if REGISTRY_BINARY is None:
             pytest.skip(f"the docker-registry binary is not installed ({INSTALL})")
         self.port = free_port()
@@ -58,12 +58,13 @@ class RunningRegistry:
         auth = ""
         if htpasswd is not None:
             auth = f"auth:\n  htpasswd:\n    realm: pollama-test\n    path: {htpasswd}\n"
+        tls_config = f"  tls:\n    certificate: {tls[0]}\n    key: {tls[1]}\n" if tls else ""
         config = folder / "config.yml"
         config.write_text(
             "version: 0.1\n"
             "log:\n  level: error\n  accesslog:\n    disabled: true\n"
             f"storage:\n  filesystem:\n    rootdirectory: {folder / 'storage'}\n  delete:\n    enabled: true\n"
-            f"http:\n  addr: 127.0.0.1:{self.port}\n  secret: pollama-test-secret\n" + auth
+            f"http:\n  addr: 127.0.0.1:{self.port}\n  secret: pollama-test-secret\n" + tls_config + auth
         )
         self.log = open(folder / "registry.log", "wb")  # noqa: SIM115 - open while the registry runs
         self.process = subprocess.Popen([REGISTRY_BINARY, "serve", str(config)], stdout=self.log, stderr=subprocess.STDOUT)
@@ -72,7 +73,7 @@ class RunningRegistry:
             if self.process.poll() is not None:
                 raise RuntimeError(f"docker-registry exited: {(folder / 'registry.log').read_text()[-2000:]}")
             try:
-                httpx.get(f"http://{self.host}/v2/", timeout=1)
+                httpx.get(f"{'https' if tls else 'http'}://{self.host}/v2/", timeout=1, verify=False)
                 return
             except httpx.HTTPError:
                 time.sleep(0.1)
@@ -137,3 +138,24 @@ def smollm2_store(tmp_path_factory):
     store = Store(root / "models", hash_cache=None)
     create_model(store, "smollm2", f"FROM {gguf}\nPARAMETER temperature 0\n", root)
     return store
+
+
+@pytest.fixture(scope="module")
+def tls_registry(tmp_path_factory):
+    """A registry on https with a self-signed certificate for 127.0.0.1; .ca is the file to trust."""
+    if REGISTRY_BINARY is None:
+        pytest.skip(f"the docker-registry binary is not installed ({INSTALL})")
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed (apt-get install -y openssl)")
+    folder = tmp_path_factory.mktemp("tls-registry")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )
+    running = RunningRegistry(folder, tls=(cert, key))
+    running.ca = cert
+    yield running
+    running.stop()
