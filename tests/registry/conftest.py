@@ -156,6 +156,6 @@ def tls_registry(tmp_path_factory):
         check=True, capture_output=True,
     )
     running = RunningRegistry(folder, tls=(cert, key))
-    running.ca = cert
+    running.ca, running.key = cert, key
     yield running
     running.stop()
