@@ -260,6 +260,7 @@ class RegistryClient:
     def fail(self, response: httpx.Response, what: str) -> RegistryError:
         """The error for a response that is not what was asked for (the response is closed)."""
         code = response.status_code
+        host = self.host if self.is_registry(response.url) else response.url.host
         text = _error_text(response)
         response.close()
         detail = f": {text}" if text else ""
@@ -269,12 +270,12 @@ class RegistryClient:
                 if self.credentials
                 else f"the registry needs credentials: set {USERNAME_ENV} and {PASSWORD_ENV}"
             )
-            return RegistryError(f"{what}: 401 unauthorized by {self.host}: {hint}{detail}")
+            return RegistryError(f"{what}: 401 unauthorized by {host}: {hint}{detail}")
         if code == 404:
-            return RegistryNotFound(f"{what}: not found on {self.host}{detail}")
+            return RegistryNotFound(f"{what}: not found on {host}{detail}")
         if code in (408, 425, 429) or code >= 500:
-            return TransientError(f"{what}: {self.host} answered {code}{detail}")
-        return RegistryError(f"{what}: {self.host} answered {code}{detail}")
+            return TransientError(f"{what}: {host} answered {code}{detail}")
+        return RegistryError(f"{what}: {host} answered {code}{detail}")
 
     def request(self, method: str, url, what: str, *, ok=(200,), limit: int = MAX_ERROR_BODY, **kw) -> tuple[httpx.Response, bytes]:
         """Send, require a status in ok, and read the body (at most limit bytes)."""
