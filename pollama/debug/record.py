@@ -92,7 +92,12 @@ def record_forward(path: str | Path, tokens: Sequence[int], backend: str = "ggml
         return _record_encoder(path, tokens, backend, recorder, num_thread)
     backend_obj = make_backend(backend, num_thread)
     backend_obj.recorder = recorder  # before the Engine builds (and keeps) any graph
-    with Engine(path, backend=backend_obj, num_ctx=len(tokens) + 1, num_batch=len(tokens), kv_cache_type="f32") as engine:
+    try:
+        engine = Engine(path, backend=backend_obj, num_ctx=len(tokens) + 1, num_batch=len(tokens), kv_cache_type="f32")
+    except BaseException:
+        backend_obj.close()  # the Engine closes it from here on, not before it exists
+        raise
+    with engine:
         check_tokens(tokens, engine.model.vocab_size)
         engine.logits(tokens)
     return Recording(arch, tokens, dict(recorder.values))
