@@ -13,6 +13,10 @@ Protocol (ollama-facts.md §1.5), for a name host/namespace/model:tag:
 Progress goes to a callback as the dicts of Ollama's /api/pull and /api/push streams.
 Every manifest from a registry is checked before anything touches the disk: digests must be
 sha256:<64 hex> (they become file names), media types must be Ollama's, sizes bounded.
+
+Entry points: pull_model / push_model (blocking; progress callback, cancel Event), and for
+servers transfer_events (async iterator) or stream_transfer (iterator, errors as objects).
+HTTP, redirects and auth: registry_client.py; Ollama's signed tokens: registry_signing.py.
 """
 
 from __future__ import annotations
