@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -236,3 +237,39 @@ def test_two_processes_pulling_one_blob_download_it_once(published, proxy, tmp_p
     assert proxy.bytes[f"/v2/test/resume/blobs/{layer.digest}"] <= layer.size + 2  # once, plus the probes
     assert Store(root, hash_cache=None).verify_blob(layer)
     assert not list((root / "blobs").glob("*-partial*"))
+
+
+def test_ctrl_c_in_the_cli_keeps_the_download_for_the_next_run(published, proxy, tmp_path):
+    """`pollama pull` interrupted with Ctrl+C exits 130 saying how to resume; the next run resumes."""
+    layer = model_layer(published)
+    root = tmp_path / "models"
+    blobs = root / "blobs"
+    name = f"{proxy.host}/test/resume:latest"
+    proxy.delay = 0.02
+    script = (
+        "import argparse, sys\n"
+        "from pollama.cli.registry import pull_here\n"
+        "sys.exit(pull_here(argparse.Namespace(model=sys.argv[1], insecure=True)))\n"
+    )
+    env = {**os.environ, "OLLAMA_MODELS": str(root)}
+    child = subprocess.Popen([sys.executable, "-c", script, name], cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while sum(d["Completed"] for d in descriptors(blobs, layer.digest)) < 4 << 20:
+            assert child.poll() is None, child.stderr.read()
+            assert time.monotonic() < deadline, "the pull made no progress"
+            time.sleep(0.05)
+        child.send_signal(signal.SIGINT)
+        assert child.wait(30) == 130
+        assert "interrupted: run the same command again to resume" in child.stderr.read()
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    on_disk = sum(d["Completed"] for d in descriptors(blobs, layer.digest))
+    assert on_disk >= 4 << 20
+
+    proxy.delay = 0.0
+    proxy.reset()
+    pull_model(Store(root, hash_cache=None), name, insecure=True, settings=PARTS)
+    assert proxy.bytes[f"/v2/test/resume/blobs/{layer.digest}"] == layer.size - on_disk + 1
