@@ -74,6 +74,13 @@ def test_interactive_run_through_a_pseudo_terminal(server, tmp_path):
         child.sendline("/show system")
         child.expect_exact("Answer in one word.")
         child.expect_exact(">>> ")
+        child.sendline("/set parameter num_predict 2000")
+        child.expect_exact(">>> ")
+        child.sendline("Count from 1 to 1000, one number a line.")
+        child.expect_exact("one number a line.")  # the echo of what was typed
+        child.expect(r"\d")  # it is answering
+        child.sendintr()  # Ctrl+C stops the answer, not the session
+        child.expect_exact(">>> ")
         child.sendline("/nonsense")
         child.expect_exact("Unknown command '/nonsense'")
         child.expect_exact(">>> ")
