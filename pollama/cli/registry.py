@@ -1,4 +1,5 @@
-"""`pollama pull` and `pollama push`, with progress bars drawn as Ollama's CLI draws them.
+"""`pollama pull` and `pollama push` on the local store, with progress bars drawn as Ollama's
+CLI draws them (ProgressPrinter also draws a server's /api/pull stream: cli/remote.py).
 
 Credentials for registries with Basic auth or a token server come from
 $POLLAMA_REGISTRY_USERNAME and $POLLAMA_REGISTRY_PASSWORD.
@@ -128,33 +129,7 @@ def _local(transfer_name: str):
     return run
 
 
-def _remote(path: str):
-    """The command run by the server at $OLLAMA_HOST, drawing its progress stream."""
-
-    def run(client, args: argparse.Namespace) -> int:
-        printer = ProgressPrinter()
-        try:
-            for message in client.stream(path, {"model": args.model, "insecure": args.insecure, "stream": True}):
-                printer(message)
-        finally:
-            printer.close()
-        return 0
-
-    return run
-
-
-def _via_server(local, remote):
-    def run(args: argparse.Namespace) -> int:
-        from pollama.cli.remote import via_server
-
-        return via_server(local, remote)(args)
-
-    return run
-
-
-# As `ollama pull`/`push`: through the server when one answers (it owns the store then),
-# else here.
-cmd_pull = _via_server(_local("pull_model"), _remote("/api/pull"))
-cmd_push = _via_server(_local("push_model"), _remote("/api/push"))
-pull_here = _local("pull_model")
-push_here = _local("push_model")
+# On the store here. main.py runs them through the server instead when one answers (it
+# owns the store then): remote.via_server(cmd_pull, remote.pull_remote).
+cmd_pull = _local("pull_model")
+cmd_push = _local("push_model")

@@ -73,18 +73,3 @@ def test_progress_printer_without_a_terminal_prints_each_status_once():
     lines = out.getvalue().splitlines()
     assert lines[0] == "pulling manifest" and lines[2] == "success"
     assert lines[1].startswith("pulling 0123456789ab... 100% ▕") and lines[1].endswith("100 B")
-
-
-def test_through_a_server_its_stream_is_drawn(capsys):
-    from pollama.cli.registry import _remote
-
-    class FakeClient:
-        def stream(self, path, body):
-            assert path == "/api/pull" and body == {"model": "m", "insecure": True, "stream": True}
-            yield {"status": "pulling manifest"}
-            yield {"status": "pulling 0123456789ab", "digest": "sha256:" + "0" * 64, "total": 2000, "completed": 2000}
-            yield {"status": "success"}
-
-    assert _remote("/api/pull")(FakeClient(), parse(["pull", "m", "--insecure"])) == 0
-    lines = capsys.readouterr().err.splitlines()
-    assert lines[0] == "pulling manifest" and lines[-1] == "success" and "100%" in lines[1] and "2 KB" in lines[1]

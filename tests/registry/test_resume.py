@@ -248,8 +248,8 @@ def test_ctrl_c_in_the_cli_keeps_the_download_for_the_next_run(published, proxy,
     proxy.delay = 0.02
     script = (
         "import argparse, sys\n"
-        "from pollama.cli.registry import pull_here\n"
-        "sys.exit(pull_here(argparse.Namespace(model=sys.argv[1], insecure=True)))\n"
+        "from pollama.cli.registry import cmd_pull\n"
+        "sys.exit(cmd_pull(argparse.Namespace(model=sys.argv[1], insecure=True)))\n"
     )
     env = {**os.environ, "OLLAMA_MODELS": str(root)}
     child = subprocess.Popen([sys.executable, "-c", script, name], cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
