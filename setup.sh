@@ -20,6 +20,15 @@ if ! "$VPY" -c "import ggml" 2>/dev/null; then
 fi
 
 if [ "${1:-}" = "--test" ]; then
+    # The registry tests run against the real CNCF distribution registry (Debian's
+    # docker-registry) with htpasswd auth; they skip, saying so, where it cannot be installed.
+    if ! command -v docker-registry >/dev/null 2>&1; then
+        SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo -n"
+        export DEBIAN_FRONTEND=noninteractive
+        $SUDO apt-get install -y -q docker-registry apache2-utils >/dev/null 2>&1 \
+            || { $SUDO apt-get update -q >/dev/null 2>&1 && $SUDO apt-get install -y -q docker-registry apache2-utils >/dev/null 2>&1; } \
+            || echo "setup.sh: could not install docker-registry; the registry tests will be skipped" >&2
+    fi
     "$VPY" -m pip install -q -e ".[test]"
 else
     "$VPY" -m pip install -q -e .
