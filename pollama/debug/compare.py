@@ -25,7 +25,7 @@ from pollama.debug.reference import (
 # The relative error allowed on every tensor, set from measurement: the largest relative error
 # over all tensors of the tiny random llama, smollm, mistral, qwen2 and gemma3 models of
 # tests/debug against transformers in float32 (the F32 row: with the weights converted to F32).
-#   F32 weights     torch 7.6e-7   ggml 9e-7 (llama family), 4.8e-4 (gemma3)
+#   F32 weights     torch 7.6e-7   ggml 9e-7 (llama family), 4.8e-4 (gemma3), 2.8e-3 (gemma3, 62 layers)
 #   F16 weights     torch 1.2e-3   ggml 1.5e-3
 #   Q8_0 weights    torch 3.3e-2   ggml 4.0e-2
 #   Q4_0 weights    torch 4.3e-1   ggml 4.2e-1 (random weights are a worst case for 4 bits)
@@ -36,7 +36,7 @@ from pollama.debug.reference import (
 # where it sits: the bugs tests/debug injects give 0.09 to 0.16 (RoPE of the wrong mode in one
 # layer, over a prompt of 11 tokens), 0.43 to 5.4 (a norm left out), 0.65 to 0.83 (gate and up
 # swapped). So bring a model up on F32 or F16 weights: quantized ones hide the subtler bugs.
-F32_TOLERANCE = {"torch": 1e-4, "ggml": 5e-3}
+F32_TOLERANCE = {"torch": 1e-4, "ggml": 1e-2}
 FLOAT_TOLERANCE = 1e-2  # F16/BF16 weights, either backend
 Q8_TOLERANCE = 0.15  # 8-bit weights (the least precise type in the file)
 LOW_BIT_TOLERANCE = 0.6  # fewer bits: only gross errors stand out; compare an F16 conversion first
