@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from pollama.create.options import format_option_value
@@ -42,7 +42,7 @@ def human_bytes(n: int) -> str:
 
 def human_time(then: datetime) -> str:
     """'2 minutes ago', 'About an hour ago', as Ollama's list shows."""
-    seconds = (datetime.now(timezone.utc) - then.astimezone(timezone.utc)).total_seconds()
+    seconds = (datetime.now(UTC) - then.astimezone(UTC)).total_seconds()
     for unit, size in (("year", 31536000), ("month", 2592000), ("week", 604800), ("day", 86400), ("hour", 3600), ("minute", 60)):
         if seconds >= size:
             n = int(seconds // size)

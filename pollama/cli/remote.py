@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from pollama.cli.client import Client, ServerError
 from pollama.cli.models import human_bytes
@@ -20,10 +20,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def until(expires_at: str) -> str:
     """ps's UNTIL column: "Forever", "Stopping...", "4 minutes from now"."""
     try:
-        then = datetime.fromisoformat(expires_at.replace("Z", "+00:00"))
+        then = datetime.fromisoformat(expires_at)
     except ValueError:
         return expires_at
-    seconds = (then - datetime.now(timezone.utc)).total_seconds()
+    seconds = (then - datetime.now(UTC)).total_seconds()
     if seconds > 100 * 365 * 86400:
         return "Forever"
     if seconds <= 0:
@@ -82,7 +82,7 @@ def list_remote(client: Client, args: argparse.Namespace) -> int:
 
     rows = [["NAME", "ID", "SIZE", "MODIFIED"]]
     for m in client.request("GET", "/api/tags")["models"]:
-        modified = datetime.fromisoformat(m["modified_at"].replace("Z", "+00:00"))
+        modified = datetime.fromisoformat(m["modified_at"])
         rows.append([m["name"], m["digest"][:12], human_bytes(m["size"]), human_time(modified)])
     print(_table(rows))
     return 0

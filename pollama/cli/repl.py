@@ -293,7 +293,7 @@ def repl(client: Client, model: str, options: dict[str, Any], *, verbose: bool =
     readline = None
     if sys.stdin.isatty():
         try:
-            import readline  # noqa: F811  (line editing and history on a terminal)
+            import readline
 
             if session.history:
                 _history_file().parent.mkdir(parents=True, exist_ok=True)

@@ -123,7 +123,7 @@ class Handler(socketserver.StreamRequestHandler):
             self.send_quietly({"error": str(e), "status": e.status})
         except (ValueError, TypeError, KeyError) as e:
             self.send_quietly({"error": str(e) or type(e).__name__, "status": 400})
-        except Exception as e:  # noqa: BLE001 - any failure is answered, never a dead connection
+        except Exception as e:
             log.exception("request failed")
             self.send_quietly({"error": f"{type(e).__name__}: {e}", "status": 500})
 

@@ -39,7 +39,7 @@ from pollama.server.http import (
     rfc3339,
     unless_disconnected,
 )
-from pollama.server.models import ModelRef, full_metadata, not_found, resolve_model
+from pollama.server.models import ModelRef, full_metadata, resolve_model
 from pollama.server.options import MAX_TOP_LOGPROBS, request_options
 from pollama.server.prompt import Specials, chat_prompt, generate_prompt
 from pollama.server.scheduler import Scheduler
@@ -131,7 +131,7 @@ async def ndjson_or_single(request: Request, events: AsyncIterator[dict[str, Any
             return out
 
         return json_response(combine(await unless_disconnected(request, collect())))
-    first, all_events = await primed(request, events)
+    _first, all_events = await primed(request, events)
 
     async def lines() -> AsyncIterator[bytes]:
         try:
@@ -139,7 +139,7 @@ async def ndjson_or_single(request: Request, events: AsyncIterator[dict[str, Any
                 yield json_bytes(event) + b"\n"
         except APIError as e:
             yield json_bytes({"error": e.message}) + b"\n"
-        except Exception as e:  # noqa: BLE001 - the stream still ends with an error object
+        except Exception as e:
             log.exception("stream failed")
             yield json_bytes({"error": f"internal error: {type(e).__name__}: {e}"}) + b"\n"
         finally:

@@ -99,7 +99,7 @@ def parse_keep_alive(value: object) -> float:
     ValueError names what was wrong.
     """
     if isinstance(value, bool):
-        raise ValueError(f"invalid keep_alive {value!r}: give seconds or a duration such as \"5m\"")
+        raise ValueError(f"invalid keep_alive {value!r}: give seconds or a duration such as \"5m\"")  # noqa: TRY004 - a 400 to the client
     if isinstance(value, (int, float)):
         seconds = float(value)
     elif isinstance(value, str):
@@ -109,7 +109,7 @@ def parse_keep_alive(value: object) -> float:
         except ValueError:
             seconds = parse_go_duration(text)
     else:
-        raise ValueError(f"invalid keep_alive {value!r}: give seconds or a duration such as \"5m\"")
+        raise ValueError(f"invalid keep_alive {value!r}: give seconds or a duration such as \"5m\"")  # noqa: TRY004 - a 400 to the client
     if math.isnan(seconds):
         raise ValueError("invalid keep_alive: NaN")
     return FOREVER if seconds < 0 else seconds

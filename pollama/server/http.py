@@ -7,7 +7,7 @@ import contextlib
 import json
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from starlette.requests import Request
@@ -34,7 +34,7 @@ def json_response(obj: Any, status: int = 200) -> Response:
 
 def now_rfc3339() -> str:
     """The time now as Ollama writes created_at (RFC 3339, UTC, sub-second)."""
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def rfc3339(t: datetime) -> str:

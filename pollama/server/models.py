@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import threading
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ class ModelRef:
     model_path: Path
     digest: str = ""
     size: int = 0
-    modified_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    modified_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     template: str | None = None
     system: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
@@ -187,5 +187,5 @@ def _resolve_embedded(name: str) -> ModelRef:
     digest = hashlib.sha256(f"{path}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()
     return ModelRef(
         name=f"{short}:latest", model_path=path, digest=digest, size=st.st_size,
-        modified_at=datetime.fromtimestamp(st.st_mtime, timezone.utc), metadata=metadata, n_params=n_params,
+        modified_at=datetime.fromtimestamp(st.st_mtime, UTC), metadata=metadata, n_params=n_params,
     )

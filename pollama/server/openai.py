@@ -6,7 +6,6 @@ middleware does; errors take OpenAI's shape {"error": {"message", "type", "param
 from __future__ import annotations
 
 import base64
-import json
 import random
 import struct
 import time
@@ -19,7 +18,14 @@ from starlette.responses import Response
 
 from pollama.server.errors import APIError
 from pollama.server.generate import Completion, embed, in_thread, run_completion
-from pollama.server.http import EventStream, json_bytes, json_response, primed, read_json, unless_disconnected
+from pollama.server.http import (
+    EventStream,
+    json_bytes,
+    json_response,
+    primed,
+    read_json,
+    unless_disconnected,
+)
 from pollama.server.options import request_options
 
 FINGERPRINT = "fp_ollama"
@@ -185,7 +191,7 @@ def add_openai_routes(app: FastAPI, state) -> None:
                 for out in chunk(message, include_usage):
                     yield out
 
-        first, all_chunks = await primed(request, chunks())
+        _first, all_chunks = await primed(request, chunks())
         return EventStream(sse(all_chunks), "text/event-stream")
 
     @app.post("/v1/chat/completions")
@@ -210,7 +216,7 @@ def add_openai_routes(app: FastAPI, state) -> None:
                                        tokenize=runner.tokenize_sync, specials=Specials(runner.bos_token, runner.eos_token))
             return build_prompt
 
-        model, job = await completion_job(body, build)
+        _model, job = await completion_job(body, build)
         ident = f"chatcmpl-{random.randint(0, 999)}"
         created = int(time.time())
         name = body["model"]
@@ -260,7 +266,7 @@ def add_openai_routes(app: FastAPI, state) -> None:
                                        specials=Specials(runner.bos_token, runner.eos_token))
             return build_prompt
 
-        model, job = await completion_job(body, build, completions=True)
+        _model, job = await completion_job(body, build, completions=True)
         ident = f"cmpl-{random.randint(0, 999)}"
         created = int(time.time())
         name = body["model"]

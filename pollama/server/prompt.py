@@ -58,7 +58,7 @@ def chat_prompt(model: ModelRef, messages: list[dict[str, Any]], *, num_ctx: int
     from pollama.template.prompt import jinja_chat_prompt
 
     full = _with_model_messages(model, messages)
-    count = lambda text: len(tokenize(text))  # noqa: E731
+    count = lambda text: len(tokenize(text))
     jinja = hf_chat_template(model)
     try:
         if jinja is not None:
@@ -81,7 +81,7 @@ def generate_prompt(model: ModelRef, prompt: str, *, system: str | None, templat
 
     if suffix and "insert" not in model.capabilities and not template:
         raise APIError(400, f"{model.name} does not support insert")
-    count = lambda text: len(tokenize(text))  # noqa: E731
+    count = lambda text: len(tokenize(text))
     jinja = None if template else hf_chat_template(model)
     try:
         if jinja is not None:

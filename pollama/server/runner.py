@@ -12,7 +12,6 @@ import contextlib
 import json
 import logging
 import math
-import os
 import shutil
 import signal
 import sys
@@ -96,7 +95,7 @@ class RunnerProcess:
         try:
             wait = None if math.isinf(timeout) else timeout
             hello = await asyncio.wait_for(self._hello(), wait)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             await self.stop()
             raise RunnerError(f"timed out loading model {self.name} after {timeout:.0f}s") from None
         except BaseException:

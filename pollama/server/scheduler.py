@@ -23,7 +23,7 @@ import math
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from pollama.server.config import ServerConfig
 from pollama.server.errors import APIError
@@ -55,7 +55,7 @@ class Loaded:
         """When this model will be unloaded if nothing uses it (far away when never)."""
         if self.expires_at is not None:
             return self.expires_at
-        now = datetime.now(timezone.utc).astimezone()
+        now = datetime.now(UTC).astimezone()
         if math.isinf(self.keep_alive):
             return now + FOREVER_UNTIL
         return now + timedelta(seconds=self.keep_alive)
@@ -137,7 +137,7 @@ class Scheduler:
     async def _load(self, loaded: Loaded) -> None:
         try:
             await loaded.runner.start(self.config.load_timeout)
-        except BaseException as e:
+        except BaseException as e:  # noqa: BLE001 - waiters must hear of any failure, cancellation included
             async with self.changed:
                 self._forget(loaded)
             if not loaded.ready.done():
@@ -167,7 +167,7 @@ class Scheduler:
     # -- expiry and unloading -----------------------------------------------------------
     def _start_timer(self, loaded: Loaded) -> None:
         self._cancel_timer(loaded)
-        loaded.expires_at = datetime.now(timezone.utc).astimezone() + timedelta(seconds=loaded.keep_alive)
+        loaded.expires_at = datetime.now(UTC).astimezone() + timedelta(seconds=loaded.keep_alive)
         loaded.timer = asyncio.get_running_loop().call_later(
             loaded.keep_alive, lambda: self._spawn(self._expire(loaded))
         )

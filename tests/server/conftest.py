@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-
 from realmodels import real_model
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -56,7 +56,7 @@ def start_server(tmp: Path, **env_overrides: str) -> Server:
         **os.environ, "OLLAMA_HOST": host, "OLLAMA_MODELS": str(models), "POLLAMA_CACHE": str(tmp / "cache"),
         "OLLAMA_NUM_PARALLEL": "2", "OLLAMA_KEEP_ALIVE": "5m", **env_overrides,
     }
-    log = open(tmp / "server.log", "wb")
+    log = open(tmp / "server.log", "wb")  # noqa: SIM115 - the server writes it while it runs
     proc = subprocess.Popen([sys.executable, "-m", "pollama.cli.main", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://{host}"
     deadline = time.monotonic() + 60

@@ -6,7 +6,12 @@ import math
 
 import pytest
 
-from pollama.server.config import ServerConfig, parse_go_duration, parse_host, parse_keep_alive
+from pollama.server.config import (
+    ServerConfig,
+    parse_go_duration,
+    parse_host,
+    parse_keep_alive,
+)
 
 
 @pytest.mark.parametrize("value, scheme, host, port, url", [

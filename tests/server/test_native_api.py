@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import ollama
 import pytest
@@ -101,7 +101,7 @@ def test_empty_prompt_loads_and_keep_alive_zero_unloads(server, client):
     ps = client.ps().models
     assert [m.model for m in ps] == ["smollm2:latest"]
     expires = ps[0].expires_at
-    assert timedelta(minutes=9) < expires - datetime.now(timezone.utc) <= timedelta(minutes=10, seconds=5)
+    assert timedelta(minutes=9) < expires - datetime.now(UTC) <= timedelta(minutes=10, seconds=5)
     assert ps[0].context_length > 0 and ps[0].size > 0
     r = client.generate(model="smollm2", prompt="", keep_alive=0)
     assert r.done_reason == "unload"

@@ -259,5 +259,5 @@ def test_runners_exit_when_the_server_is_killed(server_factory):
     assert len(runners) == 1
     srv.proc.kill()  # no shutdown code runs: the runner sees its stdin pipe close
     srv.proc.wait(10)
-    gone, alive = psutil.wait_procs(runners, timeout=20)
+    _gone, alive = psutil.wait_procs(runners, timeout=20)
     assert not alive
