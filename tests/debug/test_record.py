@@ -19,6 +19,7 @@ from pollama.ml.base import Context, Recorder
 from pollama.ml.ggml.backend import GGMLBackend
 from pollama.ml.ggml.lib import ggml
 from pollama.models.base import load_model
+from pollama.runner.engine import Engine
 
 SMOLLM2_BLOCKS = 30
 SMOLLM2_DIM = 576
@@ -111,3 +112,23 @@ def test_smollm2_dump_has_one_finite_entry_per_block():
     for name, stats in rec.stats():
         assert "NOT FINITE" not in stats and stats.endswith("finite"), name
     assert rec.values["blk.29.out"].shape == (1, SMOLLM2_DIM) and rec.values["logits"].shape == (1, 49152)
+
+
+def decode_logits(gguf_path, ids, recorder, steps: int = 5) -> list[np.ndarray]:
+    backend = GGMLBackend(n_threads=1)
+    backend.recorder = recorder
+    with Engine(gguf_path, backend=backend, num_ctx=64) as engine:
+        logits, _ = engine.prefill(ids)
+        out = [logits]
+        for _ in range(steps):
+            out.append(engine.decode(int(np.argmax(out[-1]))))
+    return out
+
+
+def test_decode_with_kept_graphs_records_every_step_and_computes_the_same(case):
+    # Decode reruns kept graphs (rerun): the recorded outputs must come back each time there too.
+    recorder = Recorder()
+    on = decode_logits(case.gguf, case.ids, recorder)
+    off = decode_logits(case.gguf, case.ids, None)
+    assert all(np.array_equal(a, b) for a, b in zip(on, off, strict=True))
+    assert recorder.steps == 6 and np.array_equal(recorder.values["logits"][0], on[-1])
