@@ -234,11 +234,19 @@ class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     request_queue_size = 1024
 
 
-def _exit_when_stdin_closes() -> None:
-    # The server holds our stdin open; when it dies (even by SIGKILL) the pipe closes.
+def _exit_when_stdin_closes(socket_path: str) -> None:
+    # The server holds our stdin open; when it dies (even by SIGKILL) the pipe closes, and
+    # nobody else is left to remove the socket and the private directory it made for it.
     try:
         while sys.stdin.buffer.read(4096):
             pass
+    except OSError:
+        pass
+    try:
+        os.unlink(socket_path)
+        folder = os.path.dirname(socket_path)
+        if os.path.basename(folder).startswith("pollama-runner-"):
+            os.rmdir(folder)
     except OSError:
         pass
     os._exit(0)
@@ -271,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.DEBUG if debug_enabled() else logging.WARNING,
                         format="runner %(levelname)s %(name)s: %(message)s")
-    threading.Thread(target=_exit_when_stdin_closes, daemon=True).start()
+    threading.Thread(target=_exit_when_stdin_closes, args=(args.socket,), daemon=True).start()
     try:
         model = Model(args)
     except Exception as e:  # noqa: BLE001 - the server shows this line to the user

@@ -8,6 +8,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import ollama
@@ -257,7 +258,9 @@ def test_runners_exit_when_the_server_is_killed(server_factory):
         assert http.post("/api/generate", json={"model": "smollm2", "prompt": ""}).status_code == 200
     runners = [psutil.Process(pid) for pid in srv.runner_pids()]
     assert len(runners) == 1
+    socket_dirs = {Path(arg).parent for p in runners for arg in p.cmdline() if arg.endswith("runner.sock")}
     srv.proc.kill()  # no shutdown code runs: the runner sees its stdin pipe close
     srv.proc.wait(10)
     _gone, alive = psutil.wait_procs(runners, timeout=20)
     assert not alive
+    assert socket_dirs and not any(d.exists() for d in socket_dirs)  # they cleaned up after themselves
