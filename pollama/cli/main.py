@@ -23,9 +23,15 @@ def resolve_model(name: str) -> Path:
 
 def resolve(name: str) -> tuple[Path, dict]:
     """(GGUF path, the model's stored options) for a file, embedded model or store model."""
+    path, stored = resolve_stored(name)
+    return path, dict(stored.params) if stored is not None else {}
+
+
+def resolve_stored(name: str):
+    """(GGUF path, the store's ResolvedModel or None) for a file, embedded model or store model."""
     path = Path(name).expanduser()
     if path.is_file():
-        return path, {}
+        return path, None
     if path.exists():
         raise CLIError(f"{name}: not a regular file")
     from pollama.store.store import Store
@@ -36,12 +42,12 @@ def resolve(name: str) -> tuple[Path, dict]:
             resolved = store.resolve(name)
             if resolved.model_path is None:
                 raise CLIError(f"model {name!r} has no weights pollama can run")
-            return resolved.model_path, dict(resolved.params)
+            return resolved.model_path, resolved
     except ValueError as e:
         if name not in EMBEDDED_MODELS:
             raise CLIError(str(e)) from None
     if name in EMBEDDED_MODELS:
-        return embedded_model_path(name), {}
+        return embedded_model_path(name), None
     known = ", ".join(EMBEDDED_MODELS)
     raise CLIError(f"model {name!r} not found: give a GGUF file, a model created with `pollama create`, or one of {known}")
 
@@ -106,20 +112,25 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def run_here(args: argparse.Namespace) -> int:
-    """`run` without a server: load the model in this process and generate from the raw prompt."""
+    """`run` without a server: load the model in this process and answer the prompt as a chat
+    message through the model's template, as the server would. A GGUF given by its path (not
+    something Ollama can run) takes the prompt as raw text: the way to test a file as it is."""
     import time
 
     from pollama.runner.engine import Done, Engine, GenerateOptions
     from pollama.sample import SamplerOptions
 
     started = time.perf_counter_ns()
-    path, stored = resolve(args.model)
+    path, stored = resolve_stored(args.model)
     prompt = args.prompt if args.prompt is not None else sys.stdin.read()
     # Options: the model's stored PARAMETERs, overridden by flags given here.
-    options = {**stored, **_run_flags(args)}
+    options = {**(stored.params if stored is not None else {}), **_run_flags(args)}
     sampler = SamplerOptions.from_options(options)
-    with Engine(path, backend=args.backend, num_ctx=options.get("num_ctx", 4096), num_thread=options.get("num_thread")) as engine:
-        ids = engine.tokenizer.encode(prompt, add_special=True, parse_special=True)
+    num_ctx = options.get("num_ctx", 4096)
+    with Engine(path, backend=args.backend, num_ctx=num_ctx, num_thread=options.get("num_thread")) as engine:
+        is_file = Path(args.model).expanduser().is_file()
+        text = prompt if is_file else _chat_prompt_here(engine, stored, prompt, num_ctx)
+        ids = engine.tokenizer.encode(text, add_special=True, parse_special=True)
         options = GenerateOptions(num_predict=options.get("num_predict", 128), stop=options.get("stop") or (), sampler=sampler)
         done = None
         for event in engine.generate(ids, options):
@@ -132,6 +143,34 @@ def run_here(args: argparse.Namespace) -> int:
         if args.verbose and done is not None:
             print_timings(done, time.perf_counter_ns() - started, engine.load_duration)
     return 0
+
+
+def _chat_prompt_here(engine, stored, prompt: str, num_ctx: int) -> str:
+    """The prompt as one user message in the model's chat: its Go TEMPLATE (with SYSTEM and
+    MESSAGEs) when it has one, else the GGUF's Jinja chat_template; the text itself without either."""
+    from pollama.template import TemplateError
+    from pollama.template.prompt import chat_prompt, jinja_chat_prompt
+
+    messages = [{"role": "user", "content": prompt}]
+    if stored is not None:
+        history = list(stored.messages)
+        if stored.system:
+            history.insert(0, {"role": "system", "content": stored.system})
+        messages = history + messages
+    tokenizer = engine.tokenizer
+    count = lambda text: len(tokenizer.encode(text, add_special=True, parse_special=True))  # noqa: E731
+    try:
+        if stored is not None and stored.template is not None:
+            return chat_prompt(stored.template, messages, count_tokens=count, num_ctx=num_ctx)[0]
+        jinja = engine.gguf.metadata.get("tokenizer.chat_template")
+        if isinstance(jinja, str) and jinja.strip():
+            # The template's own BOS text is dropped only when the tokenizer adds BOS itself.
+            bos = tokenizer.token_text(tokenizer.bos_id) if tokenizer.add_bos and tokenizer.bos_id is not None else ""
+            eos = tokenizer.token_text(tokenizer.eos_id) if tokenizer.eos_id is not None else ""
+            return jinja_chat_prompt(jinja, messages, bos_token=bos, eos_token=eos, count_tokens=count, num_ctx=num_ctx)[0]
+    except TemplateError as e:
+        raise CLIError(f"the model's template: {e}") from None
+    return prompt
 
 
 def _load_tokenizer(name: str):
@@ -165,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pollama", description="Ollama's engine, in Python, on GGML.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="generate from a raw prompt")
+    run = sub.add_parser("run", help="run a model: the prompt as a chat message (raw text for a GGUF file path)")
     run.add_argument("model", help="a GGUF file, or an embedded model: " + ", ".join(EMBEDDED_MODELS))
     run.add_argument("prompt", nargs="?", help="the prompt (default: read stdin)")
     run.add_argument("--verbose", action="store_true", help="print timings after the response")
