@@ -79,21 +79,10 @@ def cmd_rm(args: argparse.Namespace) -> int:
     return 0
 
 
-def _capabilities(metadata: dict, template: str | None) -> list[str]:
-    # As Ollama derives them: an encoder (pooling) embeds, anything else completes; the
-    # template's variables add tools and insert (suffix), a vision tower adds vision.
-    arch = metadata.get("general.architecture", "")
-    caps = ["embedding"] if metadata.get(f"{arch}.pooling_type") or arch == "bert" else ["completion"]
-    text = template or ""
-    if ".Tools" in text:
-        caps.append("tools")
-    if ".Suffix" in text:
-        caps.append("insert")
-    if metadata.get(f"{arch}.vision.block_count"):
-        caps.append("vision")
-    if ".Thinking" in text or ".Think" in text:
-        caps.append("thinking")
-    return caps
+def _capabilities(metadata: dict, template: str | None, projector: bool = False, family: str = "") -> list[str]:
+    from pollama.create.capabilities import model_capabilities
+
+    return model_capabilities(metadata, template, projector=projector, family=family)
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -136,7 +125,8 @@ def cmd_show(args: argparse.Namespace) -> int:
             ["quantization", resolved.config.get("file_type", "")],
         ]
         sections = [("Model", _table(rows, "    "))]
-        sections.append(("Capabilities", "\n".join("    " + c for c in _capabilities(md, resolved.template))))
+        sections.append(("Capabilities", "\n".join("    " + c for c in _capabilities(
+            md, resolved.template, bool(resolved.projector_paths), str(resolved.config.get("model_family") or "")))))
         if resolved.params:
             lines = [[k, format_option_value(v)] for k, vs in resolved.params.items() for v in (vs if isinstance(vs, list) else [vs])]
             sections.append(("Parameters", _table(lines, "    ")))

@@ -11,8 +11,11 @@ code that crashes or aborts takes down this process only. The protocol is JSON l
   request (a completion frees its sequence slot within one step).
 
 Requests ("op"):
-  completion  {prompt, options, logprobs, top_logprobs} -> {"content", "logprobs"?}... then
+  completion  {prompt, options, logprobs, top_logprobs, format?, constrain_after?} -> {"content", "logprobs"?}... then
               {"done": true, "done_reason", counts and durations, "context"}
+              `format` ("json" or a JSON schema) constrains the output; with `constrain_after`
+              (a thinking block's closing tag; the prompt left the model inside that block)
+              only the text after it, and the block is bounded (see ThinkingThenFormat).
   embed       {input: [str], truncate, normalize, dimensions} -> {"embeddings", "prompt_eval_count"}
   tokenize    {content, add_special?} -> {"tokens"}
   detokenize  {tokens} -> {"content"}
@@ -79,13 +82,86 @@ class Model:
             self.embedder.close()
 
 
-def _generate_options(request: dict[str, Any]):
+class ThinkingThenFormat:
+    """A thinking block, then structured output: the constraint for a format with thinking on.
+
+    The thinking text is free, but it may not end the answer (end-of-generation tokens are
+    masked) and it has a budget of tokens: once spent, the closing tag is forced. So every
+    answer reaches the format, whose grammar then rules until the structure is complete. A
+    small model that never closes its thinking would otherwise give no structured output at
+    all (Ollama's longest-standing structured-output complaint, #8063).
+    """
+
+    def __init__(self, tokenizer, inner, closing: str, budget: int):
+        self.tokenizer = tokenizer
+        self.inner = inner
+        self.closing = closing
+        self.budget = budget
+        self.closing_ids = tokenizer.encode(closing, add_special=False, parse_special=True)
+        self.thinking_tokens = 0
+        self.forced: list[int] = []  # the closing tag's tokens still to come, once the budget is spent
+        self.in_format = False
+        self._tail = ""
+
+    def mask(self):
+        import numpy as np
+
+        if self.in_format:
+            return self.inner.mask()
+        allowed = np.zeros(self.tokenizer.vocab_size, dtype=bool)
+        if self.forced:
+            allowed[self.forced[0]] = True
+            return allowed
+        allowed[:] = True
+        allowed[[t for t in self.tokenizer.eog_ids if t < len(allowed)]] = False
+        return allowed
+
+    def accept(self, token: int) -> None:
+        if self.in_format:
+            self.inner.accept(token)
+            return
+        if self.forced:
+            self.forced.pop(0)
+            self.in_format = not self.forced
+            return
+        self.thinking_tokens += 1
+        self._tail = (self._tail + self.tokenizer.decode([int(token)]))[-4 * len(self.closing):]
+        if self.closing in self._tail:
+            self.in_format = True
+        elif self.thinking_tokens >= self.budget:
+            self.forced = list(self.closing_ids)
+
+    @property
+    def done(self) -> bool:
+        return self.in_format and self.inner.done
+
+
+def thinking_budget(num_predict: int) -> int:
+    """Tokens a thinking block may take before structured output: half of num_predict when it
+    is set, so the structure has the other half; else 1024."""
+    return max(1, num_predict // 2) if num_predict > 0 else 1024
+
+
+def _generate_options(request: dict[str, Any], tokenizer):
     from pollama.runner.generation import GenerateOptions
     from pollama.sample import SamplerOptions
+    from pollama.sample.constraint import make_constraint
 
     options = request.get("options") or {}
+    # Built before the prompt is queued, so a bad format fails at once with Ollama's message.
+    try:
+        constraint = make_constraint(tokenizer, request.get("format"))
+    except ValueError as e:
+        raise RequestError(str(e)) from None
+    constrain_after = request.get("constrain_after") or None
+    if constrain_after is not None and not isinstance(constrain_after, str):
+        raise RequestError("constrain_after must be a string")
+    num_predict = int(options.get("num_predict", -1))
+    if constraint is not None and constrain_after:
+        constraint = ThinkingThenFormat(tokenizer, constraint, constrain_after, thinking_budget(num_predict))
     return GenerateOptions(
-        num_predict=int(options.get("num_predict", -1)),
+        constraint=constraint,
+        num_predict=num_predict,
         stop=tuple(options.get("stop") or ()),
         sampler=SamplerOptions.from_options(options),
         logprobs=bool(request.get("logprobs") or request.get("top_logprobs")),
@@ -147,6 +223,7 @@ class Handler(socketserver.StreamRequestHandler):
         prompt = request.get("prompt")
         if not isinstance(prompt, str):
             raise RequestError("completion needs a prompt string")
+        options = _generate_options(request, self.model.tokenizer)
         tokens = self.model.tokenizer.encode(prompt, add_special=True, parse_special=True)
         if not tokens:
             raise RequestError("the prompt is empty after tokenization")
@@ -154,7 +231,7 @@ class Handler(socketserver.StreamRequestHandler):
             raise RequestError(
                 f"the input length ({len(tokens)} tokens) exceeds the context length ({self.model.num_ctx} tokens)"
             )
-        job = engine.submit(tokens, _generate_options(request))
+        job = engine.submit(tokens, options)
         finished = threading.Event()
         watcher = threading.Thread(target=self._cancel_on_close, args=(job, finished), daemon=True)
         watcher.start()

@@ -24,6 +24,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
+from pollama.server.chat import (
+    check_tool_calls,
+    check_tools,
+    message_fields,
+    output_parser,
+    parse_think,
+    require_tools,
+    resolve_think,
+)
 from pollama.server.config import ServerConfig, parse_keep_alive
 from pollama.server.errors import APIError
 from pollama.server.generate import Completion, embed, in_thread, run_completion
@@ -41,7 +50,7 @@ from pollama.server.http import (
 )
 from pollama.server.models import ModelRef, full_metadata, resolve_model
 from pollama.server.options import MAX_TOP_LOGPROBS, request_options
-from pollama.server.prompt import Specials, chat_prompt, generate_prompt
+from pollama.server.prompt import chat_prompt, generate_prompt
 from pollama.server.scheduler import Scheduler
 from pollama.store.errors import DigestMismatch, InvalidName, ModelNotFound, StoreError
 from pollama.store.manifest import check_digest
@@ -80,18 +89,8 @@ def keep_alive_of(body: dict[str, Any]) -> float | None:
         raise APIError(400, str(e)) from None
 
 
-def refuse_unsupported(body: dict[str, Any], *, tools: bool = True) -> None:
-    """Structured outputs, tools and thinking come later: say so rather than ignore them."""
-    fmt = body.get("format")
-    if fmt not in (None, ""):
-        if fmt != "json" and not isinstance(fmt, dict):
-            raise APIError(400, f"invalid format: {json.dumps(fmt)} (use \"json\" or a JSON schema)")
-        raise APIError(400, "format (structured outputs) is not supported yet by pollama")
-    if tools and body.get("tools"):
-        raise APIError(400, "tools are not supported yet by pollama")
-    think = body.get("think")
-    if think not in (None, False, "", "none"):
-        raise APIError(400, "think is not supported yet by pollama")
+def refuse_unsupported(body: dict[str, Any]) -> None:
+    """Images come later: say so rather than ignore them."""
     if body.get("images"):
         raise APIError(400, "images are not supported yet by pollama")
 
@@ -418,6 +417,7 @@ async def generate_response(state: State, request: Request, body: dict[str, Any]
     stream = field(body, "stream", bool, True)
     context = field(body, "context", list, None)
     render_only = field(body, "_debug_render_only", bool, False)
+    think = parse_think(body.get("think"))
     if context is not None and not all(isinstance(t, int) and not isinstance(t, bool) for t in context):
         raise APIError(400, 'invalid value for "context": expected an array of integers')
     if raw and (template or system or context):
@@ -425,6 +425,7 @@ async def generate_response(state: State, request: Request, body: dict[str, Any]
     logprobs, top_logprobs = logprob_fields(body)
     keep_alive = keep_alive_of(body)
     model = await state.resolve(name)
+    think = resolve_think(model, name, think)
     if "completion" not in model.capabilities:
         raise APIError(400, f'"{name}" does not support generate')
     options = request_options(model, body.get("options"), state.config)
@@ -448,37 +449,54 @@ async def generate_response(state: State, request: Request, body: dict[str, Any]
             context_text = (await runner.call({"op": "detokenize", "tokens": context}))["content"]
         return await in_thread(generate_prompt, model, prompt, system=system, template=template, suffix=suffix,
                                context_text=context_text, tokenize=runner.tokenize_sync, num_ctx=num_ctx,
-                               specials=Specials(runner.bos_token, runner.eos_token))
+                               specials=runner.specials(), think=think)
 
-    job = Completion(model, options, keep_alive, build_prompt, logprobs, top_logprobs, render_only)
+    # Generate splits thinking from the response (no tool calls: that needs a built-in parser).
+    make_parser = None if raw else output_parser(model, [], think)
+    job = Completion(model, options, keep_alive, build_prompt, logprobs, top_logprobs, render_only,
+                     format=body.get("format"), make_parser=make_parser)
 
     async def events() -> AsyncIterator[dict[str, Any]]:
         async for message in run_completion(state.scheduler, job):
             if "rendered" in message:
-                yield reply(response="", done=True, done_reason="stop",
-                            _debug_info={"rendered_template": message["rendered"], "image_count": 0})
+                # As Ollama: the rendered prompt and nothing else (done stays false).
+                yield reply(response="", done=False, _debug_info=debug_info(message["rendered"]))
                 return
+            chunk = reply(response=message.get("content", ""))
+            if message.get("thinking"):
+                chunk["thinking"] = message["thinking"]
+            chunk["done"] = bool(message.get("done"))
+            if "logprobs" in message:
+                chunk["logprobs"] = message["logprobs"]
             if message.get("done"):
-                final = reply(response="", done=True, done_reason=message["done_reason"])
+                chunk["done_reason"] = message["done_reason"]
                 if not raw:
-                    final["context"] = message["context"]
-                final.update(metrics(message))
-                yield final
-            else:
-                chunk = reply(response=message["content"], done=False)
-                if "logprobs" in message:
-                    chunk["logprobs"] = message["logprobs"]
-                yield chunk
+                    chunk["context"] = message["context"]
+                chunk.update(metrics(message))
+            yield chunk
 
     def combine(chunks: list[dict[str, Any]]) -> dict[str, Any]:
         final = dict(chunks[-1]) if chunks else reply(response="", done=True, done_reason="stop")
+        if "_debug_info" in final:
+            return final
         final["response"] = "".join(c.get("response", "") for c in chunks)
+        thinking = "".join(c.get("thinking", "") for c in chunks)
+        if thinking:
+            final["thinking"] = thinking
         lps = [lp for c in chunks for lp in c.get("logprobs", [])]
         if lps:
             final["logprobs"] = lps
         return final
 
     return await ndjson_or_single(request, events(), stream, combine)
+
+
+def debug_info(rendered: str, image_count: int = 0) -> dict[str, Any]:
+    """Ollama's _debug_info (image_count is left out when 0, as Go's omitempty does)."""
+    info: dict[str, Any] = {"rendered_template": rendered}
+    if image_count:
+        info["image_count"] = image_count
+    return info
 
 
 def check_messages(value: object) -> list[dict[str, Any]]:
@@ -500,9 +518,10 @@ def check_messages(value: object) -> list[dict[str, Any]]:
             raise APIError(400, f'messages[{i}].content must be a string')
         if m.get("images"):
             raise APIError(400, "images are not supported yet by pollama")
-        if m.get("tool_calls"):
-            raise APIError(400, "tool calls are not supported yet by pollama")
-        messages.append({**m, "role": role.lower(), "content": content})
+        checked = {**m, "role": role.lower(), "content": content}
+        if m.get("tool_calls") is not None:
+            checked["tool_calls"] = check_tool_calls(i, m["tool_calls"])
+        messages.append(checked)
     return messages
 
 
@@ -513,56 +532,98 @@ async def chat_response(state: State, request: Request, body: dict[str, Any]) ->
         raise APIError(400, "model is required")
     refuse_unsupported(body)
     messages = check_messages(body.get("messages"))
+    tools = check_tools(body.get("tools"))
+    think = parse_think(body.get("think"))
     stream = field(body, "stream", bool, True)
     truncate = field(body, "truncate", bool, True)
     render_only = field(body, "_debug_render_only", bool, False)
     logprobs, top_logprobs = logprob_fields(body)
     keep_alive = keep_alive_of(body)
     model = await state.resolve(name)
+    think = resolve_think(model, name, think)
     if "completion" not in model.capabilities:
         raise APIError(400, f'"{name}" does not support chat')
+    require_tools(model, tools)
     options = request_options(model, body.get("options"), state.config)
+    return await chat_stream(state, request, ChatRequest(
+        name=name, model=model, messages=messages, tools=tools, think=think, format=body.get("format"),
+        options=options, keep_alive=keep_alive, truncate=truncate, logprobs=logprobs, top_logprobs=top_logprobs,
+        render_only=render_only), stream)
 
-    def reply(content: str = "", **fields: Any) -> dict[str, Any]:
-        return {"model": name, "created_at": now_rfc3339(), "message": {"role": "assistant", "content": content}, **fields}
 
-    if not messages and not render_only:
-        if keep_alive == 0:
-            await state.scheduler.unload(model.name)
+class ChatRequest:
+    """A checked chat request (native, or translated from OpenAI's)."""
+
+    def __init__(self, *, name: str, model: ModelRef, messages: list[dict[str, Any]], tools: list[dict[str, Any]],
+                 think: bool | str | None, format: Any, options: Any, keep_alive: float | None, truncate: bool = True,
+                 logprobs: bool = False, top_logprobs: int = 0, render_only: bool = False,
+                 force_tool_json: bool = False):
+        self.name, self.model, self.messages, self.tools = name, model, messages, tools
+        self.think, self.format, self.options, self.keep_alive = think, format, options, keep_alive
+        self.truncate, self.logprobs, self.top_logprobs = truncate, logprobs, top_logprobs
+        self.render_only, self.force_tool_json = render_only, force_tool_json
+
+    def job(self) -> Completion:
+        """The generation: the prompt rendered with tools and think, the output parsed."""
+        model, messages, tools, think = self.model, self.messages, self.tools, self.think
+        truncate = self.truncate
+
+        async def build_prompt(runner, num_ctx: int) -> str:
+            return await in_thread(chat_prompt, model, messages, num_ctx=num_ctx, truncate=truncate,
+                                   tokenize=runner.tokenize_sync, specials=runner.specials(), tools=tools, think=think)
+
+        return Completion(model, self.options, self.keep_alive, build_prompt, self.logprobs, self.top_logprobs,
+                          self.render_only, format=self.format,
+                          make_parser=output_parser(model, tools, think, force_tool_json=self.force_tool_json))
+
+
+async def chat_stream(state: State, request: Request, chat: ChatRequest, stream: bool) -> Response:
+    """/api/chat's answer: NDJSON chunks of {message: {role, content, thinking?, tool_calls?}}, or one object."""
+    name = chat.name
+
+    def reply(message: dict[str, Any] | None = None, **fields: Any) -> dict[str, Any]:
+        return {"model": name, "created_at": now_rfc3339(), "message": message or {"role": "assistant", "content": ""},
+                **fields}
+
+    if not chat.messages and not chat.render_only:
+        if chat.keep_alive == 0:
+            await state.scheduler.unload(chat.model.name)
             return json_response(reply(done=True, done_reason="unload"))
-        async with state.scheduler.use(model, options.spec, keep_alive):
+        async with state.scheduler.use(chat.model, chat.options.spec, chat.keep_alive):
             pass
         return json_response(reply(done=True, done_reason="load"))
 
-    async def build_prompt(runner, num_ctx: int) -> str:
-        return await in_thread(chat_prompt, model, messages, num_ctx=num_ctx, truncate=truncate,
-                               tokenize=runner.tokenize_sync, specials=Specials(runner.bos_token, runner.eos_token))
-
-    job = Completion(model, options, keep_alive, build_prompt, logprobs, top_logprobs, render_only)
+    job = chat.job()
 
     async def events() -> AsyncIterator[dict[str, Any]]:
         async for message in run_completion(state.scheduler, job):
             if "rendered" in message:
-                yield reply(done=True, done_reason="stop",
-                            _debug_info={"rendered_template": message["rendered"], "image_count": 0})
+                yield reply(done=False, _debug_info=debug_info(message["rendered"]))
                 return
+            chunk = reply(message_fields(message), done=bool(message.get("done")))
+            if "logprobs" in message:
+                chunk["logprobs"] = message["logprobs"]
             if message.get("done"):
-                yield reply(done=True, done_reason=message["done_reason"], **metrics(message))
-            else:
-                chunk = reply(message["content"], done=False)
-                if "logprobs" in message:
-                    chunk["logprobs"] = message["logprobs"]
-                yield chunk
+                chunk["done_reason"] = message["done_reason"]
+                chunk.update(metrics(message))
+            yield chunk
 
     def combine(chunks: list[dict[str, Any]]) -> dict[str, Any]:
         final = dict(chunks[-1]) if chunks else reply(done=True, done_reason="stop")
-        final["message"] = {"role": "assistant", "content": "".join(c["message"]["content"] for c in chunks)}
+        if "_debug_info" in final:
+            return final
+        final["message"] = message_fields({
+            "content": "".join(c["message"]["content"] for c in chunks),
+            "thinking": "".join(c["message"].get("thinking", "") for c in chunks),
+            "tool_calls": [call for c in chunks for call in c["message"].get("tool_calls", [])],
+        })
         lps = [lp for c in chunks for lp in c.get("logprobs", [])]
         if lps:
             final["logprobs"] = lps
         return final
 
     return await ndjson_or_single(request, events(), stream, combine)
+
 
 
 # -- models ---------------------------------------------------------------------------------------

@@ -21,6 +21,9 @@ from pollama.server.scheduler import Scheduler
 
 # Builds the prompt text with the loaded runner at hand (for token counts).
 PromptBuilder = Callable[[RunnerProcess, int], Awaitable[str]]
+# Makes the output parser (thinking, tool calls) for a rendered prompt: it needs the prompt
+# to know whether the model starts inside a thinking block.
+ParserFactory = Callable[[str], Any]
 
 
 @dataclass
@@ -34,7 +37,25 @@ class Completion:
     logprobs: bool = False
     top_logprobs: int = 0
     render_only: bool = False
+    format: Any = None  # Ollama's `format`: "json" or a JSON schema, enforced by the runner
+    make_parser: ParserFactory | None = None
     started: int = field(default_factory=time.perf_counter_ns)
+
+
+def _nonempty(delta: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in delta.items() if v}
+
+
+def constrain_after(parser, prompt: str) -> str | None:
+    """Where structured output starts: after the thinking block's closing tag when the prompt
+    leaves the model inside that block, else at once (a model that is not inside one may not
+    open one; the format rules from its first token)."""
+    from pollama.template.thinking import GO_SPACE
+
+    thinking = getattr(parser, "thinking", None)
+    if thinking is None:
+        return None
+    return thinking.closing if prompt.strip(GO_SPACE).endswith(thinking.opening) else None
 
 
 async def run_completion(scheduler: Scheduler, job: Completion) -> AsyncIterator[dict[str, Any]]:
@@ -42,6 +63,10 @@ async def run_completion(scheduler: Scheduler, job: Completion) -> AsyncIterator
 
     With render_only, one line {"rendered": prompt} and nothing is generated. The final line
     gains load_duration and total_duration (nanoseconds).
+
+    With a parser (job.make_parser), each piece is split into "thinking", "content" and
+    "tool_calls" (only the non-empty ones are kept); pieces empty in all of them are skipped,
+    as Ollama skips them, and the final line carries what the parser held back to the end.
     """
     async with scheduler.use(job.model, job.options.spec, job.keep_alive) as loaded:
         load_duration = time.perf_counter_ns() - job.started
@@ -50,13 +75,26 @@ async def run_completion(scheduler: Scheduler, job: Completion) -> AsyncIterator
         if job.render_only:
             yield {"rendered": prompt}
             return
+        parser = job.make_parser(prompt) if job.make_parser is not None else None
         request = {"op": "completion", "prompt": prompt, "options": job.options.predict,
                    "logprobs": job.logprobs, "top_logprobs": job.top_logprobs}
+        if job.format not in (None, ""):
+            request["format"] = job.format
+            request["constrain_after"] = constrain_after(parser, prompt)
         async for message in runner.stream(request):
             if message.get("done"):
                 message["load_duration"] = load_duration
                 message["total_duration"] = time.perf_counter_ns() - job.started
                 message["prompt"] = prompt
+                if parser is not None:
+                    message.update(_nonempty(parser.finish()))
+            elif parser is not None:
+                piece = _nonempty(parser.add(message.pop("content", "")))
+                if "logprobs" in message:
+                    piece["logprobs"] = message["logprobs"]
+                if not piece:
+                    continue  # held back by the parser (a possible tag): nothing to send yet
+                message = piece
             yield message
 
 

@@ -11,6 +11,7 @@ import os
 import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ class ModelRef:
     parent_model: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)
     n_params: int = 0
+    has_projector: bool = False  # a vision projector layer in the manifest
 
     @property
     def arch(self) -> str:
@@ -53,22 +55,14 @@ class ModelRef:
         """The context the model was trained for (0 when the GGUF does not say)."""
         return int(self.metadata.get(f"{self.arch}.context_length") or 0)
 
-    @property
+    @cached_property  # the template is parsed to find them; a ModelRef lives for one request
     def capabilities(self) -> list[str]:
-        """As Ollama derives them: pooling means embedding, else completion; the template adds
-        tools and insert, a vision tower adds vision."""
-        md, arch = self.metadata, self.arch
-        caps = ["embedding"] if md.get(f"{arch}.pooling_type") is not None or arch == "bert" else ["completion"]
-        text = self.template or ""
-        if ".Tools" in text:
-            caps.append("tools")
-        if ".Suffix" in text:
-            caps.append("insert")
-        if md.get(f"{arch}.vision.block_count"):
-            caps.append("vision")
-        if ".Thinking" in text or ".Think" in text:
-            caps.append("thinking")
-        return caps
+        """Ollama's capability list (pollama.create.capabilities): completion or embedding, then
+        vision, tools, insert and thinking as the GGUF and the template (Go, else Jinja) show."""
+        from pollama.create.capabilities import model_capabilities
+
+        return model_capabilities(self.metadata, self.template, projector=self.has_projector,
+                                  family=str(self.config.get("model_family") or ""))
 
     @property
     def details(self) -> dict[str, Any]:
@@ -165,7 +159,7 @@ def resolve_model(store: Store, name: object) -> ModelRef:
         size=resolved.manifest.size, modified_at=resolved.manifest.modified_at, template=resolved.template,
         system=resolved.system, params=dict(resolved.params), messages=list(resolved.messages),
         license=list(resolved.license), config=dict(resolved.config), parent_model=resolved.parent_model,
-        metadata=metadata, n_params=n_params,
+        metadata=metadata, n_params=n_params, has_projector=bool(getattr(resolved, "projector_paths", None)),
     )
 
 

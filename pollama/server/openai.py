@@ -6,6 +6,7 @@ middleware does; errors take OpenAI's shape {"error": {"message", "type", "param
 from __future__ import annotations
 
 import base64
+import json
 import random
 import struct
 import time
@@ -16,6 +17,12 @@ from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import Response
 
+from pollama.server.chat import (
+    check_tools,
+    require_tools,
+    resolve_think,
+    tool_call_schema,
+)
 from pollama.server.errors import APIError
 from pollama.server.generate import Completion, embed, in_thread, run_completion
 from pollama.server.http import (
@@ -27,6 +34,7 @@ from pollama.server.http import (
     unless_disconnected,
 )
 from pollama.server.options import request_options
+from pollama.template.output import openai_finish_reason, to_openai_tool_calls
 
 FINGERPRINT = "fp_ollama"
 
@@ -74,19 +82,124 @@ def openai_options(body: dict[str, Any], *, completions: bool = False) -> dict[s
 
 
 def _refuse(body: dict[str, Any]) -> None:
-    if body.get("tools"):
-        raise APIError(400, "tools are not supported yet by pollama")
-    fmt = body.get("response_format")
-    if isinstance(fmt, dict) and fmt.get("type") not in (None, "text"):
-        raise APIError(400, "response_format (structured outputs) is not supported yet by pollama")
-    effort = body.get("reasoning_effort")
-    if effort is None and isinstance(body.get("reasoning"), dict):
-        effort = body["reasoning"].get("effort")
-    if effort not in (None, "none"):
-        raise APIError(400, "reasoning is not supported yet by pollama")
     n = body.get("n")
     if n not in (None, 1):
         raise APIError(400, "n other than 1 is not supported")
+
+
+def _logprob_fields(body: dict[str, Any]) -> tuple[bool, int]:
+    logprobs = body.get("logprobs")
+    top = body.get("top_logprobs") or 0
+    if isinstance(logprobs, int) and not isinstance(logprobs, bool):  # /v1/completions: an int
+        top, logprobs = logprobs, logprobs > 0
+    if not isinstance(top, int) or not 0 <= top <= 20:
+        raise APIError(400, "top_logprobs must be between 0 and 20")
+    return bool(logprobs) or top > 0, top
+
+
+# OpenAI's efforts past Ollama's ends are clamped to its nearest level, as Ollama does.
+_EFFORT_TO_THINK: dict[str, bool | str] = {
+    "none": False, "minimal": "low", "low": "low", "medium": "medium", "high": "high", "max": "max",
+    "xhigh": "max", "ultra": "max",
+}
+
+
+def think_from_reasoning_effort(body: dict[str, Any]) -> bool | str | None:
+    """`reasoning.effort` (or `reasoning_effort`) as Ollama's think; absent leaves the model's default."""
+    reasoning = body.get("reasoning")
+    effort = reasoning.get("effort") if isinstance(reasoning, dict) else body.get("reasoning_effort")
+    if effort in (None, ""):
+        return None
+    if not isinstance(effort, str) or effort not in _EFFORT_TO_THINK:
+        raise APIError(400, f'invalid reasoning value: "{effort}" (must be "minimal", "low", "medium", "high", '
+                            '"xhigh", "ultra", "max", or "none")')
+    return _EFFORT_TO_THINK[effort]
+
+
+def apply_tool_choice(tools: list[dict[str, Any]], choice: Any) -> tuple[list[dict[str, Any]], bool]:
+    """(the tools offered to the model, whether the answer must be a call) for OpenAI's tool_choice.
+
+    "auto" (the default): the tools, the model decides. "none": no tools offered (the model
+    cannot call one). "required": the tools, and the answer is constrained to one call of
+    one of them. {"type": "function", "function": {"name": N}}: only N, and a call of it.
+    Ollama itself ignores tool_choice; this is pollama's addition.
+    """
+    if choice is None or choice == "auto":
+        return tools, False
+    if choice == "none":
+        return [], False
+    if choice == "required":
+        if not tools:
+            raise APIError(400, 'tool_choice "required" needs tools')
+        return tools, True
+    if isinstance(choice, dict) and choice.get("type") == "function" and isinstance(choice.get("function"), dict):
+        wanted = choice["function"].get("name")
+        named = [t for t in tools if t["function"]["name"] == wanted]
+        if not named:
+            raise APIError(400, f'tool_choice names the function "{wanted}", which is not in tools')
+        return named[:1], True
+    raise APIError(400, 'invalid tool_choice: use "auto", "none", "required" or '
+                        '{"type": "function", "function": {"name": ...}}')
+
+
+def _tool_calls_from_openai(i: int, calls: Any) -> list[dict[str, Any]]:
+    if calls is None:
+        return []
+    if not isinstance(calls, list):
+        raise APIError(400, f"messages[{i}].tool_calls must be an array")
+    out = []
+    for call in calls:
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict):
+            raise APIError(400, "invalid tool call arguments")
+        arguments = function.get("arguments")
+        try:
+            parsed = json.loads(arguments) if isinstance(arguments, str) else arguments
+        except ValueError:
+            parsed = None
+        if not isinstance(parsed, dict):
+            raise APIError(400, "invalid tool call arguments")
+        entry: dict[str, Any] = {"function": {"name": str(function.get("name") or ""), "arguments": parsed}}
+        if call.get("id"):
+            entry["id"] = str(call["id"])
+        out.append(entry)
+    return out
+
+
+def openai_messages(raw_messages: list[Any]) -> list[dict[str, Any]]:
+    """OpenAI messages in Ollama's form: tool calls with object arguments, a tool result's
+    function name found from its tool_call_id, reasoning as thinking, developer as system."""
+    messages = []
+    for i, m in enumerate(raw_messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            raise APIError(400, f"messages[{i}] must be an object with a role")
+        role = "system" if m["role"] == "developer" else m["role"].lower()
+        message: dict[str, Any] = {"role": role, "content": _message_text(i, m.get("content"))}
+        calls = _tool_calls_from_openai(i, m.get("tool_calls"))
+        if calls:
+            message["tool_calls"] = calls
+        if isinstance(m.get("reasoning"), str) and m["reasoning"]:
+            message["thinking"] = m["reasoning"]
+        if role == "tool":
+            tool_call_id = m.get("tool_call_id")
+            if tool_call_id:
+                message["tool_call_id"] = str(tool_call_id)
+            tool_name = m.get("name") or _name_of_call(raw_messages, tool_call_id)
+            if tool_name:
+                message["tool_name"] = str(tool_name)
+        messages.append(message)
+    return messages
+
+
+def _name_of_call(raw_messages: list[Any], tool_call_id: Any) -> str:
+    # The last call with that id wins, as in Ollama.
+    if not tool_call_id:
+        return ""
+    for m in reversed(raw_messages):
+        for call in (m.get("tool_calls") or []) if isinstance(m, dict) else []:
+            if isinstance(call, dict) and call.get("id") == tool_call_id:
+                return str((call.get("function") or {}).get("name") or "")
+    return ""
 
 
 def _message_text(i: int, content: Any) -> str:
@@ -148,7 +261,7 @@ def sse(events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
 def add_openai_routes(app: FastAPI, state) -> None:
     """Mount the /v1 routes on app, sharing state (store, scheduler) with the native ones."""
     from pollama.server.app import keep_alive_of, list_models
-    from pollama.server.prompt import Specials, chat_prompt, generate_prompt
+    from pollama.server.prompt import generate_prompt
 
     async def completion_job(body: dict[str, Any], build, *, completions: bool = False) -> tuple[Any, Completion]:
         name = body.get("model")
@@ -158,13 +271,8 @@ def add_openai_routes(app: FastAPI, state) -> None:
         if "completion" not in model.capabilities:
             raise APIError(400, f'"{name}" does not support generate')
         options = request_options(model, openai_options(body, completions=completions), state.config)
-        logprobs = body.get("logprobs")
-        top = body.get("top_logprobs") or 0
-        if isinstance(logprobs, int) and not isinstance(logprobs, bool):  # /v1/completions: an int
-            top, logprobs = logprobs, logprobs > 0
-        if not isinstance(top, int) or not 0 <= top <= 20:
-            raise APIError(400, "top_logprobs must be between 0 and 20")
-        return model, Completion(model, options, keep_alive_of(body), build(model), bool(logprobs) or top > 0, top)
+        logprobs, top = _logprob_fields(body)
+        return model, Completion(model, options, keep_alive_of(body), build(model), logprobs, top)
 
     async def respond(request: Request, body: dict[str, Any], job: Completion, chunk, final) -> Response:
         """Stream SSE chunks, or one object; chunk(message) / final(texts, done, logprobs) build them."""
@@ -196,55 +304,117 @@ def add_openai_routes(app: FastAPI, state) -> None:
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
+        from pollama.sample.constraint import format_from_response_format
+        from pollama.server.app import ChatRequest, debug_info
+
         body = await read_json(request)
         _refuse(body)
         raw_messages = body.get("messages")
         if not isinstance(raw_messages, list) or not raw_messages:
             raise APIError(400, "messages are required")
-        messages = []
-        for i, m in enumerate(raw_messages):
-            if not isinstance(m, dict) or not isinstance(m.get("role"), str):
-                raise APIError(400, f"messages[{i}] must be an object with a role")
-            if m.get("tool_calls"):
-                raise APIError(400, "tool calls are not supported yet by pollama")
-            role = "system" if m["role"] == "developer" else m["role"]
-            messages.append({"role": role, "content": _message_text(i, m.get("content"))})
-
-        def build(model):
-            async def build_prompt(runner, num_ctx: int) -> str:
-                return await in_thread(chat_prompt, model, messages, num_ctx=num_ctx, truncate=True,
-                                       tokenize=runner.tokenize_sync, specials=Specials(runner.bos_token, runner.eos_token))
-            return build_prompt
-
-        _model, job = await completion_job(body, build)
+        messages = openai_messages(raw_messages)
+        tools, call_required = apply_tool_choice(check_tools(body.get("tools")), body.get("tool_choice"))
+        try:
+            fmt = format_from_response_format(body.get("response_format"))
+        except ValueError as e:
+            raise APIError(400, str(e)) from None
+        if call_required:
+            # The answer must be a call: constrain it to one (this replaces any response_format).
+            fmt = tool_call_schema(tools)
+        think = think_from_reasoning_effort(body)
+        name = body.get("model")
+        if not isinstance(name, str) or not name:
+            raise APIError(400, "model is required")
+        model = await state.resolve(name)
+        think = resolve_think(model, name, think)
+        if "completion" not in model.capabilities:
+            raise APIError(400, f'"{name}" does not support chat')
+        require_tools(model, tools)
+        options = request_options(model, openai_options(body), state.config)
+        logprobs, top = _logprob_fields(body)
+        chat = ChatRequest(name=name, model=model, messages=messages, tools=tools, think=think, format=fmt,
+                           options=options, keep_alive=keep_alive_of(body), logprobs=logprobs, top_logprobs=top,
+                           render_only=bool(body.get("_debug_render_only")), force_tool_json=call_required)
+        events = run_completion(state.scheduler, chat.job())
         ident = f"chatcmpl-{random.randint(0, 999)}"
         created = int(time.time())
-        name = body["model"]
 
         def base(**fields: Any) -> dict[str, Any]:
             return {"id": ident, "created": created, "model": name, "system_fingerprint": FINGERPRINT, **fields}
 
-        def chunk(message: dict[str, Any], include_usage: bool) -> list[dict[str, Any]]:
-            if message.get("done"):
-                out = [base(object="chat.completion.chunk", choices=[
-                    {"index": 0, "delta": {}, "finish_reason": _finish_reason(message.get("done_reason"))}])]
-                if include_usage:
-                    out.append(base(object="chat.completion.chunk", choices=[], usage=_usage(message)))
-                return out
-            choice: dict[str, Any] = {"index": 0, "delta": {"role": "assistant", "content": message["content"]},
-                                      "finish_reason": None}
-            if message.get("logprobs"):
-                choice["logprobs"] = {"content": _openai_logprobs(message["logprobs"])}
-            return [base(object="chat.completion.chunk", choices=[choice])]
+        if not body.get("stream"):
+            async def collect() -> dict[str, Any]:
+                texts, thinking, calls, lps, done = [], [], [], [], {}
+                try:
+                    async for message in events:
+                        if "rendered" in message:
+                            return base(object="chat.completion", choices=[], _debug_info=debug_info(message["rendered"]))
+                        if message.get("done"):
+                            done = message
+                        texts.append(message.get("content", ""))
+                        thinking.append(message.get("thinking", ""))
+                        calls.extend(message.get("tool_calls") or [])
+                        lps.extend(message.get("logprobs") or [])
+                finally:
+                    await events.aclose()
+                reply: dict[str, Any] = {"role": "assistant", "content": "".join(texts)}
+                if "".join(thinking):
+                    reply["reasoning"] = "".join(thinking)
+                if calls:
+                    reply["tool_calls"] = to_openai_tool_calls(calls)
+                choice: dict[str, Any] = {"index": 0, "message": reply,
+                                          "finish_reason": openai_finish_reason(done.get("done_reason"), bool(calls))}
+                if lps:
+                    choice["logprobs"] = {"content": _openai_logprobs(lps)}
+                return base(object="chat.completion", choices=[choice], usage=_usage(done))
 
-        def final(text: str, done: dict[str, Any], lps: list) -> dict[str, Any]:
-            choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": text},
-                                      "finish_reason": _finish_reason(done.get("done_reason"))}
-            if lps:
-                choice["logprobs"] = {"content": _openai_logprobs(lps)}
-            return base(object="chat.completion", choices=[choice], usage=_usage(done))
+            return json_response(await unless_disconnected(request, collect()))
 
-        return await respond(request, body, job, chunk, final)
+        include_usage = _stream_options(body)
+
+        async def chunks() -> AsyncIterator[dict[str, Any]]:
+            first = True
+            calls_sent = False
+
+            def chunk(delta: dict[str, Any], lps: list | None = None) -> dict[str, Any]:
+                nonlocal first
+                out: dict[str, Any] = {"role": "assistant"} if first else {}
+                first = False
+                choice: dict[str, Any] = {"index": 0, "delta": {**out, **delta}, "finish_reason": None}
+                if lps:
+                    choice["logprobs"] = {"content": _openai_logprobs(lps)}
+                return base(object="chat.completion.chunk", choices=[choice])
+
+            async for message in events:
+                if "rendered" in message:
+                    yield base(object="chat.completion.chunk", choices=[], _debug_info=debug_info(message["rendered"]))
+                    return
+                thinking, content = message.get("thinking", ""), message.get("content", "")
+                calls = to_openai_tool_calls(message.get("tool_calls") or [])
+                lps = message.get("logprobs")
+                if not message.get("done") or thinking or content or calls or lps or first:
+                    # As Ollama: reasoning and content (or calls) that arrive together go in two chunks.
+                    if thinking and (content or calls):
+                        yield chunk({"content": None, "reasoning": thinking}, lps)
+                        lps = None
+                        thinking = ""
+                    delta: dict[str, Any] = {"content": content}
+                    if thinking:
+                        delta["reasoning"] = thinking
+                    if calls:
+                        delta["tool_calls"] = calls
+                        calls_sent = True
+                    yield chunk(delta, lps)
+                if message.get("done"):
+                    yield base(object="chat.completion.chunk", choices=[{
+                        "index": 0, "delta": {},
+                        "finish_reason": openai_finish_reason(message.get("done_reason"), calls_sent)}])
+                    if include_usage:
+                        yield base(object="chat.completion.chunk", choices=[], usage=_usage(message))
+
+        _first, all_chunks = await primed(request, chunks())
+        return EventStream(sse(all_chunks), "text/event-stream")
+
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
@@ -263,7 +433,7 @@ def add_openai_routes(app: FastAPI, state) -> None:
             async def build_prompt(runner, num_ctx: int) -> str:
                 return await in_thread(generate_prompt, model, prompt, system=None, template=None, suffix=suffix,
                                        context_text=None, tokenize=runner.tokenize_sync, num_ctx=num_ctx,
-                                       specials=Specials(runner.bos_token, runner.eos_token))
+                                       specials=runner.specials())
             return build_prompt
 
         _model, job = await completion_job(body, build, completions=True)

@@ -23,10 +23,12 @@ Tokenize = Callable[[str], list[int]]
 
 @dataclass(frozen=True)
 class Specials:
-    """The texts of the model's BOS and EOS tokens (HF chat templates write them)."""
+    """The texts of the model's BOS and EOS tokens (HF chat templates write them), and whether
+    the tokenizer adds BOS itself (then a template's leading BOS text is dropped)."""
 
     bos_token: str = ""
     eos_token: str = ""
+    adds_bos: bool = False
 
 
 def _template_error(e: Exception, what: str) -> APIError:
@@ -51,8 +53,12 @@ def _with_model_messages(model: ModelRef, messages: list[dict[str, Any]]) -> lis
 
 
 def chat_prompt(model: ModelRef, messages: list[dict[str, Any]], *, num_ctx: int, truncate: bool, tokenize: Tokenize,
-                specials: Specials = Specials()) -> str:
-    """The prompt for a chat, oldest messages dropped to fit num_ctx when truncate is on."""
+                specials: Specials = Specials(), tools: list[dict[str, Any]] | None = None,
+                think: bool | str | None = None) -> str:
+    """The prompt for a chat, oldest messages dropped to fit num_ctx when truncate is on.
+
+    `tools` go to the template (.Tools, or Jinja's tools); `think` to .Think/.ThinkLevel (or
+    Jinja's enable_thinking and reasoning_effort)."""
     from pollama.template import TemplateError
     from pollama.template.prompt import chat_prompt as go_chat_prompt
     from pollama.template.prompt import jinja_chat_prompt
@@ -62,17 +68,21 @@ def chat_prompt(model: ModelRef, messages: list[dict[str, Any]], *, num_ctx: int
     jinja = hf_chat_template(model)
     try:
         if jinja is not None:
-            prompt, _media = jinja_chat_prompt(jinja, full, bos_token=specials.bos_token, eos_token=specials.eos_token,
-                                               count_tokens=count, num_ctx=num_ctx, truncate=truncate)
+            prompt, _media = jinja_chat_prompt(jinja, full, tools=tools or None, think=think,
+                                               bos_token=specials.bos_token, eos_token=specials.eos_token,
+                                               tokenizer_adds_bos=specials.adds_bos, count_tokens=count,
+                                               num_ctx=num_ctx, truncate=truncate)
         else:
-            prompt, _media = go_chat_prompt(model.template, full, count_tokens=count, num_ctx=num_ctx, truncate=truncate)
+            prompt, _media = go_chat_prompt(model.template, full, tools=tools, think=think, count_tokens=count,
+                                            num_ctx=num_ctx, truncate=truncate)
     except TemplateError as e:
         raise _template_error(e, "model") from None
     return prompt
 
 
 def generate_prompt(model: ModelRef, prompt: str, *, system: str | None, template: str | None, suffix: str,
-                    context_text: str | None, tokenize: Tokenize, num_ctx: int, specials: Specials = Specials()) -> str:
+                    context_text: str | None, tokenize: Tokenize, num_ctx: int, specials: Specials = Specials(),
+                    think: bool | str | None = None) -> str:
     """The prompt for /api/generate (not raw): the template (or the request's override) with
     the system prompt, Modelfile messages and suffix; an earlier exchange's `context` first."""
     from pollama.template import TemplateError
@@ -89,13 +99,14 @@ def generate_prompt(model: ModelRef, prompt: str, *, system: str | None, templat
             if context_text is None:
                 messages += model.messages
             messages.append({"role": "user", "content": prompt})
-            rendered, _media = jinja_chat_prompt(jinja, messages, bos_token=specials.bos_token,
-                                                 eos_token=specials.eos_token, count_tokens=count, num_ctx=num_ctx)
+            rendered, _media = jinja_chat_prompt(jinja, messages, think=think, bos_token=specials.bos_token,
+                                                 eos_token=specials.eos_token, tokenizer_adds_bos=specials.adds_bos,
+                                                 count_tokens=count, num_ctx=num_ctx)
             return (context_text or "") + rendered
         rendered, _media = go_generate_prompt(
             model.template, prompt, system=system or "", model_system=model.system or "",
             model_messages=model.messages, suffix=suffix, template_override=template or None,
-            context=context_text, count_tokens=count, num_ctx=num_ctx,
+            context=context_text, count_tokens=count, num_ctx=num_ctx, think=think,
         )
     except TemplateError as e:
         raise _template_error(e, "request" if template else "model") from None

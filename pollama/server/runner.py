@@ -64,6 +64,7 @@ class RunnerProcess:
         self.num_ctx = spec.num_ctx
         self.load_duration = 0
         self.bos_token = self.eos_token = ""  # texts of the model's special tokens
+        self.adds_bos = False  # whether the tokenizer puts BOS before every prompt
         self.exited = asyncio.Event()
         self._watch: asyncio.Task | None = None
         self._drain: asyncio.Task | None = None
@@ -108,9 +109,8 @@ class RunnerProcess:
             raise RunnerError(f"error loading model {self.name}: {reason}")
         self.num_ctx = int(hello.get("num_ctx") or spec.num_ctx)
         self.load_duration = int(hello.get("load_duration") or 0)
-        # A template's leading BOS text is dropped when rendered (the tokenizer adds BOS); so it
-        # is given to templates only when the tokenizer does add it, or it would be lost.
-        self.bos_token = str(hello.get("bos_token") or "") if hello.get("add_bos") else ""
+        self.bos_token = str(hello.get("bos_token") or "")
+        self.adds_bos = bool(hello.get("add_bos"))
         self.eos_token = str(hello.get("eos_token") or "")
         self._watch = asyncio.create_task(self._watch_exit())
         self._drain = asyncio.create_task(self._drain_stdout())
@@ -228,6 +228,12 @@ class RunnerProcess:
         if "error" in message:
             raise APIError(int(message.get("status") or 500), message["error"])
         return message
+
+    def specials(self):
+        """The special-token texts prompt templates need (pollama.server.prompt.Specials)."""
+        from pollama.server.prompt import Specials
+
+        return Specials(self.bos_token, self.eos_token, self.adds_bos)
 
     def tokenize_sync(self, text: str) -> list[int]:
         return self.call_sync({"op": "tokenize", "content": text})["tokens"]

@@ -273,14 +273,15 @@ def hf_messages(messages: list[dict]) -> list[dict]:
 
 def jinja_chat_prompt(chat_template: str, messages: list[dict], *, tools: list[dict] | None = None,
                       think: bool | str | None = None, bos_token: str = "", eos_token: str = "",
-                      count_tokens: Callable[[str], int] | None = None, num_ctx: int = 4096,
+                      tokenizer_adds_bos: bool = True, count_tokens: Callable[[str], int] | None = None, num_ctx: int = 4096,
                       truncate: bool = True, image_tokens: int = IMAGE_TOKENS) -> tuple[str, list[Media]]:
     """The prompt from the model's own HF chat_template (sandboxed), truncated as chat_prompt truncates.
 
     This is the path Ollama takes (through llama-server) for a model without a Go template:
     add_generation_prompt is on, `think` becomes enable_thinking (and reasoning_effort for a
-    level). A leading BOS written by the template is removed, because the tokenizer adds BOS
-    as the model's metadata says, as it does for every other prompt.
+    level). A leading BOS written by the template is removed when `tokenizer_adds_bos` says the
+    tokenizer adds BOS to every prompt (else it would be there twice); when the tokenizer does
+    not add it (SmolLM2: BOS is <|im_start|>, add_bos false) the template's text stays.
     """
     from .jinja import compile_chat_template
 
@@ -295,7 +296,7 @@ def jinja_chat_prompt(chat_template: str, messages: list[dict], *, tools: list[d
     def render(msgs: list[dict]) -> str:
         text = compiled.render(hf_messages(msgs), tools=tools, add_generation_prompt=True,
                                bos_token=bos_token, eos_token=eos_token, **extra)
-        if bos_token and text.startswith(bos_token):
+        if tokenizer_adds_bos and bos_token and text.startswith(bos_token):
             text = text[len(bos_token):]
         return text
 

@@ -32,7 +32,7 @@ def test_malformed_json(server, path):
     ({"model": "smollm2", "prompt": "x", "options": "fast"}, "options"),
     ({"model": "smollm2", "prompt": "x", "top_logprobs": 50}, "top_logprobs"),
     ({"model": "smollm2", "prompt": "x", "raw": True, "system": "s"}, "raw mode"),
-    ({"model": "smollm2", "prompt": "x", "format": "json"}, "format"),
+    ({"model": "smollm2", "prompt": "x", "format": 5}, "invalid format"),
     ({"model": "smollm2", "prompt": "x", "format": "yaml"}, "invalid format"),
     ({"model": "smollm2", "prompt": "x", "think": True}, "think"),
     ({"prompt": "x"}, "model is required"),

@@ -89,7 +89,8 @@ def test_debug_render_only(server):
     with server.http() as http:
         r = http.post("/api/generate", json={"model": "smollm2", "prompt": PROMPT, "stream": False,
                                              "_debug_render_only": True}).json()
-    assert r["done"] and "eval_count" not in r
+    # As Ollama: the rendered prompt only (done false, no metrics, image_count left out when 0).
+    assert r["done"] is False and "eval_count" not in r and set(r["_debug_info"]) == {"rendered_template"}
     rendered = r["_debug_info"]["rendered_template"]
     assert "<|im_start|>user\nThe capital of France is<|im_end|>\n<|im_start|>assistant\n" in rendered
     assert rendered.startswith("<|im_start|>system\n")  # the template's default system prompt

@@ -329,3 +329,16 @@ def test_legacy_mode_renders_finished_turns_whole():
     assert execute(tmpl, messages=msgs) == "(S)<u>Q1</u><a>A1</a><u>Q2</u><a>"
     # the implicit {{ .Response }} of a template that has none is rendered between turns too
     assert execute("[{{ .Prompt }}] ", messages=msgs) == "[Q1] A1[Q2] "
+
+
+def test_jinja_chat_prompt_keeps_bos_text_when_the_tokenizer_does_not_add_it():
+    # SmolLM2: BOS is <|im_start|> and add_bos is false, so the template's own <|im_start|>
+    # is the only one the prompt gets: it must stay.
+    from pollama.template.prompt import jinja_chat_prompt
+
+    template = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+    msgs = [{"role": "user", "content": "hi"}]
+    kept, _ = jinja_chat_prompt(template, msgs, bos_token="<|im_start|>", tokenizer_adds_bos=False, truncate=False)
+    assert kept == "<|im_start|>user\nhi<|im_end|>\n"
+    stripped, _ = jinja_chat_prompt(template, msgs, bos_token="<|im_start|>", tokenizer_adds_bos=True, truncate=False)
+    assert stripped == "user\nhi<|im_end|>\n"

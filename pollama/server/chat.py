@@ -1,0 +1,139 @@
+"""What a chat or generate request asks beyond plain text: thinking, tools, structured output.
+
+The checks and error messages are Ollama's (server/routes.go, api/types.go, openai/openai.go);
+the output parser is pollama.template.output's ChatOutputParser, made once per request for
+the rendered prompt. The native routes (app.py) and the OpenAI ones (openai.py) share this.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pollama.server.errors import APIError
+from pollama.server.models import ModelRef
+
+THINK_LEVELS = ("high", "medium", "low", "max")
+
+
+def parse_think(value: Any) -> bool | str | None:
+    """A request's `think` as Ollama's ThinkValue decodes it (400 with its message otherwise)."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        if value not in THINK_LEVELS:
+            raise APIError(400, f'invalid think value: "{value}" (must be "high", "medium", "low", "max", true, or false)')
+        return value
+    raise APIError(400, 'think must be a boolean or string ("high", "medium", "low", "max", true, or false)')
+
+
+def think_on(think: bool | str | None) -> bool:
+    return think is True or (isinstance(think, str) and think in THINK_LEVELS)
+
+
+def resolve_think(model: ModelRef, name: str, think: bool | str | None) -> bool | str | None:
+    """Ollama's rule: a thinking model thinks unless told not to; asking a model without the
+    capability to think is a 400."""
+    if "thinking" in model.capabilities:
+        return True if think is None else think
+    if think_on(think):
+        raise APIError(400, f'"{name}" does not support thinking')
+    return think
+
+
+def full_name(model: ModelRef) -> str:
+    """The name as Ollama's errors spell it (registry.ollama.ai/library/model:tag)."""
+    from pollama.store.names import ModelName
+
+    try:
+        return str(ModelName.parse(model.name))
+    except ValueError:
+        return model.name
+
+
+def check_tools(value: Any) -> list[dict[str, Any]]:
+    """The request's `tools`: a list of {"type": "function", "function": {"name", ...}}."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise APIError(400, 'invalid value for "tools": expected an array of tools')
+    for i, tool in enumerate(value):
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"]:
+            raise APIError(400, f'invalid value for "tools": tools[{i}] needs a function with a name')
+        parameters = function.get("parameters")
+        if parameters is not None and not isinstance(parameters, dict):
+            raise APIError(400, f'invalid value for "tools": tools[{i}].function.parameters must be an object')
+    return value
+
+
+def require_tools(model: ModelRef, tools: list[dict[str, Any]]) -> None:
+    if tools and "tools" not in model.capabilities:
+        raise APIError(400, f"{full_name(model)} does not support tools")
+
+
+def check_tool_calls(i: int, value: Any) -> list[dict[str, Any]]:
+    """A message's tool_calls in Ollama's form: [{"id"?, "function": {"index"?, "name", "arguments": {...}}}]."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise APIError(400, f"messages[{i}].tool_calls must be an array")
+    calls = []
+    for call in value:
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise APIError(400, f"messages[{i}].tool_calls: each call needs a function with a name")
+        arguments = function.get("arguments")
+        if arguments is None:
+            arguments = {}
+        if not isinstance(arguments, dict):
+            raise APIError(400, f"messages[{i}].tool_calls: arguments must be an object")
+        calls.append({**call, "function": {**function, "arguments": arguments}})
+    return calls
+
+
+def output_parser(model: ModelRef, tools: list[dict[str, Any]], think: bool | str | None, *,
+                  force_tool_json: bool = False):
+    """A factory: rendered prompt -> ChatOutputParser for this model and request.
+
+    force_tool_json: the output is constrained to one bare JSON call ({"name", "arguments"}),
+    so that is the tag to look for, whatever the template writes.
+    """
+    from pollama.server.prompt import hf_chat_template
+    from pollama.template.output import ChatOutputParser
+
+    chat_template = hf_chat_template(model)
+
+    def make(prompt: str) -> ChatOutputParser:
+        return ChatOutputParser(model.template, tools, think, prompt=prompt, chat_template=chat_template,
+                                tool_tag="{" if force_tool_json and tools else None)
+
+    return make
+
+
+def tool_call_schema(tools: list[dict[str, Any]]) -> dict[str, Any]:
+    """The JSON schema of exactly one call of one of `tools`: {"name": <tool>, "arguments": {...}}.
+
+    Used as the format when a tool call is required (OpenAI's tool_choice "required" or a
+    named function), so the model cannot answer with anything else.
+    """
+    variants = []
+    for tool in tools:
+        function = tool["function"]
+        parameters = function.get("parameters") or {"type": "object"}
+        variants.append({
+            "type": "object",
+            "properties": {"name": {"const": function["name"]}, "arguments": parameters},
+            "required": ["name", "arguments"],
+            "additionalProperties": False,
+        })
+    return variants[0] if len(variants) == 1 else {"anyOf": variants}
+
+
+def message_fields(delta: dict[str, Any]) -> dict[str, Any]:
+    """Ollama's message fields from a parsed delta: content always, thinking and tool_calls when present."""
+    out: dict[str, Any] = {"role": "assistant", "content": delta.get("content", "")}
+    if delta.get("thinking"):
+        out["thinking"] = delta["thinking"]
+    if delta.get("tool_calls"):
+        out["tool_calls"] = delta["tool_calls"]
+    return out
