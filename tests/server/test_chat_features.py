@@ -47,7 +47,31 @@ SCHEMAS = [
         "x": {"type": "number", "minimum": -10, "maximum": 10}, "y": {"type": "number", "minimum": -10, "maximum": 10}},
         "required": ["x", "y"], "additionalProperties": False}, "ok": {"type": "boolean"}},
      "required": ["point", "ok"], "additionalProperties": False},
+    {"type": "object", "properties": {"title": {"type": "string", "maxLength": 16},
+                                      "year": {"type": "integer", "minimum": 1900, "maximum": 2100},
+                                      "rating": {"type": "integer", "minimum": 1, "maximum": 5}},
+     "required": ["title", "year"], "additionalProperties": False},
+    {"type": "object", "properties": {"items": {"type": "array", "minItems": 1, "maxItems": 3, "items": {
+        "type": "object", "properties": {"sku": {"type": "string", "pattern": "^[A-Z]{3}[0-9]{2}$"},
+                                         "qty": {"type": "integer", "minimum": 1, "maximum": 9}},
+        "required": ["sku", "qty"], "additionalProperties": False}}},
+     "required": ["items"], "additionalProperties": False},
+    {"type": "object", "properties": {"status": {"enum": ["ok", "error", None]}, "retry": {"type": "boolean"}},
+     "required": ["status", "retry"], "additionalProperties": False},
+    {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 99}, "minItems": 2, "maxItems": 4},
+    {"type": "object", "properties": {"kind": {"const": "point"}, "coords": {
+        "type": "array", "items": {"type": "integer", "minimum": -100, "maximum": 100}, "minItems": 2, "maxItems": 2}},
+     "required": ["kind", "coords"], "additionalProperties": False},
+    {"type": "object", "$defs": {"person": {"type": "object", "properties": {"name": {"type": "string", "maxLength": 10}},
+                                            "required": ["name"], "additionalProperties": False}},
+     "properties": {"author": {"$ref": "#/$defs/person"}, "editor": {"$ref": "#/$defs/person"}},
+     "required": ["author", "editor"], "additionalProperties": False},
+    {"type": "object", "properties": {"value": {"anyOf": [{"type": "integer", "minimum": 0, "maximum": 10},
+                                                          {"type": "string", "maxLength": 5}]}},
+     "required": ["value"], "additionalProperties": False},
 ]
+SCHEMA_IDS = ["person", "enum-array", "nested-bounds", "optional", "array-of-objects", "enum-null", "top-array",
+              "const", "refs", "any-of"]
 FORMAT_OPTIONS = {"temperature": 0.8, "num_predict": 120}
 
 
@@ -186,19 +210,24 @@ def test_thinking_is_split_from_content(client, oai, smol_think):
 
 
 # -- structured outputs -----------------------------------------------------------------------------
-@pytest.mark.parametrize("schema", SCHEMAS, ids=["person", "enum-array", "nested-bounds"])
-def test_format_schema_validates(client, oai, schema):
-    for seed in (1, 2):
+@pytest.mark.parametrize("schema", SCHEMAS, ids=SCHEMA_IDS)
+def test_format_schema_validates(client, schema):
+    for seed in (1, 2, 3):
         r = client.chat(model="smollm2", messages=[{"role": "user", "content": "Answer in JSON."}], format=schema,
                         options={**FORMAT_OPTIONS, "seed": seed})
+        assert r.done_reason == "stop"  # the structure completed, not cut by num_predict
         jsonschema.validate(json.loads(r.message.content), schema)
+
+
+@pytest.mark.parametrize("schema", SCHEMAS[:3], ids=SCHEMA_IDS[:3])
+def test_response_format_schema_validates(oai, schema):
     r = oai.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": "Answer in JSON."}],
                                     temperature=0.8, seed=3, max_tokens=120,
                                     response_format={"type": "json_schema", "json_schema": {"name": "s", "schema": schema}})
     jsonschema.validate(json.loads(r.choices[0].message.content), schema)
 
 
-@pytest.mark.parametrize("schema", SCHEMAS, ids=["person", "enum-array", "nested-bounds"])
+@pytest.mark.parametrize("schema", SCHEMAS, ids=SCHEMA_IDS)
 def test_format_after_thinking_validates(client, smol_think, schema):
     r = client.chat(model=smol_think, messages=[{"role": "user", "content": "Answer in JSON."}], format=schema,
                     options={**FORMAT_OPTIONS, "seed": 4})
