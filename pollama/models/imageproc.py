@@ -49,11 +49,16 @@ def decode_image(
         raise ValueError("image is empty (0 bytes)")
     if len(data) > MAX_IMAGE_BYTES:
         raise ValueError(f"image file is too large: {len(data)} bytes (limit {MAX_IMAGE_BYTES})")
+    data = bytes(data)
+    # PIL refuses zero-size and enormous headers with less helpful words: say what they claim.
+    claimed = _header_size(data)
+    if claimed is not None:
+        _check_size(*claimed, max_pixels)
     try:
         with warnings.catch_warnings():
             # The size check below replaces PIL's decompression-bomb warning.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(bytes(data)), formats=ALLOWED_FORMATS)
+            image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     except Image.DecompressionBombError:
         raise ValueError(f"image is too large: more than {max_pixels} pixels") from None
     except Image.UnidentifiedImageError:
@@ -63,11 +68,7 @@ def decode_image(
     except (OSError, SyntaxError, ValueError, EOFError) as err:
         raise ValueError(f"image could not be decoded: {_one_line(err)}") from None
     # Image.open has read only the header: check the size before any pixel is decoded.
-    width, height = image.size
-    if width <= 0 or height <= 0:
-        raise ValueError(f"image has zero size ({width}x{height})")
-    if width * height > max_pixels:
-        raise ValueError(f"image is too large: {width}x{height} pixels (limit {max_pixels} pixels)")
+    _check_size(*image.size, max_pixels)
     frames = getattr(image, "n_frames", 1)
     if frames > 1 and not allow_animated:
         raise ValueError(f"animated images are not supported ({frames} frames)")
@@ -114,6 +115,22 @@ def rescale_and_normalize(
     mean32 = np.asarray(mean, dtype=np.float32)[:, None, None]
     std32 = np.asarray(std, dtype=np.float32)[:, None, None]
     return (scaled - mean32) / std32
+
+
+def _check_size(width: int, height: int, max_pixels: int) -> None:
+    if width <= 0 or height <= 0:
+        raise ValueError(f"image has zero size ({width}x{height})")
+    if width * height > max_pixels:
+        raise ValueError(f"image is too large: {width}x{height} pixels (limit {max_pixels} pixels)")
+
+
+def _header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) as a PNG or GIF header states it, before any decoder runs; None for others."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n") and data[12:16] == b"IHDR" and len(data) >= 24:
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    if data[:6] in (b"GIF87a", b"GIF89a") and len(data) >= 10:
+        return int.from_bytes(data[6:8], "little"), int.from_bytes(data[8:10], "little")
+    return None
 
 
 def _one_line(err: BaseException) -> str:
