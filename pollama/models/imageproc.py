@@ -44,7 +44,7 @@ def decode_image(
 ) -> Image.Image:
     """Decode image bytes into an upright 8-bit RGB image; a bad image raises a one-line ValueError."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise ValueError(f"image must be bytes, got {type(data).__name__}")
+        raise TypeError(f"image must be bytes, got {type(data).__name__}")
     if len(data) == 0:
         raise ValueError("image is empty (0 bytes)")
     if len(data) > MAX_IMAGE_BYTES:

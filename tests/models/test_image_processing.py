@@ -215,7 +215,8 @@ def test_palette_transparency_is_composited_on_white():
 def test_process_image_composites_an_undecoded_rgba_image_itself():
     rgba = SAMPLES["alpha_png"]
     decoded = imageproc.decode_image(_png_bytes(rgba))
-    assert np.array_equal(gemma3_image.process_image(rgba, image_size=56), gemma3_image.process_image(decoded, image_size=56))
+    ours_from_rgba = gemma3_image.process_image(rgba, image_size=56)
+    assert np.array_equal(ours_from_rgba, gemma3_image.process_image(decoded, image_size=56))
 
 
 def test_exif_orientation_is_applied():
