@@ -69,9 +69,9 @@ def decode_image(
         raise ValueError(f"image could not be decoded: {_one_line(err)}") from None
     # Image.open has read only the header: check the size before any pixel is decoded.
     _check_size(*image.size, max_pixels)
-    frames = getattr(image, "n_frames", 1)
-    if frames > 1 and not allow_animated:
-        raise ValueError(f"animated images are not supported ({frames} frames)")
+    # is_animated looks at most one frame ahead; n_frames would walk a whole GIF.
+    if not allow_animated and getattr(image, "is_animated", False):
+        raise ValueError("animated images are not supported: send a still image")
     try:
         image.seek(0)
         image.load()
