@@ -65,7 +65,7 @@ def decode_image(
         raise ValueError(
             "image could not be decoded: not a valid " + "/".join(ALLOWED_FORMATS) + " file"
         ) from None
-    except (OSError, SyntaxError, ValueError, EOFError) as err:
+    except Exception as err:  # noqa: BLE001 - PIL's plugins raise many kinds on hostile bytes
         raise ValueError(f"image could not be decoded: {_one_line(err)}") from None
     # Image.open has read only the header: check the size before any pixel is decoded.
     _check_size(*image.size, max_pixels)
@@ -75,10 +75,17 @@ def decode_image(
     try:
         image.seek(0)
         image.load()
-        image = ImageOps.exif_transpose(image)
-        return to_rgb(image)
-    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as err:
+    except Exception as err:  # noqa: BLE001 - PIL's plugins raise many kinds on hostile bytes
         raise ValueError(f"image could not be decoded: {_one_line(err)}") from None
+    return to_rgb(_upright(image))
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    # A malformed EXIF block leaves the image as stored rather than refusing it, as viewers do.
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception:  # noqa: BLE001
+        return image
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -92,7 +99,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def resize(image: Image.Image, height: int, width: int, resample: int = BILINEAR) -> Image.Image:
-    """Resize an RGB image to height x width with PIL's filter (no-op resizes still filter, as PIL does)."""
+    """Resize an RGB image to height x width with a PIL filter (PIL returns a copy when the size is unchanged)."""
     if height <= 0 or width <= 0:
         raise ValueError(f"cannot resize an image to {width}x{height}")
     return image.resize((width, height), resample=resample)
