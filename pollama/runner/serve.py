@@ -94,6 +94,7 @@ class ThinkingThenFormat:
 
     def __init__(self, tokenizer, inner, closing: str, budget: int):
         self.tokenizer = tokenizer
+        self.straddling = _tokens_straddling(tokenizer, closing)
         self.inner = inner
         self.closing = closing
         self.budget = budget
@@ -114,6 +115,7 @@ class ThinkingThenFormat:
             return allowed
         allowed[:] = True
         allowed[[t for t in self.tokenizer.eog_ids if t < len(allowed)]] = False
+        allowed[self.straddling] = False
         return allowed
 
     def accept(self, token: int) -> None:
@@ -134,6 +136,26 @@ class ThinkingThenFormat:
     @property
     def done(self) -> bool:
         return self.in_format and self.inner.done
+
+
+_straddling_cache: dict[tuple[int, str], list[int]] = {}
+
+
+def _tokens_straddling(tokenizer, closing: str) -> list[int]:
+    """Tokens that would end the closing tag and go on past it in one piece (">{"): the format's
+    grammar starts after the tag and could not see their rest, so thinking may not use them."""
+    key = (id(tokenizer), closing)
+    if key not in _straddling_cache:
+        tag = closing.encode()
+        found = []
+        for token in range(tokenizer.vocab_size):
+            piece = tokenizer.token_piece(token, special=True)
+            for end in range(1, min(len(piece), len(tag))):
+                if tag.endswith(piece[:end]) and piece[end:].strip():
+                    found.append(token)
+                    break
+        _straddling_cache[key] = found
+    return _straddling_cache[key]
 
 
 def thinking_budget(num_predict: int) -> int:
