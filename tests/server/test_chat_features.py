@@ -207,6 +207,14 @@ def test_thinking_is_split_from_content(client, oai, smol_think):
     r = oai.chat.completions.create(model=smol_think, messages=QUESTION, temperature=0, max_tokens=12,
                                     reasoning_effort="low")
     assert r.choices[0].message.reasoning == thought.message.thinking
+    chunks = list(oai.chat.completions.create(model=smol_think, messages=QUESTION, temperature=0, max_tokens=12,
+                                              reasoning_effort="low", stream=True))
+    deltas = [c.choices[0].delta for c in chunks if c.choices]
+    assert deltas[0].role == "assistant" and all(d.role is None for d in deltas[1:])
+    assert "".join(getattr(d, "reasoning", None) or "" for d in deltas) == thought.message.thinking
+    none = oai.chat.completions.create(model=smol_think, messages=QUESTION, temperature=0, max_tokens=12,
+                                       reasoning_effort="none")
+    assert getattr(none.choices[0].message, "reasoning", None) is None and none.choices[0].message.content
 
 
 # -- structured outputs -----------------------------------------------------------------------------
@@ -233,6 +241,15 @@ def test_format_after_thinking_validates(client, smol_think, schema):
                     options={**FORMAT_OPTIONS, "seed": 4})
     assert r.message.thinking  # the block the template opened, closed before the JSON
     jsonschema.validate(json.loads(r.message.content), schema)
+
+
+def test_format_after_thinking_streamed(client, smol_think):
+    parts = list(client.chat(model=smol_think, messages=[{"role": "user", "content": "Answer in JSON."}],
+                             format=SCHEMAS[0], options={**FORMAT_OPTIONS, "seed": 5}, stream=True))
+    thinking = "".join(p.message.thinking or "" for p in parts)
+    content = "".join(p.message.content for p in parts)
+    assert thinking and "</think>" not in thinking + content
+    jsonschema.validate(json.loads(content), SCHEMAS[0])
 
 
 def test_json_object_format(server, oai):
