@@ -451,8 +451,9 @@ async def generate_response(state: State, request: Request, body: dict[str, Any]
                                context_text=context_text, tokenize=runner.tokenize_sync, num_ctx=num_ctx,
                                specials=runner.specials(), think=think)
 
-    # Generate splits thinking from the response (no tool calls: that needs a built-in parser).
-    make_parser = None if raw else output_parser(model, [], think)
+    # Generate splits thinking from the response, raw or not, as Ollama's handler does (no tool
+    # calls: generate parses those only with a built-in parser).
+    make_parser = output_parser(model, [], think)
     job = Completion(model, options, keep_alive, build_prompt, logprobs, top_logprobs, render_only,
                      format=body.get("format"), make_parser=make_parser)
 
