@@ -26,16 +26,14 @@ def parse_think(value: Any) -> bool | str | None:
     raise APIError(400, 'think must be a boolean or string ("high", "medium", "low", "max", true, or false)')
 
 
-def think_on(think: bool | str | None) -> bool:
-    return think is True or (isinstance(think, str) and think in THINK_LEVELS)
-
-
 def resolve_think(model: ModelRef, name: str, think: bool | str | None) -> bool | str | None:
     """Ollama's rule: a thinking model thinks unless told not to; asking a model without the
     capability to think is a 400."""
     if "thinking" in model.capabilities:
         return True if think is None else think
-    if think_on(think):
+    from pollama.template.output import think_enabled
+
+    if think_enabled(think):
         raise APIError(400, f'"{name}" does not support thinking')
     return think
 
