@@ -164,10 +164,10 @@ def _chat_prompt_here(engine, stored, prompt: str, num_ctx: int) -> str:
             return chat_prompt(stored.template, messages, count_tokens=count, num_ctx=num_ctx)[0]
         jinja = engine.gguf.metadata.get("tokenizer.chat_template")
         if isinstance(jinja, str) and jinja.strip():
-            # The template's own BOS text is dropped only when the tokenizer adds BOS itself.
-            bos = tokenizer.token_text(tokenizer.bos_id) if tokenizer.add_bos and tokenizer.bos_id is not None else ""
+            bos = tokenizer.token_text(tokenizer.bos_id) if tokenizer.bos_id is not None else ""
             eos = tokenizer.token_text(tokenizer.eos_id) if tokenizer.eos_id is not None else ""
-            return jinja_chat_prompt(jinja, messages, bos_token=bos, eos_token=eos, count_tokens=count, num_ctx=num_ctx)[0]
+            return jinja_chat_prompt(jinja, messages, bos_token=bos, eos_token=eos, tokenizer_adds_bos=tokenizer.add_bos,
+                                     count_tokens=count, num_ctx=num_ctx)[0]
     except TemplateError as e:
         raise CLIError(f"the model's template: {e}") from None
     return prompt
