@@ -241,20 +241,12 @@ def open_weights(folder: str | Path):
     raise ConvertError(f"{folder}: no .safetensors weights (nor pytorch_model*.bin, consolidated*.pth) in the folder")
 
 
-def convert_hf(
-    folder: str | Path,
-    out_path: str | Path,
-    progress: Callable[[str], None] | None = None,
-    *,
-    outtype: str = "f16",
-) -> None:
-    """Convert a HF checkpoint folder to a GGUF file; ConvertError (one line) for what cannot be."""
+def read_hf_config(folder: str | Path) -> tuple[dict, str]:
+    """(config.json as a dict, the model class its `architectures` names) of a HF folder;
+    ConvertError (one line) for a folder that is not one."""
     folder = Path(folder)
-    say = progress or (lambda status: None)
-    if outtype not in OUT_TYPES:
-        raise ConvertError(f"output type {outtype!r} is not one of {', '.join(OUT_TYPES)}")
     if not folder.is_dir():
-        raise ConvertError(f"{folder}: not a folder")
+        raise ConvertError(f"{folder}: {'not a folder' if folder.exists() else 'no such folder'}")
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise ConvertError(f"{folder}: no config.json in the folder")
@@ -265,18 +257,45 @@ def convert_hf(
     archs = config.get("architectures") if isinstance(config, dict) else None
     if not isinstance(archs, list) or not archs or not isinstance(archs[0], str):
         raise ConvertError(f"{config_path}: no 'architectures' list naming the model class")
-    converters, whole = supported_architectures(), _whole_converters()
-    if archs[0] in whole:
-        say(f"converting {archs[0]}")
-        try:
-            return whole[archs[0]](folder, out_path, outtype=outtype)
-        except ValueError as e:
-            raise ConvertError(str(e)) from None
-    cls = converters.get(archs[0])
-    if cls is None:
-        names = ", ".join(sorted([*converters, *whole]))
-        raise ConvertError(f"unsupported architecture {archs[0]!r} (supported: {names})")
-    conv = cls(HFConfig(config))
+    return config, archs[0]
+
+
+def convert_hf(
+    folder: str | Path,
+    out_path: str | Path,
+    progress: Callable[[str], None] | None = None,
+    *,
+    outtype: str = "f16",
+    converter: type[ModelConverter] | None = None,
+) -> None:
+    """Convert a HF checkpoint folder to a GGUF file; ConvertError (one line) for what cannot be.
+
+    `converter` overrides the one registered for the folder's model class (e.g. the opt-in
+    "mistral" architecture for MistralForCausalLM, which is converted to "llama" by default).
+    """
+    folder = Path(folder)
+    say = progress or (lambda status: None)
+    if outtype not in OUT_TYPES:
+        raise ConvertError(f"output type {outtype!r} is not one of {', '.join(OUT_TYPES)}")
+    config, arch = read_hf_config(folder)
+    if converter is not None:
+        if arch not in converter.architectures:
+            raise ConvertError(f"{folder / 'config.json'}: architectures names {arch!r}, not {list(converter.architectures)}")
+        conv = converter(HFConfig(config))
+    else:
+        converters, whole = supported_architectures(), _whole_converters()
+        if arch in whole:
+            say(f"converting {arch}")
+            try:
+                return whole[arch](folder, out_path, outtype=outtype)
+            except ValueError as e:
+                raise ConvertError(str(e)) from None
+        cls = converters.get(arch)
+        if cls is None:
+            names = ", ".join(sorted([*converters, *whole]))
+            raise ConvertError(f"unsupported architecture {arch!r} (supported: {names})")
+        conv = cls(HFConfig(config))
+    model_md = conv.metadata()  # refuses a bad config before anything is read
 
     say("reading tokenizer")
     try:
@@ -295,7 +314,7 @@ def convert_hf(
             "general.quantization_version": 2,
             "general.parameter_count": sum(math.prod(shape) for _, _, _, shape in tensors),
         }
-        metadata.update({f"{conv.arch}.{k}": v for k, v in conv.metadata().items()})
+        metadata.update({f"{conv.arch}.{k}": v for k, v in model_md.items()})
         metadata.update(tokenizer_md)
         say(f"writing {out_path}")
         write_gguf(out_path, metadata, tensors, value_types=_value_types(metadata))

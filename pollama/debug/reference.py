@@ -12,7 +12,6 @@ Our names map onto the HF modules every supported architecture shares:
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -44,21 +43,19 @@ def _import_transformers():
 
 def load_reference(folder: str | Path):
     """The HF model of a checkpoint folder (class named by config.json), float32, eval mode."""
+    from pollama.create.convert import ConvertError, read_hf_config
+
     folder = Path(folder)
-    config_path = folder / "config.json"
-    if not config_path.is_file():
+    if folder.is_dir() and not (folder / "config.json").is_file():
         raise ReferenceError(f"{folder}: not a Hugging Face checkpoint folder (no config.json)")
     try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ReferenceError(f"{config_path}: not valid JSON ({e})") from None
-    archs = config.get("architectures") if isinstance(config, dict) else None
-    if not isinstance(archs, list) or not archs or not isinstance(archs[0], str):
-        raise ReferenceError(f"{config_path}: no 'architectures' list naming the model class")
+        _, arch = read_hf_config(folder)
+    except ConvertError as e:
+        raise ReferenceError(str(e)) from None
     torch, transformers = _import_transformers()
-    cls = getattr(transformers, archs[0], None)
+    cls = getattr(transformers, arch, None)
     if cls is None:
-        raise ReferenceError(f"{config_path}: transformers {transformers.__version__} has no class {archs[0]!r}")
+        raise ReferenceError(f"{folder / 'config.json'}: transformers {transformers.__version__} has no class {arch!r}")
     try:
         # Eager attention: the plain softmax(q k^T) v, as the paper (and our reference backend) computes it.
         model = cls.from_pretrained(folder, dtype=torch.float32, attn_implementation="eager")

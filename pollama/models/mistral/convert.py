@@ -8,16 +8,12 @@ opt-in: `python -m pollama.models.mistral.convert FOLDER OUT.gguf`, or `convert(
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import sys
 from pathlib import Path
 
 from pollama.create import convert as hf
 from pollama.create.convert import ConvertError, rope_scaling_metadata
-from pollama.fs.writer import write_gguf
 from pollama.models.llama.convert import LlamaConverter
-from pollama.tokenizer.convert import TokenizerConvertError, convert_tokenizer
 
 
 class MistralConverter(LlamaConverter):
@@ -44,48 +40,7 @@ class MistralConverter(LlamaConverter):
 
 def convert(folder: str | Path, out_path: str | Path, progress=None, *, outtype: str = "f16") -> None:
     """Convert a MistralForCausalLM folder to a GGUF "mistral" file; ConvertError (one line) if it cannot be."""
-    folder = Path(folder)
-    say = progress or (lambda status: None)
-    if outtype not in hf.OUT_TYPES:
-        raise ConvertError(f"output type {outtype!r} is not one of {', '.join(hf.OUT_TYPES)}")
-    config = _read_config(folder)
-    archs = config.get("architectures")
-    if not isinstance(archs, list) or archs[:1] != ["MistralForCausalLM"]:
-        raise ConvertError(f"{folder / 'config.json'}: architectures is {archs!r}, not ['MistralForCausalLM']")
-    conv = MistralConverter(hf.HFConfig(config))
-    model_md = conv.metadata()  # refuses a bad config before anything is read
-    # What convert_hf does once it has picked a converter (it picks "llama" for this class).
-    try:
-        tokenizer_md = convert_tokenizer(folder, conv.cfg.require("vocab_size"), config)
-    except TokenizerConvertError as e:
-        raise ConvertError(str(e)) from None
-    with hf.open_weights(folder) as weights:
-        tensor_type, file_type = hf.OUT_TYPES[outtype]
-        tensors = hf._convert_tensors(conv, weights, tensor_type, say)
-        metadata = {
-            "general.architecture": conv.arch,
-            "general.name": folder.name,
-            "general.file_type": int(file_type),
-            "general.quantization_version": 2,
-            "general.parameter_count": sum(math.prod(shape) for _, _, _, shape in tensors),
-            **{f"{conv.arch}.{k}": v for k, v in model_md.items()},
-            **tokenizer_md,
-        }
-        say(f"writing {out_path}")
-        write_gguf(out_path, metadata, tensors, value_types=hf._value_types(metadata))
-
-
-def _read_config(folder: Path) -> dict:
-    path = folder / "config.json"
-    if not path.is_file():
-        raise ConvertError(f"{folder}: no config.json in the folder")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConvertError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(config, dict):
-        raise ConvertError(f"{path}: not a JSON object")
-    return config
+    hf.convert_hf(folder, out_path, progress, outtype=outtype, converter=MistralConverter)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -106,4 +106,4 @@ def test_command_line(case, tmp_path, capsys):
     assert convert_main([str(case.folder), str(tmp_path / "m.gguf"), "--outtype", "f32"]) == 0
     assert (tmp_path / "m.gguf").read_bytes() == case.gguf.read_bytes()
     assert convert_main([str(tmp_path / "nothing"), str(tmp_path / "x.gguf")]) == 1
-    assert "no config.json" in capsys.readouterr().err
+    assert "nothing: no such folder" in capsys.readouterr().err
