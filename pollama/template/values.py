@@ -20,8 +20,8 @@ from .gofmt import OrderedMap, go_json
 # ---------------------------------------------------------------- tool calls
 
 
-class TemplateArgs(dict):
-    """A tool call's arguments: a Go map that prints as its JSON ("{}" when absent)."""
+class GoJSONMap(dict):
+    """A Go map whose String() is its JSON: "{}" when nil, and nil (null) when marshalled nil."""
 
     def __init__(self, *args, is_nil: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
@@ -32,6 +32,10 @@ class TemplateArgs(dict):
 
     def go_json(self):
         return None if self.is_nil else dict(self)
+
+
+class TemplateArgs(GoJSONMap):
+    """A tool call's arguments: a Go map that prints as its JSON ("{}" when absent)."""
 
 
 @dataclass
@@ -124,18 +128,8 @@ class ToolProperty:
         return " | ".join(_TS_TYPES.get(t, "any") for t in self.Type)
 
 
-class TemplateProperties(dict):
+class TemplateProperties(GoJSONMap):
     """A tool's parameter properties: a Go map (sorted) that prints as its JSON."""
-
-    def __init__(self, *args, is_nil: bool = False, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.is_nil = is_nil
-
-    def go_string(self) -> str:
-        return "{}" if self.is_nil else go_json(dict(self))
-
-    def go_json(self):
-        return None if self.is_nil else dict(self)
 
 
 @dataclass
