@@ -38,6 +38,15 @@ class Batch:
     positions: np.ndarray  # int32 [t]
     seq_ids: np.ndarray  # int32 [t]
     outputs: np.ndarray  # int32 indices into the batch whose logits are wanted
+    # Images (see models/multimodal.py), all optional: rows replacing token embeddings
+    # (embeds float32 [t, dim], keep float32 [t, 1]: 0 where a row replaces), M-RoPE
+    # positions int32 [t, 3], the last position each token may see when that is past its
+    # own (an image seen both ways), and the prompt items themselves.
+    embeds: np.ndarray | None = None
+    keep: np.ndarray | None = None
+    rope_positions: np.ndarray | None = None
+    visible_until: np.ndarray | None = None
+    items: Sequence | None = None
 
     @classmethod
     def single(cls, tokens: Sequence[int], start: int, seq: int = 0, all_logits: bool = False) -> Batch:
@@ -55,8 +64,27 @@ class Batch:
         return len(self.tokens)
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """The batch's data by input name (as bind() names it)."""
-        return {"tokens": self.tokens, "positions": self.positions, "outputs": self.outputs}
+        """The batch's data by input name (as bind() names it, and embed()/multi_positions())."""
+        arrays = {"tokens": self.tokens, "positions": self.positions, "outputs": self.outputs}
+        if self.rope_positions is not None:
+            arrays["rope_positions"] = multi_positions_array(self.rope_positions)
+        return arrays
+
+    def embed(self, ctx: Context, x: Tensor) -> Tensor:
+        """Token embeddings x [t, dim] with the batch's image rows put in their places."""
+        if self.embeds is None:
+            return x
+        return x * ctx.input(self.keep, name="embeds.keep") + ctx.input(self.embeds, name="embeds")
+
+    def multi_positions(self, ctx: Context) -> Tensor:
+        """The batch's M-RoPE positions as the rope op takes them (int32 [4 * t])."""
+        if self.rope_positions is None:
+            raise ValueError("this batch has no M-RoPE positions (the engine makes them for models that ask)")
+        return ctx.input(multi_positions_array(self.rope_positions), name="rope_positions")
+
+    def shape_key(self) -> tuple:
+        """What, beside sizes, decides the graph a model builds for this batch."""
+        return (self.embeds is not None, self.rope_positions is not None)
 
     def sequence_runs(self) -> tuple[tuple[int, int], ...] | None:
         """(first row, rows) of each run of one sequence's tokens, or None if there is one run."""
@@ -71,6 +99,15 @@ class Batch:
     def bind(self, ctx: Context) -> tuple[Tensor, Tensor, Tensor]:
         """The batch as named inputs of a context: (tokens, positions, outputs)."""
         return tuple(ctx.input(array, name=name) for name, array in self.arrays().items())
+
+
+def multi_positions_array(rope_positions: np.ndarray) -> np.ndarray:
+    """[t, 3] (t, h, w) positions as ggml's multi-section rope reads them: all t, all h, all
+    w, then a fourth section (unused by these models) of zeros."""
+    t = len(rope_positions)
+    out = np.zeros(4 * t, dtype=np.int32)
+    out[: 3 * t] = np.ascontiguousarray(rope_positions.T, dtype=np.int32).reshape(-1)
+    return out
 
 
 @dataclass
@@ -191,7 +228,8 @@ class KVCache:
     def mask(self, batch: Batch, n_kv: int) -> np.ndarray:
         """Additive mask [t, n_kv]: 0 where a token may see a cell, -inf elsewhere."""
         pos = self.cell_pos[None, :n_kv]
-        visible = (self.cell_seq[None, :n_kv] == batch.seq_ids[:, None]) & (pos >= 0) & (pos <= batch.positions[:, None])
+        last = batch.positions if batch.visible_until is None else batch.visible_until
+        visible = (self.cell_seq[None, :n_kv] == batch.seq_ids[:, None]) & (pos >= 0) & (pos <= last[:, None])
         if self.window is not None:
             visible &= batch.positions[:, None] - pos < self.window
         return np.where(visible, np.float32(0), np.float32(-np.inf))

@@ -32,6 +32,14 @@ class RopeMode(enum.IntEnum):
 
     NORMAL = 0  # adjacent pairs (x[2i], x[2i+1]): Llama as stored in GGUF
     NEOX = 2  # halves (x[i], x[i + d/2]): GPT-NeoX, Qwen2, Gemma
+    # Several positions per token (t, h, w, e), each driving a section of the frequencies:
+    MROPE = 8  # Qwen2-VL's text: pairs (i, i + dims/2) as NEOX
+    VISION = 24  # Qwen2-VL's vision tower: pairs (i, i + dims), each section's theta from 0
+
+    @property
+    def multi(self) -> bool:
+        """Whether positions are int32 [4 * t] (all t, all h, all w, all e) rather than [t]."""
+        return self in (RopeMode.MROPE, RopeMode.VISION)
 
 
 @dataclass(frozen=True)
@@ -48,6 +56,9 @@ class Rope:
     attn_factor: float = 1.0
     beta_fast: float = 32.0
     beta_slow: float = 1.0
+    # MROPE/VISION: how many frequency slots (of dims/2, or of head_dim/2 for VISION) each
+    # position component drives, in order t, h, w, e.
+    sections: tuple[int, int, int, int] = (0, 0, 0, 0)
 
 
 class Tensor(ABC):
@@ -63,7 +74,12 @@ class Tensor(ABC):
     # Linear algebra --------------------------------------------------------------------
     @abstractmethod
     def linear(self, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-        """x @ weight.T (+ bias): x [..., in], weight [out, in] in any GGUF type."""
+        """x @ weight.T (+ bias): x [..., in], weight [out, in] in any GGUF type.
+
+        A weight with more dims is read as [out, prod(rest)]: a convolution's kernel
+        [out, channels, kh, kw] applied to patches flattened in (channel, row, column) order.
+        The weight may also be a float32 tensor of the step (e.g. a pooling matrix input).
+        """
 
     @abstractmethod
     def rows(self, index: Tensor) -> Tensor:
@@ -77,6 +93,10 @@ class Tensor(ABC):
     @abstractmethod
     def __mul__(self, other: Tensor) -> Tensor:
         """Product; `other` broadcasts when each of its dims is 1 or equal to ours."""
+
+    @abstractmethod
+    def __sub__(self, other: Tensor) -> Tensor:
+        """Difference; `other` broadcasts when each of its dims is 1 or equal to ours."""
 
     @abstractmethod
     def scale(self, factor: float) -> Tensor:
@@ -97,6 +117,14 @@ class Tensor(ABC):
     @abstractmethod
     def tanh(self) -> Tensor:
         """Hyperbolic tangent."""
+
+    @abstractmethod
+    def sigmoid(self) -> Tensor:
+        """1 / (1 + exp(-x))."""
+
+    def quick_gelu(self) -> Tensor:
+        """x * sigmoid(1.702 x): CLIP's GELU approximation (Qwen2-VL's vision MLP)."""
+        return self * self.scale(1.702).sigmoid()
 
     def swiglu(self, up: Tensor) -> Tensor:
         """silu(self) * up: the gated linear unit of Llama's MLP (a backend may fuse it)."""
@@ -132,10 +160,56 @@ class Tensor(ABC):
     def contiguous(self) -> Tensor:
         """A contiguous copy (or self when already contiguous)."""
 
+    def transpose(self) -> Tensor:
+        """[a, b] -> [b, a], contiguous."""
+        if self.ndim != 2:
+            raise BackendError(f"transpose() needs a 2-D tensor, got {list(self.shape)}")
+        return self.permute(1, 0).contiguous()
+
+    @abstractmethod
+    def concat(self, other: Tensor, dim: int) -> Tensor:
+        """Join two float32 tensors along `dim`; the other dims must be equal."""
+
+    @abstractmethod
+    def slice(self, dim: int, start: int, stop: int) -> Tensor:
+        """Elements [start, stop) along `dim`, as a contiguous tensor."""
+
     # Position --------------------------------------------------------------------------
     @abstractmethod
     def rope(self, positions: Tensor, rope: Rope, freq_factors: Tensor | None = None) -> Tensor:
-        """Rotate x [seq, heads, head_dim] by positions int32 [seq]."""
+        """Rotate x [seq, heads, head_dim] by positions int32 [seq] (int32 [4 * seq] when
+        rope.mode.multi), as ggml_rope_ext / ggml_rope_multi do."""
+
+
+def check_concat(a: Tensor, b: Tensor, dim: int) -> int:
+    """The non-negative dim of a valid concat of a and b; BackendError otherwise."""
+    if a.dtype != GGMLType.F32 or b.dtype != GGMLType.F32:
+        raise BackendError(f"concat needs float32 tensors, got {a.dtype.name} and {b.dtype.name}")
+    if a.ndim != b.ndim or not -a.ndim <= dim < a.ndim:
+        raise BackendError(f"concat of {list(a.shape)} and {list(b.shape)} along dim {dim}")
+    dim %= a.ndim
+    if any(x != y for i, (x, y) in enumerate(zip(a.shape, b.shape)) if i != dim):
+        raise BackendError(f"concat of {list(a.shape)} and {list(b.shape)} along dim {dim}: other dims differ")
+    return dim
+
+
+def check_slice(a: Tensor, dim: int, start: int, stop: int) -> int:
+    """The non-negative dim of a valid slice; BackendError otherwise."""
+    if not -a.ndim <= dim < a.ndim:
+        raise BackendError(f"slice dim {dim} of a {a.ndim}-D tensor")
+    dim %= a.ndim
+    if not 0 <= start < stop <= a.shape[dim]:
+        raise BackendError(f"slice [{start}, {stop}) outside [0, {a.shape[dim]}) of dim {dim}")
+    return dim
+
+
+def check_rope_sections(rope: Rope, head_dim: int) -> None:
+    """BackendError unless a multi-position rope's sections fit its dims."""
+    slots = head_dim // 2 if rope.mode == RopeMode.VISION else rope.dims // 2
+    if len(rope.sections) != 4 or any(s < 0 for s in rope.sections) or not 0 < sum(rope.sections) <= slots:
+        raise BackendError(f"rope sections {rope.sections} do not fit {slots} frequency slots")
+    if rope.mode == RopeMode.VISION and rope.dims * 2 != head_dim:
+        raise BackendError(f"vision rope rotates pairs (i, i + dims): dims {rope.dims} must be half of head_dim {head_dim}")
 
 
 class Recorder:

@@ -8,6 +8,7 @@ from pollama.nn.modules import (  # noqa: F401
     RMSNorm,
     RopeScaling,
     Weights,
+    attend,
     attention,
     make_rope,
 )

@@ -67,8 +67,10 @@ def test_linear_shape_errors(ctx):
         x.linear(ctx.input(f32(4, 6)))
     with pytest.raises(BackendError, match="bias"):
         x.linear(ctx.input(f32(4, 5)), ctx.input(f32(3)))
-    with pytest.raises(BackendError, match="2-D"):
-        x.linear(ctx.input(f32(1, 4, 5)))
+    with pytest.raises(BackendError, match="does not match weight"):
+        x.linear(ctx.input(f32(1, 4, 5)))  # a kernel is read as [out, prod(rest)]: [1, 20]
+    with pytest.raises(BackendError, match="2-D to 4-D"):
+        x.linear(ctx.input(f32(5)))
     with pytest.raises(BackendError, match="float32"):
         ctx.input(np.ones((2, 5), np.int32)).linear(ctx.input(f32(4, 5)))
 

@@ -16,7 +16,9 @@ from typing import Collection, Mapping, Sequence
 import numpy as np
 
 from pollama.fs.ggml_types import GGMLType
-from pollama.ml.base import Backend, BackendError, Context, Recorder, Rope, Tensor
+from pollama.ml.base import (
+    Backend, BackendError, Context, Recorder, Rope, RopeMode, Tensor, check_concat, check_rope_sections, check_slice,
+)
 from pollama.ml.ggml.lib import ggml
 
 # Types a weight may have to be multiplied by ggml's CPU kernels (all float and block formats).
@@ -97,14 +99,21 @@ class GGMLTensor(Tensor):
     def linear(self, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         ctx = self._step(weight, bias)
         self._float("linear")
-        if weight.ndim != 2 or weight.dtype not in MATMUL_TYPES:
-            raise BackendError(f"linear weight must be 2-D in a matmul type, got {weight.dtype.name} {list(weight.shape)}")
-        if weight.shape[1] != self.shape[-1]:
+        if not 2 <= weight.ndim <= 4 or weight.dtype not in MATMUL_TYPES:
+            raise BackendError(f"linear weight must be 2-D to 4-D in a matmul type, got {weight.dtype.name} {list(weight.shape)}")
+        n_in = math.prod(weight.shape[1:])
+        if n_in != self.shape[-1]:
             raise BackendError(f"linear: input {list(self.shape)} does not match weight {list(weight.shape)}")
         if self.ndim > 4:
             raise BackendError("linear: input has more than 4 dims")
+        w = weight.ptr
+        if weight.ndim > 2:  # a convolution kernel read as [out, channels * kh * kw]
+            if weight.repacked or not weight.contiguous_:
+                raise BackendError("linear: a kernel with more than 2 dims must be a plain contiguous tensor")
+            w = ggml.ggml_reshape_2d(ctx.ctx, w, n_in, weight.shape[0])
+            ctx.n_tensors += 1
         x = self if self._is_contiguous() else self.contiguous()
-        out = ctx._new(ggml.ggml_mul_mat(ctx.ctx, weight.ptr, x.ptr), (*self.shape[:-1], weight.shape[0]))
+        out = ctx._new(ggml.ggml_mul_mat(ctx.ctx, w, x.ptr), (*self.shape[:-1], weight.shape[0]))
         if bias is not None:
             if bias.shape != (weight.shape[0],):
                 raise BackendError(f"linear bias {list(bias.shape)} does not match weight {list(weight.shape)}")
@@ -142,6 +151,9 @@ class GGMLTensor(Tensor):
     def __mul__(self, other: Tensor) -> Tensor:
         return self._binary(other, ggml.ggml_mul, "mul")
 
+    def __sub__(self, other: Tensor) -> Tensor:
+        return self._binary(other, ggml.ggml_sub, "sub")
+
     def _unary(self, fn, op: str, *args) -> Tensor:
         ctx = self._step()
         self._float(op)
@@ -162,6 +174,9 @@ class GGMLTensor(Tensor):
 
     def tanh(self) -> Tensor:
         return self._unary(ggml.ggml_tanh, "tanh")
+
+    def sigmoid(self) -> Tensor:
+        return self._unary(ggml.ggml_sigmoid, "sigmoid")
 
     def _glu(self, up: Tensor, fn, op: str) -> Tensor:
         ctx = self._step(up)
@@ -215,19 +230,50 @@ class GGMLTensor(Tensor):
             return self
         return ctx._new(ggml.ggml_cont(ctx.ctx, self.ptr), self.shape, self.dtype)
 
+    def concat(self, other: Tensor, dim: int) -> Tensor:
+        ctx = self._step(other)
+        dim = check_concat(self, other, dim)
+        a = self if self._is_contiguous() else self.contiguous()
+        b = other if other._is_contiguous() else other.contiguous()
+        shape = tuple(x + y if i == dim else x for i, (x, y) in enumerate(zip(self.shape, other.shape)))
+        return ctx._new(ggml.ggml_concat(ctx.ctx, a.ptr, b.ptr, self.ndim - 1 - dim), shape)
+
+    def slice(self, dim: int, start: int, stop: int) -> Tensor:
+        ctx = self._step()
+        dim = check_slice(self, dim, start, stop)
+        src = self if self._is_contiguous() else self.contiguous()
+        axis = self.ndim - 1 - dim  # in ggml order
+        ne = list(src.ptr.contents.ne[:4])
+        nb = list(src.ptr.contents.nb[:4])
+        ne[axis] = stop - start
+        view = ggml.ggml_view_4d(ctx.ctx, src.ptr, ne[0], ne[1], ne[2], ne[3], nb[1], nb[2], nb[3], start * nb[axis])
+        ctx.n_tensors += 1
+        shape = tuple(stop - start if i == dim else n for i, n in enumerate(self.shape))
+        return ctx._new(ggml.ggml_cont(ctx.ctx, view), shape, self.dtype)
+
     # -- position ---------------------------------------------------------------------------
     def rope(self, positions: Tensor, rope: Rope, freq_factors: Tensor | None = None) -> Tensor:
         ctx = self._step(positions, freq_factors)
         self._float("rope")
         if self.ndim != 3:
             raise BackendError(f"rope needs x [seq, heads, head_dim], got {list(self.shape)}")
-        if positions.dtype != GGMLType.I32 or positions.shape != (self.shape[0],):
-            raise BackendError(f"rope positions must be int32 [{self.shape[0]}], got {positions.dtype.name} {list(positions.shape)}")
+        n_pos = 4 * self.shape[0] if rope.mode.multi else self.shape[0]
+        if positions.dtype != GGMLType.I32 or positions.shape != (n_pos,):
+            raise BackendError(f"rope positions must be int32 [{n_pos}], got {positions.dtype.name} {list(positions.shape)}")
         if not (0 < rope.dims <= self.shape[2]) or rope.dims % 2:
             raise BackendError(f"rope dims {rope.dims} invalid for head_dim {self.shape[2]}")
-        if freq_factors is not None and freq_factors.shape != (rope.dims // 2,):
-            raise BackendError(f"rope frequency factors must be [{rope.dims // 2}], got {list(freq_factors.shape)}")
+        n_factors = self.shape[2] // 2 if rope.mode == RopeMode.VISION else rope.dims // 2
+        if freq_factors is not None and (freq_factors.shape != (n_factors,) or freq_factors.dtype != GGMLType.F32):
+            raise BackendError(f"rope frequency factors must be float32 [{n_factors}], got {list(freq_factors.shape)}")
         src = self if self._is_contiguous() else self.contiguous()
+        if rope.mode.multi:
+            check_rope_sections(rope, self.shape[2])
+            ptr = ggml.ggml_rope_multi(
+                ctx.ctx, src.ptr, positions.ptr, freq_factors.ptr if freq_factors is not None else None,
+                rope.dims, (ctypes.c_int * 4)(*rope.sections), int(rope.mode), rope.original_context, rope.base,
+                rope.freq_scale, rope.ext_factor, rope.attn_factor, rope.beta_fast, rope.beta_slow,
+            )
+            return ctx._new(ptr, self.shape)
         ptr = ggml.ggml_rope_ext(
             ctx.ctx, src.ptr, positions.ptr, freq_factors.ptr if freq_factors is not None else None,
             rope.dims, int(rope.mode), rope.original_context, rope.base, rope.freq_scale,

@@ -22,7 +22,9 @@ import torch
 import torch.nn.functional as F
 
 from pollama.fs.ggml_types import GGMLType
-from pollama.ml.base import Backend, BackendError, Context, Recorder, Rope, RopeMode, Tensor
+from pollama.ml.base import (
+    Backend, BackendError, Context, Recorder, Rope, RopeMode, Tensor, check_concat, check_rope_sections, check_slice,
+)
 from pollama.ml.torch.quants import dequantize
 
 MAX_DIMS = 4  # ggml's GGML_MAX_DIMS: a shape the ggml backend could not hold is refused here too
@@ -111,13 +113,14 @@ class TorchTensor(Tensor):
         """x @ weight.T (+ bias): x [..., in], weight [out, in] (dequantized to float32)."""
         ctx = self._step(weight, bias)
         self._float("linear")
-        if weight.ndim != 2 or weight.dtype != GGMLType.F32:
-            raise BackendError(f"linear weight must be a 2-D float tensor, got {weight.dtype.name} {list(weight.shape)}")
-        if weight.shape[1] != self.shape[-1]:
+        if not 2 <= weight.ndim <= 4 or weight.dtype != GGMLType.F32:
+            raise BackendError(f"linear weight must be a 2-D to 4-D float tensor, got {weight.dtype.name} {list(weight.shape)}")
+        if math.prod(weight.shape[1:]) != self.shape[-1]:
             raise BackendError(f"linear: input {list(self.shape)} does not match weight {list(weight.shape)}")
         if bias is not None and (bias.shape != (weight.shape[0],) or bias.dtype != GGMLType.F32):
             raise BackendError(f"linear bias {bias.dtype.name} {list(bias.shape)} does not match weight {list(weight.shape)}")
-        return ctx._new(F.linear(self._t, weight._t, None if bias is None else bias._t))
+        w = weight._t.reshape(weight.shape[0], -1)  # a convolution kernel as [out, channels * kh * kw]
+        return ctx._new(F.linear(self._t, w, None if bias is None else bias._t))
 
     def rows(self, index: Tensor) -> Tensor:
         """Gather rows of a 2-D tensor: self [n, d], index int32 [t] -> [t, d] float32."""
@@ -153,6 +156,10 @@ class TorchTensor(Tensor):
         """Product; `other` broadcasts when each of its dims is 1 or equal to ours."""
         return self._binary(other, "mul", torch.mul)
 
+    def __sub__(self, other: Tensor) -> Tensor:
+        """Difference; `other` broadcasts when each of its dims is 1 or equal to ours."""
+        return self._binary(other, "sub", torch.sub)
+
     def scale(self, factor: float) -> Tensor:
         """Multiply by a constant."""
         if not isinstance(factor, numbers.Real):
@@ -174,6 +181,10 @@ class TorchTensor(Tensor):
     def tanh(self) -> Tensor:
         """Hyperbolic tangent."""
         return self._unary("tanh", torch.tanh)
+
+    def sigmoid(self) -> Tensor:
+        """1 / (1 + exp(-x))."""
+        return self._unary("sigmoid", torch.sigmoid)
 
     # -- normalization ----------------------------------------------------------------------
     def rms_norm(self, eps: float) -> Tensor:
@@ -215,6 +226,18 @@ class TorchTensor(Tensor):
             return self
         return ctx._new(self._t.contiguous())
 
+    def concat(self, other: Tensor, dim: int) -> Tensor:
+        """Join two float32 tensors along `dim`."""
+        ctx = self._step(other)
+        dim = check_concat(self, other, dim)
+        return ctx._new(torch.cat((self._t, other._t), dim=dim))
+
+    def slice(self, dim: int, start: int, stop: int) -> Tensor:
+        """Elements [start, stop) along `dim`, contiguous."""
+        ctx = self._step()
+        dim = check_slice(self, dim, start, stop)
+        return ctx._new(self._t.narrow(dim, start, stop - start).contiguous())
+
     # -- position ---------------------------------------------------------------------------
     def rope(self, positions: Tensor, rope: Rope, freq_factors: Tensor | None = None) -> Tensor:
         """Rotate x [seq, heads, head_dim] by positions int32 [seq] (ggml_rope_ext semantics)."""
@@ -223,13 +246,16 @@ class TorchTensor(Tensor):
         if self.ndim != 3:
             raise BackendError(f"rope needs x [seq, heads, head_dim], got {list(self.shape)}")
         seq, _, head_dim = self.shape
-        if positions.dtype != GGMLType.I32 or positions.shape != (seq,):
-            raise BackendError(f"rope positions must be int32 [{seq}], got {positions.dtype.name} {list(positions.shape)}")
+        n_pos = 4 * seq if rope.mode.multi else seq
+        if positions.dtype != GGMLType.I32 or positions.shape != (n_pos,):
+            raise BackendError(f"rope positions must be int32 [{n_pos}], got {positions.dtype.name} {list(positions.shape)}")
         dims = rope.dims
         if not (isinstance(dims, numbers.Integral) and 0 < dims <= head_dim and dims % 2 == 0):
             raise BackendError(f"rope dims {dims} invalid for head_dim {head_dim}: need an even number in (0, {head_dim}]")
+        if rope.mode.multi:
+            return self._rope_multi(ctx, positions, rope, freq_factors)
         if rope.mode not in (RopeMode.NORMAL, RopeMode.NEOX):
-            raise BackendError(f"rope mode {rope.mode!r} is not supported (NORMAL or NEOX)")
+            raise BackendError(f"rope mode {rope.mode!r} is not supported")
         half = dims // 2
         factors = None
         if freq_factors is not None:
@@ -257,6 +283,64 @@ class TorchTensor(Tensor):
         else:
             out = torch.cat((y0, y1), dim=-1)
         return ctx._new(torch.cat((out, rest), dim=-1) if dims < head_dim else out)
+
+
+    def _rope_multi(self, ctx, positions: Tensor, rope: Rope, freq_factors: Tensor | None) -> Tensor:
+        """ggml_rope_multi: each frequency slot turns by the position component its section names."""
+        seq, _, head_dim = self.shape
+        check_rope_sections(rope, head_dim)
+        vision = rope.mode == RopeMode.VISION
+        slots = head_dim // 2 if vision else rope.dims // 2
+        factors = None
+        if freq_factors is not None:
+            if freq_factors.dtype != GGMLType.F32 or freq_factors.shape != (slots,):
+                raise BackendError(f"rope frequency factors must be float32 [{slots}], got {list(freq_factors.shape)}")
+            factors = freq_factors._t.detach().cpu().numpy()
+        pos = positions._t.detach().cpu().numpy().reshape(4, seq)
+        cos, sin = multi_rope_cos_sin(pos, rope, slots, vision, factors)
+        device = self._t.device
+        cos = torch.from_numpy(cos).to(device)[:, None, :]
+        sin = torch.from_numpy(sin).to(device)[:, None, :]
+        x = self._t
+        # VISION pairs (i, i + dims) over the whole head; MROPE pairs (i, i + dims/2) as NEOX,
+        # and dims past rope.dims pass through.
+        span = 2 * slots
+        x0, x1, rest = x[..., :slots], x[..., slots:span], x[..., span:]
+        out = torch.cat((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
+        return ctx._new(torch.cat((out, rest), dim=-1) if span < head_dim else out)
+
+
+def multi_rope_cos_sin(
+    positions: np.ndarray, rope: Rope, slots: int, vision: bool, freq_factors: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin [seq, slots] for positions [4, seq] as ggml's CPU multi-section rope makes them.
+
+    Slot i belongs to section t, h, w or e by i modulo the sections' sum; its angle is that
+    component's position times base^(-2i/dims), the running product restarting at each
+    section for VISION.
+    """
+    f32 = np.float32
+    if rope.ext_factor != 0:
+        raise BackendError("YaRN is not supported with multi-section rope")
+    sections = rope.sections
+    total = sum(sections)
+    bounds = np.cumsum(sections)
+    theta_scale = np.power(f32(rope.base), f32(-2.0) / f32(rope.dims), dtype=f32)
+    running = positions.astype(f32).copy()  # [4, seq]: the running theta of each component
+    theta = np.empty((positions.shape[1], slots), dtype=f32)
+    for i in range(slots):
+        sector = i % total
+        component = int(np.searchsorted(bounds, sector, side="right"))
+        if vision and sector in (0, *bounds[:3]):
+            running[component] = positions[component].astype(f32)
+        theta[:, i] = running[component]
+        running = running * theta_scale
+    if freq_factors is not None:
+        theta = theta / freq_factors.astype(f32)
+    angles = f32(rope.freq_scale) * theta
+    angles64 = angles.astype(np.float64)
+    mscale = f32(rope.attn_factor)
+    return (np.cos(angles64).astype(f32) * mscale).astype(f32), (np.sin(angles64).astype(f32) * mscale).astype(f32)
 
 
 def rope_cos_sin(positions: np.ndarray, rope: Rope, freq_factors: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
