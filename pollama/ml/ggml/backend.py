@@ -581,6 +581,8 @@ class GGMLContext(Context, _Owner):
         backend = self.backend
         if not ggml.ggml_gallocr_alloc_graph(self.allocr, self.graph):
             raise BackendError("could not allocate the compute graph (out of memory)")
+        # An input no op reads (an M-RoPE model's 1-D positions) gets no memory: nothing to set.
+        self.inputs = [(tensor, array) for tensor, array in self.inputs if tensor.ptr.contents.buffer]
         for tensor, array in self.inputs:
             ggml.ggml_backend_tensor_set(tensor.ptr, array.ctypes.data, 0, array.nbytes)
         status = ggml.ggml_backend_graph_compute(backend.cpu, self.graph)
