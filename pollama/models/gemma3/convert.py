@@ -1,10 +1,14 @@
-"""HF Gemma3ForCausalLM (Gemma 3 text: 270M, 1B) -> GGUF "gemma3"."""
+"""HF Gemma3ForCausalLM (Gemma 3 text: 270M, 1B) and Gemma3ForConditionalGeneration (4B, 12B, 27B:
+text + SigLIP vision) -> GGUF "gemma3"."""
 
 from __future__ import annotations
 
+import math
+import re
+
 import numpy as np
 
-from pollama.create.convert import ConvertError, ModelConverter, rope_scaling_metadata
+from pollama.create.convert import ConvertError, HFConfig, ModelConverter, rope_scaling_metadata
 
 LAYER_NAMES = {
     "input_layernorm": "attn_norm",
@@ -82,3 +86,100 @@ class Gemma3Converter(ModelConverter):
     def transform(self, name: str, data: np.ndarray) -> np.ndarray:
         # Gemma's RMSNorm scales by (1 + weight); GGUF stores the sum.
         return data + 1.0 if name.endswith("norm.weight") else data
+
+
+# SigLIP's names inside a vision layer, and their GGUF names (as Ollama's convert_gemma3.go).
+VISION_LAYER_NAMES = {
+    "layer_norm1": "layer_norm1",
+    "self_attn.q_proj": "attn_q",
+    "self_attn.k_proj": "attn_k",
+    "self_attn.v_proj": "attn_v",
+    "self_attn.out_proj": "attn_output",
+    "layer_norm2": "layer_norm2",
+    "mlp.fc1": "mlp.fc1",
+    "mlp.fc2": "mlp.fc2",
+}
+VISION_TOP_NAMES = {
+    "embeddings.patch_embedding": "v.patch_embedding",
+    "embeddings.position_embedding": "v.position_embedding",
+    "post_layernorm": "v.post_layernorm",
+}
+PROJECTOR_NAMES = {
+    "multi_modal_projector.mm_soft_emb_norm.weight": "mm.mm_soft_emb_norm.weight",
+    # HF keeps it [vision_dim, text_dim] and computes x @ W; so does the GGUF (Ollama's layout,
+    # which Ollama's and our model transpose when they apply it).
+    "multi_modal_projector.mm_input_projection_weight": "mm.mm_input_projection.weight",
+}
+# Text configs of the hub's Gemma 3 VLMs leave these at Gemma3TextConfig's defaults.
+TEXT_DEFAULTS = {"vocab_size": 262208, "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 256}
+
+
+class Gemma3VisionConverter(Gemma3Converter):
+    """HF Gemma3ForConditionalGeneration (Gemma 3 4B/12B/27B: text + SigLIP) -> one GGUF "gemma3":
+    the text model as Gemma3Converter writes it, the vision tower as `v.*`, the projector as `mm.*`."""
+
+    architectures = ("Gemma3ForConditionalGeneration",)
+
+    def __init__(self, cfg: HFConfig):
+        top = {k: v for k, v in cfg.data.items() if k not in ("text_config", "vision_config")}
+        text = cfg.data.get("text_config") or {}
+        # The text converter reads the text config; top-level keys fill what it lacks.
+        super().__init__(HFConfig({**TEXT_DEFAULTS, **top, **text}))
+        self.vision = HFConfig(cfg.data.get("vision_config") or {})
+        self.top = HFConfig(top)
+
+    def metadata(self) -> dict:
+        md = super().metadata()
+        v, top = self.vision, self.top
+        if v.get("model_type", "siglip_vision_model") != "siglip_vision_model":
+            raise ConvertError(f"config.json vision_config.model_type={v.get('model_type')!r}: Gemma 3 has SigLIP")
+        if v.get("vision_use_head", False):
+            raise ConvertError("config.json vision_config.vision_use_head is set; Gemma 3 uses the patch states")
+        act = v.get("hidden_act", "gelu_pytorch_tanh")
+        if act != "gelu_pytorch_tanh":
+            raise ConvertError(f"config.json vision_config.hidden_act={act!r}: Gemma 3's SigLIP computes gelu_pytorch_tanh")
+        image_size, patch_size = v.get("image_size", 224), v.get("patch_size", 16)
+        tokens = top.get("mm_tokens_per_image", 256)
+        side, per_side = image_size // patch_size, math.isqrt(tokens)
+        if image_size % patch_size or per_side * per_side != tokens or side % per_side:
+            raise ConvertError(
+                f"config.json: {image_size // patch_size}x{image_size // patch_size} patches cannot be pooled "
+                f"to mm_tokens_per_image={tokens} (a square whose side divides the patch grid's)")
+        md.update({
+            "vision.block_count": v.require("num_hidden_layers"),
+            "vision.embedding_length": v.require("hidden_size"),
+            "vision.feed_forward_length": v.require("intermediate_size"),
+            "vision.image_size": image_size,
+            "vision.patch_size": patch_size,
+            "vision.num_channels": v.get("num_channels", 3),
+            "vision.attention.head_count": v.require("num_attention_heads"),
+            "vision.attention.layer_norm_epsilon": float(v.get("layer_norm_eps", 1e-6)),
+            "mm.tokens_per_image": tokens,
+        })
+        return md
+
+    def skip(self, hf_name: str) -> bool:
+        return super().skip(hf_name.replace("language_model.", "", 1))
+
+    def gguf_name(self, hf_name: str) -> str:
+        name = hf_name.removeprefix("model.")  # transformers 5's in-memory names: model.language_model.*
+        if name in PROJECTOR_NAMES:
+            return PROJECTOR_NAMES[name]
+        if name.startswith("language_model."):
+            rest = name.removeprefix("language_model.")
+            return super().gguf_name(rest if rest.startswith(("model.", "lm_head.")) else f"model.{rest}")
+        if name.startswith("vision_tower."):
+            # Hub checkpoints nest the tower in vision_model; transformers 5 saves it flat.
+            rest = name.removeprefix("vision_tower.").removeprefix("vision_model.")
+            stem, _, suffix = rest.rpartition(".")
+            if stem in VISION_TOP_NAMES:
+                return f"{VISION_TOP_NAMES[stem]}.{suffix}"
+            m = re.fullmatch(r"encoder\.layers\.(\d+)\.(.+)", stem)
+            if m and m.group(2) in VISION_LAYER_NAMES and suffix in ("weight", "bias"):
+                return f"v.blk.{m.group(1)}.{VISION_LAYER_NAMES[m.group(2)]}.{suffix}"
+        raise ConvertError(f"tensor {hf_name!r} has no place in a {self.arch} GGUF")
+
+    def transform(self, name: str, data: np.ndarray) -> np.ndarray:
+        # The +1 of Gemma's RMSNorm applies to the text norms and the projector's; SigLIP's
+        # LayerNorms keep their weights.
+        return data if name.startswith("v.") else super().transform(name, data)

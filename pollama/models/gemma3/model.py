@@ -1,4 +1,5 @@
-"""Gemma 3 (Gemma Team 2025), text: QK-norm, sandwich norms, GeGLU, 5 local : 1 global attention."""
+"""Gemma 3 (Gemma Team 2025): QK-norm, sandwich norms, GeGLU, 5 local : 1 global attention; with
+a SigLIP image encoder (vision.py) when the file has one, its images seen both ways in the prompt."""
 
 from __future__ import annotations
 
@@ -7,8 +8,12 @@ import math
 from pollama.fs.ggml_types import GGMLType
 from pollama.kvcache import N_KV_PAD, Batch, KVCache, LayerCaches, pages_for
 from pollama.ml.base import Backend, Context, RopeMode, Tensor
+from pollama.models import imageproc
 from pollama.models.base import Config, TextModel, output_projection, positive, register
+from pollama.models.gemma3.process_image import process_image
+from pollama.models.gemma3.vision import VisionModel
 from pollama.models.llama.model import read_rope_scaling
+from pollama.models.multimodal import Image, ImageToken
 from pollama.nn import Embedding, Linear, ModelError, RMSNorm, Weights, attention, make_rope
 
 
@@ -34,6 +39,9 @@ class Block:
 
 @register("gemma3")
 class Gemma3(TextModel):
+    # The SigLIP position table is read by row; the projection is transposed in the graph.
+    gathered = ("token_embd.weight", "v.position_embedding.weight", "mm.mm_input_projection.weight")
+
     def __init__(self, cfg: Config, w: Weights):
         self.read_dims(cfg, head_dim=256)
         self.n_ctx_train = cfg.int("context_length", 131072)
@@ -59,6 +67,52 @@ class Gemma3(TextModel):
         self.output = output_projection(w)
         self.vocab_size = self.output.out_features
 
+        if "v.patch_embedding.weight" in w:
+            self.vision = True
+            self.v = VisionModel(cfg, w, self.dim)
+            self.image_markers(cfg)
+
+    # -- images -----------------------------------------------------------------------------
+    def image_markers(self, cfg: Config) -> None:
+        """The tokens around an image's soft tokens, found by their text (Ollama's fixed ids otherwise)."""
+        tokens = cfg.list("tokenizer.ggml.tokens", None) or []
+        ids = {}
+        for i, text in enumerate(tokens[: self.vocab_size]):
+            ids.setdefault(text, i)
+
+        def find(*texts: str, default: int) -> int:
+            i = next((ids[t] for t in texts if t in ids), default)
+            if not 0 <= i < self.vocab_size:
+                raise ModelError(f"the vocabulary has no {texts[0]!r} token (needed around images)")
+            return i
+
+        self.start_of_image = find("<start_of_image>", default=255999)
+        self.end_of_image = find("<end_of_image>", default=256000)
+        # "\n\n" as SentencePiece ("\n\n", Gemma's 108) or byte-level BPE ("ĊĊ") spells it.
+        self.newlines = [find("\n\n", "ĊĊ", default=108)]
+        # The soft tokens' own id matters only for prompt-cache identity (their embedding is
+        # replaced) but must index a row: HF's <image_soft_token>, else 0 (Ollama's placeholder).
+        i = ids.get("<image_soft_token>", 0)
+        self.image_token = i if i < self.vocab_size else 0
+
+    def encode_image(self, backend: Backend, data: bytes) -> Image:
+        """The image's soft tokens: SigLIP on the resized image, pooled and projected to the text width."""
+        if not self.vision:
+            return super().encode_image(backend, data)
+        pixels = process_image(imageproc.decode_image(data), image_size=self.v.image_size)
+        with backend.context() as ctx:
+            (embeds,) = ctx.compute(self.v(ctx, pixels))
+        return Image(digest=Image.digest_of(data), embeds=embeds, meta={"tokens": len(embeds)})
+
+    def image_items(self, image: Image) -> list:
+        """As HF's Gemma3Processor lays an image out: "\n\n<start_of_image>", the soft tokens (which
+        see each other both ways), "<end_of_image>\n\n"."""
+        if not self.vision:
+            return super().image_items(image)
+        n = len(image.embeds)
+        soft = [ImageToken(token=self.image_token, image=image, row=i, block=(i, n)) for i in range(n)]
+        return [*self.newlines, self.start_of_image, *soft, self.end_of_image, *self.newlines]
+
     def new_cache(
         self, backend: Backend, n_ctx: int, n_batch: int, n_seq: int = 1, dtype: GGMLType = GGMLType.F16
     ) -> LayerCaches:
@@ -79,6 +133,7 @@ class Gemma3(TextModel):
         t = len(batch)
         tokens, positions, outputs = batch.bind(ctx)
         x = self.token_embd(tokens).scale(math.sqrt(self.dim))  # [t, dim]
+        x = batch.embed(ctx, x)  # image rows in place (not scaled: HF scales only token embeddings)
         ctx.record("token_embd", x)
         for i, layer in enumerate(self.blk):
             rope = self.local_rope if self.is_local[i] else self.global_rope

@@ -1,0 +1,99 @@
+"""Gemma 3's image encoder: a SigLIP vision transformer (Zhai et al. 2023) and the projector that
+pools its patch states to `mm.tokens_per_image` soft tokens in the text model's width."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from pollama.ml.base import Context, Tensor
+from pollama.models.base import Config, positive
+from pollama.nn import LayerNorm, Linear, ModelError, RMSNorm, Weights, attend
+
+
+class VisionBlock:
+    """One pre-norm encoder layer: full attention over the patches, then a GELU MLP."""
+
+    def __init__(self, w: Weights, i: int, eps: float):
+        p = f"v.blk.{i}"
+        self.layer_norm1 = LayerNorm.load(w, f"{p}.layer_norm1", eps)
+        self.attn_q = Linear.load(w, f"{p}.attn_q")
+        self.attn_k = Linear.load(w, f"{p}.attn_k")
+        self.attn_v = Linear.load(w, f"{p}.attn_v")
+        self.attn_output = Linear.load(w, f"{p}.attn_output")
+        self.layer_norm2 = LayerNorm.load(w, f"{p}.layer_norm2", eps)
+        self.fc1 = Linear.load(w, f"{p}.mlp.fc1")
+        self.fc2 = Linear.load(w, f"{p}.mlp.fc2")
+
+
+class VisionModel:
+    """Pixels [3, S, S] -> soft tokens [mm.tokens_per_image, text dim]."""
+
+    def __init__(self, cfg: Config, w: Weights, text_dim: int):
+        self.n_layers = positive(cfg.int("vision.block_count"), "vision.block_count")
+        self.dim = positive(cfg.int("vision.embedding_length"), "vision.embedding_length")
+        self.n_heads = positive(cfg.int("vision.attention.head_count"), "vision.attention.head_count")
+        self.image_size = positive(cfg.int("vision.image_size"), "vision.image_size")
+        self.patch_size = positive(cfg.int("vision.patch_size"), "vision.patch_size")
+        self.channels = positive(cfg.int("vision.num_channels", 3), "vision.num_channels")
+        self.eps = cfg.float("vision.attention.layer_norm_epsilon", 1e-6)
+        # Ollama's converter writes mm.tokens_per_image; its model reads mm_tokens_per_image.
+        self.tokens = positive(cfg.int("mm.tokens_per_image", cfg.int("mm_tokens_per_image", 256)), "mm.tokens_per_image")
+        if self.dim % self.n_heads:
+            raise ModelError(f"vision.embedding_length {self.dim} is not a multiple of {self.n_heads} heads")
+        self.side = self.image_size // self.patch_size  # patches per side
+        self.tokens_side = math.isqrt(self.tokens)
+        if self.tokens_side**2 != self.tokens or self.side % self.tokens_side:
+            raise ModelError(f"{self.side}x{self.side} patches cannot be pooled to {self.tokens} tokens")
+
+        self.patch_embedding = Linear.load(w, "v.patch_embedding")
+        self.position_embedding = w["v.position_embedding.weight"]
+        expect = {
+            "v.patch_embedding.weight": (self.dim, self.channels, self.patch_size, self.patch_size),
+            "v.position_embedding.weight": (self.side * self.side, self.dim),
+            "mm.mm_input_projection.weight": (self.dim, text_dim),
+        }
+        for name, shape in expect.items():
+            if tuple(w[name].shape) != shape:
+                raise ModelError(f"{w.source}: tensor {name!r} has shape {list(w[name].shape)}, expected {list(shape)}")
+        self.blk = [VisionBlock(w, i, self.eps) for i in range(self.n_layers)]
+        self.post_layernorm = LayerNorm.load(w, "v.post_layernorm", self.eps)
+
+        self.mm_soft_emb_norm = RMSNorm.load(w, "mm.mm_soft_emb_norm", self.eps)  # (weights include Gemma's +1)
+        # [vision dim, text dim], applied as x @ W (HF's and Ollama's layout): transposed in the graph.
+        self.mm_input_projection = w["mm.mm_input_projection.weight"]
+
+        # Average pooling of the patch grid in kernel x kernel squares, as a [tokens, patches] matrix.
+        k = self.side // self.tokens_side
+        row, col = np.divmod(np.arange(self.side * self.side), self.side)
+        pool = np.zeros((self.tokens, self.side * self.side), dtype=np.float32)
+        pool[(row // k) * self.tokens_side + col // k, np.arange(self.side * self.side)] = 1.0 / (k * k)
+        self.pool = pool
+
+    def patches(self, pixels: np.ndarray) -> np.ndarray:
+        """[3, S, S] -> [patches, 3 * p * p]: row-major over the grid, each in (channel, row, column)
+        order, so the patch convolution is a matmul with its kernel."""
+        c, p, n = self.channels, self.patch_size, self.side
+        if pixels.shape != (c, self.image_size, self.image_size):
+            raise ValueError(f"pixels {list(pixels.shape)}, expected {[c, self.image_size, self.image_size]}")
+        grid = pixels.reshape(c, n, p, n, p).transpose(1, 3, 0, 2, 4)
+        return np.ascontiguousarray(grid.reshape(n * n, c * p * p), dtype=np.float32)
+
+    def __call__(self, ctx: Context, pixels: np.ndarray) -> Tensor:
+        n, hd = self.side * self.side, self.dim // self.n_heads
+        x = ctx.input(self.patches(pixels)).linear(self.patch_embedding.weight, self.patch_embedding.bias)
+        x = x + self.position_embedding.rows(ctx.input(np.arange(n, dtype=np.int32)))  # [n, dim]
+        for layer in self.blk:
+            h = layer.layer_norm1(x)
+            q = layer.attn_q(h).reshape(n, self.n_heads, hd)
+            k = layer.attn_k(h).reshape(n, self.n_heads, hd)
+            v = layer.attn_v(h).reshape(n, self.n_heads, hd)
+            x = x + layer.attn_output(attend(ctx, q, k, v))
+            x = x + layer.fc2(layer.fc1(layer.layer_norm2(x)).gelu())
+        x = self.post_layernorm(x)
+
+        x = ctx.input(self.pool).linear(x.transpose())  # pool @ x: [tokens, dim]
+        x = self.mm_soft_emb_norm(x)
+        w = ctx.view(self.mm_input_projection, 0, self.dim).transpose()  # [text dim, vision dim]
+        return x.linear(w)  # [tokens, text dim]
