@@ -8,6 +8,7 @@ import time
 from datetime import UTC, datetime
 
 from pollama.cli.client import Client, ServerError
+from pollama.cli.images import extract_images
 from pollama.cli.models import human_bytes
 
 
@@ -55,7 +56,14 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 def run_remote(client: Client, args: argparse.Namespace, prompt: str, options: dict) -> int:
     """`run MODEL PROMPT` through the server's /api/chat, printing the answer as it streams."""
-    body: dict = {"model": args.model, "messages": [{"role": "user", "content": prompt}], "options": options}
+    message: dict = {"role": "user", "content": prompt}
+    if model_has_vision(client, args.model):
+        message["content"], images, notes = extract_images(prompt)
+        for note in notes:
+            print(note, file=sys.stderr)
+        if images:
+            message["images"] = images
+    body: dict = {"model": args.model, "messages": [message], "options": options}
     if getattr(args, "keepalive", None):
         body["keep_alive"] = args.keepalive
     if getattr(args, "format", None):
@@ -74,6 +82,15 @@ def run_remote(client: Client, args: argparse.Namespace, prompt: str, options: d
 
         print_timings(final, final.get("total_duration") or time.perf_counter_ns() - started, final.get("load_duration", 0))
     return 0
+
+
+def model_has_vision(client: Client, model: str) -> bool:
+    """Whether the server says the model takes images (then image paths in prompts are read)."""
+    try:
+        info = client.request("POST", "/api/show", {"model": model})
+    except ServerError:
+        return False  # the chat request itself will say what is wrong
+    return "vision" in (info.get("capabilities") or [])
 
 
 # -- model management through the server (as Ollama's CLI does) ---------------------------------

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from pollama.cli.client import Client, ServerError
+from pollama.cli.images import extract_images
+from pollama.cli.remote import model_has_vision
 
 HELP = """Available Commands:
   /set            Set session variables
@@ -73,7 +75,8 @@ class Session:
         self.keep_alive = keep_alive
         self.format = fmt
         self.system: str | None = None
-        self.messages: list[dict[str, str]] = []
+        self.messages: list[dict[str, Any]] = []
+        self._vision: tuple[str, bool] | None = None
         self.history = os.environ.get("OLLAMA_NOHISTORY", "").strip().lower() in ("", "0", "false")
 
     # -- input ------------------------------------------------------------------------------
@@ -245,12 +248,25 @@ class Session:
         print(f"Created new model '{name}'")
 
     # -- chat -------------------------------------------------------------------------------
+    def takes_images(self) -> bool:
+        """Whether the model is a vision model (asked once per model)."""
+        if self._vision is None or self._vision[0] != self.model:
+            self._vision = (self.model, model_has_vision(self.client, self.model))
+        return self._vision[1]
+
     def chat(self, text: str) -> None:
         """Send one user message and stream the answer; Ctrl+C drops the turn."""
         messages = list(self.messages)
         if self.system is not None and not any(m["role"] == "system" for m in messages):
             messages.insert(0, {"role": "system", "content": self.system})
-        messages.append({"role": "user", "content": text})
+        message: dict[str, Any] = {"role": "user", "content": text}
+        if self.takes_images():
+            message["content"], images, notes = extract_images(text)
+            for note in notes:
+                print(note)
+            if images:
+                message["images"] = images
+        messages.append(message)
         body: dict[str, Any] = {"model": self.model, "messages": messages, "options": self.options}
         if self.keep_alive:
             body["keep_alive"] = self.keep_alive

@@ -174,11 +174,11 @@ def rope_scaling_metadata(rope: dict[str, Any]) -> dict[str, Any]:
 def supported_architectures() -> dict[str, type[ModelConverter]]:
     """config.json architecture name -> its converter."""
     # Imported here: each model's convert.py imports this module for ModelConverter.
-    from pollama.models.gemma3.convert import Gemma3Converter
+    from pollama.models.gemma3.convert import Gemma3Converter, Gemma3VisionConverter
     from pollama.models.llama.convert import LlamaConverter
     from pollama.models.qwen2.convert import Qwen2Converter
 
-    return {name: cls for cls in (LlamaConverter, Qwen2Converter, Gemma3Converter) for name in cls.architectures}
+    return {name: cls for cls in (LlamaConverter, Qwen2Converter, Gemma3Converter, Gemma3VisionConverter) for name in cls.architectures}
 
 
 def _whole_converters() -> dict[str, Callable[..., None]]:

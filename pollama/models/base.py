@@ -135,6 +135,22 @@ class TextModel:
         """Logits [len(batch.outputs), vocab] for the batch, reading and writing the cache."""
         raise NotImplementedError
 
+    # -- images (models/multimodal.py) ----------------------------------------------------
+    # Whether this model (as loaded: a file may lack the vision tower) takes images.
+    vision: bool = False
+    # Whether forward() reads batch.multi_positions() (M-RoPE): the engine then makes them.
+    uses_rope_positions: bool = False
+    # At most one image per sequence, and one sequence at a time (mllama's encoder cache).
+    one_image: bool = False
+
+    def encode_image(self, backend: Backend, data: bytes):
+        """Run the vision tower on image bytes: a multimodal.Image."""
+        raise ModelError(f"{self.arch} models do not take images")
+
+    def image_items(self, image) -> list:
+        """The prompt items (tokens and multimodal.ImageToken) an encoded image occupies."""
+        raise ModelError(f"{self.arch} models do not take images")
+
     def new_cache(
         self, backend: Backend, n_ctx: int, n_batch: int, n_seq: int = 1, dtype: GGMLType = GGMLType.F16
     ) -> LayerCaches:

@@ -156,3 +156,17 @@ def embeds_for(items: Sequence[Item], dim: int) -> tuple[np.ndarray, np.ndarray]
             embeds[i] = row
             keep[i] = 0.0
     return embeds, keep
+
+
+def rope_end(items: Sequence[Item], start: int = 0) -> int:
+    """The rope position after the items (where the next text token goes)."""
+    return start + sum(item.advance if isinstance(item, ImageToken) else 1 for item in items)
+
+
+def keep_whole_blocks(items: Sequence[Item], keep: int) -> int:
+    """A cached prefix length that does not end inside a block (a block is evaluated whole)."""
+    if 0 < keep < len(items):
+        bounds = block_bounds(items, keep)
+        if bounds is not None and bounds[0] < keep:
+            return bounds[0]
+    return keep

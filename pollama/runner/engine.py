@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
+from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -18,16 +21,71 @@ from pollama.fs.ggml_types import GGMLType
 from pollama.fs.gguf import GGUFFile
 from pollama.kvcache import Batch
 from pollama.ml.base import Backend
+from pollama.models import multimodal
 from pollama.models.base import TextModel, load_model
+from pollama.models.multimodal import ImageToken, Item
 from pollama.runner.generation import Done, GenerateOptions, Generation, Piece
 from pollama.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
 
+IMAGE_TAG = re.compile(r"\[img-(\d+)\]")
+
 DEFAULT_NUM_CTX = 4096
 DEFAULT_NUM_BATCH = 512
 MAX_GRAPHS = 4  # compute graphs kept for reuse (decode needs one at a time)
 MAX_DECODE_BATCH = 16  # decode batches up to this many sequences keep their graphs
+MAX_CACHED_IMAGES = 8  # encoded images kept by content, for the next turn of a chat
+
+
+@dataclass
+class Part:
+    """One sequence's share of a batch: its items from position `start`."""
+
+    seq: int
+    start: int
+    items: Sequence[Item]
+    logits: str = "last"  # "last", "all" or "none": which rows' logits the step returns
+    rope: np.ndarray | None = None  # M-RoPE positions [len(items), 3], for models that use them
+
+
+def make_batch(model: TextModel, parts: Sequence[Part]) -> Batch:
+    """The batch of several sequences' parts, with their images' data when they have any."""
+    tokens, positions, seqs, outputs, spans = [], [], [], [], []
+    offset = 0
+    for part in parts:
+        n = len(part.items)
+        tokens.extend(multimodal.token_ids(part.items))
+        positions.append(np.arange(part.start, part.start + n, dtype=np.int32))
+        seqs.append(np.full(n, part.seq, dtype=np.int32))
+        if part.logits == "all":
+            outputs.extend(range(offset, offset + n))
+        elif part.logits == "last":
+            outputs.append(offset + n - 1)
+        spans.append(multimodal.block_spans(part.items, part.start))
+        offset += n
+    if not outputs:
+        outputs.append(offset - 1)  # a step of prompt chunks only: one row, unused
+    positions, seqs = np.concatenate(positions), np.concatenate(seqs)
+    batch = Batch(np.asarray(tokens, dtype=np.int32), positions, seqs, np.asarray(outputs, dtype=np.int32))
+    items = [item for part in parts for item in part.items]
+    if multimodal.has_images(items):
+        batch.items = items
+        embedded = multimodal.embeds_for(items, model.dim)
+        if embedded is not None:
+            batch.embeds, batch.keep = embedded
+        if any(span is not None for span in spans):
+            batch.visible_until = np.concatenate([
+                span if span is not None else np.arange(part.start, part.start + len(part.items), dtype=np.int32)
+                for span, part in zip(spans, parts)
+            ]).astype(np.int32)
+    if model.uses_rope_positions:
+        batch.rope_positions = np.concatenate([
+            part.rope if part.rope is not None else np.repeat(np.arange(part.start, part.start + len(part.items),
+                                                                        dtype=np.int32)[:, None], 3, axis=1)
+            for part in parts
+        ]).astype(np.int32)
+    return batch
 
 
 def flash_attention_default() -> bool:
@@ -98,8 +156,9 @@ class Engine:
         self.cache = self.model.new_cache(
             self.backend, num_ctx, self.num_batch, n_seq=num_parallel, dtype=kv_cache_dtype(kv_cache_type)
         )
-        self.cached: list[int] = []  # tokens whose K/V the cache holds for sequence 0
+        self.cached: list[Item] = []  # prompt items whose K/V the cache holds for sequence 0
         self.graphs: dict[tuple, object] = {}  # reusable step contexts by shape, oldest first
+        self.images: OrderedDict[str, multimodal.Image] = OrderedDict()  # encoded, by digest
         self.load_duration = time.perf_counter_ns() - start
 
     def close(self) -> None:
@@ -116,10 +175,28 @@ class Engine:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    # -- images -----------------------------------------------------------------------------
+    def encode_image(self, data: bytes) -> multimodal.Image:
+        """The model's encoding of image bytes (kept for a while: a chat resends its images)."""
+        if not self.model.vision:
+            raise ValueError(f"this model ({self.model.arch}) does not support images")
+        digest = multimodal.Image.digest_of(data)
+        image = self.images.pop(digest, None)
+        if image is None:
+            image = self.model.encode_image(self.backend, data)
+        self.images[digest] = image
+        while len(self.images) > MAX_CACHED_IMAGES:
+            self.images.popitem(last=False)
+        return image
+
+    def prompt_items(self, text: str, images: Sequence[bytes] = (), add_special: bool = True) -> list[Item]:
+        """Tokens of a prompt whose `[img-N]` tags stand for images[N], as the model lays them out."""
+        return build_prompt(self, text, images, add_special)
+
     # -- forward passes -------------------------------------------------------------------
-    def _forward(self, tokens: Sequence[int], start: int, all_logits: bool = False) -> np.ndarray:
-        """Run tokens at positions start.. through the model; logits of the last (or every) token."""
-        batch = Batch.single(tokens, start, all_logits=all_logits)
+    def _forward(self, items: Sequence[Item], start: int, all_logits: bool = False, rope: np.ndarray | None = None) -> np.ndarray:
+        """Run items at positions start.. through the model; logits of the last (or every) one."""
+        batch = make_batch(self.model, [Part(0, start, items, "all" if all_logits else "last", rope)])
         plans = self.cache.plan(batch)
         try:
             return self._run(batch, plans)
@@ -129,14 +206,16 @@ class Engine:
 
     def _run(self, batch: Batch, plans) -> np.ndarray:
         # A graph depends only on these sizes: reuse the last few (decode repeats one shape).
-        key = (len(batch), len(batch.outputs), tuple(plan.n_kv for plan in plans), batch.sequence_runs())
+        key = (len(batch), len(batch.outputs), tuple(plan.n_kv for plan in plans), batch.sequence_runs(), batch.shape_key())
         ctx = self.graphs.pop(key, None)
         if ctx is not None:
             self.graphs[key] = ctx  # most recently used last
             (logits,) = ctx.rerun({**batch.arrays(), **self.cache.inputs(plans)})
             return logits
-        # Only decode graphs (one token per sequence, each an output) recur often enough to keep.
-        ctx = self.backend.context(reusable=len(batch) == len(batch.outputs) <= MAX_DECODE_BATCH)
+        # Only decode graphs (one token per sequence, each an output) recur often enough to
+        # keep; a step with images never does.
+        reusable = len(batch) == len(batch.outputs) <= MAX_DECODE_BATCH and batch.items is None
+        ctx = self.backend.context(reusable=reusable)
         try:
             self.cache.bind(ctx, plans)
             (logits,) = ctx.compute(self.model.forward(ctx, batch, self.cache))
@@ -151,33 +230,54 @@ class Engine:
             self.graphs.pop(next(iter(self.graphs))).close()
         return logits
 
-    def _check_tokens(self, tokens: Sequence[int]) -> None:
+    def check_items(self, items: Sequence[Item]) -> None:
+        """ValueError for a token outside the vocabulary, or images the model cannot take."""
         vocab = self.model.vocab_size
-        bad = [t for t in tokens if not 0 <= t < vocab]
+        bad = [t for t in items if not isinstance(t, ImageToken) and not 0 <= t < vocab]
         if bad:
             raise ValueError(f"token id {bad[0]} is outside the vocabulary (0..{vocab - 1})")
+        if multimodal.has_images(items):
+            if not self.model.vision:
+                raise ValueError(f"this model ({self.model.arch}) does not support images")
+            if self.model.one_image and len({i.image.digest for i in items if isinstance(i, ImageToken)}) > 1:
+                raise ValueError("this model only supports one image per request")
 
-    def prefill(self, prompt: Sequence[int]) -> tuple[np.ndarray, int]:
-        """Bring the cache to `prompt`, reusing a common prefix; (last logits, tokens evaluated)."""
+    _check_tokens = check_items
+
+    def rope_positions(self, items: Sequence[Item]) -> np.ndarray | None:
+        """M-RoPE positions [n, 3] of a whole sequence, for models that use them."""
+        return multimodal.rope_positions(items) if self.model.uses_rope_positions else None
+
+    def chunks(self, items: Sequence[Item], start: int) -> Iterator[tuple[int, int]]:
+        """(start, end) of the batches that evaluate items[start:], never cutting an image's block."""
+        while start < len(items):
+            end = multimodal.split_points(items, start, self.num_batch)
+            yield start, end
+            start = end
+
+    def prefill(self, prompt: Sequence[Item]) -> tuple[np.ndarray, int]:
+        """Bring the cache to `prompt`, reusing a common prefix; (last logits, items evaluated)."""
         if not prompt:
             raise ValueError("empty prompt: at least one token is needed")
         if len(prompt) >= self.num_ctx:
             raise ValueError(f"prompt of {len(prompt)} tokens does not fit the context of {self.num_ctx}")
-        self._check_tokens(prompt)
+        self.check_items(prompt)
         keep = 0
         for a, b in zip(self.cached, prompt):
             if a != b:
                 break
             keep += 1
         keep = min(keep, len(prompt) - 1)  # the last token is always evaluated, for its logits
+        keep = multimodal.keep_whole_blocks(prompt, keep)
         if not self.cache.can_keep(0, keep):
             keep = 0
         self.cache.remove(0, keep)
         self.cached = list(prompt[:keep])
+        rope = self.rope_positions(prompt)
         logits = None
-        for start in range(keep, len(prompt), self.num_batch):
-            chunk = prompt[start : start + self.num_batch]
-            logits = self._forward(chunk, start)
+        for start, end in self.chunks(prompt, keep):
+            chunk = prompt[start:end]
+            logits = self._forward(chunk, start, rope=None if rope is None else rope[start:end])
             self.cached.extend(chunk)
         return logits[-1], len(prompt) - keep
 
@@ -185,8 +285,11 @@ class Engine:
         """Evaluate one token after the cached ones; the logits of the next position."""
         if len(self.cached) + 1 > self.num_ctx:
             raise ValueError(f"the context of {self.num_ctx} tokens is full")
-        self._check_tokens([token])
-        logits = self._forward([token], len(self.cached))[-1]
+        self.check_items([token])
+        rope = None
+        if self.model.uses_rope_positions:
+            rope = np.full((1, 3), multimodal.rope_end(self.cached), dtype=np.int32)
+        logits = self._forward([token], len(self.cached), rope=rope)[-1]
         self.cached.append(token)
         return logits
 
@@ -195,17 +298,19 @@ class Engine:
         self.cache.clear()
         self.cached = []
 
-    def logits(self, tokens: Sequence[int]) -> np.ndarray:
-        """Logits for every position of `tokens` from an empty cache (for tests and tools)."""
+    def logits(self, items: Sequence[Item]) -> np.ndarray:
+        """Logits for every position of `items` from an empty cache (for tests and tools)."""
         self.reset()
+        self.check_items(items)
+        rope = self.rope_positions(items)
         rows = []
-        for start in range(0, len(tokens), self.num_batch):
-            rows.append(self._forward(tokens[start : start + self.num_batch], start, all_logits=True))
-        self.cached = list(tokens)
+        for start, end in self.chunks(items, 0):
+            rows.append(self._forward(items[start:end], start, all_logits=True, rope=None if rope is None else rope[start:end]))
+        self.cached = list(items)
         return np.concatenate(rows)
 
     # -- generation -----------------------------------------------------------------------
-    def generate(self, prompt: Sequence[int], options: GenerateOptions | None = None) -> Iterator[Piece | Done]:
+    def generate(self, prompt: Sequence[Item], options: GenerateOptions | None = None) -> Iterator[Piece | Done]:
         """Yield text pieces as tokens are sampled, then a Done with counts and durations."""
         options = options or GenerateOptions()
         generation = Generation(self.tokenizer, self.model.vocab_size, prompt, options)
@@ -233,3 +338,22 @@ class Engine:
             eval_duration=time.perf_counter_ns() - start,
             tokens=generation.history,
         )
+
+
+def build_prompt(engine: Engine, text: str, images: Sequence[bytes], add_special: bool = True) -> list[Item]:
+    """Tokenize a rendered prompt, putting images[N]'s items where `[img-N]` stands.
+
+    As Ollama's runner: only the first text part gets the tokenizer's special tokens (BOS), a
+    tag naming an image that was not sent is an error, and images no tag names are unused.
+    """
+    items: list[Item] = []
+    pieces = IMAGE_TAG.split(text)
+    for i, piece in enumerate(pieces):
+        if i % 2:
+            n = int(piece)
+            if n >= len(images):
+                raise ValueError(f"invalid image index: {n} (the request has {len(images)} images)")
+            items.extend(engine.model.image_items(engine.encode_image(images[n])))
+        elif piece or i == 0:
+            items.extend(engine.tokenizer.encode(piece, add_special=add_special and i == 0, parse_special=True))
+    return items

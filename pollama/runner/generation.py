@@ -11,6 +11,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from pollama.models.multimodal import token_ids
 from pollama.runner.stop import StopBuffer
 from pollama.sample import Sampler, SamplerOptions
 from pollama.sample.logprobs import logprobs as log_softmax_of
@@ -67,7 +68,7 @@ class Generation:
         self.sampler = Sampler(options.sampler, vocab_size)
         self.stops = StopBuffer(list(options.stop))
         self.decoder = tokenizer.decoder()
-        self.history = list(prompt)  # prompt + generated ids (penalties look at both)
+        self.history = token_ids(prompt)  # prompt + generated ids (penalties look at both)
         self.generated = 0
         self.done_reason = "length"
         self.finished = False

@@ -28,7 +28,9 @@ import numpy as np
 
 from pollama.kvcache import Batch
 from pollama.ml.base import Backend
-from pollama.runner.engine import DEFAULT_NUM_BATCH, DEFAULT_NUM_CTX, Engine
+from pollama.models import multimodal
+from pollama.models.multimodal import Item
+from pollama.runner.engine import DEFAULT_NUM_BATCH, DEFAULT_NUM_CTX, Engine, Part, make_batch
 from pollama.runner.generation import Done, GenerateOptions, Generation, Piece
 
 log = logging.getLogger(__name__)
@@ -43,7 +45,7 @@ class EngineClosed(RuntimeError):
 class Job:
     """One generation request: iterate it for Piece events and a final Done."""
 
-    def __init__(self, prompt: Sequence[int], options: GenerateOptions):
+    def __init__(self, prompt: Sequence[Item], options: GenerateOptions):
         self.prompt = list(prompt)
         self.options = options
         self._events: queue.SimpleQueue = queue.SimpleQueue()
@@ -77,10 +79,11 @@ class _Slot:
     """A sequence of the shared cache and the job using it, if any."""
 
     seq: int
-    cached: list[int] = field(default_factory=list)  # tokens whose K/V the cache holds
+    cached: list[Item] = field(default_factory=list)  # prompt items whose K/V the cache holds
     job: Job | None = None
     generation: Generation | None = None
-    pending: list[int] = field(default_factory=list)  # prompt tokens not evaluated yet
+    pending: list[Item] = field(default_factory=list)  # prompt items not evaluated yet
+    rope: np.ndarray | None = None  # the job's prompt's M-RoPE positions (models that use them)
     evaluated: int = 0  # prompt tokens this job evaluated (the rest came from the cache)
     started: int = 0  # ns: the job entered the slot
     prompt_done: int = 0  # ns: its prompt was evaluated
@@ -107,10 +110,16 @@ class ParallelEngine:
         )
         self.tokenizer = self.engine.tokenizer
         self.model = self.engine.model
+        if self.model.one_image and num_parallel > 1:
+            # Its encoder cache holds one image's cross-attention states (as Ollama does).
+            log.info("%s models decode one sequence at a time: num_parallel %d -> 1", self.model.arch, num_parallel)
+            num_parallel = 1
         self.num_ctx = num_ctx  # per sequence
         self.num_parallel = num_parallel
         self.load_duration = self.engine.load_duration
         self._slots = [_Slot(seq) for seq in range(num_parallel)]
+        # The backend computes one graph at a time: steps and image encodings take turns.
+        self._compute = threading.Lock()
         self._waiting: list[Job] = []
         self._wake = threading.Condition()
         self._closing = False
@@ -118,14 +127,16 @@ class ParallelEngine:
         self._thread.start()
 
     # -- the caller's side ----------------------------------------------------------------
-    def submit(self, prompt: Sequence[int], options: GenerateOptions | None = None) -> Job:
+    def submit(self, prompt: Sequence[Item], options: GenerateOptions | None = None) -> Job:
         """Queue a generation; it starts as soon as a slot is free."""
         prompt = list(prompt)
         if not prompt:
             raise ValueError("empty prompt: at least one token is needed")
         if len(prompt) >= self.num_ctx:
             raise ValueError(f"prompt of {len(prompt)} tokens does not fit the context of {self.num_ctx}")
-        self.engine._check_tokens(prompt)
+        self.engine.check_items(prompt)
+        for start, end in self.engine.chunks(prompt, 0):  # an image that cannot fit a batch fails here
+            pass
         job = Job(prompt, options or GenerateOptions())
         with self._wake:
             if self._closing:
@@ -133,6 +144,13 @@ class ParallelEngine:
             self._waiting.append(job)
             self._wake.notify()
         return job
+
+    def prompt_items(self, text: str, images: Sequence[bytes] = ()) -> list[Item]:
+        """A rendered prompt's items, its `[img-N]` tags replaced by the encoded images."""
+        if not images:
+            return self.engine.prompt_items(text)
+        with self._compute:
+            return self.engine.prompt_items(text, images)
 
     def busy(self) -> int:
         """Jobs running or waiting."""
@@ -208,11 +226,13 @@ class ParallelEngine:
         cache = self.engine.cache
         # The last prompt token is always evaluated: its logits give the first new token.
         keep = min(_common_prefix(slot.cached, job.prompt), len(job.prompt) - 1)
+        keep = multimodal.keep_whole_blocks(job.prompt, keep)
         if not cache.can_keep(slot.seq, keep):
             keep = 0
         cache.remove(slot.seq, keep)
         slot.cached = job.prompt[:keep]
         slot.pending = job.prompt[keep:]
+        slot.rope = self.engine.rope_positions(job.prompt)
         slot.evaluated = len(slot.pending)
         slot.job = job
         slot.generation = Generation(self.tokenizer, self.model.vocab_size, job.prompt, job.options)
@@ -233,53 +253,49 @@ class ParallelEngine:
 
     def _gather(self) -> tuple[Batch, list[tuple[_Slot, int, int | None]]]:
         """One step's batch: a token of every decoding slot, then prompt chunks. Members are
-        (slot, how many tokens it put in, its row of logits or None)."""
-        tokens: list[int] = []
-        positions: list[int] = []
-        seqs: list[int] = []
-        outputs: list[int] = []
+        (slot, how many items it put in, its row of logits or None)."""
+        parts: list[Part] = []
         members: list[tuple[_Slot, int, int | None]] = []
+        rows = 0
 
-        def add(slot: _Slot, chunk: list[int], wants_logits: bool) -> None:
-            start = len(slot.cached)
-            tokens.extend(chunk)
-            positions.extend(range(start, start + len(chunk)))
-            seqs.extend([slot.seq] * len(chunk))
-            row = None
-            if wants_logits:
-                row = len(outputs)
-                outputs.append(len(tokens) - 1)
-            members.append((slot, len(chunk), row))
+        def add(slot: _Slot, chunk: list[Item], wants_logits: bool, rope: np.ndarray | None) -> None:
+            nonlocal rows
+            parts.append(Part(slot.seq, len(slot.cached), chunk, "last" if wants_logits else "none", rope))
+            members.append((slot, len(chunk), rows if wants_logits else None))
+            rows += wants_logits
 
+        uses_rope = self.model.uses_rope_positions
         busy = [slot for slot in self._slots if slot.job is not None]
         for slot in busy:
             if not slot.pending:
-                add(slot, [slot.generation.last_token], True)
+                rope = np.full((1, 3), multimodal.rope_end(slot.cached), dtype=np.int32) if uses_rope else None
+                add(slot, [slot.generation.last_token], True, rope)
         # Prompts go in the chunks a solo run would use (num_batch from where the cache ends),
         # as many as fit num_batch prompt tokens, at least one: the same chunks give the same
         # numbers (see Context.attention's groups).
         prompt_tokens = 0
         for slot in busy:
-            chunk = slot.pending[: self.engine.num_batch]
-            if chunk and (prompt_tokens == 0 or prompt_tokens + len(chunk) <= self.engine.num_batch):
-                add(slot, chunk, len(chunk) == len(slot.pending))
+            if not slot.pending:
+                continue
+            done = len(slot.cached)
+            whole = slot.cached + slot.pending
+            end = multimodal.split_points(whole, done, self.engine.num_batch)
+            chunk = whole[done:end]
+            if prompt_tokens == 0 or prompt_tokens + len(chunk) <= self.engine.num_batch:
+                rope = slot.rope[done:end] if slot.rope is not None else None
+                add(slot, chunk, len(chunk) == len(slot.pending), rope)
                 prompt_tokens += len(chunk)
-        if tokens and not outputs:
-            outputs.append(len(tokens) - 1)  # a step of prompt chunks only: one row, unused
-        batch = Batch(
-            np.asarray(tokens, dtype=np.int32),
-            np.asarray(positions, dtype=np.int32),
-            np.asarray(seqs, dtype=np.int32),
-            np.asarray(outputs, dtype=np.int32),
-        )
-        return batch, members
+        if not parts:
+            return Batch(*(np.zeros(0, dtype=np.int32) for _ in range(4))), members
+        return make_batch(self.model, parts), members
 
     def _step(self, batch: Batch, members: list[tuple[_Slot, int, int | None]]) -> None:
         cache = self.engine.cache
         try:
             plans = cache.plan(batch)
             try:
-                logits = self.engine._run(batch, plans)
+                with self._compute:
+                    logits = self.engine._run(batch, plans)
             except BaseException:
                 for slot, _, _ in members:  # give back the cells just claimed
                     cache.remove(slot.seq, len(slot.cached))
@@ -332,7 +348,7 @@ class ParallelEngine:
             self._release(slot)
 
 
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+def _common_prefix(a: Sequence[Item], b: Sequence[Item]) -> int:
     n = 0
     for x, y in zip(a, b):
         if x != y:

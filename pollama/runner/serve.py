@@ -11,11 +11,12 @@ code that crashes or aborts takes down this process only. The protocol is JSON l
   request (a completion frees its sequence slot within one step).
 
 Requests ("op"):
-  completion  {prompt, options, logprobs, top_logprobs, format?, constrain_after?} -> {"content", "logprobs"?}... then
+  completion  {prompt, images?, options, logprobs, top_logprobs, format?, constrain_after?} -> {"content", "logprobs"?}... then
               {"done": true, "done_reason", counts and durations, "context"}
               `format` ("json" or a JSON schema) constrains the output; with `constrain_after`
               (a thinking block's closing tag; the prompt left the model inside that block)
               only the text after it, and the block is bounded (see ThinkingThenFormat).
+              `images` (base64) are the images the prompt's `[img-N]` tags stand for.
   embed       {input: [str], truncate, normalize, dimensions} -> {"embeddings", "prompt_eval_count"}
   tokenize    {content, add_special?} -> {"tokens"}
   detokenize  {tokens} -> {"content"}
@@ -26,6 +27,8 @@ Any failure is one line {"error": "...", "status": 400|500}.
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
 import json
 import logging
 import os
@@ -33,6 +36,8 @@ import socketserver
 import sys
 import threading
 from typing import Any
+
+from pollama.nn import ModelError
 
 log = logging.getLogger("pollama.runner")
 
@@ -158,6 +163,21 @@ def _tokens_straddling(tokenizer, closing: str) -> list[int]:
     return _straddling_cache[key]
 
 
+def _images(value: Any) -> list[bytes]:
+    """The request's images (base64 strings, as the server forwards them) as bytes."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise RequestError("images must be a list of base64 strings")
+    out = []
+    for i, text in enumerate(value):
+        try:
+            out.append(base64.b64decode(text, validate=True))
+        except (binascii.Error, ValueError):
+            raise RequestError(f"image {i} is not valid base64") from None
+    return out
+
+
 def thinking_budget(num_predict: int) -> int:
     """Tokens a thinking block may take before structured output: half of num_predict when it
     is set, so the structure has the other half; else 1024."""
@@ -246,7 +266,11 @@ class Handler(socketserver.StreamRequestHandler):
         if not isinstance(prompt, str):
             raise RequestError("completion needs a prompt string")
         options = _generate_options(request, self.model.tokenizer)
-        tokens = self.model.tokenizer.encode(prompt, add_special=True, parse_special=True)
+        images = _images(request.get("images"))
+        try:
+            tokens = engine.prompt_items(prompt, images)
+        except ModelError as e:
+            raise RequestError(str(e)) from None
         if not tokens:
             raise RequestError("the prompt is empty after tokenization")
         if len(tokens) >= self.model.num_ctx:

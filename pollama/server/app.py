@@ -25,12 +25,14 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
 from pollama.server.chat import (
+    check_images,
     check_tool_calls,
     check_tools,
     message_fields,
     output_parser,
     parse_think,
     require_tools,
+    require_vision,
     resolve_think,
 )
 from pollama.server.config import ServerConfig, parse_keep_alive
@@ -50,7 +52,7 @@ from pollama.server.http import (
 )
 from pollama.server.models import ModelRef, full_metadata, resolve_model
 from pollama.server.options import MAX_TOP_LOGPROBS, request_options
-from pollama.server.prompt import chat_prompt, generate_prompt
+from pollama.server.prompt import chat_prompt, generate_prompt, image_tags
 from pollama.server.scheduler import Scheduler
 from pollama.store.errors import DigestMismatch, InvalidName, ModelNotFound, StoreError
 from pollama.store.manifest import check_digest
@@ -87,12 +89,6 @@ def keep_alive_of(body: dict[str, Any]) -> float | None:
         return parse_keep_alive(value)
     except ValueError as e:
         raise APIError(400, str(e)) from None
-
-
-def refuse_unsupported(body: dict[str, Any]) -> None:
-    """Images come later: say so rather than ignore them."""
-    if body.get("images"):
-        raise APIError(400, "images are not supported yet by pollama")
 
 
 def logprob_fields(body: dict[str, Any]) -> tuple[bool, int]:
@@ -408,8 +404,8 @@ async def generate_response(state: State, request: Request, body: dict[str, Any]
     name = body.get("model")
     if not name:
         raise APIError(400, "model is required")
-    refuse_unsupported(body)
     prompt = field(body, "prompt", str, "")
+    images = check_images("images", body.get("images"))
     system = field(body, "system", str, None)
     template = field(body, "template", str, None)
     suffix = field(body, "suffix", str, "")
@@ -428,12 +424,14 @@ async def generate_response(state: State, request: Request, body: dict[str, Any]
     think = resolve_think(model, name, think)
     if "completion" not in model.capabilities:
         raise APIError(400, f'"{name}" does not support generate')
+    if images and "vision" not in model.capabilities:
+        raise APIError(400, f'"{name}" does not support vision')
     options = request_options(model, body.get("options"), state.config)
 
     def reply(**fields: Any) -> dict[str, Any]:
         return {"model": name, "created_at": now_rfc3339(), **fields}
 
-    if not prompt and not render_only:
+    if not prompt and not images and not render_only:
         if keep_alive == 0:
             await state.scheduler.unload(model.name)
             return json_response(reply(response="", done=True, done_reason="unload"))
@@ -441,15 +439,15 @@ async def generate_response(state: State, request: Request, body: dict[str, Any]
             pass
         return json_response(reply(response="", done=True, done_reason="load"))
 
-    async def build_prompt(runner, num_ctx: int) -> str:
+    async def build_prompt(runner, num_ctx: int) -> tuple[str, list[str]]:
         if raw:
-            return prompt
+            return image_tags(prompt, images), images
         context_text = None
         if context:
             context_text = (await runner.call({"op": "detokenize", "tokens": context}))["content"]
         return await in_thread(generate_prompt, model, prompt, system=system, template=template, suffix=suffix,
                                context_text=context_text, tokenize=runner.tokenize_sync, num_ctx=num_ctx,
-                               specials=runner.specials(), think=think)
+                               specials=runner.specials(), think=think, images=images)
 
     # Generate splits thinking from the response, raw or not, as Ollama's handler does (no tool
     # calls: generate parses those only with a built-in parser).
@@ -461,7 +459,8 @@ async def generate_response(state: State, request: Request, body: dict[str, Any]
         async for message in run_completion(state.scheduler, job):
             if "rendered" in message:
                 # As Ollama: the rendered prompt and nothing else (done stays false).
-                yield reply(response="", done=False, _debug_info=debug_info(message["rendered"]))
+                yield reply(response="", done=False,
+                            _debug_info=debug_info(message["rendered"], message.get("image_count", 0)))
                 return
             chunk = reply(response=message.get("content", ""))
             if message.get("thinking"):
@@ -517,9 +516,12 @@ def check_messages(value: object) -> list[dict[str, Any]]:
             content = ""
         if not isinstance(content, str):
             raise APIError(400, f'messages[{i}].content must be a string')
-        if m.get("images"):
-            raise APIError(400, "images are not supported yet by pollama")
         checked = {**m, "role": role.lower(), "content": content}
+        images = check_images(f"messages[{i}].images", m.get("images"))
+        if images:
+            checked["images"] = images
+        else:
+            checked.pop("images", None)
         if m.get("tool_calls") is not None:
             checked["tool_calls"] = check_tool_calls(i, m["tool_calls"])
         messages.append(checked)
@@ -531,7 +533,6 @@ async def chat_response(state: State, request: Request, body: dict[str, Any]) ->
     name = body.get("model")
     if not name:
         raise APIError(400, "model is required")
-    refuse_unsupported(body)
     messages = check_messages(body.get("messages"))
     tools = check_tools(body.get("tools"))
     think = parse_think(body.get("think"))
@@ -545,6 +546,7 @@ async def chat_response(state: State, request: Request, body: dict[str, Any]) ->
     if "completion" not in model.capabilities:
         raise APIError(400, f'"{name}" does not support chat')
     require_tools(model, tools)
+    require_vision(model, name, messages)
     options = request_options(model, body.get("options"), state.config)
     return await chat_stream(state, request, ChatRequest(
         name=name, model=model, messages=messages, tools=tools, think=think, format=body.get("format"),
@@ -569,7 +571,7 @@ class ChatRequest:
         model, messages, tools, think = self.model, self.messages, self.tools, self.think
         truncate = self.truncate
 
-        async def build_prompt(runner, num_ctx: int) -> str:
+        async def build_prompt(runner, num_ctx: int) -> tuple[str, list[str]]:
             return await in_thread(chat_prompt, model, messages, num_ctx=num_ctx, truncate=truncate,
                                    tokenize=runner.tokenize_sync, specials=runner.specials(), tools=tools, think=think)
 
@@ -599,7 +601,7 @@ async def chat_stream(state: State, request: Request, chat: ChatRequest, stream:
     async def events() -> AsyncIterator[dict[str, Any]]:
         async for message in run_completion(state.scheduler, job):
             if "rendered" in message:
-                yield reply(done=False, _debug_info=debug_info(message["rendered"]))
+                yield reply(done=False, _debug_info=debug_info(message["rendered"], message.get("image_count", 0)))
                 return
             chunk = reply(message_fields(message), done=bool(message.get("done")))
             if "logprobs" in message:

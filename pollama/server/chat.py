@@ -69,6 +69,21 @@ def require_tools(model: ModelRef, tools: list[dict[str, Any]]) -> None:
         raise APIError(400, f"{full_name(model)} does not support tools")
 
 
+def require_vision(model: ModelRef, name: str, messages: list[dict[str, Any]]) -> None:
+    """Images sent to a model without a vision tower: Ollama's 400."""
+    if any(m.get("images") for m in messages) and "vision" not in model.capabilities:
+        raise APIError(400, f'"{name}" does not support vision')
+
+
+def check_images(where: str, value: Any) -> list[str]:
+    """A request's `images`: base64 strings (the runner decodes and checks the images)."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise APIError(400, f'invalid value for "{where}": expected an array of base64 strings')
+    return value
+
+
 def check_tool_calls(i: int, value: Any) -> list[dict[str, Any]]:
     """A message's tool_calls in Ollama's form: [{"id"?, "function": {"index"?, "name", "arguments": {...}}}]."""
     if value is None:

@@ -19,8 +19,9 @@ from pollama.server.options import RequestOptions
 from pollama.server.runner import RunnerProcess
 from pollama.server.scheduler import Scheduler
 
-# Builds the prompt text with the loaded runner at hand (for token counts).
-PromptBuilder = Callable[[RunnerProcess, int], Awaitable[str]]
+# Builds the prompt text, and the images its [img-N] tags stand for (base64), with the loaded
+# runner at hand (for token counts).
+PromptBuilder = Callable[[RunnerProcess, int], Awaitable[tuple[str, list[str]]]]
 # Makes the output parser (thinking, tool calls) for a rendered prompt: it needs the prompt
 # to know whether the model starts inside a thinking block.
 ParserFactory = Callable[[str], Any]
@@ -61,7 +62,7 @@ def constrain_after(parser, prompt: str) -> str | None:
 async def run_completion(scheduler: Scheduler, job: Completion) -> AsyncIterator[dict[str, Any]]:
     """Runner lines ({"content", "logprobs"?} ..., then {"done": true, ...}).
 
-    With render_only, one line {"rendered": prompt} and nothing is generated. The final line
+    With render_only, one line {"rendered": prompt, "image_count"} and nothing is generated. The final line
     gains load_duration and total_duration (nanoseconds).
 
     With a parser (job.make_parser), each piece is split into "thinking", "content" and
@@ -71,13 +72,15 @@ async def run_completion(scheduler: Scheduler, job: Completion) -> AsyncIterator
     async with scheduler.use(job.model, job.options.spec, job.keep_alive) as loaded:
         load_duration = time.perf_counter_ns() - job.started
         runner = loaded.runner
-        prompt = await job.build_prompt(runner, runner.num_ctx)
+        prompt, images = await job.build_prompt(runner, runner.num_ctx)
         if job.render_only:
-            yield {"rendered": prompt}
+            yield {"rendered": prompt, "image_count": len(images)}
             return
         parser = job.make_parser(prompt) if job.make_parser is not None else None
         request = {"op": "completion", "prompt": prompt, "options": job.options.predict,
                    "logprobs": job.logprobs, "top_logprobs": job.top_logprobs}
+        if images:
+            request["images"] = images
         if job.format not in (None, ""):
             request["format"] = job.format
             request["constrain_after"] = constrain_after(parser, prompt)

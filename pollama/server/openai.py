@@ -20,6 +20,7 @@ from starlette.responses import Response
 from pollama.server.chat import (
     check_tools,
     require_tools,
+    require_vision,
     resolve_think,
     tool_call_schema,
 )
@@ -174,7 +175,10 @@ def openai_messages(raw_messages: list[Any]) -> list[dict[str, Any]]:
         if not isinstance(m, dict) or not isinstance(m.get("role"), str):
             raise APIError(400, f"messages[{i}] must be an object with a role")
         role = "system" if m["role"] == "developer" else m["role"].lower()
-        message: dict[str, Any] = {"role": role, "content": _message_text(i, m.get("content"))}
+        content, images = _message_content(i, m.get("content"))
+        message: dict[str, Any] = {"role": role, "content": content}
+        if images:
+            message["images"] = images
         calls = _tool_calls_from_openai(i, m.get("tool_calls"))
         if calls:
             message["tool_calls"] = calls
@@ -202,24 +206,48 @@ def _name_of_call(raw_messages: list[Any], tool_call_id: Any) -> str:
     return ""
 
 
-def _message_text(i: int, content: Any) -> str:
+def _message_content(i: int, content: Any) -> tuple[str, list[str]]:
+    """A message's text, and its image_url parts' images as base64 (Ollama's `images`)."""
     if content is None:
-        return ""
+        return "", []
     if isinstance(content, str):
-        return content
+        return content, []
     if isinstance(content, list):
-        texts = []
+        texts, images = [], []
         for part in content:
             if not isinstance(part, dict):
                 raise APIError(400, f"messages[{i}].content: invalid part")
             if part.get("type") == "text":
                 texts.append(str(part.get("text", "")))
             elif part.get("type") == "image_url":
-                raise APIError(400, "images are not supported yet by pollama")
+                url = part.get("image_url")
+                images.append(image_from_url(url.get("url") if isinstance(url, dict) else url))
             else:
                 raise APIError(400, f"messages[{i}].content: unsupported part type {part.get('type')!r}")
-        return "\n".join(texts)
+        return "\n".join(texts), images
     raise APIError(400, f"messages[{i}].content must be a string or an array of parts")
+
+
+IMAGE_URL_TYPES = ("jpeg", "jpg", "png", "webp", "gif", "bmp")
+
+
+def image_from_url(url: Any) -> str:
+    """The base64 image of a `data:image/<type>;base64,...` URL. Other URLs are refused:
+    fetching what a request names would let any client make the server reach any address."""
+    if not isinstance(url, str) or not url:
+        raise APIError(400, "invalid image input: image_url needs a url")
+    if not url.startswith("data:"):
+        raise APIError(400, "invalid image input: only data: URLs are accepted (pollama does not fetch image URLs)")
+    header, comma, payload = url.partition(",")
+    media = header[len("data:"):].split(";")
+    if not comma or "base64" not in media[1:] or not media[0].startswith("image/") \
+            or media[0][len("image/"):] not in IMAGE_URL_TYPES:
+        raise APIError(400, "invalid image input: expected data:image/<jpeg|png|webp|gif|bmp>;base64,...")
+    try:
+        base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise APIError(400, "invalid image input: the data URL is not valid base64") from None
+    return payload
 
 
 def _stream_options(body: dict[str, Any]) -> bool:
@@ -330,6 +358,7 @@ def add_openai_routes(app: FastAPI, state) -> None:
         if "completion" not in model.capabilities:
             raise APIError(400, f'"{name}" does not support chat')
         require_tools(model, tools)
+        require_vision(model, name, messages)
         options = request_options(model, openai_options(body), state.config)
         logprobs, top = _logprob_fields(body)
         chat = ChatRequest(name=name, model=model, messages=messages, tools=tools, think=think, format=fmt,
@@ -348,7 +377,7 @@ def add_openai_routes(app: FastAPI, state) -> None:
                 try:
                     async for message in events:
                         if "rendered" in message:
-                            return base(object="chat.completion", choices=[], _debug_info=debug_info(message["rendered"]))
+                            return base(object="chat.completion", choices=[], _debug_info=debug_info(message["rendered"], message.get("image_count", 0)))
                         if message.get("done"):
                             done = message
                         texts.append(message.get("content", ""))
@@ -387,7 +416,7 @@ def add_openai_routes(app: FastAPI, state) -> None:
 
             async for message in events:
                 if "rendered" in message:
-                    yield base(object="chat.completion.chunk", choices=[], _debug_info=debug_info(message["rendered"]))
+                    yield base(object="chat.completion.chunk", choices=[], _debug_info=debug_info(message["rendered"], message.get("image_count", 0)))
                     return
                 thinking, content = message.get("thinking", ""), message.get("content", "")
                 calls = to_openai_tool_calls(message.get("tool_calls") or [])
@@ -430,7 +459,7 @@ def add_openai_routes(app: FastAPI, state) -> None:
             raise APIError(400, "suffix must be a string")
 
         def build(model):
-            async def build_prompt(runner, num_ctx: int) -> str:
+            async def build_prompt(runner, num_ctx: int) -> tuple[str, list[str]]:
                 return await in_thread(generate_prompt, model, prompt, system=None, template=None, suffix=suffix,
                                        context_text=None, tokenize=runner.tokenize_sync, num_ctx=num_ctx,
                                        specials=runner.specials())

@@ -54,8 +54,9 @@ def _with_model_messages(model: ModelRef, messages: list[dict[str, Any]]) -> lis
 
 def chat_prompt(model: ModelRef, messages: list[dict[str, Any]], *, num_ctx: int, truncate: bool, tokenize: Tokenize,
                 specials: Specials = Specials(), tools: list[dict[str, Any]] | None = None,
-                think: bool | str | None = None) -> str:
-    """The prompt for a chat, oldest messages dropped to fit num_ctx when truncate is on.
+                think: bool | str | None = None) -> tuple[str, list[str]]:
+    """The prompt for a chat, oldest messages dropped to fit num_ctx when truncate is on, and
+    the images its [img-N] tags stand for (each message's, in order, from the first kept).
 
     `tools` go to the template (.Tools, or Jinja's tools); `think` to .Think/.ThinkLevel (or
     Jinja's enable_thinking and reasoning_effort)."""
@@ -68,23 +69,33 @@ def chat_prompt(model: ModelRef, messages: list[dict[str, Any]], *, num_ctx: int
     jinja = hf_chat_template(model)
     try:
         if jinja is not None:
-            prompt, _media = jinja_chat_prompt(jinja, full, tools=tools or None, think=think,
+            prompt, media = jinja_chat_prompt(jinja, full, tools=tools or None, think=think,
                                                bos_token=specials.bos_token, eos_token=specials.eos_token,
                                                tokenizer_adds_bos=specials.adds_bos, count_tokens=count,
                                                num_ctx=num_ctx, truncate=truncate)
         else:
-            prompt, _media = go_chat_prompt(model.template, full, tools=tools, think=think, count_tokens=count,
-                                            num_ctx=num_ctx, truncate=truncate)
+            prompt, media = go_chat_prompt(model.template, full, tools=tools, think=think, count_tokens=count,
+                                           num_ctx=num_ctx, truncate=truncate)
     except TemplateError as e:
         raise _template_error(e, "model") from None
-    return prompt
+    return prompt, [m.data for m in media]
+
+
+def image_tags(prompt: str, images: list[str]) -> str:
+    """A generate prompt with its images' [img-N] tags: as written, or else put first."""
+    if not images or any(f"[img-{i}]" in prompt for i in range(len(images))):
+        return prompt
+    return "".join(f"[img-{i}]" for i in range(len(images))) + prompt
 
 
 def generate_prompt(model: ModelRef, prompt: str, *, system: str | None, template: str | None, suffix: str,
                     context_text: str | None, tokenize: Tokenize, num_ctx: int, specials: Specials = Specials(),
-                    think: bool | str | None = None) -> str:
+                    think: bool | str | None = None, images: list[str] = ()) -> tuple[str, list[str]]:
     """The prompt for /api/generate (not raw): the template (or the request's override) with
-    the system prompt, Modelfile messages and suffix; an earlier exchange's `context` first."""
+    the system prompt, Modelfile messages and suffix; an earlier exchange's `context` first.
+    The images' tags go before the prompt unless it places them itself."""
+    images = list(images)
+    prompt = image_tags(prompt, images)
     from pollama.template import TemplateError
     from pollama.template.prompt import generate_prompt as go_generate_prompt
     from pollama.template.prompt import jinja_chat_prompt
@@ -102,7 +113,7 @@ def generate_prompt(model: ModelRef, prompt: str, *, system: str | None, templat
             rendered, _media = jinja_chat_prompt(jinja, messages, think=think, bos_token=specials.bos_token,
                                                  eos_token=specials.eos_token, tokenizer_adds_bos=specials.adds_bos,
                                                  count_tokens=count, num_ctx=num_ctx)
-            return (context_text or "") + rendered
+            return (context_text or "") + rendered, images
         rendered, _media = go_generate_prompt(
             model.template, prompt, system=system or "", model_system=model.system or "",
             model_messages=model.messages, suffix=suffix, template_override=template or None,
@@ -110,4 +121,4 @@ def generate_prompt(model: ModelRef, prompt: str, *, system: str | None, templat
         )
     except TemplateError as e:
         raise _template_error(e, "request" if template else "model") from None
-    return rendered
+    return rendered, images

@@ -90,3 +90,46 @@ def test_unknown_options_are_ignored_and_server_still_serves(server):
         r = http.post("/api/generate", json={"model": "smollm2", "prompt": "Hi", "stream": False,
                                              "options": {**SMALL, "no_such_option": 1, "mirostat": 2}})
         assert r.status_code == 200 and r.json()["eval_count"] == 2
+
+
+PNG_1PX = ("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==")
+
+
+def test_images_for_a_text_model_are_refused_with_ollamas_message(server):
+    with server.http() as http:
+        for path, body in (
+            ("/api/generate", {"model": "smollm2", "prompt": "what is this?", "images": [PNG_1PX]}),
+            ("/api/chat", {"model": "smollm2", "messages": [{"role": "user", "content": "what?", "images": [PNG_1PX]}]}),
+            ("/v1/chat/completions", {"model": "smollm2", "messages": [{"role": "user", "content": [
+                {"type": "text", "text": "what?"},
+                {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG_1PX}"}}]}]}),
+        ):
+            r = http.post(path, json=body)
+            assert r.status_code == 400, (path, r.text)
+            error = r.json()["error"]
+            message = error["message"] if isinstance(error, dict) else error
+            assert message == '"smollm2" does not support vision', (path, message)
+
+
+@pytest.mark.parametrize("url, needle", [
+    ("https://example.com/cat.png", "only data: URLs"),
+    ("file:///etc/passwd", "only data: URLs"),
+    ("data:text/plain;base64,aGk=", "data:image/"),
+    ("data:image/png,rawbytes", "data:image/"),
+    ("data:image/png;base64,***", "not valid base64"),
+    ("", "needs a url"),
+])
+def test_openai_image_urls_are_data_urls_only(server, url, needle):
+    body = {"model": "smollm2", "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": url}}]}]}
+    with server.http() as http:
+        r = http.post("/v1/chat/completions", json=body)
+    assert r.status_code == 400 and needle in r.json()["error"]["message"], r.text
+
+
+def test_images_must_be_base64_strings(server):
+    with server.http() as http:
+        r = http.post("/api/generate", json={"model": "smollm2", "prompt": "x", "images": [5]})
+        assert r.status_code == 400 and '"images"' in r.json()["error"]
+        r = http.post("/api/chat", json={"model": "smollm2", "messages": [{"role": "user", "content": "x", "images": "abc"}]})
+        assert r.status_code == 400 and "messages[0].images" in r.json()["error"]
