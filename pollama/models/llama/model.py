@@ -66,7 +66,7 @@ class Llama(TextModel):
     def forward(self, ctx: Context, batch: Batch, cache) -> Tensor:
         t = len(batch)
         tokens, positions, outputs = batch.bind(ctx)
-        x = self.token_embd(tokens)  # [t, dim]
+        x = batch.embed(ctx, self.token_embd(tokens))  # [t, dim]; image rows in place (a vision subclass's)
         ctx.record("token_embd", x)
         for i, layer in enumerate(self.blk):
             h = layer.attn_norm(x)

@@ -1,0 +1,63 @@
+"""Mistral 3 (Mistral Small 3.1/3.2): Llama's decoder reading images through Pixtral.
+
+The text model is Llama's, weights and forward (GGUF "mistral3" stores its Q/K permuted for
+adjacent-pair RoPE, as "llama" does). An image becomes Pixtral patch states, merged 2x2 and
+projected to the text width; each row of merged tokens fills a row of [IMG] positions,
+closed by [IMG_BREAK] (the last by [IMG_END]), and attends causally like text.
+"""
+
+from __future__ import annotations
+
+from pollama.ml.base import Backend
+from pollama.models import imageproc
+from pollama.models.base import Config, register
+from pollama.models.llama.model import Llama
+from pollama.models.mistral3 import process_image as pixtral_image
+from pollama.models.mistral3.vision import PixtralVision, Projector
+from pollama.models.multimodal import Image, ImageToken, Item
+from pollama.nn import Weights
+
+
+@register("mistral3")
+class Mistral3(Llama):
+    def __init__(self, cfg: Config, w: Weights):
+        super().__init__(cfg, w)
+        # A file without the tower (text only) still runs; images are then refused.
+        self.vision_model = PixtralVision(cfg, w) if "v.patch_conv.weight" in w else None
+        self.vision = self.vision_model is not None
+        self.projector = Projector(cfg, w, cfg.float("attention.layer_norm_rms_epsilon", 1e-5)) if self.vision_model else None
+        self.longest_edge = cfg.int("vision.longest_edge", cfg.int("vision.image_size", pixtral_image.LONGEST_EDGE))
+        self.patch_size = cfg.int("vision.patch_size", pixtral_image.PATCH_SIZE)
+        self.merge = cfg.int("spatial_merge_size", pixtral_image.SPATIAL_MERGE_SIZE)
+        tokens = cfg.list("tokenizer.ggml.tokens", [])
+        ids = {t: i for i, t in enumerate(tokens) if t in ("[IMG_BREAK]", "[IMG_END]")}
+        self.img_token = cfg.int("image_token_index", pixtral_image.IMG_TOKEN)
+        self.img_break = ids.get("[IMG_BREAK]", pixtral_image.IMG_BREAK_TOKEN)
+        self.img_end = ids.get("[IMG_END]", pixtral_image.IMG_END_TOKEN)
+
+    def encode_image(self, backend: Backend, data: bytes) -> Image:
+        """The image's text-width embeddings, one row per [IMG] position, rows of the grid in order."""
+        if self.vision_model is None:
+            raise ValueError("this model has no vision tower: it cannot read images")
+        pre = pixtral_image.process_image(
+            imageproc.decode_image(data), longest_edge=self.longest_edge, patch_size=self.patch_size,
+            spatial_merge_size=self.merge)
+        return self.encode_pixels(backend, pre, Image.digest_of(data))
+
+    def encode_pixels(self, backend: Backend, pre: pixtral_image.PixtralImage, digest: str) -> Image:
+        """encode_image after preprocessing (what tests feed transformers too)."""
+        _, h, w = pre.pixel_values.shape
+        rows, cols = h // self.patch_size, w // self.patch_size
+        with backend.context() as ctx:
+            x = self.projector(ctx, self.vision_model(ctx, pre.pixel_values), rows, cols)
+            (embeds,) = ctx.compute(x)
+        return Image(digest=digest, embeds=embeds, meta={"rows": pre.rows, "cols": pre.cols})
+
+    def image_items(self, image: Image) -> list[Item]:
+        """Rows of [IMG] positions each closed by [IMG_BREAK], the last by [IMG_END]."""
+        rows, cols = image.meta["rows"], image.meta["cols"]
+        items: list[Item] = []
+        for r in range(rows):
+            items += [ImageToken(token=self.img_token, image=image, row=r * cols + c) for c in range(cols)]
+            items.append(self.img_end if r == rows - 1 else self.img_break)
+        return items
