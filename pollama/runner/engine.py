@@ -109,13 +109,21 @@ def kv_cache_dtype(name: str | None) -> GGMLType:
     return KV_CACHE_TYPES[name]
 
 
-def make_backend(name: str = "ggml", n_threads: int | None = None, flash_attention: bool | None = None) -> Backend:
+def exact_gelu_default() -> bool:
+    """POLLAMA_EXACT_GELU=1: ggml computes GELU from its formula in float32 rather than from
+    llama.cpp's F16 table (transformers' numbers, at a small cost in speed)."""
+    return os.environ.get("POLLAMA_EXACT_GELU", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def make_backend(name: str = "ggml", n_threads: int | None = None, flash_attention: bool | None = None,
+                 exact_gelu: bool | None = None) -> Backend:
     """A backend by name: "ggml" (production) or "torch" (reference; needs PyTorch)."""
     if name == "ggml":
         from pollama.ml.ggml.backend import GGMLBackend
 
         fa = flash_attention_default() if flash_attention is None else flash_attention
-        return GGMLBackend(n_threads=n_threads, flash_attention=fa)
+        exact = exact_gelu_default() if exact_gelu is None else exact_gelu
+        return GGMLBackend(n_threads=n_threads, flash_attention=fa, exact_gelu=exact)
     if name == "torch":
         try:
             from pollama.ml.torch.backend import TorchBackend
@@ -137,6 +145,7 @@ class Engine:
         num_thread: int | None = None,
         kv_cache_type: str | None = None,
         num_parallel: int = 1,
+        exact_gelu: bool | None = None,
     ):
         if num_ctx <= 0 or num_batch <= 0 or num_parallel <= 0:
             raise ValueError("num_ctx, num_batch and num_parallel must be positive")
@@ -144,7 +153,7 @@ class Engine:
         self.gguf = GGUFFile(path)
         try:
             self.tokenizer = load_tokenizer(self.gguf.metadata)
-            self.backend = make_backend(backend, num_thread) if isinstance(backend, str) else backend
+            self.backend = make_backend(backend, num_thread, exact_gelu=exact_gelu) if isinstance(backend, str) else backend
             self.model: TextModel = load_model(self.gguf, self.backend)
         except BaseException:
             self.gguf.close()

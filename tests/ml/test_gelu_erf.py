@@ -48,3 +48,26 @@ def test_gelu_erf_on_a_permuted_tensor(backend):
     with backend.context() as ctx:
         (out,) = ctx.compute(ctx.input(x).permute(1, 0).gelu_erf())
     np.testing.assert_allclose(out, reference(x.T), rtol=1e-6, atol=1e-6)
+
+
+def test_exact_gelu_is_the_tanh_formula_in_float32():
+    # ggml's own GELU reads an F16 table (llama.cpp's numbers); exact_gelu computes the formula.
+    rng = np.random.default_rng(1)
+    x = np.concatenate([np.linspace(-12, 12, 481), rng.standard_normal(302) * 3]).astype(np.float32).reshape(3, -1)
+    up = rng.standard_normal(x.shape).astype(np.float32)
+    x64 = x.astype(np.float64)
+    want = 0.5 * x64 * (1 + np.tanh(math.sqrt(2 / math.pi) * (x64 + 0.044715 * x64**3)))
+    for exact in (True, False):
+        b = GGMLBackend(n_threads=2, exact_gelu=exact)
+        try:
+            with b.context() as ctx:
+                X, U = ctx.input(x), ctx.input(up)
+                gelu, geglu = ctx.compute(X.gelu(), X.geglu(U))
+        finally:
+            b.close()
+        err = np.abs(gelu - want).max()
+        if exact:
+            assert err < 2e-6
+            np.testing.assert_allclose(geglu, want * up, rtol=1e-5, atol=1e-5)
+        else:
+            assert err > 1e-4  # the table's F16 rounding: the two are really different

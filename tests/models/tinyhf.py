@@ -132,12 +132,14 @@ def hf_greedy(model, ids: list[int], steps: int = GREEDY_STEPS) -> list[int]:
     return out[0, len(ids):].tolist()
 
 
-def our_logits(gguf: Path, backend: str, ids: list[int], f32_cache: bool = True) -> np.ndarray:
-    """Our Engine's logits for every position (F32 K/V cache unless told)."""
+def our_logits(gguf: Path, backend: str, ids: list[int], f32_cache: bool = True, exact_gelu: bool = False) -> np.ndarray:
+    """Our Engine's logits for every position (F32 K/V cache unless told; on ggml, GELU from
+    llama.cpp's F16 table unless `exact_gelu`)."""
     # On ggml, rounding K and V to F16 alone moves these logits by 1.4e-3 to 2.4e-3 (measured
     # on the Llama and Qwen2 cases; 2e-6 with an F32 cache), which would hide the converter's
     # exactness. The torch reference backend keeps its cache in float32 whatever it is asked.
-    with Engine(gguf, backend=backend, num_ctx=64, kv_cache_type="f32" if f32_cache else "f16") as engine:
+    with Engine(gguf, backend=backend, num_ctx=64, kv_cache_type="f32" if f32_cache else "f16",
+                exact_gelu=exact_gelu) as engine:
         return engine.logits(ids)
 
 
@@ -210,9 +212,11 @@ def hf_logits_with_ggml_gelu(model, ids: list[int]) -> np.ndarray:
             layer.mlp.act_fn = act
 
 
-def max_logit_diff(case: Case, backend: str, f32_cache: bool = True, ggml_gelu: bool = False) -> float:
-    """max |ours - transformers| over every position of the prompt."""
-    ours = our_logits(case.gguf, backend, case.ids, f32_cache)
+def max_logit_diff(case: Case, backend: str, f32_cache: bool = True, ggml_gelu: bool = False,
+                   exact_gelu: bool = False) -> float:
+    """max |ours - transformers| over every position of the prompt (`ggml_gelu`: transformers
+    with ggml's table GELU; `exact_gelu`: ours with the formula's)."""
+    ours = our_logits(case.gguf, backend, case.ids, f32_cache, exact_gelu)
     ref = (hf_logits_with_ggml_gelu if ggml_gelu else hf_logits)(case.model, case.ids)
     assert ours.shape == ref.shape
     return float(np.abs(ours - ref).max())

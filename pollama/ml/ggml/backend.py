@@ -167,7 +167,17 @@ class GGMLTensor(Tensor):
         return self._unary(ggml.ggml_silu, "silu")
 
     def gelu(self) -> Tensor:
+        if self._step().backend.exact_gelu:
+            return self._exact_gelu()
         return self._unary(ggml.ggml_gelu, "gelu")
+
+    def _exact_gelu(self) -> Tensor:
+        # ggml's GELU looks the input up in a table of F16 values (as llama.cpp computes it),
+        # about 1e-3 off; this is the tanh formula in float32, as transformers computes it.
+        inner = (self + self * self * self.scale(0.044715)).scale(math.sqrt(2.0 / math.pi)).tanh()
+        ctx = inner._step()
+        one_plus = ctx._new(ggml.ggml_scale_bias(ctx.ctx, inner.ptr, 1.0, 1.0), inner.shape)
+        return (self * one_plus).scale(0.5)
 
     def gelu_erf(self) -> Tensor:
         return self._unary(ggml.ggml_gelu_erf, "gelu_erf")
@@ -190,6 +200,8 @@ class GGMLTensor(Tensor):
         return self._glu(up, ggml.ggml_swiglu_split, "swiglu")
 
     def geglu(self, up: Tensor) -> Tensor:
+        if self._step(up).backend.exact_gelu:
+            return self._exact_gelu() * up
         return self._glu(up, ggml.ggml_geglu_split, "geglu")
 
     def rms_norm(self, eps: float) -> Tensor:
@@ -661,9 +673,13 @@ class GGMLBackend(Backend):
 
     name = "ggml"
 
-    def __init__(self, n_threads: int | None = None, repack: bool = True, flash_attention: bool = False):
+    def __init__(self, n_threads: int | None = None, repack: bool = True, flash_attention: bool = False,
+                 exact_gelu: bool = False):
         self.n_threads = n_threads or default_threads()
         self.flash_attention = flash_attention
+        # GELU from its tanh formula in float32 instead of ggml's F16 table: transformers'
+        # numbers rather than llama.cpp's (see GGMLTensor.gelu).
+        self.exact_gelu = exact_gelu
         self.cpu = ggml.ggml_backend_cpu_init()
         if not self.cpu:
             raise BackendError("could not initialise ggml's CPU backend")
