@@ -141,3 +141,19 @@ def test_windows_full_and_partial(case):
             return
         seen = (v.window_mask(4, 6) == 0).sum(axis=1)
         assert sorted(set(seen.tolist())) == [8, 16] and v.full_blocks == {1}
+
+
+@pytest.mark.parametrize("backend", ["torch", "ggml"])
+def test_two_images_match_transformers(case, backend):
+    # The text between and after two images resumes where each image's grid ends.
+    prompt = "A[img-0]then[img-1]end"
+    hf_prompt = prompt.replace("[img-0]", "<|vision_start|><|image_pad|><|vision_end|>").replace(
+        "[img-1]", "<|vision_start|><|image_pad|><|vision_end|>")
+    pngs = [case.pngs["square"], case.pngs["wide"]]
+    pictures = [Image.open(io.BytesIO(p)) for p in pngs]
+    inputs = dict(case.processor(text=[hf_prompt], images=pictures, return_tensors="pt"))
+    with Engine(case.gguf, backend=backend, num_ctx=128, kv_cache_type="f32") as engine:
+        items = engine.prompt_items(prompt, pngs)
+        assert multimodal.token_ids(items) == inputs["input_ids"][0].tolist()
+        ours = engine.logits(items)
+    assert np.abs(ours - hf_logits(case, inputs)).max() < TOLERANCE
