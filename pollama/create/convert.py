@@ -185,8 +185,9 @@ def supported_architectures() -> dict[str, type[ModelConverter]]:
 def _whole_converters() -> dict[str, Callable[..., None]]:
     # Encoders whose convert.py is a converter of its own (its own vocabulary kind and keys).
     from pollama.models.bert.convert import convert as convert_bert
+    from pollama.models.qwen2vl.convert import CONVERTERS as QWEN_VL, convert as convert_qwen_vl  # splits fused tensors
 
-    return {"BertModel": convert_bert}
+    return {"BertModel": convert_bert, **dict.fromkeys(QWEN_VL, convert_qwen_vl)}
 
 
 def find_weights(folder: str | Path) -> tuple[str, list[Path]]:
