@@ -7,9 +7,13 @@ import math
 
 import numpy as np
 
+from pollama.fs.ggml_types import GGMLType
 from pollama.ml.base import Context, Tensor
 from pollama.models.base import Config, positive
 from pollama.nn import LayerNorm, Linear, ModelError, RMSNorm, Weights, attend
+
+
+FLOAT_TYPES = (GGMLType.F32, GGMLType.F16, GGMLType.BF16)
 
 
 class VisionBlock:
@@ -57,6 +61,10 @@ class VisionModel:
         for name, shape in expect.items():
             if tuple(w[name].shape) != shape:
                 raise ModelError(f"{w.source}: tensor {name!r} has shape {list(w[name].shape)}, expected {list(shape)}")
+            # The kernel is flattened and the projection transposed in the graph: float types only
+            # (Ollama's quantizer, and ours, leave v.* and mm.* unquantized).
+            if w[name].dtype not in FLOAT_TYPES:
+                raise ModelError(f"{w.source}: tensor {name!r} is {w[name].dtype.name}; it must be F32, F16 or BF16")
         self.blk = [VisionBlock(w, i, self.eps) for i in range(self.n_layers)]
         self.post_layernorm = LayerNorm.load(w, "v.post_layernorm", self.eps)
 
