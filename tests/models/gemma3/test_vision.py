@@ -188,6 +188,16 @@ def test_logits_match_transformers_on_ggml(case):
     assert np.abs(ours - _hf_logits(case, ggml_gelu=True)).max() < TOLERANCE / 2
 
 
+@pytest.mark.parametrize("backend", ["torch", "ggml"])
+def test_small_batches_keep_the_image_whole(case, backend):
+    # With 5 items a batch, the soft tokens (items 9..12) would straddle two batches: the engine
+    # ends a batch before them instead, and later batches still see them through the cache.
+    with Engine(case.gguf, backend=backend, num_ctx=64, num_batch=5, kv_cache_type="f32", exact_gelu=True) as engine:
+        items = engine.prompt_items(PROMPT, [case.png])
+        assert (5, 9) in list(engine.chunks(items, 0))
+        assert np.abs(engine.logits(items) - _hf_logits(case)).max() < TOLERANCE / 100
+
+
 def test_soft_tokens_see_each_other(case):
     # Dropping the bidirectional block (causal soft tokens) must break the agreement: it matters.
     ref = _hf_logits(case)
