@@ -177,9 +177,10 @@ def supported_architectures() -> dict[str, type[ModelConverter]]:
     from pollama.models.gemma3.convert import Gemma3Converter, Gemma3VisionConverter
     from pollama.models.llama.convert import LlamaConverter
     from pollama.models.mistral3.convert import Mistral3Converter
+    from pollama.models.mllama.convert import MllamaConverter
     from pollama.models.qwen2.convert import Qwen2Converter
 
-    return {name: cls for cls in (LlamaConverter, Qwen2Converter, Gemma3Converter, Gemma3VisionConverter, Mistral3Converter) for name in cls.architectures}
+    return {name: cls for cls in (LlamaConverter, Qwen2Converter, Gemma3Converter, Gemma3VisionConverter, MllamaConverter, Mistral3Converter) for name in cls.architectures}
 
 
 def _whole_converters() -> dict[str, Callable[..., None]]:

@@ -40,7 +40,7 @@ def model_class(arch: str) -> type[TextModel]:
 
 def _import_all() -> None:
     # Importing a model module registers it; the list is the one place naming them all.
-    from pollama.models import bert, gemma3, llama, mistral, mistral3, qwen2, qwen2vl  # noqa: F401
+    from pollama.models import bert, gemma3, llama, mistral, mistral3, mllama, qwen2, qwen2vl  # noqa: F401
 
 
 class Config:
