@@ -77,7 +77,10 @@ class Gemma3Converter(ModelConverter):
             "attention.sliding_window_pattern": [t == "sliding_attention" for t in layer_types],
             "rope.freq_base": float(global_rope["rope_theta"]),
             "rope.local.freq_base": float(local_theta),
-            **rope_scaling_metadata(global_rope),  # (only global layers are scaled)
+            # Only global layers are scaled. The factor is written even when it is 1: readers
+            # (Ollama's and ours) take a file without it for one of Ollama's, scaled by size.
+            "rope.scaling.factor": 1.0,
+            **rope_scaling_metadata(global_rope),
         }
         if c.get("final_logit_softcapping"):
             md["final_logit_softcapping"] = float(c.get("final_logit_softcapping"))

@@ -14,7 +14,7 @@ from pollama.models.gemma3.process_image import process_image
 from pollama.models.gemma3.vision import VisionModel
 from pollama.models.llama.model import read_rope_scaling
 from pollama.models.multimodal import Image, ImageToken
-from pollama.nn import Embedding, Linear, ModelError, RMSNorm, Weights, attention, make_rope
+from pollama.nn import Embedding, Linear, ModelError, RMSNorm, RopeScaling, Weights, attention, make_rope
 
 
 class Block:
@@ -55,8 +55,17 @@ class Gemma3(TextModel):
             raise ModelError(f"sliding_window_pattern has {len(pattern)} entries for {self.n_layers} layers")
         self.is_local = [bool(pattern[i]) if pattern is not None else (i + 1) % 6 != 0 for i in range(self.n_layers)]
 
+        scaling = read_rope_scaling(cfg)
+        if self.window < self.n_ctx_train and f"{cfg.arch}.rope.scaling.factor" not in cfg.metadata:
+            # Ollama's own files for Gemma 3 leave the scaling out, and its engine fills it in
+            # by size, as the models' configs have it: the 4B, 12B and 27B (34, 48, 62 layers)
+            # scale global RoPE linearly by 8; the 1B (26 layers) has no final soft-capping.
+            if self.n_layers in (34, 48, 62):
+                scaling = RopeScaling(kind="linear", factor=8.0)
+            if self.n_layers == 26:
+                self.final_softcap = 0.0
         self.local_rope = make_rope(self.head_dim, cfg.float("rope.local.freq_base", 10000.0), RopeMode.NEOX)
-        self.global_rope = make_rope(self.head_dim, cfg.float("rope.freq_base", 1000000.0), RopeMode.NEOX, read_rope_scaling(cfg))
+        self.global_rope = make_rope(self.head_dim, cfg.float("rope.freq_base", 1000000.0), RopeMode.NEOX, scaling)
         # Queries are scaled before attention, which then uses scale 1: by 1/sqrt(head_dim),
         # except Gemma 3 27B (62 layers), trained with 1/sqrt(dim / heads).
         self.query_scale = 1.0 / math.sqrt(self.dim // self.n_heads if self.n_layers == 62 else self.head_dim)

@@ -203,3 +203,27 @@ def test_real_gemma3_vocabulary_round_trips(tmp_path):
     for key in ("bos_token_id", "eos_token_id", "unknown_token_id", "padding_token_id", "add_space_prefix",
                 "add_bos_token", "add_eos_token"):
         assert md[f"tokenizer.ggml.{key}"] == real[f"tokenizer.ggml.{key}"], key
+
+
+def test_ollama_files_without_rope_scaling_get_it_by_size(tmp_path):
+    # Ollama's Gemma 3 4B/12B/27B files have no rope.scaling.factor: its engine (and ours) scale
+    # global RoPE by 8 from the layer count. Our converter always writes the factor, so the
+    # 62-layer model converted here (really unscaled) stays unscaled.
+    from pollama.fs.writer import write_gguf
+    from pollama.models.base import load_model
+    from pollama.ml.torch.backend import TorchBackend
+
+    case = gemma3_27b_layout(tmp_path)
+    stripped = tmp_path / "ollama-style.gguf"
+    with GGUFFile(case.gguf) as src:
+        assert src.metadata["gemma3.rope.scaling.factor"] == 1.0
+        metadata = {k: v for k, v in src.metadata.items() if k != "gemma3.rope.scaling.factor"}
+        tensors = [(n, src.tensor_bytes(n), t.type, t.shape) for n, t in src.tensors.items()]
+        write_gguf(stripped, metadata, tensors, src.value_types, array_types=src.array_types)
+    for path, freq_scale in ((case.gguf, 1.0), (stripped, 1 / 8)):
+        backend = TorchBackend()
+        with GGUFFile(path) as f:
+            model = load_model(f, backend)
+            assert model.global_rope.freq_scale == freq_scale
+            assert model.local_rope.freq_scale == 1.0
+        backend.close()
