@@ -157,3 +157,12 @@ def test_two_images_match_transformers(case, backend):
         assert multimodal.token_ids(items) == inputs["input_ids"][0].tolist()
         ours = engine.logits(items)
     assert np.abs(ours - hf_logits(case, inputs)).max() < TOLERANCE
+
+
+def test_an_image_split_across_batches(case):
+    # The image's rows need not share a batch (Qwen's image tokens attend causally): with
+    # batches of 4 items the wide image's 6 rows straddle three of them.
+    inputs = hf_inputs(case, "wide")
+    with Engine(case.gguf, backend="ggml", num_ctx=64, num_batch=4, kv_cache_type="f32") as engine:
+        ours = engine.logits(engine.prompt_items(PROMPT, [case.pngs["wide"]]))
+    assert np.abs(ours - hf_logits(case, inputs)).max() < TOLERANCE
