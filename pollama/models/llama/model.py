@@ -63,17 +63,24 @@ class Llama(TextModel):
         self.output = output_projection(w)
         self.vocab_size = self.output.out_features
 
+    def query_temperature(self, ctx: Context, positions: Tensor) -> Tensor | None:
+        """A factor [t, 1, 1] on each position's queries after RoPE, or None (Llama has none)."""
+        return None
+
     def forward(self, ctx: Context, batch: Batch, cache) -> Tensor:
         t = len(batch)
         tokens, positions, outputs = batch.bind(ctx)
         x = batch.embed(ctx, self.token_embd(tokens))  # [t, dim]; image rows in place (a vision subclass's)
         ctx.record("token_embd", x)
+        temperature = self.query_temperature(ctx, positions)
         for i, layer in enumerate(self.blk):
             h = layer.attn_norm(x)
             q = layer.attn_q(h).reshape(t, self.n_heads, self.head_dim)
             k = layer.attn_k(h).reshape(t, self.n_kv_heads, self.head_dim)
             v = layer.attn_v(h).reshape(t, self.n_kv_heads, self.v_head_dim)
             q = q.rope(positions, self.rope, self.rope_freqs)
+            if temperature is not None:
+                q = q * temperature
             k = k.rope(positions, self.rope, self.rope_freqs)
             a = layer.attn_output(attention(ctx, q, k, v, cache, i, 1.0 / math.sqrt(self.head_dim)))
             if i == self.n_layers - 1:  # from here on only the rows whose logits are wanted

@@ -61,10 +61,10 @@ class Mistral3Converter(ModelConverter):
 
     def metadata(self) -> dict[str, Any]:
         c, v = self.cfg, self.vision
-        rope = self.text.cfg.rope()
-        if rope["rope_type"] not in ("default", "linear") or rope.get("llama_4_scaling_beta") is not None:
-            raise ConvertError(f"config.json text rope scaling {rope['rope_type']!r} is not supported for mistral3 (default, linear)")
         md = self.text.metadata()
+        for key in ("rope.scaling.yarn_beta_fast", "rope.scaling.yarn_beta_slow"):  # llama.cpp's names
+            md.pop(key, None)
+        md.update(self.yarn_metadata())  # Ollama's
 
         if v.get("hidden_act", "gelu") != "silu":
             raise ConvertError(f"config.json vision_config hidden_act={v.get('hidden_act')!r}: Pixtral's MLP computes silu")
@@ -98,6 +98,34 @@ class Mistral3Converter(ModelConverter):
             "mm.projector_bias": bool(c.get("multimodal_projector_bias", False)),
             "mm.projector_hidden_act": c.get("projector_hidden_act", "gelu"),
         })
+        return md
+
+    def yarn_metadata(self) -> dict[str, Any]:
+        """YaRN (Ministral 3) under Ollama's mistral3 keys, with its magnitude and Llama 4's
+        attention temperature (ministral3 text models only)."""
+        text = self.text.cfg
+        rope = text.rope()
+        kind = rope["rope_type"]
+        beta = rope.get("llama_4_scaling_beta") if text.get("model_type") == "ministral3" else None
+        if kind not in ("default", "linear", "yarn"):
+            raise ConvertError(f"config.json text rope scaling {kind!r} is not supported for mistral3 (linear, yarn)")
+        if kind != "yarn":
+            if beta is not None:
+                raise ConvertError("config.json llama_4_scaling_beta without yarn rope scaling is not supported")
+            return {}
+        if rope.get("attention_factor") is not None or rope.get("truncate", True) is not True:
+            raise ConvertError("config.json yarn attention_factor and truncate are not supported for mistral3")
+        md: dict[str, Any] = {
+            "rope.scaling.beta_fast": float(rope.get("beta_fast") or 32.0),
+            "rope.scaling.beta_slow": float(rope.get("beta_slow") or 1.0),
+        }
+        for hf, key in (("mscale", "rope.scaling.mscale"), ("mscale_all_dim", "rope.scaling.mscale_all_dim")):
+            if rope.get(hf) is not None:
+                md[key] = float(rope[hf])
+        if beta is not None:
+            if not rope.get("original_max_position_embeddings"):
+                raise ConvertError("config.json llama_4_scaling_beta needs original_max_position_embeddings")
+            md["rope.scaling_beta"] = float(beta)
         return md
 
     def skip(self, hf_name: str) -> bool:

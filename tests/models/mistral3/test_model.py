@@ -69,28 +69,50 @@ def hf_prompt_ids(tokenizer, image_size: tuple[int, int]) -> list[int]:
     return tokenizer(PROMPT.replace("[IMG]", expansion)).input_ids
 
 
-@pytest.fixture(scope="module")
-def case(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("mistral3")
+MISTRAL_TEXT = dict(model_type="mistral", rope_theta=1e9, sliding_window=None)
+# Ministral 3's text: YaRN, and Llama 4's attention temperature past the original context
+# (16 here, so the prompt's later positions get it).
+MINISTRAL_TEXT = dict(model_type="ministral3", max_position_embeddings=64, rope_parameters={
+    "rope_type": "yarn", "rope_theta": 1e6, "factor": 4.0, "original_max_position_embeddings": 16,
+    "beta_fast": 32.0, "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 1.0, "llama_4_scaling_beta": 0.1})
+CASES = {
+    # Mistral Small 3.1's layout: untied head; a wide image (90x60 -> 112x84: 3 rows of 4 [IMG]).
+    "mistral-small-3.1": dict(text=MISTRAL_TEXT, tie=False, image=(90, 60)),
+    # Ministral 3's: tied embeddings; a tall image scaled down (60x150 -> 56x112: 4 rows of 2).
+    "ministral-3": dict(text=MINISTRAL_TEXT, tie=True, image=(60, 150)),
+}
+
+
+def build(tmp: Path, text: dict, tie: bool, image: tuple[int, int]) -> SimpleNamespace:
     tok = bpe_tokenizer("llama-bpe", SPECIALS, bos="<s>", eos="</s>", pad="<pad>", add_bos=True)
     config = transformers.Mistral3Config(
-        text_config=dict(model_type="mistral", vocab_size=384, hidden_size=64, intermediate_size=128,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                         rope_theta=1e9, rms_norm_eps=1e-5, sliding_window=None, max_position_embeddings=256),
+        text_config={**dict(vocab_size=384, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                            num_attention_heads=4, num_key_value_heads=2, head_dim=16, rms_norm_eps=1e-5,
+                            max_position_embeddings=256, tie_word_embeddings=tie), **text},
         vision_config=dict(model_type="pixtral", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                            num_attention_heads=2, head_dim=16, image_size=LONGEST_EDGE, patch_size=14,
                            rope_theta=1e4, hidden_act="silu"),
         spatial_merge_size=2, vision_feature_layer=-1, projector_hidden_act="gelu",
-        multimodal_projector_bias=False, image_token_index=10, tie_word_embeddings=False)
+        multimodal_projector_bias=False, image_token_index=10, tie_word_embeddings=tie)
     folder = tmp / "tiny"
     model = save_tiny(transformers.Mistral3ForConditionalGeneration, config, tok, folder)
     gguf = tmp / "tiny.gguf"
     convert_hf(folder, gguf, outtype="f32", converter=Mistral3Converter)
-    png = drawn_png(90, 60, seed=3)
+    png = drawn_png(*image, seed=3)
     pre = pixtral_image.process_image(imageproc.decode_image(png), longest_edge=LONGEST_EDGE)
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
     return SimpleNamespace(model=model, tokenizer=tokenizer, folder=folder, gguf=gguf, png=png, pre=pre,
                            ids=hf_prompt_ids(tokenizer, pre.image_size))
+
+
+@pytest.fixture(scope="module")
+def cases(tmp_path_factory) -> dict[str, SimpleNamespace]:
+    return {name: build(tmp_path_factory.mktemp(name), **spec) for name, spec in CASES.items()}
+
+
+@pytest.fixture(params=list(CASES))
+def case(request, cases) -> SimpleNamespace:
+    return cases[request.param]
 
 
 def hf_inputs(case) -> dict:
@@ -127,9 +149,10 @@ def test_image_items_are_the_processors_ids(case):
     with engine(case, "torch") as e:
         items = our_items(e, case.png)
     assert token_ids(items) == case.ids
+    n = case.pre.rows * case.pre.cols
     rows = [i.row for i in items if isinstance(i, ImageToken)]
-    assert rows == list(range(12))  # every [IMG] position takes its own embedding row, in order
-    assert case.ids.count(10) == 12 and case.ids.count(12) == 2 and case.ids.count(13) == 1
+    assert rows == list(range(n))  # every [IMG] position takes its own embedding row, in order
+    assert case.ids.count(10) == n and case.ids.count(12) == case.pre.rows - 1 and case.ids.count(13) == 1
 
 
 def test_pixel_values_are_the_pil_processors(case):
@@ -138,17 +161,17 @@ def test_pixel_values_are_the_pil_processors(case):
     hf = PixtralImageProcessorPil(size={"longest_edge": LONGEST_EDGE}, patch_size={"height": 28, "width": 28})(
         images=[Image.open(io.BytesIO(case.png))], return_tensors="np")
     assert np.array_equal(hf["pixel_values"][0], case.pre.pixel_values)
-    assert [int(v) for v in hf["image_sizes"][0]] == [84, 112]
+    assert [int(v) for v in hf["image_sizes"][0]] == list(case.pre.image_size)
 
 
 @pytest.mark.parametrize("backend", ["torch", "ggml"])
-def test_logits_with_an_image_match_transformers(case, backend):
+def test_logits_with_an_image_match_transformers(case, backend, request):
     with engine(case, backend) as e:
         ours = e.logits(our_items(e, case.png))
     ref = hf_logits(case)
     assert ours.shape == ref.shape
     diff = float(np.abs(ours - ref).max())
-    print(f"mistral3 {backend}: max |ours - transformers| = {diff:.3g}")
+    print(f"{request.node.callspec.params['case']} {backend}: max |ours - transformers| = {diff:.3g}")
     assert diff < TOLERANCE
 
 
@@ -166,15 +189,15 @@ def test_greedy_tokens_with_an_image_match_generate(case, backend):
 def test_image_changes_the_logits(case):
     # The image must matter (a projector that zeroed it would pass the comparisons above only
     # if transformers' did too): the same prompt with a different image gives other logits.
-    other = drawn_png(90, 60, seed=4)
+    other = drawn_png(*Image.open(io.BytesIO(case.png)).size, seed=4)
     with engine(case, "torch") as e:
         a = e.logits(our_items(e, case.png))
         b = e.logits(our_items(e, other))
     assert np.abs(a - b).max() > 1e-2
 
 
-def test_metadata_and_tensor_names(case):
-    md, tensors = read_gguf(case.gguf)
+def test_metadata_and_tensor_names(cases):
+    md, tensors = read_gguf(cases["mistral-small-3.1"].gguf)
     assert md["general.architecture"] == "mistral3"
     assert md["mistral3.vision.block_count"] == 2 and md["mistral3.vision.embedding_length"] == 32
     assert md["mistral3.vision.attention.key_length"] == 16 and md["mistral3.vision.patch_size"] == 14
@@ -189,7 +212,19 @@ def test_metadata_and_tensor_names(case):
     assert not [n for n in tensors if not n.startswith(("token_embd", "output", "blk.", "v.", "mm."))]
 
 
-def test_unsupported_configs_are_refused(case, tmp_path):
+def test_ministral_3_keys_are_ollamas(cases):
+    md, tensors = read_gguf(cases["ministral-3"].gguf)
+    assert md["mistral3.rope.scaling.type"] == "yarn" and md["mistral3.rope.scaling.factor"] == 4.0
+    assert md["mistral3.rope.scaling.original_context_length"] == 16
+    assert md["mistral3.rope.scaling.beta_fast"] == 32.0 and md["mistral3.rope.scaling.beta_slow"] == 1.0
+    assert md["mistral3.rope.scaling.mscale"] == md["mistral3.rope.scaling.mscale_all_dim"] == 1.0
+    assert abs(md["mistral3.rope.scaling_beta"] - 0.1) < 1e-7
+    assert not [k for k in md if "yarn_beta" in k]
+    assert "output.weight" not in tensors  # tied
+
+
+def test_unsupported_configs_are_refused(cases, tmp_path):
+    case = cases["mistral-small-3.1"]
     config = json.loads((case.folder / "config.json").read_text())
     for key, value, message in [("vision_feature_layer", 0, "vision_feature_layer"),
                                 ("projector_hidden_act", "relu", "projector_hidden_act")]:
