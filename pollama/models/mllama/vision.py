@@ -59,8 +59,9 @@ class TileEmbedding:
 class VisionModel:
     """`v.*` and `mm.0`: pixel tiles -> cross-attention states [tiles * (patches + 1), text width]."""
 
-    # Embedding tables read with rows() (by aspect-ratio id).
-    gathered = ("v.pre_tile_position_embd.weight", "v.post_tile_position_embd.weight", "v.tile_position_embd.weight")
+    # Embedding tables read with rows() (by position, by aspect-ratio id).
+    gathered = ("v.position_embd.weight", "v.pre_tile_position_embd.weight", "v.post_tile_position_embd.weight",
+                "v.tile_position_embd.weight")
 
     def __init__(self, cfg: Config, w: Weights):
         self.dim = positive(cfg.int("vision.embedding_length"), "vision.embedding_length")
@@ -126,7 +127,7 @@ class VisionModel:
 
         cls = ctx.input(np.ones((tiles, 1, dim), dtype=np.float32)) * self.class_embd  # one per tile
         x = cls.concat(x, 1)  # [tiles, n, dim]
-        pos = ctx.view(self.position_embd, 0, n)  # [n, dim]
+        pos = self.position_embd.rows(ctx.input(np.arange(n, dtype=np.int32)))  # [n, dim], float32 whatever its type
         x = x + (pos * self.position_gate if self.position_gate is not None else pos)
         tile_pos = self.tile_position_embd(ctx, ratio_id, tiles, n, dim)
         if self.tile_gate_from_position:

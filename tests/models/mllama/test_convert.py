@@ -368,3 +368,22 @@ def test_ollama_layout_with_the_tile_gate_tensor(case, tmp_path):
 def test_registered():
     assert "mllama" in architectures()
     assert supported_architectures()["MllamaForConditionalGeneration"] is MllamaConverter
+
+
+def test_f16_and_quantized_files_run(case, tmp_path):
+    # What `create` makes: F16 weights (vision and projector stay F16 when quantized), then a
+    # quantized text model. Measured max |ours - transformers|: F16 2.8e-3 (torch), 3.4e-3
+    # (ggml); Q8_0 0.071 (torch), 0.087 (ggml, which also rounds activations to 8 bits).
+    from pollama.create.quantize import quantize_gguf
+
+    inputs = case.inputs("one-tile")
+    ref = case.hf_logits(inputs)
+    f16 = tmp_path / "f16.gguf"
+    convert_hf(case.folder, f16, outtype="f16", converter=MllamaConverter)
+    q8 = tmp_path / "q8_0.gguf"
+    summary = quantize_gguf(f16, q8, "q8_0")
+    assert summary.tensor_types["blk.1.cross_attn_k_proj.weight"].name == "Q8_0"
+    assert summary.tensor_types["v.patch_embd.weight"].name == "F16"
+    for path, backend, bound in ((f16, "torch", 1e-2), (f16, "ggml", 1e-2), (q8, "ggml", 0.25)):
+        with Engine(path, backend=backend, num_ctx=64, kv_cache_type="f32") as e:
+            assert float(np.abs(e.logits(our_items(e, inputs)) - ref).max()) < bound, (path.name, backend)
