@@ -186,6 +186,28 @@ def test_greedy_tokens_with_an_image_match_generate(case, backend):
     assert out == hf_greedy(case)
 
 
+@pytest.mark.parametrize("backend", ["torch", "ggml"])
+def test_decoded_logits_match_transformers(case, backend):
+    # Decoding goes through the cache and reused graphs; for Ministral 3 its positions (43..50)
+    # cross 48, where the attention temperature steps up.
+    generated = hf_greedy(case)
+    with torch.no_grad():
+        inputs = hf_inputs(case)
+        inputs["input_ids"] = torch.tensor([case.ids + generated])
+        ref = case.model(**inputs).logits[0].numpy()[len(case.ids) - 1:]
+    with engine(case, backend) as e:
+        logits, _ = e.prefill(our_items(e, case.png))
+        ours = [logits] + [e.decode(token) for token in generated]
+    assert float(np.abs(np.stack(ours) - ref).max()) < TOLERANCE
+
+
+def test_an_image_split_across_batches_matches_transformers(case):
+    # Each [IMG] position carries its own embedding row, so batches may cut an image anywhere.
+    with Engine(case.gguf, backend="ggml", num_ctx=128, num_batch=5, kv_cache_type="f32") as e:
+        ours = e.logits(our_items(e, case.png))
+    assert float(np.abs(ours - hf_logits(case)).max()) < TOLERANCE
+
+
 def test_image_changes_the_logits(case):
     # The image must matter (a projector that zeroed it would pass the comparisons above only
     # if transformers' did too): the same prompt with a different image gives other logits.
