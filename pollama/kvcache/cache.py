@@ -97,8 +97,9 @@ class Batch:
         return tuple((a, b - a) for a, b in zip(starts, ends))
 
     def bind(self, ctx: Context) -> tuple[Tensor, Tensor, Tensor]:
-        """The batch as named inputs of a context: (tokens, positions, outputs)."""
-        return tuple(ctx.input(array, name=name) for name, array in self.arrays().items())
+        """The batch as named inputs of a context: (tokens, positions, outputs); M-RoPE
+        positions come from multi_positions()."""
+        return tuple(ctx.input(array, name=name) for name, array in self.arrays().items() if name != "rope_positions")
 
 
 def multi_positions_array(rope_positions: np.ndarray) -> np.ndarray:

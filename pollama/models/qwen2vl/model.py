@@ -109,8 +109,8 @@ class Qwen2VL(Qwen2):
         t = len(batch)
         # bind() also makes the M-RoPE positions (int32 [4 t]: all t, all h, all w, zeros) when
         # the batch has them, as the engine's batches for this model always do.
-        tokens, _, outputs, *rope_positions = batch.bind(ctx)
-        positions = rope_positions[0] if rope_positions else batch.multi_positions(ctx)
+        tokens, _, outputs = batch.bind(ctx)
+        positions = batch.multi_positions(ctx)  # [4 * t]: t, h and w of each token
         x = batch.embed(ctx, self.token_embd(tokens))  # [t, dim], image rows in place
         ctx.record("token_embd", x)
         for i, layer in enumerate(self.blk):
