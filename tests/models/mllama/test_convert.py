@@ -387,3 +387,24 @@ def test_f16_and_quantized_files_run(case, tmp_path):
     for path, backend, bound in ((f16, "torch", 1e-2), (f16, "ggml", 1e-2), (q8, "ggml", 0.25)):
         with Engine(path, backend=backend, num_ctx=64, kv_cache_type="f32") as e:
             assert float(np.abs(e.logits(our_items(e, inputs)) - ref).max()) < bound, (path.name, backend)
+
+
+def test_parallel_engine_generates_from_image_bytes(case):
+    # The server's path: the prompt laid out from PNG bytes, generation in the parallel engine
+    # (which runs mllama one sequence at a time), greedy tokens as transformers'.
+    from pollama.runner.generation import Done, GenerateOptions
+    from pollama.runner.parallel import ParallelEngine
+    from pollama.sample.options import SamplerOptions
+
+    inputs = case.inputs("four-tiles")
+    with ParallelEngine(case.gguf, num_parallel=2, num_ctx=64) as pe:
+        assert pe.num_parallel == 1
+        text = PROMPT.replace("<|image|>", "[img-0]").removeprefix("<|begin_of_text|>")  # the tokenizer adds BOS
+        prompt = pe.prompt_items(text, [IMAGES["four-tiles"]])
+        assert token_ids(prompt) == inputs["input_ids"][0].tolist()
+        greedy = SamplerOptions(temperature=0.0, repeat_penalty=1.0)
+        events = list(pe.submit(prompt, GenerateOptions(num_predict=GREEDY_STEPS, sampler=greedy)))
+    done = events[-1]
+    assert isinstance(done, Done)
+    generated = done.tokens[len(prompt):]
+    assert generated == case.hf_greedy(inputs)
