@@ -78,7 +78,9 @@ class Mistral3Converter(ModelConverter):
         head_dim = v.get("head_dim") or hidden // heads
         if head_dim * heads != hidden or head_dim % 4:
             # Pixtral's attention splits hidden_size into heads; its RoPE uses head_dim quarters.
-            raise ConvertError(f"config.json vision head_dim {head_dim} x {heads} heads must be hidden_size {hidden}, head_dim a multiple of 4")
+            raise ConvertError(
+                f"config.json vision head_dim {head_dim} x {heads} heads must be hidden_size {hidden}, "
+                "and head_dim a multiple of 4")
         image_size = v.get("image_size", 1540)
         vision_rope = v.get("rope_parameters") or {}
         md.update({

@@ -17,7 +17,7 @@ from pollama.fs.ggml_types import GGMLType
 from pollama.kvcache import LayerCaches
 from pollama.ml.base import Backend, Context, Tensor
 from pollama.models import imageproc
-from pollama.models.base import Config, register
+from pollama.models.base import Config, positive, register
 from pollama.models.llama.model import Llama, read_rope_scaling
 from pollama.models.mistral3 import process_image as pixtral_image
 from pollama.models.mistral3.vision import PixtralVision, Projector
@@ -39,9 +39,10 @@ class Mistral3(Llama):
         self.vision_model = PixtralVision(cfg, w) if "v.patch_conv.weight" in w else None
         self.vision = self.vision_model is not None
         self.projector = Projector(cfg, w, cfg.float("attention.layer_norm_rms_epsilon", 1e-5)) if self.vision_model else None
-        self.longest_edge = cfg.int("vision.longest_edge", cfg.int("vision.image_size", pixtral_image.LONGEST_EDGE))
-        self.patch_size = cfg.int("vision.patch_size", pixtral_image.PATCH_SIZE)
-        self.merge = cfg.int("spatial_merge_size", pixtral_image.SPATIAL_MERGE_SIZE)
+        edge = cfg.int("vision.longest_edge", cfg.int("vision.image_size", pixtral_image.LONGEST_EDGE))
+        self.longest_edge = positive(edge, "vision.longest_edge")
+        self.patch_size = positive(cfg.int("vision.patch_size", pixtral_image.PATCH_SIZE), "vision.patch_size")
+        self.merge = positive(cfg.int("spatial_merge_size", pixtral_image.SPATIAL_MERGE_SIZE), "spatial_merge_size")
         tokens = cfg.list("tokenizer.ggml.tokens", [])
         ids = {t: i for i, t in enumerate(tokens) if t in ("[IMG_BREAK]", "[IMG_END]")}
         self.img_token = cfg.int("image_token_index", pixtral_image.IMG_TOKEN)
