@@ -109,8 +109,9 @@ class VisionModel:
         return np.ascontiguousarray(x.reshape(t * g * g, c * p * p), dtype=np.float32)
 
     def mask(self, num_tiles: int, padded: int) -> np.ndarray | None:
-        """As transformers: a query and a key are kept apart only when both are padding
-        (positions past the tile's sequence, or tiles past the image's). Real queries see all."""
+        """As Meta's model (and transformers): a query and a key are kept apart only when both
+        are padding (positions past a tile's sequence, or tiles past the image's); real
+        positions see everything."""
         tiles = self.max_num_tiles
         pad = np.ones((tiles, padded), dtype=bool)
         pad[:num_tiles, : self.positions] = False
@@ -163,9 +164,4 @@ class VisionModel:
         if padded > n:
             x = x.slice(1, 0, n)
         return self.projector(x.reshape(tiles * n, width))
-
-
-def tile_rows(vision: VisionModel) -> int:
-    """Cross-attention states per image (every tile, used or not)."""
-    return vision.max_num_tiles * vision.positions
 
