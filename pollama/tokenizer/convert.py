@@ -34,6 +34,10 @@ PRE_BY_SPLIT_REGEX = {
         "qwen2",
     _CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+":
         "qwen35",
+    # Mistral's Tekken (Mistral Small 3.x, Ministral, Pixtral), as llama.cpp names it.
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+|[^\r\n\p{L}\p{N}]?"
+    r"[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+":
+        "tekken",
 }
 # Pre-tokenizers of several Split steps, known by the sha256 of their concatenated regexes (Ollama's).
 PRE_BY_SPLIT_DIGEST = {

@@ -15,11 +15,12 @@ import numpy as np
 import pytest
 
 from models.tinyhf import (
-    TOLERANCE, Case, assert_tokenizer_matches, bpe_tokenizer, build_case, convert, hf_greedy, hf_logits,
+    TOLERANCE, Case, assert_tokenizer_matches, bpe_tokenizer, build_case, convert, hf_greedy, hf_ids, hf_logits,
     max_logit_diff, our_greedy, our_logits, read_gguf, torch, transformers,
 )
 from pollama.create.convert import ConvertError, convert_hf
 from pollama.fs.safetensors import SafetensorsError, SafetensorsFile, open_folder
+from pollama.tokenizer import load_tokenizer
 from pollama.tokenizer.convert import PRE_BY_SPLIT_REGEX
 
 LLAMA3_SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>"]
@@ -154,7 +155,23 @@ def test_split_regexes_are_the_ones_ollama_knows():
         "llama-bpe": "d98f9631be1e9607a9848c26c1f9eac1aa9fc21ac6ba82a2fc0741af9780a48f",
         "qwen2": "1ff7f41064896984db5d1bb6ff64fa4bc29007d08c1b439e505b7392777a319e",
         "qwen35": "00431aed57e696b747435f734d1e3b9b1bfd931a121fb5cac7129e97c181e9ba",
+        "tekken": "1d64a9a8eaf9f1bd80331984d81fdd514e7feafe8df83a525dd31472f275699a",  # (not in Ollama's list)
     }
+
+
+def test_tekken_tokenizers_convert_as_tekken(tmp_path):
+    # Mistral's Tekken regex (case-aware words, single digits): named "tekken", split as HF does.
+    tok = bpe_tokenizer("tekken", ["<unk>", "<s>", "</s>"], bos="<s>", eos="</s>", add_bos=True)
+    config = transformers.MistralConfig(
+        vocab_size=384, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=1, max_position_embeddings=64, bos_token_id=1, eos_token_id=2)
+    case = build_case(tmp_path, transformers.MistralForCausalLM, config, tok)
+    md, _ = read_gguf(case.gguf)
+    assert md["tokenizer.ggml.pre"] == "tekken"
+    assert_tokenizer_matches(case)
+    ours = load_tokenizer(md)
+    for text in ("HTTPServer parseJSON iPhone XMLHttpRequest ÉCOLE élève", "a/b/c\n\npath/to/file 12345"):
+        assert ours.encode(text, add_special=True, parse_special=True) == hf_ids(case.tokenizer, text), text
 
 
 # -- errors: one line, naming what is at fault -----------------------------------------------------
