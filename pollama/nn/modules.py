@@ -6,8 +6,6 @@ import math
 from dataclasses import dataclass
 from typing import Mapping
 
-import numpy as np
-
 from pollama.ml.base import Context, Rope, RopeMode, Tensor
 
 
@@ -142,11 +140,8 @@ def attend(ctx: Context, q: Tensor, k: Tensor, v: Tensor, mask=None, scale: floa
     """Attention without a cache (an encoder's, over one image): q [t, heads, d], k and v
     [n, kv_heads, d] -> [t, heads * d]. `mask` is an additive float32 array [t, n] (0 where a
     query may look, -inf where not), or None for full attention."""
-    t, n = q.shape[0], k.shape[0]
-    if mask is None:
-        mask = np.zeros((t, n), dtype=np.float32)
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
     # The backend takes V as rows for flash attention, else transposed (see Context.attention).
     values = v if ctx.backend.flash_attention else v.permute(1, 2, 0)
-    return ctx.attention(q, k, values, ctx.attention_mask(mask), scale)
+    return ctx.attention(q, k, values, None if mask is None else ctx.attention_mask(mask), scale)

@@ -414,7 +414,7 @@ class GGMLContext(Context, _Owner):
         return tensor
 
     def attention(
-        self, q: Tensor, k: Tensor, v_t: Tensor, mask: Tensor, scale: float, softcap: float = 0.0, groups=None
+        self, q: Tensor, k: Tensor, v_t: Tensor, mask: Tensor | None, scale: float, softcap: float = 0.0, groups=None
     ) -> Tensor:
         self._check_open()
         q._step(k, v_t, mask)
@@ -425,7 +425,7 @@ class GGMLContext(Context, _Owner):
         nv, hkv_v, dv = v_t.shape if flash else (v_t.shape[2], v_t.shape[0], v_t.shape[1])
         if dk != d or nv != n or hkv_v != hkv or h % hkv:
             raise BackendError(f"attention shapes do not fit: q {list(q.shape)}, k {list(k.shape)}, v {list(v_t.shape)}")
-        if mask.shape != (t, n) or mask not in self.masks:
+        if mask is not None and (mask.shape != (t, n) or mask not in self.masks):
             raise BackendError(f"attention mask must come from attention_mask() with shape [{t}, {n}], got {list(mask.shape)}")
         if q.dtype != GGMLType.F32 or k.dtype not in CACHE_TYPES or v_t.dtype not in CACHE_TYPES:
             raise BackendError(f"attention types: q {q.dtype.name}, k {k.dtype.name}, v {v_t.dtype.name}")
@@ -434,7 +434,8 @@ class GGMLContext(Context, _Owner):
         q, k, v_t = (x if _rows_dense(x) else x.contiguous() for x in (q, k, v_t))
         kernel = self._flash_attention if flash else self._attention
         if not groups or len(groups) == 1:
-            return self._new(kernel(q.ptr, k.ptr, v_t.ptr, mask.ptr, scale, softcap), (t, h, dv)).reshape(t, h * dv)
+            mask_ptr = mask.ptr if mask is not None else None
+            return self._new(kernel(q.ptr, k.ptr, v_t.ptr, mask_ptr, scale, softcap), (t, h, dv)).reshape(t, h * dv)
         # One sequence at a time: ggml's kernels for one query row and for several sum in a
         # different order, and that difference, rounded to 8 bits in the next matmul, can move
         # logits by a whole unit. Computed alone, each sequence gets exactly its solo result.
@@ -445,8 +446,10 @@ class GGMLContext(Context, _Owner):
         c, out = self.ctx, None
         for start, rows in groups:
             q_rows = ggml.ggml_view_3d(c, q.ptr, d, h, rows, q.ptr.contents.nb[1], q.ptr.contents.nb[2], start * q.ptr.contents.nb[2])
-            m = mask.ptr.contents
-            mask_rows = ggml.ggml_view_2d(c, mask.ptr, m.ne[0], rows, m.nb[1], start * m.nb[1])
+            mask_rows = None
+            if mask is not None:
+                m = mask.ptr.contents
+                mask_rows = ggml.ggml_view_2d(c, mask.ptr, m.ne[0], rows, m.nb[1], start * m.nb[1])
             part = kernel(q_rows, k.ptr, v_t.ptr, mask_rows, scale, softcap)
             out = part if out is None else ggml.ggml_concat(c, out, part, 2)
             self.n_tensors += 3
@@ -476,7 +479,7 @@ class GGMLContext(Context, _Owner):
         qp = ggml.ggml_permute(c, q, 0, 2, 1, 3)
         kp = ggml.ggml_permute(c, k, 0, 2, 1, 3)
         vp = ggml.ggml_permute(c, v, 0, 2, 1, 3)
-        mask16 = ggml.ggml_cast(c, mask, int(GGMLType.F16))
+        mask16 = ggml.ggml_cast(c, mask, int(GGMLType.F16)) if mask is not None else None
         out = ggml.ggml_flash_attn_ext(c, qp, kp, vp, mask16, float(scale), 0.0, float(softcap))
         ggml.ggml_flash_attn_ext_set_prec(out, ggml.GGML_PREC_F32)
         self.n_tensors += 5

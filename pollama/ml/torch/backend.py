@@ -484,7 +484,7 @@ class TorchContext(Context, _Owner):
         if dk != d or nv != n or hkv_v != hkv or h % hkv:
             raise BackendError(f"attention shapes do not fit: q {list(q.shape)}, k {list(k.shape)}, v_t {list(v_t.shape)}")
         v = v_t.permute(2, 0, 1)  # [n, hkv, dv]
-        if not mask.is_mask or mask.shape != (t, n):
+        if mask is not None and (not mask.is_mask or mask.shape != (t, n)):
             raise BackendError(f"attention mask must come from attention_mask() with shape [{t}, {n}], got {list(mask.shape)}")
         if q.dtype != GGMLType.F32 or k.dtype != GGMLType.F32 or v_t.dtype != GGMLType.F32:
             raise BackendError(f"attention types: q {q.dtype.name}, k {k.dtype.name}, v {v_t.dtype.name}")
@@ -497,7 +497,8 @@ class TorchContext(Context, _Owner):
         scores = torch.einsum("tkgd,nkd->kgtn", qg, k._t) * float(scale)  # [hkv, group, t, n]
         if softcap > 0:
             scores = torch.tanh(scores / float(softcap)) * float(softcap)
-        scores = scores + mask._t
+        if mask is not None:
+            scores = scores + mask._t
         # A row masked everywhere has max -inf; shifting by 0 instead gives exp() = 0 and a
         # zero output rather than NaN (as ggml's flash attention does).
         row_max = scores.amax(dim=-1, keepdim=True)
