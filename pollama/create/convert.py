@@ -20,7 +20,7 @@ import math
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Mapping
 
 import numpy as np
 
@@ -104,6 +104,11 @@ class ModelConverter:
         """Tensors GGUF has and the checkpoint has not (computed from config.json)."""
         return []
 
+    def source(self, weights: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The checkpoint's tensors as this architecture maps them (identity; a converter whose
+        checkpoint fuses tensors GGUF keeps apart gives a view with the parts instead)."""
+        return weights
+
     def skip(self, hf_name: str) -> bool:
         """HF tensors GGUF does not keep: RoPE caches, and lm_head when tied to the embedding."""
         if hf_name.endswith("rotary_emb.inv_freq"):
@@ -179,16 +184,18 @@ def supported_architectures() -> dict[str, type[ModelConverter]]:
     from pollama.models.mistral3.convert import Mistral3Converter
     from pollama.models.mllama.convert import MllamaConverter
     from pollama.models.qwen2.convert import Qwen2Converter
+    from pollama.models.qwen2vl.convert import Qwen2VLConverter, Qwen25VLConverter
 
-    return {name: cls for cls in (LlamaConverter, Qwen2Converter, Gemma3Converter, Gemma3VisionConverter, MllamaConverter, Mistral3Converter) for name in cls.architectures}
+    converters = (LlamaConverter, Qwen2Converter, Gemma3Converter, Gemma3VisionConverter, MllamaConverter,
+                  Mistral3Converter, Qwen2VLConverter, Qwen25VLConverter)
+    return {name: cls for cls in converters for name in cls.architectures}
 
 
 def _whole_converters() -> dict[str, Callable[..., None]]:
     # Encoders whose convert.py is a converter of its own (its own vocabulary kind and keys).
     from pollama.models.bert.convert import convert as convert_bert
-    from pollama.models.qwen2vl.convert import CONVERTERS as QWEN_VL, convert as convert_qwen_vl  # splits fused tensors
 
-    return {"BertModel": convert_bert, **dict.fromkeys(QWEN_VL, convert_qwen_vl)}
+    return {"BertModel": convert_bert}
 
 
 def find_weights(folder: str | Path) -> tuple[str, list[Path]]:
@@ -309,7 +316,7 @@ def convert_hf(
     say("reading weights")
     with open_weights(folder) as weights:
         tensor_type, file_type = OUT_TYPES[outtype]
-        tensors = _convert_tensors(conv, weights, tensor_type, say)
+        tensors = _convert_tensors(conv, conv.source(weights), tensor_type, say)
         metadata: dict[str, Any] = {
             "general.architecture": conv.arch,
             "general.name": folder.name,

@@ -7,27 +7,21 @@ convolution is split into one 2-D kernel per temporal frame (`v.patch_embd_0/1`)
 attention projection `qkv` into `attn_q/k/v`. Qwen2-VL (which Ollama does not convert) gets
 the same layout under "qwen2vl"; its tower differs in LayerNorm and a fc1/fc2 quick-GELU MLP.
 
-Two HF tensors become several GGUF ones, which the one-to-one pipeline of create/convert.py
-cannot express: `convert()` runs that pipeline over `SplitWeights`, a view of the checkpoint
-in which each fused tensor appears as its parts (each still read lazily, one at a time).
+Two HF tensors become several GGUF ones: the converter's `source()` is `SplitWeights`, a view
+of the checkpoint in which each fused tensor appears as its parts (each still read lazily, one
+at a time), which create/convert.py's one-to-one pipeline then maps like any other.
 """
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pollama.create.convert import (
-    OUT_TYPES, ConvertError, HFConfig, ModelConverter, _convert_tensors, _value_types, open_weights, read_hf_config,
-)
-from pollama.fs.writer import write_gguf
+from pollama.create.convert import ConvertError, HFConfig, ModelConverter
 from pollama.models.llama.convert import LAYER_NAMES as TEXT_LAYER_NAMES
-from pollama.tokenizer.convert import TokenizerConvertError, convert_tokenizer
 
 # HF name inside `visual.blocks.N.` -> GGUF name inside `v.blk.N.` (after the splits below).
 VISION_LAYER_NAMES = {
@@ -146,6 +140,10 @@ class Qwen2VLConverter(ModelConverter):
         super().__init__(HFConfig({**top, **text}))
         self.vision = HFConfig(vision)
 
+    def source(self, weights: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The fused qkv and 3-D patch kernel as their parts (see SplitWeights)."""
+        return SplitWeights(weights)
+
     def metadata(self) -> dict[str, Any]:
         c, v = self.cfg, self.vision
         self.check_activation("hidden_act", ("silu",), "silu")
@@ -223,35 +221,3 @@ class Qwen25VLConverter(Qwen2VLConverter):
         md["vision.window_size"] = window
         md["vision.fullatt_block_indexes"] = [int(i) for i in v.get("fullatt_block_indexes", [7, 15, 23, 31])]
         return md
-
-
-CONVERTERS = {name: cls for cls in (Qwen2VLConverter, Qwen25VLConverter) for name in cls.architectures}
-
-
-def convert(folder: str | Path, out_path: str | Path, *, outtype: str = "f16") -> None:
-    """create/convert.py's convert_hf for a Qwen-VL folder, over its weights with the fused tensors split."""
-    folder = Path(folder)
-    if outtype not in OUT_TYPES:
-        raise ConvertError(f"output type {outtype!r} is not one of {', '.join(OUT_TYPES)}")
-    config, arch = read_hf_config(folder)
-    if arch not in CONVERTERS:
-        raise ConvertError(f"{folder / 'config.json'}: architectures names {arch!r}, not a Qwen-VL model")
-    conv = CONVERTERS[arch](HFConfig(config))
-    model_md = conv.metadata()
-    try:
-        tokenizer_md = convert_tokenizer(folder, conv.cfg.require("vocab_size"), config)
-    except TokenizerConvertError as e:
-        raise ConvertError(str(e)) from None
-    with open_weights(folder) as weights:
-        tensor_type, file_type = OUT_TYPES[outtype]
-        tensors = _convert_tensors(conv, SplitWeights(weights), tensor_type, lambda status: None)
-        metadata: dict[str, Any] = {
-            "general.architecture": conv.arch,
-            "general.name": folder.name,
-            "general.file_type": int(file_type),
-            "general.quantization_version": 2,
-            "general.parameter_count": sum(math.prod(shape) for _, _, _, shape in tensors),
-        }
-        metadata.update({f"{conv.arch}.{k}": v for k, v in model_md.items()})
-        metadata.update(tokenizer_md)
-        write_gguf(out_path, metadata, tensors, value_types=_value_types(metadata))

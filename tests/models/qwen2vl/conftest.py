@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from models.tinyhf import bpe_tokenizer, save_tiny, transformers
-from pollama.models.qwen2vl.convert import convert
+from pollama.create.convert import convert_hf
 
 from PIL import Image, ImageDraw  # noqa: E402  (the processors need PIL anyway)
 
@@ -83,7 +83,7 @@ def case(request, tmp_path_factory) -> Case:
     folder = tmp / "tiny"
     model = save_tiny(model_cls, config, tokenizer, folder)
     gguf = tmp / "tiny.gguf"
-    convert(folder, gguf, outtype="f32")
+    convert_hf(folder, gguf, outtype="f32")
     saved = transformers.AutoTokenizer.from_pretrained(folder)
     pngs = {name: png(w, h, seed) for seed, (name, (w, h)) in enumerate(IMAGES.items())}
     return Case(arch, model, folder, gguf, processor(saved), pngs)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from models.tinyhf import read_gguf, torch
-from pollama.create.convert import ConvertError, convert_hf
+from pollama.create.convert import ConvertError, convert_hf, supported_architectures
 from pollama.fs.gguf import GGUFFile
 from pollama.runner.engine import Engine
 
@@ -70,11 +70,12 @@ def test_fused_tensors_are_split_exactly(case):
             assert np.array_equal(tensor(f"v.patch_embd_{frame}.weight"), kernel[:, :, frame])
 
 
-def test_convert_hf_takes_qwen_vl_folders(case, tmp_path):
-    # The registry sends these folders to the splitting converter: the very same file.
-    out = tmp_path / "tiny.gguf"
-    convert_hf(case.folder, out, outtype="f32")
-    assert out.read_bytes() == case.gguf.read_bytes()
+def test_the_registry_sends_qwen_vl_folders_to_the_splitting_converter(case):
+    from pollama.models.qwen2vl.convert import Qwen2VLConverter, Qwen25VLConverter
+
+    converters = supported_architectures()
+    assert converters["Qwen2VLForConditionalGeneration"] is Qwen2VLConverter
+    assert converters["Qwen2_5_VLForConditionalGeneration"] is Qwen25VLConverter
 
 
 @pytest.mark.parametrize("backend", ["torch", "ggml"])
