@@ -12,8 +12,12 @@ import numpy as np
 
 from pollama.ml.base import Context, Tensor
 from pollama.models.base import Config, positive
+from pollama.models.mllama.process_image import supported_aspect_ratios
 from pollama.nn import LayerNorm, Linear, ModelError, Weights
 from pollama.nn.modules import attend
+
+
+MAX_TILES = 16  # Llama 3.2 Vision has 4; bounds the canvases an image is fitted to
 
 
 class Layer:
@@ -98,6 +102,25 @@ class VisionModel:
         self.global_blk = [Layer(w, f"v.global.blk.{i}", eps) for i in range(cfg.int("vision.global.block_count"))]
         self.projector = Linear.load(w, "mm.0")
         self.out_dim = self.projector.out_features
+        self._check_shapes()
+
+    def _check_shapes(self) -> None:
+        # A file whose tensors disagree with its keys is refused at load, not at the first image.
+        if self.max_num_tiles > MAX_TILES:
+            raise ModelError(f"vision max_num_tiles {self.max_num_tiles} is over {MAX_TILES}")
+        tiles, dim, n = self.max_num_tiles, self.dim, self.positions
+        ratios = len(supported_aspect_ratios(tiles)) + 1  # id 0 is no image
+        expected = {
+            "v.patch_embd.weight": (self.patch_embd.weight, (dim, self.channels, self.patch_size, self.patch_size)),
+            "v.class_embd": (self.class_embd, (dim,)),
+            "v.position_embd.weight": (self.position_embd, (n, dim)),
+            "v.pre_tile_position_embd.weight": (self.pre_tile_position_embd.weight, (ratios, tiles * dim)),
+            "v.post_tile_position_embd.weight": (self.post_tile_position_embd.weight, (ratios, tiles * dim)),
+            "v.tile_position_embd.weight": (self.tile_position_embd.weight, (ratios, tiles * n * dim)),
+        }
+        for name, (tensor, shape) in expected.items():
+            if tuple(tensor.shape) != shape:
+                raise ModelError(f"{name} has shape {list(tensor.shape)}, expected {list(shape)}")
         if self.projector.weight.shape[1] != self.dim * (1 + len(self.intermediate)):
             raise ModelError(f"mm.0 takes {self.projector.weight.shape[1]} features, the tower gives "
                              f"{self.dim} x (1 + {len(self.intermediate)})")

@@ -410,3 +410,23 @@ def test_parallel_engine_generates_from_image_bytes(case):
     assert isinstance(done, Done)
     generated = done.tokens[len(prompt):]
     assert generated == case.hf_greedy(inputs)
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("mllama.vision.max_num_tiles", 2, "v.pre_tile_position_embd.weight has shape"),
+    ("mllama.vision.max_num_tiles", 1000, "max_num_tiles 1000 is over"),
+    ("mllama.vision.image_size", 70, "v.position_embd.weight has shape"),
+    ("mllama.vision.intermediate_layers_indices", [0, 7], "outside the 3 layers"),
+    ("mllama.attention.cross_attention_layers", [1, 9], "outside the 5 layers"),
+])
+def test_a_file_that_disagrees_with_itself_is_refused(case, tmp_path, key, value, message):
+    from pollama.fs.gguf import GGUFFile
+    from pollama.fs.writer import write_gguf
+    from pollama.nn import ModelError
+
+    out = tmp_path / "bad.gguf"
+    with GGUFFile(case.gguf) as f:
+        tensors = [(t.name, np.array(f.tensor_bytes(t.name)), t.type, t.shape) for t in f.tensors.values()]
+        write_gguf(out, {**f.metadata, key: value}, tensors, f.value_types, array_types=f.array_types)
+    with pytest.raises(ModelError, match=message):
+        Engine(out, backend="ggml", num_ctx=64)
