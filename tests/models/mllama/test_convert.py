@@ -430,3 +430,24 @@ def test_a_file_that_disagrees_with_itself_is_refused(case, tmp_path, key, value
         write_gguf(out, {**f.metadata, key: value}, tensors, f.value_types, array_types=f.array_types)
     with pytest.raises(ModelError, match=message):
         Engine(out, backend="ggml", num_ctx=64)
+
+
+def test_a_text_only_file_runs_without_images(case, tmp_path):
+    # Ollama's registry has split some vision models into a text file and a projector: the
+    # text file alone is a text model (images refused with a clear message).
+    from pollama.fs.gguf import GGUFFile
+    from pollama.fs.writer import write_gguf
+
+    out = tmp_path / "text.gguf"
+    with GGUFFile(case.gguf) as f:
+        tensors = [(t.name, np.array(f.tensor_bytes(t.name)), t.type, t.shape) for t in f.tensors.values()
+                   if not t.name.startswith(("v.", "mm."))]
+        write_gguf(out, f.metadata, tensors, f.value_types, array_types=f.array_types)
+    ids = case.tokenizer("<|begin_of_text|>The quick brown fox jumps", add_special_tokens=False).input_ids
+    with torch.no_grad():
+        ref = case.model(input_ids=torch.tensor([ids])).logits[0].numpy()
+    with Engine(out, backend="ggml", num_ctx=64, kv_cache_type="f32") as e:
+        assert not e.model.vision
+        assert float(np.abs(e.logits(ids) - ref).max()) < TOLERANCE
+        with pytest.raises(ValueError, match="does not support images"):
+            e.prompt_items("[img-0] hi", [IMAGES["one-tile"]])
