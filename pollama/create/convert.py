@@ -14,6 +14,7 @@ memory for about one tensor, whatever its file size.
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import math
@@ -114,6 +115,10 @@ class ModelConverter:
         if hf_name.endswith("rotary_emb.inv_freq"):
             return True
         return hf_name == "lm_head.weight" and bool(self.cfg.get("tie_word_embeddings", False))
+
+    def gguf_names(self, hf_name: str) -> list[str]:
+        """Every GGUF tensor made from one HF tensor (usually one; `transform` tells them apart)."""
+        return [self.gguf_name(hf_name)]
 
     def gguf_name(self, hf_name: str) -> str:
         """The GGUF name of an HF tensor; ConvertError for one this architecture does not have."""
@@ -342,7 +347,7 @@ def _convert_tensors(conv: ModelConverter, weights, tensor_type: GGMLType, say: 
         dtype = weights.dtype(name)
         if dtype not in ("F32", "F16", "BF16"):
             raise ConvertError(f"tensor {name!r} has dtype {dtype}; only F32, F16 and BF16 weights are supported")
-    sources = [(conv.gguf_name(n), n) for n in names]
+    sources = [(gguf_name, n) for n in names for gguf_name in conv.gguf_names(n)]
     computed = conv.extra_tensors()
     seen: dict[str, str] = {}
     for gguf_name, origin in [*sources, *((name, "(computed)") for name, _ in computed)]:
@@ -351,10 +356,17 @@ def _convert_tensors(conv: ModelConverter, weights, tensor_type: GGMLType, say: 
         seen[gguf_name] = origin
 
     out = []
+    uses = collections.Counter(hf_name for _, hf_name in sources)
+
+    def release(hf_name: str) -> None:  # once every tensor made from it is written
+        uses[hf_name] -= 1
+        if uses[hf_name] == 0:
+            weights.release(hf_name)
+
     for gguf_name, hf_name in sources:
         shape = tuple(weights[hf_name].shape)
         read = (lambda n=hf_name: weights[n].numpy())
-        done = (lambda n=hf_name: weights.release(n))
+        done = (lambda n=hf_name: release(n))
         out.append(_planned(conv, gguf_name, hf_name, shape, tensor_type, read, done))
     for gguf_name, data in computed:
         data = np.asarray(data)

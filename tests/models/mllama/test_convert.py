@@ -293,6 +293,8 @@ def test_metadata_and_tensors(case):
             return float(f.tensor_bytes(name).view(np.float32)[0])
 
         assert value("v.position_embd.gate") == pytest.approx(1 - np.tanh(vm.gated_positional_embedding.gate.item()))
+        # One HF gate, two GGUF tensors, as Ollama writes them (its model reads the second).
+        assert value("v.tile_position_embd.gate") == pytest.approx(np.tanh(vm.gated_positional_embedding.gate.item()))
         assert value("v.global.blk.1.ffn_gate") == pytest.approx(np.tanh(vm.global_transformer.layers[1].gate_ffn.item()))
         # The text model's gates stay raw (the model applies tanh), as in Ollama's files.
         text_gate = case.model.model.language_model.layers[3].cross_attn_attn_gate.item()
@@ -344,22 +346,17 @@ def test_decode_graphs_are_not_shared_between_text_and_image(case, backend):
         assert float(np.abs(ours - ref).max()) < 1e-5
 
 
-def test_ollama_layout_with_the_tile_gate_tensor(case, tmp_path):
-    # Ollama's converter also writes v.tile_position_embd.gate (tanh of the shared gate);
-    # ours derives it from v.position_embd.gate when absent. Both must compute the same.
+def test_a_file_without_the_tile_gate_tensor_derives_it(case, tmp_path):
+    # Ollama's converter and ours write v.tile_position_embd.gate (tanh of the shared gate);
+    # a file without it (an older converter's) gets it as 1 - v.position_embd.gate.
     from pollama.fs.gguf import GGUFFile
-    from pollama.fs.ggml_types import GGMLType
     from pollama.fs.writer import write_gguf
 
-    out = tmp_path / "ollama-layout.gguf"
+    out = tmp_path / "no-tile-gate.gguf"
     with GGUFFile(case.gguf) as f:
-        tensors = [(t.name, np.array(f.tensor_bytes(t.name)), t.type, t.shape) for t in f.tensors.values()]
-        if "v.tile_position_embd.gate" not in f.tensors:
-            gate = f.tensor_bytes("v.position_embd.gate").view(np.float32)
-            tile_gate = np.tanh(case.model.model.vision_model.gated_positional_embedding.gate.detach().numpy())
-            assert np.allclose(1 - gate, tile_gate, atol=1e-7)
-            tensors.append(("v.tile_position_embd.gate", tile_gate.astype(np.float32).view(np.uint8),
-                            GGMLType.F32, (1,)))
+        assert "v.tile_position_embd.gate" in f.tensors
+        tensors = [(t.name, np.array(f.tensor_bytes(t.name)), t.type, t.shape) for t in f.tensors.values()
+                   if t.name != "v.tile_position_embd.gate"]
         write_gguf(out, f.metadata, tensors, f.value_types, array_types=f.array_types)
     inputs = case.inputs("four-tiles")
     with Engine(out, backend="ggml", num_ctx=64, kv_cache_type="f32") as e:
