@@ -21,6 +21,8 @@ def add_compare_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("reference", nargs="?", help="the Hugging Face checkpoint folder it was converted from")
     p.add_argument("--prompt", default=DEFAULT_PROMPT, help="text to run, tokenized by the model (default: %(default)r)")
     p.add_argument("--tokens", help="comma-separated token ids to run instead of --prompt")
+    p.add_argument("--image", metavar="FILE",
+                   help="an image for a vision model: its tower is compared too ([img-0] in --prompt places it, else first)")
     p.add_argument("--backend", default="ggml", choices=["ggml", "torch"])
     p.add_argument("--rtol", type=float, help="relative error allowed per tensor (default: by backend and weight type)")
     p.add_argument("--dump", metavar="FILE", help="save our recorded tensors to FILE (.npz or .safetensors)")
@@ -57,10 +59,24 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.last_row and args.reference:
         raise CompareUsageError("--last-row is for a dump: a comparison looks at every token")
     path = resolve_model(args.model)
-    tokens = parse_tokens(args.tokens) if args.tokens else prompt_tokens(path, args.prompt)
+    image = prompt = None
+    if args.image:
+        if args.tokens:
+            raise CompareUsageError("--image goes with --prompt (its [img-0] tag places the image), not --tokens")
+        try:
+            with open(args.image, "rb") as f:
+                image = f.read()
+        except OSError as e:
+            raise CompareUsageError(f"--image {args.image}: {e.strerror or e}") from None
+        prompt = args.prompt if "[img-0]" in args.prompt else "[img-0]" + args.prompt
+        tokens = []
+    else:
+        tokens = parse_tokens(args.tokens) if args.tokens else prompt_tokens(path, args.prompt)
 
     if args.reference is None:
-        recording = record_forward(path, tokens, args.backend, all_rows=not args.last_row, num_thread=args.num_thread)
+        recording = record_forward(path, tokens, args.backend, all_rows=not args.last_row, num_thread=args.num_thread,
+                                   image=image, prompt=prompt)
+        tokens = recording.tokens
         print(f"{recording.arch}: {len(tokens)} tokens {tokens}")
         width = max(len(name) for name in recording.values)
         for name, stats in recording.stats():
@@ -71,7 +87,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     from pollama.debug.compare import compare_model
 
-    report, recording = compare_model(path, args.reference, tokens, args.backend, args.rtol, args.num_thread)
+    report, recording = compare_model(path, args.reference, tokens, args.backend, args.rtol, args.num_thread,
+                                      image=image, prompt=prompt)
+    tokens = recording.tokens
     print(f"{recording.arch} on {args.backend}, {len(tokens)} tokens {tokens}")
     print(report.table())
     if report.missing:

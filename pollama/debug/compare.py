@@ -134,14 +134,25 @@ def default_tolerance(path: str | Path, backend: str) -> float:
 
 
 def compare_model(path: str | Path, reference: str | Path, tokens: Sequence[int], backend: str = "ggml",
-                  tolerance: float | None = None, num_thread: int | None = None) -> tuple[Report, Recording]:
-    """Run our model and the reference on the same tokens and compare every recorded tensor."""
+                  tolerance: float | None = None, num_thread: int | None = None, image: bytes | None = None,
+                  prompt: str | None = None) -> tuple[Report, Recording]:
+    """Run our model and the reference on the same tokens and compare every recorded tensor.
+
+    With an `image` (and a `prompt` whose [img-0] tag places it), the vision tower and the
+    projector are compared too, the reference given our prepared pixels and our prompt ids."""
     model = load_reference(reference)
-    recording = record_forward(path, tokens, backend, all_rows=True, num_thread=num_thread)
+    recording = record_forward(path, tokens, backend, all_rows=True, num_thread=num_thread, image=image, prompt=prompt)
     n_ref = reference_layer_count(model)
     n_ours = sum(1 for name in recording.values if name.endswith(".out") and name.startswith("blk."))
     if n_ours != n_ref:
         raise ValueError(f"the model has {n_ours} layers, the reference {n_ref}: not the same model")
-    ref = reference_tensors(model, recording.tokens)
+    from pollama.debug.vision import is_vision_language, vision_reference_tensors
+
+    if is_vision_language(model):
+        ref = vision_reference_tensors(model, recording.tokens, recording.images[0] if image is not None else None)
+    elif image is not None:
+        raise ValueError(f"{type(model).__name__} takes no images: compare it without --image")
+    else:
+        ref = reference_tensors(model, recording.tokens)
     tol = default_tolerance(path, backend) if tolerance is None else tolerance
     return compare_recordings(recording.values, ref, tol), recording

@@ -12,16 +12,21 @@ import numpy as np
 
 from pollama.fs.gguf import GGUFFile
 from pollama.ml.base import Recorder, describe
+from pollama.models.multimodal import token_ids
 from pollama.runner.engine import Engine, make_backend
 
 
 @dataclass
 class Recording:
-    """Named intermediates of one forward pass, in the order the model recorded them."""
+    """Named intermediates of one forward pass, in the order the model recorded them.
+
+    With an image, the vision tower's come first (`v.*`, `mm.*`), and `images` holds the image
+    as the model prepared it (for the reference to get the very same pixels)."""
 
     arch: str
     tokens: list[int]
     values: dict[str, np.ndarray] = field(default_factory=dict)
+    images: list = field(default_factory=list)
 
     def stats(self) -> list[tuple[str, str]]:
         """(name, shape and statistics) of every tensor, as OLLAMA_DEBUG logs them."""
@@ -76,15 +81,20 @@ def model_arch(path: str | Path) -> str:
         return str(gguf.metadata.get("general.architecture", ""))
 
 
+IMAGE_CONTEXT = 8192  # positions a comparison with an image may take (its length is known only once encoded)
+
+
 def record_forward(path: str | Path, tokens: Sequence[int], backend: str = "ggml", all_rows: bool = True,
-                   num_thread: int | None = None) -> Recording:
+                   num_thread: int | None = None, image: bytes | None = None, prompt: str | None = None) -> Recording:
     """Run `tokens` through the GGUF model from an empty cache, keeping every recorded tensor.
 
-    K/V are cached in F32 so the recording shows the model's arithmetic, not the cache's
-    F16 rounding (1e-3 on logits by itself, see tests/models/tinyhf.py).
+    With an `image`, the prompt is `prompt` (text whose `[img-0]` tag stands for the image)
+    and `tokens` is not used: the image's vision tower is recorded, then the prompt with the
+    image in place. K/V are cached in F32 so the recording shows the model's arithmetic, not
+    the cache's F16 rounding (1e-3 on logits by itself, see tests/models/tinyhf.py).
     """
     tokens = [int(t) for t in tokens]
-    if not tokens:
+    if not tokens and image is None:
         raise ValueError("no tokens to run: give a prompt or token ids")
     recorder = Recorder(all_rows=all_rows)
     arch = model_arch(path)
@@ -92,15 +102,26 @@ def record_forward(path: str | Path, tokens: Sequence[int], backend: str = "ggml
         return _record_encoder(path, tokens, backend, recorder, num_thread)
     backend_obj = make_backend(backend, num_thread)
     backend_obj.recorder = recorder  # before the Engine builds (and keeps) any graph
+    n_ctx = IMAGE_CONTEXT if image is not None else len(tokens) + 1
     try:
-        engine = Engine(path, backend=backend_obj, num_ctx=len(tokens) + 1, num_batch=len(tokens), kv_cache_type="f32")
+        engine = Engine(path, backend=backend_obj, num_ctx=n_ctx, num_batch=n_ctx, kv_cache_type="f32")
     except BaseException:
         backend_obj.close()  # the Engine closes it from here on, not before it exists
         raise
     with engine:
-        check_tokens(tokens, engine.model.vocab_size)
-        engine.logits(tokens)
-    return Recording(arch, tokens, dict(recorder.values))
+        if image is None:
+            check_tokens(tokens, engine.model.vocab_size)
+            engine.logits(tokens)
+            return Recording(arch, tokens, dict(recorder.values))
+        if "[img-0]" not in (prompt or ""):
+            raise ValueError("a prompt with an image needs an [img-0] tag where the image goes")
+        prepared = engine.model.preprocess(image)
+        items = engine.prompt_items(prompt, [image])  # runs (and records) the vision tower
+        vision = dict(recorder.values)
+        if len(items) >= n_ctx:
+            raise ValueError(f"the prompt with its image takes {len(items)} positions, more than {n_ctx}")
+        engine.logits(items)
+        return Recording(arch, token_ids(items), {**vision, **recorder.values}, [prepared])
 
 
 def _record_encoder(path, tokens: list[int], backend: str, recorder: Recorder, num_thread: int | None) -> Recording:

@@ -65,10 +65,13 @@ def load_reference(folder: str | Path):
 
 
 def reference_layer_count(model) -> int:
-    """num_hidden_layers of a text model's config; ReferenceError for a model that has none (vision-language)."""
-    n_layers = getattr(model.config, "num_hidden_layers", None)
+    """num_hidden_layers of a text model's config (of a vision-language model's text_config)."""
+    config = model.config
+    n_layers = getattr(config, "num_hidden_layers", None)
     if not isinstance(n_layers, int):
-        raise ReferenceError(f"{type(model).__name__}: compare handles text models (...ForCausalLM) and BERT encoders")
+        n_layers = getattr(getattr(config, "text_config", None), "num_hidden_layers", None)
+    if not isinstance(n_layers, int):
+        raise ReferenceError(f"{type(model).__name__}: its config names no num_hidden_layers")
     return n_layers
 
 

@@ -143,6 +143,11 @@ class TextModel:
     # At most one image per sequence, and one sequence at a time (mllama's encoder cache).
     one_image: bool = False
 
+    def preprocess(self, data: bytes):
+        """Decode image bytes and prepare them as the vision tower takes them (the model's own
+        image object: pixels, tiles, grid), as encode_image() does first."""
+        raise ModelError(f"{self.arch} models do not take images")
+
     def encode_image(self, backend: Backend, data: bytes):
         """Run the vision tower on image bytes: a multimodal.Image."""
         raise ModelError(f"{self.arch} models do not take images")

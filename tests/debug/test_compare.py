@@ -171,20 +171,6 @@ def test_module_entry_point_prints_one_line_errors(case, capsys):
     assert err.startswith("Error: model 'no-such-model' not found") and "\n" not in err
 
 
-def test_vision_language_reference_is_refused_in_one_line(tmp_path):
-    from models.tinyhf import transformers
-
-    c = gemma3(tmp_path / "text")
-    text = {"vocab_size": 384, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 4,
-            "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16}
-    vision = {"model_type": "siglip_vision_model", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 4,
-              "num_attention_heads": 4, "image_size": 56, "patch_size": 14, "vision_use_head": False}
-    config = transformers.Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4)
-    transformers.Gemma3ForConditionalGeneration(config).save_pretrained(tmp_path / "vlm")
-    with pytest.raises(ValueError, match="compare handles text models"):
-        compare_model(c.gguf, tmp_path / "vlm", c.ids, "torch")
-
-
 def test_deep_model_stays_within_the_ggml_tolerance(tmp_path):
     # 62 layers compound ggml's F16 GELU table error: 2.8e-3 at worst (measured), under 1e-2.
     c = gemma3_27b_layout(tmp_path)

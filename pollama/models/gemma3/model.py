@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from pollama.fs.ggml_types import GGMLType
 from pollama.kvcache import N_KV_PAD, Batch, KVCache, LayerCaches, pages_for
 from pollama.ml.base import Backend, Context, RopeMode, Tensor
@@ -104,11 +106,17 @@ class Gemma3(TextModel):
         i = ids.get("<image_soft_token>", 0)
         self.image_token = i if i < self.vocab_size else 0
 
+    def preprocess(self, data: bytes) -> np.ndarray:
+        """The image as SigLIP takes it: [3, image_size, image_size] in [-1, 1]."""
+        if not self.vision:
+            return super().preprocess(data)
+        return process_image(imageproc.decode_image(data), image_size=self.v.image_size)
+
     def encode_image(self, backend: Backend, data: bytes) -> Image:
         """The image's soft tokens: SigLIP on the resized image, pooled and projected to the text width."""
         if not self.vision:
             return super().encode_image(backend, data)
-        pixels = process_image(imageproc.decode_image(data), image_size=self.v.image_size)
+        pixels = self.preprocess(data)
         with backend.context() as ctx:
             (embeds,) = ctx.compute(self.v(ctx, pixels))
         return Image(digest=Image.digest_of(data), embeds=embeds, meta={"tokens": len(embeds)})

@@ -92,16 +92,21 @@ class VisionModel:
         n, hd = self.side * self.side, self.dim // self.n_heads
         x = ctx.input(self.patches(pixels)).linear(self.patch_embedding.weight, self.patch_embedding.bias)
         x = x + self.position_embedding.rows(ctx.input(np.arange(n, dtype=np.int32)))  # [n, dim]
-        for layer in self.blk:
+        ctx.record("v.embd", x)
+        for i, layer in enumerate(self.blk):
             h = layer.layer_norm1(x)
             q = layer.attn_q(h).reshape(n, self.n_heads, hd)
             k = layer.attn_k(h).reshape(n, self.n_heads, hd)
             v = layer.attn_v(h).reshape(n, self.n_heads, hd)
             x = x + layer.attn_output(attend(ctx, q, k, v))
             x = x + layer.fc2(layer.fc1(layer.layer_norm2(x)).gelu())
+            ctx.record(f"v.blk.{i}.out", x)
         x = self.post_layernorm(x)
+        ctx.record("v.post_layernorm", x)
 
         x = ctx.input(self.pool).linear(x.transpose())  # pool @ x: [tokens, dim]
         x = self.mm_soft_emb_norm(x)
         w = ctx.view(self.mm_input_projection, 0, self.dim).transpose()  # [text dim, vision dim]
-        return x.linear(w)  # [tokens, text dim]
+        x = x.linear(w)  # [tokens, text dim]
+        ctx.record("mm.out", x)
+        return x

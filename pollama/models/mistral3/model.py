@@ -63,14 +63,17 @@ class Mistral3(Llama):
         table = (1.0 + self.temperature_beta * np.log1p(periods)).astype(np.float32)[:, None]
         return ctx.input(table).rows(positions).reshape(positions.shape[0], 1, 1)
 
-    def encode_image(self, backend: Backend, data: bytes) -> Image:
-        """The image's text-width embeddings, one row per [IMG] position, rows of the grid in order."""
+    def preprocess(self, data: bytes) -> pixtral_image.PixtralImage:
+        """The image scaled to whole patches as Pixtral takes it."""
         if self.vision_model is None:
             raise ValueError("this model has no vision tower: it cannot read images")
-        pre = pixtral_image.process_image(
+        return pixtral_image.process_image(
             imageproc.decode_image(data), longest_edge=self.longest_edge, patch_size=self.patch_size,
             spatial_merge_size=self.merge)
-        return self.encode_pixels(backend, pre, Image.digest_of(data))
+
+    def encode_image(self, backend: Backend, data: bytes) -> Image:
+        """The image's text-width embeddings, one row per [IMG] position, rows of the grid in order."""
+        return self.encode_pixels(backend, self.preprocess(data), Image.digest_of(data))
 
     def encode_pixels(self, backend: Backend, pre: pixtral_image.PixtralImage, digest: str) -> Image:
         """encode_image after preprocessing (what tests feed transformers too)."""

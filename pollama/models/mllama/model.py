@@ -80,12 +80,16 @@ class Mllama(TextModel):
             raise ModelError(f"mm.0 gives states of width {self.vision_model.out_dim} for a model of width {self.dim}")
 
     # -- images ---------------------------------------------------------------------------
-    def encode_image(self, backend: Backend, data: bytes) -> Image:
-        """Tile, encode and project an image: its cross-attention states."""
+    def preprocess(self, data: bytes):
+        """The image cut into tiles as the vision model takes them (a MllamaImage)."""
         if self.vision_model is None:
             raise ModelError("this mllama file has no vision model")
         vm = self.vision_model
-        tiles = process_image(imageproc.decode_image(data), tile_size=vm.image_size, max_num_tiles=vm.max_num_tiles)
+        return process_image(imageproc.decode_image(data), tile_size=vm.image_size, max_num_tiles=vm.max_num_tiles)
+
+    def encode_image(self, backend: Backend, data: bytes) -> Image:
+        """Tile, encode and project an image: its cross-attention states."""
+        tiles = self.preprocess(data)
         return self.encode_pixels(backend, tiles.pixel_values, tiles.aspect_ratio_id, tiles.num_tiles,
                                   Image.digest_of(data))
 

@@ -70,6 +70,8 @@ class Qwen2VL(Qwen2):
     # -- images -------------------------------------------------------------------------------
     def preprocess(self, data: bytes) -> Qwen2VLImage:
         """Decoded, resized to multiples of 28 pixels, normalized and cut into patches."""
+        if self.v is None:
+            return super().preprocess(data)
         v = self.v
         return process_image(imageproc.decode_image(data), patch_size=v.patch_size, merge_size=v.merge,
                              temporal_patch_size=v.temporal, min_pixels=self.min_pixels, max_pixels=self.max_pixels)
