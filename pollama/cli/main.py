@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import logging
 import os
@@ -129,8 +130,18 @@ def run_here(args: argparse.Namespace) -> int:
     num_ctx = options.get("num_ctx", 4096)
     with Engine(path, backend=args.backend, num_ctx=num_ctx, num_thread=options.get("num_thread")) as engine:
         is_file = Path(args.model).expanduser().is_file()
-        text = prompt if is_file else _chat_prompt_here(engine, stored, prompt, num_ctx)
-        ids = engine.tokenizer.encode(text, add_special=True, parse_special=True)
+        images: list[str] = []
+        if engine.model.vision:  # image paths in the prompt are read, as Ollama's run does
+            from pollama.cli.images import extract_images
+
+            prompt, images, notes = extract_images(prompt)
+            for note in notes:
+                print(note, file=sys.stderr)
+        if is_file:
+            text = "".join(f"[img-{i}]" for i in range(len(images))) + prompt
+        else:
+            text = _chat_prompt_here(engine, stored, prompt, num_ctx, images)
+        ids = engine.prompt_items(text, [base64.b64decode(image) for image in images])
         options = GenerateOptions(num_predict=options.get("num_predict", 128), stop=options.get("stop") or (), sampler=sampler)
         done = None
         for event in engine.generate(ids, options):
@@ -145,13 +156,13 @@ def run_here(args: argparse.Namespace) -> int:
     return 0
 
 
-def _chat_prompt_here(engine, stored, prompt: str, num_ctx: int) -> str:
+def _chat_prompt_here(engine, stored, prompt: str, num_ctx: int, images: list[str] = ()) -> str:
     """The prompt as one user message in the model's chat: its Go TEMPLATE (with SYSTEM and
     MESSAGEs) when it has one, else the GGUF's Jinja chat_template; the text itself without either."""
     from pollama.template import TemplateError
     from pollama.template.prompt import chat_prompt, jinja_chat_prompt
 
-    messages = [{"role": "user", "content": prompt}]
+    messages = [{"role": "user", "content": prompt, **({"images": list(images)} if images else {})}]
     if stored is not None:
         history = list(stored.messages)
         if stored.system:

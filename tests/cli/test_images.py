@@ -37,3 +37,28 @@ def test_missing_files_stay_text_and_fakes_are_refused(tmp_path):
 
 def test_text_without_paths_is_unchanged():
     assert extract_images("a/b.png is relative, c.png has no slash") == ("a/b.png is relative, c.png has no slash", [], [])
+
+
+def test_run_reads_an_image_path_for_a_vision_model(tmp_path):
+    # `pollama run FILE "... /path/x.png"` on a vision model: the image is read, taken out of
+    # the prompt and placed first, as the engine itself answers "[img-0]<rest>" with it.
+    import pytest
+
+    pytest.importorskip("torch")
+    from cliproc import pollama
+    from models.gemma3.test_vision import _config, _png, _tokenizer
+    from models.tinyhf import convert, save_tiny, transformers
+    from pollama.runner.engine import Engine
+    from pollama.runner.generation import Done, GenerateOptions
+
+    tok = _tokenizer()
+    save_tiny(transformers.Gemma3ForConditionalGeneration, _config(tok), tok, tmp_path / "hf", seed=3)
+    gguf = convert(tmp_path / "hf", tmp_path / "vlm.gguf")
+    (tmp_path / "cat.png").write_bytes(_png())
+    result = pollama("run", str(gguf), f"what is {tmp_path}/cat.png", "--temperature", "0", "--num-predict", "6")
+    assert result.returncode == 0, result.stderr
+    assert f"Added image '{tmp_path}/cat.png'" in result.stderr
+    with Engine(gguf) as engine:
+        items = engine.prompt_items("[img-0]what is", [_png()])
+        want = "".join(e.text for e in engine.generate(items, GenerateOptions(num_predict=6)) if not isinstance(e, Done))
+    assert result.stdout == want + "\n"
