@@ -73,7 +73,7 @@ class EncoderCache:
                 continue
             seq = int(batch.seq_ids[i])
             if seq in found and found[seq][1][0] != image[0]:
-                raise ValueError("this model only supports one image per request")
+                raise ValueError("this model only supports one image while more than one image requested")
             found.setdefault(seq, (i, image))
         seqs = [int(s) for s in dict.fromkeys(batch.seq_ids.tolist())]
         with_image = [s for s in seqs if s in found or s in self.images]

@@ -249,7 +249,7 @@ class Engine:
             if not self.model.vision:
                 raise ValueError(f"this model ({self.model.arch}) does not support images")
             if self.model.one_image and len({i.image.digest for i in items if isinstance(i, ImageToken)}) > 1:
-                raise ValueError("this model only supports one image per request")
+                raise ValueError("this model only supports one image while more than one image requested")
 
     _check_tokens = check_items
 
