@@ -76,11 +76,12 @@ class PixtralVision:
         n = rows * cols
         x = ctx.input(patchify(pixels, self.patch_size)).linear(self.patch_conv)  # [n, dim]
         x = self.encoder_norm(x)
+        ctx.record("v.embd", x)  # the first layer's input (HF: ln_pre's output)
 
         r, c = np.divmod(np.arange(n, dtype=np.int32), np.int32(cols))
         positions = ctx.input(np.concatenate([r, c, np.zeros(2 * n, dtype=np.int32)]).astype(np.int32))
         factors = ctx.input(self.freq_factors)
-        for layer in self.blk:
+        for i, layer in enumerate(self.blk):
             h_ = layer.attn_norm(x)
             q = layer.attn_q(h_).reshape(n, self.n_heads, self.head_dim).rope(positions, self.rope, factors)
             k = layer.attn_k(h_).reshape(n, self.n_heads, self.head_dim).rope(positions, self.rope, factors)
@@ -88,6 +89,7 @@ class PixtralVision:
             x = x + layer.attn_output(attend(ctx, q, k, v))  # every patch sees the whole image
             h_ = layer.ffn_norm(x)
             x = x + layer.ffn_down(layer.ffn_gate(h_).swiglu(layer.ffn_up(h_)))
+            ctx.record(f"v.blk.{i}.out", x)
         return x
 
 
@@ -122,4 +124,6 @@ class Projector:
         vdim = x.shape[-1]
         x = x.reshape(tokens, s2, vdim).permute(0, 2, 1).contiguous().reshape(tokens, vdim * s2)
         x = self.merging_layer(x)
-        return self.linear_2(self.linear_1(x).gelu_erf())
+        x = self.linear_2(self.linear_1(x).gelu_erf())
+        ctx.record("mm.out", x)  # the rows the text model reads, merged tokens row by row
+        return x
