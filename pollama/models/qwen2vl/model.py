@@ -123,11 +123,16 @@ class Qwen2VL(Qwen2):
             a = layer.attn_output(attention(ctx, q, k, v, cache, i, 1.0 / math.sqrt(self.head_dim)))
             if i == self.n_layers - 1:  # from here on only the rows whose logits are wanted
                 a, x = a.rows(outputs), x.rows(outputs)
+            ctx.record(f"blk.{i}.attn_out", a)
             x = x + a
             h = layer.ffn_norm(x)
-            x = x + layer.ffn_down(layer.ffn_gate(h).swiglu(layer.ffn_up(h)))
+            m = layer.ffn_down(layer.ffn_gate(h).swiglu(layer.ffn_up(h)))
+            ctx.record(f"blk.{i}.ffn_out", m)
+            x = x + m
             ctx.record(f"blk.{i}.out", x)
-        logits = self.output(self.output_norm(x))
+        x = self.output_norm(x)
+        ctx.record("output_norm", x)
+        logits = self.output(x)
         ctx.record("logits", logits)
         return logits
 

@@ -99,6 +99,7 @@ class VisionModel:
             patches = ctx.input(np.ascontiguousarray(pixels[:, :, frame]).reshape(n, -1))
             y = patches.linear(kernel)  # [n, dim]
             x = y if x is None else x + y
+        ctx.record("v.embd", x)
 
         positions = ctx.input(self.positions(h, w, t))
         window_mask = self.window_mask(h, w, t) if self.window else None
@@ -113,8 +114,12 @@ class VisionModel:
             ctx.record(f"v.blk.{i}.out", x)
 
         # Merger: each group's four patches side by side -> MLP with exact GELU (nn.GELU()).
-        x = self.merger_ln_q(x).reshape(n // m2, m2 * self.dim)
-        return self.merger_mlp_2(self.merger_mlp_0(x).gelu_erf())
+        x = self.merger_ln_q(x)
+        ctx.record("v.merger.ln_q", x)
+        x = x.reshape(n // m2, m2 * self.dim)
+        out = self.merger_mlp_2(self.merger_mlp_0(x).gelu_erf())
+        ctx.record("mm.out", out)
+        return out
 
     def groups(self, h: int, w: int, t: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """(row, column) in the merged grid of each patch, in merge-group order."""
