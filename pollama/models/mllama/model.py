@@ -134,9 +134,10 @@ class Mllama(TextModel):
         last = self.n_layers - 1
         for i, layer in enumerate(self.blk):
             if isinstance(layer, CrossBlock):
-                if not cross:
+                if not cross:  # (recorded all the same: transformers skips the layer, ours is the identity)
                     if i == last:
                         x = x.rows(outputs)
+                    ctx.record(f"blk.{i}.out", x)
                     continue
                 x = self.cross_layer(ctx, layer, i, x, encoder, scale, outputs if i == last else None)
             else:
@@ -147,11 +148,15 @@ class Mllama(TextModel):
                 a = layer.attn_output(attention(ctx, q, k, v, cache, i, scale))
                 if i == last:  # from here on only the rows whose logits are wanted
                     a, x = a.rows(outputs), x.rows(outputs)
+                ctx.record(f"blk.{i}.attn_out", a)
                 x = x + a
                 h = layer.ffn_norm(x)
-                x = x + layer.ffn_down(layer.ffn_gate(h).swiglu(layer.ffn_up(h)))
+                m = layer.ffn_down(layer.ffn_gate(h).swiglu(layer.ffn_up(h)))
+                ctx.record(f"blk.{i}.ffn_out", m)
+                x = x + m
             ctx.record(f"blk.{i}.out", x)
         x = self.output_norm(x)
+        ctx.record("output_norm", x)
         logits = self.output(x)
         ctx.record("logits", logits)
         return logits
@@ -179,5 +184,7 @@ class Mllama(TextModel):
             a, x, keep = a.rows(outputs), x.rows(outputs), keep.rows(outputs)
         x = x + a * ctx.view(layer.cross_attn_attn_gate, 0, 1).tanh()
         h = layer.ffn_norm(x)
-        m = layer.ffn_down(layer.ffn_gate(h).swiglu(layer.ffn_up(h))) * keep
+        m = layer.ffn_down(layer.ffn_gate(h).swiglu(layer.ffn_up(h)))
+        ctx.record(f"blk.{i}.ffn_out", m)  # transformers' mlp output: before the mask and the gate
+        m = m * keep
         return x + m * ctx.view(layer.cross_attn_mlp_gate, 0, 1).tanh()

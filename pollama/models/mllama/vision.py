@@ -163,6 +163,7 @@ class VisionModel:
         if padded > n:
             x = x.concat(ctx.input(np.zeros((tiles, padded - n, dim), dtype=np.float32)), 1)
         x = x.reshape(tiles * padded, dim)
+        ctx.record("v.embd", x)  # [tiles * padded, dim]: every tile of the canvas, as transformers' layers take it
         mask = self.mask(num_tiles, padded)
 
         kept = []
@@ -170,10 +171,12 @@ class VisionModel:
             if i in self.intermediate:  # the layer's input (Meta's return_intermediate)
                 kept.append(x)
             x = layer(ctx, x, self.heads, mask)
+            ctx.record(f"v.blk.{i}.out", x)
         x = self.post_ln(x).reshape(tiles, padded, dim)
         x = (x + self.post_tile_position_embd(ctx, ratio_id, tiles, 1, dim)).reshape(tiles * padded, dim)
-        for layer in self.global_blk:
+        for i, layer in enumerate(self.global_blk):
             x = layer(ctx, x, self.heads, mask)
+            ctx.record(f"v.global.blk.{i}.out", x)
 
         # Per position: the final state, then the kept ones interleaved feature by feature
         # ([dim, k] flattened, as the reference stacks them on a last axis).
@@ -186,5 +189,7 @@ class VisionModel:
         x = x.reshape(tiles, padded, width)
         if padded > n:
             x = x.slice(1, 0, n)
-        return self.projector(x.reshape(tiles * n, width))
+        out = self.projector(x.reshape(tiles * n, width))
+        ctx.record("mm.out", out)  # [tiles * positions, text width]: the rows the cross layers read
+        return out
 

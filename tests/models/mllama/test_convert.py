@@ -14,14 +14,14 @@ from it:
   (each listed layer's input; also transformers 4.x and Ollama);
 - its cross-attention layers zero only the MLP output of text before the image, where Meta's
   also multiplies the attention output by `full_text_row_masked_out_mask`.
-We compute Meta's model. Against unpatched transformers 5.24 our logits differ by 1.57 (image
-of four tiles) and 1.91 (one tile); by the first departure alone 1.00 and 0.64, by the second
-alone 1.38 and 1.56. Patched, by 2e-6 to 4e-6 (torch, ggml, ggml with flash attention).
+We compute Meta's model (`as_meta`, kept in pollama/debug/vision_mllama.py for the compare tool
+too). Against unpatched transformers 5.24 our logits differ by 1.57 (image of four tiles) and
+1.91 (one tile); by the first departure alone 1.00 and 0.64, by the second alone 1.38 and
+1.56. Patched, by 2e-6 to 4e-6 (torch, ggml, ggml with flash attention).
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
 
 import numpy as np
@@ -29,6 +29,9 @@ import pytest
 
 from models.tinyhf import TOLERANCE, bpe_tokenizer, randomize_, read_gguf, torch, transformers
 from pollama.create.convert import convert_hf, supported_architectures
+# The reference's two corrections live with the compare tool's adapter (`pollama compare --image`
+# must compare against the same Meta model these tests do): one definition for both.
+from pollama.debug.vision_mllama import as_meta
 from pollama.models.base import architectures
 from pollama.models.mllama.convert import MllamaConverter
 from pollama.models import imageproc
@@ -37,8 +40,6 @@ from pollama.models.multimodal import ImageToken, token_ids
 from pollama.runner.engine import Engine, make_backend
 
 from PIL import Image  # noqa: E402  (after tinyhf, which sets the offline environment)
-from transformers.modeling_outputs import BaseModelOutput  # noqa: E402
-from transformers.models.mllama import modeling_mllama  # noqa: E402
 from transformers.models.mllama.image_processing_pil_mllama import MllamaImageProcessorPil  # noqa: E402
 
 SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>",
@@ -46,48 +47,6 @@ SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|en
 TILE = 56
 PROMPT = "<|begin_of_text|>Look: <|image|>The quick brown fox jumps"
 GREEDY_STEPS = 8
-
-
-def _encoder_forward_as_meta(self, hidden_states, attention_mask=None):
-    # hidden_states[i] is layer i's input, as in Meta's model and transformers 4.x.
-    states = ()
-    for layer in self.layers:
-        states += (hidden_states,)
-        hidden_states = layer(hidden_states=hidden_states, attention_mask=attention_mask)
-    return BaseModelOutput(last_hidden_state=hidden_states, hidden_states=states + (hidden_states,))
-
-
-def _cross_layer_forward_as_meta(self, hidden_states, cross_attention_states=None, cross_attention_mask=None,
-                                 attention_mask=None, full_text_row_masked_out_mask=None, cache=None, **kwargs):
-    # transformers' layer, with Meta's mask on the attention output as well as on the MLP's.
-    for unused in ("position_ids", "use_cache", "position_embeddings"):
-        kwargs.pop(unused, None)
-    residual = hidden_states
-    h, _ = self.cross_attn(hidden_states=self.input_layernorm(hidden_states), attention_mask=cross_attention_mask,
-                           cross_attention_states=cross_attention_states, cache=cache, **kwargs)
-    if full_text_row_masked_out_mask is not None:
-        h = full_text_row_masked_out_mask[:, 0] * h
-    h = residual + self.cross_attn_attn_gate.tanh() * h
-    residual = h
-    h = self.mlp(self.post_attention_layernorm(h))
-    if full_text_row_masked_out_mask is not None:
-        h = full_text_row_masked_out_mask[:, 0] * h
-    return residual + self.cross_attn_mlp_gate.tanh() * h
-
-
-@contextlib.contextmanager
-def as_meta():
-    """transformers' Mllama computing Meta's model (see the module's docstring)."""
-    patches = [(modeling_mllama.MllamaVisionEncoder, _encoder_forward_as_meta),
-               (modeling_mllama.MllamaCrossAttentionDecoderLayer, _cross_layer_forward_as_meta)]
-    originals = [(cls, cls.forward) for cls, _ in patches]
-    try:
-        for cls, forward in patches:
-            cls.forward = forward
-        yield
-    finally:
-        for cls, forward in originals:
-            cls.forward = forward
 
 
 def _png(width: int, height: int, seed: int) -> bytes:
