@@ -6,6 +6,7 @@ middleware does; errors take OpenAI's shape {"error": {"message", "type", "param
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 import random
 import struct

@@ -68,33 +68,43 @@ class Llama(TextModel):
         return None
 
     def forward(self, ctx: Context, batch: Batch, cache) -> Tensor:
-        t = len(batch)
         tokens, positions, outputs = batch.bind(ctx)
         x = batch.embed(ctx, self.token_embd(tokens))  # [t, dim]; image rows in place (a vision subclass's)
         ctx.record("token_embd", x)
+        # M-RoPE models (Qwen2-VL) turn by the batch's (t, h, w) positions instead.
+        rotary = batch.multi_positions(ctx) if self.uses_rope_positions else positions
         temperature = self.query_temperature(ctx, positions)
         for i, layer in enumerate(self.blk):
-            h = layer.attn_norm(x)
-            q = layer.attn_q(h).reshape(t, self.n_heads, self.head_dim)
-            k = layer.attn_k(h).reshape(t, self.n_kv_heads, self.head_dim)
-            v = layer.attn_v(h).reshape(t, self.n_kv_heads, self.v_head_dim)
-            q = q.rope(positions, self.rope, self.rope_freqs)
-            if temperature is not None:
-                q = q * temperature
-            k = k.rope(positions, self.rope, self.rope_freqs)
-            a = layer.attn_output(attention(ctx, q, k, v, cache, i, 1.0 / math.sqrt(self.head_dim)))
-            if i == self.n_layers - 1:  # from here on only the rows whose logits are wanted
-                a, x = a.rows(outputs), x.rows(outputs)
-            ctx.record(f"blk.{i}.attn_out", a)
-            x = x + a
-
-            h = layer.ffn_norm(x)
-            m = layer.ffn_down(layer.ffn_gate(h).swiglu(layer.ffn_up(h)))
-            ctx.record(f"blk.{i}.ffn_out", m)
-            x = x + m
-            ctx.record(f"blk.{i}.out", x)
+            x = decoder_layer(ctx, self, layer, i, x, rotary, cache, outputs, temperature)
         x = self.output_norm(x)
         ctx.record("output_norm", x)
         logits = self.output(x)
         ctx.record("logits", logits)
         return logits
+
+
+def decoder_layer(ctx: Context, model: TextModel, layer: Block, i: int, x: Tensor, positions: Tensor, cache,
+                  outputs: Tensor, temperature: Tensor | None = None) -> Tensor:
+    """One Llama layer on x [t, dim] (model: the sizes, RoPE and frequency factors); the last
+    layer keeps only the rows of `outputs`."""
+    t = x.shape[0]
+    h = layer.attn_norm(x)
+    q = layer.attn_q(h).reshape(t, model.n_heads, model.head_dim)
+    k = layer.attn_k(h).reshape(t, model.n_kv_heads, model.head_dim)
+    v = layer.attn_v(h).reshape(t, model.n_kv_heads, model.v_head_dim)
+    q = q.rope(positions, model.rope, model.rope_freqs)
+    if temperature is not None:
+        q = q * temperature
+    k = k.rope(positions, model.rope, model.rope_freqs)
+    a = layer.attn_output(attention(ctx, q, k, v, cache, i, 1.0 / math.sqrt(model.head_dim)))
+    if i == model.n_layers - 1:  # from here on only the rows whose logits are wanted
+        a, x = a.rows(outputs), x.rows(outputs)
+    ctx.record(f"blk.{i}.attn_out", a)
+    x = x + a
+
+    h = layer.ffn_norm(x)
+    m = layer.ffn_down(layer.ffn_gate(h).swiglu(layer.ffn_up(h)))
+    ctx.record(f"blk.{i}.ffn_out", m)
+    x = x + m
+    ctx.record(f"blk.{i}.out", x)
+    return x

@@ -18,11 +18,11 @@ from pollama.kvcache.encoder import EncoderCache, WithEncoder
 from pollama.ml.base import Backend, Context, RopeMode, Tensor
 from pollama.models import imageproc
 from pollama.models.base import Config, TextModel, output_projection, register
-from pollama.models.llama.model import Block, read_rope_scaling
+from pollama.models.llama.model import Block, decoder_layer, read_rope_scaling
 from pollama.models.mllama.process_image import process_image
 from pollama.models.mllama.vision import VisionModel
 from pollama.models.multimodal import Image, ImageToken
-from pollama.nn import Embedding, Linear, ModelError, RMSNorm, Weights, attention, make_rope
+from pollama.nn import Embedding, Linear, ModelError, RMSNorm, Weights, make_rope
 
 IMAGE_TOKEN = "<|image|>"
 IMAGE_TOKEN_ID = 128256  # Llama 3.2 Vision's, when the vocabulary does not name it
@@ -123,7 +123,6 @@ class Mllama(TextModel):
 
     # -- text -----------------------------------------------------------------------------
     def forward(self, ctx: Context, batch: Batch, cache) -> Tensor:
-        t = len(batch)
         tokens, positions, outputs = batch.bind(ctx)
         x = self.token_embd(tokens)  # [t, dim]
         ctx.record("token_embd", x)
@@ -140,21 +139,9 @@ class Mllama(TextModel):
                     ctx.record(f"blk.{i}.out", x)
                     continue
                 x = self.cross_layer(ctx, layer, i, x, encoder, scale, outputs if i == last else None)
+                ctx.record(f"blk.{i}.out", x)
             else:
-                h = layer.attn_norm(x)
-                q = layer.attn_q(h).reshape(t, self.n_heads, self.head_dim).rope(positions, self.rope, self.rope_freqs)
-                k = layer.attn_k(h).reshape(t, self.n_kv_heads, self.head_dim).rope(positions, self.rope, self.rope_freqs)
-                v = layer.attn_v(h).reshape(t, self.n_kv_heads, self.v_head_dim)
-                a = layer.attn_output(attention(ctx, q, k, v, cache, i, scale))
-                if i == last:  # from here on only the rows whose logits are wanted
-                    a, x = a.rows(outputs), x.rows(outputs)
-                ctx.record(f"blk.{i}.attn_out", a)
-                x = x + a
-                h = layer.ffn_norm(x)
-                m = layer.ffn_down(layer.ffn_gate(h).swiglu(layer.ffn_up(h)))
-                ctx.record(f"blk.{i}.ffn_out", m)
-                x = x + m
-            ctx.record(f"blk.{i}.out", x)
+                x = decoder_layer(ctx, self, layer, i, x, positions, cache, outputs)  # Llama's
         x = self.output_norm(x)
         ctx.record("output_norm", x)
         logits = self.output(x)

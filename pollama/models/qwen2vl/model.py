@@ -10,17 +10,15 @@ plus the grid's larger side (transformers' get_rope_index, Ollama's PostTokenize
 from __future__ import annotations
 
 import dataclasses
-import math
 
-from pollama.kvcache import Batch
-from pollama.ml.base import Backend, Context, RopeMode, Tensor
+from pollama.ml.base import Backend, RopeMode
 from pollama.models import imageproc
 from pollama.models.base import Config, register
 from pollama.models.multimodal import Image, ImageToken
 from pollama.models.qwen2.model import Qwen2
 from pollama.models.qwen2vl.process_image import MAX_PIXELS, MIN_PIXELS, Qwen2VLImage, process_image
 from pollama.models.qwen2vl.vision import VisionModel
-from pollama.nn import ModelError, Weights, attention
+from pollama.nn import ModelError, Weights
 
 # Ollama's fixed ids (Qwen2-VL's vocabulary), used when the vocabulary lacks the tokens' texts.
 VISION_START, VISION_END, IMAGE_PAD = 151652, 151653, 151655
@@ -105,36 +103,6 @@ class Qwen2VL(Qwen2):
             for i in range(n)
         ]
         return [self.vision_start, *pads, self.vision_end]
-
-    # -- text ---------------------------------------------------------------------------------
-    def forward(self, ctx: Context, batch: Batch, cache) -> Tensor:
-        t = len(batch)
-        # bind() also makes the M-RoPE positions (int32 [4 t]: all t, all h, all w, zeros) when
-        # the batch has them, as the engine's batches for this model always do.
-        tokens, _, outputs = batch.bind(ctx)
-        positions = batch.multi_positions(ctx)  # [4 * t]: t, h and w of each token
-        x = batch.embed(ctx, self.token_embd(tokens))  # [t, dim], image rows in place
-        ctx.record("token_embd", x)
-        for i, layer in enumerate(self.blk):
-            h = layer.attn_norm(x)
-            q = layer.attn_q(h).reshape(t, self.n_heads, self.head_dim).rope(positions, self.rope)
-            k = layer.attn_k(h).reshape(t, self.n_kv_heads, self.head_dim).rope(positions, self.rope)
-            v = layer.attn_v(h).reshape(t, self.n_kv_heads, self.v_head_dim)
-            a = layer.attn_output(attention(ctx, q, k, v, cache, i, 1.0 / math.sqrt(self.head_dim)))
-            if i == self.n_layers - 1:  # from here on only the rows whose logits are wanted
-                a, x = a.rows(outputs), x.rows(outputs)
-            ctx.record(f"blk.{i}.attn_out", a)
-            x = x + a
-            h = layer.ffn_norm(x)
-            m = layer.ffn_down(layer.ffn_gate(h).swiglu(layer.ffn_up(h)))
-            ctx.record(f"blk.{i}.ffn_out", m)
-            x = x + m
-            ctx.record(f"blk.{i}.out", x)
-        x = self.output_norm(x)
-        ctx.record("output_norm", x)
-        logits = self.output(x)
-        ctx.record("logits", logits)
-        return logits
 
 
 @register("qwen25vl")
