@@ -25,3 +25,15 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) ->
     for needle in needles:
         assert needle in lines[0], (needle, lines[0])
     return lines[0]
+
+
+def run_compare(*argv: str) -> int:
+    """`pollama compare ARGV` in this process (its output goes to pytest's capsys); the exit code."""
+    import argparse
+
+    from pollama.cli.compare import add_compare_parser
+
+    parser = argparse.ArgumentParser(prog="pollama")
+    add_compare_parser(parser.add_subparsers())
+    args = parser.parse_args(["compare", *argv])
+    return args.func(args)

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import itertools
 
 import pytest
+from cliproc import run_compare
 from models.gemma3.test_convert import gemma3, gemma3_27b_layout
 from models.llama.test_convert import llama
 from models.qwen2.test_convert import qwen2
 from models.tinyhf import Case
 
-from pollama.cli.compare import add_compare_parser
 from pollama.debug.compare import compare_model
 from pollama.ml.base import RopeMode
 from pollama.ml.ggml.backend import GGMLTensor
@@ -30,13 +29,6 @@ def case(request, tmp_path_factory) -> tuple[str, Case]:
     return request.param, BUILDERS[request.param](tmp_path_factory.mktemp(request.param))
 
 
-def run_cli(*argv: str) -> int:
-    parser = argparse.ArgumentParser(prog="pollama")
-    add_compare_parser(parser.add_subparsers())
-    args = parser.parse_args(["compare", *argv])
-    return args.func(args)
-
-
 def tokens_arg(case: Case) -> str:
     return ",".join(map(str, case.ids))
 
@@ -44,7 +36,7 @@ def tokens_arg(case: Case) -> str:
 @pytest.mark.parametrize("backend", ["ggml", "torch"])
 def test_every_tensor_within_tolerance(case, backend, capsys):
     _, c = case
-    assert run_cli(str(c.gguf), str(c.folder), "--tokens", tokens_arg(c), "--backend", backend) == 0
+    assert run_compare(str(c.gguf), str(c.folder), "--tokens", tokens_arg(c), "--backend", backend) == 0
     out = capsys.readouterr().out
     n_layers = c.model.config.num_hidden_layers
     assert out.count(".out ") == n_layers and "OK: all" in out and "first divergent" not in out
@@ -98,7 +90,7 @@ def test_injected_bug_is_named_in_its_layer(case, bug, monkeypatch, capsys):
         wrong_rope_mode(monkeypatch, layer)
     else:
         break_block(monkeypatch, BLOCKS[name], layer, skip_ffn_norm if bug == "missing_norm" else swap_gate_up)
-    assert run_cli(str(c.gguf), str(c.folder), "--tokens", tokens_arg(c)) == 1
+    assert run_compare(str(c.gguf), str(c.folder), "--tokens", tokens_arg(c)) == 1
     captured = capsys.readouterr()
     expected = f"blk.{layer}.attn_out" if bug == "rope_mode" else f"blk.{layer}.ffn_out"
     assert f"DIVERGES at {expected}:" in captured.err
@@ -119,14 +111,14 @@ def test_report_on_torch_names_the_same_layer(case, monkeypatch):
 def test_errors_are_one_line(case, tmp_path):
     _, c = case
     with pytest.raises(ValueError, match="no config.json") as e:
-        run_cli(str(c.gguf), str(tmp_path), "--tokens", "1,2")
+        run_compare(str(c.gguf), str(tmp_path), "--tokens", "1,2")
     assert "\n" not in str(e.value)
     with pytest.raises(ValueError, match="comma-separated integers"):
-        run_cli(str(c.gguf), str(c.folder), "--tokens", "1,x")
+        run_compare(str(c.gguf), str(c.folder), "--tokens", "1,x")
     with pytest.raises(ValueError, match="outside the vocabulary"):
-        run_cli(str(c.gguf), str(c.folder), "--tokens", "1,100000")
+        run_compare(str(c.gguf), str(c.folder), "--tokens", "1,100000")
     with pytest.raises(ValueError, match="must end in .npz or .safetensors"):
-        run_cli(str(c.gguf), "--dump", str(tmp_path / "x.txt"))
+        run_compare(str(c.gguf), "--dump", str(tmp_path / "x.txt"))
 
 
 def test_layer_count_mismatch_is_refused(tmp_path):
@@ -138,7 +130,7 @@ def test_layer_count_mismatch_is_refused(tmp_path):
 
 def test_dump_without_reference(case, tmp_path, capsys):
     _, c = case
-    assert run_cli(str(c.gguf), "--tokens", tokens_arg(c), "--last-row", "--dump", str(tmp_path / "d.npz")) == 0
+    assert run_compare(str(c.gguf), "--tokens", tokens_arg(c), "--last-row", "--dump", str(tmp_path / "d.npz")) == 0
     out = capsys.readouterr().out
     assert "blk.0.out" in out and "saved" in out and (tmp_path / "d.npz").is_file()
 

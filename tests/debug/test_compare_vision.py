@@ -3,13 +3,11 @@ with the image in place, layer by layer against transformers; a bug in the tower
 
 from __future__ import annotations
 
-import argparse
-
 import pytest
+from cliproc import run_compare
 from models.gemma3.test_vision import _config, _png, _tokenizer
 from models.tinyhf import convert, save_tiny, transformers
 
-from pollama.cli.compare import add_compare_parser
 from pollama.debug.compare import compare_model
 from pollama.models.gemma3 import vision as gemma3_vision
 
@@ -26,17 +24,10 @@ def gemma3_vlm(tmp_path_factory):
     return tmp / "hf", gguf, tmp / "image.png"
 
 
-def run_cli(*argv: str) -> int:
-    parser = argparse.ArgumentParser(prog="pollama")
-    add_compare_parser(parser.add_subparsers())
-    args = parser.parse_args(["compare", *argv])
-    return args.func(args)
-
-
 @pytest.mark.parametrize("backend", ["ggml", "torch"])
 def test_vision_tower_projector_and_text_within_tolerance(gemma3_vlm, backend, capsys):
     folder, gguf, image = gemma3_vlm
-    assert run_cli(str(gguf), str(folder), "--image", str(image), "--prompt", PROMPT, "--backend", backend) == 0
+    assert run_compare(str(gguf), str(folder), "--image", str(image), "--prompt", PROMPT, "--backend", backend) == 0
     out = capsys.readouterr().out
     for name in ("v.embd ", "v.blk.0.out ", "v.blk.1.out ", "v.post_layernorm ", "mm.out ", "token_embd ",
                  "blk.0.attn_out ", "blk.1.out ", "output_norm ", "logits "):

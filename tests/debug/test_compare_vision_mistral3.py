@@ -4,12 +4,10 @@ transformers; a bug in the tower is named in its layer."""
 
 from __future__ import annotations
 
-import argparse
-
 import pytest
+from cliproc import run_compare
 from models.mistral3.test_model import CASES, build
 
-from pollama.cli.compare import add_compare_parser
 from pollama.debug.compare import compare_model
 from pollama.models.mistral3 import vision as mistral3_vision
 
@@ -36,18 +34,11 @@ def mistral3_vlm(vlms):
     return vlms["mistral-small-3.1"]
 
 
-def run_cli(*argv: str) -> int:
-    parser = argparse.ArgumentParser(prog="pollama")
-    add_compare_parser(parser.add_subparsers())
-    args = parser.parse_args(["compare", *argv])
-    return args.func(args)
-
-
 @pytest.mark.parametrize("backend", ["ggml", "torch"])
 @pytest.mark.parametrize("case", list(MERGED))
 def test_vision_tower_projector_and_text_within_tolerance(vlms, case, backend, capsys):
     folder, gguf, image = vlms[case]
-    assert run_cli(str(gguf), str(folder), "--image", str(image), "--prompt", PROMPT, "--backend", backend) == 0
+    assert run_compare(str(gguf), str(folder), "--image", str(image), "--prompt", PROMPT, "--backend", backend) == 0
     out = capsys.readouterr().out
     print(out)
     for name in ("v.embd ", "v.blk.0.out ", "v.blk.1.out ", "mm.out ", "token_embd ", "blk.0.attn_out ",

@@ -5,12 +5,10 @@ cross-attention layers, layer by layer against transformers put back to Meta's m
 
 from __future__ import annotations
 
-import argparse
-
 import pytest
+from cliproc import run_compare
 from models.mllama.test_convert import IMAGES, Case
 
-from pollama.cli.compare import add_compare_parser
 from pollama.debug.compare import compare_model
 from pollama.models.mllama import vision as mllama_vision
 
@@ -27,17 +25,10 @@ def mllama_vlm(tmp_path_factory):
     return case.folder, case.gguf, tmp / "image.png", tmp / "one-tile.png"
 
 
-def run_cli(*argv: str) -> int:
-    parser = argparse.ArgumentParser(prog="pollama")
-    add_compare_parser(parser.add_subparsers())
-    args = parser.parse_args(["compare", *argv])
-    return args.func(args)
-
-
 @pytest.mark.parametrize("backend", ["ggml", "torch"])
 def test_vision_tower_projector_and_text_within_tolerance(mllama_vlm, backend, capsys):
     folder, gguf, image, _ = mllama_vlm
-    assert run_cli(str(gguf), str(folder), "--image", str(image), "--prompt", PROMPT, "--backend", backend) == 0
+    assert run_compare(str(gguf), str(folder), "--image", str(image), "--prompt", PROMPT, "--backend", backend) == 0
     out = capsys.readouterr().out
     print(out)
     for name in (*VISION, "token_embd", "blk.0.attn_out", "blk.0.ffn_out", "blk.1.ffn_out", "blk.1.out",

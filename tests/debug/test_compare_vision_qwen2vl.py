@@ -9,14 +9,12 @@ order, and the square image (3x3 merged cells, windows of 2x2 cells) makes that 
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 import pytest
+from cliproc import run_compare
 from models.qwen2vl.conftest import ARCHS, IMAGE_PAD, IMAGES, SPECIALS, TEXT, VISION_END, VISION_START, png
 from models.tinyhf import bpe_tokenizer, convert, save_tiny
 
-from pollama.cli.compare import add_compare_parser
 from pollama.debug.compare import compare_model
 from pollama.models.qwen2vl import vision as qwen2vl_vision
 
@@ -42,17 +40,10 @@ def qwen_vlm(request, tmp_path_factory):
     return arch, tmp / "hf", gguf, image
 
 
-def run_cli(*argv: str) -> int:
-    parser = argparse.ArgumentParser(prog="pollama")
-    add_compare_parser(parser.add_subparsers())
-    args = parser.parse_args(["compare", *argv])
-    return args.func(args)
-
-
 @pytest.mark.parametrize("backend", ["ggml", "torch"])
 def test_vision_tower_merger_and_text_within_tolerance(qwen_vlm, backend, capsys):
     arch, folder, gguf, image = qwen_vlm
-    assert run_cli(str(gguf), str(folder), "--image", str(image), "--prompt", PROMPT, "--backend", backend) == 0
+    assert run_compare(str(gguf), str(folder), "--image", str(image), "--prompt", PROMPT, "--backend", backend) == 0
     out = capsys.readouterr().out
     for name in VISION + TEXT_TENSORS:
         assert name in out, name

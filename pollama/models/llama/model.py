@@ -26,8 +26,10 @@ def read_rope_scaling(cfg: Config) -> RopeScaling:
 class Block:
     """One decoder layer: x + attn(norm(x)), then h + mlp(norm(h))."""
 
+    prefix = "blk"  # its weights are <prefix>.<i>.<name>
+
     def __init__(self, w: Weights, i: int, eps: float):
-        p = f"blk.{i}"
+        p = f"{self.prefix}.{i}"
         self.attn_norm = RMSNorm.load(w, f"{p}.attn_norm", eps)
         self.attn_q = Linear.load(w, f"{p}.attn_q")
         self.attn_k = Linear.load(w, f"{p}.attn_k")

@@ -12,6 +12,7 @@ import numpy as np
 
 from pollama.ml.base import Context, Rope, RopeMode, Tensor
 from pollama.models.base import Config, positive
+from pollama.models.llama.model import Block
 from pollama.nn import Linear, ModelError, RMSNorm, Weights, attend
 
 
@@ -24,20 +25,10 @@ def patchify(pixels: np.ndarray, patch: int) -> np.ndarray:
     return np.ascontiguousarray(grid.transpose(1, 3, 0, 2, 4).reshape(gh * gw, c * patch * patch), dtype=np.float32)
 
 
-class VisionBlock:
-    """x + attn(norm(x)), then h + swiglu_mlp(norm(h))."""
+class VisionBlock(Block):
+    """x + attn(norm(x)), then h + swiglu_mlp(norm(h)): a Llama layer's weights, under v.blk."""
 
-    def __init__(self, w: Weights, i: int, eps: float):
-        p = f"v.blk.{i}"
-        self.attn_norm = RMSNorm.load(w, f"{p}.attn_norm", eps)
-        self.attn_q = Linear.load(w, f"{p}.attn_q")
-        self.attn_k = Linear.load(w, f"{p}.attn_k")
-        self.attn_v = Linear.load(w, f"{p}.attn_v")
-        self.attn_output = Linear.load(w, f"{p}.attn_output")
-        self.ffn_norm = RMSNorm.load(w, f"{p}.ffn_norm", eps)
-        self.ffn_gate = Linear.load(w, f"{p}.ffn_gate")
-        self.ffn_up = Linear.load(w, f"{p}.ffn_up")
-        self.ffn_down = Linear.load(w, f"{p}.ffn_down")
+    prefix = "v.blk"
 
 
 class PixtralVision:
