@@ -296,14 +296,15 @@ class Context(ABC):
     @abstractmethod
     def attention(
         self, q: Tensor, k: Tensor, v_t: Tensor, mask: Tensor | None, scale: float, softcap: float = 0.0,
-        groups: Sequence[tuple[int, int]] | None = None,
+        groups: Sequence[tuple[int, int]] | None = None, flash: bool | None = None,
     ) -> Tensor:
         """softmax(softcap(q k^T * scale) + mask) v with grouped-query heads.
 
         q [t, heads, d], k [n, kv_heads, d] -> [t, heads * dv]. V is transposed, v_t
         [kv_heads, dv, n] (as `view_columns` gives it: the layout llama.cpp keeps V in), or,
         when the backend does flash attention, rows [n, kv_heads, dv] (as `view` gives it).
-        `mask` None: every query sees every key (an encoder's full attention, with no [t, n]
+        `flash` asks for the fused kernel (V then as rows) or not, whatever the backend's
+        default. `mask` None: every query sees every key (an encoder's full attention, with no [t, n]
         array to build). `groups` ((first row, rows), ...) covering q's rows asks for each group to be computed
         on its own, exactly as if it were the whole batch (several sequences in one batch).
         """

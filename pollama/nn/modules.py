@@ -142,6 +142,7 @@ def attend(ctx: Context, q: Tensor, k: Tensor, v: Tensor, mask=None, scale: floa
     query may look, -inf where not), or None for full attention."""
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
-    # The backend takes V as rows for flash attention, else transposed (see Context.attention).
-    values = v if ctx.backend.flash_attention else v.permute(1, 2, 0)
-    return ctx.attention(q, k, values, None if mask is None else ctx.attention_mask(mask), scale)
+    # The fused kernel never holds the [heads, t, n] scores: an image of thousands of patches
+    # would need gigabytes for them. K and V stay float32, so its sums are float32 too.
+    mask_t = None if mask is None else ctx.attention_mask(mask)
+    return ctx.attention(q, k, v, mask_t, scale, flash=True)

@@ -414,13 +414,14 @@ class GGMLContext(Context, _Owner):
         return tensor
 
     def attention(
-        self, q: Tensor, k: Tensor, v_t: Tensor, mask: Tensor | None, scale: float, softcap: float = 0.0, groups=None
+        self, q: Tensor, k: Tensor, v_t: Tensor, mask: Tensor | None, scale: float, softcap: float = 0.0, groups=None,
+        flash: bool | None = None,
     ) -> Tensor:
         self._check_open()
         q._step(k, v_t, mask)
         if q.ndim != 3 or k.ndim != 3 or v_t.ndim != 3:
             raise BackendError(f"attention needs q [t,h,d], k [n,hkv,d], v_t [hkv,dv,n]; got {list(q.shape)}, {list(k.shape)}, {list(v_t.shape)}")
-        flash = self.backend.flash_attention
+        flash = self.backend.flash_attention if flash is None else flash
         (t, h, d), (n, hkv, dk) = q.shape, k.shape
         nv, hkv_v, dv = v_t.shape if flash else (v_t.shape[2], v_t.shape[0], v_t.shape[1])
         if dk != d or nv != n or hkv_v != hkv or h % hkv:

@@ -466,7 +466,8 @@ class TorchContext(Context, _Owner):
         return self._new(self._from_numpy(mask, torch.float32), is_mask=True)
 
     def attention(
-        self, q: Tensor, k: Tensor, v_t: Tensor, mask: Tensor, scale: float, softcap: float = 0.0, groups=None
+        self, q: Tensor, k: Tensor, v_t: Tensor, mask: Tensor, scale: float, softcap: float = 0.0, groups=None,
+        flash: bool | None = None,
     ) -> Tensor:
         """softmax(q k^T * scale [softcapped] + mask) v with grouped-query heads -> [t, heads * dv].
 
@@ -480,6 +481,8 @@ class TorchContext(Context, _Owner):
             raise BackendError(
                 f"attention needs q [t,h,d], k [n,hkv,d], v_t [hkv,dv,n]; got {list(q.shape)}, {list(k.shape)}, {list(v_t.shape)}"
             )
+        if flash:  # V given as rows [n, hkv, dv], as for a flash kernel (here the same arithmetic)
+            v_t = v_t.permute(1, 2, 0)
         (t, h, d), (n, hkv, dk), (hkv_v, dv, nv) = q.shape, k.shape, v_t.shape
         if dk != d or nv != n or hkv_v != hkv or h % hkv:
             raise BackendError(f"attention shapes do not fit: q {list(q.shape)}, k {list(k.shape)}, v_t {list(v_t.shape)}")
