@@ -109,3 +109,35 @@ def test_two_images_in_one_message(server, vlm):
         answer = http.post("/api/chat", json=body)
     assert rendered["image_count"] == 2 and "[img-0][img-1]compare" in rendered["rendered_template"]
     assert answer.status_code == 200 and answer.json()["done"], answer.text
+
+
+def test_interactive_chat_reads_an_image_path(server, vlm, vision_gguf, tmp_path):
+    # As Ollama's REPL: a path to an image in the typed line is read and sent with the message.
+    import os
+    import sys
+
+    pexpect = pytest.importorskip("pexpect")
+    image = tmp_path / "my picture.png"
+    image.write_bytes(_png())
+    typed = str(image).replace(" ", "\\ ")
+    with server.http() as http:
+        rendered = http.post("/api/chat", json={
+            "model": "tiny-vlm", "_debug_render_only": True,
+            "messages": [{"role": "user", "content": "describe", "images": [base64.b64encode(_png()).decode()]}],
+        }).json()["_debug_info"]["rendered_template"]
+    want, _, _ = engine_answer(vision_gguf, rendered, _png())
+
+    env = {**os.environ, "OLLAMA_HOST": server.host, "HOME": str(tmp_path), "TERM": "dumb"}
+    child = pexpect.spawn(sys.executable, ["-m", "pollama.cli.main", "run", "tiny-vlm", "--temperature", "0",
+                                           "--num-predict", str(STEPS)], env=env, encoding="utf-8", timeout=120)
+    try:
+        child.expect_exact(">>> ")
+        child.sendline(f"describe {typed}")
+        child.expect_exact(f"Added image '{image}'")
+        child.expect_exact(">>> ")
+        answer = child.before
+        child.sendline("/bye")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    assert want.strip() and want.replace("\r", "") in answer.replace("\r\n", "\n").replace("\r", "")
