@@ -251,7 +251,6 @@ class Engine:
             if self.model.one_image and len({i.image.digest for i in items if isinstance(i, ImageToken)}) > 1:
                 raise ValueError("this model only supports one image while more than one image requested")
 
-    _check_tokens = check_items
 
     def rope_positions(self, items: Sequence[Item]) -> np.ndarray | None:
         """M-RoPE positions [n, 3] of a whole sequence, for models that use them."""

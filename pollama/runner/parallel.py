@@ -135,8 +135,7 @@ class ParallelEngine:
         if len(prompt) >= self.num_ctx:
             raise ValueError(f"prompt of {len(prompt)} tokens does not fit the context of {self.num_ctx}")
         self.engine.check_items(prompt)
-        for start, end in self.engine.chunks(prompt, 0):  # an image that cannot fit a batch fails here
-            pass
+        list(self.engine.chunks(prompt, 0))  # an image that cannot fit in one batch fails here, not later
         job = Job(prompt, options or GenerateOptions())
         with self._wake:
             if self._closing:
