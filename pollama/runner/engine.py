@@ -168,6 +168,9 @@ class Engine:
         self.cached: list[Item] = []  # prompt items whose K/V the cache holds for sequence 0
         self.graphs: dict[tuple, object] = {}  # reusable step contexts by shape, oldest first
         self.images: OrderedDict[str, multimodal.Image] = OrderedDict()  # encoded, by digest
+        # M-RoPE: how far the rope position of the next token is past its cache position (the
+        # prompt's images moved it; the text generated after them moves both alike).
+        self.rope_delta = 0
         self.load_duration = time.perf_counter_ns() - start
 
     def close(self) -> None:
@@ -282,6 +285,7 @@ class Engine:
         self.cache.remove(0, keep)
         self.cached = list(prompt[:keep])
         rope = self.rope_positions(prompt)
+        self.rope_delta = multimodal.rope_end(prompt) - len(prompt) if rope is not None else 0
         logits = None
         for start, end in self.chunks(prompt, keep):
             chunk = prompt[start:end]
@@ -296,7 +300,7 @@ class Engine:
         self.check_items([token])
         rope = None
         if self.model.uses_rope_positions:
-            rope = np.full((1, 3), multimodal.rope_end(self.cached), dtype=np.int32)
+            rope = np.full((1, 3), len(self.cached) + self.rope_delta, dtype=np.int32)
         logits = self._forward([token], len(self.cached), rope=rope)[-1]
         self.cached.append(token)
         return logits
@@ -305,12 +309,14 @@ class Engine:
         """Forget the cached tokens (the next prompt is evaluated whole)."""
         self.cache.clear()
         self.cached = []
+        self.rope_delta = 0
 
     def logits(self, items: Sequence[Item]) -> np.ndarray:
         """Logits for every position of `items` from an empty cache (for tests and tools)."""
         self.reset()
         self.check_items(items)
         rope = self.rope_positions(items)
+        self.rope_delta = multimodal.rope_end(items) - len(items) if rope is not None else 0
         rows = []
         for start, end in self.chunks(items, 0):
             rows.append(self._forward(items[start:end], start, all_logits=True, rope=None if rope is None else rope[start:end]))

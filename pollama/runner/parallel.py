@@ -84,6 +84,7 @@ class _Slot:
     generation: Generation | None = None
     pending: list[Item] = field(default_factory=list)  # prompt items not evaluated yet
     rope: np.ndarray | None = None  # the job's prompt's M-RoPE positions (models that use them)
+    rope_delta: int = 0  # then: the next token's rope position minus its cache position
     evaluated: int = 0  # prompt tokens this job evaluated (the rest came from the cache)
     started: int = 0  # ns: the job entered the slot
     prompt_done: int = 0  # ns: its prompt was evaluated
@@ -232,6 +233,7 @@ class ParallelEngine:
         slot.cached = job.prompt[:keep]
         slot.pending = job.prompt[keep:]
         slot.rope = self.engine.rope_positions(job.prompt)
+        slot.rope_delta = multimodal.rope_end(job.prompt) - len(job.prompt) if slot.rope is not None else 0
         slot.evaluated = len(slot.pending)
         slot.job = job
         slot.generation = Generation(self.tokenizer, self.model.vocab_size, job.prompt, job.options)
@@ -267,7 +269,7 @@ class ParallelEngine:
         busy = [slot for slot in self._slots if slot.job is not None]
         for slot in busy:
             if not slot.pending:
-                rope = np.full((1, 3), multimodal.rope_end(slot.cached), dtype=np.int32) if uses_rope else None
+                rope = np.full((1, 3), len(slot.cached) + slot.rope_delta, dtype=np.int32) if uses_rope else None
                 add(slot, [slot.generation.last_token], True, rope)
         # Prompts go in the chunks a solo run would use (num_batch from where the cache ends),
         # as many as fit num_batch prompt tokens, at least one: the same chunks give the same

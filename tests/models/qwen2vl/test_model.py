@@ -122,6 +122,29 @@ def test_greedy_tokens_match_generate(case, backend):
     assert tokens == expected
 
 
+def test_the_parallel_engine_generates_as_transformers(case):
+    # Two requests at once, with different images, through the batched engine (each sequence's
+    # M-RoPE positions carried from its own prompt into its decode steps).
+    from pollama.runner.generation import Done, GenerateOptions
+    from pollama.runner.parallel import ParallelEngine
+    from pollama.sample import SamplerOptions
+
+    greedy = GenerateOptions(num_predict=GREEDY_STEPS, sampler=SamplerOptions(temperature=0.0, repeat_penalty=1.0))
+
+    expected = {}
+    for name in ("wide", "square"):
+        inputs = hf_inputs(case, name)
+        n = inputs["input_ids"].shape[1]
+        with torch.no_grad():
+            out = case.model.generate(**inputs, do_sample=False, max_new_tokens=GREEDY_STEPS, min_new_tokens=GREEDY_STEPS)
+        expected[name] = out[0, n:].tolist()
+    with ParallelEngine(case.gguf, num_parallel=2, num_ctx=64, backend="torch") as engine:
+        jobs = {name: engine.submit(engine.prompt_items(PROMPT, [case.pngs[name]]), greedy) for name in expected}
+        for name, job in jobs.items():
+            done = [event for event in job if isinstance(event, Done)][0]
+            assert done.tokens[-GREEDY_STEPS:] == expected[name], name
+
+
 @pytest.mark.parametrize("backend", ["torch", "ggml"])
 def test_text_only_logits_match_transformers(case, backend):
     ids = case.processor.tokenizer("The quick brown fox jumps").input_ids
