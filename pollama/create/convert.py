@@ -90,6 +90,8 @@ class ModelConverter:
         "model.embed_tokens": "token_embd", "model.norm": "output_norm", "lm_head": "output"}
     layer_names: ClassVar[dict[str, str]] = {}
 
+    folder: Path | None = None  # the checkpoint folder, for converters that read more than config.json
+
     def __init__(self, cfg: HFConfig):
         self.cfg = cfg
 
@@ -310,6 +312,7 @@ def convert_hf(
             names = ", ".join(sorted([*converters, *whole]))
             raise ConvertError(f"unsupported architecture {arch!r} (supported: {names})")
         conv = cls(HFConfig(config))
+    conv.folder = folder
     model_md = conv.metadata()  # refuses a bad config before anything is read
 
     say("reading tokenizer")

@@ -14,6 +14,7 @@ at a time), which create/convert.py's one-to-one pipeline then maps like any oth
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -174,6 +175,7 @@ class Qwen2VLConverter(ModelConverter):
             "vision.attention.layer_norm_epsilon": 1e-6,  # transformers builds the tower's norms so
             "vision.rope.freq_base": float(vision_theta),
         })
+        md.update(self.pixel_limits())
         act = v.get("hidden_act", self.vision_act)
         if act != self.vision_act:
             raise ConvertError(f"config.json vision_config.hidden_act={act!r}: {self.arch} computes {self.vision_act}")
@@ -182,6 +184,30 @@ class Qwen2VLConverter(ModelConverter):
         return md
 
     vision_act = "quick_gelu"
+
+    def pixel_limits(self) -> dict[str, int]:
+        """vision.min_pixels / max_pixels from the image processor's preprocessor_config.json:
+        the image areas the model was trained within (smart resize keeps to them)."""
+        path = self.folder / "preprocessor_config.json" if self.folder is not None else None
+        if path is None or not path.is_file():
+            return {}
+        try:
+            pre = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            raise ConvertError(f"{path}: not readable JSON ({e})") from None
+        size = pre.get("size") if isinstance(pre.get("size"), dict) else {}
+        limits = {"vision.min_pixels": pre.get("min_pixels", size.get("shortest_edge")),
+                  "vision.max_pixels": pre.get("max_pixels", size.get("longest_edge"))}
+        out = {}
+        for key, value in limits.items():
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ConvertError(f"{path}: {key.split('.')[-1]} must be a positive integer, got {value!r}")
+            out[key] = value
+        if len(out) == 2 and out["vision.min_pixels"] > out["vision.max_pixels"]:
+            raise ConvertError(f"{path}: min_pixels {out['vision.min_pixels']} is above max_pixels {out['vision.max_pixels']}")
+        return out
 
     def vision_width(self) -> int:
         return self.vision.get("embed_dim", 1280)

@@ -130,3 +130,23 @@ def test_reads_hub_style_flat_configs(case, tmp_path):
         assert all(np.array_equal(flat.tensor_bytes(n), nested.tensor_bytes(n)) for n in nested.tensors)
     md, _ = read_gguf(tmp_path / "flat.gguf")
     assert md[f"{case.arch}.rope.mrope_section"] == [2, 3, 3] and md[f"{case.arch}.rope.freq_base"] == 1e6
+
+
+def test_pixel_limits_come_from_the_image_processors_config(case, tmp_path):
+    # transformers 5 saves them as size.shortest_edge / longest_edge, older folders as
+    # min_pixels / max_pixels; the model then resizes within them (smart resize).
+    folder = edited(case, tmp_path, lambda c: None)
+    (folder / "preprocessor_config.json").write_text(json.dumps({"size": {"shortest_edge": 784, "longest_edge": 28 * 28 * 2}}))
+    convert_hf(folder, tmp_path / "limited.gguf", outtype="f32")
+    md, _ = read_gguf(tmp_path / "limited.gguf")
+    assert (md[f"{case.arch}.vision.min_pixels"], md[f"{case.arch}.vision.max_pixels"]) == (784, 1568)
+    with Engine(tmp_path / "limited.gguf", backend="torch", num_ctx=64) as engine:
+        image = engine.model.preprocess(case.pngs["wide"])  # 90x60 would be 84x56; at most 2 cells of 28x28 now
+        assert image.grid_thw[1] * image.grid_thw[2] * 14 * 14 <= 1568
+
+    (folder / "preprocessor_config.json").write_text(json.dumps({"min_pixels": 5000, "max_pixels": 100}))
+    with pytest.raises(ConvertError, match="min_pixels 5000 is above max_pixels 100"):
+        convert_hf(folder, tmp_path / "bad.gguf", outtype="f32")
+    (folder / "preprocessor_config.json").write_text(json.dumps({"max_pixels": "lots"}))
+    with pytest.raises(ConvertError, match="max_pixels must be a positive integer"):
+        convert_hf(folder, tmp_path / "bad.gguf", outtype="f32")
