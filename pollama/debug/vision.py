@@ -39,7 +39,7 @@ class VisionAdapter:
     rows: Callable[[str, Any, Any, Any], np.ndarray] | None = None
 
 
-def _batch_of_one(name: str, output, model, prepared) -> np.ndarray:
+def batch_of_one(name: str, output, model, prepared) -> np.ndarray:
     """A [1, rows, dim] output as [rows, dim] (any other as it is)."""
     array = output.detach().float().numpy()
     return array[0] if array.ndim == 3 and array.shape[0] == 1 else array
@@ -119,7 +119,7 @@ def vision_reference_tensors(model, tokens: Sequence[int], prepared=None) -> dic
     import torch
 
     adapter = adapter_for(model)
-    rows = adapter.rows or _batch_of_one
+    rows = adapter.rows or batch_of_one
     found: dict[str, np.ndarray] = {}
     handles = []
 
@@ -132,7 +132,7 @@ def vision_reference_tensors(model, tokens: Sequence[int], prepared=None) -> dic
     def keep_input(name: str):
         def hook(_module, args, kwargs):
             x = args[0] if args else kwargs["hidden_states"]
-            found[name] = _batch_of_one(name, x, model, prepared)
+            found[name] = batch_of_one(name, x, model, prepared)
         return hook
 
     layers = _module(model, adapter.text_layers)

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from pollama.debug.vision import VisionAdapter, _batch_of_one, register
+from pollama.debug.vision import VisionAdapter, batch_of_one, register
 
 
 def _encoder_forward_as_meta(self, hidden_states, attention_mask=None):
@@ -126,7 +126,7 @@ def _rows(name: str, output, model, prepared) -> np.ndarray:
     if name == "mm.out":
         # [1, 1, tiles, positions, text width] -> the cross-attention states' rows
         return array.reshape(-1, array.shape[-1])
-    return _batch_of_one(name, output, model, prepared)
+    return batch_of_one(name, output, model, prepared)
 
 
 register("MllamaForConditionalGeneration", VisionAdapter(
