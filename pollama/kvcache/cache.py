@@ -354,3 +354,8 @@ class LayerCaches:
 
     def can_keep(self, seq: int, n: int) -> bool:
         return all(cache.can_keep(seq, n) for cache in self.caches)
+
+    def prefix_keep(self, seq: int, items: Sequence, keep: int) -> int:
+        """How much of a cached prefix of `items` the sequence can go on from (all of it here;
+        a cache holding more than K/V by position may need less)."""
+        return keep

@@ -3,8 +3,9 @@
 Cross-attention (mllama) attends from text to an image's states, which do not depend on
 position: each cross layer's K and V are made once, in the step that reaches the image, and
 every later step of the sequence reads them. As Ollama's EncoderCache, one image per sequence
-and one such sequence per batch; an image that changes replaces the old one, and removing
-the image's position from the sequence forgets it.
+and one such sequence per batch: a later image (the engine starts a batch at each one)
+replaces the earlier, as the text after it reads only it, and removing the image's position
+from the sequence forgets it.
 
 `WithEncoder` puts it beside the causal caches of the self-attention layers, so the engine
 plans, binds and reruns steps through one object; the encoder's part of a step is a plan like
@@ -189,6 +190,17 @@ class WithEncoder(LayerCaches):
     def remove(self, seq: int, start: int = 0, end: int | None = None) -> None:
         super().remove(seq, start, end)
         self.encoder.remove(seq, start, end)
+
+    def prefix_keep(self, seq: int, items, keep: int) -> int:
+        """Text after the kept prefix reads the last image before it: when that is not the image
+        whose K/V are held (a later one was, or none), go on from the image itself."""
+        last = next((i for i in range(keep - 1, -1, -1) if self.image_of(items[i]) is not None), None)
+        if last is None:
+            return keep
+        held = self.encoder.images.get(seq)
+        if held is None or held.position != last or held.digest != self.image_of(items[last])[0]:
+            return last
+        return keep
 
     def clear(self) -> None:
         super().clear()

@@ -119,11 +119,16 @@ def block_bounds(items: Sequence[Item], i: int) -> tuple[int, int] | None:
     return i - index, i - index + length
 
 
-def split_points(items: Sequence[Item], start: int, limit: int) -> int:
+def split_points(items: Sequence[Item], start: int, limit: int, image_starts_batch: bool = False) -> int:
     """Where a batch beginning at `start` of at most `limit` items may end without cutting a
     block in two: start + limit, or earlier at the start of a block that would not fit.
-    A block longer than `limit` is an error (it could never be evaluated)."""
+    A block longer than `limit` is an error (it could never be evaluated). With
+    `image_starts_batch` (a model whose cache holds one image at a time), a batch also ends
+    before any image but the sequence's first, so the text of every batch reads one image."""
     end = min(len(items), start + limit)
+    if image_starts_batch:
+        images = [i for i in range(end) if isinstance(items[i], ImageToken)]
+        end = next((i for i in images[1:] if i > start), end)
     if end == len(items):
         bounds = None
     else:

@@ -251,7 +251,9 @@ class Engine:
         if multimodal.has_images(items):
             if not self.model.vision:
                 raise ValueError(f"this model ({self.model.arch}) does not support images")
-            if self.model.one_image and len({i.image.digest for i in items if isinstance(i, ImageToken)}) > 1:
+            if self.model.one_image and any(
+                isinstance(a, ImageToken) and isinstance(b, ImageToken) for a, b in zip(items, items[1:])
+            ):  # two images with no text between: one message's (Ollama allows one per message)
                 raise ValueError("this model only supports one image while more than one image requested")
 
 
@@ -262,7 +264,7 @@ class Engine:
     def chunks(self, items: Sequence[Item], start: int) -> Iterator[tuple[int, int]]:
         """(start, end) of the batches that evaluate items[start:], never cutting an image's block."""
         while start < len(items):
-            end = multimodal.split_points(items, start, self.num_batch)
+            end = multimodal.split_points(items, start, self.num_batch, self.model.one_image)
             yield start, end
             start = end
 
@@ -279,7 +281,7 @@ class Engine:
                 break
             keep += 1
         keep = min(keep, len(prompt) - 1)  # the last token is always evaluated, for its logits
-        keep = multimodal.keep_whole_blocks(prompt, keep)
+        keep = self.cache.prefix_keep(0, prompt, multimodal.keep_whole_blocks(prompt, keep))
         if not self.cache.can_keep(0, keep):
             keep = 0
         self.cache.remove(0, keep)

@@ -226,7 +226,7 @@ class ParallelEngine:
         cache = self.engine.cache
         # The last prompt token is always evaluated: its logits give the first new token.
         keep = min(_common_prefix(slot.cached, job.prompt), len(job.prompt) - 1)
-        keep = multimodal.keep_whole_blocks(job.prompt, keep)
+        keep = cache.prefix_keep(slot.seq, job.prompt, multimodal.keep_whole_blocks(job.prompt, keep))
         if not cache.can_keep(slot.seq, keep):
             keep = 0
         cache.remove(slot.seq, keep)
@@ -280,7 +280,7 @@ class ParallelEngine:
                 continue
             done = len(slot.cached)
             whole = slot.cached + slot.pending
-            end = multimodal.split_points(whole, done, self.engine.num_batch)
+            end = multimodal.split_points(whole, done, self.engine.num_batch, self.model.one_image)
             chunk = whole[done:end]
             if prompt_tokens == 0 or prompt_tokens + len(chunk) <= self.engine.num_batch:
                 rope = slot.rope[done:end] if slot.rope is not None else None

@@ -133,3 +133,11 @@ def test_prompts_place_images_at_their_tags():
     with pytest.raises(ValueError, match="invalid image index: 2"):
         build_prompt(engine, "[img-2]", [b"a"])
     assert multimodal.token_ids(build_prompt(engine, "plain", [])) == [0, 112, 108, 97, 105, 110]
+
+
+def test_one_image_models_start_a_batch_at_each_later_image():
+    a, b = image(name=b"a"), image(name=b"b")
+    items = [1, 2, ImageToken(7, a), 3, 4, ImageToken(7, b), 5]
+    assert multimodal.split_points(items, 0, 100, image_starts_batch=True) == 5  # the first image stays in
+    assert multimodal.split_points(items, 5, 100, image_starts_batch=True) == 7
+    assert multimodal.split_points(items, 0, 100) == 7

@@ -407,3 +407,57 @@ def test_a_text_only_file_runs_without_images(case, tmp_path):
         assert float(np.abs(e.logits(ids) - ref).max()) < TOLERANCE
         with pytest.raises(ValueError, match="does not support images"):
             e.prompt_items("[img-0] hi", [IMAGES["one-tile"]])
+
+
+TWO_IMAGES = "<|begin_of_text|>Look: <|image|>The quick brown fox jumps. And this: <|image|>it sleeps"
+
+
+def our_items_of_images(engine: Engine, inputs) -> list:
+    """The processor's ids with its k-th <|image|> replaced by our item for its k-th image (same pixels)."""
+    model, images = engine.model, []
+    for k in range(inputs["pixel_values"].shape[1]):
+        pixels = inputs["pixel_values"][0, k].numpy()
+        images.append(model.encode_pixels(engine.backend, pixels, int(inputs["aspect_ratio_ids"][0, k]),
+                                          int(inputs["aspect_ratio_mask"][0, k].sum()), digest=pixels_digest(pixels)))
+    out, seen = [], 0
+    for t in inputs["input_ids"][0].tolist():
+        if t == model.image_token:
+            out += model.image_items(images[seen])
+            seen += 1
+        else:
+            out.append(t)
+    return out
+
+
+@pytest.mark.parametrize("backend", ["torch", "ggml"])
+def test_an_image_per_message_each_read_by_the_text_after_it(case, backend):
+    # As the processor's cross-attention mask has it: text after the first image reads the
+    # first, text after the second reads the second (the engine starts a batch at each image,
+    # and the encoder cache then holds the later one).
+    pils = [Image.open(io.BytesIO(IMAGES[name])) for name in ("four-tiles", "one-tile")]
+    inputs = case.processor(images=[pils], text=[TWO_IMAGES], add_special_tokens=False, return_tensors="pt")
+    want = case.hf_logits(inputs)
+    with engine(case, backend, kv_cache_type="f32") as e:
+        items = our_items_of_images(e, inputs)
+        assert float(np.abs(e.logits(items) - want).max()) < TOLERANCE
+        # A chat: the first turn, then the whole with its second image: the reused prefix reads
+        # the first image's K/V, the new text the second's.
+        first, second = [i for i, item in enumerate(items) if isinstance(item, ImageToken)]
+        e.reset()
+        e.prefill(items[:second])
+        logits, evaluated = e.prefill(items)
+        assert evaluated == len(items) - second
+        assert float(np.abs(logits - want[-1]).max()) < TOLERANCE
+        # And back to the first turn's prompt (the held image is now the second: the first's
+        # K/V are made again from its token on).
+        logits, evaluated = e.prefill(items[:second - 2])
+        assert evaluated == second - 2 - first
+        assert float(np.abs(logits - want[second - 3]).max()) < TOLERANCE
+
+
+def test_two_images_in_one_message_are_refused(case):
+    with engine(case, "torch") as e:
+        items = e.prompt_items("[img-0][img-1] compare", [IMAGES["four-tiles"], IMAGES["one-tile"]])
+        with pytest.raises(ValueError, match="only supports one image while more than one image requested"):
+            e.check_items(items)
+        e.check_items(e.prompt_items("[img-0] one, [img-1] two", [IMAGES["four-tiles"], IMAGES["one-tile"]]))
