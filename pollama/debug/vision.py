@@ -85,15 +85,8 @@ def adapter_for(model) -> VisionAdapter:
 
 
 def _import_adapters() -> None:
-    # Adapters kept beside their architecture's other debug knowledge register themselves.
-    import importlib
-
-    for module in ("qwen2vl", "mistral3", "mllama"):
-        try:
-            importlib.import_module(f"pollama.debug.vision_{module}")
-        except ModuleNotFoundError as e:
-            if e.name != f"pollama.debug.vision_{module}":
-                raise
+    # The other architectures' adapters live in modules of their own, which register on import.
+    from pollama.debug import vision_mistral3, vision_mllama, vision_qwen2vl  # noqa: F401
 
 
 def _module(root, dotted: str):
