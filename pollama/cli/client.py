@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from pollama.server.config import parse_host
+from pollama.server.config import client_api_key, parse_host
 
 
 class ServerError(Exception):
@@ -20,7 +20,9 @@ class Client:
 
     def __init__(self, base_url: str | None = None, timeout: float | None = None):
         self.base_url = base_url or parse_host().url
-        self.http = httpx.Client(base_url=self.base_url, timeout=httpx.Timeout(timeout, connect=5.0))
+        key = client_api_key()
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self.http = httpx.Client(base_url=self.base_url, timeout=httpx.Timeout(timeout, connect=5.0), headers=headers)
 
     def close(self) -> None:
         self.http.close()

@@ -357,11 +357,10 @@ def create_app(config: ServerConfig | None = None, store: Store | None = None, *
         return json_response({"models": models})
 
     from pollama.server.openai import add_openai_routes
-    from pollama.server.security import HostCheck, add_cors
+    from pollama.server.security import add_security
 
     add_openai_routes(app, state)
-    add_cors(app)
-    app.add_middleware(HostCheck, enabled=host_check)
+    add_security(app, host_check=host_check)
     return app
 
 

@@ -20,6 +20,19 @@ def env(name: str) -> str:
     return os.environ.get(name, "").strip().strip("\"'").strip()
 
 
+def api_keys() -> list[str]:
+    """The keys the server accepts (none: no key needed): POLLAMA_API_KEYS, comma separated,
+    and OLLAMA_API_KEY."""
+    keys = [k.strip() for k in env("POLLAMA_API_KEYS").split(",")] + [env("OLLAMA_API_KEY")]
+    return list(dict.fromkeys(k for k in keys if k))
+
+
+def client_api_key() -> str | None:
+    """The key a client sends: OLLAMA_API_KEY, else the first of POLLAMA_API_KEYS."""
+    keys = api_keys()
+    return env("OLLAMA_API_KEY") or (keys[0] if keys else None)
+
+
 @dataclass(frozen=True)
 class Host:
     """Where the server listens (and where clients connect)."""

@@ -18,9 +18,17 @@ def serve(host: str | None = None) -> int:
     where = parse_host(host)
     level = logging.DEBUG if debug_enabled() else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from pollama.server.config import api_keys
     from pollama.server.security import bound_to_loopback
 
-    app = create_app(ServerConfig.from_env(), host_check=bound_to_loopback(where.host))
+    loopback = bound_to_loopback(where.host)
+    if not loopback and not api_keys():
+        # As Ollama, this is allowed (a LAN box behind a firewall, a container): but anyone who
+        # reaches the port can run, create, pull, push and delete models.
+        logging.getLogger(__name__).warning(
+            "listening on %s, beyond this machine, with no API key: anyone who can reach it may use every route; "
+            "set POLLAMA_API_KEYS (see docs/security.md)", where.host)
+    app = create_app(ServerConfig.from_env(), host_check=loopback)
     config = uvicorn.Config(
         app, host=where.host, port=where.port, log_level="debug" if debug_enabled() else "warning",
         access_log=debug_enabled(), timeout_graceful_shutdown=5, lifespan="on",

@@ -52,8 +52,9 @@ def start_server(tmp: Path, **env_overrides: str) -> Server:
     port = free_port()
     host = f"127.0.0.1:{port}"
     models = tmp / "models"
+    inherited = {k: v for k, v in os.environ.items() if k not in ("OLLAMA_API_KEY", "POLLAMA_API_KEYS")}
     env = {
-        **os.environ, "OLLAMA_HOST": host, "OLLAMA_MODELS": str(models), "POLLAMA_CACHE": str(tmp / "cache"),
+        **inherited, "OLLAMA_HOST": host, "OLLAMA_MODELS": str(models), "POLLAMA_CACHE": str(tmp / "cache"),
         "OLLAMA_NUM_PARALLEL": "2", "OLLAMA_KEEP_ALIVE": "5m", **env_overrides,
     }
     log = open(tmp / "server.log", "wb")  # noqa: SIM115 - the server writes it while it runs
