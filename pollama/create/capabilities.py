@@ -14,8 +14,9 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from pollama.template import Template, TemplateError
+from pollama.template import TemplateError
 from pollama.template import capabilities as go_template_capabilities
+from pollama.template.gotemplate import parse_cached
 
 
 def model_capabilities(
@@ -32,7 +33,7 @@ def model_capabilities(
     found: set[str] = set()
     if template is not None:
         try:
-            found = go_template_capabilities(Template.parse(template))
+            found = go_template_capabilities(parse_cached(template))
         except TemplateError:
             found = set()  # a template that does not parse gives no capability; chat reports the error
     else:
@@ -50,12 +51,13 @@ def model_capabilities(
 def _jinja_capabilities(chat_template: Any) -> set[str]:
     if not isinstance(chat_template, str) or not chat_template:
         return set()
-    import jinja2
-    from jinja2 import meta
+    from pollama.template.jinja import template_variables
 
     try:
-        variables = meta.find_undeclared_variables(jinja2.Environment().parse(chat_template))
-    except jinja2.TemplateError:
+        # Read off the parse tree: jinja2.meta.find_undeclared_variables would compile the
+        # template, and Jinja's compiler evaluates constant expressions ({{ 'a' * 10**10 }}).
+        variables = template_variables(chat_template)
+    except TemplateError:
         return set()
     found = set()
     if "tools" in variables:

@@ -191,6 +191,7 @@ def _quantize(store: Store, layers: list[Layer], config: dict, target: str, tmp:
 def _apply_commands(store: Store, mf: Modelfile, layers: list[Layer], params: dict, base_dir: Path, status: Status):
     """TEMPLATE, SYSTEM, MESSAGE, LICENSE and PARAMETER commands as layers / merged options."""
     if mf.template is not None:
+        _check_template(mf.template)
         layers = _replace(layers, _new_layer(store, mf.template.encode(), MediaType.TEMPLATE, status))
     if mf.system is not None:
         layers = _replace(layers, _new_layer(store, mf.system.encode(), MediaType.SYSTEM, status))
@@ -206,6 +207,16 @@ def _apply_commands(store: Store, mf: Modelfile, layers: list[Layer], params: di
     # Parameters merge per key over the base model's; a list (stop) is replaced whole.
     merged = {**params, **mf.parameters}
     return layers, merged
+
+
+def _check_template(text: str) -> None:
+    """As Ollama's create: a TEMPLATE must parse as a Go template (within the parser's limits)."""
+    from pollama.template import Template, TemplateError
+
+    try:
+        Template.parse(text)
+    except TemplateError as e:
+        raise CreateError(f"template error: {e}") from None
 
 
 def _replace(layers: list[Layer], new: Layer) -> list[Layer]:

@@ -122,9 +122,14 @@ class Lexer:
         self.name = name
         self.tokens: list[Token] = []
         self.paren_depth = 0
+        self._line_pos, self._line = 0, 1  # the line at _line_pos: tokens come in order, count on from there
 
     def line_at(self, pos: int) -> int:
-        return self.text.count("\n", 0, pos) + 1
+        if pos < self._line_pos:
+            return self.text.count("\n", 0, pos) + 1
+        self._line += self.text.count("\n", self._line_pos, pos)
+        self._line_pos = pos
+        return self._line
 
     def error(self, msg: str, pos: int) -> TemplateError:
         return template_error(self.text, self.name, msg, pos)

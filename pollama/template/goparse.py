@@ -346,6 +346,16 @@ def parse_number(text: str) -> int | float | complex:
 
 # ---------------------------------------------------------------- parser
 
+# Control structures ({{if}}, {{range}}, {{with}}, {{block}}, each {{else if}}) and
+# parenthesized pipelines nest at most this deep. Real templates nest a handful of levels
+# (command-r's, the deepest built-in one, 8); Go's parser allows 10000 parentheses, but here
+# every level costs Python frames in the parser and in the tree walks and copies after it
+# (a level of parentheses about a dozen in Node.copy), so a hostile template must stop well
+# inside Python's recursion limit.
+MAX_NESTING_DEPTH = 50
+# The largest template text parsed (characters; 256 Ki parse in about 0.4 s): Ollama's run to a few KB.
+MAX_TEMPLATE_SIZE = 1 << 18
+
 
 class Parser:
     """Recursive-descent parser producing {name: ListNode} for the main template and its defines."""
@@ -358,6 +368,7 @@ class Parser:
         self.i = 0
         self.vars: list[str] = ["$"]
         self.range_depth = 0
+        self.depth = 0  # nesting of control structures and parentheses, up to MAX_NESTING_DEPTH
         self.trees: dict[str, ListNode] = {}
 
     # token stream
@@ -393,6 +404,16 @@ class Parser:
         if t.typ is not typ:
             raise self.unexpected(t, context)
         return t
+
+    def enter(self, tok: Token | None = None) -> None:
+        """One level deeper; a TemplateError past MAX_NESTING_DEPTH (leave() undoes it)."""
+        self.depth += 1
+        if self.depth > MAX_NESTING_DEPTH:
+            raise self.error(f"template nested too deeply: more than {MAX_NESTING_DEPTH} levels of "
+                             "{{if}}, {{range}}, {{with}}, {{block}}, {{else if}} or parentheses", tok)
+
+    def leave(self) -> None:
+        self.depth -= 1
 
     def unexpected(self, t: Token, context: str) -> TemplateError:
         if t.typ is Tok.ERROR:
@@ -500,6 +521,7 @@ class Parser:
 
     def control(self, cls, context: str, t: Token) -> BranchNode:
         mark = len(self.vars)
+        self.enter(t)
         try:
             pipe = self.pipeline(context, Tok.RIGHT_DELIM)
             if context == "range":
@@ -524,6 +546,7 @@ class Parser:
             return cls(t.pos, pipe, body, else_list)
         finally:
             del self.vars[mark:]
+            self.leave()
 
     def block_control(self, t: Token) -> Node:
         context = "block clause"
@@ -534,7 +557,9 @@ class Parser:
         pipe = self.pipeline(context, Tok.RIGHT_DELIM)
         saved_vars, saved_depth = self.vars, self.range_depth
         self.vars, self.range_depth = ["$"], 0
+        self.enter(t)
         body, end = self.item_list()
+        self.leave()
         if not isinstance(end, EndMarker):
             raise self.error(f"unexpected {end} in {context}", end.token)
         self.vars, self.range_depth = saved_vars, saved_depth
@@ -673,7 +698,10 @@ class Parser:
             except (ValueError, OverflowError):
                 raise self.error(f"illegal number syntax: {go_quote(t.val)}", t) from None
         if typ is Tok.LEFT_PAREN:
-            return self.pipeline("parenthesized pipeline", Tok.RIGHT_PAREN)
+            self.enter(t)
+            pipe = self.pipeline("parenthesized pipeline", Tok.RIGHT_PAREN)
+            self.leave()
+            return pipe
         if typ in (Tok.STRING, Tok.RAW_STRING):
             return StringNode(t.pos, t.val, self._unquote(t))
         self.backup()
@@ -712,5 +740,10 @@ def _is_empty(tree: ListNode) -> bool:
 
 
 def parse(text: str, name: str, funcs: set[str]) -> dict[str, ListNode]:
-    """Parse `text`; returns the tree of `name` and of every template it defines."""
+    """Parse `text`; returns the tree of `name` and of every template it defines.
+
+    A text over MAX_TEMPLATE_SIZE characters, or nested over MAX_NESTING_DEPTH, is a TemplateError."""
+    if len(text) > MAX_TEMPLATE_SIZE:
+        raise TemplateError(f"template too large: {len(text)} characters, the limit is {MAX_TEMPLATE_SIZE}",
+                            name=name)
     return Parser(text, name, funcs).parse()

@@ -13,17 +13,20 @@ Where this differs from Go and Ollama, on purpose:
   methods, never underscore names) are visible; `call` has nothing to call;
 * where Ollama's cut after .Response would crash (an else-list after the cut) the list is
   emptied; an execution stops after MAX_EXECUTION_SECONDS and at MAX_TEMPLATE_DEPTH nested
-  template calls instead of Go's 100000.
+  template calls instead of Go's 100000; a text over goparse.MAX_TEMPLATE_SIZE characters, or
+  nested over goparse.MAX_NESTING_DEPTH levels, does not parse (Go has no such limits).
 """
 
 from __future__ import annotations
+
+from functools import lru_cache
 
 from . import goparse as P
 from .errors import TemplateError
 from .goexec import BUILTINS, OLLAMA_FUNCS, Func, execute
 from .golex import template_error
 
-__all__ = ["Template", "TemplateError", "capabilities", "thinking_tags", "tool_call_tag"]
+__all__ = ["Template", "TemplateError", "capabilities", "parse_cached", "thinking_tags", "tool_call_tag"]
 
 FUNCS: dict[str, Func] = {**BUILTINS, **OLLAMA_FUNCS}
 
@@ -87,12 +90,23 @@ class Template:
 
     def without_after_response(self) -> Template:
         """A copy whose main tree drops every node after the first .Response field (legacy mode's open turn)."""
-        root = self.root.copy()
+        try:
+            root = self.root.copy()
+        except RecursionError:  # the parser's MAX_NESTING_DEPTH keeps this from happening
+            raise TemplateError("template nested too deeply to copy", name=self.name) from None
         cut = [False]
         _delete_after_response(root, cut)
         trees = dict(self.trees)
         trees[self.name] = root
         return Template(self.text, self.name, trees)
+
+
+@lru_cache(maxsize=32)
+def parse_cached(text: str) -> Template:
+    """Template.parse(text), kept for the next caller with the same text: the server parses a
+    model's template off its event loop (capabilities, the prompt) and the output parser then
+    finds it here. The Template is shared: read it, never change it."""
+    return Template.parse(text)
 
 
 def _find(n, match) -> P.Node | None:

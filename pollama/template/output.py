@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from .gofmt import OrderedMap, go_json
-from .gotemplate import Template
+from .gotemplate import Template, parse_cached
 from .thinking import GO_SPACE, ThinkingParser, infer_thinking_tags, jinja_thinking_tags
 from .toolcalls import (
     ToolCallParser,
@@ -58,7 +58,7 @@ class ChatOutputParser:
         override what the templates show.
         """
         if isinstance(template, str):
-            template = Template.parse(template)
+            template = parse_cached(template)  # parsed already, off the event loop, for the prompt
         if thinking_tags is None:
             thinking_tags = infer_thinking_tags(template) if template is not None else jinja_thinking_tags(chat_template)
         self.thinking_tags = thinking_tags

@@ -19,10 +19,9 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
-from .gotemplate import Template
+from .gotemplate import Template, parse_cached
 from .values import TemplateMessage, template_message, template_tools
 
 IMAGE_TOKENS = 768  # Ollama counts each image as 768 tokens when truncating
@@ -39,9 +38,8 @@ class Media:
     data: Any
 
 
-@lru_cache(maxsize=128)
 def _parse(text: str) -> Template:
-    return Template.parse(text)
+    return parse_cached(text)
 
 
 def _as_template(template: Template | str | None) -> Template:
