@@ -20,6 +20,7 @@ from pollama.ml.base import Backend
 from pollama.models.base import load_model
 from pollama.models.bert import Bert, Pooling
 from pollama.nn import ModelError
+from pollama.runner import limits
 from pollama.runner.engine import make_backend
 from pollama.tokenizer import load_tokenizer
 
@@ -81,6 +82,9 @@ class Embedder:
         # Ollama: the smaller of num_ctx and the model's context; positions end there anyway.
         self.num_ctx = min(num_ctx or self.model.n_ctx_train, self.model.n_ctx_train)
         self.num_batch = num_batch
+        # A text beyond this many characters cannot fit in num_ctx tokens (runner/limits.py).
+        self.token_chars = limits.max_token_chars(self.tokenizer)
+        self.char_limit = limits.prompt_char_limit(self.num_ctx, self.token_chars)
 
     @property
     def dim(self) -> int:
@@ -101,7 +105,17 @@ class Embedder:
         self.close()
 
     def tokenize(self, text: str, truncate: bool = True) -> list[int]:
-        """[CLS] text [SEP] as ids, cut to the context keeping the final [SEP] (or InputTooLong)."""
+        """[CLS] text [SEP] as ids, cut to the context keeping the final [SEP] (or InputTooLong).
+
+        A text that cannot fit is not tokenized whole: refused at once without truncation, else
+        only its start is (twice the characters that could fit, so that the cut, in a word that
+        may tokenize differently cut, lies a whole context's worth of text past the tokens kept).
+        """
+        if len(text) > self.char_limit:
+            if not truncate:
+                raise InputTooLong(limits.too_long_message("the input length", len(text), self.num_ctx,
+                                                           self.token_chars))
+            text = text[: 2 * self.char_limit]
         ids = self.tokenizer.encode(text, add_special=True)
         if len(ids) <= self.num_ctx:
             return ids

@@ -24,7 +24,9 @@ from pollama.ml.base import Backend
 from pollama.models import multimodal
 from pollama.models.base import TextModel, load_model
 from pollama.models.multimodal import ImageToken, Item
+from pollama.runner import limits
 from pollama.runner.generation import Done, GenerateOptions, Generation, Piece
+from pollama.runner.limits import flash_attention_default  # OLLAMA_FLASH_ATTENTION (the server reads it too)
 from pollama.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -88,11 +90,6 @@ def make_batch(model: TextModel, parts: Sequence[Part]) -> Batch:
     return batch
 
 
-def flash_attention_default() -> bool:
-    """OLLAMA_FLASH_ATTENTION, as Ollama reads it (off unless set to a true value)."""
-    return os.environ.get("OLLAMA_FLASH_ATTENTION", "").strip().lower() in ("1", "true", "yes", "on")
-
-
 KV_CACHE_TYPES = {"f16": GGMLType.F16, "f32": GGMLType.F32}
 
 
@@ -133,6 +130,27 @@ def make_backend(name: str = "ggml", n_threads: int | None = None, flash_attenti
     raise ValueError(f"unknown backend {name!r} (ggml or torch)")
 
 
+def check_context_memory(model: TextModel, backend: Backend, num_ctx: int, num_batch: int, num_parallel: int,
+                         dtype: GGMLType) -> None:
+    """ModelError, before anything is allocated, when the K/V cache of num_parallel sequences of
+    num_ctx tokens and the attention of one batch would take more memory than is free: the
+    cache is zeroed at once, so it would be the kernel's OOM killer that answers otherwise."""
+    from pollama.nn import ModelError
+
+    try:
+        sizes = dict(n_layers=model.n_layers, k_width=model.k_width, v_width=model.v_width, n_heads=model.n_heads)
+    except AttributeError:  # a model that does not say its sizes: its cache is its own business
+        return
+    need = limits.context_memory(**sizes, num_ctx=num_ctx, num_batch=num_batch, num_parallel=num_parallel,
+                                 kv_bytes=4 if dtype == GGMLType.F32 else 2,
+                                 flash_attention=bool(getattr(backend, "flash_attention", False)))
+    free = limits.memory_available()
+    if need > free:
+        raise ModelError(f"num_ctx {num_ctx} (num_batch {num_batch}, {num_parallel} sequence(s)) needs "
+                         f"{limits.gib(need)} of memory for the KV cache and attention, more than the "
+                         f"{limits.gib(free)} available")
+
+
 class Engine:
     """A model, its tokenizer and its cache, ready to generate."""
 
@@ -160,10 +178,18 @@ class Engine:
             raise
         self.num_ctx = num_ctx  # per sequence
         self.num_batch = min(num_batch, num_ctx)
+        kv_dtype = kv_cache_dtype(kv_cache_type)
+        try:
+            check_context_memory(self.model, self.backend, num_ctx, self.num_batch, num_parallel, kv_dtype)
+        except BaseException:
+            if isinstance(backend, str):  # ours: the caller's own backend stays open
+                self.backend.close()
+            self.gguf.close()
+            raise
         # Room for num_parallel sequences of num_ctx tokens each (ParallelEngine uses them;
         # this class's own methods use sequence 0).
         self.cache = self.model.new_cache(
-            self.backend, num_ctx, self.num_batch, n_seq=num_parallel, dtype=kv_cache_dtype(kv_cache_type)
+            self.backend, num_ctx, self.num_batch, n_seq=num_parallel, dtype=kv_dtype
         )
         self.cached: list[Item] = []  # prompt items whose K/V the cache holds for sequence 0
         self.graphs: dict[tuple, object] = {}  # reusable step contexts by shape, oldest first

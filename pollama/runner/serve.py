@@ -35,13 +35,16 @@ import os
 import socketserver
 import sys
 import threading
+from collections import OrderedDict
 from typing import Any
 
 from pollama.nn import ModelError
+from pollama.runner import limits
 
 log = logging.getLogger("pollama.runner")
 
 MAX_REQUEST_BYTES = 64 << 20
+TOKENIZED_KEPT = 8  # recent tokenizations kept, so a prompt the server counted is not tokenized again
 
 
 class RequestError(Exception):
@@ -79,6 +82,33 @@ class Model:
             self.tokenizer = self.engine.tokenizer
             self.num_ctx = self.engine.num_ctx
             self.load_duration = self.engine.load_duration
+        # Texts longer than this cannot fit in num_ctx tokens: refused before tokenizing.
+        self.token_chars = limits.max_token_chars(self.tokenizer)
+        self.char_limit = limits.prompt_char_limit(self.num_ctx, self.token_chars)
+        self._tokenized: OrderedDict[str, list[int]] = OrderedDict()
+        self._tokenized_lock = threading.Lock()
+
+    def check_length(self, what: str, text: str) -> None:
+        """RequestError for a text that cannot fit in the context, before any tokenizing."""
+        if len(text) > self.char_limit:
+            raise RequestError(limits.too_long_message(what, len(text), self.num_ctx, self.token_chars))
+
+    def encode(self, text: str) -> list[int]:
+        """The prompt tokens of a text (specials added and parsed), remembering the last few that
+        could fit: the server counts a prompt's tokens to truncate a chat, then sends it."""
+        with self._tokenized_lock:
+            tokens = self._tokenized.get(text)
+            if tokens is not None:
+                self._tokenized.move_to_end(text)
+                return list(tokens)
+        tokens = self.tokenizer.encode(text, add_special=True, parse_special=True)
+        if len(tokens) < self.num_ctx:  # one that cannot fit is never sent as a prompt
+            with self._tokenized_lock:
+                self._tokenized[text] = tokens
+                while len(self._tokenized) > TOKENIZED_KEPT:
+                    self._tokenized.popitem(last=False)
+            tokens = list(tokens)
+        return tokens
 
     def close(self) -> None:
         if self.engine is not None:
@@ -199,12 +229,18 @@ def _generate_options(request: dict[str, Any], tokenizer):
     if constrain_after is not None and not isinstance(constrain_after, str):
         raise RequestError("constrain_after must be a string")
     num_predict = int(options.get("num_predict", -1))
+    stop = options.get("stop") or ()
+    if not isinstance(stop, (list, tuple)) or not all(isinstance(s, str) for s in stop):
+        raise RequestError("stop must be a list of strings")
+    if len(stop) > limits.MAX_STOP_STRINGS or any(len(s) > limits.MAX_STOP_CHARS for s in stop):
+        raise RequestError(f"stop: at most {limits.MAX_STOP_STRINGS} strings of at most "
+                           f"{limits.MAX_STOP_CHARS} characters")
     if constraint is not None and constrain_after:
         constraint = ThinkingThenFormat(tokenizer, constraint, constrain_after, thinking_budget(num_predict))
     return GenerateOptions(
         constraint=constraint,
         num_predict=num_predict,
-        stop=tuple(options.get("stop") or ()),
+        stop=tuple(stop),
         sampler=SamplerOptions.from_options(options),
         logprobs=bool(request.get("logprobs") or request.get("top_logprobs")),
         top_logprobs=int(request.get("top_logprobs") or 0),
@@ -265,10 +301,16 @@ class Handler(socketserver.StreamRequestHandler):
         prompt = request.get("prompt")
         if not isinstance(prompt, str):
             raise RequestError("completion needs a prompt string")
+        self.model.check_length("the input length", prompt)
         options = _generate_options(request, self.model.tokenizer)
         images = _images(request.get("images"))
+        from pollama.runner.engine import IMAGE_TAG
+
         try:
-            tokens = engine.prompt_items(prompt, images)
+            if IMAGE_TAG.search(prompt) is None:  # text alone: maybe tokenized already, to be counted
+                tokens = self.model.encode(prompt)
+            else:
+                tokens = engine.prompt_items(prompt, images)
         except ModelError as e:
             raise RequestError(str(e)) from None
         if not tokens:
@@ -338,13 +380,17 @@ class Handler(socketserver.StreamRequestHandler):
         content = request.get("content")
         if not isinstance(content, str):
             raise RequestError("tokenize needs a content string")
-        add_special = bool(request.get("add_special", True))
-        return {"tokens": self.model.tokenizer.encode(content, add_special=add_special, parse_special=True)}
+        self.model.check_length("the content", content)
+        if bool(request.get("add_special", True)):
+            return {"tokens": self.model.encode(content)}
+        return {"tokens": self.model.tokenizer.encode(content, add_special=False, parse_special=True)}
 
     def detokenize(self, request: dict[str, Any]) -> dict[str, Any]:
         tokens = request.get("tokens")
         if not isinstance(tokens, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in tokens):
             raise RequestError("detokenize needs a list of token ids")
+        if len(tokens) > self.model.char_limit:  # more than any text that fits the context could give
+            raise RequestError(f"too many tokens to detokenize: {len(tokens)} (at most {self.model.char_limit})")
         vocab = self.model.tokenizer.vocab_size
         bad = [t for t in tokens if not 0 <= t < vocab]
         if bad:
@@ -402,9 +448,17 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.DEBUG if debug_enabled() else logging.WARNING,
                         format="runner %(levelname)s %(name)s: %(message)s")
+    if args.num_thread is not None and not 1 <= args.num_thread <= limits.max_threads():
+        # ggml would try to start them all (a million threads: SIGSEGV); the server refuses these too.
+        print(json.dumps({"error": f"num_thread must be between 1 and {limits.max_threads()}, got {args.num_thread}"}),
+              flush=True)
+        return 1
     threading.Thread(target=_exit_when_stdin_closes, args=(args.socket,), daemon=True).start()
     try:
         model = Model(args)
+    except ModelError as e:  # the file's fault (bad keys, shapes): no retry would load it
+        print(json.dumps({"error": f"{e}" or type(e).__name__, "status": 400}), flush=True)
+        return 1
     except Exception as e:  # noqa: BLE001 - the server shows this line to the user
         print(json.dumps({"error": f"{e}" or type(e).__name__}), flush=True)
         return 1
@@ -413,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({
         "ready": True, "pid": os.getpid(), "num_ctx": model.num_ctx, "load_duration": model.load_duration,
         "kind": model.kind, "add_bos": bool(model.tokenizer.add_bos), "bos_token": _token_text(model.tokenizer, "bos_id"),
-        "eos_token": _token_text(model.tokenizer, "eos_id"),
+        "eos_token": _token_text(model.tokenizer, "eos_id"), "max_token_chars": model.token_chars,
     }), flush=True)
     try:
         server.serve_forever(poll_interval=0.5)

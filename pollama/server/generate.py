@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from pollama.runner import limits
 from pollama.server.errors import APIError
 from pollama.server.models import ModelRef
 from pollama.server.options import RequestOptions
@@ -76,6 +77,7 @@ async def run_completion(scheduler: Scheduler, job: Completion) -> AsyncIterator
         if job.render_only:
             yield {"rendered": prompt, "image_count": len(images)}
             return
+        check_length("the input length", prompt, runner)  # a raw prompt, a context: not sent if it cannot fit
         parser = job.make_parser(prompt) if job.make_parser is not None else None
         request = {"op": "completion", "prompt": prompt, "options": job.options.predict,
                    "logprobs": job.logprobs, "top_logprobs": job.top_logprobs}
@@ -101,6 +103,32 @@ async def run_completion(scheduler: Scheduler, job: Completion) -> AsyncIterator
             yield message
 
 
+def char_limit(runner: RunnerProcess) -> int:
+    """Characters beyond which a text cannot fit in the runner's context (runner/limits.py)."""
+    return limits.prompt_char_limit(runner.num_ctx, runner.max_token_chars)
+
+
+def check_length(what: str, text: str, runner: RunnerProcess) -> None:
+    """A 400, before the runner sees (and tokenizes) a text that cannot fit in its context."""
+    if len(text) > char_limit(runner):
+        raise APIError(400, limits.too_long_message(what, len(text), runner.num_ctx, runner.max_token_chars))
+
+
+async def tokenize(runner: RunnerProcess, content: str) -> list[int]:
+    """/api/tokenize's tokens (a content that cannot fit in the context is refused untokenized)."""
+    check_length("the content", content, runner)
+    return (await runner.call({"op": "tokenize", "content": content}))["tokens"]
+
+
+async def detokenize(runner: RunnerProcess, tokens: list[int]) -> str:
+    """The text of tokens (/api/detokenize, a generate request's `context`); more tokens than
+    any text that fits the context could give are refused without being sent."""
+    if len(tokens) > char_limit(runner):
+        raise APIError(400, f"too many tokens: {len(tokens)} (at most {char_limit(runner)} for a context of "
+                            f"{runner.num_ctx} tokens)")
+    return (await runner.call({"op": "detokenize", "tokens": tokens}))["content"]
+
+
 async def in_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Run blocking work (store reads, prompt assembly that counts tokens) off the event loop."""
     return await asyncio.to_thread(fn, *args, **kwargs)
@@ -117,6 +145,13 @@ async def embed(scheduler: Scheduler, model: ModelRef, options: RequestOptions, 
         if not texts:
             return {"embeddings": [], "prompt_eval_count": 0, "load_duration": load_duration,
                     "total_duration": time.perf_counter_ns() - started}
+        # A text that cannot fit: refused without truncation, else only its start is sent (twice
+        # what could fit; the runner cuts what it tokenizes the same way, see runner/embed.py).
+        limit = char_limit(loaded.runner)
+        if not truncate:
+            for text in texts:
+                check_length("the input length", text, loaded.runner)
+        texts = [t[: 2 * limit] for t in texts]
         answer = await loaded.runner.call({"op": "embed", "input": texts, "truncate": truncate,
                                            "normalize": normalize, "dimensions": dimensions})
     answer["load_duration"] = load_duration

@@ -65,6 +65,7 @@ class RunnerProcess:
         self.load_duration = 0
         self.bos_token = self.eos_token = ""  # texts of the model's special tokens
         self.adds_bos = False  # whether the tokenizer puts BOS before every prompt
+        self.max_token_chars = 0  # input characters one token stands for at most (runner/limits.py)
         self.exited = asyncio.Event()
         self._watch: asyncio.Task | None = None
         self._drain: asyncio.Task | None = None
@@ -106,12 +107,15 @@ class RunnerProcess:
             code = await self._wait_exit(5)
             await self.stop()
             reason = hello.get("error") or f"runner process ended while loading ({_exit_description(code)})"
-            raise RunnerError(f"error loading model {self.name}: {reason}")
+            status = hello.get("status")
+            raise RunnerError(f"error loading model {self.name}: {reason}",
+                              status if status in (400, 500) else 500)
         self.num_ctx = int(hello.get("num_ctx") or spec.num_ctx)
         self.load_duration = int(hello.get("load_duration") or 0)
         self.bos_token = str(hello.get("bos_token") or "")
         self.adds_bos = bool(hello.get("add_bos"))
         self.eos_token = str(hello.get("eos_token") or "")
+        self.max_token_chars = int(hello.get("max_token_chars") or 0)
         self._watch = asyncio.create_task(self._watch_exit())
         self._drain = asyncio.create_task(self._drain_stdout())
 
@@ -233,7 +237,7 @@ class RunnerProcess:
         """The special-token texts prompt templates need (pollama.server.prompt.Specials)."""
         from pollama.server.prompt import Specials
 
-        return Specials(self.bos_token, self.eos_token, self.adds_bos)
+        return Specials(self.bos_token, self.eos_token, self.adds_bos, self.max_token_chars)
 
     def tokenize_sync(self, text: str) -> list[int]:
         return self.call_sync({"op": "tokenize", "content": text})["tokens"]
