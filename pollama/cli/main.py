@@ -313,6 +313,12 @@ def main(argv: list[str] | None = None) -> int:
         message = str(e).strip() or type(e).__name__
         print(f"Error: {message}", file=sys.stderr)
         return 1
+    except RecursionError:
+        # A file or answer nested deeper than the stack (readers name what they can).
+        if debug_enabled():
+            raise
+        print("Error: input nested too deeply to read", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

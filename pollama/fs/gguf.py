@@ -417,7 +417,12 @@ class GGUFFile:
             raw = p.raw_string(f"name of tensor #{i}", GGML_MAX_NAME - 1)
             if not raw:
                 raise p.fail(f"tensor #{i} has an empty name")
-            name = _decode(raw)
+            try:
+                # Names are looked up and handed to ggml as text; no model has a name
+                # that is not UTF-8 (as keys, refused rather than carried as surrogates).
+                name = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise p.fail(f"the name of tensor #{i} is not valid UTF-8: {raw!r}") from None
             qname = _quote(name)
             if name in seen:
                 raise p.fail(f"duplicate tensor name {qname}")

@@ -74,6 +74,9 @@ class SafetensorsFile:
         self._entries: dict[str, tuple[str, tuple[int, ...], int, int]] = {}
         try:
             self._parse(head, data_start=8 + n, data_size=size - 8 - n)
+        except RecursionError:  # a header nested deeper than Python's stack (e.g. in a repr)
+            self.close()
+            raise SafetensorsError(f"{self.path}: header is not valid JSON (nested too deeply)") from None
         except BaseException:
             self.close()
             raise
@@ -89,7 +92,9 @@ class SafetensorsFile:
 
         try:
             header = json.loads(head.decode("utf-8"), object_pairs_hook=no_duplicates)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        except RecursionError:
+            raise SafetensorsError(f"{self.path}: header is not valid JSON (nested too deeply)") from None
+        except (UnicodeDecodeError, ValueError) as e:  # JSONDecodeError, or an integer too long to convert
             raise SafetensorsError(f"{self.path}: header is not valid JSON ({e})") from None
         if not isinstance(header, dict):
             raise SafetensorsError(f"{self.path}: header is not a JSON object")
@@ -99,7 +104,7 @@ class SafetensorsFile:
         self.metadata = {str(k): str(v) for k, v in meta.items()}
         spans = []
         for name, info in header.items():
-            where = f"{self.path}: tensor {name!r}"
+            where = f"{self.path}: tensor {_short(name)}"
             if not isinstance(info, dict):
                 raise SafetensorsError(f"{where}: entry is not an object")
             dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
@@ -108,12 +113,12 @@ class SafetensorsFile:
             elif dtype in _OTHER_DTYPES:
                 itemsize = _OTHER_DTYPES[dtype]
             else:
-                raise SafetensorsError(f"{where}: unknown dtype {dtype!r}")
+                raise SafetensorsError(f"{where}: unknown dtype {_short(dtype)}")
             if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
-                raise SafetensorsError(f"{where}: bad shape {shape!r}")
+                raise SafetensorsError(f"{where}: bad shape {_short(shape)}")
             if (not isinstance(offsets, list) or len(offsets) != 2 or not all(type(o) is int for o in offsets)
                     or not 0 <= offsets[0] <= offsets[1] <= data_size):
-                raise SafetensorsError(f"{where}: data_offsets {offsets!r} lie outside the {data_size} data bytes")
+                raise SafetensorsError(f"{where}: data_offsets {_short(offsets)} lie outside the {data_size} data bytes")
             begin, end = offsets
             if dtype in ("F4", "F6_E2M3", "F6_E3M2"):  # sub-byte types: sizes not checkable this simply
                 pass
@@ -179,6 +184,12 @@ class SafetensorsFile:
         self.close()
 
 
+def _short(value: object) -> str:
+    """A header value for an error message: its repr, cut to one short line."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 class SafetensorsFolder(Mapping[str, STensor]):
     """The tensors of a checkpoint folder: one file, several shards, or shards listed by index.json."""
 
@@ -231,8 +242,10 @@ def weight_files(folder: str | os.PathLike[str]) -> list[Path]:
         try:
             weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
             names = sorted(set(weight_map.values()))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as e:
             raise SafetensorsError(f"{index}: not a valid safetensors index ({e})") from None
+        except RecursionError:
+            raise SafetensorsError(f"{index}: not a valid safetensors index (nested too deeply)") from None
         for n in names:
             if not isinstance(n, str) or os.path.basename(n) != n:
                 raise SafetensorsError(f"{index}: bad shard name {n!r}")

@@ -303,8 +303,10 @@ def open_checkpoints(paths: list[Path], index: Path | None = None) -> TorchFolde
         try:
             weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
             shards = sorted(set(weight_map.values()))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as e:
             raise CheckpointError(f"{index}: not a valid checkpoint index ({e})") from None
+        except RecursionError:
+            raise CheckpointError(f"{index}: not a valid checkpoint index (nested too deeply)") from None
         for shard in shards:
             if not isinstance(shard, str) or Path(shard).name != shard:
                 raise CheckpointError(f"{index}: bad shard name {shard!r}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Mapping
 
 from pollama.fs.ggml_types import GGMLType
@@ -69,8 +70,19 @@ class Config:
 
     def float(self, key: str, default: Any = _MISSING) -> float:
         value, full, found = self._get(key, default)
-        if found and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            raise ModelError(f"key {full!r} must be a number, got {value!r}")
+        if found:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ModelError(f"key {full!r} must be a number, got {value!r}")
+            # A norm's epsilon below zero (or NaN) fails an assert in ggml, which aborts the
+            # process; a RoPE base at or below zero turns every position into NaN.
+            if not math.isfinite(value):
+                raise ModelError(f"key {full!r} must be a finite number, got {value!r}")
+            if full.endswith("epsilon") and value < 0:
+                raise ModelError(f"key {full!r} must not be negative, got {value!r}")
+            if full.endswith("freq_base") and value <= 0:
+                raise ModelError(f"key {full!r} must be positive, got {value!r}")
+            if full.endswith("scaling.factor") and value < 0:
+                raise ModelError(f"key {full!r} must not be negative, got {value!r}")
         return float(value) if value is not None else None
 
     def str(self, key: str, default: Any = _MISSING) -> str:
@@ -177,4 +189,30 @@ def load_model(gguf, backend: Backend) -> TextModel:
     cls = model_class(arch)
     cfg = Config(gguf.metadata, arch)
     tensors = backend.load(gguf, gathered=cls.gathered)
-    return cls(cfg, Weights(tensors, str(gguf.path)))
+    model = cls(cfg, Weights(tensors, str(gguf.path)))
+    check_attention_sizes(model, arch)
+    return model
+
+
+def check_attention_sizes(model: TextModel, arch: str) -> None:
+    """Head counts, head sizes and RoPE dimensions that do not fit the attention weights: a
+    load error naming the keys, rather than a failed reshape at every request."""
+    heads, head_dim = getattr(model, "n_heads", None), getattr(model, "head_dim", None)
+    if not heads or not head_dim:
+        return
+    kv_heads = getattr(model, "n_kv_heads", None) or heads
+    v_head_dim = getattr(model, "v_head_dim", None) or head_dim
+    keys = (f"{arch}.attention.head_count {heads}, head_count_kv {kv_heads}, key_length {head_dim}, "
+            f"value_length {v_head_dim}")
+    widths = {"attn_q": heads * head_dim, "attn_k": kv_heads * head_dim, "attn_v": kv_heads * v_head_dim}
+    for i, layer in enumerate(getattr(model, "blk", ())):
+        for name, width in widths.items():
+            linear = getattr(layer, name, None)
+            if isinstance(linear, Linear) and linear.out_features != width:
+                raise ModelError(f"blk.{i}.{name}.weight has {linear.out_features} outputs where the model's "
+                                 f"hyper-parameters ({keys}) need {width}")
+    rope = getattr(model, "rope", None)
+    dims = getattr(rope, "dims", None)
+    if isinstance(dims, int) and (not 0 < dims <= head_dim or dims % 2):
+        raise ModelError(f"key '{arch}.rope.dimension_count' is {dims}: it must be even, positive and at most "
+                         f"the head size {head_dim}")

@@ -62,12 +62,19 @@ class Embedding:
         return self.weight.rows(ids)
 
 
+def _checked_eps(eps: float) -> float:
+    # ggml asserts eps >= 0 when the graph runs (a NaN fails it too), aborting the process.
+    if not (math.isfinite(eps) and eps >= 0):
+        raise ModelError(f"a norm's epsilon must be a finite number not below zero, got {eps!r}")
+    return eps
+
+
 class RMSNorm:
     """x / rms(x) * weight."""
 
     def __init__(self, weight: Tensor, eps: float):
         self.weight = weight
-        self.eps = eps
+        self.eps = _checked_eps(eps)
 
     @classmethod
     def load(cls, weights: Weights, name: str, eps: float) -> RMSNorm:
@@ -83,7 +90,7 @@ class LayerNorm:
     def __init__(self, weight: Tensor, bias: Tensor | None, eps: float):
         self.weight = weight
         self.bias = bias
-        self.eps = eps
+        self.eps = _checked_eps(eps)
 
     @classmethod
     def load(cls, weights: Weights, name: str, eps: float) -> LayerNorm:

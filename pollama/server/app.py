@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -37,7 +38,7 @@ from pollama.server.chat import (
 )
 from pollama.server.config import ServerConfig, parse_keep_alive
 from pollama.server.errors import APIError
-from pollama.server.generate import Completion, embed, in_thread, run_completion
+from pollama.server.generate import Completion, detokenize, embed, in_thread, run_completion, tokenize
 from pollama.server.http import (
     ClientGone,
     EventStream,
@@ -78,7 +79,15 @@ class State:
         self.scheduler = Scheduler(config)
 
     async def resolve(self, name: object) -> ModelRef:
-        return await in_thread(resolve_model, self.store, name)
+        return await in_thread(_resolve_with_capabilities, self.store, name)
+
+
+def _resolve_with_capabilities(store: Store, name: object) -> ModelRef:
+    # The capabilities parse the model's template: do it here, off the event loop, where the
+    # routes would otherwise first ask for them (and warm the parse cache for the prompt).
+    model = resolve_model(store, name)
+    model.capabilities  # noqa: B018 - a cached_property, computed now
+    return model
 
 
 def keep_alive_of(body: dict[str, Any]) -> float | None:
@@ -89,6 +98,12 @@ def keep_alive_of(body: dict[str, Any]) -> float | None:
         return parse_keep_alive(value)
     except ValueError as e:
         raise APIError(400, str(e)) from None
+
+
+def model_name(body: dict[str, Any]) -> str | None:
+    """`model`, or the older `name`: each a string when given (as in Ollama's Go structs)."""
+    model, name = field(body, "model", str), field(body, "name", str)
+    return model or name
 
 
 def logprob_fields(body: dict[str, Any]) -> tuple[bool, int]:
@@ -243,8 +258,8 @@ def create_app(config: ServerConfig | None = None, store: Store | None = None, *
         content = field(body, "content", str, "")
         options = request_options(model, body.get("options"), state.config)
         async with state.scheduler.use(model, options.spec, keep_alive_of(body)) as loaded:
-            answer = await loaded.runner.call({"op": "tokenize", "content": content})
-        return json_response({"model": body["model"], "tokens": answer["tokens"]})
+            tokens = await tokenize(loaded.runner, content)
+        return json_response({"model": body["model"], "tokens": tokens})
 
     @app.post("/api/detokenize")
     async def api_detokenize(request: Request) -> Response:
@@ -255,8 +270,8 @@ def create_app(config: ServerConfig | None = None, store: Store | None = None, *
             raise APIError(400, 'invalid value for "tokens": expected an array of integers')
         options = request_options(model, body.get("options"), state.config)
         async with state.scheduler.use(model, options.spec, keep_alive_of(body)) as loaded:
-            answer = await loaded.runner.call({"op": "detokenize", "tokens": tokens})
-        return json_response({"model": body["model"], "content": answer["content"]})
+            content = await detokenize(loaded.runner, tokens)
+        return json_response({"model": body["model"], "content": content})
 
     # -- models -----------------------------------------------------------------------------
     @app.api_route("/api/tags", methods=["GET", "HEAD"])
@@ -266,7 +281,7 @@ def create_app(config: ServerConfig | None = None, store: Store | None = None, *
     @app.post("/api/show")
     async def api_show(request: Request) -> Response:
         body = await read_json(request)
-        name = body.get("model") or body.get("name")
+        name = model_name(body)
         try:
             model = await state.resolve(name)
         except APIError as e:
@@ -293,7 +308,7 @@ def create_app(config: ServerConfig | None = None, store: Store | None = None, *
     @app.delete("/api/delete")
     async def api_delete(request: Request) -> Response:
         body = await read_json(request)
-        name = body.get("model") or body.get("name")
+        name = model_name(body)
         if not isinstance(name, str) or not name:
             raise APIError(400, "model is required")
         try:
@@ -334,6 +349,13 @@ def create_app(config: ServerConfig | None = None, store: Store | None = None, *
             raise APIError(400, str(e)) from None
         except ClientGone:
             raise
+        except OSError as e:
+            # The store removed its partial file. The client is still sending: take the rest
+            # of the body first, or it would see a reset connection instead of the answer.
+            await reader.drain()
+            log.warning("blob upload %s failed: %s", digest, e)
+            status = 507 if e.errno in (errno.ENOSPC, errno.EDQUOT) else 500
+            raise APIError(status, f"cannot store blob {digest}: {e.strerror or e}") from None
         return Response(status_code=201)
 
     @app.post("/api/pull")
@@ -379,6 +401,16 @@ class _BodyReader:
         self.loop = loop
         self.buffer = b""
         self.ended = False
+
+    async def drain(self) -> None:
+        """Read and drop what is left of the body (after a failed write)."""
+        self.buffer = b""
+        with contextlib.suppress(Exception):
+            while not self.ended:
+                try:
+                    await self.stream.__anext__()
+                except StopAsyncIteration:
+                    self.ended = True
 
     def read(self, n: int = -1) -> bytes:
         while not self.ended and (n < 0 or len(self.buffer) < n):
@@ -443,7 +475,7 @@ async def generate_response(state: State, request: Request, body: dict[str, Any]
             return image_tags(prompt, images), images
         context_text = None
         if context:
-            context_text = (await runner.call({"op": "detokenize", "tokens": context}))["content"]
+            context_text = await detokenize(runner, context)
         return await in_thread(generate_prompt, model, prompt, system=system, template=template, suffix=suffix,
                                context_text=context_text, tokenize=runner.tokenize_sync, num_ctx=num_ctx,
                                specials=runner.specials(), think=think, images=images)
@@ -691,7 +723,7 @@ async def transfer_response(state: State, request: Request, body: dict[str, Any]
     from pollama.store import registry
     from pollama.store.names import ModelName
 
-    name = body.get("model") or body.get("name")
+    name = model_name(body)
     if not isinstance(name, str) or not name:
         raise APIError(400, "model is required")
     try:
@@ -729,7 +761,7 @@ def _create_commands(state: State, body: dict[str, Any], staging: Path) -> tuple
     """(model name, Modelfile commands, quantize) from the JSON form of /api/create."""
     from pollama.create.options import format_option_value
 
-    name = body.get("model") or body.get("name")
+    name = model_name(body)
     if not isinstance(name, str) or not name:
         raise APIError(400, "model is required")
     commands: list[list[str]] = []
@@ -761,6 +793,8 @@ def _create_commands(state: State, body: dict[str, Any], staging: Path) -> tuple
                 raise APIError(400, f'invalid value for parameter "{key}"')
             commands.append([key, format_option_value(v)])
     license_ = body.get("license")
+    if license_ is not None and not isinstance(license_, (str, list)):
+        raise APIError(400, 'invalid value for "license": expected a string or an array of strings')
     for text in [license_] if isinstance(license_, str) else (license_ or []):
         if not isinstance(text, str):
             raise APIError(400, 'invalid value for "license": expected a string or an array of strings')

@@ -13,6 +13,7 @@ log = logging.getLogger(__name__)
 DEFAULT_PORT = 11434
 DEFAULT_KEEP_ALIVE = 5 * 60.0
 FOREVER = math.inf  # a negative keep_alive: never unload
+MAX_KEEP_ALIVE = 100 * 365 * 86400.0  # seconds; anything longer is forever
 
 
 def env(name: str) -> str:
@@ -125,7 +126,8 @@ def parse_keep_alive(value: object) -> float:
         raise ValueError(f"invalid keep_alive {value!r}: give seconds or a duration such as \"5m\"")  # noqa: TRY004 - a 400 to the client
     if math.isnan(seconds):
         raise ValueError("invalid keep_alive: NaN")
-    return FOREVER if seconds < 0 else seconds
+    # Past what a timer and a date can hold (Go's Duration overflows there too): forever.
+    return FOREVER if seconds < 0 or seconds > MAX_KEEP_ALIVE else seconds
 
 
 def _env_int(name: str, default: int) -> int:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import random
 import struct
 import time
@@ -29,8 +28,11 @@ from pollama.server.errors import APIError
 from pollama.server.generate import Completion, embed, in_thread, run_completion
 from pollama.server.http import (
     EventStream,
+    field,
     json_bytes,
     json_response,
+    json_type,
+    loads_checked,
     primed,
     read_json,
     unless_disconnected,
@@ -81,6 +83,63 @@ def openai_options(body: dict[str, Any], *, completions: bool = False) -> dict[s
         if value is not None:
             options[name] = int(value) if name == "seed" else value
     return options
+
+
+# The JSON type of each field OpenAI's API (and Ollama's OpenAI layer, whose Go structs refuse
+# a value of another type) takes on each endpoint; null is the same as absent. A tuple: any of them.
+_COMMON_FIELDS: dict[str, Any] = {
+    "model": str, "user": str, "logit_bias": dict,
+}
+_GENERATION_FIELDS: dict[str, Any] = {
+    **_COMMON_FIELDS,
+    "stream": bool, "stream_options": dict, "max_tokens": int, "max_completion_tokens": int,
+    "temperature": float, "top_p": float, "frequency_penalty": float, "presence_penalty": float,
+    "seed": int, "n": int, "stop": (str, list), "_debug_render_only": bool,
+}
+_FIELDS: dict[str, dict[str, Any]] = {
+    "chat": {
+        **_GENERATION_FIELDS,
+        "messages": list, "response_format": dict, "tools": list, "tool_choice": (str, dict),
+        "parallel_tool_calls": bool, "logprobs": bool, "top_logprobs": int, "reasoning_effort": str,
+        "reasoning": dict,
+    },
+    "completions": {
+        **_GENERATION_FIELDS,
+        "prompt": (str, list), "suffix": str, "logprobs": int, "echo": bool, "best_of": int,
+    },
+    "embeddings": {
+        **_COMMON_FIELDS,
+        "input": (str, list), "encoding_format": str, "dimensions": int,
+    },
+}
+_KIND_NAMES = {str: "a string", bool: "a boolean", int: "an integer", float: "a number", list: "an array",
+               dict: "an object"}
+
+
+def check_field_types(body: dict[str, Any], endpoint: str) -> None:
+    """400 (OpenAI's shape, from the app's handler) naming the first field of a wrong JSON type."""
+    for name, kinds in _FIELDS[endpoint].items():
+        value = body.get(name)
+        if value is None:
+            continue
+        for kind in kinds if isinstance(kinds, tuple) else (kinds,):
+            try:
+                field(body, name, kind)
+            except APIError:
+                continue
+            break
+        else:
+            wanted = " or ".join(_KIND_NAMES[k] for k in (kinds if isinstance(kinds, tuple) else (kinds,)))
+            raise APIError(400, f'invalid value for "{name}": expected {wanted}, got {json_type(value)}')
+    options = body.get("stream_options")
+    if isinstance(options, dict) and options.get("include_usage") is not None \
+            and not isinstance(options["include_usage"], bool):
+        raise APIError(400, 'invalid value for "stream_options.include_usage": expected a boolean, '
+                            f'got {json_type(options["include_usage"])}')
+    for name in ("max_tokens", "max_completion_tokens", "n", "best_of", "dimensions", "top_logprobs"):
+        value = body.get(name)
+        if value is not None and value < 0:
+            raise APIError(400, f'invalid value for "{name}": must not be negative')
 
 
 def _refuse(body: dict[str, Any]) -> None:
@@ -156,8 +215,10 @@ def _tool_calls_from_openai(i: int, calls: Any) -> list[dict[str, Any]]:
             raise APIError(400, "invalid tool call arguments")
         arguments = function.get("arguments")
         try:
-            parsed = json.loads(arguments) if isinstance(arguments, str) else arguments
-        except ValueError:
+            parsed = loads_checked(arguments, "tool call arguments") if isinstance(arguments, str) else arguments
+        except APIError as e:
+            if "nested" in e.message or "surrogate" in e.message:
+                raise
             parsed = None
         if not isinstance(parsed, dict):
             raise APIError(400, "invalid tool call arguments")
@@ -337,6 +398,7 @@ def add_openai_routes(app: FastAPI, state) -> None:
         from pollama.server.app import ChatRequest, debug_info
 
         body = await read_json(request)
+        check_field_types(body, "chat")
         _refuse(body)
         raw_messages = body.get("messages")
         if not isinstance(raw_messages, list) or not raw_messages:
@@ -449,6 +511,7 @@ def add_openai_routes(app: FastAPI, state) -> None:
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
         body = await read_json(request)
+        check_field_types(body, "completions")
         _refuse(body)
         prompt = body.get("prompt")
         if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
@@ -501,6 +564,7 @@ def add_openai_routes(app: FastAPI, state) -> None:
     @app.post("/v1/embeddings")
     async def embeddings(request: Request) -> Response:
         body = await read_json(request)
+        check_field_types(body, "embeddings")
         texts = body.get("input")
         if isinstance(texts, str):
             texts = [texts]

@@ -114,7 +114,7 @@ def _error_text(response: httpx.Response) -> str:
     try:
         errors = json.loads(body).get("errors") or []
         text = "; ".join(str(e.get("message") or e.get("code")) for e in errors if isinstance(e, dict))
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, TypeError, RecursionError):
         text = body.decode("utf-8", "replace")
     return " ".join(text.split())[:300]
 
@@ -358,7 +358,7 @@ class RegistryClient:
         try:
             body = json.loads(data)
             token = body.get("token") or body.get("access_token")
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             token = None
         if not isinstance(token, str) or not token or not token.isprintable():
             raise RegistryError(f"{what}: token server {url.host} sent no token")

@@ -74,7 +74,7 @@ class Part:
         try:
             obj = json.loads(data)
             values = [obj[k] for k in ("N", "Offset", "Size", "Completed")]
-        except (ValueError, TypeError, KeyError):
+        except (ValueError, TypeError, KeyError, RecursionError):
             return None
         if not all(type(v) is int and v >= 0 for v in values) or values[3] > values[2]:
             return None

@@ -219,7 +219,7 @@ class BlobVerifier:
                 for path, entry in entries.items()
                 if isinstance(entry, list) and len(entry) == 5 and is_digest(entry[4])
             }
-        except (OSError, ValueError, AttributeError):
+        except (OSError, ValueError, AttributeError, TypeError, RecursionError):
             return {}  # no cache or a broken one: it is only a cache
 
     def _load(self) -> None:

@@ -289,6 +289,9 @@ def test_bad_names(build):
     assert "tensor #0 has an empty name" in open_fails(build(b))
     b = Build(tensors=[Tensor("n" * 64, (8,), 0, 0)], data=b"\0" * 32)
     assert "name of tensor #0 has length 64, over the limit of 63 bytes" in open_fails(build(b))
+    # A tensor name is text handed to ggml and looked up by models: not UTF-8 is refused.
+    b = Build(tensors=[Tensor(b"blk.0\xff.weight", (8,), 0, 0)], data=b"\0" * 32)
+    assert "the name of tensor #0 is not valid UTF-8: b'blk.0\\xff.weight'" in open_fails(build(b))
 
 
 def test_not_a_file(tmp_path):
