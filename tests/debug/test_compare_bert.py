@@ -10,8 +10,8 @@ from pollama.debug.compare import compare_model
 from pollama.models.bert import model as bert_model
 from pollama.models.bert.convert import convert
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+import torch  # noqa: E402
+import transformers  # noqa: E402
 
 PROMPT_WORDS = "the quick brown fox"
 

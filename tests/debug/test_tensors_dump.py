@@ -15,7 +15,7 @@ from models.llama.test_convert import smollm
 
 from pollama.cli.models import cmd_tensors
 
-torch = pytest.importorskip("torch")
+import torch  # noqa: E402
 
 
 def seed_snippet_graph(path) -> list[dict]:

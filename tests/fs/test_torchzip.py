@@ -11,7 +11,7 @@ import pytest
 
 from pollama.fs.torchzip import CheckpointError, TorchCheckpoint
 
-torch = pytest.importorskip("torch")
+import torch  # noqa: E402
 
 
 def test_values_shapes_and_dtypes_equal_torch_load(tmp_path):

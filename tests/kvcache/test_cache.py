@@ -132,7 +132,6 @@ def test_gemma3_window_cache_equals_keeping_every_cell():
     On the float32 torch backend: ggml's 8-bit activation quantization turns any reordering
     of the cells into ~1 logit of noise, which would hide a wrong eviction.
     """
-    pytest.importorskip("torch")
     from pollama.fs.gguf import GGUFFile
     from pollama.ml.torch.backend import TorchBackend
     from pollama.models.base import load_model

@@ -47,7 +47,6 @@ def test_prefix_is_reused_and_only_new_tokens_are_evaluated(engine):
 
 def test_prefix_reuse_gives_the_same_logits_as_a_fresh_prompt():
     """On the float32 reference backend, where batch shapes do not change rounding."""
-    pytest.importorskip("torch")
     with Engine(real_model("smollm2"), backend="torch", num_ctx=128) as e:
         a = e.tokenizer.encode("One, two, three, four")
         b = e.tokenizer.encode("One, two, three, five, six")

@@ -51,7 +51,7 @@ def test_interactive_run_through_a_pseudo_terminal(server, tmp_path):
     import os
     import sys
 
-    pexpect = __import__("pytest").importorskip("pexpect")
+    import pexpect
     env = {**os.environ, "OLLAMA_HOST": server.host, "HOME": str(tmp_path), "TERM": "dumb"}
     child = pexpect.spawn(sys.executable, ["-m", "pollama.cli.main", "run", "smollm2", "--temperature", "0",
                                            "--num-predict", "4"], env=env, encoding="utf-8", timeout=120)

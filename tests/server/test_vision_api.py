@@ -14,8 +14,8 @@ from models.tinyhf import convert, save_tiny, transformers
 from pollama.runner.engine import Engine
 from pollama.runner.generation import Done, GenerateOptions
 
-ollama = pytest.importorskip("ollama")
-openai = pytest.importorskip("openai")
+import ollama  # noqa: E402
+import openai  # noqa: E402
 
 STEPS = 8
 QUESTION = "What is in this picture?"
@@ -116,7 +116,7 @@ def test_interactive_chat_reads_an_image_path(server, vlm, vision_gguf, tmp_path
     import os
     import sys
 
-    pexpect = pytest.importorskip("pexpect")
+    import pexpect
     image = tmp_path / "my picture.png"
     image.write_bytes(_png())
     typed = str(image).replace(" ", "\\ ")

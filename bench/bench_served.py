@@ -1,0 +1,272 @@
+"""Benchmark (not a test): the served path against llama.cpp's own tools, side by side.
+
+    .venv/bin/python bench/bench_served.py single smollm2 [--repeat 3]
+    .venv/bin/python bench/bench_served.py parallel smollm2 [--clients 8 --tokens 64]
+
+`single`: prefill and decode tokens/s of one request through a real `pollama serve`
+(/api/generate, a raw 512-token prompt, 128 decoded tokens; the rates are the response's own
+prompt_eval and eval counts and durations, as `ollama run --verbose` shows them) beside
+llama-bench's pp512 and tg128 on the same GGUF file and thread count.
+
+`parallel`: N clients at once through /v1/completions (streamed, greedy, --tokens each, short
+different prompts) against `pollama serve` with OLLAMA_NUM_PARALLEL=N and against
+`llama-server -np N` (the context N x 2048 on both): the aggregate completion tokens/s over
+the wall time, and the time to first token of a new request sent while the other N-1 decode.
+
+llama.cpp's tools are found in $LLAMACPP_TOOLS (a directory; ../shared/tools/
+build_llamacpp_tools.sh builds them natively, no AMX) or on PATH. The two sides alternate,
+each run in a fresh server, so both see the same machine; medians are printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+THREADS_DEFAULT = 2
+PROMPTS = [
+    "The capital of France is",
+    "Once upon a time, in a land far away,",
+    "def fibonacci(n):",
+    "The three primary colors are",
+    "List of the planets of the solar system:",
+    "import numpy as np\n",
+    "The best way to learn a language is",
+    "In 1969, the first humans",
+]
+
+
+def llamacpp_tool(name: str) -> str | None:
+    directory = os.environ.get("LLAMACPP_TOOLS")
+    if directory and (Path(directory) / name).is_file():
+        return str(Path(directory) / name)
+    return shutil.which(name)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until_up(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            if httpx.get(url, timeout=1).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} did not answer in {timeout} s")
+
+
+class Server:
+    """A pollama serve or llama-server process on a free port, stopped on exit."""
+
+    def __init__(self, side: str, model: str, threads: int, parallel: int = 1, ctx: int = 2048):
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        env = dict(os.environ)
+        if side == "pollama":
+            self.home = tempfile.mkdtemp(prefix="bench-served-")
+            env.update(OLLAMA_HOST=f"127.0.0.1:{self.port}", OLLAMA_MODELS=self.home, OLLAMA_NUM_PARALLEL=str(parallel),
+                       OLLAMA_KEEP_ALIVE="10m", POLLAMA_CACHE=env.get("POLLAMA_CACHE", ""))
+            if not env["POLLAMA_CACHE"]:
+                del env["POLLAMA_CACHE"]
+            cmd = [sys.executable, "-m", "pollama.cli.main", "serve"]
+            self.health = self.base + "/api/version"
+        else:
+            self.home = None
+            cmd = [llamacpp_tool("llama-server"), "-m", model, "-t", str(threads), "-tb", str(threads),
+                   "--host", "127.0.0.1", "--port", str(self.port), "-np", str(parallel), "-c", str(ctx * parallel),
+                   "--no-webui", "-lv", "0"]
+            self.health = self.base + "/health"
+        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     start_new_session=True)
+        wait_until_up(self.health, self.proc)
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        if self.home:
+            shutil.rmtree(self.home, ignore_errors=True)
+
+
+# -- single stream ------------------------------------------------------------------------
+def prompt_of(model_path: str, n: int, salt: int) -> str:
+    """Text of exactly n tokens (the model's own tokenizer), different for each salt so that
+    no run reuses a cached prefix."""
+    from pollama.fs.gguf import GGUFFile
+    from pollama.tokenizer import load_tokenizer
+
+    with GGUFFile(model_path) as gguf:
+        tok = load_tokenizer(gguf.metadata)
+    text = (
+        f"Note {salt}. The quick brown fox jumps over the lazy dog. A journey of a thousand miles begins "
+        "with a single step. Knowledge is power, and the pen is mightier than the sword. "
+    )
+    ids = tok.encode(text * (1 + n // 20), add_special=False, parse_special=False)[:n]
+    return tok.decode(ids)
+
+
+def pollama_single(model: str, name: str, threads: int, salt: int) -> dict:
+    options = {"num_thread": threads, "num_ctx": 2048, "num_batch": 512, "temperature": 0, "num_predict": 128}
+    with Server("pollama", model, threads) as server:
+        client = httpx.Client(base_url=server.base, timeout=600)
+        warm = client.post("/api/generate", json={"model": name, "prompt": "Hello", "raw": True, "options": options, "stream": False})
+        warm.raise_for_status()
+        reply = client.post("/api/generate", json={
+            "model": name, "prompt": prompt_of(model, 512, salt), "raw": True, "options": options, "stream": False,
+        }).json()
+    return {
+        "prefill": reply["prompt_eval_count"] / reply["prompt_eval_duration"] * 1e9,
+        "decode": reply["eval_count"] / reply["eval_duration"] * 1e9,
+        "prompt_tokens": reply["prompt_eval_count"], "decoded": reply["eval_count"],
+    }
+
+
+def llama_bench(model: str, threads: int) -> dict:
+    out = subprocess.run([llamacpp_tool("llama-bench"), "-m", model, "-t", str(threads), "-p", "512", "-n", "128",
+                          "-r", "1", "-o", "json"], capture_output=True, text=True, check=True)
+    rows = json.loads(out.stdout)
+    result = {}
+    for row in rows:
+        key = "prefill" if row["n_prompt"] else "decode"
+        result[key] = row["avg_ts"]
+        result["build"] = f"{row.get('build_commit', '?')} ({row.get('cpu_info', '?')}, flash_attn={row.get('flash_attn')})"
+    return result
+
+
+def single(args, model: str) -> None:
+    sides = {"pollama": [], "llama-bench": []}
+    for i in range(args.repeat):
+        sides["pollama"].append(pollama_single(model, args.model, args.threads, i))
+        if llamacpp_tool("llama-bench"):
+            sides["llama-bench"].append(llama_bench(model, args.threads))
+    print(f"{args.model}: {args.threads} threads, pp512 / tg128, median of {args.repeat}")
+    for side, runs in sides.items():
+        if not runs:
+            print(f"{side:12} (not on PATH or in $LLAMACPP_TOOLS)")
+            continue
+        pre = statistics.median(r["prefill"] for r in runs)
+        dec = statistics.median(r["decode"] for r in runs)
+        extra = runs[0].get("build", "")
+        print(f"{side:12} prefill {pre:7.1f} tok/s   decode {dec:6.1f} tok/s   {extra}")
+    if sides["llama-bench"]:
+        ratio = lambda k: statistics.median(r[k] for r in sides["pollama"]) / statistics.median(r[k] for r in sides["llama-bench"])
+        print(f"{'ratio':12} prefill {ratio('prefill'):7.2f}x        decode {ratio('decode'):6.2f}x")
+
+
+# -- concurrent clients -------------------------------------------------------------------
+def stream_completion(base: str, model: str, prompt: str, tokens: int) -> tuple[float, float, int]:
+    """(seconds to the first token, seconds to the end, completion tokens) of one streamed request."""
+    body = {"model": model, "prompt": prompt, "max_tokens": tokens, "temperature": 0, "stream": True,
+            "stream_options": {"include_usage": True}}
+    start = time.perf_counter()
+    first = None
+    count = 0
+    with httpx.stream("POST", base + "/v1/completions", json=body, timeout=600) as reply:
+        reply.raise_for_status()
+        for line in reply.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("choices") and chunk["choices"][0].get("text"):
+                if first is None:
+                    first = time.perf_counter() - start
+                count += 1
+            if chunk.get("usage"):
+                count = chunk["usage"]["completion_tokens"]
+            if chunk.get("timings"):  # llama-server's own count
+                count = chunk["timings"].get("predicted_n", count)
+    return first or 0.0, time.perf_counter() - start, count
+
+
+def concurrent_run(base: str, name: str, clients: int, tokens: int) -> dict:
+    # Warm up (weights paged in, graphs built) with one short request.
+    stream_completion(base, name, "Hello", 4)
+    results: list = [None] * clients
+    started = threading.Barrier(clients)
+
+    def client(i: int) -> None:
+        started.wait()
+        results[i] = stream_completion(base, name, PROMPTS[i % len(PROMPTS)], tokens)
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    aggregate = sum(r[2] for r in results) / wall
+
+    # Time to first token of a new request while the others decode.
+    others = [threading.Thread(target=stream_completion, args=(base, name, PROMPTS[i % len(PROMPTS)] + " And", tokens))
+              for i in range(clients - 1)]
+    for t in others:
+        t.start()
+    time.sleep(1.0)  # they are decoding by now
+    ttft, _, _ = stream_completion(base, name, "Question: why is the sky blue? Answer:", 8)
+    for t in others:
+        t.join()
+    return {"aggregate": aggregate, "ttft": ttft}
+
+
+def parallel(args, model: str) -> None:
+    sides = {"pollama": [], "llama-server": []}
+    for _ in range(args.repeat):
+        with Server("pollama", model, args.threads, parallel=args.clients) as server:
+            sides["pollama"].append(concurrent_run(server.base, args.model, args.clients, args.tokens))
+        if llamacpp_tool("llama-server"):
+            with Server("llama-server", model, args.threads, parallel=args.clients) as server:
+                sides["llama-server"].append(concurrent_run(server.base, args.model, args.clients, args.tokens))
+    print(f"{args.model}: {args.clients} clients x {args.tokens} tokens, /v1/completions, {args.threads} threads, median of {args.repeat}")
+    for side, runs in sides.items():
+        if not runs:
+            print(f"{side:13} (not on PATH or in $LLAMACPP_TOOLS)")
+            continue
+        agg = statistics.median(r["aggregate"] for r in runs)
+        ttft = statistics.median(r["ttft"] for r in runs)
+        print(f"{side:13} aggregate {agg:6.1f} tok/s   first token while {args.clients - 1} decode {ttft * 1000:6.0f} ms")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("mode", choices=["single", "parallel"])
+    parser.add_argument("model", help="an embedded model name (smollm2, gemma3-270m, qwen2.5-coder-0.5b) or a GGUF path")
+    parser.add_argument("--threads", type=int, default=THREADS_DEFAULT)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--tokens", type=int, default=64)
+    args = parser.parse_args()
+    from pollama.cli.main import resolve_model
+
+    model = str(resolve_model(args.model))
+    (single if args.mode == "single" else parallel)(args, model)
+
+
+if __name__ == "__main__":
+    main()
