@@ -8,11 +8,11 @@ Each measurement runs in a fresh process (so peak RSS is that side's alone), the
 alternate (so both see the same machine load), and medians are reported. Both sides get the
 same prompt token ids and decode greedily for a fixed number of tokens, ignoring EOS.
 
-For a fair comparison, llama-cpp-python must be built with the CPU features pollama's ggml has
-(setup.sh's CMAKE_ARGS; AVX2, no AVX-512/AMX), e.g.:
-    CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON" \
+For a fair comparison, llama-cpp-python must be built as setup.sh builds pollama's ggml (the
+CPU's native features, no AMX code), and never into pip's cache:
     CFLAGS="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16" CXXFLAGS="$CFLAGS" \
     .venv/bin/pip install --no-cache-dir llama-cpp-python==0.3.36
+bench_served.py compares the served path against llama.cpp's own tools instead.
 """
 
 from __future__ import annotations

@@ -3,10 +3,11 @@
     .venv/bin/python bench/bench_served.py single smollm2 [--repeat 3]
     .venv/bin/python bench/bench_served.py parallel smollm2 [--clients 8 --tokens 64]
 
-`single`: prefill and decode tokens/s of one request through a real `pollama serve`
-(/api/generate, a raw 512-token prompt, 128 decoded tokens; the rates are the response's own
-prompt_eval and eval counts and durations, as `ollama run --verbose` shows them) beside
-llama-bench's pp512 and tg128 on the same GGUF file and thread count.
+`single`: prefill and decode tokens/s through a real `pollama serve` (/api/generate, raw
+prompts: one of 512 tokens, then 128 tokens decoded after a short one, as llama-bench's pp512
+and tg128; the rates are the responses' own prompt_eval and eval counts and durations, as
+`ollama run --verbose` shows them) beside llama-bench's pp512 and tg128 on the same GGUF file
+and thread count (its defaults otherwise: flash attention auto, f16 K/V).
 
 `parallel`: N clients at once through /v1/completions (streamed, greedy, --tokens each, short
 different prompts) against `pollama serve` with OLLAMA_NUM_PARALLEL=N and against
@@ -132,18 +133,28 @@ def prompt_of(model_path: str, n: int, salt: int) -> str:
 
 
 def pollama_single(model: str, name: str, threads: int, salt: int) -> dict:
-    options = {"num_thread": threads, "num_ctx": 2048, "num_batch": 512, "temperature": 0, "num_predict": 128}
+    """pp512 and tg128 as llama-bench measures them, through the server: a 512-token prompt
+    (one token generated), then 128 tokens decoded after a short prompt (a count, which a
+    model continues rather than ending)."""
+    options = {"num_thread": threads, "num_ctx": 2048, "num_batch": 512, "temperature": 0}
     with Server("pollama", model, threads) as server:
         client = httpx.Client(base_url=server.base, timeout=600)
-        warm = client.post("/api/generate", json={"model": name, "prompt": "Hello", "raw": True, "options": options, "stream": False})
-        warm.raise_for_status()
-        reply = client.post("/api/generate", json={
-            "model": name, "prompt": prompt_of(model, 512, salt), "raw": True, "options": options, "stream": False,
-        }).json()
+
+        def generate(prompt: str, num_predict: int) -> dict:
+            reply = client.post("/api/generate", json={
+                "model": name, "prompt": prompt, "raw": True, "stream": False,
+                "options": {**options, "num_predict": num_predict},
+            })
+            reply.raise_for_status()
+            return reply.json()
+
+        generate("Hello", 2)  # load the model, page in its weights
+        prefill = generate(prompt_of(model, 512, salt), 1)
+        decode = generate(f"{salt}, {salt + 1}, {salt + 2}, {salt + 3},", 128)
     return {
-        "prefill": reply["prompt_eval_count"] / reply["prompt_eval_duration"] * 1e9,
-        "decode": reply["eval_count"] / reply["eval_duration"] * 1e9,
-        "prompt_tokens": reply["prompt_eval_count"], "decoded": reply["eval_count"],
+        "prefill": prefill["prompt_eval_count"] / prefill["prompt_eval_duration"] * 1e9,
+        "decode": decode["eval_count"] / decode["eval_duration"] * 1e9,
+        "prompt_tokens": prefill["prompt_eval_count"], "decoded": decode["eval_count"],
     }
 
 

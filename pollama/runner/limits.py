@@ -75,8 +75,11 @@ def context_memory(*, n_layers: int, k_width: int, v_width: int, n_heads: int, n
 
 
 def flash_attention_default() -> bool:
-    """OLLAMA_FLASH_ATTENTION, as Ollama reads it (off unless set to a true value)."""
-    return os.environ.get("OLLAMA_FLASH_ATTENTION", "").strip().lower() in ("1", "true", "yes", "on")
+    """OLLAMA_FLASH_ATTENTION: unset means on, as llama.cpp's "auto" is on the CPU (ggml's fused
+    kernel: prefill 10-30% faster, decode at least as fast, no score matrix in memory); a false
+    value ("0", "false", "no", "off") turns it off, for llama.cpp's other path op for op."""
+    value = os.environ.get("OLLAMA_FLASH_ATTENTION", "").strip().lower()
+    return value not in ("0", "false", "no", "off")
 
 
 def _cgroup_memory() -> tuple[int | None, int | None]:

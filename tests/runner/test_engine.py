@@ -64,7 +64,7 @@ def test_stop_string_and_eos(engine):
     text, done = run(engine, prompt, num_predict=30, stop=[", 7"])
     assert done.done_reason == "stop" and text == " 5, 6"
     # An end-of-generation token ends the answer without appearing in it.
-    chat = engine.tokenizer.encode("<|im_start|>user\nSay hi<|im_end|>\n<|im_start|>assistant\n")
+    chat = engine.tokenizer.encode("<|im_start|>user\nReply with one word: yes or no.<|im_end|>\n<|im_start|>assistant\n")
     text, done = run(engine, chat, num_predict=64)
     assert done.done_reason == "stop" and done.eval_count < 64
     assert "<|im_end|>" not in text and done.tokens[-1] not in engine.tokenizer.eog_ids

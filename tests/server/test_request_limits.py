@@ -382,7 +382,11 @@ def test_a_huge_num_ctx_on_a_model_without_a_context_length_is_refused(smollm2_r
     with pytest.raises(APIError) as e:
         request_options(model, {"num_ctx": 1 << 20}, config)  # 48 GiB of KV cache, and attention
     assert e.value.status == 400 and '"num_ctx"' in e.value.message and "GiB" in e.value.message
-    with pytest.raises(APIError):  # num_batch's attention scores are the other half
+    # Without flash attention, num_batch's attention scores are the other half; flash
+    # attention (the default) keeps no score matrix.
+    assert request_options(model, {"num_ctx": 32768, "num_batch": 32768}, config).spec.num_ctx == 32768
+    monkeypatch.setenv("OLLAMA_FLASH_ATTENTION", "0")
+    with pytest.raises(APIError):
         request_options(model, {"num_ctx": 32768, "num_batch": 32768}, config)
     assert request_options(model, {"num_ctx": 32768}, config).spec.num_ctx == 32768  # 3 GiB: fine
 
