@@ -10,7 +10,7 @@ and tg128; the rates are the responses' own prompt_eval and eval counts and dura
 and thread count (its defaults otherwise: flash attention auto, f16 K/V).
 
 `parallel`: N clients at once through /v1/completions (streamed, greedy, --tokens each, short
-different prompts) against `pollama serve` with OLLAMA_NUM_PARALLEL=N and against
+different prompts that every model continues) against `pollama serve` with OLLAMA_NUM_PARALLEL=N and against
 `llama-server -np N` (the context N x 2048 on both): the aggregate completion tokens/s over
 the wall time, and the time to first token of a new request sent while the other N-1 decode.
 
@@ -38,16 +38,9 @@ from pathlib import Path
 import httpx
 
 THREADS_DEFAULT = 2
-PROMPTS = [
-    "The capital of France is",
-    "Once upon a time, in a land far away,",
-    "def fibonacci(n):",
-    "The three primary colors are",
-    "List of the planets of the solar system:",
-    "import numpy as np\n",
-    "The best way to learn a language is",
-    "In 1969, the first humans",
-]
+# Counts, which every model continues past the tokens asked for on both sides (a question
+# may end at once on one side and not the other, and then the two do different work).
+PROMPTS = [f"{n}, {n + 1}, {n + 2}, {n + 3}," for n in range(100, 1700, 200)]
 
 
 def llamacpp_tool(name: str) -> str | None:
@@ -215,15 +208,14 @@ def stream_completion(base: str, model: str, prompt: str, tokens: int) -> tuple[
     return first or 0.0, time.perf_counter() - start, count
 
 
-def concurrent_run(base: str, name: str, clients: int, tokens: int) -> dict:
-    # Warm up (weights paged in, graphs built) with one short request.
-    stream_completion(base, name, "Hello", 4)
+def all_at_once(base: str, name: str, clients: int, tokens: int, salt: str = "") -> float:
+    """Completion tokens per second of wall time for `clients` requests sent together."""
     results: list = [None] * clients
     started = threading.Barrier(clients)
 
     def client(i: int) -> None:
         started.wait()
-        results[i] = stream_completion(base, name, PROMPTS[i % len(PROMPTS)], tokens)
+        results[i] = stream_completion(base, name, salt + PROMPTS[i % len(PROMPTS)], tokens)
 
     t0 = time.perf_counter()
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
@@ -231,16 +223,22 @@ def concurrent_run(base: str, name: str, clients: int, tokens: int) -> dict:
         t.start()
     for t in threads:
         t.join()
-    wall = time.perf_counter() - t0
-    aggregate = sum(r[2] for r in results) / wall
+    return sum(r[2] for r in results) / (time.perf_counter() - t0)
+
+
+def concurrent_run(base: str, name: str, clients: int, tokens: int) -> dict:
+    # Steady state: an untimed round first (weights paged in; pollama builds its step graphs
+    # for these batch shapes once, llama-server fills its slots), with other prompts.
+    all_at_once(base, name, clients, 8, salt="0")
+    aggregate = all_at_once(base, name, clients, tokens)
 
     # Time to first token of a new request while the others decode.
-    others = [threading.Thread(target=stream_completion, args=(base, name, PROMPTS[i % len(PROMPTS)] + " And", tokens))
+    others = [threading.Thread(target=stream_completion, args=(base, name, " " + PROMPTS[i % len(PROMPTS)], tokens))
               for i in range(clients - 1)]
     for t in others:
         t.start()
     time.sleep(1.0)  # they are decoding by now
-    ttft, _, _ = stream_completion(base, name, "Question: why is the sky blue? Answer:", 8)
+    ttft, _, _ = stream_completion(base, name, "7, 8, 9, 10,", 8)
     for t in others:
         t.join()
     return {"aggregate": aggregate, "ttft": ttft}

@@ -19,6 +19,11 @@ from pollama.ml.base import Backend, Context, Tensor
 
 
 N_KV_PAD = 32
+# With flash attention, which skips masked cells, attention reads cells in steps of this many
+# (as llama.cpp pads its cache for it): a decode step's graph then stays the same, and is
+# reused, for 256 cells of growth rather than 32, which with 8 sequences decoding together
+# would otherwise mean a new graph (milliseconds of Python) every fourth step.
+N_KV_PAD_FLASH = 256
 
 
 def pages_for(n_tokens: int) -> int:
@@ -268,12 +273,14 @@ class KVCache:
     def plan(self, batch: Batch) -> StepPlan:
         """Claim cells for a batch and work out its mask (no graph yet)."""
         cells = self.allocate(batch)
-        # Attend over the used cells rounded up to a multiple of N_KV_PAD, as llama.cpp does:
-        # the masked extra cells change nothing mathematically, but the dot products then run
-        # the same SIMD path (and summation order) as llama.cpp's, so logits match it exactly;
-        # and a decode step's graph stays the same for N_KV_PAD steps, so it can be reused.
+        # Attend over the used cells rounded up to a multiple of N_KV_PAD, as llama.cpp does
+        # without flash attention: the masked extra cells change nothing mathematically, but
+        # the dot products then run the same SIMD path (and summation order) as llama.cpp's, so
+        # logits match it exactly; and a decode step's graph stays the same for N_KV_PAD
+        # steps, so it can be reused (N_KV_PAD_FLASH with flash attention).
         used = int(np.flatnonzero(self.cell_pos >= 0).max()) + 1
-        n_kv = min(self.n_cells, -(-used // N_KV_PAD) * N_KV_PAD)
+        pad = N_KV_PAD_FLASH if self.v_rows else N_KV_PAD
+        n_kv = min(self.n_cells, -(-used // pad) * pad)
         return StepPlan(cells, self.mask(batch, n_kv), n_kv, batch.sequence_runs())
 
     def bind(self, ctx: Context, plan: StepPlan, prefix: str = "cache") -> None:

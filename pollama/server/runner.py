@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import shutil
 import signal
 import sys
@@ -90,8 +91,11 @@ class RunnerProcess:
             cmd += ["--num-thread", str(spec.num_thread)]
         if spec.kv_cache_type:
             cmd += ["--kv-cache-type", spec.kv_cache_type]
+        # ggml's threads own the cores; numpy's OpenBLAS threads, which spin after any BLAS
+        # call, would steal them from ggml's barriers (numpy reads this once, at import).
+        env = {"OPENBLAS_NUM_THREADS": "1", **os.environ}
         self.proc = await asyncio.create_subprocess_exec(
-            *cmd, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=None, limit=1 << 20,
+            *cmd, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=None, limit=1 << 20, env=env,
         )
         log.info("runner for %s started (pid %d)", self.name, self.proc.pid)
         try:
