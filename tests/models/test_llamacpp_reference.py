@@ -8,7 +8,7 @@ a child process on the portable libraries.
 
 The native build (what pollama runs) uses other kernels for the quantized matmuls (AVX-512
 VNNI dot products over differently quantized activations), as a llama.cpp built natively
-would: logits move by up to 0.87 and a greedy choice may differ at a near-tie, a step where
+would: logits move by up to 1.11 and a greedy choice may differ at a near-tie, a step where
 llama.cpp's own top two logits are closer than NEAR_TIE; after it nothing more can be compared.
 """
 
@@ -29,8 +29,10 @@ from pollama.sample import SamplerOptions
 # Measured on the native build: the widest llama.cpp top-2 gap where our greedy choice
 # differs is 0.089 (Qwen2.5, "The capital of France is", step 2).
 NEAR_TIE = 0.15
-# Measured on the native AVX-512 build: worst top-5 logit difference per prompt 0.18-0.87.
-LOGIT_TOLERANCE = 1.0
+# Measured on the native AVX-512 build: worst top-5 logit difference per prompt 0.18-0.87
+# with attention reading cells in blocks of 32, up to 1.11 (Gemma 3; two of its four prompts
+# closer, two further) in blocks of 64 (kvcache KV_READ_PAD): native rounding, either way.
+LOGIT_TOLERANCE = 1.25
 # The reference records logits to 4 decimals, so an exact match is within 5e-5 of it.
 EXACT_TOLERANCE = 1e-4
 GREEDY = SamplerOptions(temperature=0.0, repeat_penalty=1.0)
@@ -124,7 +126,9 @@ def test_portable_build_is_exact(model, llamacpp_reference):
     every prompt and greedy decoding gives llama.cpp's tokens, every one."""
     assert (PORTABLE_LIB_DIR / "BUILD").is_file(), f"no portable ggml build in {PORTABLE_LIB_DIR}: run ./setup.sh --test"
     tests_dir = str(Path(__file__).resolve().parents[1])
-    env = dict(os.environ, POLLAMA_GGML_LIB_DIR=str(PORTABLE_LIB_DIR), PYTHONPATH=tests_dir)
+    # The checkout's own pollama (a worktree's, not the one the venv was installed from).
+    env = dict(os.environ, POLLAMA_GGML_LIB_DIR=str(PORTABLE_LIB_DIR),
+               PYTHONPATH=os.pathsep.join([tests_dir, str(Path(tests_dir).parent)]))
     proc = subprocess.run(
         [sys.executable, __file__, model], env=env, capture_output=True, text=True, timeout=600,
     )
