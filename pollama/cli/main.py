@@ -77,6 +77,11 @@ def print_timings(done, total_ns: int, load_ns: int) -> None:
     print(f"eval count:           {get('eval_count')} token(s)", file=err)
     print(f"eval duration:        {_format_duration(get('eval_duration'))}", file=err)
     print(f"eval rate:            {rate(get('eval_count'), get('eval_duration'))}", file=err)
+    # pollama's own line: how many of the speculative draft tokens the model agreed with.
+    drafted = done.get("draft_count", 0) if isinstance(done, dict) else getattr(done, "draft_count", 0)
+    if drafted:
+        accepted = done.get("draft_accepted_count", 0) if isinstance(done, dict) else done.draft_accepted_count
+        print(f"draft accept rate:    {accepted / drafted:.2%} ({accepted} of {drafted} draft tokens)", file=err)
 
 
 def _run_flags(args: argparse.Namespace) -> dict:
@@ -118,7 +123,9 @@ def run_here(args: argparse.Namespace) -> int:
     something Ollama can run) takes the prompt as raw text: the way to test a file as it is."""
     import time
 
-    from pollama.runner.engine import Done, Engine, GenerateOptions
+    from pollama.runner.generation import Done, GenerateOptions
+    from pollama.runner.parallel import ParallelEngine
+    from pollama.runner.speculative import DEFAULT_DRAFT_NUM_PREDICT
     from pollama.sample import SamplerOptions
 
     started = time.perf_counter_ns()
@@ -128,7 +135,9 @@ def run_here(args: argparse.Namespace) -> int:
     options = {**(stored.params if stored is not None else {}), **_run_flags(args)}
     sampler = SamplerOptions.from_options(options)
     num_ctx = options.get("num_ctx", 4096)
-    with Engine(path, backend=args.backend, num_ctx=num_ctx, num_thread=options.get("num_thread")) as engine:
+    # The served path's engine (one slot), so a run here decodes as the server would.
+    with ParallelEngine(path, backend=args.backend, num_ctx=num_ctx, num_thread=options.get("num_thread")) as served:
+        engine = served.engine
         is_file = Path(args.model).expanduser().is_file()
         images: list[str] = []
         if engine.model.vision:  # image paths in the prompt are read, as Ollama's run does
@@ -141,10 +150,11 @@ def run_here(args: argparse.Namespace) -> int:
             text = "".join(f"[img-{i}]" for i in range(len(images))) + prompt
         else:
             text = _chat_prompt_here(engine, stored, prompt, num_ctx, images)
-        ids = engine.prompt_items(text, [base64.b64decode(image) for image in images])
-        options = GenerateOptions(num_predict=options.get("num_predict", 128), stop=options.get("stop") or (), sampler=sampler)
+        ids = served.prompt_items(text, [base64.b64decode(image) for image in images])
+        options = GenerateOptions(num_predict=options.get("num_predict", 128), stop=options.get("stop") or (), sampler=sampler,
+                                  draft_num_predict=options.get("draft_num_predict", DEFAULT_DRAFT_NUM_PREDICT))
         done = None
-        for event in engine.generate(ids, options):
+        for event in served.submit(ids, options):
             if isinstance(event, Done):
                 done = event
             else:

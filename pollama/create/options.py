@@ -1,7 +1,9 @@
 """Ollama's model options (`api.Options` and `api.Runner` JSON names) and PARAMETER values.
 
-The set is the engine-era one (`api/types.go` at f63eea3d2, see ollama-facts.md §1.2).
-HEAD later added `draft_num_predict` and made `main_gpu` a pointer; neither is here.
+The set is the engine-era one (`api/types.go` at f63eea3d2, see ollama-facts.md §1.2), plus
+HEAD's `draft_num_predict` (HEAD also made `main_gpu` a pointer; not here). Ollama's drafts
+come from a second model and the option is load-time; pollama's come from prompt lookup
+(runner/speculative.py) and it is read per request.
 
 A Modelfile `PARAMETER name value` is typed the way Ollama's `api.FormatParams` types it:
 ints with `strconv.ParseInt(s, 10, 64)`, floats with `strconv.ParseFloat(s, 32)` (so a
@@ -51,6 +53,9 @@ OPTIONS: dict[str, Option] = {
         Option("presence_penalty", float, 0.0),
         Option("frequency_penalty", float, 0.0),
         Option("stop", list, []),
+        # Speculative decoding: the most draft tokens a step (greedy requests; 0 = off).
+        # POLLAMA_DRAFT_NUM_PREDICT sets the server's default; HEAD's default is 4.
+        Option("draft_num_predict", int, 10),
         # api.Runner: fixed when the model is loaded.
         Option("num_ctx", int, None, load_time=True),  # OLLAMA_CONTEXT_LENGTH or a VRAM tier
         Option("num_batch", int, 512, load_time=True),

@@ -9,6 +9,7 @@ one cache and one batch, and any range of positions can be removed.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -19,11 +20,19 @@ from pollama.ml.base import Backend, Context, Tensor
 
 
 N_KV_PAD = 32
-# With flash attention, which skips masked cells, attention reads cells in steps of this many
-# (as llama.cpp pads its cache for it): a decode step's graph then stays the same, and is
-# reused, for 256 cells of growth rather than 32, which with 8 sequences decoding together
-# would otherwise mean a new graph (milliseconds of Python) every fourth step.
-N_KV_PAD_FLASH = 256
+# Attention reads cells [0, n_kv) with n_kv a multiple of this: a multiple of ggml's F16
+# dot-product step on every x86 build (32 with AVX2, 64 with AVX-512). The product of the
+# softmax and V sums each query's row over n_kv cells in SIMD blocks of that step, and the
+# cells past the last whole block in a scalar loop; with n_kv a whole number of blocks, the
+# masked cells past a sequence's end add exact zeros, so how many there are (the cache's
+# other sequences, the rest of a speculative batch) never changes a logit. Pages of 32 on
+# AVX-512 left a scalar tail on every other page: logits moved by ~0.5 with n_kv.
+KV_READ_PAD = 64
+# With flash attention, which skips masked cells, cells are read in blocks of this many (as
+# llama.cpp pads its cache for it): a decode step's graph then stays the same, and is reused,
+# for 256 cells of growth, where 8 sequences decoding together would otherwise need a new
+# graph (milliseconds of Python) every few steps.
+KV_READ_PAD_FLASH = 256
 
 
 def pages_for(n_tokens: int) -> int:
@@ -52,6 +61,11 @@ class Batch:
     rope_positions: np.ndarray | None = None
     visible_until: np.ndarray | None = None
     items: Sequence | None = None
+    # Every row computed as a one-token step of its own would compute it (speculative
+    # verification): one-row matmul kernels and attention row by row, so each row's logits
+    # are bit for bit those of decoding its tokens one at a time. For batches of a few
+    # single-token rows only: a prompt chunk computed this way would be slow.
+    rows_apart: bool = False
 
     @classmethod
     def single(cls, tokens: Sequence[int], start: int, seq: int = 0, all_logits: bool = False) -> Batch:
@@ -89,7 +103,7 @@ class Batch:
 
     def shape_key(self) -> tuple:
         """What, beside sizes, decides the graph a model builds for this batch."""
-        return (self.embeds is not None, self.rope_positions is not None)
+        return (self.embeds is not None, self.rope_positions is not None, self.rows_apart)
 
     def sequence_runs(self) -> tuple[tuple[int, int], ...] | None:
         """(first row, rows) of each run of one sequence's tokens, or None if there is one run."""
@@ -100,6 +114,13 @@ class Batch:
             return None
         ends = starts[1:] + [len(self.seq_ids)]
         return tuple((a, b - a) for a, b in zip(starts, ends))
+
+    def attention_groups(self) -> tuple[tuple[int, int], ...] | None:
+        """(first row, rows) of the query rows attention computes together (see
+        Context.attention): each sequence's run, or each row alone when rows_apart."""
+        if self.rows_apart and len(self.tokens) > 1:
+            return tuple((row, 1) for row in range(len(self.tokens)))
+        return self.sequence_runs()
 
     def bind(self, ctx: Context) -> tuple[Tensor, Tensor, Tensor]:
         """The batch as named inputs of a context: (tokens, positions, outputs); M-RoPE
@@ -123,7 +144,7 @@ class StepPlan:
     cells: np.ndarray  # int32 [t]: the cell each token's K/V goes to
     mask: np.ndarray  # float32 [t, n_kv]
     n_kv: int  # how many cells attention reads
-    groups: tuple[tuple[int, int], ...] | None = None  # rows of each sequence (see Batch.sequence_runs)
+    groups: tuple[tuple[int, int], ...] | None = None  # rows attention computes together (Batch.attention_groups)
 
 
 @dataclass
@@ -151,11 +172,16 @@ class KVCache:
         window: int | None = None,
         dtype: GGMLType = GGMLType.F16,
         page_size: int = N_KV_PAD,
+        read_pad: int | None = None,
     ):
         self.backend = backend
         self.layers = list(layers)
         self.page_size = page_size
-        self.n_cells = n_cells = -(-n_cells // page_size) * page_size
+        if read_pad is None:
+            read_pad = KV_READ_PAD_FLASH if backend.flash_attention else KV_READ_PAD
+        self.read_pad = read_pad
+        whole = math.lcm(page_size, read_pad)  # every n_kv, the cache's whole size too, reads whole blocks
+        self.n_cells = n_cells = -(-n_cells // whole) * whole
         self.window = window
         # As llama.cpp keeps them: K as rows [cells, width]; V transposed [width, cells] so
         # that attention multiplies by it without a copy, or as rows for flash attention.
@@ -273,15 +299,13 @@ class KVCache:
     def plan(self, batch: Batch) -> StepPlan:
         """Claim cells for a batch and work out its mask (no graph yet)."""
         cells = self.allocate(batch)
-        # Attend over the used cells rounded up to a multiple of N_KV_PAD, as llama.cpp does
-        # without flash attention: the masked extra cells change nothing mathematically, but
-        # the dot products then run the same SIMD path (and summation order) as llama.cpp's, so
-        # logits match it exactly; and a decode step's graph stays the same for N_KV_PAD
-        # steps, so it can be reused (N_KV_PAD_FLASH with flash attention).
+        # Attend over the used cells rounded up to a multiple of read_pad (see KV_READ_PAD), as
+        # llama.cpp pads them: the masked extra cells change nothing, and the dot products run
+        # whole SIMD blocks, so logits do not depend on n_kv; and a decode step's graph stays
+        # the same for read_pad steps, so it can be reused.
         used = int(np.flatnonzero(self.cell_pos >= 0).max()) + 1
-        pad = N_KV_PAD_FLASH if self.v_rows else N_KV_PAD
-        n_kv = min(self.n_cells, -(-used // pad) * pad)
-        return StepPlan(cells, self.mask(batch, n_kv), n_kv, batch.sequence_runs())
+        n_kv = min(self.n_cells, -(-used // self.read_pad) * self.read_pad)
+        return StepPlan(cells, self.mask(batch, n_kv), n_kv, batch.attention_groups())
 
     def bind(self, ctx: Context, plan: StepPlan, prefix: str = "cache") -> None:
         """Make a plan's cells and mask inputs of a context, named for rerun()."""
@@ -293,7 +317,7 @@ class KVCache:
         self.bind(ctx, self.plan(batch))
 
     def groups(self, layer: int) -> tuple[tuple[int, int], ...] | None:
-        """The step's rows of each sequence, for attention to keep them apart (see there)."""
+        """The step's query rows attention computes together (see Batch.attention_groups)."""
         return self.step.groups if self.step is not None else None
 
     def update(self, ctx: Context, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:

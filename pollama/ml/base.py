@@ -263,6 +263,11 @@ class Context(ABC):
 
     # Whether rerun() can compute the same graph again with new input data.
     reusable: bool = False
+    # Whether linear() computes each row of its input as a product of its own, with the
+    # kernels a one-row input gets (see Batch.rows_apart). ggml picks other kernels for
+    # several rows (tinyBLAS, repacked gemm), which sum in another order; a backend whose
+    # results do not depend on the number of rows may ignore it.
+    rows_apart: bool = False
     # The debug recorder (None: record() does nothing, and no graph changes), and what this
     # step recorded, by name (made on the first record()).
     recorder: Recorder | None = None
@@ -368,9 +373,10 @@ class Backend(ABC):
         """A persistent tensor filled with zeros (a KV cache)."""
 
     @abstractmethod
-    def context(self, reusable: bool = False) -> Context:
+    def context(self, reusable: bool = False, rows_apart: bool = False) -> Context:
         """A fresh context for one step; `reusable` asks for one that rerun() can compute again
-        (the context then says whether the backend could make it so)."""
+        (the context then says whether the backend could make it so); `rows_apart` makes its
+        matmuls compute row by row (see Context.rows_apart)."""
 
     def close(self) -> None:
         """Release weights and buffers."""

@@ -35,7 +35,7 @@ IMAGE_TAG = re.compile(r"\[img-(\d+)\]")
 
 DEFAULT_NUM_CTX = 4096
 DEFAULT_NUM_BATCH = 512
-MAX_GRAPHS = 4  # compute graphs kept for reuse (decode needs one at a time)
+MAX_GRAPHS = 8  # compute graphs kept for reuse (decode needs one at a time; speculative steps a few sizes)
 MAX_DECODE_BATCH = 16  # decode batches up to this many sequences keep their graphs
 MAX_CACHED_IMAGES = 8  # encoded images kept by content, for the next turn of a chat
 
@@ -51,8 +51,9 @@ class Part:
     rope: np.ndarray | None = None  # M-RoPE positions [len(items), 3], for models that use them
 
 
-def make_batch(model: TextModel, parts: Sequence[Part]) -> Batch:
-    """The batch of several sequences' parts, with their images' data when they have any."""
+def make_batch(model: TextModel, parts: Sequence[Part], rows_apart: bool = False) -> Batch:
+    """The batch of several sequences' parts, with their images' data when they have any;
+    `rows_apart` computes every row as a one-token step would (see Batch.rows_apart)."""
     tokens, positions, seqs, outputs, spans = [], [], [], [], []
     offset = 0
     for part in parts:
@@ -69,7 +70,8 @@ def make_batch(model: TextModel, parts: Sequence[Part]) -> Batch:
     if not outputs:
         outputs.append(offset - 1)  # a step of prompt chunks only: one row, unused
     positions, seqs = np.concatenate(positions), np.concatenate(seqs)
-    batch = Batch(np.asarray(tokens, dtype=np.int32), positions, seqs, np.asarray(outputs, dtype=np.int32))
+    batch = Batch(np.asarray(tokens, dtype=np.int32), positions, seqs, np.asarray(outputs, dtype=np.int32),
+                  rows_apart=rows_apart)
     items = [item for part in parts for item in part.items]
     if multimodal.has_images(items):
         batch.items = items
@@ -244,16 +246,16 @@ class Engine:
 
     def _run(self, batch: Batch, plans) -> np.ndarray:
         # A graph depends only on these sizes: reuse the last few (decode repeats one shape).
-        key = (len(batch), len(batch.outputs), tuple(plan.n_kv for plan in plans), batch.sequence_runs(), batch.shape_key())
+        key = (len(batch), len(batch.outputs), tuple(plan.n_kv for plan in plans), batch.attention_groups(), batch.shape_key())
         ctx = self.graphs.pop(key, None)
         if ctx is not None:
             self.graphs[key] = ctx  # most recently used last
             (logits,) = ctx.rerun({**batch.arrays(), **self.cache.inputs(plans)})
             return logits
-        # Only decode graphs (one token per sequence, each an output) recur often enough to
-        # keep; a step with images never does.
+        # Only decode graphs (a token per sequence, or a speculative step's few, each an output)
+        # recur often enough to keep; a step with images never does.
         reusable = len(batch) == len(batch.outputs) <= MAX_DECODE_BATCH and batch.items is None
-        ctx = self.backend.context(reusable=reusable)
+        ctx = self.backend.context(reusable=reusable, rows_apart=batch.rows_apart)
         try:
             self.cache.bind(ctx, plans)
             (logits,) = ctx.compute(self.model.forward(ctx, batch, self.cache))

@@ -12,6 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from pollama.models.multimodal import token_ids
+from pollama.runner.speculative import DEFAULT_DRAFT_NUM_PREDICT
 from pollama.runner.stop import StopBuffer
 from pollama.sample import Sampler, SamplerOptions
 from pollama.sample.logprobs import logprobs as log_softmax_of
@@ -32,6 +33,9 @@ class GenerateOptions:
     # (a thinking block's closing tag) it applies only once that text was generated.
     constraint: Any = None
     constrain_after: str | None = None
+    # Speculative decoding (ParallelEngine, greedy sampling): the most tokens drafted by prompt
+    # lookup a step, 0 for none (Ollama's option of this name drafts with a second model).
+    draft_num_predict: int = DEFAULT_DRAFT_NUM_PREDICT
 
 
 @dataclass
@@ -44,6 +48,10 @@ class Done:
     eval_count: int
     eval_duration: int
     tokens: list[int]  # every token now in context: prompt + generated (Ollama's `context`)
+    # Speculative decoding: draft tokens evaluated, and how many of them the model agreed with
+    # (each one a token generated without a step of its own).
+    draft_count: int = 0
+    draft_accepted_count: int = 0
 
 
 @dataclass

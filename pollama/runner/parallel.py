@@ -10,6 +10,10 @@ A slot keeps its sequence's K/V after its job ends. The next job goes to the slo
 cached tokens share the longest prefix with its prompt, so the next turn of a chat evaluates
 only what is new.
 
+A greedy slot may put draft tokens after its next token (speculative decoding by prompt
+lookup, see speculative.py): the step then computes its rows as one-token steps would, and
+the slot samples them in order while the model agrees with the drafts.
+
 All model work happens on one background thread; submit(), iteration and cancel() are safe
 to call from any thread.
 """
@@ -22,7 +26,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
 
@@ -32,6 +36,7 @@ from pollama.models import multimodal
 from pollama.models.multimodal import Item
 from pollama.runner.engine import DEFAULT_NUM_BATCH, DEFAULT_NUM_CTX, Engine, Part, make_batch
 from pollama.runner.generation import Done, GenerateOptions, Generation, Piece
+from pollama.runner.speculative import PromptLookup, drafting_allowed
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +94,19 @@ class _Slot:
     started: int = 0  # ns: the job entered the slot
     prompt_done: int = 0  # ns: its prompt was evaluated
     last_used: float = 0.0
+    drafter: PromptLookup | None = None  # this job's draft tokens, when it speculates
+    draft_count: int = 0  # draft tokens evaluated for this job
+    draft_accepted: int = 0  # of which the model agreed with
+
+
+class _Member(NamedTuple):
+    """A slot's share of a step: how many items it put in, its first row of logits (None for
+    a prompt chunk that is not the prompt's end), and the draft tokens after its next token."""
+
+    slot: _Slot
+    items: int
+    row: int | None
+    drafts: list[int]
 
 
 class ParallelEngine:
@@ -237,8 +255,15 @@ class ParallelEngine:
         slot.evaluated = len(slot.pending)
         slot.job = job
         slot.generation = Generation(self.tokenizer, self.model.vocab_size, job.prompt, job.options)
+        slot.drafter = PromptLookup(job.options.draft_num_predict, self.model.vocab_size) if self._can_draft(job) else None
+        slot.draft_count = slot.draft_accepted = 0
         slot.started = time.perf_counter_ns()
         slot.last_used = time.monotonic()
+
+    def _can_draft(self, job: Job) -> bool:
+        # Drafts need rows that are plain tokens at consecutive positions: not M-RoPE models
+        # (an image moves the positions) nor those whose cross-attention holds one image.
+        return drafting_allowed(job.options) and not self.model.uses_rope_positions and not self.model.one_image
 
     def _drop_cancelled(self) -> None:
         for slot in self._slots:
@@ -248,29 +273,36 @@ class ParallelEngine:
 
     def _release(self, slot: _Slot) -> None:
         # The cache keeps what was evaluated: the slot's next job may start with it.
-        slot.job = slot.generation = None
+        slot.job = slot.generation = slot.drafter = None
         slot.pending = []
         slot.last_used = time.monotonic()
 
-    def _gather(self) -> tuple[Batch, list[tuple[_Slot, int, int | None]]]:
-        """One step's batch: a token of every decoding slot, then prompt chunks. Members are
-        (slot, how many items it put in, its row of logits or None)."""
+    def _gather(self) -> tuple[Batch, list[_Member]]:
+        """One step's batch: a token of every decoding slot (with its drafts), then prompt chunks."""
         parts: list[Part] = []
-        members: list[tuple[_Slot, int, int | None]] = []
+        members: list[_Member] = []
         rows = 0
 
-        def add(slot: _Slot, chunk: list[Item], wants_logits: bool, rope: np.ndarray | None) -> None:
+        def add(slot: _Slot, chunk: list[Item], logits: str, rope: np.ndarray | None, drafts: list[int]) -> None:
             nonlocal rows
-            parts.append(Part(slot.seq, len(slot.cached), chunk, "last" if wants_logits else "none", rope))
-            members.append((slot, len(chunk), rows if wants_logits else None))
-            rows += wants_logits
+            parts.append(Part(slot.seq, len(slot.cached), chunk, logits, rope))
+            members.append(_Member(slot, len(chunk), rows if logits != "none" else None, drafts))
+            rows += {"all": len(chunk), "last": 1, "none": 0}[logits]
 
         uses_rope = self.model.uses_rope_positions
         busy = [slot for slot in self._slots if slot.job is not None]
+        # Drafts make a step compute its rows one by one (Batch.rows_apart): never beside a
+        # prompt chunk, which would then crawl. A prompt arriving pauses drafting for its chunks.
+        prefilling = any(slot.pending for slot in busy)
         for slot in busy:
             if not slot.pending:
                 rope = np.full((1, 3), len(slot.cached) + slot.rope_delta, dtype=np.int32) if uses_rope else None
-                add(slot, [slot.generation.last_token], True, rope)
+                drafts = [] if prefilling else self._drafts(slot)
+                if drafts:
+                    slot.draft_count += len(drafts)
+                    add(slot, [slot.generation.last_token, *drafts], "all", None, drafts)
+                else:
+                    add(slot, [slot.generation.last_token], "last", rope, [])
         # Prompts go in the chunks a solo run would use (num_batch from where the cache ends),
         # as many as fit num_batch prompt tokens, at least one: the same chunks give the same
         # numbers (see Context.attention's groups).
@@ -284,13 +316,26 @@ class ParallelEngine:
             chunk = whole[done:end]
             if prompt_tokens == 0 or prompt_tokens + len(chunk) <= self.engine.num_batch:
                 rope = slot.rope[done:end] if slot.rope is not None else None
-                add(slot, chunk, len(chunk) == len(slot.pending), rope)
+                add(slot, chunk, "last" if len(chunk) == len(slot.pending) else "none", rope, [])
                 prompt_tokens += len(chunk)
         if not parts:
             return Batch(*(np.zeros(0, dtype=np.int32) for _ in range(4))), members
-        return make_batch(self.model, parts), members
+        return make_batch(self.model, parts, rows_apart=any(m.drafts for m in members)), members
 
-    def _step(self, batch: Batch, members: list[tuple[_Slot, int, int | None]]) -> None:
+    def _drafts(self, slot: _Slot) -> list[int]:
+        """Draft tokens to evaluate after the slot's next one: only as many as could be used
+        before num_predict or the end of the context stops the generation."""
+        if slot.drafter is None:
+            return []
+        generation = slot.generation
+        # Row i of the step samples generated token number generated + i + 1, and is only
+        # reached while the cache (len(cached) + i tokens after it) leaves room for another.
+        most = self.num_ctx - 2 - len(slot.cached)
+        if generation.options.num_predict > 0:
+            most = min(most, generation.options.num_predict - generation.generated - 1)
+        return slot.drafter.propose(generation.history, most)
+
+    def _step(self, batch: Batch, members: list[_Member]) -> None:
         cache = self.engine.cache
         try:
             plans = cache.plan(batch)
@@ -298,18 +343,21 @@ class ParallelEngine:
                 with self._compute:
                     logits = self.engine._run(batch, plans)
             except BaseException:
-                for slot, _, _ in members:  # give back the cells just claimed
-                    cache.remove(slot.seq, len(slot.cached))
+                for member in members:  # give back the cells just claimed
+                    cache.remove(member.slot.seq, len(member.slot.cached))
                 raise
         except Exception as e:  # the step failed: so do the jobs in it, the others go on
             log.warning("step of %d tokens failed: %s", len(batch), e)
-            for slot, _, _ in members:
-                slot.job._put(e)
-                self._release(slot)
+            for member in members:
+                member.slot.job._put(e)
+                self._release(member.slot)
             return
 
         now = time.perf_counter_ns()
-        for slot, n, row in members:
+        for slot, n, row, drafts in members:
+            if drafts:
+                self._verify(slot, logits[row:row + n], drafts)
+                continue
             if slot.pending:
                 slot.cached.extend(slot.pending[:n])
                 slot.pending = slot.pending[n:]
@@ -319,9 +367,38 @@ class ParallelEngine:
                 continue
             if slot.generation.generated == 0:
                 slot.prompt_done = now
-            self._sample(slot, logits[row])
+            if self._sample(slot, logits[row]) and slot.generation.finished:
+                self._complete(slot)
 
-    def _sample(self, slot: _Slot, logits: np.ndarray) -> None:
+    def _verify(self, slot: _Slot, rows: np.ndarray, drafts: list[int]) -> None:
+        """Sample a speculating slot's rows in order while the model agrees with the drafts.
+
+        Row i holds the logits after the slot's next token and drafts[:i]: it is what plain
+        decoding would sample from next as long as drafts[:i] are the tokens it sampled. The
+        K/V of the drafts after the first disagreement are dropped from the cache.
+        """
+        generation = slot.generation
+        agreed = 0
+        for i, token in enumerate([generation.last_token, *drafts]):
+            slot.cached.append(token)  # its K/V, computed in this step, stays
+            before = len(generation.history)
+            if not self._sample(slot, rows[i]):
+                break  # failed: the job is gone
+            # An end-of-generation token is never in the history: it agrees with no draft.
+            agrees = i < len(drafts) and len(generation.history) > before and generation.history[-1] == drafts[i]
+            agreed += agrees
+            if not agrees or generation.finished or slot.job.cancelled:
+                break
+        self.engine.cache.remove(slot.seq, len(slot.cached))
+        slot.draft_accepted += agreed
+        if slot.drafter is not None:
+            slot.drafter.update(len(drafts), agreed)
+        if slot.job is not None and generation.finished:
+            self._complete(slot)
+
+    def _sample(self, slot: _Slot, logits: np.ndarray) -> bool:
+        """Sample the slot's next token and send its text; False if that failed (the job then
+        got the error and the slot is free)."""
         generation, job = slot.generation, slot.job
         try:
             if job.options.num_predict == 0:
@@ -333,20 +410,25 @@ class ParallelEngine:
         except Exception as e:  # e.g. NaN logits: this job fails, the others go on
             job._put(e)
             self._release(slot)
-            return
+            return False
         for piece in pieces:
             job._put(piece)
-        if generation.finished:
-            end = time.perf_counter_ns()
-            job._put(Done(
-                done_reason=generation.done_reason,
-                prompt_eval_count=slot.evaluated,
-                prompt_eval_duration=slot.prompt_done - slot.started,
-                eval_count=generation.generated,
-                eval_duration=end - slot.prompt_done,
-                tokens=generation.history,
-            ))
-            self._release(slot)
+        return True
+
+    def _complete(self, slot: _Slot) -> None:
+        """Send a finished job its Done and free the slot."""
+        generation = slot.generation
+        slot.job._put(Done(
+            done_reason=generation.done_reason,
+            prompt_eval_count=slot.evaluated,
+            prompt_eval_duration=slot.prompt_done - slot.started,
+            eval_count=generation.generated,
+            eval_duration=time.perf_counter_ns() - slot.prompt_done,
+            tokens=generation.history,
+            draft_count=slot.draft_count,
+            draft_accepted_count=slot.draft_accepted,
+        ))
+        self._release(slot)
 
 
 def _common_prefix(a: Sequence[Item], b: Sequence[Item]) -> int:

@@ -12,7 +12,8 @@ code that crashes or aborts takes down this process only. The protocol is JSON l
 
 Requests ("op"):
   completion  {prompt, images?, options, logprobs, top_logprobs, format?, constrain_after?} -> {"content", "logprobs"?}... then
-              {"done": true, "done_reason", counts and durations, "context"}
+              {"done": true, "done_reason", counts and durations, "draft_count",
+              "draft_accepted_count", "context"}
               `format` ("json" or a JSON schema) constrains the output; with `constrain_after`
               (a thinking block's closing tag; the prompt left the model inside that block)
               only the text after it, and the block is bounded (see ThinkingThenFormat).
@@ -216,6 +217,7 @@ def thinking_budget(num_predict: int) -> int:
 
 def _generate_options(request: dict[str, Any], tokenizer):
     from pollama.runner.generation import GenerateOptions
+    from pollama.runner.speculative import DEFAULT_DRAFT_NUM_PREDICT, MAX_DRAFT_NUM_PREDICT
     from pollama.sample import SamplerOptions
     from pollama.sample.constraint import make_constraint
 
@@ -237,8 +239,14 @@ def _generate_options(request: dict[str, Any], tokenizer):
                            f"{limits.MAX_STOP_CHARS} characters")
     if constraint is not None and constrain_after:
         constraint = ThinkingThenFormat(tokenizer, constraint, constrain_after, thinking_budget(num_predict))
+    draft_num_predict = options.get("draft_num_predict")
+    if draft_num_predict is None:
+        draft_num_predict = DEFAULT_DRAFT_NUM_PREDICT
+    elif isinstance(draft_num_predict, bool) or not isinstance(draft_num_predict, int):
+        raise RequestError("draft_num_predict must be an integer")
     return GenerateOptions(
         constraint=constraint,
+        draft_num_predict=min(max(draft_num_predict, 0), MAX_DRAFT_NUM_PREDICT),
         num_predict=num_predict,
         stop=tuple(stop),
         sampler=SamplerOptions.from_options(options),
@@ -333,6 +341,8 @@ class Handler(socketserver.StreamRequestHandler):
                         "prompt_eval_duration": event.prompt_eval_duration,
                         "eval_count": event.eval_count,
                         "eval_duration": event.eval_duration,
+                        "draft_count": event.draft_count,
+                        "draft_accepted_count": event.draft_accepted_count,
                         "context": list(event.tokens),
                     })
                 else:

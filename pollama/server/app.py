@@ -115,8 +115,9 @@ def logprob_fields(body: dict[str, Any]) -> tuple[bool, int]:
 
 
 def metrics(done: dict[str, Any]) -> dict[str, Any]:
-    """Ollama's timing fields from the runner's final line."""
-    return {
+    """Ollama's timing fields from the runner's final line, then pollama's speculative-decoding
+    counts (draft tokens evaluated, and accepted: generated without a step of their own)."""
+    fields = {
         "total_duration": done.get("total_duration", 0),
         "load_duration": done.get("load_duration", 0),
         "prompt_eval_count": done.get("prompt_eval_count", 0),
@@ -124,6 +125,10 @@ def metrics(done: dict[str, Any]) -> dict[str, Any]:
         "eval_count": done.get("eval_count", 0),
         "eval_duration": done.get("eval_duration", 0),
     }
+    for name in ("draft_count", "draft_accepted_count"):
+        if name in done:
+            fields[name] = done[name]
+    return fields
 
 
 async def ndjson_or_single(request: Request, events: AsyncIterator[dict[str, Any]], stream: bool,

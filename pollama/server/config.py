@@ -8,6 +8,8 @@ import os
 import re
 from dataclasses import dataclass
 
+from pollama.runner.speculative import DEFAULT_DRAFT_NUM_PREDICT
+
 log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 11434
@@ -151,11 +153,12 @@ class ServerConfig:
     max_queue: int = 512
     context_length: int = 4096
     load_timeout: float = 300.0
+    draft_num_predict: int = DEFAULT_DRAFT_NUM_PREDICT  # the option's default (0: no speculative decoding)
 
     @classmethod
     def from_env(cls) -> ServerConfig:
         """Read OLLAMA_KEEP_ALIVE, OLLAMA_MAX_LOADED_MODELS, OLLAMA_NUM_PARALLEL, OLLAMA_MAX_QUEUE,
-        OLLAMA_CONTEXT_LENGTH and OLLAMA_LOAD_TIMEOUT."""
+        OLLAMA_CONTEXT_LENGTH, OLLAMA_LOAD_TIMEOUT and POLLAMA_DRAFT_NUM_PREDICT."""
         keep_alive = DEFAULT_KEEP_ALIVE
         if env("OLLAMA_KEEP_ALIVE"):
             try:
@@ -178,4 +181,5 @@ class ServerConfig:
             max_queue=max(1, _env_int("OLLAMA_MAX_QUEUE", 512)),
             context_length=max(0, _env_int("OLLAMA_CONTEXT_LENGTH", 0)) or 4096,
             load_timeout=load_timeout,
+            draft_num_predict=max(0, _env_int("POLLAMA_DRAFT_NUM_PREDICT", DEFAULT_DRAFT_NUM_PREDICT)),
         )

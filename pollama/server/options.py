@@ -187,4 +187,5 @@ def request_options(model: ModelRef, request_options_: object, config: ServerCon
     )
     predict = {k: v for k, v in merged.items() if not OPTIONS[k].load_time}
     predict["num_predict"] = num_predict
+    predict.setdefault("draft_num_predict", config.draft_num_predict)
     return RequestOptions(spec, predict)

@@ -36,6 +36,18 @@ def test_run_greedy_matches_llamacpp_and_prints_timings(llamacpp_reference):
         assert line in result.stderr, result.stderr
 
 
+def test_verbose_timings_end_with_the_draft_accept_rate(capsys):
+    from pollama.cli.main import print_timings
+
+    final = {"prompt_eval_count": 5, "prompt_eval_duration": 10**6, "eval_count": 40, "eval_duration": 10**9,
+             "draft_count": 32, "draft_accepted_count": 24}
+    print_timings(final, 2 * 10**9, 10**6)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[-2].startswith("eval rate:") and lines[-1] == "draft accept rate:    75.00% (24 of 32 draft tokens)"
+    print_timings({**final, "draft_count": 0, "draft_accepted_count": 0}, 2 * 10**9, 10**6)
+    assert "draft" not in capsys.readouterr().err  # nothing drafted: Ollama's lines only
+
+
 def test_run_reads_prompt_from_stdin_and_stops_at_stop_string():
     path = real_model("smollm2")
     result = pollama("run", str(path), "--temperature", "0", "--num-predict", "24", "--stop", ",", stdin="1, 2, 3, 4,")

@@ -524,6 +524,7 @@ def test_option_table():
         "num_keep", "seed", "num_predict", "top_k", "top_p", "min_p", "typical_p", "repeat_last_n",
         "temperature", "repeat_penalty", "presence_penalty", "frequency_penalty", "stop",
         "num_ctx", "num_batch", "num_gpu", "main_gpu", "use_mmap", "num_thread",
+        "draft_num_predict",  # HEAD's; per request here (prompt-lookup drafts)
     }  # fmt: skip
     assert {n for n, o in OPTIONS.items() if o.load_time} == {
         "num_ctx", "num_batch", "num_gpu", "main_gpu", "use_mmap", "num_thread",

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from realmodels import real_model
 
-from pollama.kvcache import N_KV_PAD, Batch, CacheFullError, KVCache, LayerCaches
+from pollama.kvcache import KV_READ_PAD, N_KV_PAD, Batch, CacheFullError, KVCache, LayerCaches
 from pollama.ml.ggml.backend import GGMLBackend
 
 
@@ -52,7 +52,7 @@ def test_mask_matches_brute_force_with_two_sequences(backend, window):
 
 
 def test_remove_range_and_reuse(backend):
-    cache = KVCache(backend, [0], n_cells=8, k_width=4, v_width=4, page_size=1)
+    cache = KVCache(backend, [0], n_cells=8, k_width=4, v_width=4, page_size=1, read_pad=1)
     cells = cache.allocate(Batch.single(range(6), 0))
     assert list(cells) == [0, 1, 2, 3, 4, 5]
     cache.remove(0, 2, 4)
@@ -90,7 +90,7 @@ def test_a_batch_that_does_not_fit_claims_nothing(backend):
 
 
 def test_sliding_window_frees_cells_out_of_reach(backend):
-    cache = KVCache(backend, [0], n_cells=6, k_width=4, v_width=4, window=4, page_size=2)
+    cache = KVCache(backend, [0], n_cells=6, k_width=4, v_width=4, window=4, page_size=2, read_pad=2)
     for pos in range(0, 40, 2):  # 20 steps of 2 tokens: 40 positions through 6 cells
         cache.allocate(Batch.single([1, 2], pos))
     kept = sorted(int(p) for p in cache.cell_pos if p >= 0)
@@ -143,7 +143,8 @@ def test_gemma3_window_cache_equals_keeping_every_cell():
         tokens = [int(t) for t in np.random.default_rng(0).integers(100, 20000, 700)]
         small = model.new_cache(backend, n_ctx=1024, n_batch=128)
         local = [c for c in small.caches if c.window]
-        assert local and local[0].n_cells == 512 + 128 + N_KV_PAD  # evicts: far fewer cells than the context
+        # Evicts: far fewer cells than the context (rounded up to whole blocks of KV_READ_PAD).
+        assert local and local[0].n_cells == -(-(512 + 128 + N_KV_PAD) // KV_READ_PAD) * KV_READ_PAD < 1024
         full = LayerCaches([KeepEveryCell(backend, c.layers, 1024, model.k_width, model.v_width, window=c.window) for c in small.caches])
         got = run(model, backend, small, tokens, 128)
         want = run(model, backend, full, tokens, 128)

@@ -57,3 +57,19 @@ def test_config_from_env(monkeypatch):
     config = ServerConfig.from_env()
     assert (config.keep_alive, config.max_loaded_models, config.num_parallel, config.max_queue, config.context_length) == (
         600, 3, 4, 512, 8192)
+
+
+def test_draft_num_predict_default_from_env(monkeypatch, smollm2_path):
+    from pollama.fs.gguf import GGUFFile
+    from pollama.server.models import ModelRef
+    from pollama.server.options import request_options
+
+    monkeypatch.delenv("POLLAMA_DRAFT_NUM_PREDICT", raising=False)
+    assert ServerConfig.from_env().draft_num_predict == 10  # the runner's own default
+    monkeypatch.setenv("POLLAMA_DRAFT_NUM_PREDICT", "0")
+    config = ServerConfig.from_env()
+    assert config.draft_num_predict == 0  # speculative decoding off unless a request asks
+    with GGUFFile(smollm2_path) as gguf:
+        model = ModelRef(name="smollm2:latest", model_path=smollm2_path, metadata=dict(gguf.metadata))
+    assert request_options(model, {}, config).predict["draft_num_predict"] == 0
+    assert request_options(model, {"draft_num_predict": 4}, config).predict["draft_num_predict"] == 4

@@ -48,6 +48,23 @@ def test_generate_streams_ndjson_and_matches_non_streaming(server, client):
     assert whole.response == streamed and whole.done and whole.done_reason == "length"
 
 
+def test_speculative_decoding_counts_in_final_responses(server):
+    """Greedy requests draft by prompt lookup: the final line says how many draft tokens were
+    evaluated and accepted; the text is that of plain decoding (draft_num_predict 0)."""
+    counting = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,"
+    body = {"model": "smollm2", "prompt": counting, "raw": True, "stream": False,
+            "options": {"temperature": 0, "num_predict": 24}}
+    with server.http() as http:
+        plain = http.post("/api/generate", json={**body, "options": {**body["options"], "draft_num_predict": 0}}).json()
+        drafted = http.post("/api/generate", json=body).json()
+        chat = http.post("/api/chat", json={"model": "smollm2", "stream": False, "options": body["options"],
+                                            "messages": [{"role": "user", "content": f"Repeat: {counting}"}]}).json()
+    assert plain["draft_count"] == plain["draft_accepted_count"] == 0
+    assert drafted["response"] == plain["response"] and drafted["eval_count"] == plain["eval_count"] == 24
+    assert 0 < drafted["draft_accepted_count"] <= drafted["draft_count"]
+    assert chat["draft_count"] >= chat["draft_accepted_count"] >= 0
+
+
 def test_generate_templated_context_and_raw(client):
     # Without a Modelfile TEMPLATE the GGUF's own chat template applies (as Ollama does now).
     first = client.generate(model="smollm2", prompt=PROMPT, options=GREEDY)

@@ -113,7 +113,19 @@ class GGMLTensor(Tensor):
             w = ggml.ggml_reshape_2d(ctx.ctx, w, n_in, weight.shape[0])
             ctx.n_tensors += 1
         x = self if self._is_contiguous() else self.contiguous()
-        out = ctx._new(ggml.ggml_mul_mat(ctx.ctx, w, x.ptr), (*self.shape[:-1], weight.shape[0]))
+        rows = math.prod(self.shape[:-1])
+        if ctx.rows_apart and rows > 1:
+            # Rows as planes [rows, 1, in]: ggml then multiplies one row at a time with the
+            # kernel a one-row input gets (llamafile's tinyBLAS wants 2+ rows, the repacked
+            # gemm 4+), so each row's result is bit for bit its one-token step's.
+            planes = ggml.ggml_reshape_3d(ctx.ctx, x.ptr, n_in, 1, rows)
+            product = ggml.ggml_mul_mat(ctx.ctx, w, planes)  # [rows, 1, out]
+            ne = (weight.shape[0], *self.shape[:-1][::-1])
+            reshape = (ggml.ggml_reshape_1d, ggml.ggml_reshape_2d, ggml.ggml_reshape_3d, ggml.ggml_reshape_4d)[len(ne) - 1]
+            ctx.n_tensors += 2
+            out = ctx._new(reshape(ctx.ctx, product, *ne), (*self.shape[:-1], weight.shape[0]))
+        else:
+            out = ctx._new(ggml.ggml_mul_mat(ctx.ctx, w, x.ptr), (*self.shape[:-1], weight.shape[0]))
         if bias is not None:
             if bias.shape != (weight.shape[0],):
                 raise BackendError(f"linear bias {list(bias.shape)} does not match weight {list(weight.shape)}")
@@ -329,8 +341,9 @@ class GGMLContext(Context, _Owner):
 
     label = "tensor of a closed context"
 
-    def __init__(self, backend: GGMLBackend, reusable: bool = False):
+    def __init__(self, backend: GGMLBackend, reusable: bool = False, rows_apart: bool = False):
         self.backend = backend
+        self.rows_apart = rows_apart
         # A graph that is computed again later needs a compute buffer of its own: ggml's
         # allocator keeps a tensor's address once set, so if another graph grew the shared
         # buffer in between, the old graph would write into freed memory.
@@ -790,10 +803,10 @@ class GGMLBackend(Backend):
             store.free()
             self.stores.remove(store)
 
-    def context(self, reusable: bool = False) -> Context:
+    def context(self, reusable: bool = False, rows_apart: bool = False) -> Context:
         if self.cpu is None:
             raise BackendError("backend used after it was closed")
-        ctx = GGMLContext(self, reusable)
+        ctx = GGMLContext(self, reusable, rows_apart)
         ctx.recorder = self.recorder
         return ctx
 

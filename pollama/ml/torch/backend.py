@@ -651,8 +651,8 @@ class TorchBackend(Backend):
             raise BackendError(f"zeros() needs 1 to {MAX_DIMS} positive dims, got {list(shape)}")
         return self._persistent(torch.zeros(shape, dtype=torch.float32, device=self.device))
 
-    def context(self, reusable: bool = False) -> Context:
-        """A fresh context for one step."""
+    def context(self, reusable: bool = False, rows_apart: bool = False) -> Context:
+        """A fresh context for one step (`rows_apart` changes nothing in float32 eager ops)."""
         if not self._weights.alive:
             raise BackendError("backend used after it was closed")
         ctx = TorchContext(self)

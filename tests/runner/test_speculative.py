@@ -1,0 +1,302 @@
+"""Speculative decoding by prompt lookup: the output is token for token that of plain decoding.
+
+The verification step computes each row as a one-token step would (Batch.rows_apart), so its
+logits are bit for bit those of decoding the same tokens one at a time; the engine samples the
+rows in order and stops at the first disagreement, EOS, stop string, num_predict or
+cancellation, exactly where plain decoding stops.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from realmodels import real_model
+
+from pollama.runner.engine import Engine, Part, make_batch
+from pollama.runner.generation import Done, GenerateOptions, Piece
+from pollama.runner.parallel import ParallelEngine
+from pollama.runner.speculative import PromptLookup, drafting_allowed
+from pollama.sample import SamplerOptions
+
+GREEDY = SamplerOptions(temperature=0.0)  # Ollama's default repeat_penalty (1.1) stays on: it must not matter
+
+FUNCTION = '''def merge_intervals(intervals):
+    """Merge overlapping intervals and return them sorted by start."""
+    if not intervals:
+        return []
+    ordered = sorted(intervals, key=lambda pair: pair[0])
+    merged = [list(ordered[0])]
+    for start, end in ordered[1:]:
+        last = merged[-1]
+        if start <= last[1]:
+            last[1] = max(last[1], end)
+        else:
+            merged.append([start, end])
+    return [tuple(pair) for pair in merged]
+'''
+
+
+def chatml(user: str, answer_start: str = "") -> str:
+    return (f"<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n"
+            f"<|im_start|>assistant\n{answer_start}")
+
+
+# Qwen2.5-Coder asked to repeat a function with one identifier renamed; its answer is opened
+# with the code fence, so the copy starts at once.
+CODE_EDIT = chatml(f"Rename the variable `merged` to `result` in this function and output the whole "
+                   f"function, nothing else:\n\n```python\n{FUNCTION}```", "```python\n")
+# A RAG-style prompt: the answer quotes its context.
+RAG = chatml("Context:\nThe Eiffel Tower was completed in 1889 for the World's Fair in Paris. It is 330 metres "
+             "tall and was the tallest man-made structure in the world until 1930.\n\n"
+             "Question: When was the Eiffel Tower completed and how tall is it? Answer with a sentence "
+             "quoted from the context.")
+
+
+def run(engine: ParallelEngine, prompt: list[int], **options) -> tuple[str, Done]:
+    events = list(engine.submit(prompt, GenerateOptions(sampler=options.pop("sampler", GREEDY), **options)))
+    assert isinstance(events[-1], Done) and all(isinstance(e, Piece) for e in events[:-1])
+    return "".join(e.text for e in events[:-1]), events[-1]
+
+
+def prime(engine: ParallelEngine, prompt: list[int]) -> None:
+    """Leave the prompt in a slot's cache, so the runs compared next start alike: a prompt is
+    then evaluated from its last token, which a cold run evaluates in a batch of the whole
+    prompt (other kernels, other rounding: the first token's logits could differ)."""
+    run(engine, prompt, num_predict=1, draft_num_predict=0)
+
+
+def assert_cache_holds_exactly(engine: ParallelEngine) -> None:
+    """Every slot's cache holds the K/V of its cached items and nothing else (no draft left)."""
+    cache = engine.engine.cache
+    for slot in engine._slots:
+        assert cache.used(slot.seq) == len(slot.cached)
+        assert cache.can_keep(slot.seq, len(slot.cached))
+
+
+def record_verifications(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int, int]]:
+    """(tokens generated before, drafts, drafts agreed) of every verification step from now on."""
+    steps = []
+    verify = ParallelEngine._verify
+
+    def recording(self, slot, rows, drafts):
+        before, agreed = slot.generation.generated, slot.draft_accepted
+        verify(self, slot, rows, drafts)
+        steps.append((before, len(drafts), slot.draft_accepted - agreed))
+
+    monkeypatch.setattr(ParallelEngine, "_verify", recording)
+    return steps
+
+
+# -- the lookup itself -------------------------------------------------------------------------
+
+def test_lookup_drafts_what_followed_the_latest_earlier_occurrence():
+    lookup = PromptLookup(max_drafts=4, vocab_size=100)
+    tokens = [1, 2, 3, 4, 5, 6, 9, 2, 3, 7, 8, 1, 2, 3]
+    assert lookup.propose(tokens, 10) == [4, 5, 6, 9]  # "1 2 3" first: the longest n-gram wins over "2 3"
+    tokens += [4]
+    assert lookup.propose(tokens, 10) == [5, 6, 9, 2]  # the sequence grew: "2 3 4"
+    assert lookup.propose(tokens, 2) == [5, 6]  # no more than asked
+    tokens += [6, 9, 2, 3]
+    assert lookup.propose(tokens, 10) == [7, 8, 1, 2]  # "9 2 3": the latest occurrence
+    assert PromptLookup(4, 100).propose([5, 7, 8, 9, 1, 7, 8], 10) == [9, 1, 7, 8]  # a 2-gram when no 3-gram
+    assert PromptLookup(4, 100).propose([1, 2, 3, 50, 60], 10) == []  # an end never seen before
+
+
+def test_lookup_adapts_its_length_and_skips_non_tokens():
+    lookup = PromptLookup(max_drafts=10, vocab_size=100)
+    lookup.update(10, 1)
+    assert lookup.limit == 2  # a miss after 1: try 2 next
+    lookup.update(2, 2)
+    assert lookup.limit == 4  # full agreement doubles
+    lookup.update(4, 4)
+    lookup.update(8, 8)
+    assert lookup.limit == 10
+    images = PromptLookup(max_drafts=8, vocab_size=100)
+    assert images.propose([1, 2, 3, 1000, 4, 1, 2], 8) == [3]  # an image placeholder ends the draft
+
+
+def test_only_greedy_sampling_drafts():
+    assert drafting_allowed(GenerateOptions(sampler=GREEDY))
+    assert drafting_allowed(GenerateOptions(sampler=SamplerOptions(temperature=0.7, top_k=1)))
+    assert not drafting_allowed(GenerateOptions(sampler=SamplerOptions(temperature=0.7)))
+    assert not drafting_allowed(GenerateOptions(sampler=GREEDY, draft_num_predict=0))
+
+
+# -- numerics ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["smollm2", "qwen2.5-coder-0.5b", "gemma3-270m"])
+def test_verification_rows_equal_one_token_steps_bit_for_bit(name):
+    """A batch of the next token and 8 more, computed rows_apart, gives each row the logits of
+    decoding those tokens one at a time, exactly (here across a 64-cell boundary of n_kv)."""
+    with Engine(real_model(name), num_ctx=256) as engine:
+        prompt = engine.tokenizer.encode("def add(a, b):\n    return a + b\n\n" * 8)[:58]
+        logits, _ = engine.prefill(prompt)
+        tokens = [int(np.argmax(logits))]
+        one_at_a_time = []
+        for _ in range(9):
+            one_at_a_time.append(engine.decode(tokens[-1]))
+            tokens.append(int(np.argmax(one_at_a_time[-1])))
+        engine.cache.remove(0, len(prompt))
+        batch = make_batch(engine.model, [Part(0, len(prompt), tokens[:9], "all")], rows_apart=True)
+        together = engine._run(batch, engine.cache.plan(batch))
+    assert np.array_equal(together, np.stack(one_at_a_time))
+
+
+# -- real generations ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def coder():
+    with ParallelEngine(real_model("qwen2.5-coder-0.5b"), num_ctx=1024) as engine:
+        yield engine
+
+
+@pytest.fixture(scope="module")
+def code_edit(coder):
+    """The code-edit prompt's plain greedy answer (to its end: EOS)."""
+    prompt = coder.tokenizer.encode(CODE_EDIT)
+    prime(coder, prompt)
+    text, done = run(coder, prompt, num_predict=200, draft_num_predict=0)
+    assert done.draft_count == 0 and done.done_reason == "stop"
+    return prompt, text, done
+
+
+@pytest.fixture(scope="module")
+def drafted(coder, code_edit):
+    """The code-edit prompt's answer with drafts, and its verification steps."""
+    prompt, _, _ = code_edit
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        steps = record_verifications(monkeypatch)
+        text, done = run(coder, prompt, num_predict=200)
+    return text, done, steps
+
+
+def test_code_edit_with_drafts_is_plain_decoding_and_accepts_most(coder, code_edit, drafted):
+    _, want_text, want = code_edit
+    text, done, steps = drafted
+    assert (text, done.tokens, done.done_reason, done.eval_count) == (want_text, want.tokens, "stop", want.eval_count)
+    assert "result = [list(ordered[0])]" in text and "merged" not in text  # the edit was made
+    assert done.draft_count == sum(n for _, n, _ in steps) > 0
+    assert done.draft_accepted_count == sum(a for _, _, a in steps)
+    assert done.draft_accepted_count >= 0.5 * done.draft_count, (done.draft_accepted_count, done.draft_count)
+    # Tokens taken from drafts needed no step of their own: most of the answer.
+    assert done.draft_accepted_count >= 0.5 * done.eval_count
+    assert_cache_holds_exactly(coder)
+
+
+def test_num_predict_and_stop_string_in_an_accepted_run_stop_where_plain_decoding_does(coder, code_edit, drafted,
+                                                                                      monkeypatch):
+    prompt, plain_text, plain = code_edit
+    generated = plain.tokens[len(prompt):]
+    # A verification whose drafts the model agreed with for 3 tokens or more, early on.
+    before, _, agreed = next(step for step in drafted[2] if step[2] >= 3 and step[0] >= 4)
+
+    # num_predict ends the generation two tokens into that run of agreement.
+    limit = before + 2
+    text, done = run(coder, prompt, num_predict=limit)
+    assert done.tokens == prompt + generated[:limit] and done.done_reason == "length" and done.eval_count == limit
+    assert plain_text.startswith(text)
+    assert_cache_holds_exactly(coder)
+
+    # A stop string that is the text of the run's second token (where it first occurs).
+    pieces = [coder.tokenizer.decode(generated[:i]) for i in range(before + 3)]
+    stop = pieces[before + 2][len(pieces[before + 1]):].strip()
+    assert stop
+    want_text, want = run(coder, prompt, num_predict=200, stop=[stop], draft_num_predict=0)
+    steps = record_verifications(monkeypatch)
+    text, done = run(coder, prompt, num_predict=200, stop=[stop])
+    assert (text, done.tokens, done.done_reason, done.eval_count) == (want_text, want.tokens, "stop", want.eval_count)
+    assert done.draft_accepted_count > 0 and steps[-1][1] > steps[-1][2]  # it stopped before the drafts ran out
+    assert_cache_holds_exactly(coder)
+
+
+def test_eos_drafted_from_the_prompt_ends_the_answer_as_plain_decoding_does(code_edit, drafted):
+    """The answer ends with the fence and <|im_end|>, which the prompt's own fence is followed
+    by: the lookup drafts EOS, and the generation ends on it, in the middle of a verification."""
+    _, want_text, want = code_edit
+    text, done, steps = drafted
+    assert (text, done.tokens, done.done_reason) == (want_text, want.tokens, "stop")
+    before, drafts, _ = steps[-1]
+    assert before + 1 <= done.eval_count <= before + drafts  # the EOS came from one of its rows
+
+
+def test_cancel_in_an_accepted_run_leaves_a_prefix_and_a_consistent_cache(coder, code_edit):
+    prompt, plain_text, _ = code_edit
+    job = coder.submit(prompt, GenerateOptions(num_predict=200, sampler=GREEDY))
+    received = []
+    for event in job:
+        received.append(event)
+        if len(received) == 20:
+            job.cancel()
+    assert not any(isinstance(e, Done) for e in received)
+    text = "".join(e.text for e in received)
+    assert plain_text.startswith(text) and len(text) < len(plain_text)
+    # The engine frees the slot on its next step; then nothing of the drafts is left.
+    prime(coder, prompt)
+    assert_cache_holds_exactly(coder)
+
+
+@pytest.mark.parametrize("name, prompts", [
+    ("smollm2", [RAG, chatml("Repeat this list exactly: apples, pears, plums, figs, dates, limes, kiwis."),
+                 chatml("Write a haiku about the sea.")]),
+    ("gemma3-270m", ["The quick brown fox jumps over the lazy dog. The quick brown fox",
+                     "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,",
+                     "<start_of_turn>user\nWhat is the capital of France?<end_of_turn>\n<start_of_turn>model\n"]),
+])
+def test_prompts_give_the_same_tokens_with_and_without_drafts(name, prompts):
+    with ParallelEngine(real_model(name), num_ctx=512) as engine:
+        drafted = 0
+        for prompt in prompts:
+            ids = engine.tokenizer.encode(prompt)
+            prime(engine, ids)
+            plain_text, plain = run(engine, ids, num_predict=40, draft_num_predict=0)
+            text, done = run(engine, ids, num_predict=40)
+            assert (text, done.tokens, done.done_reason) == (plain_text, plain.tokens, plain.done_reason), prompt
+            drafted += done.draft_count
+            assert_cache_holds_exactly(engine)
+    assert drafted > 0
+
+
+def test_two_slots_one_drafting_one_sampling_each_get_their_solo_output():
+    """A drafting slot and a sampling one in the same steps: both get what they get alone."""
+    sampled = SamplerOptions(temperature=0.8, seed=7)
+    with ParallelEngine(real_model("smollm2"), num_parallel=2, num_ctx=512) as engine:
+        # Prompts with no common start: each keeps its own slot.
+        rag, haiku = engine.tokenizer.encode(RAG), engine.tokenizer.encode("A haiku about the sea:\n")
+        prime(engine, rag)
+        prime(engine, haiku)
+        # Alone first (the other slot idle), then together.
+        alone_rag = run(engine, rag, num_predict=48, draft_num_predict=0)
+        alone_haiku = run(engine, haiku, num_predict=48, sampler=sampled)
+        jobs = [engine.submit(rag, GenerateOptions(num_predict=48, sampler=GREEDY)),
+                engine.submit(haiku, GenerateOptions(num_predict=48, sampler=sampled))]
+        (rag_events, haiku_events) = [list(job) for job in jobs]
+        assert_cache_holds_exactly(engine)
+    for events, (want_text, want) in ((rag_events, alone_rag), (haiku_events, alone_haiku)):
+        assert events[-1].tokens == want.tokens
+        assert "".join(e.text for e in events[:-1]) == want_text
+    assert rag_events[-1].draft_count > 0 and haiku_events[-1].draft_count == 0
+
+
+def test_logprobs_and_json_format_stay_exact_while_drafting(coder, code_edit):
+    """Every verified row is sampled by Generation.step in order: logprobs report the very
+    distributions of plain decoding, and a JSON schema constrains the drafts' rows too."""
+    from pollama.sample.constraint import make_constraint
+
+    prompt, _, _ = code_edit
+    prime(coder, prompt)
+    plain = list(coder.submit(prompt, GenerateOptions(num_predict=24, sampler=GREEDY, logprobs=True, top_logprobs=2,
+                                                      draft_num_predict=0)))
+    drafting = list(coder.submit(prompt, GenerateOptions(num_predict=24, sampler=GREEDY, logprobs=True, top_logprobs=2)))
+    assert drafting[-1].draft_accepted_count > 0
+    assert [e.logprobs for e in drafting[:-1]] == [e.logprobs for e in plain[:-1]]
+
+    schema = {"type": "object", "properties": {"code": {"type": "string"}}, "required": ["code"]}
+    asked = coder.tokenizer.encode(chatml(f"Put this function in the `code` field of a JSON object:\n\n{FUNCTION}"))
+    prime(coder, asked)
+    outputs = []
+    for draft_num_predict in (0, 10):
+        options = GenerateOptions(num_predict=40, sampler=GREEDY, draft_num_predict=draft_num_predict,
+                                  constraint=make_constraint(coder.tokenizer, schema))
+        outputs.append(list(coder.submit(asked, options))[-1])
+    assert outputs[0].tokens == outputs[1].tokens
+    assert_cache_holds_exactly(coder)
