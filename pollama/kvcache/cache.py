@@ -177,10 +177,13 @@ class KVCache:
         self.backend = backend
         self.layers = list(layers)
         self.page_size = page_size
+        # The cache's whole size, the largest n_kv, reads whole blocks too (of KV_READ_PAD
+        # unless told: flash attention's coarser steps only keep graphs for longer).
+        block = KV_READ_PAD if read_pad is None else read_pad
         if read_pad is None:
             read_pad = KV_READ_PAD_FLASH if backend.flash_attention else KV_READ_PAD
         self.read_pad = read_pad
-        whole = math.lcm(page_size, read_pad)  # every n_kv, the cache's whole size too, reads whole blocks
+        whole = math.lcm(page_size, block)
         self.n_cells = n_cells = -(-n_cells // whole) * whole
         self.window = window
         # As llama.cpp keeps them: K as rows [cells, width]; V transposed [width, cells] so

@@ -35,7 +35,6 @@ MAX_STOP_CHARS = 4096
 ATTENTION_BYTES_PER_SCORE = 8
 N_KV_PAD = 32  # the KV cache hands out cells in pages of this many (kvcache.cache.N_KV_PAD)
 KV_READ_PAD = 64  # and holds a whole number of this many (kvcache.cache.KV_READ_PAD)
-KV_READ_PAD_FLASH = 256  # with flash attention (kvcache.cache.KV_READ_PAD_FLASH)
 
 
 def max_token_chars(tokenizer) -> int:
@@ -71,8 +70,7 @@ def context_memory(*, n_layers: int, k_width: int, v_width: int, n_heads: int, n
     scores of a batch of num_batch tokens against all of it (the sequences share one cache,
     and attention reads every cell up to the last one in use)."""
     cells = -(-max(1, num_ctx) // N_KV_PAD) * N_KV_PAD * max(1, num_parallel)
-    read_pad = KV_READ_PAD_FLASH if flash_attention else KV_READ_PAD
-    cells = -(-cells // read_pad) * read_pad
+    cells = -(-cells // KV_READ_PAD) * KV_READ_PAD
     kv = n_layers * cells * (k_width + v_width) * kv_bytes
     attention = 0 if flash_attention else min(num_batch, num_ctx) * cells * n_heads * ATTENTION_BYTES_PER_SCORE
     return kv + attention

@@ -447,9 +447,7 @@ class GGMLContext(Context, _Owner):
         # permuted by the caller rather than viewed from a cache with view_columns()).
         q, k, v_t = (x if _rows_dense(x) else x.contiguous() for x in (q, k, v_t))
         kernel = self._flash_attention if flash else self._attention
-        # Flash attention computes each query row on its own, skipping masked cells, so one
-        # kernel over every sequence's cells gives each row what it gets alone.
-        if flash or not groups or len(groups) == 1:
+        if not groups or len(groups) == 1:
             mask_ptr = mask.ptr if mask is not None else None
             return self._new(kernel(q.ptr, k.ptr, v_t.ptr, mask_ptr, scale, softcap), (t, h, dv)).reshape(t, h * dv)
         # One sequence at a time: ggml's kernels for one query row and for several sum in a

@@ -36,6 +36,6 @@ if __name__ == "__main__":
     import sys
 
     flags = isa_flags()
-    if sys.argv[1:] == ["portable"]:
-        flags &= PORTABLE_X86
+    if sys.argv[1:] == ["portable"]:  # what its flags assume, whatever this CPU has beyond
+        flags = set(PORTABLE_X86)
     print(" ".join(sorted(flags)))
