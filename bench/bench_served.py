@@ -108,6 +108,16 @@ class Server:
             shutil.rmtree(self.home, ignore_errors=True)
 
 
+def median(runs: list[dict], key: str) -> float:
+    return statistics.median(r[key] for r in runs)
+
+
+def print_sides(sides: dict[str, list[dict]], describe) -> None:
+    """A line per side: describe(its runs), or why it has none."""
+    for side, runs in sides.items():
+        print(f"{side:13} {describe(runs) if runs else '(not on PATH or in $LLAMACPP_TOOLS)'}")
+
+
 # -- single stream ------------------------------------------------------------------------
 def prompt_of(model_path: str, n: int, salt: int) -> str:
     """Text of exactly n tokens (the model's own tokenizer), different for each salt so that
@@ -170,16 +180,10 @@ def single(args, model: str) -> None:
         if llamacpp_tool("llama-bench"):
             sides["llama-bench"].append(llama_bench(model, args.threads))
     print(f"{args.model}: {args.threads} threads, pp512 / tg128, median of {args.repeat}")
-    for side, runs in sides.items():
-        if not runs:
-            print(f"{side:12} (not on PATH or in $LLAMACPP_TOOLS)")
-            continue
-        pre = statistics.median(r["prefill"] for r in runs)
-        dec = statistics.median(r["decode"] for r in runs)
-        extra = runs[0].get("build", "")
-        print(f"{side:12} prefill {pre:7.1f} tok/s   decode {dec:6.1f} tok/s   {extra}")
+    print_sides(sides, lambda runs: f"prefill {median(runs, 'prefill'):7.1f} tok/s   decode {median(runs, 'decode'):6.1f} tok/s"
+                                    f"   {runs[0].get('build', '')}")
     if sides["llama-bench"]:
-        ratio = lambda k: statistics.median(r[k] for r in sides["pollama"]) / statistics.median(r[k] for r in sides["llama-bench"])
+        ratio = lambda k: median(sides["pollama"], k) / median(sides["llama-bench"], k)
         print(f"{'ratio':12} prefill {ratio('prefill'):7.2f}x        decode {ratio('decode'):6.2f}x")
 
 
@@ -253,13 +257,8 @@ def parallel(args, model: str) -> None:
             with Server("llama-server", model, args.threads, parallel=args.clients) as server:
                 sides["llama-server"].append(concurrent_run(server.base, args.model, args.clients, args.tokens))
     print(f"{args.model}: {args.clients} clients x {args.tokens} tokens, /v1/completions, {args.threads} threads, median of {args.repeat}")
-    for side, runs in sides.items():
-        if not runs:
-            print(f"{side:13} (not on PATH or in $LLAMACPP_TOOLS)")
-            continue
-        agg = statistics.median(r["aggregate"] for r in runs)
-        ttft = statistics.median(r["ttft"] for r in runs)
-        print(f"{side:13} aggregate {agg:6.1f} tok/s   first token while {args.clients - 1} decode {ttft * 1000:6.0f} ms")
+    print_sides(sides, lambda runs: f"aggregate {median(runs, 'aggregate'):6.1f} tok/s   first token while "
+                                    f"{args.clients - 1} decode {median(runs, 'ttft') * 1000:6.0f} ms")
 
 
 def main() -> None:
