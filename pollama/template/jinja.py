@@ -93,6 +93,15 @@ class _ChatTemplateError(jinja2.exceptions.TemplateError):
     """raise_exception() from inside a template."""
 
 
+
+def _scalar_size(item) -> int:
+    """At most how many characters None, a bool, an int or a float prints as (repr or JSON)."""
+    if item is None or isinstance(item, bool):
+        return 5
+    if isinstance(item, int):
+        return int(item.bit_length() * 0.30103) + 2
+    return 24
+
 def _raise_exception(message):
     raise _ChatTemplateError(message)
 
@@ -429,12 +438,8 @@ def _shown_size(value, quoted: bool = False, ascii_: bool = False, pretty: bool 
             n = _str_repr_len(item, ascii_) if quote else len(item)
             # pformat cuts a long string into quoted words, a line each, indented.
             total += n + (n // 2 + 1) * (depth + 6) if pretty else n
-        elif item is None or isinstance(item, bool):
-            total += 5
-        elif isinstance(item, int):
-            total += int(item.bit_length() * 0.30103) + 2
-        elif isinstance(item, float):
-            total += 24
+        elif item is None or isinstance(item, (bool, int, float)):
+            total += _scalar_size(item)
         elif isinstance(item, (bytes, bytearray)):
             total += 4 * len(item) + 14
         elif isinstance(item, jinja2.runtime.Undefined):
@@ -508,12 +513,8 @@ def _json_size(value, indent, separators, ensure_ascii) -> tuple[int, int]:
         _tick(count)
         if isinstance(item, str):
             total += _json_str_len(item, ensure_ascii)
-        elif item is None or isinstance(item, bool):
-            total += 5
-        elif isinstance(item, int):
-            total += int(item.bit_length() * 0.30103) + 2
-        elif isinstance(item, float):
-            total += 24
+        elif item is None or isinstance(item, (bool, int, float)):
+            total += _scalar_size(item)
         elif isinstance(item, (list, tuple, dict)) and len(stack) < 10000:  # deeper: RecursionError
             total += 2 + newline + step * depth  # brackets, the closing one on a line of its own
             per_item = item_sep + newline + step * (depth + 1)
