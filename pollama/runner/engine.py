@@ -195,6 +195,7 @@ class Engine:
         )
         self.cached: list[Item] = []  # prompt items whose K/V the cache holds for sequence 0
         self.graphs: dict[tuple, object] = {}  # reusable step contexts by shape, oldest first
+        self.reran_graph = False  # whether the last step reran a kept graph (its time then compares with others')
         self.images: OrderedDict[str, multimodal.Image] = OrderedDict()  # encoded, by digest
         # M-RoPE: how far the rope position of the next token is past its cache position (the
         # prompt's images moved it; the text generated after them moves both alike).
@@ -248,6 +249,7 @@ class Engine:
         # A graph depends only on these sizes: reuse the last few (decode repeats one shape).
         key = (len(batch), len(batch.outputs), tuple(plan.n_kv for plan in plans), batch.attention_groups(), batch.shape_key())
         ctx = self.graphs.pop(key, None)
+        self.reran_graph = ctx is not None
         if ctx is not None:
             self.graphs[key] = ctx  # most recently used last
             (logits,) = ctx.rerun({**batch.arrays(), **self.cache.inputs(plans)})

@@ -10,9 +10,9 @@ A slot keeps its sequence's K/V after its job ends. The next job goes to the slo
 cached tokens share the longest prefix with its prompt, so the next turn of a chat evaluates
 only what is new.
 
-A greedy slot may put draft tokens after its next token (speculative decoding by prompt
-lookup, see speculative.py): the step then computes its rows as one-token steps would, and
-the slot samples them in order while the model agrees with the drafts.
+A greedy slot decoding alone may put draft tokens after its next token (speculative decoding
+by prompt lookup, see speculative.py): the step then computes its rows as one-token steps
+would, and the slot samples them in order while the model agrees with the drafts.
 
 All model work happens on one background thread; submit(), iteration and cancel() are safe
 to call from any thread.
@@ -36,7 +36,7 @@ from pollama.models import multimodal
 from pollama.models.multimodal import Item
 from pollama.runner.engine import DEFAULT_NUM_BATCH, DEFAULT_NUM_CTX, Engine, Part, make_batch
 from pollama.runner.generation import Done, GenerateOptions, Generation, Piece
-from pollama.runner.speculative import PromptLookup, drafting_allowed
+from pollama.runner.speculative import PromptLookup, StepCosts, drafting_allowed
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +137,7 @@ class ParallelEngine:
         self.num_parallel = num_parallel
         self.load_duration = self.engine.load_duration
         self._slots = [_Slot(seq) for seq in range(num_parallel)]
+        self.step_costs = StepCosts()  # what drafts cost on this model and machine, measured
         # The backend computes one graph at a time: steps and image encodings take turns.
         self._compute = threading.Lock()
         self._waiting: list[Job] = []
@@ -291,13 +292,14 @@ class ParallelEngine:
 
         uses_rope = self.model.uses_rope_positions
         busy = [slot for slot in self._slots if slot.job is not None]
-        # Drafts make a step compute its rows one by one (Batch.rows_apart): never beside a
-        # prompt chunk, which would then crawl. A prompt arriving pauses drafting for its chunks.
-        prefilling = any(slot.pending for slot in busy)
+        # Drafts make a step compute its rows one by one (Batch.rows_apart): only for a slot
+        # decoding alone. Beside a prompt chunk, which would then crawl, or other decoding
+        # slots, which already share the step, they would cost more than they gain.
+        alone = len(busy) == 1 and not busy[0].pending
         for slot in busy:
             if not slot.pending:
                 rope = np.full((1, 3), len(slot.cached) + slot.rope_delta, dtype=np.int32) if uses_rope else None
-                drafts = [] if prefilling else self._drafts(slot)
+                drafts = self._drafts(slot) if alone else []
                 if drafts:
                     slot.draft_count += len(drafts)
                     add(slot, [slot.generation.last_token, *drafts], "all", None, drafts)
@@ -333,7 +335,7 @@ class ParallelEngine:
         most = self.num_ctx - 2 - len(slot.cached)
         if generation.options.num_predict > 0:
             most = min(most, generation.options.num_predict - generation.generated - 1)
-        return slot.drafter.propose(generation.history, most)
+        return slot.drafter.propose(generation.history, most, self.step_costs.relative)
 
     def _step(self, batch: Batch, members: list[_Member]) -> None:
         cache = self.engine.cache
@@ -341,7 +343,9 @@ class ParallelEngine:
             plans = cache.plan(batch)
             try:
                 with self._compute:
+                    started = time.perf_counter()
                     logits = self.engine._run(batch, plans)
+                    seconds = time.perf_counter() - started
             except BaseException:
                 for member in members:  # give back the cells just claimed
                     cache.remove(member.slot.seq, len(member.slot.cached))
@@ -353,6 +357,9 @@ class ParallelEngine:
                 self._release(member.slot)
             return
 
+        if len(members) == 1 and not members[0].slot.pending and self.engine.reran_graph:
+            # A slot decoding alone on a kept graph: steps that compare (building one is slow).
+            self.step_costs.record(len(members[0].drafts), seconds)
         now = time.perf_counter_ns()
         for slot, n, row, drafts in members:
             if drafts:

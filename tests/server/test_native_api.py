@@ -49,18 +49,24 @@ def test_generate_streams_ndjson_and_matches_non_streaming(server, client):
 
 
 def test_speculative_decoding_counts_in_final_responses(server):
-    """Greedy requests draft by prompt lookup: the final line says how many draft tokens were
-    evaluated and accepted; the text is that of plain decoding (draft_num_predict 0)."""
+    """Greedy requests draft by prompt lookup where it pays (code the answer copies): the
+    final line says how many draft tokens were evaluated and accepted; the text is that of
+    plain decoding (draft_num_predict 0)."""
     counting = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,"
-    body = {"model": "smollm2", "prompt": counting, "raw": True, "stream": False,
-            "options": {"temperature": 0, "num_predict": 24}}
+    code = ('def area(width, height):\n    if width < 0 or height < 0:\n        raise ValueError("negative size")\n'
+            '    return width * height\n')
+    copying = (f"<|im_start|>user\nRepeat this code exactly:\n{code}<|im_end|>\n"
+               "<|im_start|>assistant\n```python\n")  # Qwen's template, the answer opened
+    body = {"model": "qwen2.5-coder-0.5b", "prompt": copying, "raw": True, "stream": False,
+            "options": {"temperature": 0, "num_predict": 40}}
     with server.http() as http:
         plain = http.post("/api/generate", json={**body, "options": {**body["options"], "draft_num_predict": 0}}).json()
-        drafted = http.post("/api/generate", json=body).json()
+        drafted = http.post("/api/generate", json={**body, "keep_alive": 0})  # then unloaded: other tests list smollm2 alone
+        drafted = drafted.json()
         chat = http.post("/api/chat", json={"model": "smollm2", "stream": False, "options": body["options"],
                                             "messages": [{"role": "user", "content": f"Repeat: {counting}"}]}).json()
     assert plain["draft_count"] == plain["draft_accepted_count"] == 0
-    assert drafted["response"] == plain["response"] and drafted["eval_count"] == plain["eval_count"] == 24
+    assert drafted["response"] == plain["response"] == f"{code}```" and drafted["eval_count"] == plain["eval_count"]
     assert 0 < drafted["draft_accepted_count"] <= drafted["draft_count"]
     assert chat["draft_count"] >= chat["draft_accepted_count"] >= 0
 
