@@ -33,6 +33,7 @@ import binascii
 import json
 import logging
 import os
+import socket
 import socketserver
 import sys
 import threading
@@ -255,6 +256,63 @@ def _generate_options(request: dict[str, Any], tokenizer):
     )
 
 
+def completion_line(event) -> bytes:
+    """A completion's JSON line for a Piece or the final Done."""
+    from pollama.runner.generation import Done
+
+    if isinstance(event, Done):
+        obj: dict[str, Any] = {
+            "done": True,
+            "done_reason": event.done_reason,
+            "prompt_eval_count": event.prompt_eval_count,
+            "prompt_eval_duration": event.prompt_eval_duration,
+            "eval_count": event.eval_count,
+            "eval_duration": event.eval_duration,
+            "draft_count": event.draft_count,
+            "draft_accepted_count": event.draft_accepted_count,
+            "context": list(event.tokens),
+        }
+    else:
+        obj = {"content": event.text}
+        logprobs = getattr(event, "logprobs", None)
+        if logprobs:
+            obj["logprobs"] = logprobs
+    return json.dumps(obj, ensure_ascii=False).encode() + b"\n"
+
+
+class _DirectWriter:
+    """Writes a completion's lines from the engine thread (Job's `deliver`), never waiting:
+    a line the socket takes only in part leaves its rest for the request's thread, which
+    then writes that and every line after it."""
+
+    def __init__(self, connection: socket.socket):
+        self.connection = connection
+        self.job = None  # set once submitted: a server that went away cancels it
+        self._rest = b""
+        self._writing = True
+
+    def __call__(self, event) -> bool:
+        if not self._writing:
+            return False
+        line = completion_line(event)
+        try:
+            sent = self.connection.send(line, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            sent = 0
+        except OSError:  # the server hung up: nothing more to write
+            self._writing = False
+            if self.job is not None:
+                self.job.cancel()
+            return True
+        if sent < len(line):
+            self._rest, self._writing = line[sent:], False
+        return True
+
+    def take_rest(self) -> bytes:
+        rest, self._rest = self._rest, b""
+        return rest
+
+
 class Handler(socketserver.StreamRequestHandler):
     """One request per connection."""
 
@@ -301,8 +359,6 @@ class Handler(socketserver.StreamRequestHandler):
 
     # -- ops ------------------------------------------------------------------------------
     def completion(self, request: dict[str, Any]) -> None:
-        from pollama.runner.generation import Done
-
         engine = self.model.engine
         if engine is None:
             raise RequestError("this model does not support generation (it is an embedding model)")
@@ -327,32 +383,23 @@ class Handler(socketserver.StreamRequestHandler):
             raise RequestError(
                 f"the input length ({len(tokens)} tokens) exceeds the context length ({self.model.num_ctx} tokens)"
             )
-        job = engine.submit(tokens, options)
+        writer = _DirectWriter(self.connection)
+        job = engine.submit(tokens, options, deliver=writer)
+        writer.job = job
         finished = threading.Event()
         watcher = threading.Thread(target=self._cancel_on_close, args=(job, finished), daemon=True)
         watcher.start()
         try:
-            for event in job:
-                if isinstance(event, Done):
-                    self.send({
-                        "done": True,
-                        "done_reason": event.done_reason,
-                        "prompt_eval_count": event.prompt_eval_count,
-                        "prompt_eval_duration": event.prompt_eval_duration,
-                        "eval_count": event.eval_count,
-                        "eval_duration": event.eval_duration,
-                        "draft_count": event.draft_count,
-                        "draft_accepted_count": event.draft_accepted_count,
-                        "context": list(event.tokens),
-                    })
-                else:
-                    piece: dict[str, Any] = {"content": event.text}
-                    logprobs = getattr(event, "logprobs", None)
-                    if logprobs:
-                        piece["logprobs"] = logprobs
-                    self.send(piece)
+            for event in job:  # what the engine thread could not write without waiting
+                self.wfile.write(writer.take_rest() + completion_line(event))
+                self.wfile.flush()
+            self.wfile.write(writer.take_rest())
+            self.wfile.flush()
         except OSError:
             job.cancel()  # the server hung up while we wrote
+            raise
+        except BaseException:
+            self.wfile.write(writer.take_rest())  # a whole line before the error's
             raise
         finally:
             finished.set()
