@@ -358,6 +358,7 @@ class GGMLContext(Context, _Owner):
         self.inputs: list[tuple[GGMLTensor, np.ndarray]] = []
         self.arrays: dict[int, np.ndarray] = {}  # id(input tensor) -> its data, for index checks
         self.masks: set[GGMLTensor] = set()
+        self.masks_f16: dict[int, object] = {}  # the F16 cast of each mask, by id(mask), for flash attention
         self.column_index: dict[tuple[int, int, int], GGMLTensor] = {}
         # For rerun(): inputs by name, the (tightest) bound each index input was checked
         # against, the column indices derived from a cell index, the first compute's outputs.
@@ -447,8 +448,10 @@ class GGMLContext(Context, _Owner):
         # permuted by the caller rather than viewed from a cache with view_columns()).
         q, k, v_t = (x if _rows_dense(x) else x.contiguous() for x in (q, k, v_t))
         kernel = self._flash_attention if flash else self._attention
+        mask_ptr = None
+        if mask is not None:
+            mask_ptr = self._mask_f16(mask) if flash else mask.ptr
         if not groups or len(groups) == 1:
-            mask_ptr = mask.ptr if mask is not None else None
             return self._new(kernel(q.ptr, k.ptr, v_t.ptr, mask_ptr, scale, softcap), (t, h, dv)).reshape(t, h * dv)
         # One sequence at a time: ggml's kernels for one query row and for several sum in a
         # different order, and that difference, rounded to 8 bits in the next matmul, can move
@@ -461,9 +464,9 @@ class GGMLContext(Context, _Owner):
         for start, rows in groups:
             q_rows = ggml.ggml_view_3d(c, q.ptr, d, h, rows, q.ptr.contents.nb[1], q.ptr.contents.nb[2], start * q.ptr.contents.nb[2])
             mask_rows = None
-            if mask is not None:
-                m = mask.ptr.contents
-                mask_rows = ggml.ggml_view_2d(c, mask.ptr, m.ne[0], rows, m.nb[1], start * m.nb[1])
+            if mask_ptr is not None:
+                m = mask_ptr.contents
+                mask_rows = ggml.ggml_view_2d(c, mask_ptr, m.ne[0], rows, m.nb[1], start * m.nb[1])
             part = kernel(q_rows, k.ptr, v_t.ptr, mask_rows, scale, softcap)
             out = part if out is None else ggml.ggml_concat(c, out, part, 2)
             self.n_tensors += 3
@@ -487,16 +490,24 @@ class GGMLContext(Context, _Owner):
         self.n_tensors += 10
         return ggml.ggml_cont(c, ggml.ggml_permute(c, kqv, 0, 2, 1, 3))  # [dv, h, t]
 
-    def _flash_attention(self, q, k, v, mask, scale: float, softcap: float):
+    def _mask_f16(self, mask: Tensor):
+        # The fused kernel takes its mask in F16: cast once per step, not once per layer (every
+        # layer reads the same mask; an op fewer each is a thread barrier fewer each).
+        cast = self.masks_f16.get(id(mask))
+        if cast is None:
+            cast = self.masks_f16[id(mask)] = ggml.ggml_cast(self.ctx, mask.ptr, int(GGMLType.F16))
+            self.n_tensors += 1
+        return cast
+
+    def _flash_attention(self, q, k, v, mask16, scale: float, softcap: float):
         c = self.ctx
         # ggml's fused kernel wants q [d, t, h], k/v [d, n, kv_heads] (ne order) and an F16 mask.
         qp = ggml.ggml_permute(c, q, 0, 2, 1, 3)
         kp = ggml.ggml_permute(c, k, 0, 2, 1, 3)
         vp = ggml.ggml_permute(c, v, 0, 2, 1, 3)
-        mask16 = ggml.ggml_cast(c, mask, int(GGMLType.F16)) if mask is not None else None
         out = ggml.ggml_flash_attn_ext(c, qp, kp, vp, mask16, float(scale), 0.0, float(softcap))
         ggml.ggml_prec_set_acc(out, ggml.GGML_PREC_F32)
-        self.n_tensors += 5
+        self.n_tensors += 4
         return out  # [dv, h, t] in ne order
 
     def view(self, tensor: Tensor, start: int, length: int) -> Tensor:
