@@ -12,3 +12,4 @@ from pollama.nn.modules import (  # noqa: F401
     attention,
     make_rope,
 )
+from pollama.nn.loader import Module, load_weights  # noqa: F401

@@ -41,7 +41,7 @@ class Linear:
         self.bias = bias
 
     @classmethod
-    def load(cls, weights: Weights, name: str) -> Linear:
+    def load(cls, weights: Weights, name: str, **_) -> Linear:
         return cls(weights[f"{name}.weight"], weights.get(f"{name}.bias"))
 
     @property
@@ -57,6 +57,10 @@ class Embedding:
 
     def __init__(self, weight: Tensor):
         self.weight = weight
+
+    @classmethod
+    def load(cls, weights: Weights, name: str, **_) -> Embedding:
+        return cls(weights[f"{name}.weight"])
 
     def __call__(self, ids: Tensor) -> Tensor:
         return self.weight.rows(ids)
@@ -77,7 +81,7 @@ class RMSNorm:
         self.eps = _checked_eps(eps)
 
     @classmethod
-    def load(cls, weights: Weights, name: str, eps: float) -> RMSNorm:
+    def load(cls, weights: Weights, name: str, eps: float, **_) -> RMSNorm:
         return cls(weights[f"{name}.weight"], eps)
 
     def __call__(self, x: Tensor) -> Tensor:
@@ -93,7 +97,7 @@ class LayerNorm:
         self.eps = _checked_eps(eps)
 
     @classmethod
-    def load(cls, weights: Weights, name: str, eps: float) -> LayerNorm:
+    def load(cls, weights: Weights, name: str, eps: float, **_) -> LayerNorm:
         return cls(weights[f"{name}.weight"], weights.get(f"{name}.bias"), eps)
 
     def __call__(self, x: Tensor) -> Tensor:

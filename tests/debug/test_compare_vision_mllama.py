@@ -11,6 +11,7 @@ from models.mllama.test_convert import IMAGES, Case
 
 from pollama.debug.compare import compare_model
 from pollama.models.mllama import vision as mllama_vision
+from debug.test_compare import break_layer, skip
 
 PROMPT = "Look: [img-0]The quick brown fox jumps"  # the tokenizer adds <|begin_of_text|>
 VISION = ["v.embd", "v.blk.0.out", "v.blk.1.out", "v.blk.2.out", "v.global.blk.0.out", "v.global.blk.1.out", "mm.out"]
@@ -51,14 +52,7 @@ def test_one_tile_masks_the_others_the_same_way(mllama_vlm):
 def test_a_bug_in_the_vision_tower_is_named_in_its_layer(mllama_vlm, monkeypatch, layer, name):
     # One vision layer's MLP without its norm: the layers before it are fine, it is where it shows.
     folder, gguf, image, _ = mllama_vlm
-    real = mllama_vision.Layer.__init__
-
-    def broken(self, w, p, eps):
-        real(self, w, p, eps)
-        if p == layer:
-            self.ffn_norm = lambda x: x
-
-    monkeypatch.setattr(mllama_vision.Layer, "__init__", broken)
+    break_layer(monkeypatch, mllama_vision.Layer, layer, skip("ffn_norm"))
     report, _ = compare_model(gguf, folder, [], "torch", image=image.read_bytes(), prompt=PROMPT)
     assert report.first_divergent.name == name
     before = VISION[: VISION.index(name)]

@@ -13,32 +13,35 @@ import math
 
 from pollama.kvcache import Batch
 from pollama.ml.base import Context, RopeMode, Tensor
-from pollama.models.base import Config, TextModel, output_projection, register
-from pollama.nn import Embedding, Linear, RMSNorm, Weights, attention, make_rope
+from pollama.models.base import Config, TextModel, register
+from pollama.nn import Linear, Module, RMSNorm, Weights, attention, make_rope
 
 ARCH = "mymodel"  # TEMPLATE: general.architecture; the GGUF keys are "<ARCH>.block_count", ...
 
 
-class Block:
+class Block(Module):
     """One decoder layer: x + attn(norm(x)), then h + mlp(norm(h))."""
 
-    def __init__(self, w: Weights, i: int, eps: float):
-        # Attributes named as the GGUF tensors (blk.N.<name>.weight): Linear.load also takes
-        # the .bias when the file has one.
-        p = f"blk.{i}"
-        self.attn_norm = RMSNorm.load(w, f"{p}.attn_norm", eps)
-        self.attn_q = Linear.load(w, f"{p}.attn_q")
-        self.attn_k = Linear.load(w, f"{p}.attn_k")
-        self.attn_v = Linear.load(w, f"{p}.attn_v")
-        self.attn_output = Linear.load(w, f"{p}.attn_output")
-        self.ffn_norm = RMSNorm.load(w, f"{p}.ffn_norm", eps)
-        self.ffn_gate = Linear.load(w, f"{p}.ffn_gate")
-        self.ffn_up = Linear.load(w, f"{p}.ffn_up")
-        self.ffn_down = Linear.load(w, f"{p}.ffn_down")
+    # Weights are attributes named as the GGUF tensors (blk.N.<name>.weight, and .bias when the
+    # file has one); Optional[Linear] for one a file may lack, Annotated[Linear, "mlp.fc1"] for
+    # a GGUF name that is no Python name.
+    attn_norm: RMSNorm
+    attn_q: Linear
+    attn_k: Linear
+    attn_v: Linear
+    attn_output: Linear
+    ffn_norm: RMSNorm
+    ffn_gate: Linear
+    ffn_up: Linear
+    ffn_down: Linear
 
 
 @register(ARCH)
 class MyModel(TextModel):
+    # (and TextModel's token_embd, and output: absent in a file whose embeddings are tied)
+    blk: list[Block]
+    output_norm: RMSNorm
+
     def __init__(self, cfg: Config, w: Weights):
         # Hyper-parameters come from GGUF keys, with the defaults the reference uses; read_dims
         # reads and checks the sizes every decoder has.
@@ -50,11 +53,10 @@ class MyModel(TextModel):
         self.rope = make_rope(cfg.int("rope.dimension_count", self.head_dim), cfg.float("rope.freq_base", 10000.0),
                               RopeMode.NEOX)
 
-        self.token_embd = Embedding(w["token_embd.weight"])
-        self.blk = [Block(w, i, eps) for i in range(self.n_layers)]
-        self.output_norm = RMSNorm.load(w, "output_norm", eps)
-        self.output = output_projection(w)  # output.weight, or the embedding when tied
-        self.vocab_size = self.output.out_features
+        # A list's length is a hyper-parameter: build it, then load_weights reads the rest
+        # (`eps` reaches every norm).
+        self.blk = [Block.load(w, f"blk.{i}", eps=eps) for i in range(self.n_layers)]
+        self.load_weights(w, eps=eps)
 
     def forward(self, ctx: Context, batch: Batch, cache) -> Tensor:
         t = len(batch)
