@@ -1,4 +1,4 @@
-"""What every text model shares: reading hyper-parameters from GGUF, the registry, the cache."""
+"""What every text model shares: reading hyper-parameters from GGUF, finding the class, the cache."""
 
 from __future__ import annotations
 
@@ -8,13 +8,16 @@ from typing import Any, Callable, Mapping, Optional
 from pollama.fs.ggml_types import GGMLType
 from pollama.kvcache import Batch, KVCache, LayerCaches, pages_for
 from pollama.ml.base import Backend, Context, Tensor
-from pollama.nn import Embedding, Linear, ModelError, Module, Weights, load_weights
+from pollama.models import discovery
+from pollama.errors import ModelError
+from pollama.nn import Embedding, Linear, Module, Weights, load_weights
 
 _REGISTRY: dict[str, type[TextModel]] = {}
 
 
 def register(arch: str) -> Callable[[type[TextModel]], type[TextModel]]:
-    """Class decorator: the model for GGUF files whose general.architecture is `arch`."""
+    """Class decorator: the model for GGUF files whose general.architecture is `arch` (its folder's
+    name, or an alias in models/discovery.py)."""
 
     def add(cls: type[TextModel]) -> type[TextModel]:
         _REGISTRY[arch] = cls
@@ -25,23 +28,20 @@ def register(arch: str) -> Callable[[type[TextModel]], type[TextModel]]:
 
 
 def architectures() -> list[str]:
-    """Registered architecture names."""
-    _import_all()
+    """Every architecture name its folders register (models/discovery.py)."""
+    for name in discovery.folders():
+        discovery.import_folder(name)
     return sorted(_REGISTRY)
 
 
 def model_class(arch: str) -> type[TextModel]:
-    """The model class registered for an architecture; ModelError if there is none."""
-    _import_all()
+    """The model class for an architecture, found from its folder; ModelError if there is none."""
+    if arch not in _REGISTRY:
+        discovery.import_folder(discovery.folder_for(arch))
     cls = _REGISTRY.get(arch)
     if cls is None:
-        raise ModelError(f"unknown model architecture {arch!r} (supported: {', '.join(sorted(_REGISTRY))})")
+        raise ModelError(f"unknown model architecture {arch!r} (supported: {', '.join(architectures())})")
     return cls
-
-
-def _import_all() -> None:
-    # Importing a model module registers it; the list is the one place naming them all.
-    from pollama.models import bert, gemma3, llama, mistral, mistral3, mllama, qwen2, qwen2vl  # noqa: F401
 
 
 class Config:

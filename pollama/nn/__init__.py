@@ -4,7 +4,6 @@ from pollama.nn.modules import (  # noqa: F401
     Embedding,
     LayerNorm,
     Linear,
-    ModelError,
     RMSNorm,
     RopeScaling,
     Weights,

@@ -6,11 +6,8 @@ import math
 from dataclasses import dataclass
 from typing import Mapping
 
+from pollama.errors import ModelError
 from pollama.ml.base import Context, Rope, RopeMode, Tensor
-
-
-class ModelError(ValueError):
-    """A model file that does not fit its architecture (missing tensor or key, bad shape)."""
 
 
 class Weights:

@@ -19,7 +19,7 @@ from pollama.fs.gguf import GGUFFile
 from pollama.ml.base import Backend
 from pollama.models.base import load_model
 from pollama.models.bert import Bert, Pooling
-from pollama.nn import ModelError
+from pollama.errors import ModelError
 from pollama.runner import limits
 from pollama.runner.engine import make_backend
 from pollama.tokenizer import load_tokenizer

@@ -137,7 +137,7 @@ def check_context_memory(model: TextModel, backend: Backend, num_ctx: int, num_b
     """ModelError, before anything is allocated, when the K/V cache of num_parallel sequences of
     num_ctx tokens and the attention of one batch would take more memory than is free: the
     cache is zeroed at once, so it would be the kernel's OOM killer that answers otherwise."""
-    from pollama.nn import ModelError
+    from pollama.errors import ModelError
 
     try:
         sizes = dict(n_layers=model.n_layers, k_width=model.k_width, v_width=model.v_width, n_heads=model.n_heads)

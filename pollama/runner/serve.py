@@ -39,7 +39,7 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
-from pollama.nn import ModelError
+from pollama.errors import ModelError
 from pollama.runner import limits
 
 log = logging.getLogger("pollama.runner")

@@ -1,7 +1,7 @@
 """`pollama compare MODEL REF --image FILE` for Llama 3.2 Vision (mllama): the tiled ViT's local
 and global layers, the projector, and the text model reading the image through its
 cross-attention layers, layer by layer against transformers put back to Meta's model
-(pollama/debug/vision_mllama.py); a bug in one vision layer is named in that layer."""
+(pollama/models/mllama/reference.py); a bug in one vision layer is named in that layer."""
 
 from __future__ import annotations
 
@@ -73,10 +73,10 @@ def test_a_text_prompt_compares_the_text_model_of_a_vision_model(mllama_vlm):
 
 def test_the_reference_is_metas_model_not_unpatched_transformers(mllama_vlm, monkeypatch):
     # transformers 5.24 as it is picks the tower's intermediate states one layer late: the
-    # layers all agree, the projector's input does not (see pollama/debug/vision_mllama.py).
-    from pollama.debug import vision_mllama
+    # layers all agree, the projector's input does not (see pollama/models/mllama/reference.py).
+    from pollama.models.mllama import reference as mllama_reference
 
     folder, gguf, image, _ = mllama_vlm
-    monkeypatch.setattr(vision_mllama, "meta_model", lambda model: model)
+    monkeypatch.setattr(mllama_reference, "meta_model", lambda model: model)
     report, _ = compare_model(gguf, folder, [], "torch", image=image.read_bytes(), prompt=PROMPT)
     assert report.first_divergent.name == "mm.out"

@@ -54,7 +54,7 @@ def test_vision_tower_merger_and_text_within_tolerance(qwen_vlm, backend, capsys
 
 
 def test_qwen25vl_window_order_is_not_ours():
-    # What makes the un-permuting in pollama/debug/vision_qwen2vl.py necessary for this image.
+    # What makes the un-permuting in pollama/models/qwen2vl/reference.py necessary for this image.
     import torch
     from transformers.vision_utils import get_vision_window_index
 

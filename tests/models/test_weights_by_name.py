@@ -7,7 +7,8 @@ from typing import Annotated, Optional
 import pytest
 
 from pollama.ml.base import Tensor
-from pollama.nn import LayerNorm, Linear, ModelError, Module, RMSNorm, Weights, load_weights
+from pollama.errors import ModelError
+from pollama.nn import LayerNorm, Linear, Module, RMSNorm, Weights, load_weights
 
 
 class FakeTensor:

@@ -24,7 +24,8 @@ import numpy as np
 
 from pollama.ml.base import Context, Tensor
 from pollama.models.base import Config, positive, register
-from pollama.nn import Embedding, LayerNorm, Linear, ModelError, Module, Weights, load_weights
+from pollama.errors import ModelError
+from pollama.nn import Embedding, LayerNorm, Linear, Module, Weights, load_weights
 
 
 class Pooling(enum.IntEnum):

@@ -16,7 +16,8 @@ from pollama.models.gemma3.process_image import process_image
 from pollama.models.gemma3.vision import VisionModel
 from pollama.models.llama.model import read_rope_scaling
 from pollama.models.multimodal import Image, ImageToken
-from pollama.nn import Linear, ModelError, Module, RMSNorm, RopeScaling, Weights, attention, make_rope
+from pollama.errors import ModelError
+from pollama.nn import Linear, Module, RMSNorm, RopeScaling, Weights, attention, make_rope
 
 
 class Block(Module):

@@ -11,7 +11,8 @@ import numpy as np
 from pollama.fs.ggml_types import GGMLType
 from pollama.ml.base import Context, Tensor
 from pollama.models.base import Config, positive
-from pollama.nn import LayerNorm, Linear, ModelError, Module, RMSNorm, Weights, attend, load_weights
+from pollama.errors import ModelError
+from pollama.nn import LayerNorm, Linear, Module, RMSNorm, Weights, attend, load_weights
 
 
 FLOAT_TYPES = (GGMLType.F32, GGMLType.F16, GGMLType.BF16)

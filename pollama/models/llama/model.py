@@ -8,7 +8,8 @@ from typing import Annotated, Optional
 from pollama.kvcache import Batch
 from pollama.ml.base import Context, RopeMode, Tensor
 from pollama.models.base import Config, TextModel, register
-from pollama.nn import Linear, ModelError, Module, RMSNorm, RopeScaling, Weights, attention, make_rope
+from pollama.errors import ModelError
+from pollama.nn import Linear, Module, RMSNorm, RopeScaling, Weights, attention, make_rope
 
 
 def read_rope_scaling(cfg: Config) -> RopeScaling:

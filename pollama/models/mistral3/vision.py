@@ -15,7 +15,8 @@ import numpy as np
 from pollama.ml.base import Context, Rope, RopeMode, Tensor
 from pollama.models.base import Config, positive
 from pollama.models.llama.model import Block
-from pollama.nn import Linear, ModelError, Module, RMSNorm, Weights, attend, load_weights
+from pollama.errors import ModelError
+from pollama.nn import Linear, Module, RMSNorm, Weights, attend, load_weights
 
 
 def patchify(pixels: np.ndarray, patch: int) -> np.ndarray:

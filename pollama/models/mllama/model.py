@@ -23,7 +23,8 @@ from pollama.models.llama.model import Block, decoder_layer, read_rope_scaling
 from pollama.models.mllama.process_image import process_image
 from pollama.models.mllama.vision import VisionModel
 from pollama.models.multimodal import Image, ImageToken
-from pollama.nn import Linear, ModelError, Module, RMSNorm, Weights, make_rope
+from pollama.errors import ModelError
+from pollama.nn import Linear, Module, RMSNorm, Weights, make_rope
 
 IMAGE_TOKEN = "<|image|>"
 IMAGE_TOKEN_ID = 128256  # Llama 3.2 Vision's, when the vocabulary does not name it

@@ -15,7 +15,8 @@ import numpy as np
 from pollama.ml.base import Context, Tensor
 from pollama.models.base import Config, positive
 from pollama.models.mllama.process_image import supported_aspect_ratios
-from pollama.nn import LayerNorm, Linear, ModelError, Module, Weights, attend, load_weights
+from pollama.errors import ModelError
+from pollama.nn import LayerNorm, Linear, Module, Weights, attend, load_weights
 
 
 MAX_TILES = 16  # Llama 3.2 Vision has 4; bounds the canvases an image is fitted to

@@ -17,7 +17,8 @@ import numpy as np
 from pollama.ml.base import Context, Rope, RopeMode, Tensor
 from pollama.models.base import Config, positive
 from pollama.models.qwen2vl.process_image import Qwen2VLImage
-from pollama.nn import LayerNorm, Linear, ModelError, Module, RMSNorm, Weights, attend
+from pollama.errors import ModelError
+from pollama.nn import LayerNorm, Linear, Module, RMSNorm, Weights, attend
 
 EPS = 1e-6  # transformers builds the tower's norms with this, whatever the config says
 
