@@ -1,11 +1,11 @@
 """The errors a user can cause, and which exceptions are printed as one line, not a traceback.
 
-This module imports nothing of pollama's but its config, so every layer can raise these.
+This module imports nothing of pollama's but envconfig, so every layer can raise these.
 """
 
 from __future__ import annotations
 
-import os
+from pollama import envconfig
 
 
 class ModelError(ValueError):
@@ -28,5 +28,5 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
 
 def debug_enabled() -> bool:
-    """OLLAMA_DEBUG is set (to anything but empty, 0 or false)."""
-    return os.environ.get("OLLAMA_DEBUG", "").strip().lower() not in ("", "0", "false")
+    """OLLAMA_DEBUG is on (envconfig.debug: a true value or a positive level)."""
+    return envconfig.debug()

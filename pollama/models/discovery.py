@@ -21,8 +21,8 @@ import re
 from types import ModuleType
 
 import pollama.models
+from pollama import envconfig
 
-ARCH_PATH_ENV = "POLLAMA_ARCH_PATH"
 # GGUF general.architecture -> the folder that holds it, where the two differ.
 ALIASES = {"qwen25vl": "qwen2vl"}
 
@@ -32,7 +32,7 @@ _OWN_PATH = list(pollama.models.__path__)
 
 def search_path() -> list[str]:
     """pollama/models, then each directory of POLLAMA_ARCH_PATH (the package's __path__ follows it)."""
-    extra = [os.path.abspath(p) for p in os.environ.get(ARCH_PATH_ENV, "").split(os.pathsep) if p.strip()]
+    extra = [os.path.abspath(p) for p in envconfig.arch_path()]
     path = _OWN_PATH + [p for p in dict.fromkeys(extra) if p not in _OWN_PATH]
     if list(pollama.models.__path__) != path:
         pollama.models.__path__[:] = path

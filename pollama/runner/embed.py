@@ -17,6 +17,7 @@ import numpy as np
 
 from pollama.fs.gguf import GGUFFile
 from pollama.ml.base import Backend
+from pollama import envconfig
 from pollama.models.base import load_model
 from pollama.models.bert import Bert, Pooling
 from pollama.errors import ModelError
@@ -24,7 +25,7 @@ from pollama.runner import limits
 from pollama.runner.engine import make_backend
 from pollama.tokenizer import load_tokenizer
 
-DEFAULT_NUM_BATCH = 512
+DEFAULT_NUM_BATCH = envconfig.DEFAULT_NUM_BATCH
 
 
 class InputTooLong(ValueError):
