@@ -4,10 +4,11 @@ tokenizer) -> one GGUF file, given the architecture's converter.
 Each architecture's converter (a ModelConverter in models/<name>/convert.py) says how its
 names, keys and values map; `convert_folder(folder, out, converter)` writes the GGUF with the
 metadata keys and tensor names llama.cpp's converter writes, so the file runs here, in
-llama.cpp and in Ollama alike. (`create` picks the converter by config.json's
-`architectures[0]`: pollama/create/convert.py.) Weights keep their values: 1-D tensors are stored F32, matrices
-F16 (or F32 when asked), and the architecture's converter applies what its GGUF layout needs
-(Llama's Q/K row order, Gemma's norm offset). BertModel folders go to the BERT converter.
+llama.cpp and in Ollama alike (`create` picks the converter by config.json's
+`architectures[0]`: pollama/create/convert.py). Weights keep their values: 1-D tensors are
+stored F32, matrices F16 (or F32 when asked), and the architecture's converter applies what its
+GGUF layout needs (Llama's Q/K row order, Gemma's norm offset). A converter with `whole` (BERT's)
+writes the file itself.
 
 Weights come from safetensors or PyTorch checkpoints, found in Ollama's order (`find_weights`),
 and are converted one tensor at a time as the GGUF is written: a model of any size needs

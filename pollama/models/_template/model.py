@@ -1,7 +1,8 @@
 """MyModel (Author et al. 2025): one line on what the architecture is.
 
 TEMPLATE: copy this folder to pollama/models/<name>/, rename MyModel, set ARCH to the GGUF
-general.architecture, and change what your architecture changes. As it stands it is a plain
+general.architecture (the folder's name: that is how a file finds its model, with no registry
+to edit), and change what your architecture changes. As it stands it is a plain
 pre-norm decoder (RMSNorm, RoPE, grouped-query attention, SwiGLU) that keeps HF's weight
 layout, which it runs with NeoX-style RoPE, so it computes Llama/Qwen2-style checkpoints
 converted by the template's convert.py. Say in this docstring what differs from the paper.
@@ -16,15 +17,13 @@ from pollama.ml.base import Context, RopeMode, Tensor
 from pollama.models.base import Config, TextModel, register
 from pollama.nn import Linear, Module, RMSNorm, Weights, attention, make_rope
 
-ARCH = "mymodel"  # TEMPLATE: general.architecture; the GGUF keys are "<ARCH>.block_count", ...
+ARCH = "mymodel"  # TEMPLATE: general.architecture = the folder's name; GGUF keys are "<ARCH>.block_count", ...
 
 
 class Block(Module):
     """One decoder layer: x + attn(norm(x)), then h + mlp(norm(h))."""
 
-    # Weights are attributes named as the GGUF tensors (blk.N.<name>.weight, and .bias when the
-    # file has one); Optional[Linear] for one a file may lack, Annotated[Linear, "mlp.fc1"] for
-    # a GGUF name that is no Python name.
+    # blk.N.<name>.weight (and .bias if any); Optional[...] if a file may lack it (nn/loader.py)
     attn_norm: RMSNorm
     attn_q: Linear
     attn_k: Linear
@@ -38,8 +37,7 @@ class Block(Module):
 
 @register(ARCH)
 class MyModel(TextModel):
-    # (and TextModel's token_embd, and output: absent in a file whose embeddings are tied)
-    blk: list[Block]
+    blk: list[Block]  # (token_embd and output, tied when absent: TextModel's)
     output_norm: RMSNorm
 
     def __init__(self, cfg: Config, w: Weights):
@@ -53,8 +51,7 @@ class MyModel(TextModel):
         self.rope = make_rope(cfg.int("rope.dimension_count", self.head_dim), cfg.float("rope.freq_base", 10000.0),
                               RopeMode.NEOX)
 
-        # A list's length is a hyper-parameter: build it, then load_weights reads the rest
-        # (`eps` reaches every norm).
+        # A list's length is a hyper-parameter: build it; load_weights reads the rest (eps: the norms').
         self.blk = [Block.load(w, f"blk.{i}", eps=eps) for i in range(self.n_layers)]
         self.load_weights(w, eps=eps)
 
