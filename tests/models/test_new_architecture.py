@@ -34,15 +34,16 @@ def test_a_copied_template_is_created_and_run_with_no_other_edit(tmp_path):
     for name in ("mymodel", "llama"):
         created = pollama("create", f"tiny-{name}", "-f", str(tmp_path / f"Modelfile.{name}"), env=env, timeout=300)
         assert created.returncode == 0, created.stderr
-    shown = pollama("show", "tiny-mymodel", env=env)
+    shown = pollama("show", "tiny-mymodel", env=env, timeout=300)
     assert shown.returncode == 0 and "mymodel" in shown.stdout, shown
 
-    runs = [pollama("run", f"tiny-{name}", "Hello world", "--temperature", "0", "--num-predict", "8", env=env)
+    runs = [pollama("run", f"tiny-{name}", "Hello world", "--temperature", "0", "--num-predict", "8", env=env,
+                    timeout=300)
             for name in ("mymodel", "llama")]
     for run in runs:
         assert run.returncode == 0, run.stderr
     assert runs[0].stdout == runs[1].stdout and runs[0].stdout.strip()  # the template is Llama's decoder
 
     # Without the path the architecture is unknown, in one line.
-    unknown = pollama("run", "tiny-mymodel", "Hello", env={**env, "POLLAMA_ARCH_PATH": ""})
+    unknown = pollama("run", "tiny-mymodel", "Hello", env={**env, "POLLAMA_ARCH_PATH": ""}, timeout=300)
     assert unknown.returncode != 0 and "unknown model architecture 'mymodel'" in unknown.stderr, unknown.stderr
