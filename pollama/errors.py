@@ -1,8 +1,19 @@
-"""Which exceptions mean "the user gave us something bad" (printed as one line, not a traceback)."""
+"""The errors a user can cause, and which exceptions are printed as one line, not a traceback.
+
+This module imports nothing of pollama's but envconfig, so every layer can raise these.
+"""
 
 from __future__ import annotations
 
-import os
+from pollama import envconfig
+
+
+class ModelError(ValueError):
+    """A model file that does not fit its architecture (missing tensor or key, bad shape)."""
+
+
+class CacheFullError(RuntimeError):
+    """No free cells for the step's tokens (the context is full)."""
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
@@ -13,11 +24,9 @@ def user_errors() -> tuple[type[BaseException], ...]:
     """
     if debug_enabled():
         return ()
-    from pollama.kvcache import CacheFullError
-
     return (ValueError, OSError, CacheFullError, MemoryError)
 
 
 def debug_enabled() -> bool:
-    """OLLAMA_DEBUG is set (to anything but empty, 0 or false)."""
-    return os.environ.get("OLLAMA_DEBUG", "").strip().lower() not in ("", "0", "false")
+    """OLLAMA_DEBUG is on (envconfig.debug: a true value or a positive level)."""
+    return envconfig.debug()

@@ -8,7 +8,8 @@ from typing import Any
 
 import httpx
 
-from pollama.server.config import client_api_key, parse_host
+from pollama.envconfig import client_api_key
+from pollama.server.config import parse_host
 
 
 class ServerError(Exception):

@@ -6,12 +6,12 @@ Everything goes through the server's API: /api/chat for turns, /api/show for /sh
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from pollama import envconfig
 from pollama.cli.client import Client, ServerError
 from pollama.cli.images import extract_images
 from pollama.cli.remote import model_has_vision
@@ -77,7 +77,7 @@ class Session:
         self.system: str | None = None
         self.messages: list[dict[str, Any]] = []
         self._vision: tuple[str, bool] | None = None
-        self.history = os.environ.get("OLLAMA_NOHISTORY", "").strip().lower() in ("", "0", "false")
+        self.history = not envconfig.no_history()
 
     # -- input ------------------------------------------------------------------------------
     def read_message(self) -> str | None:

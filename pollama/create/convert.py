@@ -1,280 +1,28 @@
-"""Hugging Face checkpoint folder (config.json, safetensors, tokenizer) -> one GGUF file.
-
-`convert_hf(folder, out)` reads config.json, picks the architecture's converter by
-`architectures[0]` (each lives in models/<name>/convert.py), and writes the GGUF with the
-metadata keys and tensor names llama.cpp's converter writes, so the file runs here, in
-llama.cpp and in Ollama alike. Weights keep their values: 1-D tensors are stored F32, matrices
-F16 (or F32 when asked), and the architecture's converter applies what its GGUF layout needs
-(Llama's Q/K row order, Gemma's norm offset). BertModel folders go to the BERT converter.
-
-Weights come from safetensors or PyTorch checkpoints, found in Ollama's order (`find_weights`),
-and are converted one tensor at a time as the GGUF is written: a model of any size needs
-memory for about one tensor, whatever its file size.
-"""
+"""`create` from a Hugging Face checkpoint folder: the converter for its config.json class, found
+in the architectures' folders (models/<name>/convert.py, CONVERTERS), writes the GGUF."""
 
 from __future__ import annotations
 
-import collections
-import json
-import logging
-import math
-import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar, Mapping
 
-import numpy as np
+from pollama.models import discovery
+from pollama.models.convert import ConvertError, ModelConverter, convert_folder, read_hf_config
 
-from pollama.fs.ggml_types import FileType, GGMLType
-from pollama.fs.gguf import GGUFValueType
-from pollama.fs.safetensors import SafetensorsError, open_folder
-from pollama.fs.torchzip import CheckpointError, open_checkpoints
-from pollama.fs.writer import LazyTensor, write_gguf
-from pollama.tokenizer.convert import TokenizerConvertError, convert_tokenizer
-
-log = logging.getLogger(__name__)
-
-__all__ = [
-    "ConvertError", "HFConfig", "ModelConverter", "convert_hf", "find_weights", "open_weights",
-    "supported_architectures",
-]
-
-OUT_TYPES = {"f32": (GGMLType.F32, FileType.ALL_F32), "f16": (GGMLType.F16, FileType.MOSTLY_F16)}
-_F16_MAX = float(np.finfo(np.float16).max)
-
-
-class ConvertError(ValueError):
-    """A folder that cannot be converted; the message names the file or tensor at fault."""
-
-
-class HFConfig:
-    """config.json of a checkpoint: values by HF name, with defaults and clear errors for missing ones."""
-
-    def __init__(self, data: dict[str, Any]):
-        self.data = data
-
-    def get(self, key: str, default: Any = None) -> Any:
-        """config[key], or default when absent or null."""
-        value = self.data.get(key)
-        return default if value is None else value
-
-    def require(self, key: str) -> Any:
-        """config[key]; ConvertError when config.json lacks it."""
-        value = self.data.get(key)
-        if value is None:
-            raise ConvertError(f"config.json lacks {key!r}")
-        return value
-
-    def rope(self, layer_type: str | None = None, default_theta: float = 10000.0) -> dict[str, Any]:
-        """RoPE parameters as transformers 5 writes them: {"rope_type", "rope_theta", factor, ...}.
-
-        Older configs (rope_theta + rope_scaling) are read into the same form; `layer_type`
-        picks one entry of a per-layer-type dict (Gemma 3: sliding_attention, full_attention).
-        """
-        params = self.data.get("rope_parameters")
-        if isinstance(params, dict) and layer_type is not None and isinstance(params.get(layer_type), dict):
-            params = params[layer_type]
-        if not isinstance(params, dict) or "rope_theta" not in params:
-            params = {"rope_theta": self.get("rope_theta", default_theta), **(self.get("rope_scaling") or {})}
-        return {**params, "rope_type": params.get("rope_type") or params.get("type") or "default"}
-
-
-class ModelConverter:
-    """One architecture's HF -> GGUF mapping; models/<name>/convert.py subclasses it."""
-
-    arch: str  # general.architecture
-    architectures: tuple[str, ...]  # the config.json architectures it converts
-    # GGUF name of each HF tensor outside the layers, and of each per-layer tensor of
-    # `model.layers.N.` (without .weight/.bias), which becomes `blk.N.`.
-    top_names: ClassVar[dict[str, str]] = {
-        "model.embed_tokens": "token_embd", "model.norm": "output_norm", "lm_head": "output"}
-    layer_names: ClassVar[dict[str, str]] = {}
-
-    folder: Path | None = None  # the checkpoint folder, for converters that read more than config.json
-
-    def __init__(self, cfg: HFConfig):
-        self.cfg = cfg
-
-    def metadata(self) -> dict[str, Any]:
-        """`<arch>.*` keys, without the arch prefix."""
-        raise NotImplementedError
-
-    def transform(self, name: str, data: np.ndarray) -> np.ndarray:
-        """Change a tensor for its GGUF layout (keeping its shape); `name` is its GGUF name, data float32."""
-        return data
-
-    def extra_tensors(self) -> list[tuple[str, np.ndarray]]:
-        """Tensors GGUF has and the checkpoint has not (computed from config.json)."""
-        return []
-
-    def source(self, weights: Mapping[str, Any]) -> Mapping[str, Any]:
-        """The checkpoint's tensors as this architecture maps them (identity; a converter whose
-        checkpoint fuses tensors GGUF keeps apart gives a view with the parts instead)."""
-        return weights
-
-    def skip(self, hf_name: str) -> bool:
-        """HF tensors GGUF does not keep: RoPE caches, and lm_head when tied to the embedding."""
-        if hf_name.endswith("rotary_emb.inv_freq"):
-            return True
-        return hf_name == "lm_head.weight" and bool(self.cfg.get("tie_word_embeddings", False))
-
-    def gguf_names(self, hf_name: str) -> list[str]:
-        """Every GGUF tensor made from one HF tensor (usually one; `transform` tells them apart)."""
-        return [self.gguf_name(hf_name)]
-
-    def gguf_name(self, hf_name: str) -> str:
-        """The GGUF name of an HF tensor; ConvertError for one this architecture does not have."""
-        stem, dot, suffix = hf_name.rpartition(".")
-        if dot and suffix in ("weight", "bias"):
-            if stem in self.top_names:
-                return f"{self.top_names[stem]}.{suffix}"
-            m = re.fullmatch(r"model\.layers\.(\d+)\.(.+)", stem)
-            if m and m.group(2) in self.layer_names:
-                return f"blk.{m.group(1)}.{self.layer_names[m.group(2)]}.{suffix}"
-        raise ConvertError(f"tensor {hf_name!r} has no place in a {self.arch} GGUF")
-
-    # -- helpers for subclasses -------------------------------------------------------------------
-    def decoder_metadata(self, default_eps: float = 1e-6, default_ctx: int = 2048) -> dict[str, Any]:
-        """The keys every decoder has: sizes, heads, norm epsilon, context length."""
-        c = self.cfg
-        heads = c.require("num_attention_heads")
-        md = {
-            "vocab_size": c.require("vocab_size"),
-            "context_length": c.get("max_position_embeddings", default_ctx),
-            "embedding_length": c.require("hidden_size"),
-            "feed_forward_length": c.require("intermediate_size"),
-            "block_count": c.require("num_hidden_layers"),
-            "attention.head_count": heads,
-            "attention.head_count_kv": c.get("num_key_value_heads", heads),
-            "attention.layer_norm_rms_epsilon": float(c.get("rms_norm_eps", default_eps)),
-        }
-        if c.get("head_dim") is not None:  # llama.cpp writes these when the config names a head size
-            md["attention.key_length"] = md["attention.value_length"] = c.get("head_dim")
-        return md
-
-    def head_dim(self) -> int:
-        """Size of one attention head (config's head_dim, else hidden_size / heads)."""
-        c = self.cfg
-        return c.get("head_dim") or c.require("hidden_size") // c.require("num_attention_heads")
-
-    def check_activation(self, key: str, allowed: tuple[str, ...], default: str) -> None:
-        """ConvertError unless the config's activation is the one the GGUF model computes."""
-        act = self.cfg.get(key, default)
-        if act not in allowed:
-            raise ConvertError(f"config.json {key}={act!r}: {self.arch} models compute {allowed[0]}")
-
-
-def rope_scaling_metadata(rope: dict[str, Any]) -> dict[str, Any]:
-    """`rope.scaling.*` keys for linear and YaRN context extension; ConvertError for other kinds."""
-    kind = rope["rope_type"]
-    if kind == "default":
-        return {}
-    factor = float(rope.get("factor", 1.0))
-    if kind == "linear":
-        return {"rope.scaling.type": "linear", "rope.scaling.factor": factor}
-    if kind == "yarn":
-        md = {"rope.scaling.type": "yarn", "rope.scaling.factor": factor}
-        if rope.get("original_max_position_embeddings"):
-            md["rope.scaling.original_context_length"] = int(rope["original_max_position_embeddings"])
-        for hf, key in (("beta_fast", "rope.scaling.yarn_beta_fast"), ("beta_slow", "rope.scaling.yarn_beta_slow")):
-            if rope.get(hf) is not None:
-                md[key] = float(rope[hf])
-        return md
-    raise ConvertError(f"config.json rope scaling {kind!r} is not supported (linear, yarn)")
+__all__ = ["ConvertError", "convert_hf", "supported_architectures"]
 
 
 def supported_architectures() -> dict[str, type[ModelConverter]]:
-    """config.json architecture name -> its converter."""
-    # Imported here: each model's convert.py imports this module for ModelConverter.
-    from pollama.models.gemma3.convert import Gemma3Converter, Gemma3VisionConverter
-    from pollama.models.llama.convert import LlamaConverter
-    from pollama.models.mistral3.convert import Mistral3Converter
-    from pollama.models.mllama.convert import MllamaConverter
-    from pollama.models.qwen2.convert import Qwen2Converter
-    from pollama.models.qwen2vl.convert import Qwen2VLConverter, Qwen25VLConverter
-
-    converters = (LlamaConverter, Qwen2Converter, Gemma3Converter, Gemma3VisionConverter, MllamaConverter,
-                  Mistral3Converter, Qwen2VLConverter, Qwen25VLConverter)
-    return {name: cls for cls in converters for name in cls.architectures}
-
-
-def _whole_converters() -> dict[str, Callable[..., None]]:
-    # Encoders whose convert.py is a converter of its own (its own vocabulary kind and keys).
-    from pollama.models.bert.convert import convert as convert_bert
-
-    return {"BertModel": convert_bert}
-
-
-def find_weights(folder: str | Path) -> tuple[str, list[Path]]:
-    """("safetensors" | "torch" | "gguf", files) holding a folder's model, ("", []) when none.
-
-    Ollama's order: safetensors, then pytorch_model*.bin (its -N-of-M shards before a single
-    file, as Ollama's converter reads them), then consolidated*.pth, then *.gguf, then a GGUF
-    named *.bin. Ollama takes only model*.safetensors (else consolidated*); we take every
-    .safetensors file, HF shards before Mistral's consolidated ones (see weight_files).
-    Checkpoints are taken only when they are zip files, as Ollama checks their content type,
-    so a git-lfs pointer is skipped.
-    """
-    folder = Path(folder)
-    if any(folder.glob("*.safetensors")):
-        return "safetensors", sorted(folder.glob("*.safetensors"))
-    for pattern in ("pytorch_model*.bin", "consolidated*.pth"):
-        found = sorted(folder.glob(pattern))
-        if found and all(_magic(p) == b"PK\x03\x04" for p in found):
-            shards = [p for p in found if re.fullmatch(r"pytorch_model-.+-of-.+\.bin", p.name)]
-            return "torch", shards or found
-    ggufs = sorted(folder.glob("*.gguf")) or [p for p in sorted(folder.glob("*.bin")) if _magic(p) == b"GGUF"]
-    return ("gguf", ggufs) if ggufs else ("", [])
-
-
-def _magic(path: Path) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read(4)
-    except OSError:
-        return b""
-
-
-TORCH_INDEX_NAME = "pytorch_model.bin.index.json"
-
-
-def open_weights(folder: str | Path):
-    """The tensors of a checkpoint folder, by HF name (safetensors or PyTorch); ConvertError if none."""
-    folder = Path(folder)
-    kind, files = find_weights(folder)
-    try:
-        if kind == "safetensors":
-            return open_folder(folder)
-        if kind == "torch":
-            index = folder / TORCH_INDEX_NAME
-            return open_checkpoints(files, index if files[0].name.startswith("pytorch_model") and index.is_file() else None)
-    except (SafetensorsError, CheckpointError) as e:
-        raise ConvertError(str(e)) from None
-    except OSError as e:
-        raise ConvertError(f"{folder}: cannot read the weights ({e})") from None
-    not_zips = [p.name for p in (*folder.glob("pytorch_model*.bin"), *folder.glob("consolidated*.pth"))]
-    if not_zips:
-        raise ConvertError(f"{folder / min(not_zips)}: not a PyTorch zip checkpoint (a git-lfs pointer?)")
-    raise ConvertError(f"{folder}: no .safetensors weights (nor pytorch_model*.bin, consolidated*.pth) in the folder")
-
-
-def read_hf_config(folder: str | Path) -> tuple[dict, str]:
-    """(config.json as a dict, the model class its `architectures` names) of a HF folder;
-    ConvertError (one line) for a folder that is not one."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ConvertError(f"{folder}: {'not a folder' if folder.exists() else 'no such folder'}")
-    config_path = folder / "config.json"
-    if not config_path.is_file():
-        raise ConvertError(f"{folder}: no config.json in the folder")
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConvertError(f"{config_path}: not valid JSON ({e})") from None
-    archs = config.get("architectures") if isinstance(config, dict) else None
-    if not isinstance(archs, list) or not archs or not isinstance(archs[0], str):
-        raise ConvertError(f"{config_path}: no 'architectures' list naming the model class")
-    return config, archs[0]
+    """config.json architecture name -> its converter, from every architecture folder's CONVERTERS
+    (a converter a folder offers only on request, as Mistral's, is not listed there)."""
+    found: dict[str, type[ModelConverter]] = {}
+    for module in discovery.each("convert"):
+        for converter in getattr(module, "CONVERTERS", ()):
+            for name in converter.architectures:
+                if name in found and found[name] is not converter:
+                    raise ConvertError(f"{name} is converted by both {found[name].__module__} and {module.__name__}")
+                found[name] = converter
+    return found
 
 
 def convert_hf(
@@ -285,129 +33,16 @@ def convert_hf(
     outtype: str = "f16",
     converter: type[ModelConverter] | None = None,
 ) -> None:
-    """Convert a HF checkpoint folder to a GGUF file; ConvertError (one line) for what cannot be.
+    """Convert a HF checkpoint folder to a GGUF file by the converter of its config.json class;
+    ConvertError (one line) for what cannot be.
 
-    `converter` overrides the one registered for the folder's model class (e.g. the opt-in
-    "mistral" architecture for MistralForCausalLM, which is converted to "llama" by default).
+    `converter` overrides that one (e.g. the opt-in "mistral" architecture for
+    MistralForCausalLM, which is converted to "llama" by default).
     """
-    folder = Path(folder)
-    say = progress or (lambda status: None)
-    if outtype not in OUT_TYPES:
-        raise ConvertError(f"output type {outtype!r} is not one of {', '.join(OUT_TYPES)}")
-    config, arch = read_hf_config(folder)
-    if converter is not None:
-        if arch not in converter.architectures:
-            raise ConvertError(f"{folder / 'config.json'}: architectures names {arch!r}, not {list(converter.architectures)}")
-        conv = converter(HFConfig(config))
-    else:
-        converters, whole = supported_architectures(), _whole_converters()
-        if arch in whole:
-            say(f"converting {arch}")
-            try:
-                return whole[arch](folder, out_path, outtype=outtype)
-            except ValueError as e:
-                raise ConvertError(str(e)) from None
-        cls = converters.get(arch)
-        if cls is None:
-            names = ", ".join(sorted([*converters, *whole]))
-            raise ConvertError(f"unsupported architecture {arch!r} (supported: {names})")
-        conv = cls(HFConfig(config))
-    conv.folder = folder
-    model_md = conv.metadata()  # refuses a bad config before anything is read
-
-    say("reading tokenizer")
-    try:
-        tokenizer_md = convert_tokenizer(folder, conv.cfg.require("vocab_size"), config)
-    except TokenizerConvertError as e:
-        raise ConvertError(str(e)) from None
-
-    say("reading weights")
-    with open_weights(folder) as weights:
-        tensor_type, file_type = OUT_TYPES[outtype]
-        tensors = _convert_tensors(conv, conv.source(weights), tensor_type, say)
-        metadata: dict[str, Any] = {
-            "general.architecture": conv.arch,
-            "general.name": folder.name,
-            "general.file_type": int(file_type),
-            "general.quantization_version": 2,
-            "general.parameter_count": sum(math.prod(shape) for _, _, _, shape in tensors),
-        }
-        metadata.update({f"{conv.arch}.{k}": v for k, v in model_md.items()})
-        metadata.update(tokenizer_md)
-        say(f"writing {out_path}")
-        write_gguf(out_path, metadata, tensors, value_types=_value_types(metadata))
-
-
-def _convert_tensors(conv: ModelConverter, weights, tensor_type: GGMLType, say: Callable[[str], None]):
-    """(GGUF name, LazyTensor, type, shape) of every tensor, renamed and changed as the architecture needs.
-
-    Nothing is read here: each tensor is read, changed and converted when the writer reaches
-    it, and its source pages are dropped once it is written.
-    """
-    # Everything that can be refused without reading data is refused before the file is begun.
-    names = [n for n in weights if not conv.skip(n)]
-    for name in names:
-        dtype = weights.dtype(name)
-        if dtype not in ("F32", "F16", "BF16"):
-            raise ConvertError(f"tensor {name!r} has dtype {dtype}; only F32, F16 and BF16 weights are supported")
-    sources = [(gguf_name, n) for n in names for gguf_name in conv.gguf_names(n)]
-    computed = conv.extra_tensors()
-    seen: dict[str, str] = {}
-    for gguf_name, origin in [*sources, *((name, "(computed)") for name, _ in computed)]:
-        if gguf_name in seen:
-            raise ConvertError(f"duplicate tensor name {gguf_name!r} (from {seen[gguf_name]!r} and {origin!r})")
-        seen[gguf_name] = origin
-
-    out = []
-    uses = collections.Counter(hf_name for _, hf_name in sources)
-
-    def release(hf_name: str) -> None:  # once every tensor made from it is written
-        uses[hf_name] -= 1
-        if uses[hf_name] == 0:
-            weights.release(hf_name)
-
-    for gguf_name, hf_name in sources:
-        shape = tuple(weights[hf_name].shape)
-        read = (lambda n=hf_name: weights[n].numpy())
-        done = (lambda n=hf_name: release(n))
-        out.append(_planned(conv, gguf_name, hf_name, shape, tensor_type, read, done))
-    for gguf_name, data in computed:
-        data = np.asarray(data)
-        out.append(_planned(conv, gguf_name, "(computed)", data.shape, tensor_type, lambda d=data: d, None))
-    say(f"converting {len(out)} tensors")
-    # A fixed order (embedding, layers by number, the rest), whatever the shards' order was.
-    return sorted(out, key=_tensor_order)
-
-
-def _planned(conv: ModelConverter, gguf_name: str, origin: str, shape: tuple[int, ...], tensor_type: GGMLType,
-             read: Callable[[], np.ndarray], done: Callable[[], None] | None) -> tuple:
-    # Norms, biases and other vectors stay F32: they are small and precision matters there.
-    gtype = GGMLType.F16 if tensor_type == GGMLType.F16 and len(shape) >= 2 else GGMLType.F32
-
-    def load() -> np.ndarray:
-        data = conv.transform(gguf_name, np.asarray(read(), dtype=np.float32))
-        if data.shape != shape:
-            raise ConvertError(f"tensor {origin!r}: {conv.arch} conversion changed its shape {list(shape)}")
-        if gtype == GGMLType.F16:
-            if max(data.max(initial=0.0), -data.min(initial=0.0)) > _F16_MAX:
-                raise ConvertError(f"tensor {origin!r} has values beyond F16's range; convert to f32")
-            raw = data.astype("<f2")
-        else:
-            raw = np.ascontiguousarray(data, dtype="<f4")
-        # As raw bytes in the target type: an unchanged F32 tensor stays a view of the mapped file.
-        return raw.reshape(-1).view(np.uint8)
-
-    return gguf_name, LazyTensor(load, done), gtype, shape
-
-
-def _tensor_order(tensor: tuple) -> tuple:
-    name = tensor[0]
-    m = re.match(r"blk\.(\d+)\.", name)
-    return (int(m.group(1)) if m else -1 if name.startswith("token_embd") else math.inf, name)
-
-
-def _value_types(metadata: dict[str, Any]) -> dict[str, GGUFValueType]:
-    # llama.cpp stores counts and token ids as uint32 (the writer would infer int32).
-    types = {k: GGUFValueType.UINT32 for k, v in metadata.items() if type(v) is int}
-    types["general.parameter_count"] = GGUFValueType.UINT64
-    return types
+    if converter is None:
+        _, arch = read_hf_config(folder)
+        converters = supported_architectures()
+        converter = converters.get(arch)
+        if converter is None:
+            raise ConvertError(f"unsupported architecture {arch!r} (supported: {', '.join(sorted(converters))})")
+    convert_folder(folder, out_path, converter, progress, outtype=outtype)

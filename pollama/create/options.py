@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from pollama.envconfig import DEFAULT_NUM_BATCH
+
 
 @dataclasses.dataclass(frozen=True)
 class Option:
@@ -58,7 +60,7 @@ OPTIONS: dict[str, Option] = {
         Option("draft_num_predict", int, 10),
         # api.Runner: fixed when the model is loaded.
         Option("num_ctx", int, None, load_time=True),  # OLLAMA_CONTEXT_LENGTH or a VRAM tier
-        Option("num_batch", int, 512, load_time=True),
+        Option("num_batch", int, DEFAULT_NUM_BATCH, load_time=True),
         Option("num_gpu", int, -1, load_time=True),  # -1: as many layers as fit
         Option("main_gpu", int, 0, load_time=True),
         Option("use_mmap", bool, None, load_time=True),  # *bool in Go: unset means "decide"

@@ -136,7 +136,8 @@ def _convert(store: Store, value: str, folder: Path, tmp: Path, status: Status) 
     What the folder holds is looked for in Ollama's order: safetensors, pytorch_model*.bin,
     consolidated*.pth, then GGUF.
     """
-    from pollama.create.convert import convert_hf, find_weights
+    from pollama.create.convert import convert_hf
+    from pollama.models.convert import find_weights
 
     kind, files = find_weights(folder)
     if kind == "gguf":

@@ -2,9 +2,10 @@
 
 Our preprocessing is proven bitwise equal to transformers' image processors
 (tests/models/test_image_processing.py), so the reference is given the very image our model
-prepared, and the prompt's token ids our model laid out. Each architecture's adapter knows
-where transformers keeps the layers, which extra inputs its forward needs, and how its
-vision tensors line up with ours (rows in our order, no batch dim):
+prepared, and the prompt's token ids our model laid out. Each architecture's adapter (its
+folder's reference.py: pollama/models/reference.py) knows where transformers keeps the layers,
+which extra inputs its forward needs, and how its vision tensors line up with ours (rows in our
+order, no batch dim):
 
     v.embd             the vision tower's input to its first layer (patches + positions)
     v.blk.N.out        vision layer N's output (v.global.blk.N.out: mllama's global layers)
@@ -16,77 +17,31 @@ vision tensors line up with ours (rows in our order, no batch dim):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 
-
-@dataclass
-class VisionAdapter:
-    """Where one transformers VLM keeps what we record, and how to call it."""
-
-    text_layers: str  # dotted path of the language model's layer list
-    text_norm: str  # its final norm
-    # Our name -> (dotted path of a module, its output -> our [rows, ...] array)
-    modules: dict[str, str] = field(default_factory=dict)
-    # Our name prefix (as "v.blk") -> dotted path of a vision layer list
-    vision_layers: dict[str, str] = field(default_factory=dict)
-    # (model, token ids, our prepared image or None for a text-only prompt) -> model.forward's keyword arguments
-    inputs: Callable[[Any, Sequence[int], Any], dict] | None = None
-    # (our name, the hooked module's first output, model, prepared image) -> our array
-    rows: Callable[[str, Any, Any, Any], np.ndarray] | None = None
+from pollama.models import discovery
+from pollama.models.reference import VisionAdapter, batch_of_one
 
 
-def batch_of_one(name: str, output, model, prepared) -> np.ndarray:
-    """A [1, rows, dim] output as [rows, dim] (any other as it is)."""
-    array = output.detach().float().numpy()
-    return array[0] if array.ndim == 3 and array.shape[0] == 1 else array
-
-
-def _gemma3_inputs(model, tokens: Sequence[int], pixels: np.ndarray | None) -> dict:
-    import torch
-
-    ids = torch.tensor([list(tokens)], dtype=torch.long)
-    if pixels is None:
-        return {"input_ids": ids}
-    image_token = model.config.image_token_id
-    return {"input_ids": ids, "pixel_values": torch.from_numpy(np.ascontiguousarray(pixels))[None],
-            "token_type_ids": (ids == image_token).long()}
-
-
-ADAPTERS: dict[str, VisionAdapter] = {
-    "Gemma3ForConditionalGeneration": VisionAdapter(
-        text_layers="model.language_model.layers",
-        text_norm="model.language_model.norm",
-        modules={"v.embd": "model.vision_tower.embeddings", "v.post_layernorm": "model.vision_tower.post_layernorm",
-                 "mm.out": "model.multi_modal_projector"},
-        vision_layers={"v.blk": "model.vision_tower.encoder.layers"},
-        inputs=_gemma3_inputs,
-    ),
-}
-
-
-def register(hf_class: str, adapter: VisionAdapter) -> None:
-    """Add an architecture's adapter (models whose adapters live in their own module)."""
-    ADAPTERS[hf_class] = adapter
+def adapters() -> dict[str, VisionAdapter]:
+    """Every architecture folder's adapters (its reference.py's ADAPTERS), by transformers class."""
+    found: dict[str, VisionAdapter] = {}
+    for module in discovery.each("reference"):
+        found.update(module.ADAPTERS)
+    return found
 
 
 def adapter_for(model) -> VisionAdapter:
     from pollama.debug.reference import ReferenceError
 
-    _import_adapters()
+    known = adapters()
     name = type(model).__name__
-    adapter = ADAPTERS.get(name)
+    adapter = known.get(name)
     if adapter is None:
-        raise ReferenceError(f"{name}: compare with an image knows {', '.join(sorted(ADAPTERS))}")
+        raise ReferenceError(f"{name}: compare with an image knows {', '.join(sorted(known))}")
     return adapter
-
-
-def _import_adapters() -> None:
-    # The other architectures' adapters live in modules of their own, which register on import.
-    from pollama.debug import vision_mistral3, vision_mllama, vision_qwen2vl  # noqa: F401
 
 
 def _module(root, dotted: str):
@@ -102,8 +57,7 @@ def _module(root, dotted: str):
 
 def is_vision_language(model) -> bool:
     """Whether the reference is a vision-language model (compared through its adapter)."""
-    _import_adapters()
-    return type(model).__name__ in ADAPTERS
+    return type(model).__name__ in adapters()
 
 
 def vision_reference_tensors(model, tokens: Sequence[int], prepared=None) -> dict[str, np.ndarray]:

@@ -15,6 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
+from pollama.errors import CacheFullError
 from pollama.fs.ggml_types import GGMLType
 from pollama.ml.base import Backend, Context, Tensor
 
@@ -38,10 +39,6 @@ KV_READ_PAD_FLASH = 256
 def pages_for(n_tokens: int) -> int:
     """Cells that hold n_tokens of one sequence: whole pages of N_KV_PAD."""
     return -(-n_tokens // N_KV_PAD) * N_KV_PAD
-
-
-class CacheFullError(RuntimeError):
-    """No free cells for the step's tokens (the context is full)."""
 
 
 @dataclass

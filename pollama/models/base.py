@@ -1,20 +1,23 @@
-"""What every text model shares: reading hyper-parameters from GGUF, the registry, the cache."""
+"""What every text model shares: reading hyper-parameters from GGUF, finding the class, the cache."""
 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Optional
 
 from pollama.fs.ggml_types import GGMLType
 from pollama.kvcache import Batch, KVCache, LayerCaches, pages_for
 from pollama.ml.base import Backend, Context, Tensor
-from pollama.nn import Linear, ModelError, Weights
+from pollama.models import discovery
+from pollama.errors import ModelError
+from pollama.nn import Embedding, Linear, Module, Weights, load_weights
 
 _REGISTRY: dict[str, type[TextModel]] = {}
 
 
 def register(arch: str) -> Callable[[type[TextModel]], type[TextModel]]:
-    """Class decorator: the model for GGUF files whose general.architecture is `arch`."""
+    """Class decorator: the model for GGUF files whose general.architecture is `arch` (its folder's
+    name, or an alias in models/discovery.py)."""
 
     def add(cls: type[TextModel]) -> type[TextModel]:
         _REGISTRY[arch] = cls
@@ -25,23 +28,20 @@ def register(arch: str) -> Callable[[type[TextModel]], type[TextModel]]:
 
 
 def architectures() -> list[str]:
-    """Registered architecture names."""
-    _import_all()
+    """Every architecture name its folders register (models/discovery.py)."""
+    for name in discovery.folders():
+        discovery.import_folder(name)
     return sorted(_REGISTRY)
 
 
 def model_class(arch: str) -> type[TextModel]:
-    """The model class registered for an architecture; ModelError if there is none."""
-    _import_all()
+    """The model class for an architecture, found from its folder; ModelError if there is none."""
+    if arch not in _REGISTRY:
+        discovery.import_folder(discovery.folder_for(arch))
     cls = _REGISTRY.get(arch)
     if cls is None:
-        raise ModelError(f"unknown model architecture {arch!r} (supported: {', '.join(sorted(_REGISTRY))})")
+        raise ModelError(f"unknown model architecture {arch!r} (supported: {', '.join(architectures())})")
     return cls
-
-
-def _import_all() -> None:
-    # Importing a model module registers it; the list is the one place naming them all.
-    from pollama.models import bert, gemma3, llama, mistral, mistral3, mllama, qwen2, qwen2vl  # noqa: F401
 
 
 class Config:
@@ -105,8 +105,14 @@ def positive(value: int, name: str) -> int:
     return value
 
 
-class TextModel:
-    """A decoder-only language model: tokens in, logits out, K/V kept in a cache."""
+class TextModel(Module):
+    """A decoder-only language model: tokens in, logits out, K/V kept in a cache.
+
+    Its weights are annotated attributes named as in GGUF (nn.Module), read by load_weights().
+    """
+
+    token_embd: Embedding
+    output: Optional[Linear]  # absent: tied to token_embd
 
     arch: str
     # Weights read with rows() (embedding tables), so the backend keeps them gatherable.
@@ -123,6 +129,15 @@ class TextModel:
 
     def __init__(self, cfg: Config, weights: Weights):
         raise NotImplementedError
+
+    def load_weights(self, w: Weights, **hp) -> None:
+        """Read every declared weight not set yet (nn.load_weights). A model whose `output` is
+        absent computes its logits with the embedding table (tied embeddings), whose rows are
+        then the vocabulary."""
+        load_weights(self, w, **hp)
+        if self.output is None:
+            self.output = Linear(self.token_embd.weight)
+        self.vocab_size = self.output.out_features
 
     def read_dims(self, cfg: Config, head_dim: int | None = None) -> None:
         """The sizes every decoder has (layers, width, heads, head dims), checked for sense."""
@@ -174,11 +189,6 @@ class TextModel:
         """A causal cache for every layer: n_seq sequences of up to n_ctx tokens, K/V in `dtype`."""
         cells = pages_for(n_ctx) * n_seq
         return LayerCaches([KVCache(backend, range(self.n_layers), cells, self.k_width, self.v_width, dtype=dtype)])
-
-
-def output_projection(w: Weights) -> Linear:
-    """`output.weight`, or without one the embedding table (tied embeddings)."""
-    return Linear(w["output.weight"] if "output.weight" in w else w["token_embd.weight"])
 
 
 def load_model(gguf, backend: Backend) -> TextModel:

@@ -4,7 +4,6 @@ from pollama.nn.modules import (  # noqa: F401
     Embedding,
     LayerNorm,
     Linear,
-    ModelError,
     RMSNorm,
     RopeScaling,
     Weights,
@@ -12,3 +11,4 @@ from pollama.nn.modules import (  # noqa: F401
     attention,
     make_rope,
 )
+from pollama.nn.loader import Module, load_weights  # noqa: F401

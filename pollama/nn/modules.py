@@ -6,11 +6,8 @@ import math
 from dataclasses import dataclass
 from typing import Mapping
 
+from pollama.errors import ModelError
 from pollama.ml.base import Context, Rope, RopeMode, Tensor
-
-
-class ModelError(ValueError):
-    """A model file that does not fit its architecture (missing tensor or key, bad shape)."""
 
 
 class Weights:
@@ -41,7 +38,7 @@ class Linear:
         self.bias = bias
 
     @classmethod
-    def load(cls, weights: Weights, name: str) -> Linear:
+    def load(cls, weights: Weights, name: str, **_) -> Linear:
         return cls(weights[f"{name}.weight"], weights.get(f"{name}.bias"))
 
     @property
@@ -57,6 +54,10 @@ class Embedding:
 
     def __init__(self, weight: Tensor):
         self.weight = weight
+
+    @classmethod
+    def load(cls, weights: Weights, name: str, **_) -> Embedding:
+        return cls(weights[f"{name}.weight"])
 
     def __call__(self, ids: Tensor) -> Tensor:
         return self.weight.rows(ids)
@@ -77,7 +78,7 @@ class RMSNorm:
         self.eps = _checked_eps(eps)
 
     @classmethod
-    def load(cls, weights: Weights, name: str, eps: float) -> RMSNorm:
+    def load(cls, weights: Weights, name: str, eps: float, **_) -> RMSNorm:
         return cls(weights[f"{name}.weight"], eps)
 
     def __call__(self, x: Tensor) -> Tensor:
@@ -93,7 +94,7 @@ class LayerNorm:
         self.eps = _checked_eps(eps)
 
     @classmethod
-    def load(cls, weights: Weights, name: str, eps: float) -> LayerNorm:
+    def load(cls, weights: Weights, name: str, eps: float, **_) -> LayerNorm:
         return cls(weights[f"{name}.weight"], weights.get(f"{name}.bias"), eps)
 
     def __call__(self, x: Tensor) -> Tensor:

@@ -17,14 +17,15 @@ import numpy as np
 
 from pollama.fs.gguf import GGUFFile
 from pollama.ml.base import Backend
+from pollama import envconfig
 from pollama.models.base import load_model
 from pollama.models.bert import Bert, Pooling
-from pollama.nn import ModelError
+from pollama.errors import ModelError
 from pollama.runner import limits
 from pollama.runner.engine import make_backend
 from pollama.tokenizer import load_tokenizer
 
-DEFAULT_NUM_BATCH = 512
+DEFAULT_NUM_BATCH = envconfig.DEFAULT_NUM_BATCH
 
 
 class InputTooLong(ValueError):

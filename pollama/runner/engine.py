@@ -7,7 +7,6 @@ The engine keeps the tokens its cache holds, so a prompt that starts like the pr
 from __future__ import annotations
 
 import logging
-import os
 import re
 import time
 from collections import OrderedDict
@@ -17,6 +16,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from pollama import envconfig
 from pollama.fs.ggml_types import GGMLType
 from pollama.fs.gguf import GGUFFile
 from pollama.kvcache import Batch
@@ -33,8 +33,8 @@ log = logging.getLogger(__name__)
 
 IMAGE_TAG = re.compile(r"\[img-(\d+)\]")
 
-DEFAULT_NUM_CTX = 4096
-DEFAULT_NUM_BATCH = 512
+DEFAULT_NUM_CTX = envconfig.DEFAULT_NUM_CTX
+DEFAULT_NUM_BATCH = envconfig.DEFAULT_NUM_BATCH
 MAX_GRAPHS = 8  # compute graphs kept for reuse (decode needs one at a time; speculative steps a few sizes)
 MAX_DECODE_BATCH = 16  # decode batches up to this many sequences keep their graphs
 MAX_CACHED_IMAGES = 8  # encoded images kept by content, for the next turn of a chat
@@ -101,7 +101,7 @@ def kv_cache_dtype(name: str | None) -> GGMLType:
     Like Ollama, a type this engine cannot use (q8_0 and q4_0 need flash attention's quantized
     cache, not here yet) falls back to f16 with a warning rather than failing the load.
     """
-    name = (name or os.environ.get("OLLAMA_KV_CACHE_TYPE", "") or "f16").strip().lower()
+    name = (name or envconfig.kv_cache_type() or "f16").strip().lower()
     if name not in KV_CACHE_TYPES:
         log.warning("KV cache type %r is not supported; using f16", name)
         return GGMLType.F16
@@ -111,7 +111,7 @@ def kv_cache_dtype(name: str | None) -> GGMLType:
 def exact_gelu_default() -> bool:
     """POLLAMA_EXACT_GELU=1: ggml computes GELU from its formula in float32 rather than from
     llama.cpp's F16 table (transformers' numbers, at a small cost in speed)."""
-    return os.environ.get("POLLAMA_EXACT_GELU", "").strip().lower() in ("1", "true", "yes", "on")
+    return envconfig.exact_gelu()
 
 
 def make_backend(name: str = "ggml", n_threads: int | None = None, flash_attention: bool | None = None,
@@ -137,7 +137,7 @@ def check_context_memory(model: TextModel, backend: Backend, num_ctx: int, num_b
     """ModelError, before anything is allocated, when the K/V cache of num_parallel sequences of
     num_ctx tokens and the attention of one batch would take more memory than is free: the
     cache is zeroed at once, so it would be the kernel's OOM killer that answers otherwise."""
-    from pollama.nn import ModelError
+    from pollama.errors import ModelError
 
     try:
         sizes = dict(n_layers=model.n_layers, k_width=model.k_width, v_width=model.v_width, n_heads=model.n_heads)

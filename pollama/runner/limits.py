@@ -23,6 +23,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from pollama import envconfig
+
 MIN_CHARS_PER_TOKEN = 64
 MAX_THREADS_PER_CPU = 4
 # Stop strings: each costs a few steps per generated character (see runner/stop.py) and its
@@ -77,11 +79,8 @@ def context_memory(*, n_layers: int, k_width: int, v_width: int, n_heads: int, n
 
 
 def flash_attention_default() -> bool:
-    """OLLAMA_FLASH_ATTENTION: unset means on, as llama.cpp's "auto" is on the CPU (ggml's fused
-    kernel: prefill 10-30% faster, decode at least as fast, no score matrix in memory); a false
-    value ("0", "false", "no", "off") turns it off, for llama.cpp's other path op for op."""
-    value = os.environ.get("OLLAMA_FLASH_ATTENTION", "").strip().lower()
-    return value not in ("0", "false", "no", "off")
+    """OLLAMA_FLASH_ATTENTION (envconfig.flash_attention): on unless a false value turns it off."""
+    return envconfig.flash_attention()
 
 
 def _cgroup_memory() -> tuple[int | None, int | None]:

@@ -40,7 +40,8 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
-from pollama.nn import ModelError
+from pollama import envconfig
+from pollama.errors import ModelError
 from pollama.runner import limits
 
 log = logging.getLogger("pollama.runner")
@@ -489,8 +490,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", required=True, help="the GGUF file")
     p.add_argument("--socket", required=True, help="the Unix socket path to listen on")
     p.add_argument("--kind", default="completion", choices=["completion", "embedding"])
-    p.add_argument("--num-ctx", type=int, default=4096)
-    p.add_argument("--num-batch", type=int, default=512)
+    p.add_argument("--num-ctx", type=int, default=envconfig.DEFAULT_NUM_CTX)
+    p.add_argument("--num-batch", type=int, default=envconfig.DEFAULT_NUM_BATCH)
     p.add_argument("--num-parallel", type=int, default=1)
     p.add_argument("--num-thread", type=int)
     p.add_argument("--kv-cache-type")

@@ -1,13 +1,14 @@
-"""Settings from Ollama's environment variables, read as Ollama reads them."""
+"""The server's settings from Ollama's environment variables (read by envconfig, as Ollama
+reads them): OLLAMA_HOST's address, keep-alive durations, the scheduler's limits."""
 
 from __future__ import annotations
 
 import logging
 import math
-import os
 import re
 from dataclasses import dataclass
 
+from pollama import envconfig
 from pollama.runner.speculative import DEFAULT_DRAFT_NUM_PREDICT
 
 log = logging.getLogger(__name__)
@@ -16,24 +17,6 @@ DEFAULT_PORT = 11434
 DEFAULT_KEEP_ALIVE = 5 * 60.0
 FOREVER = math.inf  # a negative keep_alive: never unload
 MAX_KEEP_ALIVE = 100 * 365 * 86400.0  # seconds; anything longer is forever
-
-
-def env(name: str) -> str:
-    """An environment variable stripped of spaces and quotes, as Ollama's envconfig does."""
-    return os.environ.get(name, "").strip().strip("\"'").strip()
-
-
-def api_keys() -> list[str]:
-    """The keys the server accepts (none: no key needed): POLLAMA_API_KEYS, comma separated,
-    and OLLAMA_API_KEY."""
-    keys = [k.strip() for k in env("POLLAMA_API_KEYS").split(",")] + [env("OLLAMA_API_KEY")]
-    return list(dict.fromkeys(k for k in keys if k))
-
-
-def client_api_key() -> str | None:
-    """The key a client sends: OLLAMA_API_KEY, else the first of POLLAMA_API_KEYS."""
-    keys = api_keys()
-    return env("OLLAMA_API_KEY") or (keys[0] if keys else None)
 
 
 @dataclass(frozen=True)
@@ -61,7 +44,7 @@ def parse_host(value: str | None = None) -> Host:
     An explicit http:// defaults to port 80 and https:// to 443, as in Ollama; a bad port
     falls back to the default.
     """
-    text = env("OLLAMA_HOST") if value is None else value.strip().strip("\"'")
+    text = (envconfig.host() if value is None else value.strip().strip("\"'")).strip()
     scheme, default_port = "http", DEFAULT_PORT
     if "://" in text:
         scheme, text = text.split("://", 1)
@@ -132,17 +115,6 @@ def parse_keep_alive(value: object) -> float:
     return FOREVER if seconds < 0 or seconds > MAX_KEEP_ALIVE else seconds
 
 
-def _env_int(name: str, default: int) -> int:
-    text = env(name)
-    if not text:
-        return default
-    try:
-        return int(text)
-    except ValueError:
-        log.warning("invalid %s=%r; using %d", name, text, default)
-        return default
-
-
 @dataclass(frozen=True)
 class ServerConfig:
     """The scheduler's settings (OLLAMA_* variables)."""
@@ -150,8 +122,8 @@ class ServerConfig:
     keep_alive: float = DEFAULT_KEEP_ALIVE
     max_loaded_models: int = 3
     num_parallel: int = 1
-    max_queue: int = 512
-    context_length: int = 4096
+    max_queue: int = envconfig.DEFAULT_MAX_QUEUE
+    context_length: int = envconfig.DEFAULT_NUM_CTX
     load_timeout: float = 300.0
     draft_num_predict: int = DEFAULT_DRAFT_NUM_PREDICT  # the option's default (0: no speculative decoding)
 
@@ -160,26 +132,26 @@ class ServerConfig:
         """Read OLLAMA_KEEP_ALIVE, OLLAMA_MAX_LOADED_MODELS, OLLAMA_NUM_PARALLEL, OLLAMA_MAX_QUEUE,
         OLLAMA_CONTEXT_LENGTH, OLLAMA_LOAD_TIMEOUT and POLLAMA_DRAFT_NUM_PREDICT."""
         keep_alive = DEFAULT_KEEP_ALIVE
-        if env("OLLAMA_KEEP_ALIVE"):
+        if envconfig.var("OLLAMA_KEEP_ALIVE"):
             try:
-                keep_alive = parse_keep_alive(env("OLLAMA_KEEP_ALIVE"))
+                keep_alive = parse_keep_alive(envconfig.var("OLLAMA_KEEP_ALIVE"))
             except ValueError:
-                log.warning("invalid OLLAMA_KEEP_ALIVE=%r; using 5m", env("OLLAMA_KEEP_ALIVE"))
+                log.warning("invalid OLLAMA_KEEP_ALIVE=%r; using 5m", envconfig.var("OLLAMA_KEEP_ALIVE"))
         load_timeout = 300.0
-        if env("OLLAMA_LOAD_TIMEOUT"):
+        if envconfig.var("OLLAMA_LOAD_TIMEOUT"):
             try:
-                load_timeout = parse_keep_alive(env("OLLAMA_LOAD_TIMEOUT"))
+                load_timeout = parse_keep_alive(envconfig.var("OLLAMA_LOAD_TIMEOUT"))
             except ValueError:
                 log.warning("invalid OLLAMA_LOAD_TIMEOUT; using 5m")
             if load_timeout <= 0:
                 load_timeout = FOREVER
-        max_loaded = _env_int("OLLAMA_MAX_LOADED_MODELS", 0)
+        max_loaded = envconfig.uint("OLLAMA_MAX_LOADED_MODELS", 0)
         return cls(
             keep_alive=keep_alive,
             max_loaded_models=max_loaded if max_loaded > 0 else 3,  # 0 = auto: 3 on CPU
-            num_parallel=max(1, _env_int("OLLAMA_NUM_PARALLEL", 1)),
-            max_queue=max(1, _env_int("OLLAMA_MAX_QUEUE", 512)),
-            context_length=max(0, _env_int("OLLAMA_CONTEXT_LENGTH", 0)) or 4096,
+            num_parallel=max(1, envconfig.uint("OLLAMA_NUM_PARALLEL", 1)),
+            max_queue=max(1, envconfig.uint("OLLAMA_MAX_QUEUE", envconfig.DEFAULT_MAX_QUEUE)),
+            context_length=envconfig.uint("OLLAMA_CONTEXT_LENGTH", 0) or envconfig.DEFAULT_NUM_CTX,
             load_timeout=load_timeout,
-            draft_num_predict=max(0, _env_int("POLLAMA_DRAFT_NUM_PREDICT", DEFAULT_DRAFT_NUM_PREDICT)),
+            draft_num_predict=envconfig.uint("POLLAMA_DRAFT_NUM_PREDICT", DEFAULT_DRAFT_NUM_PREDICT),
         )

@@ -20,6 +20,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from pollama import envconfig
 from pollama.create.options import DEPRECATED_OPTIONS, OPTIONS
 from pollama.runner import limits
 from pollama.server.config import ServerConfig
@@ -90,7 +91,7 @@ def _check_ranges(merged: dict[str, Any]) -> None:
 
 def _kv_bytes() -> int:
     # The runner's K/V type (runner/engine.py kv_cache_dtype): f32 when asked for, else f16.
-    return 4 if os.environ.get("OLLAMA_KV_CACHE_TYPE", "").strip().lower() == "f32" else 2
+    return 4 if envconfig.kv_cache_type() == "f32" else 2
 
 
 def _check_memory(model: ModelRef, num_ctx: int, num_batch: int, num_parallel: int) -> None:
@@ -165,7 +166,7 @@ def request_options(model: ModelRef, request_options_: object, config: ServerCon
         raise _out_of_range("num_ctx", num_ctx, f"between 1 and {MAX_NUM_CTX}, or 0 for the default")
     if model.context_length and num_ctx > model.context_length:
         num_ctx = model.context_length
-    num_batch = merged.get("num_batch", 512)
+    num_batch = merged.get("num_batch", envconfig.DEFAULT_NUM_BATCH)
     if num_batch < 1:  # beyond num_ctx it is num_ctx, as in Ollama
         raise _out_of_range("num_batch", num_batch, "positive")
     num_predict = merged.get("num_predict", -1)

@@ -20,7 +20,7 @@ import socket
 
 from starlette.middleware.cors import CORSMiddleware
 
-from pollama.server.config import api_keys, env
+from pollama.envconfig import api_keys, origins
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def origin_regex() -> str:
         r"(app|file|tauri|vscode-webview|vscode-file)://.*",
         r"(chrome|moz|safari-web)-extension://.*",
     ]
-    for origin in filter(None, (o.strip() for o in env("OLLAMA_ORIGINS").split(","))):
+    for origin in origins():
         patterns.append(".*" if origin == "*" else ".*".join(re.escape(part) for part in origin.split("*")))
     return "^(" + "|".join(patterns) + ")$"
 

@@ -18,7 +18,7 @@ def serve(host: str | None = None) -> int:
     where = parse_host(host)
     level = logging.DEBUG if debug_enabled() else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from pollama.server.config import api_keys
+    from pollama.envconfig import api_keys
     from pollama.server.security import bound_to_loopback
 
     loopback = bound_to_loopback(where.host)

@@ -8,6 +8,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from pollama import envconfig
+
 
 @dataclass(frozen=True)
 class EmbeddedModel:
@@ -63,7 +65,7 @@ DEFAULT_MODEL = "smollm2"
 
 def cache_dir() -> Path:
     """Where assembled multi-part models are kept ($POLLAMA_CACHE, default ~/.cache/pollama)."""
-    return Path(os.environ.get("POLLAMA_CACHE", Path.home() / ".cache" / "pollama"))
+    return envconfig.cache_dir()
 
 
 def embedded_model_path(name: str) -> Path:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import os
 import queue
 import threading
 import time
@@ -35,6 +34,7 @@ from typing import Any
 
 import httpx
 
+from pollama import envconfig
 from pollama.store.errors import StoreError
 from pollama.store.manifest import (
     CONFIG_MEDIA_TYPE,
@@ -193,7 +193,7 @@ def pull_model(
         emit({"status": "writing manifest"})
         result.manifest = store.write_manifest_bytes(model, data)
         unused = previous - {layer.digest for layer in manifest.all_layers()}
-        if unused and os.environ.get("OLLAMA_NOPRUNE", "").strip() in ("", "0", "false"):
+        if unused and not envconfig.no_prune():
             emit({"status": "removing unused layers"})
             store.delete_unreferenced_blobs(unused)
         emit({"status": "success"})

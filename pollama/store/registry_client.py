@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import platform
 import re
 import ssl
@@ -28,6 +27,7 @@ from urllib.parse import quote
 
 import httpx
 
+from pollama import envconfig
 from pollama.store.errors import StoreError
 from pollama.store.names import ModelName
 from pollama.store.registry_signing import default_key_path, signed_token_request
@@ -77,8 +77,7 @@ class TransferSettings:
 
 def credentials_from_env() -> tuple[str, str] | None:
     """(user, password) from $POLLAMA_REGISTRY_USERNAME/_PASSWORD, or None if not both set."""
-    user, password = os.environ.get(USERNAME_ENV, ""), os.environ.get(PASSWORD_ENV, "")
-    return (user, password) if user and password else None
+    return envconfig.registry_credentials()
 
 
 _CHALLENGE_PARAM = re.compile(r'([A-Za-z_][A-Za-z0-9_-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]*))')

@@ -38,6 +38,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from pollama import envconfig
 from pollama.store.errors import DigestMismatch, InvalidName, ModelNotFound, StoreError
 from pollama.store.manifest import (
     CONFIG_MEDIA_TYPE,
@@ -71,8 +72,7 @@ _SAFETENSORS_TYPES = (MediaType.TENSOR, MediaType.JSON)
 
 def default_root() -> Path:
     """$OLLAMA_MODELS (trimmed of spaces and quotes, as Ollama reads it), else ~/.ollama/models."""
-    value = os.environ.get("OLLAMA_MODELS", "").strip().strip("\"'")
-    return Path(value) if value else Path.home() / ".ollama" / "models"
+    return envconfig.models_dir()
 
 
 @dataclass

@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from pollama.envconfig import DEFAULT_NUM_CTX
+
 from .gotemplate import Template, parse_cached
 from .values import TemplateMessage, template_message, template_tools
 
@@ -151,7 +153,7 @@ def _checked_messages(messages: list) -> list[dict]:
 
 def chat_prompt(template: Template | str | None, messages: list[dict], *, tools: list[dict] | None = None,
                 think: bool | str | None = None, count_tokens: Callable[[str], int] | None = None,
-                num_ctx: int = 4096, truncate: bool = True,
+                num_ctx: int = DEFAULT_NUM_CTX, truncate: bool = True,
                 image_tokens: int = IMAGE_TOKENS) -> tuple[str, list[Media]]:
     """The prompt for a chat turn and its images, truncated to num_ctx as Ollama's chatPrompt does.
 
@@ -182,7 +184,7 @@ def generate_prompt(template: Template | str | None, prompt: str, *, system: str
                     model_messages: list[dict] | None = None, suffix: str = "", images: list | None = None,
                     think: bool | str | None = None, template_override: str | None = None,
                     context: str | None = None, count_tokens: Callable[[str], int] | None = None,
-                    num_ctx: int = 4096, truncate: bool = True,
+                    num_ctx: int = DEFAULT_NUM_CTX, truncate: bool = True,
                     image_tokens: int = IMAGE_TOKENS) -> tuple[str, list[Media]]:
     """The prompt for /api/generate (not raw) and its images, as Ollama's GenerateHandler builds it.
 
@@ -271,7 +273,7 @@ def hf_messages(messages: list[dict]) -> list[dict]:
 
 def jinja_chat_prompt(chat_template: str, messages: list[dict], *, tools: list[dict] | None = None,
                       think: bool | str | None = None, bos_token: str = "", eos_token: str = "",
-                      tokenizer_adds_bos: bool = True, count_tokens: Callable[[str], int] | None = None, num_ctx: int = 4096,
+                      tokenizer_adds_bos: bool = True, count_tokens: Callable[[str], int] | None = None, num_ctx: int = DEFAULT_NUM_CTX,
                       truncate: bool = True, image_tokens: int = IMAGE_TOKENS) -> tuple[str, list[Media]]:
     """The prompt from the model's own HF chat_template (sandboxed), truncated as chat_prompt truncates.
 

@@ -45,19 +45,29 @@ def test_every_tensor_within_tolerance(case, backend, capsys):
 # -- a bug injected in one layer ---------------------------------------------------------------
 
 def break_block(monkeypatch, block_cls, layer: int, how) -> None:
-    """Wrap the Block constructor so that layer `layer` (only) is changed by `how(block)`."""
-    original = block_cls.__init__
-
-    def init(self, w, i, eps):
-        original(self, w, i, eps)
-        if i == layer:
-            how(self)
-
-    monkeypatch.setattr(block_cls, "__init__", init)
+    """Wrap the Block loader so that layer `layer` (only) is changed by `how(block)`."""
+    break_layer(monkeypatch, block_cls, f"blk.{layer}", how)
 
 
-def skip_ffn_norm(block) -> None:
-    block.ffn_norm = lambda x: x
+def break_layer(monkeypatch, cls, prefix: str, how) -> None:
+    """Wrap `cls.load` (an nn.Module's) so that the one loaded under `prefix` is changed by `how(layer)`."""
+    load = cls.load.__func__
+
+    def broken(c, w, p, **hp):
+        layer = load(c, w, p, **hp)
+        if p == prefix:
+            how(layer)
+        return layer
+
+    monkeypatch.setattr(cls, "load", classmethod(broken))
+
+
+def skip(norm: str):
+    """A change to a layer: its norm `norm` left out (the identity)."""
+    return lambda layer: setattr(layer, norm, lambda x: x)
+
+
+skip_ffn_norm = skip("ffn_norm")
 
 
 def swap_gate_up(block) -> None:

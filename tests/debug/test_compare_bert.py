@@ -12,6 +12,7 @@ from pollama.models.bert.convert import convert
 
 import torch  # noqa: E402
 import transformers  # noqa: E402
+from debug.test_compare import break_layer, skip
 
 PROMPT_WORDS = "the quick brown fox"
 
@@ -46,14 +47,7 @@ def test_tiny_bert_within_tolerance(tiny, backend):
 
 def test_missing_norm_in_one_layer_is_named(tiny, monkeypatch):
     folder, gguf, ids = tiny
-    original = bert_model.Layer.__init__
-
-    def init(self, w, i, eps):
-        original(self, w, i, eps)
-        if i == 1:
-            self.attn_output_norm = lambda x: x
-
-    monkeypatch.setattr(bert_model.Layer, "__init__", init)
+    break_layer(monkeypatch, bert_model.Layer, "blk.1", skip("attn_output_norm"))
     report, _ = compare_model(gguf, folder, ids, "ggml")
     assert report.first_divergent.name == "blk.1.ffn_out"
 

@@ -10,6 +10,7 @@ from models.tinyhf import convert, save_tiny, transformers
 
 from pollama.debug.compare import compare_model
 from pollama.models.gemma3 import vision as gemma3_vision
+from debug.test_compare import break_layer, skip
 
 PROMPT = "Describe[img-0]the quick brown fox."
 
@@ -38,14 +39,7 @@ def test_vision_tower_projector_and_text_within_tolerance(gemma3_vlm, backend, c
 def test_a_bug_in_the_vision_tower_is_named_in_its_layer(gemma3_vlm, monkeypatch):
     # The second SigLIP layer's MLP without its norm: v.blk.0 is fine, v.blk.1 is where it shows.
     folder, gguf, image = gemma3_vlm
-    real = gemma3_vision.VisionBlock.__init__
-
-    def broken(self, w, i, eps):
-        real(self, w, i, eps)
-        if i == 1:
-            self.layer_norm2 = lambda x: x
-
-    monkeypatch.setattr(gemma3_vision.VisionBlock, "__init__", broken)
+    break_layer(monkeypatch, gemma3_vision.VisionBlock, "v.blk.1", skip("layer_norm2"))
     report, _ = compare_model(gguf, folder, [], "torch", image=image.read_bytes(), prompt=PROMPT)
     assert report.first_divergent.name == "v.blk.1.out"
     assert [row.name for row in report.rows if row.ok][:2] == ["v.embd", "v.blk.0.out"]

@@ -10,6 +10,7 @@ from models.mistral3.test_model import CASES, build
 
 from pollama.debug.compare import compare_model
 from pollama.models.mistral3 import vision as mistral3_vision
+from debug.test_compare import break_layer, skip
 
 PROMPT = "[INST]What is in this picture? [img-0] Tell me.[/INST]"
 # tests/models/mistral3's tiny models: Mistral Small 3.1 (untied head; a wide image, 8x6 patches,
@@ -51,14 +52,7 @@ def test_vision_tower_projector_and_text_within_tolerance(vlms, case, backend, c
 def test_a_bug_in_the_vision_tower_is_named_in_its_layer(mistral3_vlm, monkeypatch):
     # The second Pixtral layer's MLP without its norm: v.blk.0 is fine, v.blk.1 is where it shows.
     folder, gguf, image = mistral3_vlm
-    real = mistral3_vision.VisionBlock.__init__
-
-    def broken(self, w, i, eps):
-        real(self, w, i, eps)
-        if i == 1:
-            self.ffn_norm = lambda x: x
-
-    monkeypatch.setattr(mistral3_vision.VisionBlock, "__init__", broken)
+    break_layer(monkeypatch, mistral3_vision.Block, "v.blk.1", skip("ffn_norm"))
     report, _ = compare_model(gguf, folder, [], "torch", image=image.read_bytes(), prompt=PROMPT)
     assert report.first_divergent.name == "v.blk.1.out"
     assert [row.name for row in report.rows if row.ok][:2] == ["v.embd", "v.blk.0.out"]

@@ -1,7 +1,7 @@
 """`pollama compare MODEL REF --image FILE` for Llama 3.2 Vision (mllama): the tiled ViT's local
 and global layers, the projector, and the text model reading the image through its
 cross-attention layers, layer by layer against transformers put back to Meta's model
-(pollama/debug/vision_mllama.py); a bug in one vision layer is named in that layer."""
+(pollama/models/mllama/reference.py); a bug in one vision layer is named in that layer."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from models.mllama.test_convert import IMAGES, Case
 
 from pollama.debug.compare import compare_model
 from pollama.models.mllama import vision as mllama_vision
+from debug.test_compare import break_layer, skip
 
 PROMPT = "Look: [img-0]The quick brown fox jumps"  # the tokenizer adds <|begin_of_text|>
 VISION = ["v.embd", "v.blk.0.out", "v.blk.1.out", "v.blk.2.out", "v.global.blk.0.out", "v.global.blk.1.out", "mm.out"]
@@ -51,14 +52,7 @@ def test_one_tile_masks_the_others_the_same_way(mllama_vlm):
 def test_a_bug_in_the_vision_tower_is_named_in_its_layer(mllama_vlm, monkeypatch, layer, name):
     # One vision layer's MLP without its norm: the layers before it are fine, it is where it shows.
     folder, gguf, image, _ = mllama_vlm
-    real = mllama_vision.Layer.__init__
-
-    def broken(self, w, p, eps):
-        real(self, w, p, eps)
-        if p == layer:
-            self.ffn_norm = lambda x: x
-
-    monkeypatch.setattr(mllama_vision.Layer, "__init__", broken)
+    break_layer(monkeypatch, mllama_vision.Layer, layer, skip("ffn_norm"))
     report, _ = compare_model(gguf, folder, [], "torch", image=image.read_bytes(), prompt=PROMPT)
     assert report.first_divergent.name == name
     before = VISION[: VISION.index(name)]
@@ -79,10 +73,10 @@ def test_a_text_prompt_compares_the_text_model_of_a_vision_model(mllama_vlm):
 
 def test_the_reference_is_metas_model_not_unpatched_transformers(mllama_vlm, monkeypatch):
     # transformers 5.24 as it is picks the tower's intermediate states one layer late: the
-    # layers all agree, the projector's input does not (see pollama/debug/vision_mllama.py).
-    from pollama.debug import vision_mllama
+    # layers all agree, the projector's input does not (see pollama/models/mllama/reference.py).
+    from pollama.models.mllama import reference as mllama_reference
 
     folder, gguf, image, _ = mllama_vlm
-    monkeypatch.setattr(vision_mllama, "meta_model", lambda model: model)
+    monkeypatch.setattr(mllama_reference, "meta_model", lambda model: model)
     report, _ = compare_model(gguf, folder, [], "torch", image=image.read_bytes(), prompt=PROMPT)
     assert report.first_divergent.name == "mm.out"

@@ -17,6 +17,7 @@ from models.tinyhf import bpe_tokenizer, convert, save_tiny
 
 from pollama.debug.compare import compare_model
 from pollama.models.qwen2vl import vision as qwen2vl_vision
+from debug.test_compare import break_layer, skip
 
 PROMPT = "Look:[img-0] what is it?"
 IMAGE = "square"
@@ -53,7 +54,7 @@ def test_vision_tower_merger_and_text_within_tolerance(qwen_vlm, backend, capsys
 
 
 def test_qwen25vl_window_order_is_not_ours():
-    # What makes the un-permuting in pollama/debug/vision_qwen2vl.py necessary for this image.
+    # What makes the un-permuting in pollama/models/qwen2vl/reference.py necessary for this image.
     import torch
     from transformers.vision_utils import get_vision_window_index
 
@@ -68,14 +69,7 @@ def test_a_bug_in_a_vision_block_is_named_in_that_block(qwen_vlm, monkeypatch):
     # The second block's MLP without its norm: v.embd and v.blk.0 are fine (Qwen2.5-VL's block 0
     # is the windowed one), v.blk.1 is where it shows.
     arch, folder, gguf, image = qwen_vlm
-    real = qwen2vl_vision.Block.__init__
-
-    def broken(self, w, i, eps, swiglu):
-        real(self, w, i, eps, swiglu)
-        if i == 1:
-            self.ln2 = lambda x: x
-
-    monkeypatch.setattr(qwen2vl_vision.Block, "__init__", broken)
+    break_layer(monkeypatch, qwen2vl_vision.Block, "v.blk.1", skip("ln2"))
     report, _ = compare_model(gguf, folder, [], "torch", image=image.read_bytes(), prompt=PROMPT)
     assert report.first_divergent.name == "v.blk.1.out"
     assert [row.name for row in report.rows if row.ok][:2] == ["v.embd", "v.blk.0.out"]

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from realmodels import real_model
 
-from pollama.kvcache import KV_READ_PAD, N_KV_PAD, Batch, CacheFullError, KVCache, LayerCaches
+from pollama.errors import CacheFullError
+from pollama.kvcache import KV_READ_PAD, N_KV_PAD, Batch, KVCache, LayerCaches
 from pollama.ml.ggml.backend import GGMLBackend
 
 

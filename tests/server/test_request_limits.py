@@ -392,7 +392,7 @@ def test_a_huge_num_ctx_on_a_model_without_a_context_length_is_refused(smollm2_r
 
 
 def test_the_runner_refuses_a_context_beyond_free_memory_before_allocating(smollm2_path, monkeypatch):
-    from pollama.nn import ModelError
+    from pollama.errors import ModelError
     from pollama.runner.engine import Engine
 
     monkeypatch.setattr(limits, "memory_available", lambda: 1 << 30)

@@ -20,6 +20,7 @@ from ctypes import POINTER, c_bool, c_char_p, c_float, c_int, c_int32, c_int64, 
 from pathlib import Path
 from types import SimpleNamespace
 
+from pollama import envconfig
 from pollama.ml.ggml.cpu import isa_flags
 
 VERSION = "0.25.3"
@@ -200,7 +201,7 @@ def _check_build(lib_dir: Path) -> str:
 
 
 def _load() -> SimpleNamespace:
-    lib_dir = Path(os.environ.get(LIB_DIR_ENV) or default_lib_dir())
+    lib_dir = Path(envconfig.ggml_lib_dir() or default_lib_dir())
     variant = _check_build(lib_dir)
     # RTLD_GLOBAL, base first: libggml-cpu finds libggml-base by its soname among loaded ones.
     libs = [ctypes.CDLL(str(lib_dir / name), mode=ctypes.RTLD_GLOBAL) for name in ("libggml-base.so", "libggml-cpu.so")]

@@ -2,15 +2,15 @@
 
 TEMPLATE: set `arch` (general.architecture, as model.py's ARCH) and `architectures` (the
 config.json class names this converts), map the tensor names, write the keys model.py reads.
-Then add the class to supported_architectures() in pollama/create/convert.py so that
-`pollama create` picks it for those config.json classes.
+CONVERTERS at the end is what `pollama create` finds in this folder for those config.json
+classes: nothing else lists it.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from pollama.create.convert import ModelConverter, rope_scaling_metadata
+from pollama.models.convert import ModelConverter, rope_scaling_metadata
 
 # HF name inside `model.layers.N.` (without .weight/.bias) -> GGUF name inside `blk.N.`.
 # `pollama tensors FOLDER` lists the HF names; outside the layers, ModelConverter.top_names
@@ -49,3 +49,7 @@ class MyModelConverter(ModelConverter):
         # Change a tensor's values for its GGUF layout (Gemma adds 1 to its norms; Llama
         # permutes q/k rows for NORMAL RoPE). This template's layout is HF's own.
         return data
+
+
+# What `create` converts with, by config.json class (models/discovery.py finds it).
+CONVERTERS = (MyModelConverter,)

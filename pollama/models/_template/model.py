@@ -1,7 +1,8 @@
 """MyModel (Author et al. 2025): one line on what the architecture is.
 
 TEMPLATE: copy this folder to pollama/models/<name>/, rename MyModel, set ARCH to the GGUF
-general.architecture, and change what your architecture changes. As it stands it is a plain
+general.architecture (the folder's name: that is how a file finds its model, with no registry
+to edit), and change what your architecture changes. As it stands it is a plain
 pre-norm decoder (RMSNorm, RoPE, grouped-query attention, SwiGLU) that keeps HF's weight
 layout, which it runs with NeoX-style RoPE, so it computes Llama/Qwen2-style checkpoints
 converted by the template's convert.py. Say in this docstring what differs from the paper.
@@ -13,32 +14,32 @@ import math
 
 from pollama.kvcache import Batch
 from pollama.ml.base import Context, RopeMode, Tensor
-from pollama.models.base import Config, TextModel, output_projection, register
-from pollama.nn import Embedding, Linear, RMSNorm, Weights, attention, make_rope
+from pollama.models.base import Config, TextModel, register
+from pollama.nn import Linear, Module, RMSNorm, Weights, attention, make_rope
 
-ARCH = "mymodel"  # TEMPLATE: general.architecture; the GGUF keys are "<ARCH>.block_count", ...
+ARCH = "mymodel"  # TEMPLATE: general.architecture = the folder's name; GGUF keys are "<ARCH>.block_count", ...
 
 
-class Block:
+class Block(Module):
     """One decoder layer: x + attn(norm(x)), then h + mlp(norm(h))."""
 
-    def __init__(self, w: Weights, i: int, eps: float):
-        # Attributes named as the GGUF tensors (blk.N.<name>.weight): Linear.load also takes
-        # the .bias when the file has one.
-        p = f"blk.{i}"
-        self.attn_norm = RMSNorm.load(w, f"{p}.attn_norm", eps)
-        self.attn_q = Linear.load(w, f"{p}.attn_q")
-        self.attn_k = Linear.load(w, f"{p}.attn_k")
-        self.attn_v = Linear.load(w, f"{p}.attn_v")
-        self.attn_output = Linear.load(w, f"{p}.attn_output")
-        self.ffn_norm = RMSNorm.load(w, f"{p}.ffn_norm", eps)
-        self.ffn_gate = Linear.load(w, f"{p}.ffn_gate")
-        self.ffn_up = Linear.load(w, f"{p}.ffn_up")
-        self.ffn_down = Linear.load(w, f"{p}.ffn_down")
+    # blk.N.<name>.weight (and .bias if any); Optional[...] if a file may lack it (nn/loader.py)
+    attn_norm: RMSNorm
+    attn_q: Linear
+    attn_k: Linear
+    attn_v: Linear
+    attn_output: Linear
+    ffn_norm: RMSNorm
+    ffn_gate: Linear
+    ffn_up: Linear
+    ffn_down: Linear
 
 
 @register(ARCH)
 class MyModel(TextModel):
+    blk: list[Block]  # (token_embd and output, tied when absent: TextModel's)
+    output_norm: RMSNorm
+
     def __init__(self, cfg: Config, w: Weights):
         # Hyper-parameters come from GGUF keys, with the defaults the reference uses; read_dims
         # reads and checks the sizes every decoder has.
@@ -50,11 +51,9 @@ class MyModel(TextModel):
         self.rope = make_rope(cfg.int("rope.dimension_count", self.head_dim), cfg.float("rope.freq_base", 10000.0),
                               RopeMode.NEOX)
 
-        self.token_embd = Embedding(w["token_embd.weight"])
-        self.blk = [Block(w, i, eps) for i in range(self.n_layers)]
-        self.output_norm = RMSNorm.load(w, "output_norm", eps)
-        self.output = output_projection(w)  # output.weight, or the embedding when tied
-        self.vocab_size = self.output.out_features
+        # A list's length is a hyper-parameter: build it; load_weights reads the rest (eps: the norms').
+        self.blk = [Block.load(w, f"blk.{i}", eps=eps) for i in range(self.n_layers)]
+        self.load_weights(w, eps=eps)
 
     def forward(self, ctx: Context, batch: Batch, cache) -> Tensor:
         t = len(batch)

@@ -22,6 +22,7 @@ from pollama.fs.ggml_types import GGMLType
 from pollama.fs.gguf import GGUFValueType
 from pollama.fs.writer import LazyTensor, write_gguf
 from pollama.models.bert.model import Pooling
+from pollama.models.convert import ConvertError, ModelConverter, open_weights
 
 # GGUF token types (llama.h)
 NORMAL, CONTROL, USER_DEFINED, UNUSED = 1, 3, 4, 5
@@ -54,10 +55,6 @@ _ID_KEYS = {
     "cls": "tokenizer.ggml.cls_token_id",
     "mask": "tokenizer.ggml.mask_token_id",
 }
-
-
-class ConvertError(ValueError):
-    """A checkpoint folder this converter cannot turn into a BERT GGUF (says what is wrong)."""
 
 
 def _read_json(path: Path) -> Any:
@@ -214,9 +211,6 @@ def convert(hf_dir: str | Path, out_path: str | Path, *, outtype: str = "f16", p
     vocab = read_vocab(hf_dir)
 
     wide = GGMLType.F16 if outtype == "f16" else GGMLType.F32
-    # Imported here: pollama.create.convert imports this module (lazily) for BertModel folders.
-    from pollama.create.convert import open_weights
-
     tensors = []
     with open_weights(hf_dir) as st:
         for hf_name in st:
@@ -276,3 +270,15 @@ def convert(hf_dir: str | Path, out_path: str | Path, *, outtype: str = "f16", p
         # Integers as llama.cpp writes them (uint32), not the writer's default int32.
         u32 = {k: GGUFValueType.UINT32 for k, v in metadata.items() if type(v) is int}
         write_gguf(out_path, metadata, tensors, value_types=u32)
+
+
+class BertConverter(ModelConverter):
+    """BertModel folders: converted whole by convert() (WordPiece vocabulary, llama.cpp's BERT keys)."""
+
+    arch = "bert"
+    architectures = ("BertModel",)
+    whole = staticmethod(convert)
+
+
+# What `create` converts with, by config.json class (models/discovery.py finds it).
+CONVERTERS = (BertConverter,)

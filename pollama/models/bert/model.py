@@ -24,7 +24,8 @@ import numpy as np
 
 from pollama.ml.base import Context, Tensor
 from pollama.models.base import Config, positive, register
-from pollama.nn import Embedding, LayerNorm, Linear, ModelError, Weights
+from pollama.errors import ModelError
+from pollama.nn import Embedding, LayerNorm, Linear, Module, Weights, load_weights
 
 
 class Pooling(enum.IntEnum):
@@ -36,26 +37,30 @@ class Pooling(enum.IntEnum):
     LAST = 3
 
 
-class Layer:
+class Layer(Module):
     """One encoder layer: h = norm(x + attn(x)), then norm(h + mlp(h))."""
 
-    def __init__(self, w: Weights, i: int, eps: float):
-        p = f"blk.{i}"
-        self.attn_q = Linear.load(w, f"{p}.attn_q")
-        self.attn_k = Linear.load(w, f"{p}.attn_k")
-        self.attn_v = Linear.load(w, f"{p}.attn_v")
-        self.attn_output = Linear.load(w, f"{p}.attn_output")
-        self.attn_output_norm = LayerNorm.load(w, f"{p}.attn_output_norm", eps)
-        self.ffn_up = Linear.load(w, f"{p}.ffn_up")
-        self.ffn_down = Linear.load(w, f"{p}.ffn_down")
-        self.layer_output_norm = LayerNorm.load(w, f"{p}.layer_output_norm", eps)
+    attn_q: Linear
+    attn_k: Linear
+    attn_v: Linear
+    attn_output: Linear
+    attn_output_norm: LayerNorm
+    ffn_up: Linear
+    ffn_down: Linear
+    layer_output_norm: LayerNorm
 
 
 @register("bert")
-class Bert:
+class Bert(Module):
     arch: str
     # Tables read with rows(), which the backend must keep gatherable.
     gathered = ("token_embd.weight", "position_embd.weight", "token_types.weight")
+
+    token_embd: Embedding
+    position_embd: Embedding
+    token_types: Embedding
+    token_embd_norm: LayerNorm
+    blk: list[Layer]
 
     def __init__(self, cfg: Config, w: Weights):
         self.n_layers = positive(cfg.int("block_count"), "block_count")
@@ -74,11 +79,8 @@ class Bert:
         # Ollama's key: sentence-transformers models that end in a Normalize module.
         self.normalize = bool(cfg.metadata.get(f"{cfg.arch}.normalize_embeddings", True))
 
-        self.token_embd = Embedding(w["token_embd.weight"])
-        self.position_embd = Embedding(w["position_embd.weight"])
-        self.token_types = Embedding(w["token_types.weight"])
-        self.token_embd_norm = LayerNorm.load(w, "token_embd_norm", eps)
-        self.blk = [Layer(w, i, eps) for i in range(self.n_layers)]
+        self.blk = [Layer.load(w, f"blk.{i}", eps=eps) for i in range(self.n_layers)]
+        load_weights(self, w, eps=eps)
         if self.token_embd.weight.shape[1] != self.dim:
             raise ModelError(f"token_embd.weight is {list(self.token_embd.weight.shape)}, expected [vocab, {self.dim}]")
         # No position beyond the table's rows exists, whatever context_length claims.

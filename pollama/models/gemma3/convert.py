@@ -8,7 +8,7 @@ import re
 
 import numpy as np
 
-from pollama.create.convert import ConvertError, HFConfig, ModelConverter, rope_scaling_metadata
+from pollama.models.convert import ConvertError, HFConfig, ModelConverter, rope_scaling_metadata
 
 LAYER_NAMES = {
     "input_layernorm": "attn_norm",
@@ -186,3 +186,7 @@ class Gemma3VisionConverter(Gemma3Converter):
         # The +1 of Gemma's RMSNorm applies to the text norms and the projector's; SigLIP's
         # LayerNorms keep their weights.
         return data if name.startswith("v.") else super().transform(name, data)
+
+
+# What `create` converts with, by config.json class (models/discovery.py finds it).
+CONVERTERS = (Gemma3Converter, Gemma3VisionConverter)

@@ -11,38 +11,41 @@ from pollama.fs.ggml_types import GGMLType
 from pollama.kvcache import N_KV_PAD, Batch, KVCache, LayerCaches, pages_for
 from pollama.ml.base import Backend, Context, RopeMode, Tensor
 from pollama.models import imageproc
-from pollama.models.base import Config, TextModel, output_projection, positive, register
+from pollama.models.base import Config, TextModel, positive, register
 from pollama.models.gemma3.process_image import process_image
 from pollama.models.gemma3.vision import VisionModel
 from pollama.models.llama.model import read_rope_scaling
 from pollama.models.multimodal import Image, ImageToken
-from pollama.nn import Embedding, Linear, ModelError, RMSNorm, RopeScaling, Weights, attention, make_rope
+from pollama.errors import ModelError
+from pollama.nn import Linear, Module, RMSNorm, RopeScaling, Weights, attention, make_rope
 
 
-class Block:
+class Block(Module):
     """One layer: norms before and after both attention and MLP (GGUF norm weights include Gemma's +1)."""
 
-    def __init__(self, w: Weights, i: int, eps: float):
-        p = f"blk.{i}"
-        self.attn_norm = RMSNorm.load(w, f"{p}.attn_norm", eps)
-        self.attn_q = Linear.load(w, f"{p}.attn_q")
-        self.attn_k = Linear.load(w, f"{p}.attn_k")
-        self.attn_v = Linear.load(w, f"{p}.attn_v")
-        self.attn_q_norm = RMSNorm.load(w, f"{p}.attn_q_norm", eps)
-        self.attn_k_norm = RMSNorm.load(w, f"{p}.attn_k_norm", eps)
-        self.attn_output = Linear.load(w, f"{p}.attn_output")
-        self.post_attention_norm = RMSNorm.load(w, f"{p}.post_attention_norm", eps)
-        self.ffn_norm = RMSNorm.load(w, f"{p}.ffn_norm", eps)
-        self.ffn_gate = Linear.load(w, f"{p}.ffn_gate")
-        self.ffn_up = Linear.load(w, f"{p}.ffn_up")
-        self.ffn_down = Linear.load(w, f"{p}.ffn_down")
-        self.post_ffw_norm = RMSNorm.load(w, f"{p}.post_ffw_norm", eps)
+    attn_norm: RMSNorm
+    attn_q: Linear
+    attn_k: Linear
+    attn_v: Linear
+    attn_q_norm: RMSNorm
+    attn_k_norm: RMSNorm
+    attn_output: Linear
+    post_attention_norm: RMSNorm
+    ffn_norm: RMSNorm
+    ffn_gate: Linear
+    ffn_up: Linear
+    ffn_down: Linear
+    post_ffw_norm: RMSNorm
 
 
 @register("gemma3")
 class Gemma3(TextModel):
     # The SigLIP position table is read by row; the projection is transposed in the graph.
     gathered = ("token_embd.weight", "v.position_embedding.weight", "mm.mm_input_projection.weight")
+
+    # (and TextModel's token_embd and output)
+    blk: list[Block]
+    output_norm: RMSNorm
 
     def __init__(self, cfg: Config, w: Weights):
         self.read_dims(cfg, head_dim=256)
@@ -72,11 +75,8 @@ class Gemma3(TextModel):
         # except Gemma 3 27B (62 layers), trained with 1/sqrt(dim / heads).
         self.query_scale = 1.0 / math.sqrt(self.dim // self.n_heads if self.n_layers == 62 else self.head_dim)
 
-        self.token_embd = Embedding(w["token_embd.weight"])
-        self.blk = [Block(w, i, eps) for i in range(self.n_layers)]
-        self.output_norm = RMSNorm.load(w, "output_norm", eps)
-        self.output = output_projection(w)
-        self.vocab_size = self.output.out_features
+        self.blk = [Block.load(w, f"blk.{i}", eps=eps) for i in range(self.n_layers)]
+        self.load_weights(w, eps=eps)
 
         if "v.patch_embedding.weight" in w:
             self.vision = True

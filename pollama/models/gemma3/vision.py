@@ -4,35 +4,49 @@ pools its patch states to `mm.tokens_per_image` soft tokens in the text model's 
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import numpy as np
 
 from pollama.fs.ggml_types import GGMLType
 from pollama.ml.base import Context, Tensor
 from pollama.models.base import Config, positive
-from pollama.nn import LayerNorm, Linear, ModelError, RMSNorm, Weights, attend
+from pollama.errors import ModelError
+from pollama.nn import LayerNorm, Linear, Module, RMSNorm, Weights, attend, load_weights
 
 
 FLOAT_TYPES = (GGMLType.F32, GGMLType.F16, GGMLType.BF16)
 
 
-class VisionBlock:
+class VisionBlock(Module):
     """One pre-norm encoder layer: full attention over the patches, then a GELU MLP."""
 
-    def __init__(self, w: Weights, i: int, eps: float):
-        p = f"v.blk.{i}"
-        self.layer_norm1 = LayerNorm.load(w, f"{p}.layer_norm1", eps)
-        self.attn_q = Linear.load(w, f"{p}.attn_q")
-        self.attn_k = Linear.load(w, f"{p}.attn_k")
-        self.attn_v = Linear.load(w, f"{p}.attn_v")
-        self.attn_output = Linear.load(w, f"{p}.attn_output")
-        self.layer_norm2 = LayerNorm.load(w, f"{p}.layer_norm2", eps)
-        self.fc1 = Linear.load(w, f"{p}.mlp.fc1")
-        self.fc2 = Linear.load(w, f"{p}.mlp.fc2")
+    layer_norm1: LayerNorm
+    attn_q: Linear
+    attn_k: Linear
+    attn_v: Linear
+    attn_output: Linear
+    layer_norm2: LayerNorm
+    fc1: Annotated[Linear, "mlp.fc1"]
+    fc2: Annotated[Linear, "mlp.fc2"]
 
 
-class VisionModel:
+class Projector(Module):
+    """`mm.*`: the pooled patch states, normalized and projected to the text model's width."""
+
+    mm_soft_emb_norm: RMSNorm  # (weights include Gemma's +1)
+    # [vision dim, text dim], applied as x @ W (HF's and Ollama's layout): transposed in the graph.
+    mm_input_projection: Annotated[Tensor, "mm_input_projection.weight"]
+
+
+class VisionModel(Module):
     """Pixels [3, S, S] -> soft tokens [mm.tokens_per_image, text dim]."""
+
+    patch_embedding: Linear
+    position_embedding: Annotated[Tensor, "position_embedding.weight"]
+    blk: list[VisionBlock]
+    post_layernorm: LayerNorm
+    mm: Projector  # (under mm., not v.)
 
     def __init__(self, cfg: Config, w: Weights, text_dim: int):
         self.n_layers = positive(cfg.int("vision.block_count"), "vision.block_count")
@@ -51,8 +65,6 @@ class VisionModel:
         if self.tokens_side**2 != self.tokens or self.side % self.tokens_side:
             raise ModelError(f"{self.side}x{self.side} patches cannot be pooled to {self.tokens} tokens")
 
-        self.patch_embedding = Linear.load(w, "v.patch_embedding")
-        self.position_embedding = w["v.position_embedding.weight"]
         expect = {
             "v.patch_embedding.weight": (self.dim, self.channels, self.patch_size, self.patch_size),
             "v.position_embedding.weight": (self.side * self.side, self.dim),
@@ -65,12 +77,9 @@ class VisionModel:
             # (Ollama's quantizer, and ours, leave v.* and mm.* unquantized).
             if w[name].dtype not in FLOAT_TYPES:
                 raise ModelError(f"{w.source}: tensor {name!r} is {w[name].dtype.name}; it must be F32, F16 or BF16")
-        self.blk = [VisionBlock(w, i, self.eps) for i in range(self.n_layers)]
-        self.post_layernorm = LayerNorm.load(w, "v.post_layernorm", self.eps)
-
-        self.mm_soft_emb_norm = RMSNorm.load(w, "mm.mm_soft_emb_norm", self.eps)  # (weights include Gemma's +1)
-        # [vision dim, text dim], applied as x @ W (HF's and Ollama's layout): transposed in the graph.
-        self.mm_input_projection = w["mm.mm_input_projection.weight"]
+        self.blk = [VisionBlock.load(w, f"v.blk.{i}", eps=self.eps) for i in range(self.n_layers)]
+        self.mm = Projector.load(w, "mm", eps=self.eps)
+        load_weights(self, w, "v", eps=self.eps)
 
         # Average pooling of the patch grid in kernel x kernel squares, as a [tokens, patches] matrix.
         k = self.side // self.tokens_side
@@ -105,8 +114,8 @@ class VisionModel:
         ctx.record("v.post_layernorm", x)
 
         x = ctx.input(self.pool).linear(x.transpose())  # pool @ x: [tokens, dim]
-        x = self.mm_soft_emb_norm(x)
-        w = ctx.view(self.mm_input_projection, 0, self.dim).transpose()  # [text dim, vision dim]
+        x = self.mm.mm_soft_emb_norm(x)
+        w = ctx.view(self.mm.mm_input_projection, 0, self.dim).transpose()  # [text dim, vision dim]
         x = x.linear(w)  # [tokens, text dim]
         ctx.record("mm.out", x)
         return x

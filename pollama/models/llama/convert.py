@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from pollama.create.convert import ConvertError, ModelConverter, rope_scaling_metadata
+from pollama.models.convert import ConvertError, ModelConverter, rope_scaling_metadata
 
 log = logging.getLogger(__name__)
 
@@ -87,3 +87,7 @@ def llama3_freq_factors(rope: dict, head_dim: int) -> np.ndarray:
             smooth = (old_ctx / wavelen - low) / (high - low)
             factors.append(1.0 / ((1 - smooth) / factor + smooth))
     return np.array(factors, dtype=np.float32)
+
+
+# What `create` converts with, by config.json class (models/discovery.py finds it).
+CONVERTERS = (LlamaConverter,)

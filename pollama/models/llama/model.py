@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+from typing import Annotated, Optional
 
 from pollama.kvcache import Batch
 from pollama.ml.base import Context, RopeMode, Tensor
-from pollama.models.base import Config, TextModel, output_projection, register
-from pollama.nn import Embedding, Linear, ModelError, RMSNorm, RopeScaling, Weights, attention, make_rope
+from pollama.models.base import Config, TextModel, register
+from pollama.errors import ModelError
+from pollama.nn import Linear, Module, RMSNorm, RopeScaling, Weights, attention, make_rope
 
 
 def read_rope_scaling(cfg: Config) -> RopeScaling:
@@ -23,27 +25,28 @@ def read_rope_scaling(cfg: Config) -> RopeScaling:
     )
 
 
-class Block:
+class Block(Module):
     """One decoder layer: x + attn(norm(x)), then h + mlp(norm(h))."""
 
-    prefix = "blk"  # its weights are <prefix>.<i>.<name>
-
-    def __init__(self, w: Weights, i: int, eps: float):
-        p = f"{self.prefix}.{i}"
-        self.attn_norm = RMSNorm.load(w, f"{p}.attn_norm", eps)
-        self.attn_q = Linear.load(w, f"{p}.attn_q")
-        self.attn_k = Linear.load(w, f"{p}.attn_k")
-        self.attn_v = Linear.load(w, f"{p}.attn_v")
-        self.attn_output = Linear.load(w, f"{p}.attn_output")
-        self.ffn_norm = RMSNorm.load(w, f"{p}.ffn_norm", eps)
-        self.ffn_gate = Linear.load(w, f"{p}.ffn_gate")
-        self.ffn_up = Linear.load(w, f"{p}.ffn_up")
-        self.ffn_down = Linear.load(w, f"{p}.ffn_down")
+    attn_norm: RMSNorm
+    attn_q: Linear
+    attn_k: Linear
+    attn_v: Linear
+    attn_output: Linear
+    ffn_norm: RMSNorm
+    ffn_gate: Linear
+    ffn_up: Linear
+    ffn_down: Linear
 
 
 @register("llama")
 class Llama(TextModel):
     rope_mode = RopeMode.NORMAL  # GGUF stores Llama's Q/K permuted for adjacent-pair RoPE
+
+    # (and TextModel's token_embd and output)
+    blk: list[Block]
+    output_norm: RMSNorm
+    rope_freqs: Annotated[Optional[Tensor], "rope_freqs.weight"]  # Llama 3.1 per-frequency factors
 
     def __init__(self, cfg: Config, w: Weights):
         self.read_dims(cfg)
@@ -57,13 +60,8 @@ class Llama(TextModel):
             self.rope_mode,
             read_rope_scaling(cfg),
         )
-        self.rope_freqs = w.get("rope_freqs.weight")  # Llama 3.1 per-frequency factors
-
-        self.token_embd = Embedding(w["token_embd.weight"])
-        self.blk = [Block(w, i, eps) for i in range(self.n_layers)]
-        self.output_norm = RMSNorm.load(w, "output_norm", eps)
-        self.output = output_projection(w)
-        self.vocab_size = self.output.out_features
+        self.blk = [Block.load(w, f"blk.{i}", eps=eps) for i in range(self.n_layers)]
+        self.load_weights(w, eps=eps)
 
     def query_temperature(self, ctx: Context, positions: Tensor) -> Tensor | None:
         """A factor [t, 1, 1] on each position's queries after RoPE, or None (Llama has none)."""

@@ -11,8 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from pollama.create import convert as hf
-from pollama.create.convert import ConvertError, rope_scaling_metadata
+from pollama.models.convert import OUT_TYPES, ConvertError, convert_folder, rope_scaling_metadata
 from pollama.models.llama.convert import LlamaConverter
 
 
@@ -38,9 +37,12 @@ class MistralConverter(LlamaConverter):
         return md
 
 
+# No CONVERTERS: `create` converts MistralForCausalLM with LlamaConverter, to "llama".
+
+
 def convert(folder: str | Path, out_path: str | Path, progress=None, *, outtype: str = "f16") -> None:
     """Convert a MistralForCausalLM folder to a GGUF "mistral" file; ConvertError (one line) if it cannot be."""
-    hf.convert_hf(folder, out_path, progress, outtype=outtype, converter=MistralConverter)
+    convert_folder(folder, out_path, MistralConverter, progress, outtype=outtype)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pollama.models.mistral.convert", description=__doc__.splitlines()[0])
     parser.add_argument("folder")
     parser.add_argument("out")
-    parser.add_argument("--outtype", default="f16", choices=sorted(hf.OUT_TYPES))
+    parser.add_argument("--outtype", default="f16", choices=sorted(OUT_TYPES))
     args = parser.parse_args(argv)
     try:
         convert(args.folder, args.out, outtype=args.outtype)

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from pollama.create.convert import ConvertError, HFConfig, ModelConverter
+from pollama.models.convert import ConvertError, HFConfig, ModelConverter
 from pollama.models.llama.convert import LAYER_NAMES as TEXT_LAYER_NAMES
 from pollama.models.llama.convert import LlamaConverter
 
@@ -154,3 +154,7 @@ class Mistral3Converter(ModelConverter):
 
     def extra_tensors(self) -> list[tuple[str, np.ndarray]]:
         return self.text.extra_tensors()
+
+
+# What `create` converts with, by config.json class (models/discovery.py finds it).
+CONVERTERS = (Mistral3Converter,)

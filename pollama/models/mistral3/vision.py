@@ -8,12 +8,15 @@ neighbourhood of patches into one text-model token.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import numpy as np
 
 from pollama.ml.base import Context, Rope, RopeMode, Tensor
 from pollama.models.base import Config, positive
 from pollama.models.llama.model import Block
-from pollama.nn import Linear, ModelError, RMSNorm, Weights, attend
+from pollama.errors import ModelError
+from pollama.nn import Linear, Module, RMSNorm, Weights, attend, load_weights
 
 
 def patchify(pixels: np.ndarray, patch: int) -> np.ndarray:
@@ -25,14 +28,13 @@ def patchify(pixels: np.ndarray, patch: int) -> np.ndarray:
     return np.ascontiguousarray(grid.transpose(1, 3, 0, 2, 4).reshape(gh * gw, c * patch * patch), dtype=np.float32)
 
 
-class VisionBlock(Block):
-    """x + attn(norm(x)), then h + swiglu_mlp(norm(h)): a Llama layer's weights, under v.blk."""
-
-    prefix = "v.blk"
-
-
-class PixtralVision:
+class PixtralVision(Module):
     """The vision tower (`v.*`): patch embedding, RMSNorm, transformer blocks with 2-D RoPE."""
+
+    patch_conv: Annotated[Tensor, "patch_conv.weight"]  # [dim, channels, patch, patch]
+    encoder_norm: RMSNorm
+    # x + attn(norm(x)), then h + swiglu_mlp(norm(h)): a Llama layer's weights, under v.blk
+    blk: list[Block]
 
     def __init__(self, cfg: Config, w: Weights):
         self.n_layers = positive(cfg.int("vision.block_count"), "vision.block_count")
@@ -56,9 +58,8 @@ class PixtralVision:
             np.full(quarter, np.float32(base) ** np.float32(2.0 / self.head_dim), dtype=np.float32),
         ])
 
-        self.patch_conv = w["v.patch_conv.weight"]  # [dim, channels, patch, patch]
-        self.encoder_norm = RMSNorm.load(w, "v.encoder_norm", eps)
-        self.blk = [VisionBlock(w, i, eps) for i in range(self.n_layers)]
+        self.blk = [Block.load(w, f"v.blk.{i}", eps=eps) for i in range(self.n_layers)]
+        load_weights(self, w, "v", eps=eps)
 
     def __call__(self, ctx: Context, pixels: np.ndarray) -> Tensor:
         """pixels [3, H, W] (sides multiples of the patch size) -> patch states [rows * cols, dim]."""
@@ -84,18 +85,20 @@ class PixtralVision:
         return x
 
 
-class Projector:
+class Projector(Module):
     """Mistral 3's projector (`mm.*`): RMSNorm, 2x2 patch merger, linear, GELU, linear."""
+
+    norm: RMSNorm
+    merging_layer: Annotated[Linear, "patch_merger.merging_layer"]
+    linear_1: Linear
+    linear_2: Linear
 
     def __init__(self, cfg: Config, w: Weights, eps: float):
         self.merge = positive(cfg.int("spatial_merge_size", 2), "spatial_merge_size")
         act = cfg.str("mm.projector_hidden_act", "gelu")
         if act != "gelu":
             raise ModelError(f"mm.projector_hidden_act {act!r} is not supported (gelu)")
-        self.norm = RMSNorm.load(w, "mm.norm", eps)
-        self.merging_layer = Linear.load(w, "mm.patch_merger.merging_layer")
-        self.linear_1 = Linear.load(w, "mm.linear_1")
-        self.linear_2 = Linear.load(w, "mm.linear_2")
+        load_weights(self, w, "mm", eps=eps)
 
     def merge_index(self, rows: int, cols: int) -> np.ndarray:
         """Patch indices in merged-token order, each token's s x s neighbourhood row by row."""

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from pollama.create.convert import ConvertError, HFConfig
+from pollama.models.convert import ConvertError, HFConfig
 from pollama.models.llama.convert import LAYER_NAMES as LLAMA_LAYER_NAMES
 from pollama.models.llama.convert import LlamaConverter, interleave_halves
 
@@ -158,3 +158,7 @@ class MllamaConverter(LlamaConverter):
         if name.startswith("mm."):
             return data
         return super().transform(name, data)  # text: Llama's Q/K row order for normal RoPE
+
+
+# What `create` converts with, by config.json class (models/discovery.py finds it).
+CONVERTERS = (MllamaConverter,)

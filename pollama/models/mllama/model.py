@@ -9,6 +9,7 @@ before the image gets nothing from them; a sequence without an image skips them.
 from __future__ import annotations
 
 import math
+from typing import Annotated, Optional
 
 import numpy as np
 
@@ -17,35 +18,34 @@ from pollama.kvcache import Batch, KVCache, pages_for
 from pollama.kvcache.encoder import EncoderCache, WithEncoder
 from pollama.ml.base import Backend, Context, RopeMode, Tensor
 from pollama.models import imageproc
-from pollama.models.base import Config, TextModel, output_projection, register
+from pollama.models.base import Config, TextModel, register
 from pollama.models.llama.model import Block, decoder_layer, read_rope_scaling
 from pollama.models.mllama.process_image import process_image
 from pollama.models.mllama.vision import VisionModel
 from pollama.models.multimodal import Image, ImageToken
-from pollama.nn import Embedding, Linear, ModelError, RMSNorm, Weights, make_rope
+from pollama.errors import ModelError
+from pollama.nn import Linear, Module, RMSNorm, Weights, make_rope
 
 IMAGE_TOKEN = "<|image|>"
 IMAGE_TOKEN_ID = 128256  # Llama 3.2 Vision's, when the vocabulary does not name it
 
 
-class CrossBlock:
+class CrossBlock(Module):
     """A cross-attention layer: x + tanh(g_a) * xattn(norm(x), image), h + tanh(g_m) * mlp(norm(h))."""
 
-    def __init__(self, w: Weights, i: int, eps: float):
-        p = f"blk.{i}"
-        self.attn_norm = RMSNorm.load(w, f"{p}.attn_norm", eps)
-        self.cross_attn_q_proj = Linear.load(w, f"{p}.cross_attn_q_proj")
-        self.cross_attn_k_proj = Linear.load(w, f"{p}.cross_attn_k_proj")
-        self.cross_attn_v_proj = Linear.load(w, f"{p}.cross_attn_v_proj")
-        self.cross_attn_o_proj = Linear.load(w, f"{p}.cross_attn_o_proj")
-        self.cross_attn_q_norm = RMSNorm.load(w, f"{p}.cross_attn_q_norm", eps)
-        self.cross_attn_k_norm = RMSNorm.load(w, f"{p}.cross_attn_k_norm", eps)
-        self.cross_attn_attn_gate = w[f"{p}.cross_attn_attn_gate"]
-        self.ffn_norm = RMSNorm.load(w, f"{p}.ffn_norm", eps)
-        self.ffn_gate = Linear.load(w, f"{p}.ffn_gate")
-        self.ffn_up = Linear.load(w, f"{p}.ffn_up")
-        self.ffn_down = Linear.load(w, f"{p}.ffn_down")
-        self.cross_attn_mlp_gate = w[f"{p}.cross_attn_mlp_gate"]
+    attn_norm: RMSNorm
+    cross_attn_q_proj: Linear
+    cross_attn_k_proj: Linear
+    cross_attn_v_proj: Linear
+    cross_attn_o_proj: Linear
+    cross_attn_q_norm: RMSNorm
+    cross_attn_k_norm: RMSNorm
+    cross_attn_attn_gate: Tensor
+    ffn_norm: RMSNorm
+    ffn_gate: Linear
+    ffn_up: Linear
+    ffn_down: Linear
+    cross_attn_mlp_gate: Tensor
 
 
 @register("mllama")
@@ -53,23 +53,25 @@ class Mllama(TextModel):
     one_image = True
     gathered = ("token_embd.weight", *VisionModel.gathered)
 
+    # (and TextModel's token_embd, vocab + 8 rows: <|image|> has one, and output)
+    blk: list[Block | CrossBlock]
+    output_norm: RMSNorm
+    rope_freqs: Annotated[Optional[Tensor], "rope_freqs.weight"]
+
     def __init__(self, cfg: Config, w: Weights):
         self.read_dims(cfg)
         self.n_ctx_train = cfg.int("context_length", 131072)
         eps = cfg.float("attention.layer_norm_rms_epsilon", 1e-5)
         self.rope = make_rope(cfg.int("rope.dimension_count", self.head_dim), cfg.float("rope.freq_base", 500000.0),
                               RopeMode.NORMAL, read_rope_scaling(cfg))
-        self.rope_freqs = w.get("rope_freqs.weight")
         cross = [int(i) for i in cfg.list("attention.cross_attention_layers", [])]
         if any(not 0 <= i < self.n_layers for i in cross):
             raise ModelError(f"cross_attention_layers {cross} outside the {self.n_layers} layers")
         self.cross_layers = set(cross)
 
-        self.token_embd = Embedding(w["token_embd.weight"])  # vocab + 8 rows: <|image|> has one
-        self.blk = [CrossBlock(w, i, eps) if i in self.cross_layers else Block(w, i, eps) for i in range(self.n_layers)]
-        self.output_norm = RMSNorm.load(w, "output_norm", eps)
-        self.output = output_projection(w)
-        self.vocab_size = self.output.out_features
+        self.blk = [(CrossBlock if i in self.cross_layers else Block).load(w, f"blk.{i}", eps=eps)
+                    for i in range(self.n_layers)]
+        self.load_weights(w, eps=eps)
 
         # A file may hold the text model alone (Ollama splits some): it then takes no images.
         self.vision_model = VisionModel(cfg, w) if "v.patch_embd.weight" in w else None

@@ -8,32 +8,33 @@ final state concatenated with the kept ones, projected to the text width (`mm.0`
 
 from __future__ import annotations
 
+from typing import Annotated, Optional
+
 import numpy as np
 
 from pollama.ml.base import Context, Tensor
 from pollama.models.base import Config, positive
 from pollama.models.mllama.process_image import supported_aspect_ratios
-from pollama.nn import LayerNorm, Linear, ModelError, Weights
-from pollama.nn.modules import attend
+from pollama.errors import ModelError
+from pollama.nn import LayerNorm, Linear, Module, Weights, attend, load_weights
 
 
 MAX_TILES = 16  # Llama 3.2 Vision has 4; bounds the canvases an image is fitted to
 
 
-class Layer:
+class Layer(Module):
     """One encoder layer: x + gate * attn(ln(x)), then h + gate * mlp(ln(h)); gates only in global layers."""
 
-    def __init__(self, w: Weights, p: str, eps: float):
-        self.attn_norm = LayerNorm.load(w, f"{p}.attn_norm", eps)
-        self.attn_q = Linear.load(w, f"{p}.attn_q")
-        self.attn_k = Linear.load(w, f"{p}.attn_k")
-        self.attn_v = Linear.load(w, f"{p}.attn_v")
-        self.attn_output = Linear.load(w, f"{p}.attn_output")
-        self.attn_gate = w.get(f"{p}.attn_gate")  # tanh(gate), as the converter stores it
-        self.ffn_norm = LayerNorm.load(w, f"{p}.ffn_norm", eps)
-        self.ffn_up = Linear.load(w, f"{p}.ffn_up")
-        self.ffn_down = Linear.load(w, f"{p}.ffn_down")
-        self.ffn_gate = w.get(f"{p}.ffn_gate")
+    attn_norm: LayerNorm
+    attn_q: Linear
+    attn_k: Linear
+    attn_v: Linear
+    attn_output: Linear
+    attn_gate: Optional[Tensor]  # tanh(gate), as the converter stores it
+    ffn_norm: LayerNorm
+    ffn_up: Linear
+    ffn_down: Linear
+    ffn_gate: Optional[Tensor]
 
     def __call__(self, ctx: Context, x: Tensor, heads: int, mask: np.ndarray | None) -> Tensor:
         n, dim = x.shape
@@ -48,20 +49,36 @@ class Layer:
         return x + (m * self.ffn_gate if self.ffn_gate is not None else m)
 
 
-class TileEmbedding:
-    """Per-aspect-ratio embeddings ([tiles * width] per ratio id), times a gate."""
+class Gated(Module):
+    """A table and the gate its rows are multiplied by (when the file has one)."""
 
-    def __init__(self, weight: Tensor, gate: Tensor | None):
-        self.weight = weight
-        self.gate = gate
+    weight: Tensor
+    gate: Optional[Tensor]
+
+
+class TileEmbedding(Gated):
+    """Per-aspect-ratio embeddings ([tiles * width] per ratio id), times a gate."""
 
     def __call__(self, ctx: Context, ratio_id: int, *shape: int) -> Tensor:
         e = self.weight.rows(ctx.input(np.array([ratio_id], dtype=np.int32))).reshape(*shape)
         return e * self.gate if self.gate is not None else e
 
 
-class VisionModel:
+class VisionModel(Module):
     """`v.*` and `mm.0`: pixel tiles -> cross-attention states [tiles * (patches + 1), text width]."""
+
+    patch_embd: Annotated[Tensor, "patch_embd.weight"]  # the conv kernel [dim, channels, p, p]
+    class_embd: Tensor
+    pre_tile_position_embd: TileEmbedding
+    post_tile_position_embd: TileEmbedding
+    position_embd: Gated  # [positions, dim], its gate 1 - tanh(gate)
+    # Ollama's files also store tanh(gate) for the tiles; without it, it is 1 - the position gate.
+    tile_position_embd: TileEmbedding
+    pre_ln: LayerNorm
+    post_ln: LayerNorm
+    blk: list[Layer]
+    global_blk: Annotated[list[Layer], "global.blk"]
+    projector: Linear  # mm.0 (outside v.)
 
     # Embedding tables read with rows() (by position, by aspect-ratio id).
     gathered = ("v.position_embd.weight", "v.pre_tile_position_embd.weight", "v.post_tile_position_embd.weight",
@@ -86,21 +103,11 @@ class VisionModel:
         if any(not 0 <= i < n_local for i in self.intermediate):
             raise ModelError(f"vision intermediate layers {self.intermediate} outside the {n_local} layers")
 
-        self.patch_embd = Linear(w["v.patch_embd.weight"])  # the conv kernel [dim, channels, p, p]
-        self.class_embd = w["v.class_embd"]
-        self.pre_tile_position_embd = TileEmbedding(w["v.pre_tile_position_embd.weight"], w.get("v.pre_tile_position_embd.gate"))
-        self.post_tile_position_embd = TileEmbedding(w["v.post_tile_position_embd.weight"], w.get("v.post_tile_position_embd.gate"))
-        self.position_embd = w["v.position_embd.weight"]  # [positions, dim]
-        self.position_gate = w.get("v.position_embd.gate")  # 1 - tanh(gate)
-        # Ollama's files also store tanh(gate) for the tiles; without it, it is 1 - the other.
-        tile_gate = w.get("v.tile_position_embd.gate")
-        self.tile_position_embd = TileEmbedding(w["v.tile_position_embd.weight"], tile_gate)
-        self.tile_gate_from_position = tile_gate is None and self.position_gate is not None
-        self.pre_ln = LayerNorm.load(w, "v.pre_ln", eps)
-        self.post_ln = LayerNorm.load(w, "v.post_ln", eps)
-        self.blk = [Layer(w, f"v.blk.{i}", eps) for i in range(n_local)]
-        self.global_blk = [Layer(w, f"v.global.blk.{i}", eps) for i in range(cfg.int("vision.global.block_count"))]
+        self.blk = [Layer.load(w, f"v.blk.{i}", eps=eps) for i in range(n_local)]
+        self.global_blk = [Layer.load(w, f"v.global.blk.{i}", eps=eps) for i in range(cfg.int("vision.global.block_count"))]
         self.projector = Linear.load(w, "mm.0")
+        load_weights(self, w, "v", eps=eps)
+        self.tile_gate_from_position = self.tile_position_embd.gate is None and self.position_embd.gate is not None
         self.out_dim = self.projector.out_features
         self._check_shapes()
 
@@ -111,9 +118,9 @@ class VisionModel:
         tiles, dim, n = self.max_num_tiles, self.dim, self.positions
         ratios = len(supported_aspect_ratios(tiles)) + 1  # id 0 is no image
         expected = {
-            "v.patch_embd.weight": (self.patch_embd.weight, (dim, self.channels, self.patch_size, self.patch_size)),
+            "v.patch_embd.weight": (self.patch_embd, (dim, self.channels, self.patch_size, self.patch_size)),
             "v.class_embd": (self.class_embd, (dim,)),
-            "v.position_embd.weight": (self.position_embd, (n, dim)),
+            "v.position_embd.weight": (self.position_embd.weight, (n, dim)),
             "v.pre_tile_position_embd.weight": (self.pre_tile_position_embd.weight, (ratios, tiles * dim)),
             "v.post_tile_position_embd.weight": (self.post_tile_position_embd.weight, (ratios, tiles * dim)),
             "v.tile_position_embd.weight": (self.tile_position_embd.weight, (ratios, tiles * n * dim)),
@@ -146,16 +153,17 @@ class VisionModel:
     def __call__(self, ctx: Context, pixel_values: np.ndarray, ratio_id: int, num_tiles: int) -> Tensor:
         """Cross-attention states [max_num_tiles * positions, text width] for one image."""
         tiles, dim, n = self.max_num_tiles, self.dim, self.positions
-        x = ctx.input(self.patches(pixel_values)).linear(self.patch_embd.weight)  # [tiles * grid^2, dim]
+        x = ctx.input(self.patches(pixel_values)).linear(self.patch_embd)  # [tiles * grid^2, dim]
         x = x.reshape(tiles, n - 1, dim) + self.pre_tile_position_embd(ctx, ratio_id, tiles, 1, dim)
 
         cls = ctx.input(np.ones((tiles, 1, dim), dtype=np.float32)) * self.class_embd  # one per tile
         x = cls.concat(x, 1)  # [tiles, n, dim]
-        pos = self.position_embd.rows(ctx.input(np.arange(n, dtype=np.int32)))  # [n, dim], float32 whatever its type
-        x = x + (pos * self.position_gate if self.position_gate is not None else pos)
+        pos = self.position_embd.weight.rows(ctx.input(np.arange(n, dtype=np.int32)))  # [n, dim], float32 whatever its type
+        gate = self.position_embd.gate
+        x = x + (pos * gate if gate is not None else pos)
         tile_pos = self.tile_position_embd(ctx, ratio_id, tiles, n, dim)
         if self.tile_gate_from_position:
-            tile_pos = tile_pos - tile_pos * self.position_gate
+            tile_pos = tile_pos - tile_pos * gate
         x = self.pre_ln(x + tile_pos)
 
         # Each tile's sequence padded to a multiple of 8, as the model was trained.

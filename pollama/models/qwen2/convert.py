@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from pollama.create.convert import ModelConverter, rope_scaling_metadata
+from pollama.models.convert import ModelConverter, rope_scaling_metadata
 from pollama.models.llama.convert import LAYER_NAMES
 
 log = logging.getLogger(__name__)
@@ -26,3 +26,7 @@ class Qwen2Converter(ModelConverter):
         md["rope.freq_base"] = float(rope["rope_theta"])
         md.update(rope_scaling_metadata(rope))
         return md
+
+
+# What `create` converts with, by config.json class (models/discovery.py finds it).
+CONVERTERS = (Qwen2Converter,)

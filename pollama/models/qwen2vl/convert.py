@@ -9,7 +9,7 @@ the same layout under "qwen2vl"; its tower differs in LayerNorm and a fc1/fc2 qu
 
 Two HF tensors become several GGUF ones: the converter's `source()` is `SplitWeights`, a view
 of the checkpoint in which each fused tensor appears as its parts (each still read lazily, one
-at a time), which create/convert.py's one-to-one pipeline then maps like any other.
+at a time), which models/convert.py's one-to-one pipeline then maps like any other.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from pollama.create.convert import ConvertError, HFConfig, ModelConverter
+from pollama.models.convert import ConvertError, HFConfig, ModelConverter
 from pollama.models.llama.convert import LAYER_NAMES as TEXT_LAYER_NAMES
 
 # HF name inside `visual.blocks.N.` -> GGUF name inside `v.blk.N.` (after the splits below).
@@ -247,3 +247,7 @@ class Qwen25VLConverter(Qwen2VLConverter):
         md["vision.window_size"] = window
         md["vision.fullatt_block_indexes"] = [int(i) for i in v.get("fullatt_block_indexes", [7, 15, 23, 31])]
         return md
+
+
+# What `create` converts with, by config.json class (models/discovery.py finds it).
+CONVERTERS = (Qwen2VLConverter, Qwen25VLConverter)

@@ -18,7 +18,8 @@ from pollama.models.multimodal import Image, ImageToken
 from pollama.models.qwen2.model import Qwen2
 from pollama.models.qwen2vl.process_image import MAX_PIXELS, MIN_PIXELS, Qwen2VLImage, process_image
 from pollama.models.qwen2vl.vision import VisionModel
-from pollama.nn import ModelError, Weights
+from pollama.errors import ModelError
+from pollama.nn import Weights
 
 # Ollama's fixed ids (Qwen2-VL's vocabulary), used when the vocabulary lacks the tokens' texts.
 VISION_START, VISION_END, IMAGE_PAD = 151652, 151653, 151655

@@ -10,40 +10,66 @@ order of what it attends over, so here the patches keep their order and a block-
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import numpy as np
 
 from pollama.ml.base import Context, Rope, RopeMode, Tensor
 from pollama.models.base import Config, positive
 from pollama.models.qwen2vl.process_image import Qwen2VLImage
-from pollama.nn import LayerNorm, Linear, ModelError, RMSNorm, Weights, attend
+from pollama.errors import ModelError
+from pollama.nn import LayerNorm, Linear, Module, RMSNorm, Weights, attend
 
 EPS = 1e-6  # transformers builds the tower's norms with this, whatever the config says
 
 
-class Block:
-    """x + attn(norm(x)), then x + mlp(norm(x)): RMSNorm + SwiGLU (2.5), LayerNorm + quick-GELU MLP (2)."""
+class Block(Module):
+    """Qwen2-VL's layer: x + attn(norm(x)), then x + mlp(norm(x)) with LayerNorm and a quick-GELU MLP."""
 
-    def __init__(self, w: Weights, i: int, eps: float, swiglu: bool):
-        p = f"v.blk.{i}"
-        norm = RMSNorm if swiglu else LayerNorm
-        self.ln1 = norm.load(w, f"{p}.ln1", eps)
-        self.attn_q = Linear.load(w, f"{p}.attn_q")
-        self.attn_k = Linear.load(w, f"{p}.attn_k")
-        self.attn_v = Linear.load(w, f"{p}.attn_v")
-        self.attn_out = Linear.load(w, f"{p}.attn_out")
-        self.ln2 = norm.load(w, f"{p}.ln2", eps)
-        self.ffn_gate = Linear.load(w, f"{p}.ffn_gate") if swiglu else None
-        self.ffn_up = Linear.load(w, f"{p}.ffn_up")
-        self.ffn_down = Linear.load(w, f"{p}.ffn_down")
+    ln1: LayerNorm
+    attn_q: Linear
+    attn_k: Linear
+    attn_v: Linear
+    attn_out: Linear
+    ln2: LayerNorm
+    ffn_up: Linear
+    ffn_down: Linear
 
     def mlp(self, h: Tensor) -> Tensor:
-        if self.ffn_gate is not None:
-            return self.ffn_down(self.ffn_gate(h).swiglu(self.ffn_up(h)))
         return self.ffn_down(self.ffn_up(h).quick_gelu())
 
 
-class VisionModel:
+class SwiGLUBlock(Block):
+    """Qwen2.5-VL's layer: RMSNorm and a SwiGLU MLP."""
+
+    ln1: RMSNorm
+    ln2: RMSNorm
+    ffn_gate: Linear
+
+    def mlp(self, h: Tensor) -> Tensor:
+        return self.ffn_down(self.ffn_gate(h).swiglu(self.ffn_up(h)))
+
+
+class Merger(Module):
+    """`v.merger.*`: each 2x2 group of patch states, side by side, through an MLP to the text width."""
+
+    ln_q: LayerNorm
+    mlp_0: Annotated[Linear, "mlp.0"]
+    mlp_2: Annotated[Linear, "mlp.2"]
+
+
+class RMSMerger(Merger):
+    """Qwen2.5-VL's merger: its norm is RMSNorm, as its blocks'."""
+
+    ln_q: RMSNorm
+
+
+class VisionModel(Module):
     """Pixels of one image -> one embedding of the text's width per 2x2 group of patches."""
+
+    patch_embd: list[Tensor]  # v.patch_embd_T.weight: the 3-D kernel as one 2-D kernel per frame
+    blk: list[Block]
+    merger: Merger
 
     def __init__(self, cfg: Config, w: Weights):
         self.n_layers = positive(cfg.int("vision.block_count", 32), "vision.block_count")
@@ -79,12 +105,10 @@ class VisionModel:
         for t, kernel in enumerate(self.patch_embd):
             if tuple(kernel.shape) != (self.dim, self.channels, self.patch_size, self.patch_size):
                 raise ModelError(f"v.patch_embd_{t}.weight has shape {list(kernel.shape)}")
-        self.blk = [Block(w, i, eps, swiglu) for i in range(self.n_layers)]
-        norm = RMSNorm if swiglu else LayerNorm
-        self.merger_ln_q = norm.load(w, "v.merger.ln_q", eps)
-        self.merger_mlp_0 = Linear.load(w, "v.merger.mlp.0")
-        self.merger_mlp_2 = Linear.load(w, "v.merger.mlp.2")
-        self.out_dim = self.merger_mlp_2.out_features
+        block, merger = (SwiGLUBlock, RMSMerger) if swiglu else (Block, Merger)
+        self.blk = [block.load(w, f"v.blk.{i}", eps=eps) for i in range(self.n_layers)]
+        self.merger = merger.load(w, "v.merger", eps=eps)
+        self.out_dim = self.merger.mlp_2.out_features
 
     def __call__(self, ctx: Context, image: Qwen2VLImage) -> Tensor:
         t, h, w = image.grid_thw
@@ -114,10 +138,10 @@ class VisionModel:
             ctx.record(f"v.blk.{i}.out", x)
 
         # Merger: each group's four patches side by side -> MLP with exact GELU (nn.GELU()).
-        x = self.merger_ln_q(x)
+        x = self.merger.ln_q(x)
         ctx.record("v.merger.ln_q", x)
         x = x.reshape(n // m2, m2 * self.dim)
-        out = self.merger_mlp_2(self.merger_mlp_0(x).gelu_erf())
+        out = self.merger.mlp_2(self.merger.mlp_0(x).gelu_erf())
         ctx.record("mm.out", out)
         return out
 

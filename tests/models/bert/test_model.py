@@ -23,7 +23,7 @@ tokenizers = pytest.importorskip("tokenizers")
 from pollama.fs.gguf import GGUFFile, read_metadata  # noqa: E402
 from pollama.ml.ggml.backend import GGMLBackend  # noqa: E402
 from pollama.models.bert.convert import ConvertError, convert  # noqa: E402
-from pollama.nn import ModelError  # noqa: E402
+from pollama.errors import ModelError  # noqa: E402
 from pollama.runner.embed import Embedder, InputTooLong  # noqa: E402
 
 # max |ours - transformers| on float32 weights. DESIGN's budget is 1e-3; measured here is 1e-6

@@ -14,7 +14,7 @@ from it:
   (each listed layer's input; also transformers 4.x and Ollama);
 - its cross-attention layers zero only the MLP output of text before the image, where Meta's
   also multiplies the attention output by `full_text_row_masked_out_mask`.
-We compute Meta's model (`as_meta`, kept in pollama/debug/vision_mllama.py for the compare tool
+We compute Meta's model (`as_meta`, kept in pollama/models/mllama/reference.py for the compare tool
 too). Against unpatched transformers 5.24 our logits differ by 1.57 (image of four tiles) and
 1.91 (one tile); by the first departure alone 1.00 and 0.64, by the second alone 1.38 and
 1.56. Patched, by 2e-6 to 4e-6 (torch, ggml, ggml with flash attention).
@@ -31,7 +31,7 @@ from models.tinyhf import TOLERANCE, bpe_tokenizer, randomize_, read_gguf, torch
 from pollama.create.convert import convert_hf, supported_architectures
 # The reference's two corrections live with the compare tool's adapter (`pollama compare --image`
 # must compare against the same Meta model these tests do): one definition for both.
-from pollama.debug.vision_mllama import as_meta
+from pollama.models.mllama.reference import as_meta
 from pollama.models.base import architectures
 from pollama.models.mllama.convert import MllamaConverter
 from pollama.models import imageproc
@@ -378,7 +378,7 @@ def test_parallel_engine_generates_from_image_bytes(case):
 def test_a_file_that_disagrees_with_itself_is_refused(case, tmp_path, key, value, message):
     from pollama.fs.gguf import GGUFFile
     from pollama.fs.writer import write_gguf
-    from pollama.nn import ModelError
+    from pollama.errors import ModelError
 
     out = tmp_path / "bad.gguf"
     with GGUFFile(case.gguf) as f:

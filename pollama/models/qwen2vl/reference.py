@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from pollama.debug.vision import VisionAdapter, register
+from pollama.models.reference import VisionAdapter
 
 # Our names of the vision tensors whose HF rows are in window order (Qwen2.5-VL).
 _WINDOWED = ("v.blk.", "v.merger.ln_q", "mm.out")
@@ -77,5 +77,7 @@ def _adapter(rows) -> VisionAdapter:
     )
 
 
-register("Qwen2VLForConditionalGeneration", _adapter(_qwen2vl_rows))
-register("Qwen2_5_VLForConditionalGeneration", _adapter(_qwen25vl_rows))
+ADAPTERS = {
+    "Qwen2VLForConditionalGeneration": _adapter(_qwen2vl_rows),
+    "Qwen2_5_VLForConditionalGeneration": _adapter(_qwen25vl_rows),
+}

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from pollama.debug.vision import VisionAdapter, batch_of_one, register
+from pollama.models.reference import VisionAdapter, batch_of_one
 
 
 def _encoder_forward_as_meta(self, hidden_states, attention_mask=None):
@@ -129,7 +129,7 @@ def _rows(name: str, output, model, prepared) -> np.ndarray:
     return batch_of_one(name, output, model, prepared)
 
 
-register("MllamaForConditionalGeneration", VisionAdapter(
+ADAPTERS = {"MllamaForConditionalGeneration": VisionAdapter(
     text_layers="model.language_model.layers",
     text_norm="model.language_model.norm",
     modules={"v.embd": "model.vision_model.layernorm_pre", "mm.out": "model.multi_modal_projector"},
@@ -137,4 +137,4 @@ register("MllamaForConditionalGeneration", VisionAdapter(
                    "v.global.blk": "model.vision_model.global_transformer.layers"},
     inputs=_inputs,
     rows=_rows,
-))
+)}

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from pollama.debug.vision import VisionAdapter, register
+from pollama.models.reference import VisionAdapter
 
 
 def _inputs(model, tokens: Sequence[int], prepared) -> dict:
@@ -31,10 +31,10 @@ def _inputs(model, tokens: Sequence[int], prepared) -> dict:
             "image_sizes": torch.tensor([list(prepared.image_size)], dtype=torch.long)}
 
 
-register("Mistral3ForConditionalGeneration", VisionAdapter(
+ADAPTERS = {"Mistral3ForConditionalGeneration": VisionAdapter(
     text_layers="model.language_model.layers",
     text_norm="model.language_model.norm",
     modules={"v.embd": "model.vision_tower.ln_pre", "mm.out": "model.multi_modal_projector"},
     vision_layers={"v.blk": "model.vision_tower.transformer.layers"},
     inputs=_inputs,
-))
+)}
