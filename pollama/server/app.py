@@ -383,12 +383,14 @@ def create_app(config: ServerConfig | None = None, store: Store | None = None, *
             })
         return json_response({"models": models})
 
+    from pollama.server.anthropic import add_anthropic_routes
     from pollama.server.openai import add_openai_routes
     from pollama.server.responses import add_responses_routes
     from pollama.server.security import add_security
 
     add_openai_routes(app, state)
     add_responses_routes(app, state)
+    add_anthropic_routes(app, state)
     add_security(app, host_check=host_check)
     return app
 
