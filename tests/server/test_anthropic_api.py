@@ -4,13 +4,20 @@ against a real server: the answers are the ones /api/chat gives for the same con
 from __future__ import annotations
 
 import json
-import os
-import signal
 
 import anthropic
 import pytest
 
-from server.test_responses_api import FOLLOW_UP, PROMPT, QUESTION, native_chat, qwen, smol_think  # noqa: F401 - fixtures
+from server.test_responses_api import (  # noqa: F401 - qwen and smol_think are fixtures
+    FOLLOW_UP,
+    PROMPT,
+    QUESTION,
+    bad_request_answers,
+    last_event_when_the_runner_dies,
+    native_chat,
+    qwen,
+    smol_think,
+)
 
 # Anthropic's SDK 2.x has no sampling parameters any more; the API field is still honoured.
 GREEDY = {"extra_body": {"temperature": 0}}
@@ -273,35 +280,19 @@ BAD = [
 
 @pytest.mark.parametrize(("body", "status", "message"), BAD, ids=[str(i) for i in range(len(BAD))])
 def test_bad_requests_get_a_clear_4xx_in_anthropics_shape(server, body, status, message):
-    with server.http() as http:
-        for stream in (False, True):
-            if isinstance(body, dict):
-                r = http.post("/v1/messages", json={**body, "stream": body.get("stream", stream)})
-            else:
-                r = http.post("/v1/messages", content=body)
-            assert r.status_code == status, r.text
-            error = r.json()
-            assert error["type"] == "error" and set(error["error"]) == {"type", "message"}, error
-            assert error["error"]["type"] == {400: "invalid_request_error", 404: "not_found_error"}[status]
-            assert message in error["error"]["message"], error
-        assert http.get("/").status_code == 200  # and the server is still there
+    for r in bad_request_answers(server, "/v1/messages", body):
+        assert r.status_code == status, r.text
+        error = r.json()
+        assert error["type"] == "error" and set(error["error"]) == {"type", "message"}, error
+        assert error["error"]["type"] == {400: "invalid_request_error", 404: "not_found_error"}[status]
+        assert message in error["error"]["message"], error
 
 
 def test_a_runner_dying_mid_stream_ends_it_with_an_error_event(server, claude):
-    body = {"model": "smollm2", "max_tokens": 2000, "stream": True,
-            "messages": [{"role": "user", "content": "Count from 1 to 500."}]}
-    with server.http(300) as http, http.stream("POST", "/v1/messages", json=body) as r:
-        assert r.status_code == 200
-        lines = r.iter_lines()
-        while "content_block_delta" not in next(lines):
-            pass
-        for pid in server.runner_pids():
-            os.kill(pid, signal.SIGKILL)
-        events = [e for e in "\n".join(lines).split("\n\n") if e.strip()]
-    name, data = events[-1].strip().split("\n")
-    assert name == "event: error"
-    error = json.loads(data[len("data: "):])
-    assert error["type"] == "error" and error["error"]["type"] == "api_error" and error["error"]["message"]
+    name, data = last_event_when_the_runner_dies(server, "/v1/messages", {
+        "model": "smollm2", "max_tokens": 2000, "stream": True,
+        "messages": [{"role": "user", "content": "Count from 1 to 500."}]}, "content_block_delta")
+    assert name == "error" == data["type"] and data["error"]["type"] == "api_error" and data["error"]["message"]
     assert claude.messages.create(model="smollm2", max_tokens=2, messages=[USER]).content  # a new runner answers
 
 

@@ -4,7 +4,10 @@ server: the answers are the ones /api/chat gives for the same conversation (one 
 from __future__ import annotations
 
 import json
+import os
+import signal
 
+import httpx
 import jsonschema
 import ollama
 import openai
@@ -290,36 +293,45 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize(("body", "status", "message"), BAD, ids=[str(i) for i in range(len(BAD))])
-def test_bad_requests_get_a_clear_4xx_in_openais_shape(server, body, status, message):
+def bad_request_answers(server, path: str, body: dict | bytes) -> list[httpx.Response]:
+    """The answers to a bad body, asked for streamed and not; the server must answer after them."""
+    answers = []
     with server.http() as http:
         for stream in (False, True):
             if isinstance(body, dict):
-                r = http.post("/v1/responses", json={**body, "stream": body.get("stream", stream)})
+                answers.append(http.post(path, json={**body, "stream": body.get("stream", stream)}))
             else:
-                r = http.post("/v1/responses", content=body)
-            assert r.status_code == status, r.text
-            error = r.json()["error"]
-            assert set(error) == {"message", "type", "param", "code"} and message in error["message"], error
-        assert http.get("/").status_code == 200  # and the server is still there
+                answers.append(http.post(path, content=body))
+        assert http.get("/").status_code == 200
+    return answers
 
 
-def test_a_runner_dying_mid_stream_ends_it_with_response_failed(server):
-    import os
-    import signal
+@pytest.mark.parametrize(("body", "status", "message"), BAD, ids=[str(i) for i in range(len(BAD))])
+def test_bad_requests_get_a_clear_4xx_in_openais_shape(server, body, status, message):
+    for r in bad_request_answers(server, "/v1/responses", body):
+        assert r.status_code == status, r.text
+        error = r.json()["error"]
+        assert set(error) == {"message", "type", "param", "code"} and message in error["message"], error
 
-    with server.http(300) as http, http.stream("POST", "/v1/responses", json={
-            "model": "smollm2", "input": "Count from 1 to 500.", "stream": True, "max_output_tokens": 2000}) as r:
+
+def last_event_when_the_runner_dies(server, path: str, body: dict, marker: str) -> tuple[str, dict]:
+    """(name, data) of the last event of a stream whose runner is killed once `marker` was streamed."""
+    with server.http(300) as http, http.stream("POST", path, json=body) as r:
         assert r.status_code == 200
         lines = r.iter_lines()
-        while "response.output_text.delta" not in next(lines):
+        while marker not in next(lines):
             pass
         for pid in server.runner_pids():
             os.kill(pid, signal.SIGKILL)
         events = [e for e in "\n".join(lines).split("\n\n") if e.strip()]
     name, data = events[-1].strip().split("\n")
-    assert name == "event: response.failed"
-    failed = json.loads(data[len("data: "):])
-    assert failed["response"]["status"] == "failed" and failed["response"]["error"]["message"]
-    with server.http() as http:  # the server answers, and a new runner serves the next request
-        assert http.post("/v1/responses", json={"model": "smollm2", "input": "Hi", "max_output_tokens": 2}).status_code == 200
+    return name.removeprefix("event: "), json.loads(data.removeprefix("data: "))
+
+
+def test_a_runner_dying_mid_stream_ends_it_with_response_failed(server, oai):
+    name, data = last_event_when_the_runner_dies(server, "/v1/responses", {
+        "model": "smollm2", "input": "Count from 1 to 500.", "stream": True, "max_output_tokens": 2000},
+        "response.output_text.delta")
+    assert name == "response.failed" == data["type"]
+    assert data["response"]["status"] == "failed" and data["response"]["error"]["message"]
+    assert oai.responses.create(model="smollm2", input="Hi", max_output_tokens=2).output  # a new runner answers
