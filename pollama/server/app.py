@@ -383,10 +383,16 @@ def create_app(config: ServerConfig | None = None, store: Store | None = None, *
             })
         return json_response({"models": models})
 
+    from pollama.server.anthropic import add_anthropic_routes
     from pollama.server.openai import add_openai_routes
+    from pollama.server.responses import add_responses_routes
     from pollama.server.security import add_security
+    from pollama.server.status import add_status_route
 
     add_openai_routes(app, state)
+    add_responses_routes(app, state)
+    add_anthropic_routes(app, state)
+    add_status_route(app)
     add_security(app, host_check=host_check)
     return app
 

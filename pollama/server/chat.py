@@ -2,11 +2,13 @@
 
 The checks and error messages are Ollama's (server/routes.go, api/types.go, openai/openai.go);
 the output parser is pollama.template.output's ChatOutputParser, made once per request for
-the rendered prompt. The native routes (app.py) and the OpenAI ones (openai.py) share this.
+the rendered prompt. The native routes (app.py), the OpenAI ones (openai.py, responses.py) and
+Anthropic's (anthropic.py) share this.
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from pollama.server.errors import APIError
@@ -38,6 +40,24 @@ def resolve_think(model: ModelRef, name: str, think: bool | str | None) -> bool 
     return think
 
 
+async def chat_model(resolve: Callable[[str], Awaitable[ModelRef]], name: str, messages: list[dict[str, Any]],
+                     tools: list[dict[str, Any]], think: bool | str | None, *,
+                     relax_think: bool = False) -> tuple[ModelRef, bool | str | None]:
+    """(the model a chat names, the think to render with), checked as /api/chat checks them:
+    it must chat, and take the tools, images and thinking asked of it. relax_think: thinking
+    asked of a model that cannot think is dropped rather than refused (Ollama does this for
+    Anthropic's API, whose clients ask every model to think)."""
+    model = await resolve(name)
+    if relax_think and "thinking" not in model.capabilities:
+        think = None
+    think = resolve_think(model, name, think)
+    if "completion" not in model.capabilities:
+        raise APIError(400, f'"{name}" does not support chat')
+    require_tools(model, tools)
+    require_vision(model, name, messages)
+    return model, think
+
+
 def full_name(model: ModelRef) -> str:
     """The name as Ollama's errors spell it (registry.ollama.ai/library/model:tag)."""
     from pollama.store.names import ModelName
@@ -62,6 +82,16 @@ def check_tools(value: Any) -> list[dict[str, Any]]:
         if parameters is not None and not isinstance(parameters, dict):
             raise APIError(400, f'invalid value for "tools": tools[{i}].function.parameters must be an object')
     return value
+
+
+def tool_function(name: Any, description: Any, parameters: Any) -> dict[str, Any]:
+    """A native tool's function from the flat tools of other APIs, its keys in the order Ollama's
+    ToolFunction has them: templates write the tool as JSON, so the order is in the prompt."""
+    function = {"name": name}
+    if description is not None:
+        function["description"] = description
+    function["parameters"] = parameters
+    return function
 
 
 def require_tools(model: ModelRef, tools: list[dict[str, Any]]) -> None:
@@ -150,3 +180,51 @@ def message_fields(delta: dict[str, Any]) -> dict[str, Any]:
     if delta.get("tool_calls"):
         out["tool_calls"] = delta["tool_calls"]
     return out
+
+
+async def reply_blocks(messages: AsyncIterator[dict[str, Any]]) -> AsyncIterator[tuple[str, str, Any]]:
+    """The pipeline's lines (run_completion's) as the typed blocks of one reply, for the APIs
+    that answer in blocks (OpenAI's Responses, Anthropic's Messages).
+
+    Yields (event, kind, value): ("start", kind, None), ("delta", kind, text) and
+    ("stop", kind, whole text) around each run of "thinking" or "text"; ("call", "tool_call",
+    call) for each tool call (native form); last ("done", "", the final line). A run ends
+    where another kind begins, so blocks come in the order the model wrote them.
+    """
+    open_kind: str | None = None
+    texts: list[str] = []
+    async for message in messages:
+        for kind, key in (("thinking", "thinking"), ("text", "content")):
+            piece = message.get(key)
+            if not piece:
+                continue
+            if open_kind != kind:
+                if open_kind is not None:
+                    yield "stop", open_kind, "".join(texts)
+                open_kind, texts = kind, []
+                yield "start", kind, None
+            texts.append(piece)
+            yield "delta", kind, piece
+        calls = message.get("tool_calls") or []
+        if (calls or message.get("done")) and open_kind is not None:
+            yield "stop", open_kind, "".join(texts)
+            open_kind = None
+        for call in calls:
+            yield "call", "tool_call", call
+        if message.get("done"):
+            yield "done", "", message
+
+
+async def collect_blocks(messages: AsyncIterator[dict[str, Any]]) -> tuple[list[tuple[str, Any]], dict[str, Any]]:
+    """A whole reply: its blocks [(kind, text or call)] in order, and the final line."""
+    blocks: list[tuple[str, Any]] = []
+    done: dict[str, Any] = {}
+    try:
+        async for event, kind, value in reply_blocks(messages):
+            if event in ("stop", "call"):
+                blocks.append((kind, value))
+            elif event == "done":
+                done = value
+    finally:
+        await messages.aclose()
+    return blocks, done

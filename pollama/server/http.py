@@ -311,3 +311,23 @@ async def primed(request: Request, events: AsyncIterator[T]) -> tuple[T | None, 
         await events.aclose()
         raise
     return first, prepend(first, events)
+
+
+def named_sse(events: AsyncIterator[tuple[str, Any]], failure: Callable[[str], tuple[str, Any]]) -> AsyncIterator[bytes]:
+    """Server-sent events that each carry their type (`event: NAME` then `data: JSON`), as OpenAI's
+    Responses API and Anthropic's Messages API stream. An error once the stream has begun can
+    no longer change the status code: it becomes the event failure(message) gives, the last one."""
+    def frame(name: str, data: Any) -> bytes:
+        return b"event: " + name.encode() + b"\ndata: " + json_bytes(data) + b"\n\n"
+
+    async def lines() -> AsyncIterator[bytes]:
+        try:
+            async for name, data in events:
+                yield frame(name, data)
+        except Exception as e:  # noqa: BLE001 - the stream still ends with an error event
+            message = e.message if isinstance(e, APIError) else f"internal error: {type(e).__name__}: {e}"
+            yield frame(*failure(message))
+        finally:
+            await events.aclose()
+
+    return lines()

@@ -18,10 +18,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from pollama.server.chat import (
+    chat_model,
     check_tools,
-    require_tools,
-    require_vision,
-    resolve_think,
     tool_call_schema,
 )
 from pollama.server.errors import APIError
@@ -116,9 +114,11 @@ _KIND_NAMES = {str: "a string", bool: "a boolean", int: "an integer", float: "a 
                dict: "an object"}
 
 
-def check_field_types(body: dict[str, Any], endpoint: str) -> None:
-    """400 (OpenAI's shape, from the app's handler) naming the first field of a wrong JSON type."""
-    for name, kinds in _FIELDS[endpoint].items():
+def check_field_types(body: dict[str, Any], endpoint: str | dict[str, Any]) -> None:
+    """400 (OpenAI's shape, from the app's handler) naming the first field of a wrong JSON type;
+    endpoint names one of _FIELDS, or is a table of its own (field -> type, or a tuple of them)."""
+    fields = _FIELDS[endpoint] if isinstance(endpoint, str) else endpoint
+    for name, kinds in fields.items():
         value = body.get(name)
         if value is None:
             continue
@@ -136,9 +136,10 @@ def check_field_types(body: dict[str, Any], endpoint: str) -> None:
             and not isinstance(options["include_usage"], bool):
         raise APIError(400, 'invalid value for "stream_options.include_usage": expected a boolean, '
                             f'got {json_type(options["include_usage"])}')
-    for name in ("max_tokens", "max_completion_tokens", "n", "best_of", "dimensions", "top_logprobs"):
+    for name in ("max_tokens", "max_completion_tokens", "n", "best_of", "dimensions", "top_logprobs",
+                 "max_output_tokens", "max_tool_calls"):
         value = body.get(name)
-        if value is not None and value < 0:
+        if name in fields and value is not None and value < 0:
             raise APIError(400, f'invalid value for "{name}": must not be negative')
 
 
@@ -416,12 +417,7 @@ def add_openai_routes(app: FastAPI, state) -> None:
         name = body.get("model")
         if not isinstance(name, str) or not name:
             raise APIError(400, "model is required")
-        model = await state.resolve(name)
-        think = resolve_think(model, name, think)
-        if "completion" not in model.capabilities:
-            raise APIError(400, f'"{name}" does not support chat')
-        require_tools(model, tools)
-        require_vision(model, name, messages)
+        model, think = await chat_model(state.resolve, name, messages, tools, think)
         options = request_options(model, openai_options(body), state.config)
         logprobs, top = _logprob_fields(body)
         chat = ChatRequest(name=name, model=model, messages=messages, tools=tools, think=think, format=fmt,

@@ -7,7 +7,7 @@ is not enough: a page's "simple" POST (text/plain, no preflight) would still run
 only could not read the answer. When the server listens on a loopback address, requests
 must also name a local Host (a page on some remote domain that resolves to 127.0.0.1, DNS
 rebinding, is refused with 403). With API keys configured, every route but `/` and
-`/api/version` needs `Authorization: Bearer KEY`.
+`/api/version` needs `Authorization: Bearer KEY` (or `x-api-key: KEY`, as Anthropic's clients send it).
 """
 
 from __future__ import annotations
@@ -28,7 +28,9 @@ ALLOWED_HEADERS = ["Authorization", "Content-Type", "User-Agent", "Accept", "X-R
                    "x-stainless-arch", "x-stainless-async", "x-stainless-custom-poll-interval",
                    "x-stainless-helper-method", "x-stainless-lang", "x-stainless-os", "x-stainless-package-version",
                    "x-stainless-poll-helper", "x-stainless-retry-count", "x-stainless-runtime",
-                   "x-stainless-runtime-version", "x-stainless-timeout"]
+                   "x-stainless-runtime-version", "x-stainless-timeout",
+                   # Anthropic's SDK (in a browser it also sends the direct-access opt-in).
+                   "x-api-key", "anthropic-version", "anthropic-beta", "anthropic-dangerous-direct-browser-access"]
 
 
 def origin_regex() -> str:
@@ -103,7 +105,8 @@ OPEN_PATHS = frozenset({"/", "/api/version"})
 
 
 class APIKeyCheck:
-    """ASGI middleware: 401 unless the request carries `Authorization: Bearer KEY` for a known key."""
+    """ASGI middleware: 401 unless the request carries `Authorization: Bearer KEY` (or
+    `x-api-key: KEY`) for a known key."""
 
     def __init__(self, app, keys: list[str]):
         self.app = app
@@ -112,7 +115,10 @@ class APIKeyCheck:
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http" and scope.get("path") not in OPEN_PATHS and not self._authorized(scope):
             path = scope.get("path") or ""
-            if path.startswith("/v1/"):  # OpenAI's shape for a bad key
+            if path.startswith("/v1/messages"):  # Anthropic's shape, and its SDK's header
+                body = (b'{"type":"error","error":{"type":"authentication_error",'
+                        b'"message":"invalid or missing API key: send x-api-key: KEY or Authorization: Bearer KEY"}}')
+            elif path.startswith("/v1/"):  # OpenAI's shape for a bad key
                 body = (b'{"error":{"message":"invalid or missing API key: send Authorization: Bearer KEY",'
                         b'"type":"invalid_request_error","param":null,"code":"invalid_api_key"}}')
             else:
@@ -124,9 +130,12 @@ class APIKeyCheck:
     def _authorized(self, scope) -> bool:
         value = (_header(scope, b"authorization") or "").strip()
         scheme, _, token = value.partition(" ")
-        if scheme.lower() != "bearer":
+        if scheme.lower() == "bearer":
+            given = token.strip().encode("latin-1")
+        elif _header(scope, b"x-api-key") is not None:  # how Anthropic's clients send the key
+            given = _header(scope, b"x-api-key").strip().encode("latin-1")
+        else:
             return False
-        given = token.strip().encode("latin-1")
         # Compare against every key in constant time, so timing tells nothing of a key.
         return any([hmac.compare_digest(given, key) for key in self.keys])  # noqa: C419 - no short circuit
 

@@ -14,6 +14,7 @@ from models.tinyhf import convert, save_tiny, transformers
 from pollama.runner.engine import Engine
 from pollama.runner.generation import Done, GenerateOptions
 
+import anthropic  # noqa: E402
 import ollama  # noqa: E402
 import openai  # noqa: E402
 
@@ -141,3 +142,27 @@ def test_interactive_chat_reads_an_image_path(server, vlm, vision_gguf, tmp_path
     finally:
         child.close(force=True)
     assert want.strip() and want.replace("\r", "") in answer.replace("\r\n", "\n").replace("\r", "")
+
+
+def test_responses_and_messages_take_an_image(server, vlm, vision_gguf):
+    """OpenAI's input_image and Anthropic's image block reach the same prompt and image as
+    /api/chat's images, so they answer as the engine does for them."""
+    png = _png()
+    encoded = base64.b64encode(png).decode()
+    with server.http() as http:
+        rendered = http.post("/api/chat", json={
+            "model": "tiny-vlm", "messages": [{"role": "user", "content": QUESTION, "images": [encoded]}],
+            "_debug_render_only": True}).json()["_debug_info"]["rendered_template"]
+    want, prompt_len, _ = engine_answer(vision_gguf, rendered, png)
+
+    oai = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", timeout=300, max_retries=0)
+    r = oai.responses.create(model="tiny-vlm", temperature=0, max_output_tokens=STEPS, input=[{"role": "user", "content": [
+        {"type": "input_image", "image_url": "data:image/png;base64," + encoded, "detail": "auto"},
+        {"type": "input_text", "text": QUESTION}]}])
+    assert r.output_text == want and r.usage.input_tokens == prompt_len
+
+    claude = anthropic.Anthropic(base_url=server.url, api_key="unused", timeout=300, max_retries=0)
+    m = claude.messages.create(model="tiny-vlm", max_tokens=STEPS, extra_body={"temperature": 0}, messages=[{"role": "user", "content": [
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": encoded}},
+        {"type": "text", "text": QUESTION}]}])
+    assert m.content[0].text == want and m.usage.input_tokens == prompt_len
