@@ -103,6 +103,11 @@ def no_history() -> bool:
     return boolean("OLLAMA_NOHISTORY")
 
 
+def no_cloud() -> bool:
+    """OLLAMA_NO_CLOUD: Ollama's cloud (remote models, web search) is off (/api/status says so)."""
+    return boolean("OLLAMA_NO_CLOUD")
+
+
 def no_prune() -> bool:
     """OLLAMA_NOPRUNE: a pull keeps the blobs the model no longer uses."""
     return boolean("OLLAMA_NOPRUNE")

@@ -16,22 +16,11 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.responses import Response
 
-from pollama.create.options import parse_go_bool
-from pollama.server.config import env
+from pollama import envconfig
 from pollama.server.generate import in_thread
 from pollama.server.http import json_response
 
 log = logging.getLogger(__name__)
-
-
-def _env_disabled() -> bool:
-    text = env("OLLAMA_NO_CLOUD")
-    if not text:
-        return False
-    try:
-        return parse_go_bool(text)
-    except ValueError:
-        return True  # Ollama's envconfig.Bool: a value that is set but not a bool counts as true
 
 
 def _config_disabled() -> bool:
@@ -48,7 +37,7 @@ def _config_disabled() -> bool:
 
 def cloud_status() -> dict[str, Any]:
     """{"disabled": bool, "source": "none" | "env" | "config" | "both"}."""
-    by_env, by_config = _env_disabled(), _config_disabled()
+    by_env, by_config = envconfig.no_cloud(), _config_disabled()
     source = {(True, True): "both", (True, False): "env", (False, True): "config"}.get((by_env, by_config), "none")
     return {"disabled": by_env or by_config, "source": source}
 
