@@ -378,11 +378,12 @@ class Engine:
             logits = self.decode(generation.last_token)
         yield Done(
             done_reason=generation.done_reason,
-            prompt_eval_count=evaluated,
+            prompt_eval_count=len(prompt),
             prompt_eval_duration=prompt_duration,
             eval_count=generation.generated,
             eval_duration=time.perf_counter_ns() - start,
             tokens=generation.history,
+            prompt_cached=len(prompt) - evaluated,
         )
 
 

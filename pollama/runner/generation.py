@@ -43,7 +43,7 @@ class Done:
     """The final event of a generation, with Ollama's counts; durations in nanoseconds."""
 
     done_reason: str  # "stop" (EOS or stop string) or "length"
-    prompt_eval_count: int
+    prompt_eval_count: int  # the whole prompt, cached or not, as current Ollama counts it
     prompt_eval_duration: int
     eval_count: int
     eval_duration: int
@@ -52,6 +52,7 @@ class Done:
     # (each one a token generated without a step of its own).
     draft_count: int = 0
     draft_accepted_count: int = 0
+    prompt_cached: int = 0  # of the prompt's tokens, those whose K/V the cache held already
 
 
 @dataclass

@@ -105,7 +105,7 @@ class _Slot:
     pending: list[Item] = field(default_factory=list)  # prompt items not evaluated yet
     rope: np.ndarray | None = None  # the job's prompt's M-RoPE positions (models that use them)
     rope_delta: int = 0  # then: the next token's rope position minus its cache position
-    evaluated: int = 0  # prompt tokens this job evaluated (the rest came from the cache)
+    cached_prompt: int = 0  # prompt tokens whose K/V the cache held when the job started
     started: int = 0  # ns: the job entered the slot
     prompt_done: int = 0  # ns: its prompt was evaluated
     last_used: float = 0.0
@@ -269,7 +269,7 @@ class ParallelEngine:
         slot.pending = job.prompt[keep:]
         slot.rope = self.engine.rope_positions(job.prompt)
         slot.rope_delta = multimodal.rope_end(job.prompt) - len(job.prompt) if slot.rope is not None else 0
-        slot.evaluated = len(slot.pending)
+        slot.cached_prompt = keep
         slot.job = job
         slot.generation = Generation(self.tokenizer, self.model.vocab_size, job.prompt, job.options)
         slot.drafter = PromptLookup(job.options.draft_num_predict, self.model.vocab_size) if self._can_draft(job) else None
@@ -443,13 +443,14 @@ class ParallelEngine:
         generation = slot.generation
         slot.job._put(Done(
             done_reason=generation.done_reason,
-            prompt_eval_count=slot.evaluated,
+            prompt_eval_count=len(slot.job.prompt),
             prompt_eval_duration=slot.prompt_done - slot.started,
             eval_count=generation.generated,
             eval_duration=time.perf_counter_ns() - slot.prompt_done,
             tokens=generation.history,
             draft_count=slot.draft_count,
             draft_accepted_count=slot.draft_accepted,
+            prompt_cached=slot.cached_prompt,
         ))
         self._release(slot)
 

@@ -66,7 +66,9 @@ def test_batched_sequences_equal_their_solo_runs(alone, num_parallel):
         assert done.tokens == want.tokens, prompt
         assert text == want_text
         assert (done.done_reason, done.eval_count) == (want.done_reason, 32)
-        assert 0 < done.prompt_eval_count <= want.prompt_eval_count  # a slot may hold a common prefix
+        # The whole prompt is counted, as current Ollama does, whatever a slot held of it.
+        assert done.prompt_eval_count == want.prompt_eval_count == len(want.tokens) - 32
+        assert 0 <= done.prompt_cached < done.prompt_eval_count and want.prompt_cached == 0
         assert done.prompt_eval_duration > 0 and done.eval_duration > 0
 
 
@@ -75,12 +77,13 @@ def test_prefix_reuse_cancel_and_limits():
         tok = engine.tokenizer
         first = tok.encode("The capital of France is")
         _, done = collect(engine.submit(first, GenerateOptions(num_predict=4, sampler=GREEDY)))
-        assert done.prompt_eval_count == len(first)
+        assert (done.prompt_eval_count, done.prompt_cached) == (len(first), 0)
         # The next turn starts with the whole previous exchange: only the new tokens are
-        # evaluated (and the last generated one, which was sampled but never run).
+        # evaluated (and the last generated one, which was sampled but never run); the count
+        # is the whole prompt's, as current Ollama reports it.
         follow = done.tokens + tok.encode(" And of Spain?", add_special=False)
         _, again = collect(engine.submit(follow, GenerateOptions(num_predict=4, sampler=GREEDY)))
-        assert again.prompt_eval_count == len(follow) - len(done.tokens) + 1
+        assert (again.prompt_eval_count, again.prompt_cached) == (len(follow), len(done.tokens) - 1)
 
         # A cancelled job frees its slot within a step; both slots then serve new jobs.
         long_jobs = [engine.submit(first, GenerateOptions(num_predict=100_000, sampler=GREEDY)) for _ in range(2)]
