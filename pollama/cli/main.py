@@ -223,7 +223,8 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pollama", description="Ollama's engine, in Python, on GGML.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("-v", "--version", action="store_true", help="show the server's and this client's version")
+    sub = parser.add_subparsers(dest="command")
 
     run = sub.add_parser("run", help="run a model: the prompt as a chat message (raw text for a GGUF file path)")
     run.add_argument("model", help="a GGUF file, or an embedded model: " + ", ".join(EMBEDDED_MODELS))
@@ -299,12 +300,29 @@ def build_parser() -> argparse.ArgumentParser:
     tok.add_argument("--no-parse-special", action="store_true", help="tokenize special-token text as plain text")
     tok.add_argument("--jsonl", action="store_true", help="each stdin line is a JSON string; print one list per line")
     tok.set_defaults(func=cmd_tokenize)
+
+    help_ = sub.add_parser("help", help="help about a command")
+    help_.add_argument("topic", nargs="?", choices=sorted(sub.choices), metavar="COMMAND", help="the command")
+    help_.set_defaults(func=lambda args: print_help(parser, sub, args.topic))
     return parser
+
+
+def print_help(parser: argparse.ArgumentParser, commands, topic: str | None) -> int:
+    """`pollama help [COMMAND]`: the usage of the command, or of pollama (as `ollama help` does)."""
+    (commands.choices[topic] if topic else parser).print_help()
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `pollama` console script."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from pollama.cli.remote import cmd_version
+
+        return cmd_version(args)
+    if args.command is None:
+        parser.error("the following arguments are required: command")
     from pollama.cli.client import ServerError
     from pollama.errors import debug_enabled, user_errors
 

@@ -36,6 +36,25 @@ def until(expires_at: str) -> str:
     return "Less than a minute from now" if seconds >= 1 else "Less than a second from now"
 
 
+def cmd_version(args: argparse.Namespace) -> int:
+    """`pollama -v`: the server's version, and this client's where it differs or no server
+    answers (Ollama's wording)."""
+    from pollama import version
+
+    ours = version()
+    try:
+        with Client(timeout=5) as client:
+            theirs = (client.request("GET", "/api/version") or {}).get("version", "")
+    except ServerError:
+        print("Warning: could not connect to a running pollama instance")
+        print(f"Warning: client version is {ours}")
+        return 0
+    print(f"pollama version is {theirs}")
+    if theirs != ours:
+        print(f"Warning: client version is {ours}")
+    return 0
+
+
 def cmd_ps(args: argparse.Namespace) -> int:
     with Client() as client:
         models = client.request("GET", "/api/ps")["models"]

@@ -16,7 +16,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import AsyncIterator
-from importlib import metadata as importlib_metadata
+from pollama import version
 from pathlib import Path
 from typing import Any
 
@@ -60,14 +60,6 @@ from pollama.store.manifest import check_digest
 from pollama.store.store import Store
 
 log = logging.getLogger(__name__)
-
-
-def version() -> str:
-    """pollama's version (what /api/version reports)."""
-    try:
-        return importlib_metadata.version("pollama")
-    except importlib_metadata.PackageNotFoundError:
-        return "0.0.0"
 
 
 class State:

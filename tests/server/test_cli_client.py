@@ -126,3 +126,24 @@ def test_create_list_show_cp_rm_through_the_server(server, smollm2_path, tmp_pat
     assert_one_line_error(pollama("rm", "clismol", env=env), "not found")
     assert_one_line_error(pollama("show", "clismol", env=env), "not found")
 
+
+
+def test_version_names_the_server_and_a_client_that_differs(server):
+    from pollama import version
+
+    ours = pollama("-v", env={"OLLAMA_HOST": server.host})
+    assert (ours.returncode, ours.stdout) == (0, f"pollama version is {version()}\n")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    alone = pollama("--version", env={"OLLAMA_HOST": f"127.0.0.1:{port}"})
+    assert alone.returncode == 0
+    assert alone.stdout == f"Warning: could not connect to a running pollama instance\nWarning: client version is {version()}\n"
+
+
+def test_help_prints_the_usage_of_pollama_or_of_a_command():
+    general = pollama("help")
+    assert general.returncode == 0 and general.stdout.startswith("usage: pollama") and "create" in general.stdout
+    run = pollama("help", "run")
+    assert run.returncode == 0 and run.stdout.startswith("usage: pollama run")
+    assert pollama("help", "nope").returncode == 2
