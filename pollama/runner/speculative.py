@@ -136,8 +136,7 @@ class PromptLookup:
         guess = self.lookup(tokens, min(most, self.max_drafts))
         if not guess:
             return []
-        cost = step_cost or (lambda k: 1.0 + STEP_OVERHEAD + COST_PER_DRAFT * k)
-        drafts = best_draft_count(self.acceptance, cost, len(guess))
+        drafts = best_draft_count(self.acceptance, step_cost or StepCosts().relative, len(guess))
         if drafts == 0 and self._unevaluated is None:
             self._unevaluated = (len(tokens), guess)
         return guess[:drafts]
