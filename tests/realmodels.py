@@ -26,3 +26,28 @@ def real_model(name: str) -> Path:
         return embedded_model_path(name)
     except FileNotFoundError as e:
         pytest.skip(str(e))
+
+
+def llamacpp_tool(name: str) -> Path:
+    """A llama.cpp tool built by ../shared/tools/build_llamacpp_tools.sh ($LLAMACPP_TOOLS, else
+    <temp>/llamacpp-tools/bin), or skip: the build takes ~20 minutes, so CI does not run it."""
+    import os
+    import tempfile
+
+    bin_dir = Path(os.environ.get("LLAMACPP_TOOLS") or Path(tempfile.gettempdir()) / "llamacpp-tools" / "bin")
+    tool = bin_dir / name
+    if not tool.is_file():
+        pytest.skip(f"{tool} is absent (build it with ../shared/tools/build_llamacpp_tools.sh)")
+    return tool
+
+
+def llamacpp_loads(gguf: Path) -> None:
+    """Assert that llama.cpp loads a GGUF and decodes a token with it (llama-bench, 1 thread),
+    which proves its metadata keys and tensor names are the ones llama.cpp reads."""
+    import subprocess
+
+    bench = llamacpp_tool("llama-bench")
+    run = subprocess.run([str(bench), "-m", str(gguf), "-p", "0", "-n", "1", "-r", "1", "-t", "1", "-o", "json"],
+                         capture_output=True, text=True, timeout=300,
+                         env={"LD_LIBRARY_PATH": str(bench.parent)})
+    assert run.returncode == 0, f"llama.cpp could not run {gguf.name}:\n{run.stderr[-3000:]}"
