@@ -146,6 +146,10 @@ class Gemma3(TextModel):
             caches.append(KVCache(backend, local, cells, self.k_width, self.v_width, window=self.window, dtype=dtype))
         return LayerCaches(caches)
 
+    def shift_keys(self, ctx: Context, layer: int, keys: Tensor, offsets: Tensor) -> Tensor:
+        rope = self.local_rope if self.is_local[layer] else self.global_rope
+        return keys.rope(offsets, rope.for_shift())
+
     def forward(self, ctx: Context, batch: Batch, cache) -> Tensor:
         t = len(batch)
         tokens, positions, outputs = batch.bind(ctx)
