@@ -168,8 +168,10 @@ class TextModel(Module):
         """Whether a full context may drop old positions and move the later ones down, their
         cached keys turned to the new positions. Not with M-RoPE, whose images hold several
         positions per token, nor with an encoder cache tied to its image's position (llama.cpp
-        shifts neither)."""
-        return not self.uses_rope_positions and not self.one_image
+        shifts neither), nor in a model that does not say how its keys turn (one RoPE, `rope`,
+        or its own shift_keys)."""
+        turns_keys = hasattr(self, "rope") or type(self).shift_keys is not TextModel.shift_keys
+        return turns_keys and not self.uses_rope_positions and not self.one_image
 
     def shift_keys(self, ctx: Context, layer: int, keys: Tensor, offsets: Tensor) -> Tensor:
         """Cached keys [n, kv_heads, head_dim] of a layer turned as RoPE turns keys whose

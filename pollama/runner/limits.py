@@ -63,8 +63,9 @@ def too_long_message(what: str, chars: int, num_ctx: int, token_chars: int | Non
                      truncate: bool = False) -> str:
     limit = prompt_char_limit(num_ctx, token_chars, truncate)
     if truncate:
-        return (f"{what} is too long to truncate: {chars} characters (at most {limit}, {TRUNCATED_CONTEXTS} "
-                f"contexts of {num_ctx} tokens at {chars_per_token(token_chars)} characters a token)")
+        return (f"{what} exceeds the context length too far to be truncated: {chars} characters cannot fit in "
+                f"{TRUNCATED_CONTEXTS} contexts of {num_ctx} tokens (at most {limit} characters, "
+                f"{chars_per_token(token_chars)} a token)")
     return (f"{what} exceeds the context length: {chars} characters cannot fit in {num_ctx} tokens "
             f"(at most {limit} characters, {chars_per_token(token_chars)} a token)")
 

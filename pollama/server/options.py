@@ -8,8 +8,8 @@ in this machine's memory, stop strings by the thousand or of megabytes, any inte
 Go's int64 (Ollama cannot decode those either). Values that are merely odd keep working as
 in Ollama: a temperature of 5 or below 0 (greedy), top_k beyond the vocabulary (all),
 top_p/min_p/typical_p outside [0, 1] (clamped), huge penalties, repeat_last_n of any
-size (beyond the history it is the whole history); num_gpu, main_gpu and num_keep do
-nothing in this engine and take any 32-bit value.
+size (beyond the history it is the whole history); num_gpu and main_gpu do nothing in
+this engine, and they and num_keep (negative: the whole prompt) take any 32-bit value.
 """
 
 from __future__ import annotations
@@ -34,9 +34,9 @@ MAX_NUM_CTX = 1 << 20  # far beyond any model here; refuses values that could on
 MAX_TOP_LOGPROBS = 20
 _INT64 = (-(1 << 63), (1 << 63) - 1)  # Go's int: what Ollama's options decode into
 _INT32 = (-(1 << 31), (1 << 31) - 1)
-# Options this engine reads nowhere (no GPU layers to place, no context shift): any value a
-# C int of llama.cpp's would take is accepted, as Ollama accepts it.
-_IGNORED_INT_OPTIONS = ("num_gpu", "main_gpu", "num_keep")
+# Any value a C int of llama.cpp's would take is accepted, as Ollama accepts it: GPU layers
+# this engine does not place, and num_keep (runner/window.py clamps it to the prompt).
+_INT32_OPTIONS = ("num_gpu", "main_gpu", "num_keep")
 
 
 def _typed(name: str, value: Any) -> Any:
@@ -75,7 +75,7 @@ def _check_ranges(merged: dict[str, Any]) -> None:
     if threads is not None and not 0 <= threads <= limits.max_threads():
         raise _out_of_range("num_thread", threads, f"between 1 and {limits.max_threads()} "
                             f"({limits.MAX_THREADS_PER_CPU} per CPU), or 0 for the default")
-    for name in _IGNORED_INT_OPTIONS:
+    for name in _INT32_OPTIONS:
         value = merged.get(name)
         if value is not None and not _INT32[0] <= value <= _INT32[1]:
             raise _out_of_range(name, value, f"a 32-bit integer ({_INT32[0]} to {_INT32[1]})")

@@ -358,14 +358,17 @@ def test_a_message_that_cannot_fit_is_refused_untokenized(smollm2_ref):
 
     specials = Specials(max_token_chars=81)
     limit = limits.prompt_char_limit(4096, 81)
-    for messages, truncate in (([{"role": "user", "content": "x" * (limit + 1)}], True),
-                               ([{"role": "system", "content": "x" * limit}, {"role": "user", "content": "hi"}], True),
+    # With truncate, what is always kept may be up to TRUNCATED_CONTEXTS contexts' worth (the
+    # runner cuts it to fit), and no more.
+    cut = limits.prompt_char_limit(4096, 81, truncate=True)
+    for messages, truncate in (([{"role": "user", "content": "x" * (cut + 1)}], True),
+                               ([{"role": "system", "content": "x" * cut}, {"role": "user", "content": "hi"}], True),
                                ([{"role": "user", "content": "x" * limit}, {"role": "user", "content": "hi"}], False)):
         with pytest.raises(APIError) as e:
             chat_prompt(smollm2_ref, messages, num_ctx=4096, truncate=truncate, tokenize=tokenize, specials=specials)
         assert e.value.status == 400 and "exceeds the context length" in e.value.message
     with pytest.raises(APIError) as e:
-        generate_prompt(smollm2_ref, "x" * (limit + 1), system=None, template=None, suffix="", context_text=None,
+        generate_prompt(smollm2_ref, "x" * (cut + 1), system=None, template=None, suffix="", context_text=None,
                         tokenize=tokenize, num_ctx=4096, specials=specials)
     assert e.value.status == 400
 
