@@ -134,6 +134,11 @@ class Tensor(ABC):
         """gelu(self) * up: the gated linear unit of Gemma's MLP (a backend may fuse it)."""
         return self.gelu() * up
 
+    @abstractmethod
+    def swiglu_oai(self, up: Tensor, alpha: float, limit: float) -> Tensor:
+        """gpt-oss's gated unit: g * sigmoid(alpha * g) * (u + 1), with g = min(self, limit)
+        and u = clamp(up, -limit, limit) (ggml_swiglu_oai)."""
+
     def softcap(self, cap: float) -> Tensor:
         """cap * tanh(x / cap): bounds logits smoothly (Gemma)."""
         return self.scale(1.0 / cap).tanh().scale(cap)
@@ -301,7 +306,7 @@ class Context(ABC):
     @abstractmethod
     def attention(
         self, q: Tensor, k: Tensor, v_t: Tensor, mask: Tensor | None, scale: float, softcap: float = 0.0,
-        groups: Sequence[tuple[int, int]] | None = None, flash: bool | None = None,
+        groups: Sequence[tuple[int, int]] | None = None, flash: bool | None = None, sinks: Tensor | None = None,
     ) -> Tensor:
         """softmax(softcap(q k^T * scale) + mask) v with grouped-query heads.
 
@@ -312,6 +317,8 @@ class Context(ABC):
         default. `mask` None: every query sees every key (an encoder's full attention, with no [t, n]
         array to build). `groups` ((first row, rows), ...) covering q's rows asks for each group to be computed
         on its own, exactly as if it were the whole batch (several sequences in one batch).
+        `sinks` float32 [heads]: a learned logit per head that joins each row's softmax as one
+        more key with no value (gpt-oss), so a head can give part of its attention to nothing.
         """
 
     @abstractmethod

@@ -132,16 +132,18 @@ def make_rope(dims: int, base: float, mode: RopeMode, scaling: RopeScaling = Rop
     raise ModelError(f"unsupported rope scaling type {scaling.kind!r}")
 
 
-def attention(ctx: Context, q: Tensor, k: Tensor, v: Tensor, cache, layer: int, scale: float | None = None, softcap: float = 0.0) -> Tensor:
+def attention(ctx: Context, q: Tensor, k: Tensor, v: Tensor, cache, layer: int, scale: float | None = None,
+              softcap: float = 0.0, sinks: Tensor | None = None) -> Tensor:
     """Causal (or sliding-window) self-attention of this step's q over the cached k/v.
 
     q [t, heads, d], k [t, kv_heads, d], v [t, kv_heads, dv] -> [t, heads * dv]. The cache
     stores k and v for the step's cells and returns every visible cell with its mask.
+    `sinks` [heads]: per-head logits that join the softmax with no value (gpt-oss).
     """
     keys, values, mask = cache.update(ctx, layer, k, v)
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
-    return ctx.attention(q, keys, values, mask, scale, softcap, groups=cache.groups(layer))
+    return ctx.attention(q, keys, values, mask, scale, softcap, groups=cache.groups(layer), sinks=sinks)
 
 
 def attend(ctx: Context, q: Tensor, k: Tensor, v: Tensor, mask=None, scale: float | None = None) -> Tensor:

@@ -211,6 +211,9 @@ class GGMLTensor(Tensor):
     def swiglu(self, up: Tensor) -> Tensor:
         return self._glu(up, ggml.ggml_swiglu_split, "swiglu")
 
+    def swiglu_oai(self, up: Tensor, alpha: float, limit: float) -> Tensor:
+        return self._glu(up, lambda c, a, b: ggml.ggml_swiglu_oai(c, a, b, float(alpha), float(limit)), "swiglu_oai")
+
     def geglu(self, up: Tensor) -> Tensor:
         if self._step(up).backend.exact_gelu:
             return self._exact_gelu() * up
@@ -429,10 +432,10 @@ class GGMLContext(Context, _Owner):
 
     def attention(
         self, q: Tensor, k: Tensor, v_t: Tensor, mask: Tensor | None, scale: float, softcap: float = 0.0, groups=None,
-        flash: bool | None = None,
+        flash: bool | None = None, sinks: Tensor | None = None,
     ) -> Tensor:
         self._check_open()
-        q._step(k, v_t, mask)
+        q._step(k, v_t, mask, sinks)
         if q.ndim != 3 or k.ndim != 3 or v_t.ndim != 3:
             raise BackendError(f"attention needs q [t,h,d], k [n,hkv,d], v_t [hkv,dv,n]; got {list(q.shape)}, {list(k.shape)}, {list(v_t.shape)}")
         flash = self.backend.flash_attention if flash is None else flash
@@ -444,6 +447,9 @@ class GGMLContext(Context, _Owner):
             raise BackendError(f"attention mask must come from attention_mask() with shape [{t}, {n}], got {list(mask.shape)}")
         if q.dtype != GGMLType.F32 or k.dtype not in CACHE_TYPES or v_t.dtype not in CACHE_TYPES:
             raise BackendError(f"attention types: q {q.dtype.name}, k {k.dtype.name}, v {v_t.dtype.name}")
+        if sinks is not None and (sinks.dtype != GGMLType.F32 or sinks.shape != (h,) or not sinks.contiguous_):
+            raise BackendError(f"attention sinks must be float32 [{h}], got {sinks.dtype.name} {list(sinks.shape)}")
+        sinks_ptr = sinks.ptr if sinks is not None else None
         # ggml multiplies only operands whose innermost dim is dense: copy any other (e.g. V
         # permuted by the caller rather than viewed from a cache with view_columns()).
         q, k, v_t = (x if _rows_dense(x) else x.contiguous() for x in (q, k, v_t))
@@ -452,7 +458,7 @@ class GGMLContext(Context, _Owner):
         if mask is not None:
             mask_ptr = self._mask_f16(mask) if flash else mask.ptr
         if not groups or len(groups) == 1:
-            return self._new(kernel(q.ptr, k.ptr, v_t.ptr, mask_ptr, scale, softcap), (t, h, dv)).reshape(t, h * dv)
+            return self._new(kernel(q.ptr, k.ptr, v_t.ptr, mask_ptr, scale, softcap, sinks_ptr), (t, h, dv)).reshape(t, h * dv)
         # One sequence at a time: ggml's kernels for one query row and for several sum in a
         # different order, and that difference, rounded to 8 bits in the next matmul, can move
         # logits by a whole unit. Computed alone, each sequence gets exactly its solo result.
@@ -467,12 +473,12 @@ class GGMLContext(Context, _Owner):
             if mask_ptr is not None:
                 m = mask_ptr.contents
                 mask_rows = ggml.ggml_view_2d(c, mask_ptr, m.ne[0], rows, m.nb[1], start * m.nb[1])
-            part = kernel(q_rows, k.ptr, v_t.ptr, mask_rows, scale, softcap)
+            part = kernel(q_rows, k.ptr, v_t.ptr, mask_rows, scale, softcap, sinks_ptr)
             out = part if out is None else ggml.ggml_concat(c, out, part, 2)
             self.n_tensors += 3
         return self._new(out, (t, h, dv)).reshape(t, h * dv)
 
-    def _attention(self, q, k, v_t, mask, scale: float, softcap: float):
+    def _attention(self, q, k, v_t, mask, scale: float, softcap: float, sinks=None):
         c = self.ctx
         # llama.cpp's attention without flash attention, op for op, so logits match its own:
         # kq [n, t, h] = k·q per head (kv heads broadcast over their query groups), softmax
@@ -486,6 +492,8 @@ class GGMLContext(Context, _Owner):
             kq = ggml.ggml_scale(c, kq, float(softcap))
             scale = 1.0
         kq = ggml.ggml_soft_max_ext(c, kq, mask, float(scale), 0.0)
+        if sinks is not None:
+            ggml.ggml_soft_max_add_sinks(kq, sinks)
         kqv = ggml.ggml_mul_mat(c, v_t, kq)
         self.n_tensors += 10
         return ggml.ggml_cont(c, ggml.ggml_permute(c, kqv, 0, 2, 1, 3))  # [dv, h, t]
@@ -499,7 +507,7 @@ class GGMLContext(Context, _Owner):
             self.n_tensors += 1
         return cast
 
-    def _flash_attention(self, q, k, v, mask16, scale: float, softcap: float):
+    def _flash_attention(self, q, k, v, mask16, scale: float, softcap: float, sinks=None):
         c = self.ctx
         # ggml's fused kernel wants q [d, t, h], k/v [d, n, kv_heads] (ne order) and an F16 mask.
         qp = ggml.ggml_permute(c, q, 0, 2, 1, 3)
@@ -507,6 +515,8 @@ class GGMLContext(Context, _Owner):
         vp = ggml.ggml_permute(c, v, 0, 2, 1, 3)
         out = ggml.ggml_flash_attn_ext(c, qp, kp, vp, mask16, float(scale), 0.0, float(softcap))
         ggml.ggml_prec_set_acc(out, ggml.GGML_PREC_F32)
+        if sinks is not None:
+            ggml.ggml_flash_attn_ext_add_sinks(out, sinks)
         self.n_tensors += 4
         return out  # [dv, h, t] in ne order
 

@@ -186,6 +186,15 @@ class TorchTensor(Tensor):
         """1 / (1 + exp(-x))."""
         return self._unary("sigmoid", torch.sigmoid)
 
+    def swiglu_oai(self, up: Tensor, alpha: float, limit: float) -> Tensor:
+        """g * sigmoid(alpha g) * (u + 1), g = min(self, limit), u = clamp(up, -limit, limit)."""
+        ctx = self._step(up)
+        if self.dtype != GGMLType.F32 or up.dtype != GGMLType.F32 or self.shape != up.shape:
+            raise BackendError(f"swiglu_oai needs two float32 tensors of one shape, got {list(self.shape)} and {list(up.shape)}")
+        g = self._t.clamp(max=float(limit))
+        u = up._t.clamp(min=-float(limit), max=float(limit))
+        return ctx._new(g * torch.sigmoid(g * float(alpha)) * (u + 1))
+
     # -- normalization ----------------------------------------------------------------------
     def rms_norm(self, eps: float) -> Tensor:
         """x / sqrt(mean(x^2) + eps) over the last dim, in float32."""
@@ -467,7 +476,7 @@ class TorchContext(Context, _Owner):
 
     def attention(
         self, q: Tensor, k: Tensor, v_t: Tensor, mask: Tensor, scale: float, softcap: float = 0.0, groups=None,
-        flash: bool | None = None,
+        flash: bool | None = None, sinks: Tensor | None = None,
     ) -> Tensor:
         """softmax(q k^T * scale [softcapped] + mask) v with grouped-query heads -> [t, heads * dv].
 
@@ -476,7 +485,7 @@ class TorchContext(Context, _Owner):
         self._check_open()
         if not isinstance(q, TorchTensor):
             raise BackendError(f"expected a torch backend tensor, got {type(q).__name__}")
-        q._step(k, v_t, mask)
+        q._step(k, v_t, mask, sinks)
         if q.ndim != 3 or k.ndim != 3 or v_t.ndim != 3:
             raise BackendError(
                 f"attention needs q [t,h,d], k [n,hkv,d], v_t [hkv,dv,n]; got {list(q.shape)}, {list(k.shape)}, {list(v_t.shape)}"
@@ -494,6 +503,9 @@ class TorchContext(Context, _Owner):
         if not isinstance(scale, numbers.Real) or not isinstance(softcap, numbers.Real) or softcap < 0:
             raise BackendError(f"attention scale must be a number and softcap >= 0, got {scale!r}, {softcap!r}")
 
+        if sinks is not None and (sinks.dtype != GGMLType.F32 or sinks.shape != (h,)):
+            raise BackendError(f"attention sinks must be float32 [{h}], got {sinks.dtype.name} {list(sinks.shape)}")
+
         group = h // hkv
         # Query head j reads kv head j // group: split heads as [hkv, group] instead of copying k/v.
         qg = q._t.reshape(t, hkv, group, d)
@@ -505,9 +517,15 @@ class TorchContext(Context, _Owner):
         # A row masked everywhere has max -inf; shifting by 0 instead gives exp() = 0 and a
         # zero output rather than NaN (as ggml's flash attention does).
         row_max = scores.amax(dim=-1, keepdim=True)
+        sink = None
+        if sinks is not None:  # one more logit per head in each row's softmax, with no value
+            sink = sinks._t.reshape(hkv, group, 1, 1)
+            row_max = torch.maximum(row_max, sink)
         row_max = torch.where(torch.isneginf(row_max), torch.zeros_like(row_max), row_max)
         weights = torch.exp(scores - row_max)
         total = weights.sum(dim=-1, keepdim=True)
+        if sink is not None:
+            total = total + torch.exp(sink - row_max)
         weights = weights / torch.where(total == 0, torch.ones_like(total), total)
         out = torch.einsum("kgtn,nkv->tkgv", weights, v._t)  # [t, hkv, group, dv]
         return self._new(out.reshape(t, h * dv))
