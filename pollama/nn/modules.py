@@ -49,6 +49,28 @@ class Linear:
         return x.linear(self.weight, self.bias)
 
 
+class ExpertLinear:
+    """One linear map per expert: `name.weight` [n_experts, out, in] (+ `name.bias` [n_experts, out])."""
+
+    def __init__(self, weight: Tensor, bias: Tensor | None = None):
+        if weight.ndim != 3:
+            raise ModelError(f"expert weights must be [experts, out, in], got {list(weight.shape)}")
+        self.weight = weight
+        self.bias = bias
+
+    @classmethod
+    def load(cls, weights: Weights, name: str, **_) -> ExpertLinear:
+        return cls(weights[f"{name}.weight"], weights.get(f"{name}.bias"))
+
+    @property
+    def n_experts(self) -> int:
+        return self.weight.shape[0]
+
+    def __call__(self, x: Tensor, experts: Tensor) -> Tensor:
+        """x [t, k or 1, in], experts int32 [t, k] -> [t, k, out]."""
+        return x.linear_experts(self.weight, experts, self.bias)
+
+
 class Embedding:
     """Row lookup in a [vocab, dim] table (any GGUF type)."""
 

@@ -17,7 +17,8 @@ import numpy as np
 
 from pollama.fs.ggml_types import GGMLType
 from pollama.ml.base import (
-    Backend, BackendError, Context, Recorder, Rope, RopeMode, Tensor, check_concat, check_rope_sections, check_slice,
+    Backend, BackendError, Context, Recorder, Rope, RopeMode, Tensor, check_concat, check_linear_experts,
+    check_rope_sections, check_slice,
 )
 from pollama.ml.ggml.lib import ggml
 
@@ -47,7 +48,7 @@ class _Owner:
 class GGMLTensor(Tensor):
     """A ggml tensor seen in PyTorch order."""
 
-    __slots__ = ("ptr", "shape", "dtype", "owner", "ctx", "repacked", "contiguous_")
+    __slots__ = ("ptr", "shape", "dtype", "owner", "ctx", "repacked", "contiguous_", "bound")
 
     def __init__(self, ptr, shape: tuple[int, ...], dtype: GGMLType, owner: _Owner, ctx: GGMLContext | None, contiguous: bool = True):
         self.ptr = ptr
@@ -58,6 +59,9 @@ class GGMLTensor(Tensor):
         self.repacked = False  # a weight in CPU_REPACK layout: matmul only
         # Tracked here rather than asked of ggml: only permute makes a non-contiguous tensor.
         self.contiguous_ = contiguous
+        # An index made in the graph (top_k) has its values in [0, bound): ggml aborts on an
+        # index out of range, and this is what proves one in range before the values exist.
+        self.bound: int | None = None
 
     @property
     def ndim(self) -> int:
@@ -134,15 +138,50 @@ class GGMLTensor(Tensor):
 
     def rows(self, index: Tensor) -> Tensor:
         ctx = self._step(index)
-        if self.ndim != 2:
-            raise BackendError(f"rows() needs a 2-D table, got {list(self.shape)}")
-        if index.dtype != GGMLType.I32 or index.ndim != 1:
-            raise BackendError(f"rows() needs a 1-D int32 index, got {index.dtype.name} {list(index.shape)}")
+        if index.dtype != GGMLType.I32 or index.ndim != self.ndim - 1:
+            raise BackendError(f"rows() of a {list(self.shape)} table needs a {self.ndim - 1}-D int32 index, "
+                               f"got {index.dtype.name} {list(index.shape)}")
+        if self.ndim == 3:  # per batch: [b, n, d] by [b, k]
+            self._float("rows() per batch")
+            if index.shape[0] != self.shape[0]:
+                raise BackendError(f"rows(): index {list(index.shape)} does not have the {self.shape[0]} batches of {list(self.shape)}")
+        elif self.ndim != 2:
+            raise BackendError(f"rows() needs a 2-D table (or 3-D, per batch), got {list(self.shape)}")
         if self.repacked:
             raise BackendError("rows() on a weight repacked for matmul: load it as `gathered`")
-        ctx._check_index(index, self.shape[0], "rows()")
-        ptr = ggml.ggml_get_rows(ctx.ctx, self.ptr, index.ptr)
-        return ctx._new(ptr, (index.shape[0], self.shape[1]))
+        ctx._check_index(index, self.shape[-2], "rows()")
+        table = self if self._is_contiguous() else self.contiguous()
+        idx = index if index._is_contiguous() else index.contiguous()
+        ptr = ggml.ggml_get_rows(ctx.ctx, table.ptr, idx.ptr)
+        return ctx._new(ptr, (*index.shape, self.shape[-1]))
+
+    def linear_experts(self, weight: Tensor, experts: Tensor, bias: Tensor | None = None) -> Tensor:
+        ctx = self._step(weight, experts, bias)
+        check_linear_experts(self, weight, experts, bias)
+        if weight.dtype not in MATMUL_TYPES or weight.repacked or not weight.contiguous_:
+            raise BackendError(f"linear_experts weights must be a plain tensor in a matmul type, got {weight.dtype.name}")
+        n_experts = weight.shape[0]
+        ctx._check_index(experts, n_experts, "linear_experts()")
+        x = self if self._is_contiguous() else self.contiguous()
+        ids = experts if experts._is_contiguous() else experts.contiguous()
+        # ggml order: as [in, out, n_experts], b [in, k or 1, t], ids [k, t] -> [out, k, t].
+        out = ctx._new(ggml.ggml_mul_mat_id(ctx.ctx, weight.ptr, x.ptr, ids.ptr), (*experts.shape, weight.shape[1]))
+        if bias is not None:
+            out = ctx._new(ggml.ggml_add_id(ctx.ctx, out.ptr, bias.ptr, ids.ptr), out.shape)
+        return out
+
+    def top_k(self, k: int) -> Tensor:
+        ctx = self._step()
+        self._float("top_k")
+        n = self.shape[-1]
+        if not isinstance(k, int) or not 0 < k <= n:
+            raise BackendError(f"top_k({k!r}) of {n} values")
+        src = self if self._is_contiguous() else self.contiguous()
+        view = ggml.ggml_argsort_top_k(ctx.ctx, src.ptr, k)  # argsort, then a strided view
+        ctx.n_tensors += 2
+        out = ctx._new(ggml.ggml_cont(ctx.ctx, view), (*self.shape[:-1], k), GGMLType.I32)
+        out.bound = n
+        return out
 
     # -- elementwise ------------------------------------------------------------------------
     def _binary(self, other: Tensor, fn, op: str) -> Tensor:
@@ -165,6 +204,9 @@ class GGMLTensor(Tensor):
 
     def __sub__(self, other: Tensor) -> Tensor:
         return self._binary(other, ggml.ggml_sub, "sub")
+
+    def __truediv__(self, other: Tensor) -> Tensor:
+        return self._binary(other, ggml.ggml_div, "div")
 
     def _unary(self, fn, op: str, *args) -> Tensor:
         ctx = self._step()
@@ -218,6 +260,15 @@ class GGMLTensor(Tensor):
         if self._step(up).backend.exact_gelu:
             return self._exact_gelu() * up
         return self._glu(up, ggml.ggml_geglu_split, "geglu")
+
+    def softmax(self) -> Tensor:
+        return self._unary(ggml.ggml_soft_max, "softmax")
+
+    def sum_rows(self) -> Tensor:
+        ctx = self._step()
+        self._float("sum_rows")
+        src = self if self._is_contiguous() else self.contiguous()
+        return ctx._new(ggml.ggml_sum_rows(ctx.ctx, src.ptr), (*self.shape[:-1], 1))
 
     def rms_norm(self, eps: float) -> Tensor:
         return self._unary(ggml.ggml_rms_norm, "rms_norm", float(eps))
@@ -384,9 +435,13 @@ class GGMLContext(Context, _Owner):
 
     def _check_index(self, index: GGMLTensor, limit: int, op: str) -> None:
         # ggml asserts (aborts) on an out-of-range row index, so check the input's values here.
+        if index.bound is not None:  # made by top_k: in range by construction
+            if index.bound > limit:
+                raise BackendError(f"{op}: an index into {index.bound} values used on {limit} rows")
+            return
         array = self.arrays.get(id(index))
         if array is None:
-            raise BackendError(f"{op} takes its index from ctx.input()")
+            raise BackendError(f"{op} takes its index from ctx.input() or top_k()")
         known = self.index_limits.get(id(index))
         if known is not None and known <= limit:
             return  # already checked against this bound or a tighter one (cells: once per layer)

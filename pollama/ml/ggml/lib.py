@@ -125,6 +125,12 @@ _SIGNATURES = {
     "ggml_norm": (T, [P, T, c_float]),
     "ggml_rms_norm": (T, [P, T, c_float]),
     "ggml_mul_mat": (T, [P, T, T]),
+    "ggml_mul_mat_id": (T, [P, T, T, T]),  # (ctx, as [K, M, n_expert], b [K, n_used or 1, t], ids I32 [n_used, t])
+    "ggml_add_id": (T, [P, T, T, T]),  # (ctx, a [M, n_used, t], b [M, n_expert], ids I32 [n_used, t])
+    "ggml_div": (T, [P, T, T]),
+    "ggml_soft_max": (T, [P, T]),
+    "ggml_sum_rows": (T, [P, T]),
+    "ggml_argsort_top_k": (T, [P, T, c_int]),  # argsort descending, then a view of the first k
     "ggml_get_rows": (T, [P, T, T]),
     "ggml_set_rows": (T, [P, T, T, T]),
     "ggml_cast": (T, [P, T, c_int]),

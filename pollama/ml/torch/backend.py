@@ -23,7 +23,8 @@ import torch.nn.functional as F
 
 from pollama.fs.ggml_types import GGMLType
 from pollama.ml.base import (
-    Backend, BackendError, Context, Recorder, Rope, RopeMode, Tensor, check_concat, check_rope_sections, check_slice,
+    Backend, BackendError, Context, Recorder, Rope, RopeMode, Tensor, check_concat, check_linear_experts,
+    check_rope_sections, check_slice,
 )
 from pollama.ml.torch.quants import dequantize
 
@@ -123,18 +124,52 @@ class TorchTensor(Tensor):
         return ctx._new(F.linear(self._t, w, None if bias is None else bias._t))
 
     def rows(self, index: Tensor) -> Tensor:
-        """Gather rows of a 2-D tensor: self [n, d], index int32 [t] -> [t, d] float32."""
+        """Gather rows: [n, d] by int32 [t] -> [t, d]; per batch, [b, n, d] by int32 [b, k] -> [b, k, d]."""
         ctx = self._step(index)
         self._float("rows")
-        if self.ndim != 2:
-            raise BackendError(f"rows() needs a 2-D table, got {list(self.shape)}")
-        if index.dtype != GGMLType.I32 or index.ndim != 1:
-            raise BackendError(f"rows() needs a 1-D int32 index, got {index.dtype.name} {list(index.shape)}")
-        idx = index._t
-        n = self.shape[0]
+        if self.ndim not in (2, 3):
+            raise BackendError(f"rows() needs a 2-D table (or 3-D, per batch), got {list(self.shape)}")
+        if index.dtype != GGMLType.I32 or index.ndim != self.ndim - 1:
+            raise BackendError(f"rows() of a {list(self.shape)} table needs a {self.ndim - 1}-D int32 index, "
+                               f"got {index.dtype.name} {list(index.shape)}")
+        if self.ndim == 3 and index.shape[0] != self.shape[0]:
+            raise BackendError(f"rows(): index {list(index.shape)} does not have the {self.shape[0]} batches of {list(self.shape)}")
+        idx = index._t.long()
+        n = self.shape[-2]
         if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n):
             raise BackendError(f"rows(): index out of range [0, {n}): {idx.tolist()}")
-        return ctx._new(self._t.index_select(0, idx.long()))
+        if self.ndim == 2:
+            return ctx._new(self._t.index_select(0, idx))
+        return ctx._new(torch.gather(self._t, 1, idx[:, :, None].expand(-1, -1, self.shape[2])))
+
+    def linear_experts(self, weight: Tensor, experts: Tensor, bias: Tensor | None = None) -> Tensor:
+        """x [t, k or 1, in] through weight[experts[i, j]] [out, in] (+ bias[experts[i, j]]) -> [t, k, out]."""
+        ctx = self._step(weight, experts, bias)
+        check_linear_experts(self, weight, experts, bias)
+        if weight.dtype != GGMLType.F32:
+            raise BackendError(f"linear_experts weights must be float (dequantized at load), got {weight.dtype.name}")
+        ids = experts._t.long()
+        n_experts = weight.shape[0]
+        if int(ids.min()) < 0 or int(ids.max()) >= n_experts:
+            raise BackendError(f"linear_experts: experts out of range [0, {n_experts}): {ids.tolist()}")
+        t, k = ids.shape
+        x = self._t.expand(t, k, self.shape[2])
+        out = torch.zeros(t, k, weight.shape[1], dtype=torch.float32, device=x.device)
+        # One matmul per chosen expert over the rows that chose it: the others are never read.
+        for e in torch.unique(ids).tolist():
+            chosen = ids == e  # [t, k]
+            y = x[chosen] @ weight._t[e].T
+            out[chosen] = y + bias._t[e] if bias is not None else y
+        return ctx._new(out)
+
+    def top_k(self, k: int) -> Tensor:
+        """Indices of the k largest values along the last dim, largest first (int32)."""
+        ctx = self._step()
+        self._float("top_k")
+        n = self.shape[-1]
+        if not isinstance(k, int) or not 0 < k <= n:
+            raise BackendError(f"top_k({k!r}) of {n} values")
+        return ctx._new(torch.topk(self._t, k, dim=-1, largest=True, sorted=True).indices.to(torch.int32))
 
     # -- elementwise ------------------------------------------------------------------------
     def _binary(self, other: Tensor, op: str, fn) -> TorchTensor:
@@ -159,6 +194,10 @@ class TorchTensor(Tensor):
     def __sub__(self, other: Tensor) -> Tensor:
         """Difference; `other` broadcasts when each of its dims is 1 or equal to ours."""
         return self._binary(other, "sub", torch.sub)
+
+    def __truediv__(self, other: Tensor) -> Tensor:
+        """Quotient; `other` broadcasts when each of its dims is 1 or equal to ours."""
+        return self._binary(other, "div", torch.div)
 
     def scale(self, factor: float) -> Tensor:
         """Multiply by a constant."""
@@ -194,6 +233,15 @@ class TorchTensor(Tensor):
         g = self._t.clamp(max=float(limit))
         u = up._t.clamp(min=-float(limit), max=float(limit))
         return ctx._new(g * torch.sigmoid(g * float(alpha)) * (u + 1))
+
+    # -- reductions -------------------------------------------------------------------------
+    def softmax(self) -> Tensor:
+        """Softmax over the last dim."""
+        return self._unary("softmax", lambda t: torch.softmax(t, dim=-1))
+
+    def sum_rows(self) -> Tensor:
+        """Sum over the last dim, kept: [..., n] -> [..., 1]."""
+        return self._unary("sum_rows", lambda t: t.sum(dim=-1, keepdim=True))
 
     # -- normalization ----------------------------------------------------------------------
     def rms_norm(self, eps: float) -> Tensor:
