@@ -42,6 +42,9 @@ __all__ = [
 ]
 
 OUT_TYPES = {"f32": (GGMLType.F32, FileType.ALL_F32), "f16": (GGMLType.F16, FileType.MOSTLY_F16)}
+# Tensors a converter's source() hands over already in a GGML block type (dtype name -> type):
+# their bytes are written as they are, never dequantized and requantized (gpt-oss's MXFP4 experts).
+PACKED_TYPES = {"MXFP4": GGMLType.MXFP4}
 _F16_MAX = float(np.finfo(np.float16).max)
 
 
@@ -320,7 +323,7 @@ def _convert_tensors(conv: ModelConverter, weights, tensor_type: GGMLType, say: 
     names = [n for n in weights if not conv.skip(n)]
     for name in names:
         dtype = weights.dtype(name)
-        if dtype not in ("F32", "F16", "BF16"):
+        if dtype not in ("F32", "F16", "BF16") and dtype not in PACKED_TYPES:
             raise ConvertError(f"tensor {name!r} has dtype {dtype}; only F32, F16 and BF16 weights are supported")
     sources = [(gguf_name, n) for n in names for gguf_name in conv.gguf_names(n)]
     computed = conv.extra_tensors()
@@ -342,7 +345,11 @@ def _convert_tensors(conv: ModelConverter, weights, tensor_type: GGMLType, say: 
         shape = tuple(weights[hf_name].shape)
         read = (lambda n=hf_name: weights[n].numpy())
         done = (lambda n=hf_name: release(n))
-        out.append(_planned(conv, gguf_name, hf_name, shape, tensor_type, read, done))
+        packed = PACKED_TYPES.get(weights.dtype(hf_name))
+        if packed is not None:
+            out.append((gguf_name, LazyTensor(read, done), packed, shape))
+        else:
+            out.append(_planned(conv, gguf_name, hf_name, shape, tensor_type, read, done))
     for gguf_name, data in computed:
         data = np.asarray(data)
         out.append(_planned(conv, gguf_name, "(computed)", data.shape, tensor_type, lambda d=data: d, None))
