@@ -163,3 +163,25 @@ def test_sliding_window_is_used(gptoss_case):
             if layer.self_attn.sliding_window is not None:
                 layer.self_attn.sliding_window = saved
     assert np.abs(unwindowed - hf_logits(model, gptoss_case.ids)).max() > 1000 * TOLERANCE["torch"]
+
+
+def test_untruncated_yarn_is_llama_cpps(gptoss_case):
+    """gpt-oss's config asks for YaRN's correction range untruncated (`truncate: false`); ggml's
+    RoPE always rounds it outward (ggml_rope_yarn_corr_dims), so llama.cpp, Ollama and we compute
+    the truncated ramp, as the tiny config asks (truncate: true). Against the untruncated ramp these
+    28 positions differ by 7.3e-3 (measured): a known difference of every GGUF runner, not ours alone."""
+    import copy
+
+    from transformers.models.gpt_oss.modeling_gpt_oss import GptOssRotaryEmbedding
+
+    model = gptoss_case.model
+    config = copy.deepcopy(model.config)
+    config.rope_parameters = dict(config.rope_parameters, truncate=False)
+    truncated = model.model.rotary_emb
+    try:
+        model.model.rotary_emb = GptOssRotaryEmbedding(config)
+        untruncated = hf_logits(model, gptoss_case.ids)
+    finally:
+        model.model.rotary_emb = truncated
+    ours = our_logits(gptoss_case.gguf, "torch", gptoss_case.ids)
+    assert 100 * TOLERANCE["torch"] < np.abs(ours - untruncated).max() < 0.02

@@ -50,7 +50,7 @@ def tiny_config(vocab_size: int, **overrides):
         num_experts_per_tok=N_USED, sliding_window=WINDOW, max_position_embeddings=131072,
         # gpt-oss's own YaRN parameters, but truncated: ggml (and so llama.cpp and Ollama) always
         # rounds YaRN's correction range outward, which gpt-oss's config (truncate: false) does
-        # not ask for (see test_model.py's test_untruncated_yarn_is_llama_cpps).
+        # not ask for (see test_model.py, test_untruncated_yarn_is_llama_cpps).
         rope_parameters={"rope_type": "yarn", "rope_theta": 150000.0, "factor": 32.0, "beta_fast": 32.0,
                          "beta_slow": 1.0, "truncate": True, "original_max_position_embeddings": 4096},
         tie_word_embeddings=False, bos_token_id=0, eos_token_id=2, pad_token_id=1,
