@@ -91,6 +91,12 @@ class Config:
             raise ModelError(f"key {full!r} must be a string, got {value!r}")
         return value
 
+    def bool(self, key: str, default: Any = _MISSING) -> bool:
+        value, full, found = self._get(key, default)
+        if found and not isinstance(value, bool):
+            raise ModelError(f"key {full!r} must be a boolean, got {value!r}")
+        return value
+
     def list(self, key: str, default: Any = _MISSING) -> list:
         value, full, found = self._get(key, default)
         if found and not isinstance(value, list):

@@ -18,6 +18,7 @@ memory for about one tensor, whatever its file size.
 from __future__ import annotations
 
 import collections
+import collections.abc
 import json
 import logging
 import math
@@ -38,7 +39,8 @@ from pollama.tokenizer.convert import TokenizerConvertError, convert_tokenizer
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "ConvertError", "HFConfig", "ModelConverter", "convert_folder", "find_weights", "open_weights", "read_hf_config",
+    "ConvertError", "HFConfig", "ModelConverter", "StackedExperts", "convert_folder", "find_weights", "open_weights",
+    "read_hf_config",
 ]
 
 OUT_TYPES = {"f32": (GGMLType.F32, FileType.ALL_F32), "f16": (GGMLType.F16, FileType.MOSTLY_F16)}
@@ -170,6 +172,116 @@ class ModelConverter:
         act = self.cfg.get(key, default)
         if act not in allowed:
             raise ConvertError(f"config.json {key}={act!r}: {self.arch} models compute {allowed[0]}")
+
+
+class StackedExperts(collections.abc.Mapping):
+    """A checkpoint's tensors with each layer's per-expert matrices stacked as GGUF keeps them.
+
+    `model.layers.N.mlp.experts.E.<proj>.weight` ([out, in], one per expert E, as Qwen3-MoE and
+    Mixtral are published) become `model.layers.N.mlp.experts.<proj>.weight` [n_experts, out,
+    in]; a fused `mlp.experts.gate_up_proj` [n_experts, 2 * ff, in] (transformers 5's own
+    layout) becomes its gate and up halves, and `mlp.experts.down_proj` gets its `.weight`.
+    A stacked tensor is read when written, and its parts' pages are dropped then.
+    """
+
+    _PER_EXPERT = re.compile(r"(model\.layers\.\d+\.mlp\.experts)\.(\d+)\.(\w+)\.weight")
+    _FUSED = re.compile(r"(model\.layers\.\d+\.mlp\.experts)\.(gate_up_proj|down_proj)(\.weight)?")
+
+    def __init__(self, weights, n_experts: int):
+        self.weights = weights
+        self.stacks: dict[str, list[str | None]] = {}  # stacked name -> its parts, by expert
+        self.halves: dict[str, tuple[str, int]] = {}  # gate/up name -> (fused source, which half)
+        self.renamed: dict[str, str] = {}  # down_proj.weight -> down_proj
+        self.names: list[str] = []
+        for name in weights:
+            if m := self._PER_EXPERT.fullmatch(name):
+                stacked = f"{m.group(1)}.{m.group(3)}.weight"
+                expert = int(m.group(2))
+                if expert >= n_experts:
+                    raise ConvertError(f"tensor {name!r}: expert {expert} of {n_experts} (config.json num_experts)")
+                if stacked not in self.stacks:
+                    self.stacks[stacked] = [None] * n_experts
+                    self.names.append(stacked)
+                self.stacks[stacked][expert] = name
+            elif m := self._FUSED.fullmatch(name):
+                shape = tuple(weights[name].shape)
+                if len(shape) != 3 or shape[0] != n_experts:
+                    raise ConvertError(f"tensor {name!r} of shape {list(shape)} is not [{n_experts} experts, out, in]")
+                if m.group(2) == "down_proj":
+                    self.renamed[f"{m.group(1)}.down_proj.weight"] = name
+                    self.names.append(f"{m.group(1)}.down_proj.weight")
+                    continue
+                if shape[1] % 2:
+                    raise ConvertError(f"tensor {name!r}: {shape[1]} rows are not gate and up halves")
+                for half, part in enumerate(("gate_proj", "up_proj")):
+                    self.halves[f"{m.group(1)}.{part}.weight"] = (name, half)
+                    self.names.append(f"{m.group(1)}.{part}.weight")
+            else:
+                self.names.append(name)
+        for stacked, parts in self.stacks.items():
+            if None in parts:
+                raise ConvertError(f"{stacked}: the checkpoint lacks expert {parts.index(None)}")
+        self.unwritten = {source: 2 for source, _ in self.halves.values()}
+
+    def __iter__(self):
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, name: str):
+        if name in self.stacks:
+            return _Stack([self.weights[part] for part in self.stacks[name]])
+        if name in self.halves:
+            source, half = self.halves[name]
+            return _Half(self.weights[source], half)
+        return self.weights[self.renamed.get(name, name)]
+
+    def _sources(self, name: str) -> list[str]:
+        if name in self.stacks:
+            return self.stacks[name]
+        if name in self.halves:
+            return [self.halves[name][0]]
+        return [self.renamed.get(name, name)]
+
+    def dtype(self, name: str) -> str:
+        dtypes = {self.weights.dtype(source) for source in self._sources(name)}
+        if len(dtypes) > 1:
+            raise ConvertError(f"{name}: experts of different dtypes {sorted(dtypes)}")
+        return dtypes.pop()
+
+    def release(self, name: str) -> None:
+        if name in self.halves:
+            source = self.halves[name][0]
+            self.unwritten[source] -= 1
+            if self.unwritten[source]:
+                return
+        for source in self._sources(name):
+            self.weights.release(source)
+
+
+class _Stack:
+    def __init__(self, parts):
+        self.parts = parts
+        self.shape = (len(parts), *parts[0].shape)
+        for part in parts:
+            if tuple(part.shape) != tuple(parts[0].shape):
+                raise ConvertError(f"experts of different shapes: {list(part.shape)} and {list(parts[0].shape)}")
+
+    def numpy(self) -> np.ndarray:
+        return np.stack([np.asarray(part.numpy(), dtype=np.float32) for part in self.parts])
+
+
+class _Half:
+    def __init__(self, tensor, half: int):
+        self.tensor = tensor
+        self.half = half
+        n, rows, cols = tensor.shape
+        self.shape = (n, rows // 2, cols)
+
+    def numpy(self) -> np.ndarray:
+        rows = self.shape[1]
+        return np.ascontiguousarray(self.tensor.numpy()[:, self.half * rows:(self.half + 1) * rows])
 
 
 def rope_scaling_metadata(rope: dict[str, Any]) -> dict[str, Any]:

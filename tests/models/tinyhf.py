@@ -145,8 +145,8 @@ def our_logits(gguf: Path, backend: str, ids: list[int], f32_cache: bool = True,
 
 def our_greedy(gguf: Path, backend: str, ids: list[int], steps: int = GREEDY_STEPS, f32_cache: bool = False) -> list[int]:
     """Greedy tokens from our Engine: prefill, then one decode step per token through the KV cache
-    (F16 K/V unless told)."""
-    with Engine(gguf, backend=backend, num_ctx=64, kv_cache_type="f32" if f32_cache else "f16") as engine:
+    (F16 unless told, as a user runs it)."""
+    with Engine(gguf, backend=backend, num_ctx=64, kv_cache_type="f32" if f32_cache else None) as engine:
         logits, _ = engine.prefill(ids)
         out = []
         for _ in range(steps):
