@@ -46,7 +46,10 @@ __all__ = [
 OUT_TYPES = {"f32": (GGMLType.F32, FileType.ALL_F32), "f16": (GGMLType.F16, FileType.MOSTLY_F16)}
 # Tensors a converter's source() hands over already in a GGML block type (dtype name -> type):
 # their bytes are written as they are, never dequantized and requantized (gpt-oss's MXFP4 experts).
+# A file holding them gets llama.cpp's file type for it (MOSTLY_MXFP4_MOE: its float tensors
+# stay as asked), which `create --quantize` refuses as Ollama refuses its gpt-oss files.
 PACKED_TYPES = {"MXFP4": GGMLType.MXFP4}
+PACKED_FILE_TYPES = {GGMLType.MXFP4: FileType.MXFP4_MOE}
 _F16_MAX = float(np.finfo(np.float16).max)
 
 
@@ -412,6 +415,7 @@ def convert_folder(
     with open_weights(folder) as weights:
         tensor_type, file_type = OUT_TYPES[outtype]
         tensors = _convert_tensors(conv, conv.source(weights), tensor_type, say)
+        file_type = next((PACKED_FILE_TYPES[t] for _, _, t, _ in tensors if t in PACKED_FILE_TYPES), file_type)
         metadata: dict[str, Any] = {
             "general.architecture": conv.arch,
             "general.name": folder.name,

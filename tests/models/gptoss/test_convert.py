@@ -9,7 +9,7 @@ import pytest
 
 from models.tinyhf import assert_tokenizer_matches, read_gguf, torch
 from models.gptoss.tiny import CHAT_TEMPLATE, N_EXPERTS, N_USED, WINDOW
-from pollama.fs.ggml_types import GGMLType
+from pollama.fs.ggml_types import FileType, GGMLType
 from pollama.fs.gguf import GGUFFile
 from pollama.ml.ggml.quantize import dequantize_rows
 from pollama.ml.torch.quants import dequantize
@@ -47,6 +47,7 @@ def test_mxfp4_decodes_as_transformers_on_every_code_and_scale():
 def test_gguf_layout(gptoss_case):
     md, tensors = read_gguf(gptoss_case.gguf)
     assert md["general.architecture"] == "gpt-oss"
+    assert md["general.file_type"] == FileType.MXFP4_MOE  # as llama.cpp labels a converted MXFP4 checkpoint
     expected = {
         "block_count": 2, "embedding_length": 64, "feed_forward_length": 32, "expert_feed_forward_length": 32,
         "attention.head_count": 4, "attention.head_count_kv": 2, "attention.key_length": 16,
@@ -115,8 +116,9 @@ def test_float_experts_convert_too(gptoss_case, tmp_path):
     gptoss_case.model.save_pretrained(folder)
     for name in ("tokenizer.json", "tokenizer_config.json"):
         (folder / name).write_bytes((gptoss_case.folder / name).read_bytes())
-    _, tensors = read_gguf(convert(folder, tmp_path / "float.gguf"))
+    md, tensors = read_gguf(convert(folder, tmp_path / "float.gguf"))
     assert tensors["blk.0.ffn_gate_exps.weight"] == ("F32", (N_EXPERTS, 32, 64))
+    assert md["general.file_type"] == FileType.ALL_F32
     with GGUFFile(tmp_path / "float.gguf") as f, GGUFFile(gptoss_case.gguf) as q:
         for name in ("ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"):
             info = q.tensors[f"blk.1.{name}.weight"]
@@ -139,3 +141,11 @@ def test_configs_it_cannot_store_are_refused(gptoss_case, tmp_path, bad):
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(ConvertError, match=bad):
         convert(folder, tmp_path / "bad.gguf")
+
+
+def test_quantizing_the_mxfp4_file_is_refused(gptoss_case, tmp_path):
+    """As Ollama refuses to quantize its gpt-oss files: the experts already are 4-bit."""
+    from pollama.create.quantize import QuantizeError, quantize_gguf
+
+    with pytest.raises(QuantizeError, match="only supported for F16, BF16 and F32"):
+        quantize_gguf(gptoss_case.gguf, tmp_path / "q.gguf", "q4_K_M")
