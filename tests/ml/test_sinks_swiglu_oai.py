@@ -52,13 +52,16 @@ def test_attention_with_sinks_matches_transformers(backend, sink_scale):
     flash = backend.flash_attention
     with backend.context() as ctx:
         values = ctx.input(v) if flash else ctx.input(v).permute(1, 2, 0)
-        out = ctx.attention(ctx.input(q), ctx.input(k), values, ctx.attention_mask(mask), 0.25,
-                            sinks=ctx.input(sinks))
-        (got,) = ctx.compute(out)
+        q_, k_, m_, s_ = ctx.input(q), ctx.input(k), ctx.attention_mask(mask), ctx.input(sinks)
+        out = ctx.attention(q_, k_, values, m_, 0.25, sinks=s_)
+        # Rows in groups (several sequences in one batch) each get the sinks too.
+        grouped = ctx.attention(q_, k_, values, m_, 0.25, sinks=s_, groups=[(0, 2), (2, 3)])
+        got, got_grouped = ctx.compute(out, grouped)
     want = hf_attention(q, k, v, mask, sinks, 0.25)
     without = hf_attention(q, k, v, mask, np.full(h, -np.inf, np.float32), 0.25)
     tol = 8e-7  # measured: 2.4e-7 (torch), 1.6e-7 (ggml), 3.6e-7 (ggml's flash kernel, F32 K/V)
     np.testing.assert_allclose(got, want, atol=tol, rtol=0)
+    np.testing.assert_allclose(got_grouped, want, atol=tol, rtol=0)
     assert np.abs(want - without).max() > 10 * tol  # the sinks change the result
 
 

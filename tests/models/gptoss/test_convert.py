@@ -149,3 +149,13 @@ def test_quantizing_the_mxfp4_file_is_refused(gptoss_case, tmp_path):
 
     with pytest.raises(QuantizeError, match="only supported for F16, BF16 and F32"):
         quantize_gguf(gptoss_case.gguf, tmp_path / "q.gguf", "q4_K_M")
+
+
+def test_registered_for_create_and_load():
+    from pollama.create.convert import supported_architectures
+    from pollama.models.base import architectures, model_class
+    from pollama.models.gptoss.convert import GptOssConverter
+    from pollama.models.gptoss.model import GptOss
+
+    assert supported_architectures()["GptOssForCausalLM"] is GptOssConverter
+    assert "gpt-oss" in architectures() and model_class("gpt-oss") is GptOss
