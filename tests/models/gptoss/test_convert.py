@@ -59,6 +59,7 @@ def test_gguf_layout(gptoss_case):
     for key, value in expected.items():
         assert md[f"gpt-oss.{key}"] == value, key
     assert md["tokenizer.chat_template"] == CHAT_TEMPLATE
+    assert md["tokenizer.ggml.pre"] == "gpt-4o"  # o200k's split, as llama.cpp names it
     for i in range(2):
         b = f"blk.{i}."
         assert tensors[b + "ffn_gate_exps.weight"] == ("MXFP4", (N_EXPERTS, 32, 64))

@@ -3,7 +3,7 @@
 The torch backend multiplies the experts' MXFP4 weights dequantized, as transformers does, and is
 compared with transformers in float32. ggml's MXFP4 kernel (as llama.cpp's and Ollama's) first
 rounds each input row to Q8_0 (blocks of 32 int8 with an F16 scale); that alone moves these
-logits by 0.043, so ggml is compared with transformers given the same rounding on the experts'
+logits by 1.1 (some tokens change experts), so ggml is compared with transformers given the same rounding on the experts'
 inputs (`q8_0` below: the arithmetic of ggml's quantize_row_q8_0), and, separately, a file with
 float experts is compared on ggml with transformers unmodified.
 """
@@ -18,11 +18,11 @@ from models.tinyhf import GREEDY_STEPS, convert, hf_greedy, hf_logits, our_greed
 from pollama.models.gptoss.model import GptOss
 from pollama.nn import softmax_then_top_k, top_k_then_softmax
 
-# max |ours - transformers| over every prompt position, 2x the measured 1.4e-6 (torch backend
-# against transformers in float32) and 1.7e-6 (ggml against transformers with ggml's Q8_0
-# inputs to the MXFP4 experts; 1.4e-6 without flash attention), 2.5e-6 (ggml, float experts,
+# max |ours - transformers| over every prompt position, about 2x the measured: 1.8e-6 (torch
+# backend against transformers in float32), 1.55e-6 (ggml against transformers with ggml's Q8_0
+# inputs to the MXFP4 experts; 1.4e-6 without flash attention), 1.8e-6 (ggml, float experts,
 # against transformers unmodified).
-TOLERANCE = {"torch": 3e-6, "ggml": 4e-6, "ggml-float-experts": 5e-6}
+TOLERANCE = {"torch": 4e-6, "ggml": 3.5e-6, "ggml-float-experts": 4e-6}
 
 
 def q8_0(x: torch.Tensor) -> torch.Tensor:
@@ -173,7 +173,7 @@ def test_untruncated_yarn_is_llama_cpps(gptoss_case):
     """gpt-oss's config asks for YaRN's correction range untruncated (`truncate: false`); ggml's
     RoPE always rounds it outward (ggml_rope_yarn_corr_dims), so llama.cpp, Ollama and we compute
     the truncated ramp, as the tiny config asks (truncate: true). Against the untruncated ramp these
-    28 positions differ by 7.3e-3 (measured): a known difference of every GGUF runner, not ours alone."""
+    28 positions differ by 1.2e-2 (measured): a known difference of every GGUF runner, not ours alone."""
     import copy
 
     from transformers.models.gpt_oss.modeling_gpt_oss import GptOssRotaryEmbedding
@@ -188,4 +188,4 @@ def test_untruncated_yarn_is_llama_cpps(gptoss_case):
     finally:
         model.model.rotary_emb = truncated
     ours = our_logits(gptoss_case.gguf, "torch", gptoss_case.ids)
-    assert 100 * TOLERANCE["torch"] < np.abs(ours - untruncated).max() < 0.02
+    assert 100 * TOLERANCE["torch"] < np.abs(ours - untruncated).max() < 0.03

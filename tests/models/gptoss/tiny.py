@@ -39,7 +39,8 @@ def quantize_mxfp4(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def tokenizer():
-    return bpe_tokenizer("gpt-2", ["<|startoftext|>", "<|endoftext|>", "<|return|>", "<|start|>", "<|message|>", "<|end|>"],
+    # o200k's split, as gpt-oss's tokenizer.json has it (llama.cpp's "gpt-4o").
+    return bpe_tokenizer("gpt-4o", ["<|startoftext|>", "<|endoftext|>", "<|return|>", "<|start|>", "<|message|>", "<|end|>"],
                          eos="<|return|>", bos="<|startoftext|>", chat_template=CHAT_TEMPLATE)
 
 
