@@ -17,6 +17,7 @@ from models.gptoss.tiny import N_EXPERTS, N_USED, WINDOW
 from models.tinyhf import GREEDY_STEPS, convert, hf_greedy, hf_logits, our_greedy, our_logits, torch
 from pollama.models.gptoss.model import GptOss
 from pollama.nn import softmax_then_top_k, top_k_then_softmax
+from realmodels import llamacpp_greedy
 
 # max |ours - transformers| over every prompt position, about 2x the measured: 1.8e-6 (torch
 # backend against transformers in float32), 1.55e-6 (ggml against transformers with ggml's Q8_0
@@ -96,6 +97,14 @@ def test_greedy_tokens_match_transformers(gptoss_case, backend):
             want = hf_greedy(gptoss_case.model, gptoss_case.ids)
     assert our_greedy(gptoss_case.gguf, backend, gptoss_case.ids, f32_cache=backend == "ggml") == want
     assert len(want) == GREEDY_STEPS and len(set(want)) > 3
+
+
+def test_llamacpp_generates_the_same_tokens(gptoss_case):
+    """llama.cpp (llama-server, F32 K/V) on our converted file: the same 16 greedy tokens as ours
+    on ggml and as transformers with ggml's rounding (MXFP4 layout, sinks, routing and window
+    read the same way by both)."""
+    want = our_greedy(gptoss_case.gguf, "ggml", gptoss_case.ids, f32_cache=True)
+    assert llamacpp_greedy(gptoss_case.gguf, gptoss_case.ids, GREEDY_STEPS) == want
 
 
 def test_routing_differs_between_tokens(gptoss_case):
