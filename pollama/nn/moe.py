@@ -11,7 +11,7 @@ are parameters here (`route`, `activation`), not copies of the module.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 from pollama.errors import ModelError
 from pollama.ml.base import Tensor
@@ -53,8 +53,10 @@ class RoutedExperts(Module):
     """The feed-forward of a sparse layer: route each token to k experts, sum their SwiGLU MLPs."""
 
     ffn_gate_inp: Linear  # the router: [n_experts, dim]
-    ffn_gate_exps: ExpertLinear  # [n_experts, ff, dim]
-    ffn_up_exps: ExpertLinear  # [n_experts, ff, dim]
+    ffn_gate_exps: Optional[ExpertLinear]  # [n_experts, ff, dim]
+    ffn_up_exps: Optional[ExpertLinear]  # [n_experts, ff, dim]
+    # Or gate and up in one, their rows alternating (Ollama's gpt-oss files): [n_experts, 2 ff, dim]
+    ffn_gate_up_exps: Optional[ExpertLinear]
     ffn_down_exps: ExpertLinear  # [n_experts, dim, ff]
 
     n_used: int
@@ -66,7 +68,11 @@ class RoutedExperts(Module):
              activation: Activation = swiglu, **hp) -> RoutedExperts:
         """The experts under `prefix`, each token using `n_used` of them."""
         experts = super().load(weights, prefix, **hp)
-        n = experts.ffn_gate_exps.n_experts
+        if experts.ffn_gate_up_exps is None:
+            for name in ("ffn_gate_exps", "ffn_up_exps"):
+                if getattr(experts, name) is None:
+                    raise ModelError(f"{weights.source}: missing tensor '{prefix}.{name}.weight'")
+        n = (experts.ffn_gate_up_exps or experts.ffn_gate_exps).n_experts
         if not 0 < n_used <= n or experts.ffn_gate_inp.out_features != n:
             raise ModelError(f"{prefix}: {n_used} experts used of {n}, router scores {experts.ffn_gate_inp.out_features}")
         experts.n_used, experts.route, experts.activation = n_used, route, activation
@@ -80,7 +86,13 @@ class RoutedExperts(Module):
         t, dim = x.shape
         experts, weights = self.choose(x)
         xs = x.reshape(t, 1, dim)  # one input row, shared by the token's k experts
-        h = self.activation(self.ffn_gate_exps(xs, experts), self.ffn_up_exps(xs, experts))  # [t, k, ff]
+        if self.ffn_gate_up_exps is not None:
+            k, ff = experts.shape[1], self.ffn_gate_up_exps.weight.shape[1] // 2
+            pairs = self.ffn_gate_up_exps(xs, experts).reshape(t, k, ff, 2)  # (gate, up) of each unit
+            gate, up = pairs.slice(3, 0, 1).reshape(t, k, ff), pairs.slice(3, 1, 2).reshape(t, k, ff)
+        else:
+            gate, up = self.ffn_gate_exps(xs, experts), self.ffn_up_exps(xs, experts)
+        h = self.activation(gate, up)  # [t, k, ff]
         out = self.ffn_down_exps(h, experts) * weights  # [t, k, dim]
         return out.permute(0, 2, 1).sum_rows().reshape(t, dim)  # summed over the k experts
 

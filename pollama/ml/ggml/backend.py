@@ -15,6 +15,7 @@ from typing import Collection, Mapping, Sequence
 
 import numpy as np
 
+from pollama.fs import mxfp4
 from pollama.fs.ggml_types import GGMLType
 from pollama.ml.base import (
     Backend, BackendError, Context, Recorder, Rope, RopeMode, Tensor, check_concat, check_linear_experts,
@@ -791,12 +792,15 @@ class GGMLBackend(Backend):
         infos = [gguf.tensors[n] for n in names] if names is not None else list(gguf.tensors.values())
         store = _WeightStore(gguf)
         self.stores.append(store)
-        plain, repacked = [], []
+        plain, repacked, copied = [], [], []
         for info in infos:
             if info.type not in MATMUL_TYPES and info.type != GGMLType.I32:
                 raise BackendError(f"tensor {info.name!r} has type {info.type.name}, which the ggml backend does not compute with")
             if len(info.shape) > 4:
                 raise BackendError(f"tensor {info.name!r} has {len(info.shape)} dims; at most 4 are supported")
+            if info.paired_codes:  # Ollama's MXFP4: reordered into GGML's layout as it is copied in
+                copied.append(info)
+                continue
             wants_repack = self.repack_buft is not None and info.name not in gathered and _repackable(info)
             (repacked if wants_repack else plain).append(info)
 
@@ -845,6 +849,22 @@ class GGMLBackend(Backend):
                 raw = gguf.tensor_bytes(info.name)
                 ggml.ggml_backend_tensor_set(tensor.ptr, raw.ctypes.data, 0, info.nbytes)
                 tensor.repacked = True
+                gguf.advise_dontneed(info.offset, info.nbytes)
+
+        if copied:
+            ctx = new_context(len(copied))
+            tensors = [declare(ctx, info) for info in copied]
+            buffer = ggml.ggml_backend_alloc_ctx_tensors_from_buft(ctx, self.cpu_buft)
+            if not buffer:
+                raise BackendError("out of memory allocating reordered weights")
+            store.buffers.append(buffer)
+            ggml.ggml_backend_buffer_set_usage(buffer, ggml.GGML_BACKEND_BUFFER_USAGE_WEIGHTS)
+            for info, tensor in zip(copied, tensors):
+                raw = gguf.tensor_bytes(info.name)
+                step = mxfp4.BLOCK_BYTES << 16  # a chunk at a time: the reordered copy stays small
+                for start in range(0, info.nbytes, step):
+                    chunk = mxfp4.from_ollama(raw[start:start + step])
+                    ggml.ggml_backend_tensor_set(tensor.ptr, chunk.ctypes.data, start, chunk.nbytes)
                 gguf.advise_dontneed(info.offset, info.nbytes)
         return weights
 

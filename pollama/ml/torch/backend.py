@@ -697,7 +697,7 @@ class TorchBackend(Backend):
             if not 1 <= len(info.shape) <= MAX_DIMS:
                 raise BackendError(f"tensor {name!r} has {len(info.shape)} dims; 1 to {MAX_DIMS} are supported")
             try:
-                t = dequantize(gguf.tensor_bytes(name), info.type, info.shape, device=self.device)
+                t = dequantize(gguf.tensor_data(name), info.type, info.shape, device=self.device)
             except ValueError as e:
                 raise BackendError(f"cannot load tensor {name!r}: {e}") from None
             weights[name] = self._persistent(t)

@@ -3,7 +3,7 @@
 The released checkpoints keep their experts in MXFP4 (`*_blocks` uint8 [experts, rows, blocks,
 16] and `*_scales` uint8 e8m0 [experts, rows, blocks]); GGML's MXFP4 is the same numbers (one
 e8m0 scale and 32 e2m1 codes a block), so they are written without being dequantized: only the
-order of the codes inside a block's 16 bytes differs (see `mxfp4_to_ggml`). A checkpoint with
+order of the codes inside a block's 16 bytes differs (pollama/fs/mxfp4.py). A checkpoint with
 float experts (saved by transformers after dequantizing) converts too, to F16/F32.
 """
 
@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from pollama.fs import mxfp4
 from pollama.models.convert import ConvertError, ModelConverter, rope_scaling_metadata
 
 LAYER_NAMES = {
@@ -31,29 +32,6 @@ LAYER_NAMES = {
     "mlp.experts.down_proj": "ffn_down_exps",
 }
 
-MXFP4_BLOCK = 32  # values per block: one e8m0 scale byte, then 16 bytes of e2m1 codes
-
-
-def mxfp4_to_ggml(blocks: np.ndarray, scales: np.ndarray) -> np.ndarray:
-    """MXFP4 as OpenAI's checkpoints store it -> GGML's block_mxfp4 bytes, values unchanged.
-
-    blocks uint8 [..., n_blocks, 16], scales uint8 [..., n_blocks] -> uint8 [..., n_blocks * 17].
-    The checkpoint packs values 2j and 2j+1 of a block in byte j (low nibble first); GGML packs
-    values j and j+16 (as Q4_0 does). The 4-bit codes (sign, 2 exponent bits, 1 mantissa bit)
-    and the e8m0 scale byte are the same in both.
-    """
-    blocks = np.asarray(blocks, dtype=np.uint8)
-    scales = np.asarray(scales, dtype=np.uint8)
-    if blocks.shape[-1] != 16 or blocks.shape[:-1] != scales.shape:
-        raise ConvertError(f"MXFP4 blocks {list(blocks.shape)} do not match scales {list(scales.shape)}")
-    codes = np.empty((*blocks.shape[:-1], MXFP4_BLOCK), dtype=np.uint8)
-    codes[..., 0::2] = blocks & 0x0F
-    codes[..., 1::2] = blocks >> 4
-    packed = codes[..., :16] | (codes[..., 16:] << 4)
-    out = np.concatenate([scales[..., None], packed], axis=-1)  # [..., n_blocks, 17]
-    return out.reshape(*blocks.shape[:-2], blocks.shape[-2] * 17)
-
-
 class _Packed:
     """Rows of one MXFP4 expert tensor of the checkpoint, as GGML bytes (dtype "MXFP4").
 
@@ -66,10 +44,10 @@ class _Packed:
     def __init__(self, blocks, scales, rows: slice):
         self.blocks, self.scales, self.rows = blocks, scales, rows
         e, r, n, _ = blocks.shape
-        self.shape = (e, len(range(*rows.indices(r))), n * MXFP4_BLOCK)
+        self.shape = (e, len(range(*rows.indices(r))), n * mxfp4.BLOCK)
 
     def numpy(self) -> np.ndarray:
-        return mxfp4_to_ggml(self.blocks.numpy()[:, self.rows], self.scales.numpy()[:, self.rows])
+        return mxfp4.from_checkpoint(self.blocks.numpy()[:, self.rows], self.scales.numpy()[:, self.rows])
 
 
 class _Float:

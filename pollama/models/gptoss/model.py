@@ -12,7 +12,7 @@ attention sinks, alternating sliding-window and full attention, YaRN RoPE and bi
 from __future__ import annotations
 
 import math
-from typing import Annotated
+from typing import Annotated, Optional
 
 from pollama.errors import ModelError
 from pollama.kvcache import Batch, LayerCaches
@@ -20,7 +20,9 @@ from pollama.ml.base import Backend, Context, RopeMode, Tensor
 from pollama.fs.ggml_types import GGMLType
 from pollama.models.base import Config, TextModel, positive, register
 from pollama.models.llama.model import read_rope_scaling
-from pollama.nn import Linear, Module, RMSNorm, RoutedExperts, Weights, attention, load_weights, make_rope, top_k_then_softmax
+from pollama.nn import (
+    Linear, Module, RMSNorm, RopeScaling, RoutedExperts, Weights, attention, load_weights, make_rope, top_k_then_softmax,
+)
 
 SWIGLU_ALPHA = 1.702
 SWIGLU_LIMIT = 7.0
@@ -44,10 +46,23 @@ class Block(Module):
     experts: RoutedExperts  # ffn_gate_inp, ffn_{gate,up,down}_exps under blk.N
 
 
+class OllamaBlock(Block):
+    """A layer as Ollama's own gpt-oss files name it; Q, K and V may be one fused projection."""
+
+    attn_qkv: Optional[Linear]  # [q; k; v] rows, from OpenAI's original checkpoint
+    attn_q: Optional[Linear]
+    attn_k: Optional[Linear]
+    attn_v: Optional[Linear]
+    attn_output: Annotated[Linear, "attn_out"]
+    attn_sinks: Annotated[Tensor, "attn_sinks"]
+    post_attention_norm: Annotated[RMSNorm, "ffn_norm"]
+
+
 @register("gpt-oss")
 class GptOss(TextModel):
     # How the router's scores choose and weigh the experts (a class attribute: tests break it).
     route = staticmethod(top_k_then_softmax)
+    block = Block
 
     blk: list[Block]
     output_norm: RMSNorm
@@ -64,16 +79,19 @@ class GptOss(TextModel):
         self.is_local = [bool(pattern[i]) if pattern is not None else i % 2 == 0 for i in range(self.n_layers)]
         n_used = positive(cfg.int("expert_used_count"), "expert_used_count")
         self.rope = make_rope(cfg.int("rope.dimension_count", self.head_dim), cfg.float("rope.freq_base", 150000.0),
-                              RopeMode.NEOX, read_rope_scaling(cfg))
+                              RopeMode.NEOX, self.rope_scaling(cfg))
 
         self.blk = []
         for i in range(self.n_layers):
-            block = Block.__new__(Block)
+            block = self.block.__new__(self.block)
             block.experts = RoutedExperts.load(w, f"blk.{i}", n_used=n_used, route=type(self).route,
                                                activation=clamped_swiglu)
             load_weights(block, w, f"blk.{i}", eps=eps)
             self.blk.append(block)
         self.load_weights(w, eps=eps)
+
+    def rope_scaling(self, cfg: Config) -> RopeScaling:
+        return read_rope_scaling(cfg)
 
     def new_cache(
         self, backend: Backend, n_ctx: int, n_batch: int, n_seq: int = 1, dtype: GGMLType = GGMLType.F16
@@ -87,10 +105,10 @@ class GptOss(TextModel):
         x = self.token_embd(tokens)  # [t, dim]
         ctx.record("token_embd", x)
         for i, layer in enumerate(self.blk):
-            h = layer.attn_norm(x)
-            q = layer.attn_q(h).reshape(t, self.n_heads, self.head_dim).rope(positions, self.rope)
-            k = layer.attn_k(h).reshape(t, self.n_kv_heads, self.head_dim).rope(positions, self.rope)
-            v = layer.attn_v(h).reshape(t, self.n_kv_heads, self.v_head_dim)
+            q, k, v = self.qkv(layer, layer.attn_norm(x))
+            q = q.reshape(t, self.n_heads, self.head_dim).rope(positions, self.rope)
+            k = k.reshape(t, self.n_kv_heads, self.head_dim).rope(positions, self.rope)
+            v = v.reshape(t, self.n_kv_heads, self.v_head_dim)
             a = attention(ctx, q, k, v, cache, i, 1.0 / math.sqrt(self.head_dim), sinks=layer.attn_sinks)
             a = layer.attn_output(a)
             if i == self.n_layers - 1:  # from here on only the rows whose logits are wanted
@@ -107,3 +125,31 @@ class GptOss(TextModel):
         logits = self.output(x)
         ctx.record("logits", logits)
         return logits
+
+    def qkv(self, layer: Block, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Queries, keys and values [t, width] of normed x, from one fused projection or three."""
+        fused = getattr(layer, "attn_qkv", None)
+        if fused is None:
+            if layer.attn_q is None or layer.attn_k is None or layer.attn_v is None:
+                raise ModelError("a layer has neither attn_qkv nor all of attn_q, attn_k and attn_v")
+            return layer.attn_q(h), layer.attn_k(h), layer.attn_v(h)
+        qkv = fused(h)
+        q_end = self.n_heads * self.head_dim
+        k_end = q_end + self.k_width
+        if fused.out_features != k_end + self.v_width:
+            raise ModelError(f"attn_qkv has {fused.out_features} outputs where the heads need {k_end + self.v_width}")
+        return qkv.slice(1, 0, q_end), qkv.slice(1, q_end, k_end), qkv.slice(1, k_end, k_end + self.v_width)
+
+
+@register("gptoss")
+class OllamaGptOss(GptOss):
+    """gpt-oss as Ollama's own files hold it (architecture `gptoss`): other tensor names
+    (attn_out, attn_sinks, ffn_norm), gate and up experts in one tensor with alternating rows,
+    Q/K/V fused when converted from OpenAI's original checkpoint, MXFP4 in OpenAI's code order
+    (read by pollama/fs/mxfp4.py), and YaRN implied: the keys give only its factor and context."""
+
+    block = OllamaBlock
+
+    def rope_scaling(self, cfg: Config) -> RopeScaling:
+        factor = cfg.float("rope.scaling.factor", 1.0)
+        return RopeScaling(kind="yarn", factor=factor, original_context=cfg.int("rope.scaling.original_context_length", 4096))

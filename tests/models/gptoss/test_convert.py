@@ -13,7 +13,7 @@ from pollama.fs.ggml_types import FileType, GGMLType
 from pollama.fs.gguf import GGUFFile
 from pollama.ml.ggml.quantize import dequantize_rows
 from pollama.ml.torch.quants import dequantize
-from pollama.models.gptoss.convert import mxfp4_to_ggml
+from pollama.fs.mxfp4 import from_checkpoint as mxfp4_to_ggml
 from realmodels import llamacpp_loads
 
 from transformers.integrations.mxfp4 import convert_moe_packed_tensors  # noqa: E402
