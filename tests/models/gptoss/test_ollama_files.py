@@ -81,6 +81,8 @@ def write_ollama_file(case, path, fused_qkv: bool):
     c = case.model.config
     rope = c.rope_parameters
     metadata = {k: v for k, v in md.items() if k.startswith("tokenizer.")}
+    # Ollama's gptoss model splits as o200k in code, whatever the file names (see test_tokenizer).
+    metadata["tokenizer.ggml.pre"] = "default"
     metadata.update({
         "general.architecture": "gptoss", "general.file_type": 4,
         "gptoss.context_length": c.max_position_embeddings, "gptoss.block_count": c.num_hidden_layers,
@@ -117,3 +119,19 @@ def test_the_file_is_in_ollamas_layout(ollama_file):
 def test_ollama_files_match_transformers(gptoss_case, ollama_file, backend):
     ours = our_logits(ollama_file, backend, gptoss_case.ids)
     assert np.abs(ours - reference(gptoss_case, backend)).max() < TOLERANCE[backend]
+
+
+def test_tokenizer_splits_as_o200k(gptoss_case, ollama_file):
+    """Whatever pre-tokenizer an Ollama gptoss file names (here llama.cpp's "default"), its text
+    is split as o200k, as Ollama's model code fixes it: the ids are transformers'."""
+    from models.tinyhf import TEST_TEXTS, hf_ids
+    from pollama.tokenizer import load_tokenizer
+
+    md, _ = read_gguf(ollama_file)
+    ours = load_tokenizer(md)
+    assert md["tokenizer.ggml.pre"] == "default"
+    for text in TEST_TEXTS:
+        assert ours.encode(text, add_special=True, parse_special=True) == hf_ids(gptoss_case.tokenizer, text), text
+    default = load_tokenizer({**md, "general.architecture": "gpt-oss"})  # a file naming "default" otherwise
+    assert any(default.encode(t, add_special=True, parse_special=True) != hf_ids(gptoss_case.tokenizer, t)
+               for t in TEST_TEXTS)
