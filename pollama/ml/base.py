@@ -248,8 +248,9 @@ def check_linear_experts(x: Tensor, weight: Tensor, experts: Tensor, bias: Tenso
         raise BackendError(f"linear_experts: input {list(x.shape)} has neither 1 nor {experts.shape[1]} rows per token")
     if weight.shape[2] != x.shape[2]:
         raise BackendError(f"linear_experts: input {list(x.shape)} does not match weights {list(weight.shape)}")
-    if bias is not None and (bias.dtype != GGMLType.F32 or bias.shape != weight.shape[:2]):
-        raise BackendError(f"linear_experts bias must be float32 {list(weight.shape[:2])}, got {bias.dtype.name} {list(bias.shape)}")
+    # (F16 and BF16 biases, as Ollama's gpt-oss files keep theirs, are widened to float32 per step.)
+    if bias is not None and (bias.dtype not in (GGMLType.F32, GGMLType.F16, GGMLType.BF16) or bias.shape != weight.shape[:2]):
+        raise BackendError(f"linear_experts bias must be float {list(weight.shape[:2])}, got {bias.dtype.name} {list(bias.shape)}")
 
 
 def check_rope_sections(rope: Rope, head_dim: int) -> None:

@@ -168,7 +168,11 @@ class GGMLTensor(Tensor):
         # ggml order: as [in, out, n_experts], b [in, k or 1, t], ids [k, t] -> [out, k, t].
         out = ctx._new(ggml.ggml_mul_mat_id(ctx.ctx, weight.ptr, x.ptr, ids.ptr), (*experts.shape, weight.shape[1]))
         if bias is not None:
-            out = ctx._new(ggml.ggml_add_id(ctx.ctx, out.ptr, bias.ptr, ids.ptr), out.shape)
+            b = bias.ptr
+            if bias.dtype != GGMLType.F32:  # ggml_add_id adds float32 rows only
+                b = ggml.ggml_cast(ctx.ctx, b, int(GGMLType.F32))
+                ctx.n_tensors += 1
+            out = ctx._new(ggml.ggml_add_id(ctx.ctx, out.ptr, b, ids.ptr), out.shape)
         return out
 
     def top_k(self, k: int) -> Tensor:
