@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -34,6 +34,11 @@ KV_READ_PAD = 64
 # for 256 cells of growth, where 8 sequences decoding together would otherwise need a new
 # graph (milliseconds of Python) every few steps.
 KV_READ_PAD_FLASH = 256
+
+
+# (ctx, layer, keys float32 [n, k_width], offsets int32 [n]) -> the keys turned by RoPE as
+# if their positions had moved by the offsets: the model's rotation (TextModel.shift_keys).
+TurnKeys = Callable[[Context, int, Tensor, Tensor], Tensor]
 
 
 def pages_for(n_tokens: int) -> int:
@@ -274,6 +279,46 @@ class KVCache:
         self.cell_pos[hit] = -1
         self.cell_seq[hit] = -1
 
+    def shift(self, seq: int, start: int, end: int, turn_keys: TurnKeys) -> None:
+        """Forget positions [start, end) of a sequence and move the later ones down by end - start
+        (a context shift): their keys turned by RoPE to the new positions, as llama.cpp and
+        Ollama shift a cache, not evaluated again; values are the same wherever they sit.
+
+        The moved K/V also move to the cells their new positions have (see allocate: a
+        sequence's position p sits at offset p % page_size of its page), so the sequence lies
+        in the cache exactly as one evaluated at those positions would, and batching stays
+        exact. One graph gathers every moved row before it writes any.
+        """
+        offset = end - start
+        self.remove(seq, start, end)
+        moved = np.flatnonzero((self.cell_seq == seq) & (self.cell_pos >= end))
+        if offset <= 0 or not len(moved):
+            return
+        moved = moved[np.argsort(self.cell_pos[moved])]
+        new_positions = self.cell_pos[moved] - offset
+        self.cell_pos[moved] = -1
+        self.cell_seq[moved] = -1
+        n = len(moved)
+        targets = self.allocate(Batch(np.zeros(n, np.int32), new_positions, np.full(n, seq, np.int32),
+                                      np.zeros(0, np.int32)))
+        ctx = self.backend.context()
+        try:
+            source = ctx.input(moved.astype(np.int32))
+            target = ctx.input(targets)
+            offsets = ctx.input(np.full(n, -offset, dtype=np.int32))
+            for layer in self.layers:
+                keys = ctx.view(self.k[layer], 0, self.n_cells).rows(source)  # float32 [n, k_width]
+                ctx.store(self.k[layer], target, turn_keys(ctx, layer, keys, offsets))
+                if self.v_rows:
+                    ctx.store(self.v[layer], target, ctx.view(self.v[layer], 0, self.n_cells).rows(source))
+                else:  # V transposed [width, cells]: its cells as rows first
+                    width = self.v[layer].shape[0]
+                    columns = ctx.view_columns(self.v[layer], 0, self.n_cells, heads=1).reshape(width, self.n_cells)
+                    ctx.store_columns(self.v[layer], target, columns.transpose().contiguous().rows(source))
+            ctx.compute()
+        finally:
+            ctx.close()
+
     def clear(self) -> None:
         """Forget everything."""
         self.cell_pos[:] = -1
@@ -375,6 +420,11 @@ class LayerCaches:
     def remove(self, seq: int, start: int = 0, end: int | None = None) -> None:
         for cache in self.caches:
             cache.remove(seq, start, end)
+
+    def shift(self, seq: int, start: int, end: int, turn_keys: TurnKeys) -> None:
+        """KVCache.shift in every cache."""
+        for cache in self.caches:
+            cache.shift(seq, start, end, turn_keys)
 
     def clear(self) -> None:
         for cache in self.caches:

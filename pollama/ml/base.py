@@ -12,8 +12,10 @@ cache) are made by the backend and can be used in any context.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import logging
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Collection, Mapping, Sequence
@@ -59,6 +61,14 @@ class Rope:
     # MROPE/VISION: how many frequency slots (of dims/2, or of head_dim/2 for VISION) each
     # position component drives, in order t, h, w, e.
     sections: tuple[int, int, int, int] = (0, 0, 0, 0)
+
+    def for_shift(self) -> Rope:
+        """The rotation that moves keys already turned by this RoPE to other positions (a context
+        shift turns cached keys by the offset). Rotations add up, but YaRN's magnitude factor
+        (attn_factor, times 1 + 0.1 ln(1/freq_scale) when ext_factor is on, as ggml applies it)
+        scaled them once already: the shift's rotation must leave their length alone."""
+        magnitude = 1.0 + 0.1 * math.log(1.0 / self.freq_scale) if self.ext_factor else 1.0
+        return dataclasses.replace(self, attn_factor=1.0 / magnitude)
 
 
 class Tensor(ABC):

@@ -168,6 +168,21 @@ class TextModel(Module):
         """Logits [len(batch.outputs), vocab] for the batch, reading and writing the cache."""
         raise NotImplementedError
 
+    # -- context shift (kvcache.KVCache.shift) ----------------------------------------------
+    @property
+    def can_shift(self) -> bool:
+        """Whether a full context may drop old positions and move the later ones down, their
+        cached keys turned to the new positions. Not with M-RoPE, whose images hold several
+        positions per token, nor with an encoder cache tied to its image's position (llama.cpp
+        shifts neither)."""
+        return not self.uses_rope_positions and not self.one_image
+
+    def shift_keys(self, ctx: Context, layer: int, keys: Tensor, offsets: Tensor) -> Tensor:
+        """Cached keys [n, kv_heads, head_dim] of a layer turned as RoPE turns keys whose
+        positions moved by offsets (int32 [n]): the model's own rotation, without its YaRN
+        magnitude again (Rope.for_shift). A model with several RoPEs picks the layer's."""
+        return keys.rope(offsets, self.rope.for_shift(), getattr(self, "rope_freqs", None))
+
     # -- images (models/multimodal.py) ----------------------------------------------------
     # Whether this model (as loaded: a file may lack the vision tower) takes images.
     vision: bool = False

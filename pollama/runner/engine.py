@@ -337,6 +337,19 @@ class Engine:
         self.cached.append(token)
         return logits
 
+    def shift(self, seq: int, start: int, end: int) -> None:
+        """Drop positions [start, end) of a sequence's cache and move the later ones down, their
+        keys turned by the model's RoPE (a context shift; see KVCache.shift)."""
+        model = self.model
+        if not model.can_shift:
+            raise ValueError(f"{model.arch} models cannot shift their context")
+
+        def turn(ctx, layer: int, keys, offsets):
+            heads = keys.reshape(keys.shape[0], model.n_kv_heads, model.head_dim)
+            return model.shift_keys(ctx, layer, heads, offsets)
+
+        self.cache.shift(seq, start, end, turn)
+
     def reset(self) -> None:
         """Forget the cached tokens (the next prompt is evaluated whole)."""
         self.cache.clear()

@@ -23,7 +23,7 @@ from pollama.tokenizer.tokenizer import Tokenizer
 class GenerateOptions:
     """What one generation may do (Ollama's option names)."""
 
-    num_predict: int = -1  # -1: until EOS or the context is full
+    num_predict: int = -1  # -1: until EOS (or the context is full, without shift)
     stop: Sequence[str] = ()
     sampler: SamplerOptions = field(default_factory=lambda: SamplerOptions(temperature=0.0))
     logprobs: bool = False  # report each sampled token's log-probability
@@ -36,6 +36,10 @@ class GenerateOptions:
     # Speculative decoding (ParallelEngine, greedy sampling): the most tokens drafted by prompt
     # lookup a step, 0 for none (Ollama's option of this name drafts with a second model).
     draft_num_predict: int = DEFAULT_DRAFT_NUM_PREDICT
+    # A full context: shift it (drop old tokens after the first num_keep, see window.py) and
+    # go on, as Ollama does unless told not to; else end with done_reason "length".
+    shift: bool = True
+    num_keep: int = 4
 
 
 @dataclass

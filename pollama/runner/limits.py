@@ -27,6 +27,10 @@ from pollama import envconfig
 
 MIN_CHARS_PER_TOKEN = 64
 MAX_THREADS_PER_CPU = 4
+# A prompt longer than its context is truncated (as Ollama does by default) once tokenized:
+# tokenizing holds the GIL that the engine thread needs, so the text may be at most this many
+# contexts' worth (far beyond the 3x of a long pasted document in a small context).
+TRUNCATED_CONTEXTS = 16
 # Stop strings: each costs a few steps per generated character (see runner/stop.py) and its
 # length in memory; a stop string is a delimiter, so these are far beyond any real use.
 MAX_STOP_STRINGS = 256
@@ -49,13 +53,18 @@ def chars_per_token(token_chars: int | None) -> int:
     return max(MIN_CHARS_PER_TOKEN, int(token_chars or 0))
 
 
-def prompt_char_limit(num_ctx: int, token_chars: int | None = None) -> int:
-    """Characters beyond which a text cannot fit in num_ctx tokens (see the module's note)."""
-    return max(1, num_ctx) * chars_per_token(token_chars)
+def prompt_char_limit(num_ctx: int, token_chars: int | None = None, truncate: bool = False) -> int:
+    """Characters beyond which a text cannot fit in num_ctx tokens (see the module's note), or
+    with truncate, in TRUNCATED_CONTEXTS contexts: a prompt cut to fit is tokenized whole first."""
+    return max(1, num_ctx) * chars_per_token(token_chars) * (TRUNCATED_CONTEXTS if truncate else 1)
 
 
-def too_long_message(what: str, chars: int, num_ctx: int, token_chars: int | None = None) -> str:
-    limit = prompt_char_limit(num_ctx, token_chars)
+def too_long_message(what: str, chars: int, num_ctx: int, token_chars: int | None = None,
+                     truncate: bool = False) -> str:
+    limit = prompt_char_limit(num_ctx, token_chars, truncate)
+    if truncate:
+        return (f"{what} is too long to truncate: {chars} characters (at most {limit}, {TRUNCATED_CONTEXTS} "
+                f"contexts of {num_ctx} tokens at {chars_per_token(token_chars)} characters a token)")
     return (f"{what} exceeds the context length: {chars} characters cannot fit in {num_ctx} tokens "
             f"(at most {limit} characters, {chars_per_token(token_chars)} a token)")
 

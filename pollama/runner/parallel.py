@@ -35,6 +35,7 @@ from pollama.ml.base import Backend
 from pollama.models import multimodal
 from pollama.models.multimodal import Item
 from pollama.runner.engine import DEFAULT_NUM_BATCH, DEFAULT_NUM_CTX, Engine, Part, make_batch
+from pollama.runner import window
 from pollama.runner.generation import Done, GenerateOptions, Generation, Piece
 from pollama.runner.speculative import PromptLookup, StepCosts, drafting_allowed
 
@@ -112,6 +113,7 @@ class _Slot:
     drafter: PromptLookup | None = None  # this job's draft tokens, when it speculates
     draft_count: int = 0  # draft tokens evaluated for this job
     draft_accepted: int = 0  # of which the model agreed with
+    shifts: int = 0  # context shifts of this job's sequence
 
 
 class _Member(NamedTuple):
@@ -273,7 +275,7 @@ class ParallelEngine:
         slot.job = job
         slot.generation = Generation(self.tokenizer, self.model.vocab_size, job.prompt, job.options)
         slot.drafter = PromptLookup(job.options.draft_num_predict, self.model.vocab_size) if self._can_draft(job) else None
-        slot.draft_count = slot.draft_accepted = 0
+        slot.draft_count = slot.draft_accepted = slot.shifts = 0
         slot.started = time.perf_counter_ns()
         slot.last_used = time.monotonic()
 
@@ -307,6 +309,9 @@ class ParallelEngine:
             rows += {"all": len(chunk), "last": 1, "none": 0}[logits]
 
         uses_rope = self.model.uses_rope_positions
+        for slot in self._slots:
+            if slot.job is not None and not slot.pending and len(slot.cached) + 1 >= self.num_ctx:
+                self._shift(slot)  # full (the generation would have ended without shift)
         busy = [slot for slot in self._slots if slot.job is not None]
         # Drafts make a step compute its rows one by one (Batch.rows_apart): only for a slot
         # decoding alone. Beside a prompt chunk, which would then crawl, or other decoding
@@ -428,8 +433,8 @@ class ParallelEngine:
                 pieces = generation.finish()
             else:
                 pieces = generation.step(logits)
-                if not generation.finished and len(slot.cached) + 1 >= self.num_ctx:
-                    pieces += generation.finish("length")  # going on would need a shift of the cache
+                if not generation.finished and len(slot.cached) + 1 >= self.num_ctx and not self._shifts(slot):
+                    pieces += generation.finish("length")  # the context is full, and stays so
         except Exception as e:  # e.g. NaN logits: this job fails, the others go on
             job._put(e)
             self._release(slot)
@@ -437,6 +442,36 @@ class ParallelEngine:
         for piece in pieces:
             job._put(piece)
         return True
+
+    def _shifts(self, slot: _Slot) -> bool:
+        """Whether a full context of this slot's will be shifted (else its generation ends)."""
+        keep = self._keep(slot)
+        return (slot.job.options.shift and self.model.can_shift
+                and window.shift_discard(slot.cached, keep, self.num_ctx) > 0)
+
+    def _keep(self, slot: _Slot) -> int:
+        return window.keep_count(slot.job.options.num_keep, len(slot.job.prompt), self.num_ctx,
+                                 self.tokenizer.add_bos)
+
+    def _shift(self, slot: _Slot) -> None:
+        """Make room in the slot's full context, as Ollama's runner does: keep its first
+        tokens, drop about half of the rest (window.py), move the others down."""
+        keep = self._keep(slot)
+        discard = window.shift_discard(slot.cached, keep, self.num_ctx)
+        log.debug("context of sequence %d full (%d tokens): keeping %d, dropping %d", slot.seq,
+                  len(slot.cached), keep, discard)
+        try:
+            with self._compute:
+                self.engine.shift(slot.seq, keep, keep + discard)
+        except Exception as e:  # this job fails, the others go on
+            log.warning("context shift failed: %s", e)
+            self.engine.cache.remove(slot.seq)
+            slot.cached = []
+            slot.job._put(e)
+            self._release(slot)
+            return
+        slot.cached = slot.cached[:keep] + slot.cached[keep + discard:]
+        slot.shifts += 1
 
     def _complete(self, slot: _Slot) -> None:
         """Send a finished job its Done and free the slot."""

@@ -91,10 +91,32 @@ class Model:
         self._tokenized: OrderedDict[str, list[int]] = OrderedDict()
         self._tokenized_lock = threading.Lock()
 
-    def check_length(self, what: str, text: str) -> None:
-        """RequestError for a text that cannot fit in the context, before any tokenizing."""
-        if len(text) > self.char_limit:
-            raise RequestError(limits.too_long_message(what, len(text), self.num_ctx, self.token_chars))
+    def check_length(self, what: str, text: str, truncate: bool = False) -> None:
+        """RequestError for a text that cannot fit in the context (or with truncate, be cut to
+        fit: see limits.TRUNCATED_CONTEXTS), before any tokenizing."""
+        if len(text) > limits.prompt_char_limit(self.num_ctx, self.token_chars, truncate):
+            raise RequestError(limits.too_long_message(what, len(text), self.num_ctx, self.token_chars, truncate))
+
+    def fit_prompt(self, items: list, options, truncate: bool) -> list:
+        """A prompt as it goes into the context: whole if it fits; else, with truncate and shift
+        on (Ollama's defaults), its first num_keep tokens and its end (window.truncate_prompt);
+        else Ollama's 400."""
+        from pollama.models.multimodal import has_images
+        from pollama.runner import window
+
+        num_ctx = self.num_ctx
+        if len(items) < num_ctx:
+            return items
+        if not truncate or has_images(items):  # (Ollama does not cut a prompt with images either)
+            raise RequestError(f"the input length ({len(items)} tokens) exceeds the context length ({num_ctx} tokens)")
+        if not options.shift:  # Ollama's words when the context cannot shift
+            raise RequestError("the prompt is longer than the context length currently available to the model; "
+                               "shorten the prompt, adjust the context length in settings, or use a model with "
+                               "a longer context length")
+        keep = window.keep_count(options.num_keep, len(items), num_ctx, self.tokenizer.add_bos)
+        cut = window.truncate_prompt(items, num_ctx, keep)
+        log.warning("truncating input prompt: limit %d, prompt %d, keep %d, new %d", num_ctx, len(items), keep, len(cut))
+        return cut
 
     def encode(self, text: str) -> list[int]:
         """The prompt tokens of a text (specials added and parsed), remembering the last few that
@@ -241,6 +263,12 @@ def _generate_options(request: dict[str, Any], tokenizer):
                            f"{limits.MAX_STOP_CHARS} characters")
     if constraint is not None and constrain_after:
         constraint = ThinkingThenFormat(tokenizer, constraint, constrain_after, thinking_budget(num_predict))
+    shift = request.get("shift", True)
+    num_keep = options.get("num_keep", 4)
+    if not isinstance(shift, bool):
+        raise RequestError("shift must be a boolean")
+    if isinstance(num_keep, bool) or not isinstance(num_keep, int):
+        raise RequestError("num_keep must be an integer")
     draft_num_predict = options.get("draft_num_predict")
     if draft_num_predict is None:
         draft_num_predict = DEFAULT_DRAFT_NUM_PREDICT
@@ -254,6 +282,8 @@ def _generate_options(request: dict[str, Any], tokenizer):
         sampler=SamplerOptions.from_options(options),
         logprobs=bool(request.get("logprobs") or request.get("top_logprobs")),
         top_logprobs=int(request.get("top_logprobs") or 0),
+        shift=shift,
+        num_keep=num_keep,
     )
 
 
@@ -366,7 +396,10 @@ class Handler(socketserver.StreamRequestHandler):
         prompt = request.get("prompt")
         if not isinstance(prompt, str):
             raise RequestError("completion needs a prompt string")
-        self.model.check_length("the input length", prompt)
+        truncate = request.get("truncate", True)
+        if not isinstance(truncate, bool):
+            raise RequestError("truncate must be a boolean")
+        self.model.check_length("the input length", prompt, truncate)
         options = _generate_options(request, self.model.tokenizer)
         images = _images(request.get("images"))
         from pollama.runner.engine import IMAGE_TAG
@@ -380,10 +413,7 @@ class Handler(socketserver.StreamRequestHandler):
             raise RequestError(str(e)) from None
         if not tokens:
             raise RequestError("the prompt is empty after tokenization")
-        if len(tokens) >= self.model.num_ctx:
-            raise RequestError(
-                f"the input length ({len(tokens)} tokens) exceeds the context length ({self.model.num_ctx} tokens)"
-            )
+        tokens = self.model.fit_prompt(tokens, options, truncate)
         writer = _DirectWriter(self.connection)
         job = engine.submit(tokens, options, deliver=writer)
         writer.job = job

@@ -447,6 +447,8 @@ async def generate_response(state: State, request: Request, body: dict[str, Any]
     stream = field(body, "stream", bool, True)
     context = field(body, "context", list, None)
     render_only = field(body, "_debug_render_only", bool, False)
+    truncate = field(body, "truncate", bool, True)
+    shift = field(body, "shift", bool, True)
     think = parse_think(body.get("think"))
     if context is not None and not all(isinstance(t, int) and not isinstance(t, bool) for t in context):
         raise APIError(400, 'invalid value for "context": expected an array of integers')
@@ -481,13 +483,13 @@ async def generate_response(state: State, request: Request, body: dict[str, Any]
             context_text = await detokenize(runner, context)
         return await in_thread(generate_prompt, model, prompt, system=system, template=template, suffix=suffix,
                                context_text=context_text, tokenize=runner.tokenize_sync, num_ctx=num_ctx,
-                               specials=runner.specials(), think=think, images=images)
+                               specials=runner.specials(), think=think, images=images, truncate=truncate)
 
     # Generate splits thinking from the response, raw or not, as Ollama's handler does (no tool
     # calls: generate parses those only with a built-in parser).
     make_parser = output_parser(model, [], think)
     job = Completion(model, options, keep_alive, build_prompt, logprobs, top_logprobs, render_only,
-                     format=body.get("format"), make_parser=make_parser)
+                     format=body.get("format"), make_parser=make_parser, truncate=truncate, shift=shift)
 
     async def events() -> AsyncIterator[dict[str, Any]]:
         async for message in run_completion(state.scheduler, job):
@@ -572,6 +574,7 @@ async def chat_response(state: State, request: Request, body: dict[str, Any]) ->
     think = parse_think(body.get("think"))
     stream = field(body, "stream", bool, True)
     truncate = field(body, "truncate", bool, True)
+    shift = field(body, "shift", bool, True)
     render_only = field(body, "_debug_render_only", bool, False)
     logprobs, top_logprobs = logprob_fields(body)
     keep_alive = keep_alive_of(body)
@@ -584,8 +587,8 @@ async def chat_response(state: State, request: Request, body: dict[str, Any]) ->
     options = request_options(model, body.get("options"), state.config)
     return await chat_stream(state, request, ChatRequest(
         name=name, model=model, messages=messages, tools=tools, think=think, format=body.get("format"),
-        options=options, keep_alive=keep_alive, truncate=truncate, logprobs=logprobs, top_logprobs=top_logprobs,
-        render_only=render_only), stream)
+        options=options, keep_alive=keep_alive, truncate=truncate, shift=shift, logprobs=logprobs,
+        top_logprobs=top_logprobs, render_only=render_only), stream)
 
 
 class ChatRequest:
@@ -593,11 +596,11 @@ class ChatRequest:
 
     def __init__(self, *, name: str, model: ModelRef, messages: list[dict[str, Any]], tools: list[dict[str, Any]],
                  think: bool | str | None, format: Any, options: Any, keep_alive: float | None, truncate: bool = True,
-                 logprobs: bool = False, top_logprobs: int = 0, render_only: bool = False,
+                 shift: bool = True, logprobs: bool = False, top_logprobs: int = 0, render_only: bool = False,
                  force_tool_json: bool = False):
         self.name, self.model, self.messages, self.tools = name, model, messages, tools
         self.think, self.format, self.options, self.keep_alive = think, format, options, keep_alive
-        self.truncate, self.logprobs, self.top_logprobs = truncate, logprobs, top_logprobs
+        self.truncate, self.shift, self.logprobs, self.top_logprobs = truncate, shift, logprobs, top_logprobs
         self.render_only, self.force_tool_json = render_only, force_tool_json
 
     def job(self) -> Completion:
@@ -611,7 +614,8 @@ class ChatRequest:
 
         return Completion(model, self.options, self.keep_alive, build_prompt, self.logprobs, self.top_logprobs,
                           self.render_only, format=self.format,
-                          make_parser=output_parser(model, tools, think, force_tool_json=self.force_tool_json))
+                          make_parser=output_parser(model, tools, think, force_tool_json=self.force_tool_json),
+                          truncate=truncate, shift=self.shift)
 
 
 async def chat_stream(state: State, request: Request, chat: ChatRequest, stream: bool) -> Response:

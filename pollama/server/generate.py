@@ -41,6 +41,10 @@ class Completion:
     render_only: bool = False
     format: Any = None  # Ollama's `format`: "json" or a JSON schema, enforced by the runner
     make_parser: ParserFactory | None = None
+    # A prompt longer than the context is cut to fit, and a full context shifts, unless told
+    # not to (Ollama's `truncate` and `shift`, both on by default).
+    truncate: bool = True
+    shift: bool = True
     started: int = field(default_factory=time.perf_counter_ns)
 
 
@@ -77,10 +81,12 @@ async def run_completion(scheduler: Scheduler, job: Completion) -> AsyncIterator
         if job.render_only:
             yield {"rendered": prompt, "image_count": len(images)}
             return
-        check_length("the input length", prompt, runner)  # a raw prompt, a context: not sent if it cannot fit
+        # A raw prompt, a context: not sent if it could not fit (nor be cut to fit).
+        check_length("the input length", prompt, runner, job.truncate)
         parser = job.make_parser(prompt) if job.make_parser is not None else None
         request = {"op": "completion", "prompt": prompt, "options": job.options.predict,
-                   "logprobs": job.logprobs, "top_logprobs": job.top_logprobs}
+                   "logprobs": job.logprobs, "top_logprobs": job.top_logprobs,
+                   "truncate": job.truncate, "shift": job.shift}
         if images:
             request["images"] = images
         if job.format not in (None, ""):
@@ -103,15 +109,17 @@ async def run_completion(scheduler: Scheduler, job: Completion) -> AsyncIterator
             yield message
 
 
-def char_limit(runner: RunnerProcess) -> int:
-    """Characters beyond which a text cannot fit in the runner's context (runner/limits.py)."""
-    return limits.prompt_char_limit(runner.num_ctx, runner.max_token_chars)
+def char_limit(runner: RunnerProcess, truncate: bool = False) -> int:
+    """Characters beyond which a text cannot fit in the runner's context, or be cut to fit
+    (runner/limits.py)."""
+    return limits.prompt_char_limit(runner.num_ctx, runner.max_token_chars, truncate)
 
 
-def check_length(what: str, text: str, runner: RunnerProcess) -> None:
+def check_length(what: str, text: str, runner: RunnerProcess, truncate: bool = False) -> None:
     """A 400, before the runner sees (and tokenizes) a text that cannot fit in its context."""
-    if len(text) > char_limit(runner):
-        raise APIError(400, limits.too_long_message(what, len(text), runner.num_ctx, runner.max_token_chars))
+    if len(text) > char_limit(runner, truncate):
+        raise APIError(400, limits.too_long_message(what, len(text), runner.num_ctx, runner.max_token_chars,
+                                                    truncate))
 
 
 async def tokenize(runner: RunnerProcess, content: str) -> list[int]:

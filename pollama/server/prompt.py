@@ -44,8 +44,8 @@ class Specials:
     max_token_chars: int = 0
 
 
-def too_long(what: str, chars: int, num_ctx: int, max_token_chars: int = 0) -> APIError:
-    return APIError(400, limits.too_long_message(what, chars, num_ctx, max_token_chars))
+def too_long(what: str, chars: int, num_ctx: int, max_token_chars: int = 0, truncate: bool = False) -> APIError:
+    return APIError(400, limits.too_long_message(what, chars, num_ctx, max_token_chars, truncate))
 
 
 class TokenCounter:
@@ -80,7 +80,8 @@ def fitting_messages(messages: list[dict[str, Any]], *, num_ctx: int, truncate: 
                      max_token_chars: int = 0) -> list[dict[str, Any]]:
     """The messages that could be in a prompt of num_ctx tokens, without tokenizing: a 400 when
     none could (the last message, or the system messages that are always kept, are too long;
-    without truncate, the whole chat is), else the oldest non-system messages that could
+    without truncate, the whole chat is; with it, they cannot even be cut to fit), else the
+    oldest non-system messages that could
     not be kept are left out (each message is at least one token; its content at most
     chars_per_token characters a token)."""
     if not messages:
@@ -96,10 +97,14 @@ def fitting_messages(messages: list[dict[str, Any]], *, num_ctx: int, truncate: 
         return messages
     last = len(messages) - 1
     kept_chars = sum(sizes[i] for i in system) + (0 if last in system else sizes[last])
-    if sizes[last] > limit:
-        raise too_long("the last message", sizes[last], num_ctx, max_token_chars)
-    if kept_chars > limit:
-        raise too_long("the system messages with the last message", kept_chars, num_ctx, max_token_chars)
+    # What is always kept may still be longer than the context: the runner then cuts the
+    # prompt (keeping its start and its end), as Ollama's does.
+    cut_limit = limits.prompt_char_limit(num_ctx, max_token_chars, truncate=True)
+    if sizes[last] > cut_limit:
+        raise too_long("the last message", sizes[last], num_ctx, max_token_chars, truncate=True)
+    if kept_chars > cut_limit:
+        raise too_long("the system messages with the last message", kept_chars, num_ctx, max_token_chars,
+                       truncate=True)
     start, count = last, 1
     while start > 0:
         i = start - 1
@@ -209,7 +214,8 @@ def image_tags(prompt: str, images: list[str]) -> str:
 
 def generate_prompt(model: ModelRef, prompt: str, *, system: str | None, template: str | None, suffix: str,
                     context_text: str | None, tokenize: Tokenize, num_ctx: int, specials: Specials = Specials(),
-                    think: bool | str | None = None, images: list[str] = ()) -> tuple[str, list[str]]:
+                    think: bool | str | None = None, images: list[str] = (),
+                    truncate: bool = True) -> tuple[str, list[str]]:
     """The prompt for /api/generate (not raw): the template (or the request's override) with
     the system prompt, Modelfile messages and suffix; an earlier exchange's `context` first.
     The images' tags go before the prompt unless it places them itself."""
@@ -223,8 +229,8 @@ def generate_prompt(model: ModelRef, prompt: str, *, system: str | None, templat
         raise APIError(400, f"{model.name} does not support insert")
     # All of these are in the prompt (truncation drops only the Modelfile's messages).
     chars = len(prompt) + len(system or model.system or "") + len(suffix) + len(context_text or "")
-    if chars > limits.prompt_char_limit(num_ctx, specials.max_token_chars):
-        raise too_long("the prompt", chars, num_ctx, specials.max_token_chars)
+    if chars > limits.prompt_char_limit(num_ctx, specials.max_token_chars, truncate):
+        raise too_long("the prompt", chars, num_ctx, specials.max_token_chars, truncate)
     count = TokenCounter(tokenize, num_ctx, specials.max_token_chars)
     jinja = None if template else hf_chat_template(model)
     try:

@@ -136,6 +136,10 @@ class Gemma3(TextModel):
         """Global layers keep every position; local layers only the window (plus one batch)."""
         return self.windowed_cache(backend, self.is_local, self.window, n_ctx, n_batch, n_seq, dtype)
 
+    def shift_keys(self, ctx: Context, layer: int, keys: Tensor, offsets: Tensor) -> Tensor:
+        rope = self.local_rope if self.is_local[layer] else self.global_rope
+        return keys.rope(offsets, rope.for_shift())
+
     def forward(self, ctx: Context, batch: Batch, cache) -> Tensor:
         t = len(batch)
         tokens, positions, outputs = batch.bind(ctx)
