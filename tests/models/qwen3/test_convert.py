@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from models.tinyhf import (
-    Case, assert_tokenizer_matches, bpe_tokenizer, build_case, hf_greedy, hf_logits, our_greedy, our_logits,
-    read_gguf, torch, transformers,
+    Case, assert_tokenizer_matches, bpe_tokenizer, build_case, convert, hf_greedy, hf_logits, our_greedy,
+    our_logits, read_gguf, torch, transformers,
 )
 from realmodels import llamacpp_loads
 
@@ -153,6 +153,13 @@ def test_qwen3moe_metadata_and_tensors(moe):
     assert tensors["blk.1.ffn_down_exps.weight"] == ("F32", (8, 64, 32))
     assert not any(".ffn_gate.weight" in name or "experts" in name for name in tensors)
     assert "output.weight" in tensors
+
+
+def test_f16_conversion_keeps_the_router_f32(moe, tmp_path):
+    # As llama.cpp's converter: the router's scores decide discretely, so it is not rounded.
+    _, tensors = read_gguf(convert(moe.folder, tmp_path / "f16.gguf", outtype="f16"))
+    assert tensors["blk.0.ffn_gate_inp.weight"] == ("F32", (8, 64))
+    assert tensors["blk.0.ffn_up_exps.weight"] == ("F16", (8, 32, 64))
 
 
 def test_dense_layers_keep_their_mlp(tmp_path):
