@@ -11,7 +11,7 @@ from models.tinyhf import (
     Case, assert_tokenizer_matches, bpe_tokenizer, build_case, convert, hf_greedy, hf_logits, our_greedy,
     our_logits, read_gguf, torch, transformers,
 )
-from realmodels import llamacpp_loads
+from realmodels import llamacpp_greedy, llamacpp_loads
 
 from pollama.fs.gguf import GGUFFile
 from pollama.fs.writer import write_gguf
@@ -178,3 +178,12 @@ def test_stacked_experts_are_the_checkpoints_experts_in_order(moe):
 @pytest.mark.parametrize("build", [qwen3, qwen3moe], ids=["qwen3", "qwen3moe"])
 def test_llama_cpp_loads_our_file(tmp_path, build):
     llamacpp_loads(build(tmp_path).gguf)
+
+
+@pytest.mark.parametrize("build", [qwen3, qwen3moe], ids=["qwen3", "qwen3moe"])
+def test_llama_cpp_computes_transformers_greedy_tokens_from_our_file(tmp_path, build):
+    # Beyond loading: llama.cpp reads the keys and the stacked experts as we mean them (the
+    # experts' order and orientation, the router, QK-norm, NeoX RoPE), so its 16 greedy tokens
+    # are transformers' too.
+    c = build(tmp_path)
+    assert llamacpp_greedy(c.gguf, c.ids, 16) == hf_greedy(c.model, c.ids)
