@@ -13,8 +13,11 @@ from models.tinyhf import (
 )
 from realmodels import llamacpp_greedy, llamacpp_loads
 
+from pollama.create.pipeline import create_model
 from pollama.fs.gguf import GGUFFile
 from pollama.fs.writer import write_gguf
+from pollama.runner.engine import Engine, Part, make_batch
+from pollama.store.store import Store
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
 CHATML = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
@@ -173,6 +176,29 @@ def test_stacked_experts_are_the_checkpoints_experts_in_order(moe):
         stacked = np.array(g.tensor_bytes("blk.0.ffn_down_exps.weight")).view(np.float32).reshape(8, 64, 32)
     for e, expert in enumerate(moe.model.model.layers[0].mlp.experts.down_proj.detach().numpy()):
         np.testing.assert_array_equal(stacked[e], expert)
+
+
+@pytest.mark.parametrize("quantize", [None, "q4_0"])
+def test_experts_rows_apart_equal_one_token_steps_bit_for_bit(moe, tmp_path, quantize):
+    # Speculative decoding verifies drafts in one batch computed rows apart, and must get each
+    # row's one-token logits exactly: mul_mat_id and the routing ops must not mix rows either.
+    path = moe.gguf
+    if quantize:
+        store = Store(tmp_path / "store")
+        create_model(store, "moe:q", f"FROM {moe.folder}\n", tmp_path, quantize=quantize)
+        path = store.resolve("moe:q").model_path
+    with Engine(path, num_ctx=256) as engine:
+        prompt = (moe.ids * 6)[:58]
+        logits, _ = engine.prefill(prompt)
+        tokens = [int(np.argmax(logits))]
+        one_at_a_time = []
+        for _ in range(9):
+            one_at_a_time.append(engine.decode(tokens[-1]))
+            tokens.append(int(np.argmax(one_at_a_time[-1])))
+        engine.cache.remove(0, len(prompt))
+        batch = make_batch(engine.model, [Part(0, len(prompt), tokens[:9], "all")], rows_apart=True)
+        together = engine._run(batch, engine.cache.plan(batch))
+    assert np.array_equal(together, np.stack(one_at_a_time))
 
 
 @pytest.mark.parametrize("build", [qwen3, qwen3moe], ids=["qwen3", "qwen3moe"])
