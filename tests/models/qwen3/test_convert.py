@@ -13,9 +13,14 @@ from models.tinyhf import (
 )
 from realmodels import llamacpp_greedy, llamacpp_loads
 
+from pollama.create.convert import supported_architectures
 from pollama.create.pipeline import create_model
 from pollama.fs.gguf import GGUFFile
 from pollama.fs.writer import write_gguf
+from pollama.models import discovery
+from pollama.models.base import architectures, model_class
+from pollama.models.qwen3.convert import Qwen3Converter, Qwen3MoeConverter
+from pollama.models.qwen3.model import Qwen3, Qwen3Moe
 from pollama.runner.engine import Engine, Part, make_batch
 from pollama.store.store import Store
 
@@ -131,6 +136,14 @@ def test_broken_routing_fails_the_comparison(moe, tmp_path, backend, broken):
     # backends), so the comparison above sees routing.
     assert logit_diff(moe.gguf, moe, backend) < TOLERANCE
     assert logit_diff(variant(moe, tmp_path / "broken.gguf", **broken), moe, backend) > 0.3
+
+
+def test_registered_for_create_and_load():
+    assert {"qwen3", "qwen3moe"} <= set(architectures())
+    assert model_class("qwen3") is Qwen3 and model_class("qwen3moe") is Qwen3Moe
+    assert discovery.folder_for("qwen3moe") == "qwen3"  # a runner loading a qwen3moe file first finds it
+    converters = supported_architectures()
+    assert converters["Qwen3ForCausalLM"] is Qwen3Converter and converters["Qwen3MoeForCausalLM"] is Qwen3MoeConverter
 
 
 def test_qwen3_metadata_and_tensors(tmp_path):
