@@ -474,10 +474,15 @@ def _convert_tensors(conv: ModelConverter, weights, tensor_type: GGMLType, say: 
     return sorted(out, key=_tensor_order)
 
 
+_F32_MATRICES = ("ffn_gate_inp.weight", "ffn_gate_inp_shexp.weight")
+
+
 def _planned(conv: ModelConverter, gguf_name: str, origin: str, shape: tuple[int, ...], tensor_type: GGMLType,
              read: Callable[[], np.ndarray], done: Callable[[], None] | None) -> tuple:
-    # Norms, biases and other vectors stay F32: they are small and precision matters there.
-    gtype = GGMLType.F16 if tensor_type == GGMLType.F16 and len(shape) >= 2 else GGMLType.F32
+    # Norms, biases and other vectors stay F32: they are small and precision matters there; so
+    # do MoE routers, as llama.cpp's converter keeps them (F16 scores could pick other experts).
+    half = tensor_type == GGMLType.F16 and len(shape) >= 2 and not gguf_name.endswith(_F32_MATRICES)
+    gtype = GGMLType.F16 if half else GGMLType.F32
 
     def load() -> np.ndarray:
         data = conv.transform(gguf_name, np.asarray(read(), dtype=np.float32))

@@ -50,6 +50,7 @@ class Block(Module):
 @register("llama")
 class Llama(TextModel):
     rope_mode = RopeMode.NORMAL  # GGUF stores Llama's Q/K permuted for adjacent-pair RoPE
+    routed_experts = False  # whether layers may route to experts (expert_count > 0; see load_block)
 
     # (and TextModel's token_embd and output)
     blk: list[Block]
@@ -70,9 +71,6 @@ class Llama(TextModel):
         )
         self.blk = [self.load_block(cfg, w, i, eps) for i in range(self.n_layers)]
         self.load_weights(w, eps=eps)
-
-    # Whether the model's layers may route to experts (expert_count > 0): see load_block.
-    routed_experts = False
 
     def load_block(self, cfg: Config, w: Weights, i: int, eps: float) -> Block:
         """Layer i, with its weights under `blk.i.`."""

@@ -8,13 +8,21 @@ import numpy as np
 import pytest
 
 from models.tinyhf import (
-    Case, assert_tokenizer_matches, bpe_tokenizer, build_case, hf_greedy, hf_logits, our_greedy, our_logits,
-    read_gguf, torch, transformers,
+    Case, assert_tokenizer_matches, bpe_tokenizer, build_case, convert, hf_greedy, hf_logits, our_greedy,
+    our_logits, read_gguf, torch, transformers,
 )
-from realmodels import llamacpp_loads
+from realmodels import llamacpp_greedy, llamacpp_loads
 
+from pollama.create.convert import supported_architectures
+from pollama.create.pipeline import create_model
 from pollama.fs.gguf import GGUFFile
 from pollama.fs.writer import write_gguf
+from pollama.models import discovery
+from pollama.models.base import architectures, model_class
+from pollama.models.qwen3.convert import Qwen3Converter, Qwen3MoeConverter
+from pollama.models.qwen3.model import Qwen3, Qwen3Moe
+from pollama.runner.engine import Engine, Part, make_batch
+from pollama.store.store import Store
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
 CHATML = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
@@ -130,6 +138,14 @@ def test_broken_routing_fails_the_comparison(moe, tmp_path, backend, broken):
     assert logit_diff(variant(moe, tmp_path / "broken.gguf", **broken), moe, backend) > 0.3
 
 
+def test_registered_for_create_and_load():
+    assert {"qwen3", "qwen3moe"} <= set(architectures())
+    assert model_class("qwen3") is Qwen3 and model_class("qwen3moe") is Qwen3Moe
+    assert discovery.folder_for("qwen3moe") == "qwen3"  # a runner loading a qwen3moe file first finds it
+    converters = supported_architectures()
+    assert converters["Qwen3ForCausalLM"] is Qwen3Converter and converters["Qwen3MoeForCausalLM"] is Qwen3MoeConverter
+
+
 def test_qwen3_metadata_and_tensors(tmp_path):
     md, tensors = read_gguf(qwen3(tmp_path).gguf)
     assert md["general.architecture"] == "qwen3" and md["qwen3.rope.freq_base"] == 1e6
@@ -155,6 +171,13 @@ def test_qwen3moe_metadata_and_tensors(moe):
     assert "output.weight" in tensors
 
 
+def test_f16_conversion_keeps_the_router_f32(moe, tmp_path):
+    # As llama.cpp's converter: the router's scores decide discretely, so it is not rounded.
+    _, tensors = read_gguf(convert(moe.folder, tmp_path / "f16.gguf", outtype="f16"))
+    assert tensors["blk.0.ffn_gate_inp.weight"] == ("F32", (8, 64))
+    assert tensors["blk.0.ffn_up_exps.weight"] == ("F16", (8, 32, 64))
+
+
 def test_dense_layers_keep_their_mlp(tmp_path):
     _, tensors = read_gguf(qwen3moe_dense_layer(tmp_path).gguf)
     assert tensors["blk.1.ffn_gate.weight"] == ("F32", (96, 64)) and "blk.1.ffn_gate_inp.weight" not in tensors
@@ -168,6 +191,38 @@ def test_stacked_experts_are_the_checkpoints_experts_in_order(moe):
         np.testing.assert_array_equal(stacked[e], expert)
 
 
+@pytest.mark.parametrize("quantize", [None, "q4_0"])
+def test_experts_rows_apart_equal_one_token_steps_bit_for_bit(moe, tmp_path, quantize):
+    # Speculative decoding verifies drafts in one batch computed rows apart, and must get each
+    # row's one-token logits exactly: mul_mat_id and the routing ops must not mix rows either.
+    path = moe.gguf
+    if quantize:
+        store = Store(tmp_path / "store")
+        create_model(store, "moe:q", f"FROM {moe.folder}\n", tmp_path, quantize=quantize)
+        path = store.resolve("moe:q").model_path
+    with Engine(path, num_ctx=256) as engine:
+        prompt = (moe.ids * 6)[:58]
+        logits, _ = engine.prefill(prompt)
+        tokens = [int(np.argmax(logits))]
+        one_at_a_time = []
+        for _ in range(9):
+            one_at_a_time.append(engine.decode(tokens[-1]))
+            tokens.append(int(np.argmax(one_at_a_time[-1])))
+        engine.cache.remove(0, len(prompt))
+        batch = make_batch(engine.model, [Part(0, len(prompt), tokens[:9], "all")], rows_apart=True)
+        together = engine._run(batch, engine.cache.plan(batch))
+    assert np.array_equal(together, np.stack(one_at_a_time))
+
+
 @pytest.mark.parametrize("build", [qwen3, qwen3moe], ids=["qwen3", "qwen3moe"])
 def test_llama_cpp_loads_our_file(tmp_path, build):
     llamacpp_loads(build(tmp_path).gguf)
+
+
+@pytest.mark.parametrize("build", [qwen3, qwen3moe], ids=["qwen3", "qwen3moe"])
+def test_llama_cpp_computes_transformers_greedy_tokens_from_our_file(tmp_path, build):
+    # Beyond loading: llama.cpp reads the keys and the stacked experts as we mean them (the
+    # experts' order and orientation, the router, QK-norm, NeoX RoPE), so its 16 greedy tokens
+    # are transformers' too.
+    c = build(tmp_path)
+    assert llamacpp_greedy(c.gguf, c.ids, 16) == hf_greedy(c.model, c.ids)
