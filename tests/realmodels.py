@@ -51,3 +51,50 @@ def llamacpp_loads(gguf: Path) -> None:
                          capture_output=True, text=True, timeout=300,
                          env={"LD_LIBRARY_PATH": str(bench.parent)})
     assert run.returncode == 0, f"llama.cpp could not run {gguf.name}:\n{run.stderr[-3000:]}"
+
+
+def llamacpp_greedy(gguf: Path, ids: list[int], steps: int) -> list[int]:
+    """llama.cpp's greedy continuation of token ids on a GGUF (llama-server, 1 thread, F32 K/V
+    cache, end tokens ignored): what llama.cpp computes from the file, to compare with ours.
+
+    Flash attention off: with it (llama-server's default on CPU) the tiny Qwen3 case's logits
+    differ from transformers' enough to flip its near tie at step 14 (a gap of 7.6e-4).
+    """
+    import socket
+    import subprocess
+    import time
+
+    import httpx
+
+    server = llamacpp_tool("llama-server")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [str(server), "-m", str(gguf), "--port", str(port), "-t", "1", "-c", str(len(ids) + steps + 16), "-np", "1",
+         "-ctk", "f32", "-ctv", "f32", "-fa", "off", "--no-warmup"],
+        env={"LD_LIBRARY_PATH": str(server.parent)}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, f"llama-server could not run {gguf.name}:\n{proc.stderr.read()[-3000:]}"
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "llama-server did not start in 120 s"
+            time.sleep(0.2)
+        r = httpx.post(url + "/completion", timeout=120, json={
+            "prompt": ids, "n_predict": steps, "temperature": 0, "ignore_eos": True, "return_tokens": True,
+            "cache_prompt": False})
+        assert r.status_code == 200, r.text
+        return r.json()["tokens"]
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)

@@ -19,6 +19,7 @@ from typing import Any, Union
 import numpy as np
 
 from pollama.fs.ggml_types import GGMLType, block_size, type_size
+from pollama.fs import mxfp4
 
 __all__ = [
     "GGUFError",
@@ -120,6 +121,9 @@ class TensorInfo:
     type: GGMLType
     offset: int
     nbytes: int
+    # MXFP4 stored as Ollama's gpt-oss files store it (tensor type 4, codes in OpenAI's paired
+    # order, pollama/fs/mxfp4.py): tensor_data() gives it in GGML's layout.
+    paired_codes: bool = False
 
     @property
     def ne(self) -> tuple[int, ...]:
@@ -443,8 +447,9 @@ class GGUFFile:
                 n_elements *= d
                 if n_elements > MAX_ELEMENTS:
                     raise p.fail(f"tensor {qname} dimensions {list(ne)} are too large")
+            paired = gtype == mxfp4.OLLAMA_MXFP4
             try:
-                gtype = GGMLType(gtype)
+                gtype = GGMLType.MXFP4 if paired else GGMLType(gtype)
                 bs, ts = block_size(gtype), type_size(gtype)
             except ValueError:
                 raise p.fail(f"unknown tensor type {gtype} for tensor {qname}") from None
@@ -459,12 +464,12 @@ class GGUFFile:
                     f"tensor {qname} data offset {offset} is not a multiple of "
                     f"the alignment {self.alignment}"
                 )
-            infos.append((name, tuple(reversed(ne)), gtype, offset, nbytes))
+            infos.append((name, tuple(reversed(ne)), gtype, offset, nbytes, paired))
         return infos
 
     def _place_tensors(self, p: _Parser, infos: list[tuple]) -> None:
         base = self.data_offset
-        for name, shape, gtype, rel, nbytes in infos:
+        for name, shape, gtype, rel, nbytes, paired in infos:
             start = base + rel
             end = start + nbytes
             if end > self.size:
@@ -472,7 +477,7 @@ class GGUFFile:
                     f"tensor {_quote(name)} data ends at byte {end} past the end of the file "
                     f"({self.size} bytes)"
                 )
-            self.tensors[name] = TensorInfo(name, shape, gtype, start, nbytes)
+            self.tensors[name] = TensorInfo(name, shape, gtype, start, nbytes, paired)
         # Overlap check in offset order; files may list tensors in any order.
         ordered = sorted(self.tensors.values(), key=lambda t: t.offset)
         for a, b in zip(ordered, ordered[1:]):
@@ -499,6 +504,12 @@ class GGUFFile:
         if info is None:
             raise KeyError(f"{self._label}: no tensor named {_quote(name)}")
         return np.frombuffer(self._mapping(), dtype=np.uint8, count=info.nbytes, offset=info.offset)
+
+    def tensor_data(self, name: str) -> np.ndarray:
+        """Tensor `name`'s bytes in GGML's layout: the zero-copy view, or a repacked copy for
+        MXFP4 in Ollama's order (see TensorInfo.paired_codes)."""
+        raw = self.tensor_bytes(name)
+        return mxfp4.from_ollama(raw) if self.tensors[name].paired_codes else raw
 
     def address(self) -> int:
         """Base address of the mapping; stable while the file is open."""

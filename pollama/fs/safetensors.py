@@ -25,11 +25,12 @@ __all__ = ["STensor", "SafetensorsError", "SafetensorsFile", "SafetensorsFolder"
 MAX_HEADER = 100 * 1024 * 1024  # the reference implementation's limit
 INDEX_NAME = "model.safetensors.index.json"
 
-# dtypes we can hand to the converter; BF16 has no numpy type and is read as raw uint16.
-_DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2")}
+# dtypes we can hand to the converter; BF16 has no numpy type and is read as raw uint16. U8
+# holds packed quantized data (gpt-oss's MXFP4 blocks and scales), which a converter repacks.
+_DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2"), "U8": np.dtype("u1")}
 # dtypes a valid file may hold that we refuse, with their element size (to validate ranges).
 _OTHER_DTYPES = {
-    "F64": 8, "I64": 8, "U64": 8, "I32": 4, "U32": 4, "I16": 2, "U16": 2, "I8": 1, "U8": 1,
+    "F64": 8, "I64": 8, "U64": 8, "I32": 4, "U32": 4, "I16": 2, "U16": 2, "I8": 1,
     "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1, "F4": 1, "F6_E2M3": 1, "F6_E3M2": 1,
 }
 
@@ -43,13 +44,13 @@ class STensor:
     """One tensor of a safetensors file: its dtype name, PyTorch-order shape and data view."""
 
     name: str
-    dtype: str  # "F32", "F16" or "BF16"
+    dtype: str  # "F32", "F16", "BF16" or "U8"
     shape: tuple[int, ...]
     raw: np.ndarray  # zero-copy view: float32/float16, or uint16 bit patterns for BF16
     path: str
 
     def numpy(self) -> np.ndarray:
-        """The values as a float array shaped like the tensor (zero-copy except for BF16)."""
+        """The values shaped like the tensor: float (zero-copy except for BF16), or uint8 for U8."""
         if self.dtype == "BF16":  # bfloat16 is the top half of a float32
             return (self.raw.astype(np.uint32) << 16).view(np.float32).reshape(self.shape)
         return self.raw.reshape(self.shape)
@@ -146,7 +147,7 @@ class SafetensorsFile:
         dtype, shape, begin, end = self._entries[name]
         if dtype not in _DTYPES:
             raise SafetensorsError(
-                f"{self.path}: tensor {name!r} has dtype {dtype}; only F32, F16 and BF16 are supported"
+                f"{self.path}: tensor {name!r} has dtype {dtype}; only F32, F16, BF16 and U8 are supported"
             )
         if self._mmap is None:
             raise SafetensorsError(f"{self.path}: file is closed")

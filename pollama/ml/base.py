@@ -93,7 +93,22 @@ class Tensor(ABC):
 
     @abstractmethod
     def rows(self, index: Tensor) -> Tensor:
-        """Gather rows of a 2-D tensor: self [n, d], index int32 [t] -> [t, d] float32."""
+        """Gather rows: self [n, d], index int32 [t] -> [t, d] float32; or per batch,
+        self [b, n, d], index int32 [b, k] -> [b, k, d] (row index[i, j] of batch i)."""
+
+    @abstractmethod
+    def linear_experts(self, weight: Tensor, experts: Tensor, bias: Tensor | None = None) -> Tensor:
+        """Each token through its chosen experts' matrices (ggml_mul_mat_id).
+
+        x [t, k, in] (or [t, 1, in]: the same input for every expert), weight [n_experts, out,
+        in] in any GGUF type, experts int32 [t, k] (from top_k, or an input) -> [t, k, out]:
+        row j of token i is x[i, j] @ weight[experts[i, j]].T (+ bias[experts[i, j]], bias
+        [n_experts, out]). Only the chosen experts' matrices are read.
+        """
+
+    @abstractmethod
+    def top_k(self, k: int) -> Tensor:
+        """Indices of the k largest values along the last dim, largest first: int32 [..., k]."""
 
     # Elementwise -----------------------------------------------------------------------
     @abstractmethod
@@ -107,6 +122,10 @@ class Tensor(ABC):
     @abstractmethod
     def __sub__(self, other: Tensor) -> Tensor:
         """Difference; `other` broadcasts when each of its dims is 1 or equal to ours."""
+
+    @abstractmethod
+    def __truediv__(self, other: Tensor) -> Tensor:
+        """Quotient; `other` broadcasts when each of its dims is 1 or equal to ours."""
 
     @abstractmethod
     def scale(self, factor: float) -> Tensor:
@@ -144,9 +163,23 @@ class Tensor(ABC):
         """gelu(self) * up: the gated linear unit of Gemma's MLP (a backend may fuse it)."""
         return self.gelu() * up
 
+    @abstractmethod
+    def swiglu_oai(self, up: Tensor, alpha: float, limit: float) -> Tensor:
+        """gpt-oss's gated unit: g * sigmoid(alpha * g) * (u + 1), with g = min(self, limit)
+        and u = clamp(up, -limit, limit) (ggml_swiglu_oai)."""
+
     def softcap(self, cap: float) -> Tensor:
         """cap * tanh(x / cap): bounds logits smoothly (Gemma)."""
         return self.scale(1.0 / cap).tanh().scale(cap)
+
+    # Reductions ------------------------------------------------------------------------
+    @abstractmethod
+    def softmax(self) -> Tensor:
+        """exp(x - max) / sum over the last dim."""
+
+    @abstractmethod
+    def sum_rows(self) -> Tensor:
+        """Sum over the last dim, kept as a dim of 1: [..., n] -> [..., 1]."""
 
     # Normalization ---------------------------------------------------------------------
     @abstractmethod
@@ -211,6 +244,23 @@ def check_slice(a: Tensor, dim: int, start: int, stop: int) -> int:
     if not 0 <= start < stop <= a.shape[dim]:
         raise BackendError(f"slice [{start}, {stop}) outside [0, {a.shape[dim]}) of dim {dim}")
     return dim
+
+
+def check_linear_experts(x: Tensor, weight: Tensor, experts: Tensor, bias: Tensor | None) -> None:
+    """BackendError unless linear_experts(x, weight, experts, bias) is a valid call."""
+    if x.dtype != GGMLType.F32 or x.ndim != 3:
+        raise BackendError(f"linear_experts needs a float32 input [tokens, k or 1, in], got {x.dtype.name} {list(x.shape)}")
+    if weight.ndim != 3:
+        raise BackendError(f"linear_experts needs weights [experts, out, in], got {list(weight.shape)}")
+    if experts.dtype != GGMLType.I32 or experts.ndim != 2 or experts.shape[0] != x.shape[0]:
+        raise BackendError(f"linear_experts needs int32 experts [{x.shape[0]}, k], got {experts.dtype.name} {list(experts.shape)}")
+    if x.shape[1] not in (1, experts.shape[1]):
+        raise BackendError(f"linear_experts: input {list(x.shape)} has neither 1 nor {experts.shape[1]} rows per token")
+    if weight.shape[2] != x.shape[2]:
+        raise BackendError(f"linear_experts: input {list(x.shape)} does not match weights {list(weight.shape)}")
+    # (F16 and BF16 biases, as Ollama's gpt-oss files keep theirs, are widened to float32 per step.)
+    if bias is not None and (bias.dtype not in (GGMLType.F32, GGMLType.F16, GGMLType.BF16) or bias.shape != weight.shape[:2]):
+        raise BackendError(f"linear_experts bias must be float {list(weight.shape[:2])}, got {bias.dtype.name} {list(bias.shape)}")
 
 
 def check_rope_sections(rope: Rope, head_dim: int) -> None:
@@ -311,7 +361,7 @@ class Context(ABC):
     @abstractmethod
     def attention(
         self, q: Tensor, k: Tensor, v_t: Tensor, mask: Tensor | None, scale: float, softcap: float = 0.0,
-        groups: Sequence[tuple[int, int]] | None = None, flash: bool | None = None,
+        groups: Sequence[tuple[int, int]] | None = None, flash: bool | None = None, sinks: Tensor | None = None,
     ) -> Tensor:
         """softmax(softcap(q k^T * scale) + mask) v with grouped-query heads.
 
@@ -322,6 +372,8 @@ class Context(ABC):
         default. `mask` None: every query sees every key (an encoder's full attention, with no [t, n]
         array to build). `groups` ((first row, rows), ...) covering q's rows asks for each group to be computed
         on its own, exactly as if it were the whole batch (several sequences in one batch).
+        `sinks` float32 [heads]: a learned logit per head that joins each row's softmax as one
+        more key with no value (gpt-oss), so a head can give part of its attention to nothing.
         """
 
     @abstractmethod

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 from pollama.fs.ggml_types import GGMLType
-from pollama.kvcache import Batch, KVCache, LayerCaches, pages_for
+from pollama.kvcache import N_KV_PAD, Batch, KVCache, LayerCaches, pages_for
 from pollama.ml.base import Backend, Context, Tensor
 from pollama.models import discovery
 from pollama.errors import ModelError
@@ -89,6 +89,12 @@ class Config:
         value, full, found = self._get(key, default)
         if found and not isinstance(value, str):
             raise ModelError(f"key {full!r} must be a string, got {value!r}")
+        return value
+
+    def bool(self, key: str, default: Any = _MISSING) -> bool:
+        value, full, found = self._get(key, default)
+        if found and not isinstance(value, bool):
+            raise ModelError(f"key {full!r} must be a boolean, got {value!r}")
         return value
 
     def list(self, key: str, default: Any = _MISSING) -> list:
@@ -206,6 +212,24 @@ class TextModel(Module):
         """A causal cache for every layer: n_seq sequences of up to n_ctx tokens, K/V in `dtype`."""
         cells = pages_for(n_ctx) * n_seq
         return LayerCaches([KVCache(backend, range(self.n_layers), cells, self.k_width, self.v_width, dtype=dtype)])
+
+    def windowed_cache(
+        self, backend: Backend, is_local: Sequence[bool], window: int, n_ctx: int, n_batch: int, n_seq: int,
+        dtype: GGMLType,
+    ) -> LayerCaches:
+        """A cache for models that mix layer kinds: global layers keep every position, local
+        (sliding-window) layers only the window (plus one batch)."""
+        local = [i for i in range(self.n_layers) if is_local[i]]
+        global_ = [i for i in range(self.n_layers) if not is_local[i]]
+        caches = []
+        if global_:
+            caches.append(KVCache(backend, global_, pages_for(n_ctx) * n_seq, self.k_width, self.v_width, dtype=dtype))
+        if local:
+            # The live positions (the window before a batch, and the batch) can straddle one
+            # more page than they fill.
+            cells = (pages_for(min(n_ctx, window + n_batch)) + N_KV_PAD) * n_seq
+            caches.append(KVCache(backend, local, cells, self.k_width, self.v_width, window=window, dtype=dtype))
+        return LayerCaches(caches)
 
 
 def load_model(gguf, backend: Backend) -> TextModel:

@@ -18,6 +18,7 @@ memory for about one tensor, whatever its file size.
 from __future__ import annotations
 
 import collections
+import collections.abc
 import json
 import logging
 import math
@@ -38,10 +39,17 @@ from pollama.tokenizer.convert import TokenizerConvertError, convert_tokenizer
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "ConvertError", "HFConfig", "ModelConverter", "convert_folder", "find_weights", "open_weights", "read_hf_config",
+    "ConvertError", "HFConfig", "ModelConverter", "StackedExperts", "convert_folder", "find_weights", "open_weights",
+    "read_hf_config",
 ]
 
 OUT_TYPES = {"f32": (GGMLType.F32, FileType.ALL_F32), "f16": (GGMLType.F16, FileType.MOSTLY_F16)}
+# Tensors a converter's source() hands over already in a GGML block type (dtype name -> type):
+# their bytes are written as they are, never dequantized and requantized (gpt-oss's MXFP4 experts).
+# A file holding them gets llama.cpp's file type for it (MOSTLY_MXFP4_MOE: its float tensors
+# stay as asked), which `create --quantize` refuses as Ollama refuses its gpt-oss files.
+PACKED_TYPES = {"MXFP4": GGMLType.MXFP4}
+PACKED_FILE_TYPES = {GGMLType.MXFP4: FileType.MXFP4_MOE}
 _F16_MAX = float(np.finfo(np.float16).max)
 
 
@@ -167,6 +175,116 @@ class ModelConverter:
         act = self.cfg.get(key, default)
         if act not in allowed:
             raise ConvertError(f"config.json {key}={act!r}: {self.arch} models compute {allowed[0]}")
+
+
+class StackedExperts(collections.abc.Mapping):
+    """A checkpoint's tensors with each layer's per-expert matrices stacked as GGUF keeps them.
+
+    `model.layers.N.mlp.experts.E.<proj>.weight` ([out, in], one per expert E, as Qwen3-MoE and
+    Mixtral are published) become `model.layers.N.mlp.experts.<proj>.weight` [n_experts, out,
+    in]; a fused `mlp.experts.gate_up_proj` [n_experts, 2 * ff, in] (transformers 5's own
+    layout) becomes its gate and up halves, and `mlp.experts.down_proj` gets its `.weight`.
+    A stacked tensor is read when written, and its parts' pages are dropped then.
+    """
+
+    _PER_EXPERT = re.compile(r"(model\.layers\.\d+\.mlp\.experts)\.(\d+)\.(\w+)\.weight")
+    _FUSED = re.compile(r"(model\.layers\.\d+\.mlp\.experts)\.(gate_up_proj|down_proj)(\.weight)?")
+
+    def __init__(self, weights, n_experts: int):
+        self.weights = weights
+        self.stacks: dict[str, list[str | None]] = {}  # stacked name -> its parts, by expert
+        self.halves: dict[str, tuple[str, int]] = {}  # gate/up name -> (fused source, which half)
+        self.renamed: dict[str, str] = {}  # down_proj.weight -> down_proj
+        self.names: list[str] = []
+        for name in weights:
+            if m := self._PER_EXPERT.fullmatch(name):
+                stacked = f"{m.group(1)}.{m.group(3)}.weight"
+                expert = int(m.group(2))
+                if expert >= n_experts:
+                    raise ConvertError(f"tensor {name!r}: expert {expert} of {n_experts} (config.json num_experts)")
+                if stacked not in self.stacks:
+                    self.stacks[stacked] = [None] * n_experts
+                    self.names.append(stacked)
+                self.stacks[stacked][expert] = name
+            elif m := self._FUSED.fullmatch(name):
+                shape = tuple(weights[name].shape)
+                if len(shape) != 3 or shape[0] != n_experts:
+                    raise ConvertError(f"tensor {name!r} of shape {list(shape)} is not [{n_experts} experts, out, in]")
+                if m.group(2) == "down_proj":
+                    self.renamed[f"{m.group(1)}.down_proj.weight"] = name
+                    self.names.append(f"{m.group(1)}.down_proj.weight")
+                    continue
+                if shape[1] % 2:
+                    raise ConvertError(f"tensor {name!r}: {shape[1]} rows are not gate and up halves")
+                for half, part in enumerate(("gate_proj", "up_proj")):
+                    self.halves[f"{m.group(1)}.{part}.weight"] = (name, half)
+                    self.names.append(f"{m.group(1)}.{part}.weight")
+            else:
+                self.names.append(name)
+        for stacked, parts in self.stacks.items():
+            if None in parts:
+                raise ConvertError(f"{stacked}: the checkpoint lacks expert {parts.index(None)}")
+        self.unwritten = {source: 2 for source, _ in self.halves.values()}
+
+    def __iter__(self):
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, name: str):
+        if name in self.stacks:
+            return _Stack([self.weights[part] for part in self.stacks[name]])
+        if name in self.halves:
+            source, half = self.halves[name]
+            return _Half(self.weights[source], half)
+        return self.weights[self.renamed.get(name, name)]
+
+    def _sources(self, name: str) -> list[str]:
+        if name in self.stacks:
+            return self.stacks[name]
+        if name in self.halves:
+            return [self.halves[name][0]]
+        return [self.renamed.get(name, name)]
+
+    def dtype(self, name: str) -> str:
+        dtypes = {self.weights.dtype(source) for source in self._sources(name)}
+        if len(dtypes) > 1:
+            raise ConvertError(f"{name}: experts of different dtypes {sorted(dtypes)}")
+        return dtypes.pop()
+
+    def release(self, name: str) -> None:
+        if name in self.halves:
+            source = self.halves[name][0]
+            self.unwritten[source] -= 1
+            if self.unwritten[source]:
+                return
+        for source in self._sources(name):
+            self.weights.release(source)
+
+
+class _Stack:
+    def __init__(self, parts):
+        self.parts = parts
+        self.shape = (len(parts), *parts[0].shape)
+        for part in parts:
+            if tuple(part.shape) != tuple(parts[0].shape):
+                raise ConvertError(f"experts of different shapes: {list(part.shape)} and {list(parts[0].shape)}")
+
+    def numpy(self) -> np.ndarray:
+        return np.stack([np.asarray(part.numpy(), dtype=np.float32) for part in self.parts])
+
+
+class _Half:
+    def __init__(self, tensor, half: int):
+        self.tensor = tensor
+        self.half = half
+        n, rows, cols = tensor.shape
+        self.shape = (n, rows // 2, cols)
+
+    def numpy(self) -> np.ndarray:
+        rows = self.shape[1]
+        return np.ascontiguousarray(self.tensor.numpy()[:, self.half * rows:(self.half + 1) * rows])
 
 
 def rope_scaling_metadata(rope: dict[str, Any]) -> dict[str, Any]:
@@ -297,6 +415,7 @@ def convert_folder(
     with open_weights(folder) as weights:
         tensor_type, file_type = OUT_TYPES[outtype]
         tensors = _convert_tensors(conv, conv.source(weights), tensor_type, say)
+        file_type = next((PACKED_FILE_TYPES[t] for _, _, t, _ in tensors if t in PACKED_FILE_TYPES), file_type)
         metadata: dict[str, Any] = {
             "general.architecture": conv.arch,
             "general.name": folder.name,
@@ -320,7 +439,7 @@ def _convert_tensors(conv: ModelConverter, weights, tensor_type: GGMLType, say: 
     names = [n for n in weights if not conv.skip(n)]
     for name in names:
         dtype = weights.dtype(name)
-        if dtype not in ("F32", "F16", "BF16"):
+        if dtype not in ("F32", "F16", "BF16") and dtype not in PACKED_TYPES:
             raise ConvertError(f"tensor {name!r} has dtype {dtype}; only F32, F16 and BF16 weights are supported")
     sources = [(gguf_name, n) for n in names for gguf_name in conv.gguf_names(n)]
     computed = conv.extra_tensors()
@@ -342,7 +461,11 @@ def _convert_tensors(conv: ModelConverter, weights, tensor_type: GGMLType, say: 
         shape = tuple(weights[hf_name].shape)
         read = (lambda n=hf_name: weights[n].numpy())
         done = (lambda n=hf_name: release(n))
-        out.append(_planned(conv, gguf_name, hf_name, shape, tensor_type, read, done))
+        packed = PACKED_TYPES.get(weights.dtype(hf_name))
+        if packed is not None:
+            out.append((gguf_name, LazyTensor(read, done), packed, shape))
+        else:
+            out.append(_planned(conv, gguf_name, hf_name, shape, tensor_type, read, done))
     for gguf_name, data in computed:
         data = np.asarray(data)
         out.append(_planned(conv, gguf_name, "(computed)", data.shape, tensor_type, lambda d=data: d, None))
@@ -351,10 +474,15 @@ def _convert_tensors(conv: ModelConverter, weights, tensor_type: GGMLType, say: 
     return sorted(out, key=_tensor_order)
 
 
+_F32_MATRICES = ("ffn_gate_inp.weight", "ffn_gate_inp_shexp.weight")
+
+
 def _planned(conv: ModelConverter, gguf_name: str, origin: str, shape: tuple[int, ...], tensor_type: GGMLType,
              read: Callable[[], np.ndarray], done: Callable[[], None] | None) -> tuple:
-    # Norms, biases and other vectors stay F32: they are small and precision matters there.
-    gtype = GGMLType.F16 if tensor_type == GGMLType.F16 and len(shape) >= 2 else GGMLType.F32
+    # Norms, biases and other vectors stay F32: they are small and precision matters there; so
+    # do MoE routers, as llama.cpp's converter keeps them (F16 scores could pick other experts).
+    half = tensor_type == GGMLType.F16 and len(shape) >= 2 and not gguf_name.endswith(_F32_MATRICES)
+    gtype = GGMLType.F16 if half else GGMLType.F32
 
     def load() -> np.ndarray:
         data = conv.transform(gguf_name, np.asarray(read(), dtype=np.float32))

@@ -24,7 +24,7 @@ import pollama.models
 from pollama import envconfig
 
 # GGUF general.architecture -> the folder that holds it, where the two differ.
-ALIASES = {"qwen25vl": "qwen2vl"}
+ALIASES = {"qwen25vl": "qwen2vl", "qwen3moe": "qwen3", "gpt-oss": "gptoss"}
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9_]*")
 _OWN_PATH = list(pollama.models.__path__)

@@ -2,6 +2,7 @@
 
 from pollama.nn.modules import (  # noqa: F401
     Embedding,
+    ExpertLinear,
     LayerNorm,
     Linear,
     RMSNorm,
@@ -12,3 +13,8 @@ from pollama.nn.modules import (  # noqa: F401
     make_rope,
 )
 from pollama.nn.loader import Module, load_weights  # noqa: F401
+from pollama.nn.moe import (  # noqa: F401
+    RoutedExperts,
+    softmax_then_top_k,
+    top_k_then_softmax,
+)

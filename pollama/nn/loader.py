@@ -24,10 +24,10 @@ import typing
 from typing import Annotated, Any, Union
 
 from pollama.ml.base import Tensor
-from pollama.nn.modules import Embedding, LayerNorm, Linear, RMSNorm, Weights
+from pollama.nn.modules import Embedding, ExpertLinear, LayerNorm, Linear, RMSNorm, Weights
 
 # Layers made from `<name>.weight` (and their own optional parts): each has load(weights, name, **hp).
-LAYERS = (Linear, Embedding, RMSNorm, LayerNorm)
+LAYERS = (Linear, ExpertLinear, Embedding, RMSNorm, LayerNorm)
 
 
 class Module:

@@ -49,6 +49,28 @@ class Linear:
         return x.linear(self.weight, self.bias)
 
 
+class ExpertLinear:
+    """One linear map per expert: `name.weight` [n_experts, out, in] (+ `name.bias` [n_experts, out])."""
+
+    def __init__(self, weight: Tensor, bias: Tensor | None = None):
+        if weight.ndim != 3:
+            raise ModelError(f"expert weights must be [experts, out, in], got {list(weight.shape)}")
+        self.weight = weight
+        self.bias = bias
+
+    @classmethod
+    def load(cls, weights: Weights, name: str, **_) -> ExpertLinear:
+        return cls(weights[f"{name}.weight"], weights.get(f"{name}.bias"))
+
+    @property
+    def n_experts(self) -> int:
+        return self.weight.shape[0]
+
+    def __call__(self, x: Tensor, experts: Tensor) -> Tensor:
+        """x [t, k or 1, in], experts int32 [t, k] -> [t, k, out]."""
+        return x.linear_experts(self.weight, experts, self.bias)
+
+
 class Embedding:
     """Row lookup in a [vocab, dim] table (any GGUF type)."""
 
@@ -132,16 +154,18 @@ def make_rope(dims: int, base: float, mode: RopeMode, scaling: RopeScaling = Rop
     raise ModelError(f"unsupported rope scaling type {scaling.kind!r}")
 
 
-def attention(ctx: Context, q: Tensor, k: Tensor, v: Tensor, cache, layer: int, scale: float | None = None, softcap: float = 0.0) -> Tensor:
+def attention(ctx: Context, q: Tensor, k: Tensor, v: Tensor, cache, layer: int, scale: float | None = None,
+              softcap: float = 0.0, sinks: Tensor | None = None) -> Tensor:
     """Causal (or sliding-window) self-attention of this step's q over the cached k/v.
 
     q [t, heads, d], k [t, kv_heads, d], v [t, kv_heads, dv] -> [t, heads * dv]. The cache
     stores k and v for the step's cells and returns every visible cell with its mask.
+    `sinks` [heads]: per-head logits that join the softmax with no value (gpt-oss).
     """
     keys, values, mask = cache.update(ctx, layer, k, v)
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
-    return ctx.attention(q, keys, values, mask, scale, softcap, groups=cache.groups(layer))
+    return ctx.attention(q, keys, values, mask, scale, softcap, groups=cache.groups(layer), sinks=sinks)
 
 
 def attend(ctx: Context, q: Tensor, k: Tensor, v: Tensor, mask=None, scale: float | None = None) -> Tensor:

@@ -19,6 +19,11 @@ _SPACE_ESCAPE = "\u2581"  # SentencePiece's visible space
 _STRIP_CHARS = " \t\n\v\f\r"  # C isspace(), which llama.cpp uses around lstrip/rstrip tokens
 
 
+# Architectures whose split Ollama's model code fixes, whatever tokenizer.ggml.pre its files say:
+# gpt-oss (Ollama's `gptoss` files) always splits as o200k, llama.cpp's "gpt-4o".
+_ARCH_PRE = {"gptoss": "gpt-4o"}
+
+
 class Tokenizer:
     """Encodes and decodes text for one model vocabulary (BPE, SentencePiece or WordPiece)."""
 
@@ -29,7 +34,8 @@ class Tokenizer:
             raise ValueError(f"unsupported tokenizer.ggml.model {model!r} (supported: gpt2, llama, bert)")
         self.model_name: str = model
         self.kind = kind
-        self.pre = pre_tokenizer(metadata.get("tokenizer.ggml.pre")) if kind == "bpe" else None
+        pre = _ARCH_PRE.get(metadata.get("general.architecture"), metadata.get("tokenizer.ggml.pre"))
+        self.pre = pre_tokenizer(pre) if kind == "bpe" else None
         # Family defaults (llama.cpp load()), then the GGUF's own keys.
         if kind == "bpe":
             flags = dict(add_space_prefix=False, add_bos=self.pre.add_bos, add_eos=False, add_sep=self.pre.add_sep)

@@ -6,6 +6,7 @@ import struct
 
 import pytest
 
+from pollama.fs.ggml_types import GGMLType
 from pollama.fs.gguf import GGUFFile, GGUFValueType
 from tests.fs.conftest import (
     ARRAY, BOOL, F32, I32, STRING, U8, U32,
@@ -200,7 +201,14 @@ def test_unknown_tensor_type(build):
     msg = open_fails(build(Build(tensors=[Tensor("x", (32,), 99, 0)], data=b"\0" * 128)))
     assert msg.endswith("unknown tensor type 99 for tensor 'x'")
     # removed ggml types are unknown too
-    assert "unknown tensor type 4 " in open_fails(build(Build(tensors=[Tensor("x", (32,), 4, 0)], data=b"\0" * 128)))
+    assert "unknown tensor type 5 " in open_fails(build(Build(tensors=[Tensor("x", (32,), 5, 0)], data=b"\0" * 128)))
+
+
+def test_type_4_is_ollamas_mxfp4(build):
+    """As Ollama reads it (its gpt-oss files): MXFP4 with the codes in OpenAI's order."""
+    with GGUFFile(build(Build(tensors=[Tensor("x", (32,), 4, 0)], data=b"\0" * 128))) as f:
+        info = f.tensors["x"]
+        assert info.type == GGMLType.MXFP4 and info.paired_codes and info.nbytes == 17
 
 
 def test_partial_block(build):

@@ -143,9 +143,10 @@ def our_logits(gguf: Path, backend: str, ids: list[int], f32_cache: bool = True,
         return engine.logits(ids)
 
 
-def our_greedy(gguf: Path, backend: str, ids: list[int], steps: int = GREEDY_STEPS) -> list[int]:
-    """Greedy tokens from our Engine: prefill, then one decode step per token through the KV cache."""
-    with Engine(gguf, backend=backend, num_ctx=64) as engine:
+def our_greedy(gguf: Path, backend: str, ids: list[int], steps: int = GREEDY_STEPS, f32_cache: bool = False) -> list[int]:
+    """Greedy tokens from our Engine: prefill, then one decode step per token through the KV cache
+    (F16 unless told, as a user runs it)."""
+    with Engine(gguf, backend=backend, num_ctx=64, kv_cache_type="f32" if f32_cache else None) as engine:
         logits, _ = engine.prefill(ids)
         out = []
         for _ in range(steps):

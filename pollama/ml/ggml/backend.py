@@ -15,9 +15,11 @@ from typing import Collection, Mapping, Sequence
 
 import numpy as np
 
+from pollama.fs import mxfp4
 from pollama.fs.ggml_types import GGMLType
 from pollama.ml.base import (
-    Backend, BackendError, Context, Recorder, Rope, RopeMode, Tensor, check_concat, check_rope_sections, check_slice,
+    Backend, BackendError, Context, Recorder, Rope, RopeMode, Tensor, check_concat, check_linear_experts,
+    check_rope_sections, check_slice,
 )
 from pollama.ml.ggml.lib import ggml
 
@@ -47,7 +49,7 @@ class _Owner:
 class GGMLTensor(Tensor):
     """A ggml tensor seen in PyTorch order."""
 
-    __slots__ = ("ptr", "shape", "dtype", "owner", "ctx", "repacked", "contiguous_")
+    __slots__ = ("ptr", "shape", "dtype", "owner", "ctx", "repacked", "contiguous_", "bound")
 
     def __init__(self, ptr, shape: tuple[int, ...], dtype: GGMLType, owner: _Owner, ctx: GGMLContext | None, contiguous: bool = True):
         self.ptr = ptr
@@ -58,6 +60,9 @@ class GGMLTensor(Tensor):
         self.repacked = False  # a weight in CPU_REPACK layout: matmul only
         # Tracked here rather than asked of ggml: only permute makes a non-contiguous tensor.
         self.contiguous_ = contiguous
+        # An index made in the graph (top_k) has its values in [0, bound): ggml aborts on an
+        # index out of range, and this is what proves one in range before the values exist.
+        self.bound: int | None = None
 
     @property
     def ndim(self) -> int:
@@ -134,15 +139,54 @@ class GGMLTensor(Tensor):
 
     def rows(self, index: Tensor) -> Tensor:
         ctx = self._step(index)
-        if self.ndim != 2:
-            raise BackendError(f"rows() needs a 2-D table, got {list(self.shape)}")
-        if index.dtype != GGMLType.I32 or index.ndim != 1:
-            raise BackendError(f"rows() needs a 1-D int32 index, got {index.dtype.name} {list(index.shape)}")
+        if index.dtype != GGMLType.I32 or index.ndim != self.ndim - 1:
+            raise BackendError(f"rows() of a {list(self.shape)} table needs a {self.ndim - 1}-D int32 index, "
+                               f"got {index.dtype.name} {list(index.shape)}")
+        if self.ndim == 3:  # per batch: [b, n, d] by [b, k]
+            self._float("rows() per batch")
+            if index.shape[0] != self.shape[0]:
+                raise BackendError(f"rows(): index {list(index.shape)} does not have the {self.shape[0]} batches of {list(self.shape)}")
+        elif self.ndim != 2:
+            raise BackendError(f"rows() needs a 2-D table (or 3-D, per batch), got {list(self.shape)}")
         if self.repacked:
             raise BackendError("rows() on a weight repacked for matmul: load it as `gathered`")
-        ctx._check_index(index, self.shape[0], "rows()")
-        ptr = ggml.ggml_get_rows(ctx.ctx, self.ptr, index.ptr)
-        return ctx._new(ptr, (index.shape[0], self.shape[1]))
+        ctx._check_index(index, self.shape[-2], "rows()")
+        table = self if self._is_contiguous() else self.contiguous()
+        idx = index if index._is_contiguous() else index.contiguous()
+        ptr = ggml.ggml_get_rows(ctx.ctx, table.ptr, idx.ptr)
+        return ctx._new(ptr, (*index.shape, self.shape[-1]))
+
+    def linear_experts(self, weight: Tensor, experts: Tensor, bias: Tensor | None = None) -> Tensor:
+        ctx = self._step(weight, experts, bias)
+        check_linear_experts(self, weight, experts, bias)
+        if weight.dtype not in MATMUL_TYPES or weight.repacked or not weight.contiguous_:
+            raise BackendError(f"linear_experts weights must be a plain tensor in a matmul type, got {weight.dtype.name}")
+        n_experts = weight.shape[0]
+        ctx._check_index(experts, n_experts, "linear_experts()")
+        x = self if self._is_contiguous() else self.contiguous()
+        ids = experts if experts._is_contiguous() else experts.contiguous()
+        # ggml order: as [in, out, n_experts], b [in, k or 1, t], ids [k, t] -> [out, k, t].
+        out = ctx._new(ggml.ggml_mul_mat_id(ctx.ctx, weight.ptr, x.ptr, ids.ptr), (*experts.shape, weight.shape[1]))
+        if bias is not None:
+            b = bias.ptr
+            if bias.dtype != GGMLType.F32:  # ggml_add_id adds float32 rows only
+                b = ggml.ggml_cast(ctx.ctx, b, int(GGMLType.F32))
+                ctx.n_tensors += 1
+            out = ctx._new(ggml.ggml_add_id(ctx.ctx, out.ptr, b, ids.ptr), out.shape)
+        return out
+
+    def top_k(self, k: int) -> Tensor:
+        ctx = self._step()
+        self._float("top_k")
+        n = self.shape[-1]
+        if not isinstance(k, int) or not 0 < k <= n:
+            raise BackendError(f"top_k({k!r}) of {n} values")
+        src = self if self._is_contiguous() else self.contiguous()
+        view = ggml.ggml_argsort_top_k(ctx.ctx, src.ptr, k)  # argsort, then a strided view
+        ctx.n_tensors += 2
+        out = ctx._new(ggml.ggml_cont(ctx.ctx, view), (*self.shape[:-1], k), GGMLType.I32)
+        out.bound = n
+        return out
 
     # -- elementwise ------------------------------------------------------------------------
     def _binary(self, other: Tensor, fn, op: str) -> Tensor:
@@ -165,6 +209,9 @@ class GGMLTensor(Tensor):
 
     def __sub__(self, other: Tensor) -> Tensor:
         return self._binary(other, ggml.ggml_sub, "sub")
+
+    def __truediv__(self, other: Tensor) -> Tensor:
+        return self._binary(other, ggml.ggml_div, "div")
 
     def _unary(self, fn, op: str, *args) -> Tensor:
         ctx = self._step()
@@ -211,10 +258,22 @@ class GGMLTensor(Tensor):
     def swiglu(self, up: Tensor) -> Tensor:
         return self._glu(up, ggml.ggml_swiglu_split, "swiglu")
 
+    def swiglu_oai(self, up: Tensor, alpha: float, limit: float) -> Tensor:
+        return self._glu(up, lambda c, a, b: ggml.ggml_swiglu_oai(c, a, b, float(alpha), float(limit)), "swiglu_oai")
+
     def geglu(self, up: Tensor) -> Tensor:
         if self._step(up).backend.exact_gelu:
             return self._exact_gelu() * up
         return self._glu(up, ggml.ggml_geglu_split, "geglu")
+
+    def softmax(self) -> Tensor:
+        return self._unary(ggml.ggml_soft_max, "softmax")
+
+    def sum_rows(self) -> Tensor:
+        ctx = self._step()
+        self._float("sum_rows")
+        src = self if self._is_contiguous() else self.contiguous()
+        return ctx._new(ggml.ggml_sum_rows(ctx.ctx, src.ptr), (*self.shape[:-1], 1))
 
     def rms_norm(self, eps: float) -> Tensor:
         return self._unary(ggml.ggml_rms_norm, "rms_norm", float(eps))
@@ -381,9 +440,13 @@ class GGMLContext(Context, _Owner):
 
     def _check_index(self, index: GGMLTensor, limit: int, op: str) -> None:
         # ggml asserts (aborts) on an out-of-range row index, so check the input's values here.
+        if index.bound is not None:  # made by top_k: in range by construction
+            if index.bound > limit:
+                raise BackendError(f"{op}: an index into {index.bound} values used on {limit} rows")
+            return
         array = self.arrays.get(id(index))
         if array is None:
-            raise BackendError(f"{op} takes its index from ctx.input()")
+            raise BackendError(f"{op} takes its index from ctx.input() or top_k()")
         known = self.index_limits.get(id(index))
         if known is not None and known <= limit:
             return  # already checked against this bound or a tighter one (cells: once per layer)
@@ -429,10 +492,10 @@ class GGMLContext(Context, _Owner):
 
     def attention(
         self, q: Tensor, k: Tensor, v_t: Tensor, mask: Tensor | None, scale: float, softcap: float = 0.0, groups=None,
-        flash: bool | None = None,
+        flash: bool | None = None, sinks: Tensor | None = None,
     ) -> Tensor:
         self._check_open()
-        q._step(k, v_t, mask)
+        q._step(k, v_t, mask, sinks)
         if q.ndim != 3 or k.ndim != 3 or v_t.ndim != 3:
             raise BackendError(f"attention needs q [t,h,d], k [n,hkv,d], v_t [hkv,dv,n]; got {list(q.shape)}, {list(k.shape)}, {list(v_t.shape)}")
         flash = self.backend.flash_attention if flash is None else flash
@@ -444,6 +507,9 @@ class GGMLContext(Context, _Owner):
             raise BackendError(f"attention mask must come from attention_mask() with shape [{t}, {n}], got {list(mask.shape)}")
         if q.dtype != GGMLType.F32 or k.dtype not in CACHE_TYPES or v_t.dtype not in CACHE_TYPES:
             raise BackendError(f"attention types: q {q.dtype.name}, k {k.dtype.name}, v {v_t.dtype.name}")
+        if sinks is not None and (sinks.dtype != GGMLType.F32 or sinks.shape != (h,) or not sinks.contiguous_):
+            raise BackendError(f"attention sinks must be float32 [{h}], got {sinks.dtype.name} {list(sinks.shape)}")
+        sinks_ptr = sinks.ptr if sinks is not None else None
         # ggml multiplies only operands whose innermost dim is dense: copy any other (e.g. V
         # permuted by the caller rather than viewed from a cache with view_columns()).
         q, k, v_t = (x if _rows_dense(x) else x.contiguous() for x in (q, k, v_t))
@@ -452,7 +518,7 @@ class GGMLContext(Context, _Owner):
         if mask is not None:
             mask_ptr = self._mask_f16(mask) if flash else mask.ptr
         if not groups or len(groups) == 1:
-            return self._new(kernel(q.ptr, k.ptr, v_t.ptr, mask_ptr, scale, softcap), (t, h, dv)).reshape(t, h * dv)
+            return self._new(kernel(q.ptr, k.ptr, v_t.ptr, mask_ptr, scale, softcap, sinks_ptr), (t, h, dv)).reshape(t, h * dv)
         # One sequence at a time: ggml's kernels for one query row and for several sum in a
         # different order, and that difference, rounded to 8 bits in the next matmul, can move
         # logits by a whole unit. Computed alone, each sequence gets exactly its solo result.
@@ -467,12 +533,12 @@ class GGMLContext(Context, _Owner):
             if mask_ptr is not None:
                 m = mask_ptr.contents
                 mask_rows = ggml.ggml_view_2d(c, mask_ptr, m.ne[0], rows, m.nb[1], start * m.nb[1])
-            part = kernel(q_rows, k.ptr, v_t.ptr, mask_rows, scale, softcap)
+            part = kernel(q_rows, k.ptr, v_t.ptr, mask_rows, scale, softcap, sinks_ptr)
             out = part if out is None else ggml.ggml_concat(c, out, part, 2)
             self.n_tensors += 3
         return self._new(out, (t, h, dv)).reshape(t, h * dv)
 
-    def _attention(self, q, k, v_t, mask, scale: float, softcap: float):
+    def _attention(self, q, k, v_t, mask, scale: float, softcap: float, sinks=None):
         c = self.ctx
         # llama.cpp's attention without flash attention, op for op, so logits match its own:
         # kq [n, t, h] = k·q per head (kv heads broadcast over their query groups), softmax
@@ -486,6 +552,8 @@ class GGMLContext(Context, _Owner):
             kq = ggml.ggml_scale(c, kq, float(softcap))
             scale = 1.0
         kq = ggml.ggml_soft_max_ext(c, kq, mask, float(scale), 0.0)
+        if sinks is not None:
+            ggml.ggml_soft_max_add_sinks(kq, sinks)
         kqv = ggml.ggml_mul_mat(c, v_t, kq)
         self.n_tensors += 10
         return ggml.ggml_cont(c, ggml.ggml_permute(c, kqv, 0, 2, 1, 3))  # [dv, h, t]
@@ -499,7 +567,7 @@ class GGMLContext(Context, _Owner):
             self.n_tensors += 1
         return cast
 
-    def _flash_attention(self, q, k, v, mask16, scale: float, softcap: float):
+    def _flash_attention(self, q, k, v, mask16, scale: float, softcap: float, sinks=None):
         c = self.ctx
         # ggml's fused kernel wants q [d, t, h], k/v [d, n, kv_heads] (ne order) and an F16 mask.
         qp = ggml.ggml_permute(c, q, 0, 2, 1, 3)
@@ -507,6 +575,8 @@ class GGMLContext(Context, _Owner):
         vp = ggml.ggml_permute(c, v, 0, 2, 1, 3)
         out = ggml.ggml_flash_attn_ext(c, qp, kp, vp, mask16, float(scale), 0.0, float(softcap))
         ggml.ggml_prec_set_acc(out, ggml.GGML_PREC_F32)
+        if sinks is not None:
+            ggml.ggml_flash_attn_ext_add_sinks(out, sinks)
         self.n_tensors += 4
         return out  # [dv, h, t] in ne order
 
@@ -726,12 +796,15 @@ class GGMLBackend(Backend):
         infos = [gguf.tensors[n] for n in names] if names is not None else list(gguf.tensors.values())
         store = _WeightStore(gguf)
         self.stores.append(store)
-        plain, repacked = [], []
+        plain, repacked, copied = [], [], []
         for info in infos:
             if info.type not in MATMUL_TYPES and info.type != GGMLType.I32:
                 raise BackendError(f"tensor {info.name!r} has type {info.type.name}, which the ggml backend does not compute with")
             if len(info.shape) > 4:
                 raise BackendError(f"tensor {info.name!r} has {len(info.shape)} dims; at most 4 are supported")
+            if info.paired_codes:  # Ollama's MXFP4: reordered into GGML's layout as it is copied in
+                copied.append(info)
+                continue
             wants_repack = self.repack_buft is not None and info.name not in gathered and _repackable(info)
             (repacked if wants_repack else plain).append(info)
 
@@ -780,6 +853,22 @@ class GGMLBackend(Backend):
                 raw = gguf.tensor_bytes(info.name)
                 ggml.ggml_backend_tensor_set(tensor.ptr, raw.ctypes.data, 0, info.nbytes)
                 tensor.repacked = True
+                gguf.advise_dontneed(info.offset, info.nbytes)
+
+        if copied:
+            ctx = new_context(len(copied))
+            tensors = [declare(ctx, info) for info in copied]
+            buffer = ggml.ggml_backend_alloc_ctx_tensors_from_buft(ctx, self.cpu_buft)
+            if not buffer:
+                raise BackendError("out of memory allocating reordered weights")
+            store.buffers.append(buffer)
+            ggml.ggml_backend_buffer_set_usage(buffer, ggml.GGML_BACKEND_BUFFER_USAGE_WEIGHTS)
+            for info, tensor in zip(copied, tensors):
+                raw = gguf.tensor_bytes(info.name)
+                step = mxfp4.BLOCK_BYTES << 16  # a chunk at a time: the reordered copy stays small
+                for start in range(0, info.nbytes, step):
+                    chunk = mxfp4.from_ollama(raw[start:start + step])
+                    ggml.ggml_backend_tensor_set(tensor.ptr, chunk.ctypes.data, start, chunk.nbytes)
                 gguf.advise_dontneed(info.offset, info.nbytes)
         return weights
 

@@ -121,9 +121,16 @@ _SIGNATURES = {
     "ggml_sigmoid": (T, [P, T]),
     "ggml_swiglu_split": (T, [P, T, T]),
     "ggml_geglu_split": (T, [P, T, T]),
+    "ggml_swiglu_oai": (T, [P, T, T, c_float, c_float]),  # (ctx, a, b, alpha, limit)
     "ggml_norm": (T, [P, T, c_float]),
     "ggml_rms_norm": (T, [P, T, c_float]),
     "ggml_mul_mat": (T, [P, T, T]),
+    "ggml_mul_mat_id": (T, [P, T, T, T]),  # (ctx, as [K, M, n_expert], b [K, n_used or 1, t], ids I32 [n_used, t])
+    "ggml_add_id": (T, [P, T, T, T]),  # (ctx, a [M, n_used, t], b [M, n_expert], ids I32 [n_used, t])
+    "ggml_div": (T, [P, T, T]),
+    "ggml_soft_max": (T, [P, T]),
+    "ggml_sum_rows": (T, [P, T]),
+    "ggml_argsort_top_k": (T, [P, T, c_int]),  # argsort descending, then a view of the first k
     "ggml_get_rows": (T, [P, T, T]),
     "ggml_set_rows": (T, [P, T, T, T]),
     "ggml_cast": (T, [P, T, c_int]),
@@ -141,6 +148,9 @@ _SIGNATURES = {
     "ggml_view_4d": (T, [P, T, c_int64, c_int64, c_int64, c_int64, c_size_t, c_size_t, c_size_t, c_size_t]),
     "ggml_soft_max_ext": (T, [P, T, T, c_float, c_float]),
     "ggml_flash_attn_ext": (T, [P, T, T, T, T, c_float, c_float, c_float]),
+    # void (a, sinks): a is the soft_max_ext / flash_attn_ext result; sinks F32 [n_head].
+    "ggml_soft_max_add_sinks": (None, [T, T]),
+    "ggml_flash_attn_ext_add_sinks": (None, [T, T]),
     # (ctx, a, positions, freq_factors, n_dims, mode, n_ctx_orig, freq_base, freq_scale,
     #  ext_factor, attn_factor, beta_fast, beta_slow); rope_multi adds sections[4] after n_dims.
     "ggml_rope_ext": (T, [P, T, T, T, c_int, c_int, c_int] + [c_float] * 6),

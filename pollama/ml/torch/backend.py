@@ -23,7 +23,8 @@ import torch.nn.functional as F
 
 from pollama.fs.ggml_types import GGMLType
 from pollama.ml.base import (
-    Backend, BackendError, Context, Recorder, Rope, RopeMode, Tensor, check_concat, check_rope_sections, check_slice,
+    Backend, BackendError, Context, Recorder, Rope, RopeMode, Tensor, check_concat, check_linear_experts,
+    check_rope_sections, check_slice,
 )
 from pollama.ml.torch.quants import dequantize
 
@@ -123,18 +124,52 @@ class TorchTensor(Tensor):
         return ctx._new(F.linear(self._t, w, None if bias is None else bias._t))
 
     def rows(self, index: Tensor) -> Tensor:
-        """Gather rows of a 2-D tensor: self [n, d], index int32 [t] -> [t, d] float32."""
+        """Gather rows: [n, d] by int32 [t] -> [t, d]; per batch, [b, n, d] by int32 [b, k] -> [b, k, d]."""
         ctx = self._step(index)
         self._float("rows")
-        if self.ndim != 2:
-            raise BackendError(f"rows() needs a 2-D table, got {list(self.shape)}")
-        if index.dtype != GGMLType.I32 or index.ndim != 1:
-            raise BackendError(f"rows() needs a 1-D int32 index, got {index.dtype.name} {list(index.shape)}")
-        idx = index._t
-        n = self.shape[0]
+        if self.ndim not in (2, 3):
+            raise BackendError(f"rows() needs a 2-D table (or 3-D, per batch), got {list(self.shape)}")
+        if index.dtype != GGMLType.I32 or index.ndim != self.ndim - 1:
+            raise BackendError(f"rows() of a {list(self.shape)} table needs a {self.ndim - 1}-D int32 index, "
+                               f"got {index.dtype.name} {list(index.shape)}")
+        if self.ndim == 3 and index.shape[0] != self.shape[0]:
+            raise BackendError(f"rows(): index {list(index.shape)} does not have the {self.shape[0]} batches of {list(self.shape)}")
+        idx = index._t.long()
+        n = self.shape[-2]
         if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n):
             raise BackendError(f"rows(): index out of range [0, {n}): {idx.tolist()}")
-        return ctx._new(self._t.index_select(0, idx.long()))
+        if self.ndim == 2:
+            return ctx._new(self._t.index_select(0, idx))
+        return ctx._new(torch.gather(self._t, 1, idx[:, :, None].expand(-1, -1, self.shape[2])))
+
+    def linear_experts(self, weight: Tensor, experts: Tensor, bias: Tensor | None = None) -> Tensor:
+        """x [t, k or 1, in] through weight[experts[i, j]] [out, in] (+ bias[experts[i, j]]) -> [t, k, out]."""
+        ctx = self._step(weight, experts, bias)
+        check_linear_experts(self, weight, experts, bias)
+        if weight.dtype != GGMLType.F32:
+            raise BackendError(f"linear_experts weights must be float (dequantized at load), got {weight.dtype.name}")
+        ids = experts._t.long()
+        n_experts = weight.shape[0]
+        if int(ids.min()) < 0 or int(ids.max()) >= n_experts:
+            raise BackendError(f"linear_experts: experts out of range [0, {n_experts}): {ids.tolist()}")
+        t, k = ids.shape
+        x = self._t.expand(t, k, self.shape[2])
+        out = torch.zeros(t, k, weight.shape[1], dtype=torch.float32, device=x.device)
+        # One matmul per chosen expert over the rows that chose it: the others are never read.
+        for e in torch.unique(ids).tolist():
+            chosen = ids == e  # [t, k]
+            y = x[chosen] @ weight._t[e].T
+            out[chosen] = y + bias._t[e] if bias is not None else y
+        return ctx._new(out)
+
+    def top_k(self, k: int) -> Tensor:
+        """Indices of the k largest values along the last dim, largest first (int32)."""
+        ctx = self._step()
+        self._float("top_k")
+        n = self.shape[-1]
+        if not isinstance(k, int) or not 0 < k <= n:
+            raise BackendError(f"top_k({k!r}) of {n} values")
+        return ctx._new(torch.topk(self._t, k, dim=-1, largest=True, sorted=True).indices.to(torch.int32))
 
     # -- elementwise ------------------------------------------------------------------------
     def _binary(self, other: Tensor, op: str, fn) -> TorchTensor:
@@ -159,6 +194,10 @@ class TorchTensor(Tensor):
     def __sub__(self, other: Tensor) -> Tensor:
         """Difference; `other` broadcasts when each of its dims is 1 or equal to ours."""
         return self._binary(other, "sub", torch.sub)
+
+    def __truediv__(self, other: Tensor) -> Tensor:
+        """Quotient; `other` broadcasts when each of its dims is 1 or equal to ours."""
+        return self._binary(other, "div", torch.div)
 
     def scale(self, factor: float) -> Tensor:
         """Multiply by a constant."""
@@ -185,6 +224,24 @@ class TorchTensor(Tensor):
     def sigmoid(self) -> Tensor:
         """1 / (1 + exp(-x))."""
         return self._unary("sigmoid", torch.sigmoid)
+
+    def swiglu_oai(self, up: Tensor, alpha: float, limit: float) -> Tensor:
+        """g * sigmoid(alpha g) * (u + 1), g = min(self, limit), u = clamp(up, -limit, limit)."""
+        ctx = self._step(up)
+        if self.dtype != GGMLType.F32 or up.dtype != GGMLType.F32 or self.shape != up.shape:
+            raise BackendError(f"swiglu_oai needs two float32 tensors of one shape, got {list(self.shape)} and {list(up.shape)}")
+        g = self._t.clamp(max=float(limit))
+        u = up._t.clamp(min=-float(limit), max=float(limit))
+        return ctx._new(g * torch.sigmoid(g * float(alpha)) * (u + 1))
+
+    # -- reductions -------------------------------------------------------------------------
+    def softmax(self) -> Tensor:
+        """Softmax over the last dim."""
+        return self._unary("softmax", lambda t: torch.softmax(t, dim=-1))
+
+    def sum_rows(self) -> Tensor:
+        """Sum over the last dim, kept: [..., n] -> [..., 1]."""
+        return self._unary("sum_rows", lambda t: t.sum(dim=-1, keepdim=True))
 
     # -- normalization ----------------------------------------------------------------------
     def rms_norm(self, eps: float) -> Tensor:
@@ -467,7 +524,7 @@ class TorchContext(Context, _Owner):
 
     def attention(
         self, q: Tensor, k: Tensor, v_t: Tensor, mask: Tensor, scale: float, softcap: float = 0.0, groups=None,
-        flash: bool | None = None,
+        flash: bool | None = None, sinks: Tensor | None = None,
     ) -> Tensor:
         """softmax(q k^T * scale [softcapped] + mask) v with grouped-query heads -> [t, heads * dv].
 
@@ -476,7 +533,7 @@ class TorchContext(Context, _Owner):
         self._check_open()
         if not isinstance(q, TorchTensor):
             raise BackendError(f"expected a torch backend tensor, got {type(q).__name__}")
-        q._step(k, v_t, mask)
+        q._step(k, v_t, mask, sinks)
         if q.ndim != 3 or k.ndim != 3 or v_t.ndim != 3:
             raise BackendError(
                 f"attention needs q [t,h,d], k [n,hkv,d], v_t [hkv,dv,n]; got {list(q.shape)}, {list(k.shape)}, {list(v_t.shape)}"
@@ -494,6 +551,9 @@ class TorchContext(Context, _Owner):
         if not isinstance(scale, numbers.Real) or not isinstance(softcap, numbers.Real) or softcap < 0:
             raise BackendError(f"attention scale must be a number and softcap >= 0, got {scale!r}, {softcap!r}")
 
+        if sinks is not None and (sinks.dtype != GGMLType.F32 or sinks.shape != (h,)):
+            raise BackendError(f"attention sinks must be float32 [{h}], got {sinks.dtype.name} {list(sinks.shape)}")
+
         group = h // hkv
         # Query head j reads kv head j // group: split heads as [hkv, group] instead of copying k/v.
         qg = q._t.reshape(t, hkv, group, d)
@@ -505,9 +565,15 @@ class TorchContext(Context, _Owner):
         # A row masked everywhere has max -inf; shifting by 0 instead gives exp() = 0 and a
         # zero output rather than NaN (as ggml's flash attention does).
         row_max = scores.amax(dim=-1, keepdim=True)
+        sink = None
+        if sinks is not None:  # one more logit per head in each row's softmax, with no value
+            sink = sinks._t.reshape(hkv, group, 1, 1)
+            row_max = torch.maximum(row_max, sink)
         row_max = torch.where(torch.isneginf(row_max), torch.zeros_like(row_max), row_max)
         weights = torch.exp(scores - row_max)
         total = weights.sum(dim=-1, keepdim=True)
+        if sink is not None:
+            total = total + torch.exp(sink - row_max)
         weights = weights / torch.where(total == 0, torch.ones_like(total), total)
         out = torch.einsum("kgtn,nkv->tkgv", weights, v._t)  # [t, hkv, group, dv]
         return self._new(out.reshape(t, h * dv))
@@ -631,7 +697,7 @@ class TorchBackend(Backend):
             if not 1 <= len(info.shape) <= MAX_DIMS:
                 raise BackendError(f"tensor {name!r} has {len(info.shape)} dims; 1 to {MAX_DIMS} are supported")
             try:
-                t = dequantize(gguf.tensor_bytes(name), info.type, info.shape, device=self.device)
+                t = dequantize(gguf.tensor_data(name), info.type, info.shape, device=self.device)
             except ValueError as e:
                 raise BackendError(f"cannot load tensor {name!r}: {e}") from None
             weights[name] = self._persistent(t)

@@ -8,7 +8,7 @@ import math
 import numpy as np
 
 from pollama.fs.ggml_types import GGMLType
-from pollama.kvcache import N_KV_PAD, Batch, KVCache, LayerCaches, pages_for
+from pollama.kvcache import Batch, LayerCaches
 from pollama.ml.base import Backend, Context, RopeMode, Tensor
 from pollama.models import imageproc
 from pollama.models.base import Config, TextModel, positive, register
@@ -134,17 +134,7 @@ class Gemma3(TextModel):
         self, backend: Backend, n_ctx: int, n_batch: int, n_seq: int = 1, dtype: GGMLType = GGMLType.F16
     ) -> LayerCaches:
         """Global layers keep every position; local layers only the window (plus one batch)."""
-        local = [i for i in range(self.n_layers) if self.is_local[i]]
-        global_ = [i for i in range(self.n_layers) if not self.is_local[i]]
-        caches = []
-        if global_:
-            caches.append(KVCache(backend, global_, pages_for(n_ctx) * n_seq, self.k_width, self.v_width, dtype=dtype))
-        if local:
-            # The live positions (the window before a batch, and the batch) can straddle one
-            # more page than they fill.
-            cells = (pages_for(min(n_ctx, self.window + n_batch)) + N_KV_PAD) * n_seq
-            caches.append(KVCache(backend, local, cells, self.k_width, self.v_width, window=self.window, dtype=dtype))
-        return LayerCaches(caches)
+        return self.windowed_cache(backend, self.is_local, self.window, n_ctx, n_batch, n_seq, dtype)
 
     def shift_keys(self, ctx: Context, layer: int, keys: Tensor, offsets: Tensor) -> Tensor:
         rope = self.local_rope if self.is_local[layer] else self.global_rope

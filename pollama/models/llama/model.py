@@ -38,10 +38,19 @@ class Block(Module):
     ffn_up: Linear
     ffn_down: Linear
 
+    def qk_norm(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+        """Q and K [t, heads, head_dim] before RoPE: as they are (Qwen3 normalises each head here)."""
+        return q, k
+
+    def feed_forward(self, h: Tensor) -> Tensor:
+        """The MLP on the normed residual: SwiGLU (a sparse layer routes to experts instead)."""
+        return self.ffn_down(self.ffn_gate(h).swiglu(self.ffn_up(h)))
+
 
 @register("llama")
 class Llama(TextModel):
     rope_mode = RopeMode.NORMAL  # GGUF stores Llama's Q/K permuted for adjacent-pair RoPE
+    routed_experts = False  # whether layers may route to experts (expert_count > 0; see load_block)
 
     # (and TextModel's token_embd and output)
     blk: list[Block]
@@ -52,16 +61,20 @@ class Llama(TextModel):
         self.read_dims(cfg)
         self.n_ctx_train = cfg.int("context_length", 4096)
         eps = cfg.float("attention.layer_norm_rms_epsilon", 1e-5)
-        if cfg.int("expert_count", 0):
-            raise ModelError("mixture-of-experts llama models are not supported")
+        if cfg.int("expert_count", 0) and not self.routed_experts:
+            raise ModelError(f"mixture-of-experts {self.arch} models are not supported")
         self.rope = make_rope(
             cfg.int("rope.dimension_count", self.head_dim),
             cfg.float("rope.freq_base", 10000.0),
             self.rope_mode,
             read_rope_scaling(cfg),
         )
-        self.blk = [Block.load(w, f"blk.{i}", eps=eps) for i in range(self.n_layers)]
+        self.blk = [self.load_block(cfg, w, i, eps) for i in range(self.n_layers)]
         self.load_weights(w, eps=eps)
+
+    def load_block(self, cfg: Config, w: Weights, i: int, eps: float) -> Block:
+        """Layer i, with its weights under `blk.i.`."""
+        return Block.load(w, f"blk.{i}", eps=eps)
 
     def query_temperature(self, ctx: Context, positions: Tensor) -> Tensor | None:
         """A factor [t, 1, 1] on each position's queries after RoPE, or None (Llama has none)."""
@@ -92,6 +105,7 @@ def decoder_layer(ctx: Context, model: TextModel, layer: Block, i: int, x: Tenso
     q = layer.attn_q(h).reshape(t, model.n_heads, model.head_dim)
     k = layer.attn_k(h).reshape(t, model.n_kv_heads, model.head_dim)
     v = layer.attn_v(h).reshape(t, model.n_kv_heads, model.v_head_dim)
+    q, k = layer.qk_norm(q, k)
     q = q.rope(positions, model.rope, model.rope_freqs)
     if temperature is not None:
         q = q * temperature
@@ -102,8 +116,7 @@ def decoder_layer(ctx: Context, model: TextModel, layer: Block, i: int, x: Tenso
     ctx.record(f"blk.{i}.attn_out", a)
     x = x + a
 
-    h = layer.ffn_norm(x)
-    m = layer.ffn_down(layer.ffn_gate(h).swiglu(layer.ffn_up(h)))
+    m = layer.feed_forward(layer.ffn_norm(x))
     ctx.record(f"blk.{i}.ffn_out", m)
     x = x + m
     ctx.record(f"blk.{i}.out", x)

@@ -1,0 +1,2 @@
+"""gpt-oss."""
+from pollama.models.gptoss.model import GptOss  # noqa: F401
