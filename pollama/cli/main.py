@@ -140,9 +140,12 @@ def cmd_run(args: argparse.Namespace) -> int:
                     from pollama.cli.repl import repl
 
                     return repl(client, args)
+                if not prompt:  # nothing to ask (no words, empty stdin, no terminal): load it, as Ollama does
+                    client.request("POST", "/api/generate", {"model": args.model, **({"keep_alive": args.keepalive} if args.keepalive else {})})
+                    return 0
                 from pollama.cli.remote import run_remote
 
-                return run_remote(client, args, prompt or "", _run_flags(args))
+                return run_remote(client, args, prompt, _run_flags(args))
         if interactive:
             raise CLIError(f"an interactive chat needs a server: start one with 'pollama serve' (none answers at {client.base_url})")
         return run_here(args, prompt or "", no_server=client.base_url)

@@ -167,6 +167,13 @@ def test_piped_stdin_comes_before_the_prompt_words_and_flags_go_anywhere(server)
     assert "eval count:           4 token(s)" in ran.stderr
     alone = pollama("run", "smollm2", "--num-predict", "4", "--temperature", "0", stdin="Name a color.", env=env)
     assert alone.stdout == _chat(server, "Name a color.", options) + "\n"
+    # Nothing to ask (an empty pipe, no words): the model is loaded and nothing printed, as Ollama's.
+    with server.http() as http:
+        http.post("/api/generate", json={"model": "smollm2", "keep_alive": 0})
+    loaded = pollama("run", "smollm2", stdin="", env=env)
+    assert (loaded.returncode, loaded.stdout, loaded.stderr) == (0, "", "")
+    with server.http() as http:
+        assert [m["name"] for m in http.get("/api/ps").json()["models"]] == ["smollm2:latest"]
 
 
 def test_create_from_the_embedded_smollm2_through_the_server_and_here(server, smollm2_path, tmp_path):
