@@ -84,7 +84,7 @@ def print_timings(done, total_ns: int, load_ns: int) -> None:
         print(f"draft accept rate:    {accepted / drafted:.2%} ({accepted} of {drafted} draft tokens)", file=err)
 
 
-def _run_flags(args: argparse.Namespace) -> dict:
+def run_flags(args: argparse.Namespace) -> dict:
     flags = {
         "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "min_p": args.min_p,
         "repeat_penalty": args.repeat_penalty, "seed": args.seed, "num_ctx": args.num_ctx,
@@ -145,7 +145,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                     return 0
                 from pollama.cli.remote import run_remote
 
-                return run_remote(client, args, prompt, _run_flags(args))
+                return run_remote(client, args, prompt, run_flags(args))
         if interactive:
             raise CLIError(f"an interactive chat needs a server: start one with 'pollama serve' (none answers at {client.base_url})")
         return run_here(args, prompt or "", no_server=client.base_url)
@@ -168,7 +168,7 @@ def run_here(args: argparse.Namespace, prompt: str, no_server: str | None = None
     if no_server is not None:
         say_in_process(no_server, "the model")
     # Options: the model's stored PARAMETERs, overridden by flags given here.
-    options = {**(stored.params if stored is not None else {}), **_run_flags(args)}
+    options = {**(stored.params if stored is not None else {}), **run_flags(args)}
     sampler = SamplerOptions.from_options(options)
     num_ctx = options.get("num_ctx", 4096)
     # The served path's engine (one slot), so a run here decodes as the server would.

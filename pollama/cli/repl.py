@@ -341,10 +341,10 @@ def _history_file() -> Path:
 
 def repl(client: Client, args) -> int:
     """The interactive loop for `run MODEL` on a terminal; returns the exit status."""
-    from pollama.cli.main import _run_flags, think_value
+    from pollama.cli.main import run_flags, think_value
 
     model, keep_alive = args.model, args.keepalive
-    session = Session(client, model, _run_flags(args), verbose=args.verbose, keep_alive=keep_alive, fmt=args.format,
+    session = Session(client, model, run_flags(args), verbose=args.verbose, keep_alive=keep_alive, fmt=args.format,
                       think=think_value(args.think), hide_thinking=args.hidethinking, wordwrap=not args.nowordwrap)
     with Spinner():  # while the model loads
         client.request("POST", "/api/generate", {"model": model, **({"keep_alive": keep_alive} if keep_alive else {})})
