@@ -6,16 +6,13 @@ from __future__ import annotations
 
 import json
 
-import pytest
+import transformers  # a dependency of the tests: missing, this fails rather than skips
+from cliproc import pollama
+from models.tinyhf import bpe_tokenizer, save_tiny
 
-transformers = pytest.importorskip("transformers")
-
-from cliproc import pollama  # noqa: E402
-from models.tinyhf import bpe_tokenizer, save_tiny  # noqa: E402
-
-from pollama.create.pipeline import create_model  # noqa: E402
-from pollama.fs.gguf import GGUFFile  # noqa: E402
-from pollama.store.store import Store  # noqa: E402
+from pollama.create.pipeline import create_model
+from pollama.fs.gguf import GGUFFile
+from pollama.store.store import Store
 
 # A template no built-in one renders like, so the GGUF keeps it as it is (no TEMPLATE layer).
 JINJA = ("{% for message in messages %}[{{ message['role'] }}] {{ message['content'] }}\n{% endfor %}"
