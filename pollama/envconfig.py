@@ -109,7 +109,8 @@ def no_cloud() -> bool:
 
 
 def no_prune() -> bool:
-    """OLLAMA_NOPRUNE: a pull keeps the blobs the model no longer uses."""
+    """OLLAMA_NOPRUNE: `serve` does not delete unused blobs at start, nor a pull the blobs the
+    model no longer uses."""
     return boolean("OLLAMA_NOPRUNE")
 
 

@@ -84,7 +84,7 @@ def print_timings(done, total_ns: int, load_ns: int) -> None:
         print(f"draft accept rate:    {accepted / drafted:.2%} ({accepted} of {drafted} draft tokens)", file=err)
 
 
-def _run_flags(args: argparse.Namespace) -> dict:
+def run_flags(args: argparse.Namespace) -> dict:
     flags = {
         "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "min_p": args.min_p,
         "repeat_penalty": args.repeat_penalty, "seed": args.seed, "num_ctx": args.num_ctx,
@@ -93,10 +93,43 @@ def _run_flags(args: argparse.Namespace) -> dict:
     return {k: v for k, v in flags.items() if v is not None}
 
 
+THINK_VALUES = {"": True, "true": True, "false": False, "high": "high", "medium": "medium", "low": "low", "max": "max"}
+
+
+def think_value(flag: str | None):
+    """--think's value as the API's `think`: None when not given, True/False or a level (Ollama's words on a bad one)."""
+    if flag is None:
+        return None
+    if flag not in THINK_VALUES:
+        raise CLIError(f"invalid value for --think: {flag!r} (must be true, false, high, medium, low, or max)".replace("'", '"'))
+    return THINK_VALUES[flag]
+
+
+def read_prompt(args: argparse.Namespace) -> str | None:
+    """The prompt as Ollama's run joins it: piped stdin (when there is any) first, then the
+    prompt arguments, joined by spaces; None when neither is given (an interactive chat)."""
+    prompts = list(args.prompt)
+    if not sys.stdin.isatty():
+        piped = sys.stdin.read()
+        if piped:
+            prompts.insert(0, piped)
+        elif not prompts:
+            return ""
+    return " ".join(prompts) if prompts else None
+
+
+def say_in_process(url: str, command: str) -> None:
+    """The one stderr line a command that found no server prints before doing its work here."""
+    print(f"Warning: could not connect to a pollama server at {url}; running {command} in this process "
+          "(start one with 'pollama serve')", file=sys.stderr)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """Through the server at OLLAMA_HOST when one answers (models by name); else in this process."""
     is_file = Path(args.model).expanduser().exists()
-    interactive = args.prompt is None and sys.stdin.isatty()
+    think_value(args.think)  # a bad value is an error before anything loads
+    prompt = read_prompt(args)
+    interactive = prompt is None and sys.stdout.isatty()
     if not is_file and args.backend == "ggml":
         from pollama.cli.client import Client
 
@@ -106,18 +139,20 @@ def cmd_run(args: argparse.Namespace) -> int:
                 if interactive:
                     from pollama.cli.repl import repl
 
-                    return repl(client, args.model, _run_flags(args), verbose=args.verbose,
-                                keep_alive=args.keepalive, fmt=args.format)
+                    return repl(client, args)
+                if not prompt:  # nothing to ask (no words, empty stdin, no terminal): load it, as Ollama does
+                    client.request("POST", "/api/generate", {"model": args.model, **({"keep_alive": args.keepalive} if args.keepalive else {})})
+                    return 0
                 from pollama.cli.remote import run_remote
 
-                prompt = args.prompt if args.prompt is not None else sys.stdin.read()
-                return run_remote(client, args, prompt, _run_flags(args))
+                return run_remote(client, args, prompt, run_flags(args))
         if interactive:
             raise CLIError(f"an interactive chat needs a server: start one with 'pollama serve' (none answers at {client.base_url})")
-    return run_here(args)
+        return run_here(args, prompt or "", no_server=client.base_url)
+    return run_here(args, prompt or "")
 
 
-def run_here(args: argparse.Namespace) -> int:
+def run_here(args: argparse.Namespace, prompt: str, no_server: str | None = None) -> int:
     """`run` without a server: load the model in this process and answer the prompt as a chat
     message through the model's template, as the server would. A GGUF given by its path (not
     something Ollama can run) takes the prompt as raw text: the way to test a file as it is."""
@@ -130,9 +165,10 @@ def run_here(args: argparse.Namespace) -> int:
 
     started = time.perf_counter_ns()
     path, stored = resolve_stored(args.model)
-    prompt = args.prompt if args.prompt is not None else sys.stdin.read()
+    if no_server is not None:
+        say_in_process(no_server, "the model")
     # Options: the model's stored PARAMETERs, overridden by flags given here.
-    options = {**(stored.params if stored is not None else {}), **_run_flags(args)}
+    options = {**(stored.params if stored is not None else {}), **run_flags(args)}
     sampler = SamplerOptions.from_options(options)
     num_ctx = options.get("num_ctx", 4096)
     # The served path's engine (one slot), so a run here decodes as the server would.
@@ -228,8 +264,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run a model: the prompt as a chat message (raw text for a GGUF file path)")
     run.add_argument("model", help="a GGUF file, or an embedded model: " + ", ".join(EMBEDDED_MODELS))
-    run.add_argument("prompt", nargs="?", help="the prompt (default: read stdin)")
+    run.add_argument("prompt", nargs="*", help="the prompt (words joined by spaces, after piped stdin if any)")
     run.add_argument("--verbose", action="store_true", help="print timings after the response")
+    run.add_argument("--think", metavar="true|false|high|medium|low", nargs="?", const="true",
+                     help="thinking for models that think: --think alone is true (default: on where the model thinks)")
+    run.add_argument("--hidethinking", action="store_true", help="do not print the thinking (the model still thinks)")
+    run.add_argument("--nowordwrap", action="store_true", help="don't wrap words to the next line at the terminal width")
     run.add_argument("--backend", default="ggml", choices=["ggml", "torch"])
     run.add_argument("--num-ctx", type=int, help="context length (default 4096, or the model's num_ctx)")
     run.add_argument("--num-thread", type=int)
@@ -274,7 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     show.set_defaults(func=remote.via_server(models.cmd_show, remote.show_remote))
 
     for alias in ("list", "ls"):
-        sub.add_parser(alias, help="list models").set_defaults(func=remote.via_server(models.cmd_list, remote.list_remote))
+        sub.add_parser(alias, help="list models").set_defaults(
+            func=remote.via_server(models.cmd_list, remote.list_remote, say="list on the store"))
 
     cp = sub.add_parser("cp", help="copy a model")
     cp.add_argument("source")
@@ -313,10 +354,30 @@ def print_help(parser: argparse.ArgumentParser, commands, topic: str | None) -> 
     return 0
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Flags anywhere on the line, as Ollama's (cobra's) CLI takes them: `run smollm2 --verbose hi`
+    and options after the prompt. A bare `--think` never takes the next word as its value
+    (cobra's NoOptDefVal): it is --think=true."""
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    at = next((i for i, word in enumerate(argv) if not word.startswith("-")), None)
+    if at is None or argv[at] not in commands:
+        return parser.parse_args(argv)
+    name, rest = argv[at], argv[at + 1:]
+    if name == "run":
+        rest = [("--think=true" if word == "--think" else word) for word in rest]
+    args = parser.parse_args(argv[:at])  # the global flags, before the command
+    try:
+        args = commands[name].parse_intermixed_args(rest, namespace=args)
+    except TypeError:  # a command argparse cannot intermix (one with commands of its own)
+        return parser.parse_args(argv)
+    args.command = name
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `pollama` console script."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, sys.argv[1:] if argv is None else list(argv))
     if args.version:
         from pollama.cli.remote import cmd_version
 

@@ -40,16 +40,60 @@ def human_bytes(n: int) -> str:
     return f"{n} B"
 
 
-def human_time(then: datetime) -> str:
-    """'2 minutes ago', 'About an hour ago', as Ollama's list shows."""
-    seconds = (datetime.now(UTC) - then.astimezone(UTC)).total_seconds()
-    for unit, size in (("year", 31536000), ("month", 2592000), ("week", 604800), ("day", 86400), ("hour", 3600), ("minute", 60)):
-        if seconds >= size:
-            n = int(seconds // size)
-            if n == 1:
-                return f"About {'an' if unit == 'hour' else 'a'} {unit} ago"
-            return f"{n} {unit}s ago"
-    return "Less than a second ago" if seconds < 1 else f"{int(seconds)} seconds ago"
+def _trunc_div(a: int, b: int) -> int:
+    """Go's integer division (toward zero)."""
+    q = abs(a) // b
+    return q if a >= 0 else -q
+
+
+def human_duration(seconds: float) -> str:
+    """A duration in Ollama's words (format/time.go humanDuration): "Less than a second",
+    "1 second", "5 seconds", "About a minute", "4 minutes", "About an hour", "3 hours",
+    "2 days", "3 weeks", "5 months", "2 years". Seconds and minutes are truncated, hours
+    rounded, as there."""
+    whole_seconds = int(seconds)
+    if whole_seconds < 1:
+        return "Less than a second"
+    if whole_seconds == 1:
+        return "1 second"
+    if whole_seconds < 60:
+        return f"{whole_seconds} seconds"
+    minutes = int(seconds / 60)
+    if minutes == 1:
+        return "About a minute"
+    if minutes < 60:
+        return f"{minutes} minutes"
+    hours = round_half_away(seconds / 3600)
+    if hours == 1:
+        return "About an hour"
+    if hours < 48:
+        return f"{hours} hours"
+    if hours < 24 * 7 * 2:
+        return f"{hours // 24} days"
+    if hours < 24 * 30 * 2:
+        return f"{hours // 24 // 7} weeks"
+    if hours < 24 * 365 * 2:
+        return f"{hours // 24 // 30} months"
+    return f"{int(seconds / 3600) // 24 // 365} years"
+
+
+def round_half_away(x: float) -> int:
+    """Go's math.Round: halves away from zero (Python's round() goes to even)."""
+    return int(x + 0.5) if x >= 0 else -int(-x + 0.5)
+
+
+def human_time(then: datetime | None, zero: str = "Never", now: datetime | None = None) -> str:
+    """A time relative to now in Ollama's words (format/time.go HumanTime): "2 minutes ago",
+    "4 minutes from now", "Forever" beyond 20 years ahead, `zero` for no time at all."""
+    if then is None:
+        return zero
+    now = now or datetime.now(UTC)
+    delta = (now - then.astimezone(UTC)).total_seconds()
+    if _trunc_div(_trunc_div(int(delta / 3600), 24), 365) < -20:
+        return "Forever"
+    if delta < 0:
+        return human_duration(-delta) + " from now"
+    return human_duration(delta) + " ago"
 
 
 def _table(rows: list[list[str]], indent: str = "") -> str:

@@ -18,22 +18,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve()
 
 
-def until(expires_at: str) -> str:
-    """ps's UNTIL column: "Forever", "Stopping...", "4 minutes from now"."""
+def until(expires_at: str, now: datetime | None = None) -> str:
+    """ps's UNTIL column as Ollama's ps: "Stopping..." once the time has passed, else HumanTime
+    ("4 minutes from now", "Forever" for a model kept loaded for good)."""
+    from pollama.cli.models import human_time
+
     try:
         then = datetime.fromisoformat(expires_at)
     except ValueError:
         return expires_at
-    seconds = (then - datetime.now(UTC)).total_seconds()
-    if seconds > 100 * 365 * 86400:
-        return "Forever"
-    if seconds <= 0:
-        return "Stopping..."
-    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
-        if seconds >= size:
-            n = round(seconds / size)
-            return f"{'About a' if n == 1 and unit != 'hour' else 'About an' if n == 1 else n} {unit}{'s' if n != 1 else ''} from now"
-    return "Less than a minute from now" if seconds >= 1 else "Less than a second from now"
+    now = now or datetime.now(UTC)
+    return "Stopping..." if now > then else human_time(then, "Never", now)
 
 
 def cmd_version(args: argparse.Namespace) -> int:
@@ -74,27 +69,45 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 def run_remote(client: Client, args: argparse.Namespace, prompt: str, options: dict) -> int:
-    """`run MODEL PROMPT` through the server's /api/chat, printing the answer as it streams."""
-    message: dict = {"role": "user", "content": prompt}
-    if model_has_vision(client, args.model):
-        message["content"], images, notes = extract_images(prompt)
-        for note in notes:
-            print(note, file=sys.stderr)
-        if images:
-            message["images"] = images
-    body: dict = {"model": args.model, "messages": [message], "options": options}
-    if getattr(args, "keepalive", None):
-        body["keep_alive"] = args.keepalive
-    if getattr(args, "format", None):
-        body["format"] = args.format
-    started = time.perf_counter_ns()
-    final = None
-    for message in client.stream("/api/chat", body):
-        if message.get("done"):
-            final = message
-        else:
-            sys.stdout.write(message["message"]["content"])
-            sys.stdout.flush()
+    """`run MODEL PROMPT` through the server's /api/chat, printing the answer as `ollama run` does:
+    a spinner on stderr until the first words, the thinking set apart, words wrapped on a terminal."""
+    from pollama.cli.display import AnswerPrinter, Spinner, is_terminal
+    from pollama.cli.main import think_value
+
+    spinner = Spinner()
+    try:
+        capabilities = model_capabilities(client, args.model)
+        message: dict = {"role": "user", "content": prompt}
+        if "vision" in capabilities:
+            message["content"], images, notes = extract_images(prompt)
+            for note in notes:
+                spinner.stop()
+                print(note, file=sys.stderr)
+            if images:
+                message["images"] = images
+        body: dict = {"model": args.model, "messages": [message], "options": options}
+        think = think_value(getattr(args, "think", None))
+        if think is None and "thinking" in capabilities:
+            think = True  # as Ollama's CLI: a model that thinks does, unless told not to
+        if think is not None:
+            body["think"] = think
+        if getattr(args, "keepalive", None):
+            body["keep_alive"] = args.keepalive
+        if getattr(args, "format", None):
+            body["format"] = args.format
+        started = time.perf_counter_ns()
+        final = None
+        terminal = is_terminal(sys.stdout)
+        printer = AnswerPrinter(sys.stdout, wrap=terminal and not getattr(args, "nowordwrap", False),
+                                hide_thinking=getattr(args, "hidethinking", False), plain=not terminal, spinner=spinner)
+        for message in client.stream("/api/chat", body):
+            if message.get("done"):
+                final = message
+            else:
+                printer.add(message["message"].get("content", ""), message["message"].get("thinking", ""))
+        printer.close()
+    finally:
+        spinner.stop()
     sys.stdout.write("\n")
     if args.verbose and final is not None:
         from pollama.cli.main import print_timings
@@ -103,13 +116,14 @@ def run_remote(client: Client, args: argparse.Namespace, prompt: str, options: d
     return 0
 
 
-def model_has_vision(client: Client, model: str) -> bool:
-    """Whether the server says the model takes images (then image paths in prompts are read)."""
+def model_capabilities(client: Client, model: str) -> list[str]:
+    """What the server says the model can do ("vision": image paths in prompts are read;
+    "thinking": the CLI asks it to think); none when it cannot say (the chat request will)."""
     try:
         info = client.request("POST", "/api/show", {"model": model})
     except ServerError:
-        return False  # the chat request itself will say what is wrong
-    return "vision" in (info.get("capabilities") or [])
+        return []
+    return list(info.get("capabilities") or [])
 
 
 # -- model management through the server (as Ollama's CLI does) ---------------------------------
@@ -181,7 +195,7 @@ def show_remote(client: Client, args: argparse.Namespace) -> int:
 
 
 # Files of a Hugging Face folder that create reads (weights, configs, tokenizers).
-_UPLOAD_SUFFIXES = (".safetensors", ".json", ".txt", ".model", ".bin", ".pth", ".gguf", ".tiktoken")
+_UPLOAD_SUFFIXES = (".safetensors", ".json", ".txt", ".model", ".bin", ".pth", ".gguf", ".tiktoken", ".jinja")
 
 
 def _upload(client: Client, path) -> str:
@@ -273,13 +287,18 @@ def create_remote(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
-def via_server(local, remote):
-    """A command that uses the server at OLLAMA_HOST when one answers, else works here."""
+def via_server(local, remote, say: str | None = None):
+    """A command that uses the server at OLLAMA_HOST when one answers, else works here (and
+    says so on stderr, in one line, when `say` names what it does here)."""
     def run(args: argparse.Namespace) -> int:
         client = Client()
         if client.is_running():
             with client:
                 return remote(client, args)
+        if say is not None:
+            from pollama.cli.main import say_in_process
+
+            say_in_process(client.base_url, say)
         return local(args)
 
     return run

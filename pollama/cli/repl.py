@@ -14,7 +14,8 @@ from typing import Any
 from pollama import envconfig
 from pollama.cli.client import Client, ServerError
 from pollama.cli.images import extract_images
-from pollama.cli.remote import model_has_vision
+from pollama.cli.display import AnswerPrinter, Spinner
+from pollama.cli.remote import model_capabilities
 
 HELP = """Available Commands:
   /set            Set session variables
@@ -34,12 +35,16 @@ HELP_SET = """Available Commands:
   /set system <string>   Set system message
   /set history           Enable history
   /set nohistory         Disable history
+  /set wordwrap          Enable wordwrap
+  /set nowordwrap        Disable wordwrap
   /set format json       Enable JSON mode
   /set noformat          Disable formatting
   /set verbose           Show LLM stats
   /set quiet             Disable LLM stats
   /set think             Enable thinking
   /set nothink           Disable thinking
+  /set hidethinking      Hide thinking output
+  /set nohidethinking    Show thinking output
 """
 
 HELP_SHOW = """Available Commands:
@@ -67,16 +72,20 @@ class Session:
     """One interactive chat: the model, its messages, and what /set changed."""
 
     def __init__(self, client: Client, model: str, options: dict[str, Any], *, verbose: bool = False,
-                 keep_alive: str | None = None, fmt: str | None = None):
+                 keep_alive: str | None = None, fmt: str | None = None, think: bool | str | None = None,
+                 hide_thinking: bool = False, wordwrap: bool = True):
         self.client = client
         self.model = model
         self.options = dict(options)
         self.verbose = verbose
         self.keep_alive = keep_alive
         self.format = fmt
+        self.think = think  # None: as the model does (Ollama's CLI turns it on for a thinking model)
+        self.hide_thinking = hide_thinking
+        self.wordwrap = wordwrap
         self.system: str | None = None
         self.messages: list[dict[str, Any]] = []
-        self._vision: tuple[str, bool] | None = None
+        self._capabilities: tuple[str, list[str]] | None = None
         self.history = not envconfig.no_history()
 
     # -- input ------------------------------------------------------------------------------
@@ -178,8 +187,21 @@ class Session:
         elif what == "noformat":
             self.format = None
             print("Disabled format.")
-        elif what in ("think", "nothink"):
-            print("Thinking is not supported yet by pollama." if what == "think" else "Set 'nothink' mode.")
+        elif what in ("wordwrap", "nowordwrap"):
+            self.wordwrap = what == "wordwrap"
+            print(f"Set '{what}' mode.")
+        elif what == "think":
+            # A level is passed on as it is: the server says whether the model takes it.
+            self.think = args[1] if len(args) > 1 else True
+            self.warn_if_not_thinking()
+            print(f"Set 'think' mode to '{args[1]}'." if len(args) > 1 else "Set 'think' mode.")
+        elif what == "nothink":
+            self.think = False
+            self.warn_if_not_thinking()
+            print("Set 'nothink' mode.")
+        elif what in ("hidethinking", "nohidethinking"):  # pollama's; Ollama has only the --hidethinking flag
+            self.hide_thinking = what == "hidethinking"
+            print(f"Set '{what}' mode.")
         else:
             print(f"Unknown command '/set {what}'. Type /? for help")
 
@@ -248,11 +270,18 @@ class Session:
         print(f"Created new model '{name}'")
 
     # -- chat -------------------------------------------------------------------------------
+    def capabilities(self) -> list[str]:
+        """What the model can do (asked once per model)."""
+        if self._capabilities is None or self._capabilities[0] != self.model:
+            self._capabilities = (self.model, model_capabilities(self.client, self.model))
+        return self._capabilities[1]
+
     def takes_images(self) -> bool:
-        """Whether the model is a vision model (asked once per model)."""
-        if self._vision is None or self._vision[0] != self.model:
-            self._vision = (self.model, model_has_vision(self.client, self.model))
-        return self._vision[1]
+        return "vision" in self.capabilities()
+
+    def warn_if_not_thinking(self) -> None:
+        if "thinking" not in self.capabilities():
+            print(f'warning: model "{self.model}" does not support thinking output', file=sys.stderr)
 
     def chat(self, text: str) -> None:
         """Send one user message and stream the answer; Ctrl+C drops the turn."""
@@ -272,25 +301,34 @@ class Session:
             body["keep_alive"] = self.keep_alive
         if self.format:
             body["format"] = self.format
+        think = self.think if self.think is not None else (True if "thinking" in self.capabilities() else None)
+        if think is not None:
+            body["think"] = think
         started = time.perf_counter_ns()
-        answer, final = [], None
+        final = None
+        printer = AnswerPrinter(sys.stdout, wrap=self.wordwrap, hide_thinking=self.hide_thinking, spinner=Spinner())
         try:
             for message in self.client.stream("/api/chat", body):
                 if message.get("done"):
                     final = message
                     continue
-                piece = message["message"]["content"]
-                answer.append(piece)
-                sys.stdout.write(piece)
-                sys.stdout.flush()
+                printer.add(message["message"].get("content", ""), message["message"].get("thinking", ""))
         except KeyboardInterrupt:
+            printer.close()
             print()
             return
         except ServerError as e:
-            print(f"\nError: {e}")
+            printer.close()
+            # Ollama's words for a think the model does not take; the session goes on either way.
+            thinking_error = "does not support thinking" in str(e) or "invalid think value" in str(e)
+            print(f"error: {e}" if thinking_error else f"\nError: {e}")
             return
+        printer.close()
         print("\n")
-        self.messages = messages + [{"role": "assistant", "content": "".join(answer)}]
+        answer = {"role": "assistant", "content": "".join(printer.content)}
+        if printer.thinking:
+            answer["thinking"] = "".join(printer.thinking)
+        self.messages = messages + [answer]
         if self.verbose and final is not None:
             from pollama.cli.main import print_timings
 
@@ -301,11 +339,15 @@ def _history_file() -> Path:
     return Path.home() / ".ollama" / "history"
 
 
-def repl(client: Client, model: str, options: dict[str, Any], *, verbose: bool = False,
-         keep_alive: str | None = None, fmt: str | None = None) -> int:
-    """The interactive loop; returns the exit status."""
-    session = Session(client, model, options, verbose=verbose, keep_alive=keep_alive, fmt=fmt)
-    client.request("POST", "/api/generate", {"model": model, **({"keep_alive": keep_alive} if keep_alive else {})})
+def repl(client: Client, args) -> int:
+    """The interactive loop for `run MODEL` on a terminal; returns the exit status."""
+    from pollama.cli.main import run_flags, think_value
+
+    model, keep_alive = args.model, args.keepalive
+    session = Session(client, model, run_flags(args), verbose=args.verbose, keep_alive=keep_alive, fmt=args.format,
+                      think=think_value(args.think), hide_thinking=args.hidethinking, wordwrap=not args.nowordwrap)
+    with Spinner():  # while the model loads
+        client.request("POST", "/api/generate", {"model": model, **({"keep_alive": keep_alive} if keep_alive else {})})
     readline = None
     if sys.stdin.isatty():
         try:

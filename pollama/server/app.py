@@ -184,8 +184,11 @@ def create_app(config: ServerConfig | None = None, store: Store | None = None, *
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        message = {404: "404 page not found", 405: "405 method not allowed"}.get(exc.status_code, str(exc.detail))
-        return json_response({"error": message}, exc.status_code)
+        if exc.status_code in (404, 405):
+            # No such route (or method): gin's own plain-text answer, as Ollama gives it.
+            text = "404 page not found" if exc.status_code == 404 else "405 method not allowed"
+            return Response(text.encode(), exc.status_code, headers={"content-type": "text/plain"})
+        return json_response({"error": str(exc.detail)}, exc.status_code)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> Response:

@@ -123,18 +123,6 @@ def not_found(name: str) -> APIError:
     return APIError(404, f'model "{name}" not found, try pulling it first')
 
 
-def _embedded(name: str) -> str | None:
-    from pollama.store.embedded import EMBEDDED_MODELS
-
-    try:
-        parsed = ModelName.parse(name)
-    except (InvalidName, ValueError):
-        return None
-    if parsed.display.endswith(":latest") and parsed.display[: -len(":latest")] in EMBEDDED_MODELS:
-        return parsed.display[: -len(":latest")]
-    return None
-
-
 def resolve_model(store: Store, name: object) -> ModelRef:
     """The model called `name`; APIError 400 for a bad name, 404 for an unknown one."""
     if not isinstance(name, str) or not name.strip():
@@ -166,9 +154,9 @@ def resolve_model(store: Store, name: object) -> ModelRef:
 def _resolve_embedded(name: str) -> ModelRef:
     import hashlib
 
-    from pollama.store.embedded import embedded_model_path
+    from pollama.store.embedded import embedded_model_path, embedded_name
 
-    short = _embedded(name)
+    short = embedded_name(name)
     if short is None:
         raise not_found(name)
     try:

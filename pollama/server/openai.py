@@ -88,6 +88,8 @@ def openai_options(body: dict[str, Any], *, completions: bool = False) -> dict[s
 _COMMON_FIELDS: dict[str, Any] = {
     "model": str, "user": str, "logit_bias": dict,
 }
+# `n` is type-checked, then ignored: the answer has one choice whatever n asks, as Ollama's
+# OpenAI layer has it (its request types have no n at all).
 _GENERATION_FIELDS: dict[str, Any] = {
     **_COMMON_FIELDS,
     "stream": bool, "stream_options": dict, "max_tokens": int, "max_completion_tokens": int,
@@ -141,12 +143,6 @@ def check_field_types(body: dict[str, Any], endpoint: str | dict[str, Any]) -> N
         value = body.get(name)
         if name in fields and value is not None and value < 0:
             raise APIError(400, f'invalid value for "{name}": must not be negative')
-
-
-def _refuse(body: dict[str, Any]) -> None:
-    n = body.get("n")
-    if n not in (None, 1):
-        raise APIError(400, "n other than 1 is not supported")
 
 
 def _logprob_fields(body: dict[str, Any]) -> tuple[bool, int]:
@@ -400,7 +396,6 @@ def add_openai_routes(app: FastAPI, state) -> None:
 
         body = await read_json(request)
         check_field_types(body, "chat")
-        _refuse(body)
         raw_messages = body.get("messages")
         if not isinstance(raw_messages, list) or not raw_messages:
             raise APIError(400, "messages are required")
@@ -508,7 +503,6 @@ def add_openai_routes(app: FastAPI, state) -> None:
     async def completions(request: Request) -> Response:
         body = await read_json(request)
         check_field_types(body, "completions")
-        _refuse(body)
         prompt = body.get("prompt")
         if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
             prompt = prompt[0]

@@ -88,9 +88,17 @@ class OriginCheck:
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http":
             origin = _header(scope, b"origin")
+            preflight = scope.get("method") == "OPTIONS" and _header(scope, b"access-control-request-method") is not None
             if origin is not None and not self._allowed(origin, _header(scope, b"host") or ""):
                 log.warning("refused a request to %s from origin %r (see OLLAMA_ORIGINS)", scope.get("path"), origin)
-                await _refuse(send, 403, b'{"error":"forbidden: this origin may not call the server (see OLLAMA_ORIGINS)"}')
+                if preflight:  # gin-contrib/cors (Ollama's): a bare 403, no body
+                    await send({"type": "http.response.start", "status": 403, "headers": [(b"content-length", b"0")]})
+                    await send({"type": "http.response.body", "body": b""})
+                else:
+                    await _refuse(send, 403, b'{"error":"forbidden: this origin may not call the server (see OLLAMA_ORIGINS)"}')
+                return
+            if origin is not None and preflight:
+                await self.app(scope, receive, _no_content(send))
                 return
         await self.app(scope, receive, send)
 
@@ -98,6 +106,20 @@ class OriginCheck:
         if host and origin in (f"http://{host}", f"https://{host}"):
             return True
         return self.allowed.fullmatch(origin) is not None
+
+
+def _no_content(send):
+    """An answered preflight as gin-contrib/cors gives it: 204 and no body (Starlette's CORS
+    middleware answers 200 "OK")."""
+    async def send_204(message) -> None:
+        if message["type"] == "http.response.start" and message["status"] == 200:
+            headers = [(k, v) for k, v in message.get("headers", []) if k.lower() not in (b"content-length", b"content-type")]
+            message = {**message, "status": 204, "headers": headers}
+        elif message["type"] == "http.response.body":
+            message = {**message, "body": b""}
+        await send(message)
+
+    return send_204
 
 
 # Requests anyone may make with keys on: the liveness checks clients probe before anything else.

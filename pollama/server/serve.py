@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import sys
 
 from pollama.server.config import ServerConfig, parse_host
 
@@ -16,8 +17,12 @@ def serve(host: str | None = None) -> int:
     from pollama.server.app import create_app
 
     where = parse_host(host)
+    from pollama.server.logs import RequestLog, SlogFormatter
+
     level = logging.DEBUG if debug_enabled() else logging.INFO
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(SlogFormatter())
+    logging.basicConfig(level=level, handlers=[handler], force=True)
     from pollama.envconfig import api_keys
     from pollama.server.security import bound_to_loopback
 
@@ -28,14 +33,22 @@ def serve(host: str | None = None) -> int:
         logging.getLogger(__name__).warning(
             "listening on %s, beyond this machine, with no API key: anyone who can reach it may use every route; "
             "set POLLAMA_API_KEYS (see docs/security.md)", where.host)
+    from pollama.envconfig import no_prune
+
+    if not no_prune():
+        from pollama.store.store import Store
+
+        Store().prune()  # as Ollama's server at start: unused blobs and stale downloads go
     app = create_app(ServerConfig.from_env(), host_check=loopback)
+    # Each request is one gin-style line (RequestLog), so uvicorn's own access log stays off.
     config = uvicorn.Config(
-        app, host=where.host, port=where.port, log_level="debug" if debug_enabled() else "warning",
-        access_log=debug_enabled(), timeout_graceful_shutdown=5, lifespan="on",
+        RequestLog(app), host=where.host, port=where.port, log_level="debug" if debug_enabled() else "warning",
+        access_log=False, timeout_graceful_shutdown=5, lifespan="on", log_config=None,
     )
     server = uvicorn.Server(config)
     sock = _listen(where.host, where.port)
-    logging.getLogger(__name__).info("Listening on %s:%d (version %s)", where.host, where.port, app.version)
+    shown = f"[{where.host}]" if ":" in where.host else where.host  # Go's net.Addr form
+    logging.getLogger(__name__).info("Listening on %s:%d (version %s)", shown, where.port, app.version)
     server.run(sockets=[sock])
     return 0
 

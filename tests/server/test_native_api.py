@@ -25,8 +25,12 @@ def test_root_and_version(server):
         assert http.head("/").status_code == 200
         assert http.get("/api/version").json()["version"]
         assert http.head("/api/version").status_code == 200
+        # An unknown route (or method) is gin's plain-text answer, as Ollama's server gives it.
         missing = http.get("/api/nothing")
-        assert missing.status_code == 404 and "error" in missing.json()
+        assert (missing.status_code, missing.text, missing.headers["content-type"]) == (404, "404 page not found", "text/plain")
+        wrong = http.get("/api/chat")
+        assert (wrong.status_code, wrong.text, wrong.headers["content-type"]) == (405, "405 method not allowed", "text/plain")
+        assert http.get("/api/version").json() == {"version": "0.32.15"}  # the Ollama release whose API this is
 
 
 def test_generate_streams_ndjson_and_matches_non_streaming(server, client):

@@ -101,3 +101,12 @@ def test_logprobs_in_openais_shape(oai):
     legacy = oai.completions.create(model="smollm2", prompt=PROMPT, temperature=0, max_tokens=3, logprobs=2)
     lp = legacy.choices[0].logprobs
     assert len(lp.tokens) == 3 and len(lp.token_logprobs) == 3 and all(len(t) <= 2 for t in lp.top_logprobs)
+
+
+def test_n_above_one_is_ignored_with_one_choice_as_ollama(oai):
+    # Ollama's OpenAI layer has no `n`: a request for two choices gets the one answer.
+    one = oai.chat.completions.create(model="smollm2", messages=MESSAGES, temperature=0, max_tokens=4)
+    two = oai.chat.completions.create(model="smollm2", messages=MESSAGES, temperature=0, max_tokens=4, n=2)
+    assert len(two.choices) == 1 and two.choices[0].message.content == one.choices[0].message.content
+    completed = oai.completions.create(model="smollm2", prompt=PROMPT, temperature=0, max_tokens=4, n=2)
+    assert len(completed.choices) == 1 and completed.choices[0].text
