@@ -710,6 +710,9 @@ def show_model(model: ModelRef, verbose: bool) -> dict[str, Any]:
         "capabilities": model.capabilities,
         "modified_at": rfc3339(model.modified_at),
     }
+    for key in ("renderer", "parser"):
+        if model.config.get(key):
+            answer[key] = model.config[key]
     if model.messages:
         answer["messages"] = model.messages
     if verbose:
@@ -785,7 +788,7 @@ def _create_commands(state: State, body: dict[str, Any], staging: Path) -> tuple
     if adapters:
         for path in _stage_files(state.store, adapters, staging / "adapters", single=False):
             commands.append(["adapter", path])
-    for key in ("template", "system"):
+    for key in ("template", "system", "renderer", "parser"):
         value = field(body, key, str, None)
         if value is not None:
             commands.append([key, value])
