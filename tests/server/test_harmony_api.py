@@ -1,0 +1,163 @@
+"""gpt-oss's harmony answers parsed into thinking, tool calls and content, through a real server.
+
+No gpt-oss weights are at hand and a small model does not write harmony by itself, so SmolLM2
+is made to answer in harmony's structure by its prompt and by the server's own machinery:
+- the model is created with PARSER harmony (as an Ollama Modelfile selects the built-in parser)
+  and a Go TEMPLATE that writes harmony and leaves the assistant's message open where the
+  request leads: on the analysis channel when thinking, on the final channel when not, and in
+  a call header (`<|channel|>commentary to=functions.NAME <|constrain|>json<|message|>`) when
+  tools are given. Whatever SmolLM2 writes there is thinking, content, or a call's arguments.
+- for a call, `format` holds the model to the tool's argument schema, so its text is JSON;
+- for thinking then an answer, `format` makes the runner end the thinking after its token
+  budget by writing harmony's `<|end|><|start|>assistant<|channel|>final<|message|>` (the
+  text Ollama forces there), then JSON: the parser must find the channel change in the
+  streamed text and split the answer there.
+What this proves: the server picks the harmony parser for the model, starts it where the
+prompt left the model, and turns the streamed text into `thinking`, `tool_calls` and
+`content` on /api/chat, /api/generate and /v1/chat/completions, streamed and not, with the
+channel markers never leaking into the answer. What it cannot prove: that gpt-oss itself is
+read right (tests/template/test_harmony.py covers real harmony outputs at every split).
+"""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import ollama
+import openai
+import pytest
+
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "Get the current weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 12}},
+                   "required": ["city"], "additionalProperties": False}}}
+ANSWER = {"type": "object", "properties": {"answer": {"type": "string", "maxLength": 8}},
+          "required": ["answer"], "additionalProperties": False}
+QUESTION = [{"role": "user", "content": "What is the weather in Paris?"}]
+OPTIONS = {"temperature": 0, "num_predict": 40}
+MARKERS = ("<|start|>", "<|channel|>", "<|message|>", "<|end|>", "<|constrain|>")
+
+HARMONY_TEMPLATE = """<|start|>system<|message|>Reasoning: {{ if .ThinkLevel }}{{ .ThinkLevel }}{{ else }}medium{{ end }}<|end|>
+{{- range .Messages }}<|start|>{{ .Role }}<|message|>{{ .Content }}<|end|>{{ end -}}
+<|start|>assistant
+{{- if .Tools }}{{ range .Tools }}<|channel|>commentary to=functions.{{ .Function.Name }} <|constrain|>json<|message|>{{ end }}
+{{- else if .Think }}<|channel|>analysis<|message|>
+{{- else }}<|channel|>final<|message|>{{ end }}"""
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return ollama.Client(host=server.url, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def oai(server):
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="ollama", timeout=300, max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def harmony(server, client, smollm2_path):
+    digest = client.create_blob(smollm2_path)
+    with server.http() as http:
+        r = http.post("/api/create", json={"model": "smol-harmony", "files": {"m.gguf": digest},
+                                           "template": HARMONY_TEMPLATE, "parser": "harmony", "stream": False})
+        assert r.status_code == 200, r.text
+    return "smol-harmony"
+
+
+def clean(*texts):
+    return all(not any(m in t for m in MARKERS) for t in texts)
+
+
+def test_show_has_the_parser_and_its_capabilities(server, client, harmony):
+    assert client.show(harmony).capabilities == ["completion", "tools", "thinking"]
+    with server.http() as http:
+        assert http.post("/api/show", json={"model": harmony}).json()["parser"] == "harmony"
+
+
+def test_thinking_on_the_analysis_channel(client, harmony):
+    r = client.chat(model=harmony, messages=QUESTION, think=True, options=OPTIONS)
+    assert r.message.thinking and r.message.content == "" and not r.message.tool_calls
+    parts = list(client.chat(model=harmony, messages=QUESTION, think=True, options=OPTIONS, stream=True))
+    assert "".join(p.message.thinking or "" for p in parts) == r.message.thinking
+    assert all(p.message.content == "" for p in parts) and clean(r.message.thinking)
+
+
+def test_content_on_the_final_channel(client, harmony):
+    r = client.chat(model=harmony, messages=QUESTION, think=False, options=OPTIONS)
+    assert r.message.content and not r.message.thinking and clean(r.message.content)
+    parts = list(client.chat(model=harmony, messages=QUESTION, think=False, options=OPTIONS, stream=True))
+    assert "".join(p.message.content for p in parts) == r.message.content
+
+
+def test_thinking_then_final_answer_split_where_the_channel_changes(client, harmony):
+    options = {"temperature": 0.8, "seed": 3, "num_predict": 100}
+    r = client.chat(model=harmony, messages=QUESTION, think=True, format=ANSWER, options=options)
+    assert r.message.thinking and clean(r.message.thinking, r.message.content)
+    jsonschema.validate(json.loads(r.message.content), ANSWER)
+    parts = list(client.chat(model=harmony, messages=QUESTION, think=True, format=ANSWER, options=options, stream=True))
+    assert "".join(p.message.thinking or "" for p in parts) == r.message.thinking
+    assert "".join(p.message.content for p in parts) == r.message.content
+
+
+def test_tool_call_native_streamed_and_not(client, harmony):
+    args = WEATHER["function"]["parameters"]
+    r = client.chat(model=harmony, messages=QUESTION, tools=[WEATHER], format=args, options=OPTIONS)
+    (call,) = r.message.tool_calls
+    assert call.function.name == "get_weather" and isinstance(call.function.arguments["city"], str)
+    assert r.message.content == "" and not r.message.thinking
+    parts = list(client.chat(model=harmony, messages=QUESTION, tools=[WEATHER], format=args, options=OPTIONS,
+                             stream=True))
+    calls = [c for p in parts for c in (p.message.tool_calls or [])]
+    assert [(c.function.name, c.function.arguments) for c in calls] == [("get_weather", call.function.arguments)]
+    assert all(p.message.content == "" for p in parts)
+
+
+def test_openai_chat_completions(oai, harmony):
+    # reasoning_effort "low" is think "low": the template opens the analysis channel.
+    r = oai.chat.completions.create(model=harmony, messages=QUESTION, reasoning_effort="low", temperature=0, max_tokens=40)
+    message = r.choices[0].message
+    assert message.reasoning and message.content == "" and clean(message.reasoning)
+    chunks = list(oai.chat.completions.create(model=harmony, messages=QUESTION, reasoning_effort="low", temperature=0,
+                                              max_tokens=40, stream=True))
+    assert "".join(getattr(c.choices[0].delta, "reasoning", None) or "" for c in chunks if c.choices) == message.reasoning
+    # reasoning_effort "none" is think false: the final channel, so content.
+    r = oai.chat.completions.create(model=harmony, messages=QUESTION, reasoning_effort="none", temperature=0, max_tokens=20)
+    assert r.choices[0].message.content and not getattr(r.choices[0].message, "reasoning", None)
+
+
+def test_openai_tool_call_streamed_and_not(oai, harmony):
+    fmt = {"type": "json_schema", "json_schema": {"name": "args", "schema": WEATHER["function"]["parameters"]}}
+    r = oai.chat.completions.create(model=harmony, messages=QUESTION, tools=[WEATHER], response_format=fmt,
+                                    temperature=0, max_tokens=40)
+    choice = r.choices[0]
+    (call,) = choice.message.tool_calls
+    assert choice.finish_reason == "tool_calls" and call.function.name == "get_weather"
+    arguments = json.loads(call.function.arguments)
+    assert isinstance(arguments["city"], str)
+    chunks = list(oai.chat.completions.create(model=harmony, messages=QUESTION, tools=[WEATHER], response_format=fmt,
+                                              temperature=0, max_tokens=40, stream=True))
+    deltas = [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
+    assert [(d.function.name, json.loads(d.function.arguments)) for d in deltas] == [("get_weather", arguments)]
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "tool_calls"
+
+
+def test_generate_splits_thinking_from_the_response(client, harmony):
+    r = client.generate(model=harmony, prompt="Hi", think=True, options=OPTIONS)
+    assert r.thinking and r.response == "" and clean(r.thinking)
+    parts = list(client.generate(model=harmony, prompt="Hi", think=True, options=OPTIONS, stream=True))
+    assert "".join(p.thinking or "" for p in parts) == r.thinking
+    r = client.generate(model=harmony, prompt="Hi", think=False, options=OPTIONS)
+    assert r.response and not r.thinking and clean(r.response)
+
+
+def test_think_levels_reach_the_template(server, harmony):
+    with server.http() as http:
+        for think, level in ((True, "medium"), ("low", "low"), ("high", "high"), ("max", "high")):
+            r = http.post("/api/chat", json={"model": harmony, "messages": QUESTION, "think": think,
+                                             "_debug_render_only": True, "stream": False})
+            rendered = r.json()["_debug_info"]["rendered_template"]
+            # "max" is "high" for harmony, whose Reasoning knows low, medium and high (as Ollama).
+            assert rendered.startswith(f"<|start|>system<|message|>Reasoning: {level}<|end|>"), (think, rendered)
+            assert rendered.endswith("<|start|>assistant<|channel|>analysis<|message|>")
