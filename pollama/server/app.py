@@ -484,8 +484,9 @@ async def generate_response(state: State, request: Request, body: dict[str, Any]
                                specials=runner.specials(), think=think, images=images)
 
     # Generate splits thinking from the response, raw or not, as Ollama's handler does (no tool
-    # calls: generate parses those only with a built-in parser).
-    make_parser = output_parser(model, [], think)
+    # calls: generate parses those only with a built-in parser). A raw prompt is not harmony's:
+    # Ollama's built-in parsers (harmony's) stay off for it.
+    make_parser = None if raw and model.harmony else output_parser(model, [], think)
     job = Completion(model, options, keep_alive, build_prompt, logprobs, top_logprobs, render_only,
                      format=body.get("format"), make_parser=make_parser)
 

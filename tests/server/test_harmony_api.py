@@ -17,16 +17,29 @@ prompt left the model, and turns the streamed text into `thinking`, `tool_calls`
 `content` on /api/chat, /api/generate and /v1/chat/completions, streamed and not, with the
 channel markers never leaking into the answer. What it cannot prove: that gpt-oss itself is
 read right (tests/template/test_harmony.py covers real harmony outputs at every split).
+
+The last tests take the path of a real gpt-oss GGUF: no Go template, gpt-oss's own Jinja
+chat template, harmony's special tokens in the vocabulary. There the model is a tiny one
+built to write a known harmony token sequence (a one-layer llama whose attention and FFN are
+zero, so each next token follows from the current one alone): the special tokens come out of
+the token stream as text, <|call|> and <|return|> end the answer, and the server finds
+harmony from the chat template alone.
 """
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import jsonschema
+import numpy as np
 import ollama
 import openai
 import pytest
+
+from pollama.fs.ggml_types import GGMLType
+from pollama.fs.writer import write_gguf
+from pollama.tokenizer.pretokenize import byte_encode
 
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "Get the current weather in a city",
@@ -161,3 +174,106 @@ def test_think_levels_reach_the_template(server, harmony):
             # "max" is "high" for harmony, whose Reasoning knows low, medium and high (as Ollama).
             assert rendered.startswith(f"<|start|>system<|message|>Reasoning: {level}<|end|>"), (think, rendered)
             assert rendered.endswith("<|start|>assistant<|channel|>analysis<|message|>")
+
+
+# -- gpt-oss's path: its Jinja template, its special tokens, a model that writes harmony ------------
+GPT_OSS_TEMPLATE = (Path(__file__).parents[1] / "template" / "data" / "gpt_oss_chat_template.jinja").read_text("utf-8")
+SPECIALS = ["<|start|>", "<|channel|>", "<|message|>", "<|constrain|>", "<|end|>", "<|return|>", "<|call|>"]
+# What each model writes after gpt-oss's generation prompt ("<|start|>assistant"): special
+# tokens by their text, the other pieces one new ordinary token each (a repeated marker sits in
+# an ordinary token's text: each token may come once in a chain).
+ANSWERS = ["<|channel|>", "analysis", "<|message|>", "The user asks about Paris.", "<|end|>", "<|start|>",
+           "assistant", "<|channel|>final", "<|message|>It is sunny.", "<|return|>"]
+CALLS = ["<|channel|>", "commentary to=functions.get_weather ", "<|constrain|>", "json", "<|message|>",
+         '{"city": "Paris", "days": 2}', "<|call|>"]
+
+
+def harmony_gguf(path: Path, chain: list[str]) -> Path:
+    """A one-layer llama with byte tokens, gpt-oss's special tokens (typed control, as in its
+    GGUF) and gpt-oss's chat template, that answers `chain` to any prompt ending in "t"."""
+    tokens = [byte_encode(chr(b)) for b in range(256)]
+    types = [1] * 256 + [3] * len(SPECIALS)
+    tokens += SPECIALS
+    chain_ids = [tokens.index(byte_encode("t"))]
+    for piece in chain:
+        if piece not in SPECIALS:
+            tokens.append(byte_encode(piece))
+            types.append(1)
+        chain_ids.append(tokens.index(piece) if piece in SPECIALS else len(tokens) - 1)
+    n, ff = len(tokens), 64
+    dim = 64 * -(-n // 64)
+    # Token i is e_i and stays so through the block (attention and FFN weights are zero); the
+    # output layer maps each token of the chain to the next one.
+    out = np.zeros((n, dim), np.float32)
+    for a, b in zip(chain_ids, chain_ids[1:]):
+        out[b, a] = 1.0
+    ones, zeros = (lambda *s: np.ones(s, np.float32)), (lambda *s: np.zeros(s, np.float32))
+    arrays = {"token_embd.weight": np.eye(n, dim, dtype=np.float32), "output.weight": out, "output_norm.weight": ones(dim),
+              "blk.0.attn_norm.weight": ones(dim), "blk.0.ffn_norm.weight": ones(dim),
+              "blk.0.attn_q.weight": zeros(dim, dim), "blk.0.attn_k.weight": zeros(dim, dim),
+              "blk.0.attn_v.weight": zeros(dim, dim), "blk.0.attn_output.weight": zeros(dim, dim),
+              "blk.0.ffn_gate.weight": zeros(ff, dim), "blk.0.ffn_up.weight": zeros(ff, dim),
+              "blk.0.ffn_down.weight": zeros(dim, ff)}
+    meta = {"general.architecture": "llama", "llama.block_count": 1, "llama.embedding_length": dim,
+            "llama.attention.head_count": 2, "llama.attention.head_count_kv": 2, "llama.feed_forward_length": ff,
+            "llama.context_length": 8192, "tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "default",
+            "tokenizer.ggml.tokens": tokens, "tokenizer.ggml.token_type": types, "tokenizer.ggml.merges": [],
+            "tokenizer.ggml.eos_token_id": tokens.index("<|return|>"), "tokenizer.ggml.add_bos_token": False,
+            "tokenizer.chat_template": GPT_OSS_TEMPLATE}
+    write_gguf(path, meta, [(k, v.view(np.uint8).ravel(), GGMLType.F32, v.shape) for k, v in arrays.items()])
+    return path
+
+
+@pytest.fixture(scope="module")
+def gpt_oss_like(server, client, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("harmony")
+    for name, chain in (("oss-answers", ANSWERS), ("oss-calls", CALLS)):
+        digest = client.create_blob(harmony_gguf(folder / f"{name}.gguf", chain))
+        client.create(model=name, files={"m.gguf": digest})
+    return "oss-answers", "oss-calls"
+
+
+def test_gpt_oss_template_model_is_harmony(client, gpt_oss_like):
+    # No PARSER and a llama family: the Jinja template's <|channel|> says harmony.
+    assert client.show(gpt_oss_like[0]).capabilities == ["completion", "tools", "thinking"]
+
+
+def test_gpt_oss_template_answer_native_and_openai(client, oai, gpt_oss_like):
+    answers = gpt_oss_like[0]
+    options = {"temperature": 0, "num_predict": 30}
+    # Raw, nothing parses it: the special tokens came out as text, and <|return|> ended it.
+    raw = client.generate(model=answers, prompt="<|start|>assistant", raw=True, options=options)
+    assert raw.response == "".join(ANSWERS[:-1]) and raw.done_reason == "stop"
+    for think in (None, "low", False):  # gpt-oss cannot stop thinking: its analysis is thinking still
+        r = client.chat(model=answers, messages=QUESTION, think=think, options=options)
+        assert (r.message.thinking, r.message.content, r.done_reason) == ("The user asks about Paris.", "It is sunny.", "stop")
+    parts = list(client.chat(model=answers, messages=QUESTION, options=options, stream=True))
+    assert "".join(p.message.thinking or "" for p in parts) == "The user asks about Paris."
+    assert "".join(p.message.content for p in parts) == "It is sunny."
+    r = client.generate(model=answers, prompt="Hi", options=options)
+    assert (r.thinking, r.response) == ("The user asks about Paris.", "It is sunny.")
+    o = oai.chat.completions.create(model=answers, messages=QUESTION, temperature=0, max_tokens=30)
+    assert (o.choices[0].message.reasoning, o.choices[0].message.content) == ("The user asks about Paris.", "It is sunny.")
+    chunks = list(oai.chat.completions.create(model=answers, messages=QUESTION, temperature=0, max_tokens=30, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "It is sunny."
+    assert "".join(getattr(c.choices[0].delta, "reasoning", None) or "" for c in chunks if c.choices) == \
+        "The user asks about Paris."
+
+
+def test_gpt_oss_template_tool_call_native_and_openai(client, oai, gpt_oss_like):
+    calls = gpt_oss_like[1]
+    options = {"temperature": 0, "num_predict": 30}
+    for stream in (False, True):
+        parts = client.chat(model=calls, messages=QUESTION, tools=[WEATHER], options=options, stream=stream)
+        parts = list(parts) if stream else [parts]
+        found = [c for p in parts for c in (p.message.tool_calls or [])]
+        assert [(c.function.name, c.function.arguments) for c in found] == [("get_weather", {"city": "Paris", "days": 2})]
+        assert "".join(p.message.content for p in parts) == "" and parts[-1].done_reason == "stop"
+    o = oai.chat.completions.create(model=calls, messages=QUESTION, tools=[WEATHER], temperature=0, max_tokens=30)
+    (call,) = o.choices[0].message.tool_calls
+    assert (o.choices[0].finish_reason, call.function.name, json.loads(call.function.arguments)) == (
+        "tool_calls", "get_weather", {"city": "Paris", "days": 2})
+    chunks = list(oai.chat.completions.create(model=calls, messages=QUESTION, tools=[WEATHER], temperature=0,
+                                              max_tokens=30, stream=True))
+    deltas = [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
+    assert [(d.function.name, json.loads(d.function.arguments)) for d in deltas] == [("get_weather", {"city": "Paris", "days": 2})]
