@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable
 from .thinking import GO_SPACE
 from .toolcalls import go_json_loads, new_tool_call_id
 
-__all__ = ["HARMONY_PARSER", "FunctionNames", "HarmonyParser", "is_harmony", "is_harmony_chat_template"]
+__all__ = ["HARMONY_PARSER", "FunctionNames", "HarmonyParser", "harmony_tools", "is_harmony", "is_harmony_chat_template"]
 
 START, MESSAGE, CHANNEL, CONSTRAIN = "<|start|>", "<|message|>", "<|channel|>", "<|constrain|>"
 MESSAGE_ENDS = ("<|end|>", "<|call|>", "<|return|>")
@@ -104,6 +104,19 @@ class FunctionNames:
 
     def user_name(self, harmony_name: str) -> str:
         return self.to_user.get(harmony_name, harmony_name)
+
+
+def harmony_tools(tools: Iterable[dict]) -> list[dict]:
+    """The request's tools with the names harmony can write, for a Go template to show (Ollama
+    renames them so; the parser, given the same tools, maps a call's name back)."""
+    names = FunctionNames()
+    out = []
+    for tool in tools:
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if isinstance(function, dict) and function.get("name"):
+            tool = {**tool, "function": {**function, "name": names.add(function["name"])}}
+        out.append(tool)
+    return out
 
 
 def _identifier(name: str) -> str:

@@ -127,6 +127,19 @@ def test_tool_call_native_streamed_and_not(client, harmony):
     assert all(p.message.content == "" for p in parts)
 
 
+def test_tool_names_harmony_cannot_write_are_renamed_and_mapped_back(server, client, harmony):
+    # As Ollama: the Go template is shown "get_weather", the call is answered as "get-weather".
+    dashed = {"type": "function", "function": {**WEATHER["function"], "name": "get-weather"}}
+    with server.http() as http:
+        r = http.post("/api/chat", json={"model": harmony, "messages": QUESTION, "tools": [dashed],
+                                         "_debug_render_only": True, "stream": False})
+        assert r.json()["_debug_info"]["rendered_template"].endswith(
+            "<|start|>assistant<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>")
+    r = client.chat(model=harmony, messages=QUESTION, tools=[dashed], format=WEATHER["function"]["parameters"],
+                    options=OPTIONS)
+    assert [c.function.name for c in r.message.tool_calls] == ["get-weather"]
+
+
 def test_openai_chat_completions(oai, harmony):
     # reasoning_effort "low" is think "low": the template opens the analysis channel.
     r = oai.chat.completions.create(model=harmony, messages=QUESTION, reasoning_effort="low", temperature=0, max_tokens=40)

@@ -14,7 +14,7 @@ import itertools
 import pytest
 
 from pollama.template import ChatOutputParser
-from pollama.template.harmony import FunctionNames, HarmonyParser, is_harmony, parse_header
+from pollama.template.harmony import FunctionNames, HarmonyParser, harmony_tools, is_harmony, parse_header
 
 PROMPT = "<|start|>system<|message|>Reasoning: medium<|end|><|start|>user<|message|>Hi<|end|><|start|>assistant"
 WEATHER = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
@@ -159,6 +159,13 @@ def test_function_names_as_ollama_converts_them(names, want):
     m = FunctionNames()
     assert [m.add(n) for n in names] == want
     assert [m.user_name(w) for w in want] == names
+
+
+def test_tools_get_names_harmony_can_write():
+    tools = [{"type": "function", "function": {"name": "get-weather", "parameters": {}}},
+             {"type": "function", "function": {"name": "get weather"}}, {"type": "function", "function": {"name": "python"}}]
+    assert [t["function"]["name"] for t in harmony_tools(tools)] == ["get_weather", "get_weather_2", "python"]
+    assert tools[0]["function"]["name"] == "get-weather" and harmony_tools(tools)[0]["function"]["parameters"] == {}
 
 
 def test_a_converted_name_maps_back_to_the_users():
