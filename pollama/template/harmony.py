@@ -23,7 +23,9 @@ Where this differs from Ollama, on purpose: `<|call|>` and `<|return|>` end a me
 stream that was not stopped there), so each tool call is parsed when its message ends and
 several calls in one answer all come out (Ollama parses one call, at the end of the stream);
 arguments that are not JSON (a call cut short by num_predict) come out as content rather
-than failing the request; text held back at the end of the stream is handed out.
+than failing the request; a message's text still held back at the end of the stream (a
+possible end tag) is handed out. As in Ollama, an unfinished header (no `<|message|>` yet) is
+never text of the answer.
 """
 
 from __future__ import annotations

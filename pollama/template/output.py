@@ -67,6 +67,9 @@ class ChatOutputParser:
             names = FunctionNames(t["function"]["name"] for t in tools or () if t.get("function", {}).get("name"))
             self.harmony = HarmonyParser(prompt=prompt, names=names, new_id=new_id)
             self.thinking_tags = None
+            if tools and tool_tag is not None:
+                # A call the format forced (one bare JSON call) is the final message's text.
+                self.tools = ToolCallParser(tool_tag, list(tools), json_start=False, new_id=new_id)
             return
         if isinstance(template, str):
             template = parse_cached(template)  # parsed already, off the event loop, for the prompt
@@ -89,25 +92,33 @@ class ChatOutputParser:
     def tool_calls(self) -> list[dict]:
         """Every tool call parsed so far."""
         if self.harmony is not None:
-            return list(self.harmony.calls)
+            return list(self.harmony.calls) + (list(self.tools.calls) if self.tools is not None else [])
         return list(self.tools.calls) if self.tools is not None else []
 
     def add(self, piece: str) -> dict:
         """Take the next piece of output; return the thinking, content and tool calls now certain."""
         if self.harmony is not None:
-            return _delta(*self.harmony.add(piece))
+            return self._harmony_delta(*self.harmony.add(piece))
         thinking, content = self.thinking.add(piece) if self.thinking is not None else ("", piece)
         return self._with_tools(thinking, content)
 
     def finish(self) -> dict:
         """End of output: whatever was still held back."""
         if self.harmony is not None:
-            return _delta(*self.harmony.finish())
+            delta = self._harmony_delta(*self.harmony.finish())
+            if self.tools is not None:
+                delta["content"] += self.tools.finish()[0]
+            return delta
         thinking, content = self.thinking.finish() if self.thinking is not None else ("", "")
         delta = self._with_tools(thinking, content)
         if self.tools is not None:
             rest, _ = self.tools.finish()
             delta["content"] += rest
+        return delta
+
+    def _harmony_delta(self, thinking: str, content: str, calls: list[dict]) -> dict:
+        delta = self._with_tools(thinking, content)
+        delta["tool_calls"] = calls + delta["tool_calls"]
         return delta
 
     def _with_tools(self, thinking: str, content: str) -> dict:

@@ -185,3 +185,17 @@ def test_which_models_are_harmony():
     # Without a Go template the Jinja chat template decides (llama.cpp's test).
     assert is_harmony(chat_template="{{ '<|start|>assistant<|channel|>final<|message|>' }}")
     assert not is_harmony(chat_template="{{ '<|im_start|>assistant' }}")
+
+
+def test_a_forced_json_call_on_the_final_channel_is_a_call():
+    # tool_choice "required": the format holds the final message to one {"name", "arguments"} call.
+    parser = ChatOutputParser(None, WEATHER, True, prompt=PROMPT, harmony=True, tool_tag="{", new_id=ids())
+    text = ('<|channel|>analysis<|message|>Must call.<|end|><|start|>assistant<|channel|>final<|message|>'
+            '{"name": "get_weather", "arguments": {"city": "Rome"}}')
+    for pieces in splits(text, most=1):
+        parser = ChatOutputParser(None, WEATHER, True, prompt=PROMPT, harmony=True, tool_tag="{", new_id=ids())
+        deltas = [parser.add(p) for p in pieces] + [parser.finish()]
+        assert "".join(d["thinking"] for d in deltas) == "Must call."
+        assert "".join(d["content"] for d in deltas) == ""
+        assert [c["function"]["name"] for d in deltas for c in d["tool_calls"]] == ["get_weather"]
+        assert parser.tool_calls[0]["function"]["arguments"] == {"city": "Rome"}
