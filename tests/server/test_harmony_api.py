@@ -246,9 +246,15 @@ def gpt_oss_like(server, client, tmp_path_factory):
     return "oss-answers", "oss-calls"
 
 
-def test_gpt_oss_template_model_is_harmony(client, gpt_oss_like):
+def test_gpt_oss_template_model_is_harmony(server, client, gpt_oss_like):
     # No PARSER and a llama family: the Jinja template's <|channel|> says harmony.
     assert client.show(gpt_oss_like[0]).capabilities == ["completion", "tools", "thinking"]
+    with server.http() as http:
+        for think, level in ((None, "medium"), (True, "medium"), (False, "medium"), ("low", "low"), ("max", "high")):
+            r = http.post("/api/chat", json={"model": gpt_oss_like[0], "messages": QUESTION, "think": think,
+                                             "_debug_render_only": True, "stream": False})
+            rendered = r.json()["_debug_info"]["rendered_template"]
+            assert f"\n\nReasoning: {level}\n\n" in rendered and rendered.endswith("<|start|>assistant"), think
 
 
 def test_gpt_oss_template_answer_native_and_openai(client, oai, gpt_oss_like):
