@@ -104,6 +104,19 @@ def test_gpt_oss_template_renders_as_transformers(name, tools, think):
     assert ("namespace functions {" in ours) == bool(tools)
 
 
+def test_a_call_with_content_and_thinking_renders_as_llama_cpp_renders_it():
+    # gpt-oss's template refuses a call message with both; llama.cpp (Ollama's renderer for a
+    # GGUF without a Go template) drops the content when there is thinking.
+    messages = [{"role": "user", "content": "Weather?"},
+                {"role": "assistant", "content": "Let me check.", "thinking": "Need the tool.", "tool_calls": [CALL]},
+                {"role": "tool", "content": "sunny", "tool_name": "get_weather"}]
+    ours, _ = jinja_chat_prompt(TEMPLATE, messages, tools=TOOLS, think=True, truncate=False)
+    theirs = hf_render([messages[0], {"role": "assistant", "thinking": "Need the tool.", "tool_calls": [
+        {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris", "days": 2}}}]},
+        {"role": "tool", "content": "sunny"}], tools=TOOLS, enable_thinking=True)
+    assert ours == theirs and "Let me check." not in ours
+
+
 def test_the_rendered_calls_and_results_are_harmony():
     ours, _ = jinja_chat_prompt(TEMPLATE, CONVERSATIONS[4][1], tools=TOOLS, think=True, truncate=False)
     assert ("<|start|>assistant<|channel|>analysis<|message|>Need the tool.<|end|>"
