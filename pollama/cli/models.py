@@ -123,10 +123,11 @@ def cmd_rm(args: argparse.Namespace) -> int:
     return 0
 
 
-def _capabilities(metadata: dict, template: str | None, projector: bool = False, family: str = "") -> list[str]:
+def _capabilities(metadata: dict, template: str | None, projector: bool = False, family: str = "",
+                  parser: str = "") -> list[str]:
     from pollama.create.capabilities import model_capabilities
 
-    return model_capabilities(metadata, template, projector=projector, family=family)
+    return model_capabilities(metadata, template, projector=projector, family=family, parser=parser)
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -170,7 +171,8 @@ def cmd_show(args: argparse.Namespace) -> int:
         ]
         sections = [("Model", _table(rows, "    "))]
         sections.append(("Capabilities", "\n".join("    " + c for c in _capabilities(
-            md, resolved.template, bool(resolved.projector_paths), str(resolved.config.get("model_family") or "")))))
+            md, resolved.template, bool(resolved.projector_paths), str(resolved.config.get("model_family") or ""),
+            str(resolved.config.get("parser") or "")))))
         if resolved.params:
             lines = [[k, format_option_value(v)] for k, vs in resolved.params.items() for v in (vs if isinstance(vs, list) else [vs])]
             sections.append(("Parameters", _table(lines, "    ")))

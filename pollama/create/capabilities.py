@@ -7,7 +7,9 @@ projector layer adds vision; the Go template's variables add tools (`.Tools`) an
 
 A model without a Go template is prompted through its own Jinja chat_template (see
 pollama/template/jinja.py), so there the Jinja template speaks for it: tools when it reads
-the `tools` variable, thinking when it writes a <think> block.
+the `tools` variable, thinking when it writes a <think> block or is gpt-oss's harmony
+format. A Modelfile's PARSER harmony adds tools and thinking, as Ollama's built-in parser
+does.
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ from typing import Any, Mapping
 from pollama.template import TemplateError
 from pollama.template import capabilities as go_template_capabilities
 from pollama.template.gotemplate import parse_cached
+from pollama.template.harmony import HARMONY_PARSER, is_harmony_chat_template
 
 
 def model_capabilities(
-    metadata: Mapping[str, Any], template: str | None, *, projector: bool = False, family: str = ""
+    metadata: Mapping[str, Any], template: str | None, *, projector: bool = False, family: str = "",
+    parser: str = "",
 ) -> list[str]:
     """Ollama's capability list, in its order: completion|embedding, vision, tools, insert, thinking."""
     arch = str(metadata.get("general.architecture", ""))
@@ -40,6 +44,10 @@ def model_capabilities(
         found = _jinja_capabilities(metadata.get("tokenizer.chat_template"))
     if family in ("gptoss", "gpt-oss"):
         found.add("thinking")
+    if parser == HARMONY_PARSER:
+        found |= {"tools", "thinking"}  # Ollama: what its built-in parser supports
+    elif template is None and is_harmony_chat_template(metadata.get("tokenizer.chat_template")):
+        found.add("thinking")  # llama.cpp's gpt-oss format always thinks (and parses its analysis)
     caps += [c for c in ("tools", "insert") if c in found]
     if projector and "vision" not in caps:
         caps.append("vision")

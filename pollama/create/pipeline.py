@@ -84,6 +84,11 @@ def create_model(
         if quantize:
             layers, config = _quantize(store, layers, config, quantize, Path(tmp), status)
         layers, params = _apply_commands(store, mf, layers, params, base_dir, status)
+        # Ollama's built-in renderer and output parser (e.g. PARSER harmony); a model made
+        # FROM another keeps the base's unless the Modelfile names its own.
+        for key in ("renderer", "parser"):
+            if getattr(mf, key):
+                config[key] = getattr(mf, key)
         if params:
             layers = _replace(layers, _new_layer(store, encode_params(params), MediaType.PARAMS, status))
         status("writing manifest")
@@ -123,7 +128,8 @@ def _from(store: Store, value: str, base_dir: Path, tmp: Path, status: Status) -
     for layer in resolved.manifest.layers:
         status(f"using existing layer {layer.digest}")
         layers.append(layer)
-    config = {k: v for k, v in resolved.config.items() if k in ("model_format", "model_family", "model_families", "model_type", "file_type")}
+    config = {k: v for k, v in resolved.config.items()
+              if k in ("model_format", "model_family", "model_families", "model_type", "file_type", "renderer", "parser")}
     return layers, config, dict(resolved.params)
 
 

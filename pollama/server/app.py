@@ -489,8 +489,9 @@ async def generate_response(state: State, request: Request, body: dict[str, Any]
                                specials=runner.specials(), think=think, images=images, truncate=truncate)
 
     # Generate splits thinking from the response, raw or not, as Ollama's handler does (no tool
-    # calls: generate parses those only with a built-in parser).
-    make_parser = output_parser(model, [], think)
+    # calls: generate parses those only with a built-in parser). A raw prompt is not harmony's:
+    # Ollama's built-in parsers (harmony's) stay off for it.
+    make_parser = None if raw and model.harmony else output_parser(model, [], think)
     job = Completion(model, options, keep_alive, build_prompt, logprobs, top_logprobs, render_only,
                      format=body.get("format"), make_parser=make_parser, truncate=truncate, shift=shift)
 
@@ -717,6 +718,9 @@ def show_model(model: ModelRef, verbose: bool) -> dict[str, Any]:
         "capabilities": model.capabilities,
         "modified_at": rfc3339(model.modified_at),
     }
+    for key in ("renderer", "parser"):
+        if model.config.get(key):
+            answer[key] = model.config[key]
     if model.messages:
         answer["messages"] = model.messages
     if verbose:
@@ -792,7 +796,7 @@ def _create_commands(state: State, body: dict[str, Any], staging: Path) -> tuple
     if adapters:
         for path in _stage_files(state.store, adapters, staging / "adapters", single=False):
             commands.append(["adapter", path])
-    for key in ("template", "system"):
+    for key in ("template", "system", "renderer", "parser"):
         value = field(body, key, str, None)
         if value is not None:
             commands.append([key, value])

@@ -32,6 +32,8 @@ def resolve_think(model: ModelRef, name: str, think: bool | str | None) -> bool 
     """Ollama's rule: a thinking model thinks unless told not to; asking a model without the
     capability to think is a 400."""
     if "thinking" in model.capabilities:
+        if model.harmony and think == "max":
+            return "high"  # as Ollama: harmony's "Reasoning:" knows low, medium and high
         return True if think is None else think
     from pollama.template.output import think_enabled
 
@@ -139,7 +141,8 @@ def output_parser(model: ModelRef, tools: list[dict[str, Any]], think: bool | st
     """A factory: rendered prompt -> ChatOutputParser for this model and request.
 
     force_tool_json: the output is constrained to one bare JSON call ({"name", "arguments"}),
-    so that is the tag to look for, whatever the template writes.
+    so that is the tag to look for, whatever the template writes. A harmony model's output is
+    split by its channels (model.harmony), as Ollama picks its harmony parser.
     """
     from pollama.server.prompt import hf_chat_template
     from pollama.template.output import ChatOutputParser
@@ -148,7 +151,7 @@ def output_parser(model: ModelRef, tools: list[dict[str, Any]], think: bool | st
 
     def make(prompt: str) -> ChatOutputParser:
         return ChatOutputParser(model.template, tools, think, prompt=prompt, chat_template=chat_template,
-                                tool_tag="{" if force_tool_json and tools else None)
+                                tool_tag="{" if force_tool_json and tools else None, harmony=model.harmony)
 
     return make
 

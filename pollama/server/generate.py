@@ -55,9 +55,13 @@ def _nonempty(delta: dict[str, Any]) -> dict[str, Any]:
 def constrain_after(parser, prompt: str) -> str | None:
     """Where structured output starts: after the thinking block's closing tag when the prompt
     leaves the model inside that block, else at once (a model that is not inside one may not
-    open one; the format rules from its first token)."""
+    open one; the format rules from its first token). A harmony answer is constrained in its
+    final message (pollama.template.harmony.HarmonyParser.format_after)."""
     from pollama.template.thinking import GO_SPACE
 
+    harmony = getattr(parser, "harmony", None)
+    if harmony is not None:
+        return harmony.format_after()
     thinking = getattr(parser, "thinking", None)
     if thinking is None:
         return None

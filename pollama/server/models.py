@@ -62,7 +62,18 @@ class ModelRef:
         from pollama.create.capabilities import model_capabilities
 
         return model_capabilities(self.metadata, self.template, projector=self.has_projector,
-                                  family=str(self.config.get("model_family") or ""))
+                                  family=str(self.config.get("model_family") or ""),
+                                  parser=str(self.config.get("parser") or ""))
+
+    @cached_property
+    def harmony(self) -> bool:
+        """Whether it answers in gpt-oss's harmony format (pollama.template.harmony.is_harmony)."""
+        from pollama.template.harmony import is_harmony
+
+        chat_template = self.metadata.get("tokenizer.chat_template")
+        return is_harmony(family=str(self.config.get("model_family") or self.arch), template=self.template,
+                          chat_template=chat_template if isinstance(chat_template, str) else None,
+                          parser=str(self.config.get("parser") or ""))
 
     @property
     def details(self) -> dict[str, Any]:

@@ -180,6 +180,10 @@ def chat_prompt(model: ModelRef, messages: list[dict[str, Any]], *, num_ctx: int
                             max_token_chars=specials.max_token_chars)
     count = TokenCounter(tokenize, num_ctx, specials.max_token_chars)
     jinja = hf_chat_template(model)
+    if jinja is None and tools and model.harmony:
+        from pollama.template.harmony import harmony_tools
+
+        tools = harmony_tools(tools)  # as Ollama hands its Go template the tools harmony can name
 
     def render(msgs: list[dict[str, Any]], cut: bool):
         if jinja is not None:

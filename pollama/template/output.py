@@ -6,7 +6,9 @@
     delta = parser.finish()
 
 Thinking comes first (only when `think` asks for it and the template shows its tags), then
-tool calls are looked for in what is left (only when the request has tools). The OpenAI
+tool calls are looked for in what is left (only when the request has tools). A model that
+answers in gpt-oss's harmony format (`harmony=True`) is split by its channels instead
+(pollama.template.harmony), thinking whatever `think` says, as Ollama's harmony parser does. The OpenAI
 helpers at the end turn the native tool calls into OpenAI's shape.
 """
 
@@ -16,6 +18,7 @@ from collections.abc import Callable, Iterable
 
 from .gofmt import OrderedMap, go_json
 from .gotemplate import Template, parse_cached
+from .harmony import FunctionNames, HarmonyParser
 from .thinking import GO_SPACE, ThinkingParser, infer_thinking_tags, jinja_thinking_tags
 from .toolcalls import (
     ToolCallParser,
@@ -50,25 +53,34 @@ class ChatOutputParser:
     def __init__(self, template: Template | str | None = None, tools: Iterable[dict] | None = None,
                  think: bool | str | None = None, *, prompt: str = "", chat_template: str | None = None,
                  thinking_tags: tuple[str, str] | None = None, tool_tag: str | None = None,
-                 new_id: Callable[[], str] = new_tool_call_id):
+                 harmony: bool = False, new_id: Callable[[], str] = new_tool_call_id):
         """`template` is the model's Go template; without one, `chat_template` (Jinja text) gives the tags.
 
         `prompt` is the rendered prompt: when it ends with the opening thinking tag the model
         starts inside the thinking block, as Ollama assumes. `thinking_tags` and `tool_tag`
         override what the templates show.
         """
+        self.harmony: HarmonyParser | None = None
+        self.thinking: ThinkingParser | None = None
+        self.tools: ToolCallParser | None = None
+        if harmony:
+            names = FunctionNames(t["function"]["name"] for t in tools or () if t.get("function", {}).get("name"))
+            self.harmony = HarmonyParser(prompt=prompt, names=names, new_id=new_id)
+            self.thinking_tags = None
+            if tools and tool_tag is not None:
+                # A call the format forced (one bare JSON call) is the final message's text.
+                self.tools = ToolCallParser(tool_tag, list(tools), json_start=False, new_id=new_id)
+            return
         if isinstance(template, str):
             template = parse_cached(template)  # parsed already, off the event loop, for the prompt
         if thinking_tags is None:
             thinking_tags = infer_thinking_tags(template) if template is not None else jinja_thinking_tags(chat_template)
         self.thinking_tags = thinking_tags
-        self.thinking: ThinkingParser | None = None
         if think_enabled(think) and thinking_tags is not None:
             self.thinking = ThinkingParser(*thinking_tags)
             if prompt.strip(GO_SPACE).endswith(thinking_tags[0]):
                 self.thinking.open()
         tools = list(tools or [])
-        self.tools: ToolCallParser | None = None
         if tools:
             if tool_tag is None:
                 tool_tag = tool_call_tag_for(template) if template is not None else jinja_tool_call_tag(chat_template)
@@ -79,20 +91,34 @@ class ChatOutputParser:
     @property
     def tool_calls(self) -> list[dict]:
         """Every tool call parsed so far."""
+        if self.harmony is not None:
+            return list(self.harmony.calls) + (list(self.tools.calls) if self.tools is not None else [])
         return list(self.tools.calls) if self.tools is not None else []
 
     def add(self, piece: str) -> dict:
         """Take the next piece of output; return the thinking, content and tool calls now certain."""
+        if self.harmony is not None:
+            return self._harmony_delta(*self.harmony.add(piece))
         thinking, content = self.thinking.add(piece) if self.thinking is not None else ("", piece)
         return self._with_tools(thinking, content)
 
     def finish(self) -> dict:
         """End of output: whatever was still held back."""
+        if self.harmony is not None:
+            delta = self._harmony_delta(*self.harmony.finish())
+            if self.tools is not None:
+                delta["content"] += self.tools.finish()[0]
+            return delta
         thinking, content = self.thinking.finish() if self.thinking is not None else ("", "")
         delta = self._with_tools(thinking, content)
         if self.tools is not None:
             rest, _ = self.tools.finish()
             delta["content"] += rest
+        return delta
+
+    def _harmony_delta(self, thinking: str, content: str, calls: list[dict]) -> dict:
+        delta = self._with_tools(thinking, content)
+        delta["tool_calls"] = calls + delta["tool_calls"]
         return delta
 
     def _with_tools(self, thinking: str, content: str) -> dict:

@@ -24,6 +24,7 @@ from typing import Any
 from pollama.envconfig import DEFAULT_NUM_CTX
 
 from .gotemplate import Template, parse_cached
+from .harmony import is_harmony_chat_template
 from .values import TemplateMessage, template_message, template_tools
 
 IMAGE_TOKENS = 768  # Ollama counts each image as 768 tokens when truncating
@@ -293,8 +294,16 @@ def jinja_chat_prompt(chat_template: str, messages: list[dict], *, tools: list[d
         if isinstance(think, str) and think:
             extra["reasoning_effort"] = think
 
+    harmony = is_harmony_chat_template(chat_template)
+
     def render(msgs: list[dict]) -> str:
-        text = compiled.render(hf_messages(msgs), tools=tools, add_generation_prompt=True,
+        hf = hf_messages(msgs)
+        if harmony:
+            # As llama.cpp prepares messages for gpt-oss's template, which refuses a call with
+            # both content and thinking: a call's thinking stands for its content.
+            hf = [{k: v for k, v in m.items() if k != "content"} if m.get("tool_calls") and m.get("reasoning_content")
+                  else m for m in hf]
+        text = compiled.render(hf, tools=tools, add_generation_prompt=True,
                                bos_token=bos_token, eos_token=eos_token, **extra)
         if tokenizer_adds_bos and bos_token and text.startswith(bos_token):
             text = text[len(bos_token):]

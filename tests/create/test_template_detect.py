@@ -41,6 +41,16 @@ def test_modelfile_template_and_parameters_win_per_key(store):
     assert store.resolve("stops").params == {"stop": ["END"]}  # a list is replaced whole
 
 
+def test_parser_and_renderer_are_kept_in_the_config_and_inherited(store):
+    create_model(store, "oss", f"FROM {real_model('smollm2')}\nPARSER harmony\nRENDERER some-renderer\n")
+    assert {k: store.resolve("oss").config.get(k) for k in ("parser", "renderer")} == {
+        "parser": "harmony", "renderer": "some-renderer"}
+    create_model(store, "oss2", "FROM oss\nSYSTEM hi\n")  # as Ollama: the base's stay
+    assert store.resolve("oss2").config.get("parser") == "harmony"
+    create_model(store, "oss3", "FROM oss\nPARSER qwen3\n")
+    assert store.resolve("oss3").config.get("parser") == "qwen3"
+
+
 def test_no_chat_template_means_no_template_layer(store):
     lines: list[str] = []
     create_model(store, "base", f"FROM {real_model('gemma3-270m')}\n", status=lines.append)
@@ -89,3 +99,18 @@ def test_capabilities_of_the_real_models():
 )
 def test_capability_rules(metadata, template, projector, want):
     assert model_capabilities(metadata, template, projector=projector) == want
+
+
+def test_harmony_capabilities():
+    from pathlib import Path
+
+    gpt_oss = (Path(__file__).parents[1] / "template" / "data" / "gpt_oss_chat_template.jinja").read_text("utf-8")
+    md = {"general.architecture": "gpt-oss", "tokenizer.chat_template": gpt_oss}
+    # gpt-oss's GGUF as it comes: its Jinja template reads tools; its family thinks.
+    assert model_capabilities(md, None, family="gpt-oss") == ["completion", "tools", "thinking"]
+    # Harmony found in the Jinja template alone still thinks (llama.cpp's gpt-oss format).
+    assert model_capabilities({**md, "general.architecture": "llama"}, None) == ["completion", "tools", "thinking"]
+    # Ollama: PARSER harmony adds what its parser supports, whatever the template shows.
+    assert model_capabilities({"general.architecture": "llama"}, "{{ .Prompt }}", parser="harmony") == [
+        "completion", "tools", "thinking"]
+    assert model_capabilities({"general.architecture": "llama"}, "{{ .Prompt }}", parser="qwen3") == ["completion"]

@@ -139,6 +139,18 @@ def test_gpt_oss_end_is_not_eog_when_return_and_call_exist():
     assert tok.eog_ids == {1, 2}
 
 
+def test_gpt_oss_channel_markers_reach_the_output_as_text():
+    # The harmony parser (pollama/template/harmony.py) reads these markers in the streamed text:
+    # gpt-oss's GGUF types them control, which the stream would drop; <|call|> and <|return|> stop.
+    marks = ["<|start|>", "<|channel|>", "<|message|>", "<|constrain|>", "<|end|>", "<|return|>", "<|call|>"]
+    tok = bpe(["a", "b", " ", *marks], [], types=[NORMAL] * 3 + [CONTROL] * len(marks),
+              **{"tokenizer.ggml.eos_token_id": marks.index("<|return|>") + 3})
+    ids = tok.encode("<|channel|>a<|end|><|start|>b<|channel|>a <|constrain|>b<|message|>a", add_special=False)
+    decoder = tok.decoder()
+    assert "".join(decoder.feed(i) for i in ids) + decoder.flush() == "<|channel|>a<|end|><|start|>b<|channel|>a <|constrain|>b<|message|>a"
+    assert tok.eog_ids == {tok.token_id("<|return|>"), tok.token_id("<|call|>")}
+
+
 # --- pre-tokenizers ------------------------------------------------------------------------------
 
 def test_unknown_pre_tokenizer_falls_back_to_default(caplog):
