@@ -227,10 +227,13 @@ def check_attention_sizes(model: TextModel, arch: str) -> None:
         return
     kv_heads = getattr(model, "n_kv_heads", None) or heads
     v_head_dim = getattr(model, "v_head_dim", None) or head_dim
-    keys = (f"{arch}.attention.head_count {heads}, head_count_kv {kv_heads}, key_length {head_dim}, "
-            f"value_length {v_head_dim}")
-    widths = {"attn_q": heads * head_dim, "attn_k": kv_heads * head_dim, "attn_v": kv_heads * v_head_dim}
+    per_layer = getattr(model, "layer_attention_sizes", None)  # models whose layers differ (Gemma 4)
     for i, layer in enumerate(getattr(model, "blk", ())):
+        if per_layer is not None:
+            heads, kv_heads, head_dim, v_head_dim = per_layer(i)
+        keys = (f"{arch}.attention.head_count {heads}, head_count_kv {kv_heads}, key_length {head_dim}, "
+                f"value_length {v_head_dim}")
+        widths = {"attn_q": heads * head_dim, "attn_k": kv_heads * head_dim, "attn_v": kv_heads * v_head_dim}
         for name, width in widths.items():
             linear = getattr(layer, name, None)
             if isinstance(linear, Linear) and linear.out_features != width:

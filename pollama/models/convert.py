@@ -108,6 +108,10 @@ class ModelConverter:
         """Change a tensor for its GGUF layout (keeping its shape); `name` is its GGUF name, data float32."""
         return data
 
+    def tokenizer_metadata(self, md: dict[str, Any]) -> dict[str, Any]:
+        """The tokenizer.* keys as this architecture's GGUF has them (as converted, unless told)."""
+        return md
+
     def extra_tensors(self) -> list[tuple[str, np.ndarray]]:
         """Tensors GGUF has and the checkpoint has not (computed from config.json)."""
         return []
@@ -289,7 +293,7 @@ def convert_folder(
 
     say("reading tokenizer")
     try:
-        tokenizer_md = convert_tokenizer(folder, conv.cfg.require("vocab_size"), config)
+        tokenizer_md = conv.tokenizer_metadata(convert_tokenizer(folder, conv.cfg.require("vocab_size"), config))
     except TokenizerConvertError as e:
         raise ConvertError(str(e)) from None
 

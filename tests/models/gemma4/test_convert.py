@@ -1,0 +1,142 @@
+"""HF Gemma 4 (text) checkpoints convert to GGUF "gemma4" files that compute what transformers does.
+
+Two tiny configs between them have every kind of layer Gemma 4 has: sliding and global layers of
+different head sizes and K/V head counts, global layers whose keys are their values
+(attention_k_eq_v) and ones with their own attn_v, proportional RoPE (a quarter of the global
+frequencies turning), per-layer embeddings, KV sharing (a sliding and a global layer reading
+earlier layers' K/V), double-wide MLPs, per-layer output scalars, tied and untied output, final
+logit soft-capping. The window (4) is shorter than the prompt and the greedy continuation.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from models.tinyhf import (
+    Case, GREEDY_STEPS, assert_tokenizer_matches, bpe_tokenizer, build_case, convert, hf_greedy, max_logit_diff,
+    our_greedy, read_gguf, torch, transformers,
+)
+from realmodels import llamacpp_loads
+from pollama.create.convert import ConvertError, convert_hf
+
+SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<|turn>", "<turn|>"]
+S, F = "sliding_attention", "full_attention"
+# Measured max |ours - transformers| over the prompt's logits (float32 weights and K/V cache):
+#   e2b-like  torch 1.0e-5, ggml with POLLAMA_EXACT_GELU 2.1e-5
+#   31b-like  torch 6.6e-6, ggml with POLLAMA_EXACT_GELU 8.6e-6
+# (ggml's default GELU, llama.cpp's F16 lookup table, gives 6.3e-3 and 8.7e-3.)
+TORCH_TOLERANCE = 2e-5
+GGML_TOLERANCE = 5e-5
+
+
+def _scalars_(case: Case, tmp) -> Case:
+    # layer_scalar is a buffer, which tinyhf's perturbation leaves at 1: give each layer its own.
+    with torch.no_grad():
+        for i, layer in enumerate(case.model.model.layers):
+            layer.layer_scalar.fill_(0.75 + 0.1 * i)
+    case.model.save_pretrained(case.folder)
+    case.gguf = convert(case.folder, tmp / "tiny.gguf")
+    return case
+
+
+def e2b_like(tmp) -> Case:
+    # Per-layer embeddings, KV sharing (layers 4 and 5 read 2's and 3's K/V: llama.cpp takes the
+    # last two layers before the sharing ones to be a sliding and a global one, as in the real
+    # models), double-wide MLPs in the sharing layers, keys as values in the global layers, which
+    # have 1 K/V head of 32.
+    tok = bpe_tokenizer("gpt-2", SPECIALS, bos="<bos>", eos="<eos>", pad="<pad>", add_bos=True)
+    rope = {S: {"rope_type": "default", "rope_theta": 10000.0},
+            F: {"rope_type": "proportional", "partial_rotary_factor": 0.25, "rope_theta": 1e6}}
+    config = transformers.Gemma4TextConfig(
+        vocab_size=384, hidden_size=64, intermediate_size=96, num_hidden_layers=6, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, global_head_dim=32, num_global_key_value_heads=1, attention_k_eq_v=True,
+        sliding_window=4, layer_types=[S, S, S, F, S, F], rope_parameters=rope, max_position_embeddings=256,
+        final_logit_softcapping=30.0, hidden_size_per_layer_input=8, vocab_size_per_layer_input=384,
+        num_kv_shared_layers=2, use_double_wide_mlp=True, pad_token_id=0, eos_token_id=1, bos_token_id=2,
+        tie_word_embeddings=True)
+    return _scalars_(build_case(tmp, transformers.Gemma4ForCausalLM, config, tok, stop_ids=[1, 5]), tmp)
+
+
+def big_like(tmp) -> Case:
+    # As the 31B: no per-layer embeddings, no sharing, global layers with their own attn_v;
+    # untied output, no soft-capping.
+    tok = bpe_tokenizer("llama-bpe", SPECIALS, bos="<bos>", eos="<eos>", add_bos=True)
+    rope = {S: {"rope_type": "default", "rope_theta": 10000.0},
+            F: {"rope_type": "proportional", "partial_rotary_factor": 0.5, "rope_theta": 1e6}}
+    config = transformers.Gemma4TextConfig(
+        vocab_size=384, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, global_head_dim=32, sliding_window=3, layer_types=[S, S, S, F],
+        rope_parameters=rope, max_position_embeddings=256, hidden_size_per_layer_input=0,
+        pad_token_id=0, eos_token_id=1, bos_token_id=2, tie_word_embeddings=False)
+    # Seed 1: no greedy step is a near-tie (smallest top-2 gap 0.036). With seed 3 one step was
+    # 0.0027 apart, which ggml's F16 GELU table and F16 K/V cache (about 1e-3) flipped.
+    return _scalars_(build_case(tmp, transformers.Gemma4ForCausalLM, config, tok, seed=1), tmp)
+
+
+BUILDERS = {"e2b-like": e2b_like, "31b-like": big_like}
+
+
+@pytest.fixture(scope="module", params=list(BUILDERS))
+def case(request, tmp_path_factory) -> Case:
+    return BUILDERS[request.param](tmp_path_factory.mktemp(request.param))
+
+
+def test_logits_match_transformers_on_torch(case):
+    assert max_logit_diff(case, "torch") < TORCH_TOLERANCE
+
+
+def test_logits_match_transformers_on_ggml(case):
+    # POLLAMA_EXACT_GELU: GELU from its formula in float32, as transformers computes it.
+    assert max_logit_diff(case, "ggml", exact_gelu=True) < GGML_TOLERANCE
+
+
+@pytest.mark.parametrize("backend", ["ggml", "torch"])
+def test_greedy_tokens_match_generate(case, backend):
+    ours = our_greedy(case.gguf, backend, case.ids)
+    assert len(ours) == GREEDY_STEPS and ours == hf_greedy(case.model, case.ids)
+
+
+def test_tokenizer_matches_hf(case):
+    assert_tokenizer_matches(case)
+
+
+def test_file_loads_in_llamacpp(case):
+    llamacpp_loads(case.gguf)
+
+
+def test_metadata_and_tensors(tmp_path):
+    c = e2b_like(tmp_path)
+    md, tensors = read_gguf(c.gguf)
+    g = "gemma4."
+    assert md["general.architecture"] == "gemma4"
+    assert md[g + "attention.sliding_window_pattern"] == [True, True, True, False, True, False]
+    assert md[g + "attention.head_count_kv"] == [2, 2, 2, 1, 2, 1]
+    assert (md[g + "attention.key_length"], md[g + "attention.key_length_swa"]) == (32, 16)
+    assert md[g + "attention.shared_kv_layers"] == 2 and md[g + "embedding_length_per_layer_input"] == 8
+    assert md[g + "feed_forward_length"] == [96, 96, 96, 96, 192, 192]
+    assert (md[g + "rope.dimension_count"], md[g + "rope.dimension_count_swa"]) == (32, 16)
+    assert (md[g + "rope.freq_base"], md[g + "rope.freq_base_swa"]) == (1e6, 1e4)
+    assert tensors["rope_freqs.weight"] == ("F32", (16,))
+    assert tensors["per_layer_token_embd.weight"] == ("F32", (384, 48))
+    assert tensors["blk.0.layer_output_scale.weight"] == ("F32", (1,))
+    assert "blk.3.attn_v.weight" not in tensors and "blk.0.attn_v.weight" in tensors  # keys are values
+    assert "blk.4.attn_k.weight" not in tensors and "blk.4.attn_q.weight" in tensors  # K/V shared
+    assert "output.weight" not in tensors
+    from pollama.fs.gguf import GGUFFile
+    with GGUFFile(c.gguf) as f:
+        import numpy as np
+        freqs = f.tensor_bytes("rope_freqs.weight").view(np.float32)
+        assert list(freqs[:4]) == [1.0] * 4 and (freqs[4:] == np.float32(1e30)).all()
+        # Norm weights as stored by HF (Gemma 4's RMSNorm has no +1).
+        hf = c.model.model.layers[0].self_attn.q_norm.weight.detach().numpy()
+        assert np.array_equal(f.tensor_bytes("blk.0.attn_q_norm.weight").view(np.float32), hf)
+
+
+def test_mixture_of_experts_is_refused(tmp_path):
+    c = big_like(tmp_path)
+    import json
+    config = json.loads((c.folder / "config.json").read_text())
+    config.update(enable_moe_block=True, num_experts=4, top_k_experts=2, moe_intermediate_size=32)
+    (c.folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ConvertError, match="mixture-of-experts"):
+        convert_hf(c.folder, tmp_path / "out.gguf")
