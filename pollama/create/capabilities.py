@@ -7,7 +7,7 @@ projector layer adds vision; the Go template's variables add tools (`.Tools`) an
 
 A model without a Go template is prompted through its own Jinja chat_template (see
 pollama/template/jinja.py), so there the Jinja template speaks for it: tools when it reads
-the `tools` variable, thinking when it writes a <think> block.
+the `tools` variable, thinking when it writes a thinking block (<think>, Gemma 4's thought channel).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any, Mapping
 from pollama.template import TemplateError
 from pollama.template import capabilities as go_template_capabilities
 from pollama.template.gotemplate import parse_cached
+from pollama.template.thinking import jinja_thinking_tags
 
 
 def model_capabilities(
@@ -62,6 +63,6 @@ def _jinja_capabilities(chat_template: Any) -> set[str]:
     found = set()
     if "tools" in variables:
         found.add("tools")
-    if "<think>" in chat_template and "</think>" in chat_template:
+    if jinja_thinking_tags(chat_template) is not None:
         found.add("thinking")
     return found

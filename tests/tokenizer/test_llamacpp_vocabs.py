@@ -2,7 +2,7 @@
 NAME.gguf.inp / .out): every input must give exactly llama.cpp's ids.
 
 setup.sh --test extracts them from the llama-cpp-python 0.3.36 sdist (llama.cpp 0c1e570) into
-<venv>/share/llamacpp-vocab; POLLAMA_LLAMACPP_VOCAB names another folder. Gemma 4's vocabulary
+<venv>/share/llamacpp-vocab (realmodels.llamacpp_vocab). Gemma 4's vocabulary
 (tokenizer.ggml.model "gemma4": SentencePiece-style BPE over raw UTF-8) is only here; the others
 overlap shared/testdata/vocab and add command-r, deepseek-llm, falcon, mpt, qwen35, refact and
 starcoder.
@@ -10,16 +10,14 @@ starcoder.
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 
 import pytest
 
+from realmodels import llamacpp_vocab
 from pollama.fs.gguf import GGUFFile
 from pollama.tokenizer import load_tokenizer
 
-VOCAB_DIR = Path(os.environ.get("POLLAMA_LLAMACPP_VOCAB") or Path(sys.prefix) / "share" / "llamacpp-vocab")
 # Every vocabulary of llama.cpp 0c1e570's models/ folder that has an .inp/.out pair.
 SUITES = ["gemma-4", "bert-bge", "command-r", "deepseek-coder", "deepseek-llm", "falcon", "gpt-2", "llama-bpe",
           "llama-spm", "mpt", "phi-3", "qwen2", "qwen35", "refact", "starcoder"]
@@ -27,10 +25,7 @@ SUITES = ["gemma-4", "bert-bge", "command-r", "deepseek-coder", "deepseek-llm", 
 
 def cases(name: str) -> tuple[dict, list[tuple[str, list[int]]]]:
     """(GGUF metadata, [(text, llama.cpp's ids)]) of one suite; skips when setup did not fetch them."""
-    if not (VOCAB_DIR / "ggml-vocab-gemma-4.gguf.out").is_file():
-        pytest.skip(f"llama.cpp's vocab tests are not in {VOCAB_DIR}: ./setup.sh --test extracts them from the "
-                    "llama-cpp-python 0.3.36 sdist (or set POLLAMA_LLAMACPP_VOCAB)")
-    path = VOCAB_DIR / f"ggml-vocab-{name}.gguf"
+    path = llamacpp_vocab(name)
     with GGUFFile(path) as f:
         metadata = dict(f.metadata)
     texts = Path(f"{path}.inp").read_text(encoding="utf-8").split("\n__ggml_vocab_test__\n")

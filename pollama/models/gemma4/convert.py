@@ -64,8 +64,8 @@ class Gemma4Converter(ModelConverter):
         for kind in (SLIDING, FULL):
             shapes = {(dims[i], kvs[i]) for i in range(n) if types[i] == kind}
             if len(shapes) > 1:
-                raise ConvertError(f"config.json: {kind} layers differ in head_dim/num_key_value_heads {sorted(shapes)}; "
-                                   "GGUF keeps one of each for sliding and for global layers")
+                raise ConvertError(f"config.json: {kind} layers differ in head_dim/num_key_value_heads "
+                                   f"{sorted(shapes)}; GGUF keeps one of each for sliding and for global layers")
         return types, dims, kvs
 
     def metadata(self) -> dict:

@@ -90,7 +90,8 @@ class Gemma4(TextModel):
         self.layer_head_dim = [local_dim if self.is_local[i] else global_dim for i in range(n)]
         for i in range(n):
             if self.n_heads % kv_heads[i]:
-                raise ModelError(f"layer {i}: head_count {self.n_heads} is not a multiple of head_count_kv {kv_heads[i]}")
+                raise ModelError(f"layer {i}: head_count {self.n_heads} is not a multiple of "
+                                 f"head_count_kv {kv_heads[i]}")
         # The largest layer bounds what the generic memory checks assume for every layer.
         self.n_kv_heads = max(kv_heads)
         self.head_dim = self.v_head_dim = max(self.layer_head_dim)
@@ -105,7 +106,8 @@ class Gemma4(TextModel):
         for i in range(first_shared, n):
             kind = [j for j in range(first_shared) if self.is_local[j] == self.is_local[i]]
             if not kind:
-                raise ModelError(f"layer {i} shares K/V, but no earlier layer is {'local' if self.is_local[i] else 'global'}")
+                kind_name = "local" if self.is_local[i] else "global"
+                raise ModelError(f"layer {i} shares K/V, but no earlier layer is {kind_name}")
             self.kv_source[i] = kind[-1]
 
         self.local_rope = make_rope(cfg.int("rope.dimension_count_swa", local_dim),
