@@ -39,6 +39,7 @@ class Gemma4Converter(ModelConverter):
     architectures = ("Gemma4ForCausalLM",)
     layer_names = LAYER_NAMES
     top_names = TOP_NAMES
+    sentencepiece_bpe = True  # Gemma 4's tokenizer.json: written as llama.cpp's "gemma4" vocabulary
 
     def layer_shapes(self) -> tuple[list[str], list[int], list[int]]:
         """(layer types, head size, K/V heads) of every layer, as transformers resolves them:
