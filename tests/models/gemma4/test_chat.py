@@ -48,3 +48,32 @@ def test_thought_channel_is_thinking(metadata):
     out.append(parser.finish())
     assert "".join(d["thinking"] for d in out) == "The user greets."
     assert "".join(d["content"] for d in out) == "Hello there!"
+
+
+def test_tool_calls_in_gemma_notation(metadata):
+    template = metadata["tokenizer.chat_template"]
+    # What the template writes for an earlier call is what the model writes for a new one.
+    call = {"function": {"name": "get_weather", "arguments": {"city": "Paris", "days": 3, "hourly": False,
+                                                              "at": {"lat": 48.9, "tags": ["a", "b"]}}}}
+    rendered, _ = jinja_chat_prompt(template, [{"role": "user", "content": "Weather?"},
+                                               {"role": "assistant", "content": "", "tool_calls": [call]},
+                                               {"role": "user", "content": "Thanks"}],
+                                    tools=TOOLS, think=False, truncate=False)
+    start = rendered.index("<|tool_call>")
+    written = rendered[start: rendered.index("<tool_call|>") + len("<tool_call|>")]
+    assert written == ('<|tool_call>call:get_weather{at:{lat:48.9,tags:[<|"|>a<|"|>,<|"|>b<|"|>]},'
+                       'city:<|"|>Paris<|"|>,days:3,hourly:false}<tool_call|>')
+
+    parser = ChatOutputParser(None, tools=TOOLS, think=False, chat_template=template, new_id=lambda: "call_1")
+    answer = "Let me look." + written + "Done."
+    out = [parser.add(answer[i: i + 5]) for i in range(0, len(answer), 5)]
+    out.append(parser.finish())
+    assert "".join(d["content"] for d in out) == "Let me look.Done."
+    calls = [c for d in out for c in d["tool_calls"]]
+    assert calls == [{"id": "call_1", "function": {"index": 0, "name": "get_weather",
+                                                   "arguments": call["function"]["arguments"]}}]
+    # A call of a tool the request did not offer, or one cut off, stays text.
+    other = ChatOutputParser(None, tools=TOOLS, think=False, chat_template=template)
+    text = "<|tool_call>call:rm{path:<|\"|>/<|\"|>}<tool_call|><|tool_call>call:get_weather{city:"
+    got = [other.add(text), other.finish()]
+    assert "".join(d["content"] for d in got) == text and not [c for d in got for c in d["tool_calls"]]
