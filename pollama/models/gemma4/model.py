@@ -137,6 +137,11 @@ class Gemma4(TextModel):
         """(heads, K/V heads, key size, value size) of layer i, for the load-time checks."""
         return self.n_heads, self.layer_kv_heads[i], self.layer_head_dim[i], self.layer_head_dim[i]
 
+    def shift_keys(self, ctx: Context, layer: int, keys: Tensor, offsets: Tensor) -> Tensor:
+        if self.is_local[layer]:
+            return keys.rope(offsets, self.local_rope.for_shift())
+        return keys.rope(offsets, self.global_rope.for_shift(), self.rope_freqs)
+
     @property
     def k_width(self) -> int:
         return max(self.layer_kv_heads[i] * self.layer_head_dim[i] for i in range(self.n_layers))
