@@ -10,6 +10,8 @@ logit soft-capping. The window (4) is shorter than the prompt and the greedy con
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -19,6 +21,8 @@ from models.tinyhf import (
 )
 from realmodels import llamacpp_loads
 from pollama.create.convert import ConvertError, convert_hf
+from pollama.fs.gguf import GGUFFile
+from pollama.runner.engine import Engine
 
 SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<|turn>", "<turn|>", "<|channel>", "<channel|>"]
 S, F = "sliding_attention", "full_attention"
@@ -134,9 +138,7 @@ def test_metadata_and_tensors(tmp_path):
     assert "blk.3.attn_v.weight" not in tensors and "blk.0.attn_v.weight" in tensors  # keys are values
     assert "blk.4.attn_k.weight" not in tensors and "blk.4.attn_q.weight" in tensors  # K/V shared
     assert "output.weight" not in tensors
-    from pollama.fs.gguf import GGUFFile
     with GGUFFile(c.gguf) as f:
-        import numpy as np
         freqs = f.tensor_bytes("rope_freqs.weight").view(np.float32)
         assert list(freqs[:4]) == [1.0] * 4 and (freqs[4:] == np.float32(1e30)).all()
         # Norm weights as stored by HF (Gemma 4's RMSNorm has no +1).
@@ -146,7 +148,6 @@ def test_metadata_and_tensors(tmp_path):
 
 def test_mixture_of_experts_is_refused(tmp_path):
     c = big_like(tmp_path)
-    import json
     config = json.loads((c.folder / "config.json").read_text())
     config.update(enable_moe_block=True, num_experts=4, top_k_experts=2, moe_intermediate_size=32)
     (c.folder / "config.json").write_text(json.dumps(config))
@@ -181,7 +182,6 @@ def test_sharing_layout_llamacpp_cannot_read_is_refused(tmp_path):
     # transformers lets the sharing layers read any earlier layer of their kind; llama.cpp takes
     # the two just before them to be a sliding and a global one. A file it reads otherwise is refused.
     c = big_like(tmp_path)
-    import json
     config = json.loads((c.folder / "config.json").read_text())
     del config["per_layer_config"]  # (made for the old layer types)
     config.update(num_kv_shared_layers=1, layer_types=[S, F, S, F], global_head_dim=32)  # 3 reads 1; llama.cpp 2
@@ -210,8 +210,6 @@ def test_context_shift_turns_each_kind_of_layer(case, backend):
     # A shift turns the moved keys with their layer's RoPE (local, or global with its frequency
     # factors): they must be those of a fresh evaluation at the new positions (nothing was kept
     # before the dropped positions, so the moved tokens saw only each other).
-    from pollama.runner.engine import Engine
-
     with Engine(case.gguf, backend=backend, num_ctx=64, kv_cache_type="f32", exact_gelu=True) as engine:
         tail = case.ids[1:]
         fresh = _after(engine, tail, 0, shift=False)
