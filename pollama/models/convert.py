@@ -101,6 +101,9 @@ class ModelConverter:
     layer_names: ClassVar[dict[str, str]] = {}
 
     folder: Path | None = None  # the checkpoint folder, for converters that read more than config.json
+    # Whether a SentencePiece-style tokenizer.json (byte fallback, "\u2581" spaces) is written as
+    # llama.cpp's "gemma4" vocabulary rather than refused (pollama.tokenizer.convert).
+    sentencepiece_bpe: ClassVar[bool] = False
     # A converter of its own (its own vocabulary kind and keys: BERT's), called as
     # whole(folder, out_path, outtype=...) instead of the mapping below.
     whole: ClassVar[Callable[..., None] | None] = None
@@ -115,6 +118,10 @@ class ModelConverter:
     def transform(self, name: str, data: np.ndarray) -> np.ndarray:
         """Change a tensor for its GGUF layout (keeping its shape); `name` is its GGUF name, data float32."""
         return data
+
+    def tokenizer_metadata(self, md: dict[str, Any]) -> dict[str, Any]:
+        """The tokenizer.* keys as this architecture's GGUF has them (as converted, unless told)."""
+        return md
 
     def extra_tensors(self) -> list[tuple[str, np.ndarray]]:
         """Tensors GGUF has and the checkpoint has not (computed from config.json)."""
@@ -407,7 +414,8 @@ def convert_folder(
 
     say("reading tokenizer")
     try:
-        tokenizer_md = convert_tokenizer(folder, conv.cfg.require("vocab_size"), config)
+        tokenizer_md = conv.tokenizer_metadata(
+            convert_tokenizer(folder, conv.cfg.require("vocab_size"), config, sentencepiece_bpe=conv.sentencepiece_bpe))
     except TokenizerConvertError as e:
         raise ConvertError(str(e)) from None
 

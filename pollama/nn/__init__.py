@@ -10,6 +10,7 @@ from pollama.nn.modules import (  # noqa: F401
     Weights,
     attend,
     attention,
+    attention_shared,
     make_rope,
 )
 from pollama.nn.loader import Module, load_weights  # noqa: F401

@@ -168,6 +168,15 @@ def attention(ctx: Context, q: Tensor, k: Tensor, v: Tensor, cache, layer: int, 
     return ctx.attention(q, keys, values, mask, scale, softcap, groups=cache.groups(layer), sinks=sinks)
 
 
+def attention_shared(ctx: Context, q: Tensor, cache, kv_layer: int, kv_heads: int, scale: float | None = None) -> Tensor:
+    """Attention of this step's q [t, heads, d] over the K/V an earlier layer (`kv_layer`) stored
+    in this step (KV sharing, as in Gemma 3n and 4) -> [t, heads * dv]."""
+    keys, values, mask = cache.read(ctx, kv_layer, kv_heads)
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.shape[-1])
+    return ctx.attention(q, keys, values, mask, scale, 0.0, groups=cache.groups(kv_layer))
+
+
 def attend(ctx: Context, q: Tensor, k: Tensor, v: Tensor, mask=None, scale: float | None = None) -> Tensor:
     """Attention without a cache (an encoder's, over one image): q [t, heads, d], k and v
     [n, kv_heads, d] -> [t, heads * d]. `mask` is an additive float32 array [t, n] (0 where a

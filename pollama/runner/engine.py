@@ -345,7 +345,8 @@ class Engine:
             raise ValueError(f"{model.arch} models cannot shift their context")
 
         def turn(ctx, layer: int, keys, offsets):
-            heads = keys.reshape(keys.shape[0], model.n_kv_heads, model.head_dim)
+            _, kv_heads, head_dim, _ = model.layer_attention_sizes(layer)
+            heads = keys.reshape(keys.shape[0], kv_heads, head_dim)
             return model.shift_keys(ctx, layer, heads, offsets)
 
         self.cache.shift(seq, start, end, turn)

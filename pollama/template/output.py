@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
+from .gemma4calls import CALL_PREFIX, Gemma4ToolCallParser
 from .gofmt import OrderedMap, go_json
 from .gotemplate import Template, parse_cached
 from .harmony import FunctionNames, HarmonyParser
@@ -62,7 +63,7 @@ class ChatOutputParser:
         """
         self.harmony: HarmonyParser | None = None
         self.thinking: ThinkingParser | None = None
-        self.tools: ToolCallParser | None = None
+        self.tools: ToolCallParser | Gemma4ToolCallParser | None = None
         if harmony:
             names = FunctionNames(t["function"]["name"] for t in tools or () if t.get("function", {}).get("name"))
             self.harmony = HarmonyParser(prompt=prompt, names=names, new_id=new_id)
@@ -81,7 +82,10 @@ class ChatOutputParser:
             if prompt.strip(GO_SPACE).endswith(thinking_tags[0]):
                 self.thinking.open()
         tools = list(tools or [])
-        if tools:
+        if tools and template is None and tool_tag is None and CALL_PREFIX in (chat_template or ""):
+            # Gemma 4 writes its calls in a notation of its own (gemma4calls.py).
+            self.tools = Gemma4ToolCallParser(tools, new_id=new_id)
+        elif tools:
             if tool_tag is None:
                 tool_tag = tool_call_tag_for(template) if template is not None else jinja_tool_call_tag(chat_template)
             # Without a Go template Ollama's answer comes from llama-server, which also reads

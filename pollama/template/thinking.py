@@ -142,12 +142,18 @@ def infer_thinking_tags(template: Template | str | None) -> tuple[str, str] | No
     return thinking_tags(template)
 
 
+# (opening, closing) thinking tags of Jinja chat templates, known by what the template writes:
+# the common <think> block, and Gemma 4's thought channel (as llama.cpp's gemma4 parser reads it).
+JINJA_THINKING_TAGS = (("<think>", "</think>"), ("<|channel>thought", "<channel|>"))
+
+
 def jinja_thinking_tags(chat_template: str | None) -> tuple[str, str] | None:
-    """("<think>", "</think>") when a Jinja chat template writes both tags, else None.
+    """The thinking tags a Jinja chat template writes (both of a pair: JINJA_THINKING_TAGS), else None.
 
     Ollama hands Jinja-only models to llama-server, whose own parsers know these tags; this is
     pollama's stand-in for models without a Go template.
     """
-    if chat_template and "<think>" in chat_template and "</think>" in chat_template:
-        return "<think>", "</think>"
+    for opening, closing in JINJA_THINKING_TAGS if chat_template else ():
+        if opening in chat_template and closing in chat_template:
+            return opening, closing
     return None

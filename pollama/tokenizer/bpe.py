@@ -1,4 +1,5 @@
-"""Byte-level BPE (tokenizer.ggml.model = gpt2), merging as llama.cpp's llm_tokenizer_bpe does."""
+"""BPE, merging as llama.cpp's llm_tokenizer_bpe does: byte-level (tokenizer.ggml.model = gpt2) or
+over raw UTF-8 with <0xXX> byte fallback (SentencePiece-style, tokenizer.ggml.model = gemma4)."""
 
 from __future__ import annotations
 
@@ -31,12 +32,12 @@ class BPEModel:
             if ids is None:
                 if len(cache) >= _CACHE_LIMIT:
                     cache.clear()
-                ids = cache[word] = tuple(self._encode_word(byte_encode(word)))
+                ids = cache[word] = tuple(self._encode_word(byte_encode(word) if self.pre.byte_level else word))
             out.extend(ids)
 
     def _encode_word(self, word: str) -> list[int]:
         tok = self.token_to_id
-        if self.pre.ignore_merges:
+        if self.pre.ignore_merges or (self.pre.whole_newline_runs and not word.strip("\n")):
             i = tok.get(word)
             if i is not None:
                 return [i]
@@ -47,9 +48,10 @@ class BPEModel:
                 out.append(i)
                 continue
             # A symbol the merges built but the vocabulary lacks: llama.cpp looks up each of its
-            # UTF-8 bytes as a one-byte token and drops those that are not tokens either.
+            # UTF-8 bytes as a one-byte token (SentencePiece-style: <0xXX>) and drops those that
+            # are not tokens either.
             for b in sym.encode("utf-8", "surrogateescape"):
-                i = tok.get(bytes([b]).decode("utf-8", "surrogateescape"))
+                i = tok.get(bytes([b]).decode("utf-8", "surrogateescape") if self.pre.byte_level else f"<0x{b:02X}>")
                 if i is not None:
                     out.append(i)
         return out

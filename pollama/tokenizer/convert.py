@@ -1,8 +1,11 @@
 """A Hugging Face tokenizer folder -> GGUF tokenizer.ggml.* metadata, as llama.cpp's converter writes it.
 
-Two kinds are converted:
+Three kinds are converted:
 - byte-level BPE from tokenizer.json -> tokenizer.ggml.model "gpt2", with tokenizer.ggml.pre
   naming the pre-tokenizer our BPE tokenizer must run to split text as the HF one does;
+- SentencePiece-style BPE from tokenizer.json (byte fallback, spaces as "\u2581": Gemma 4's
+  GemmaTokenizer) -> "gemma4", the one llama.cpp tokenizer type that reads it (for the
+  architectures whose converters ask: Gemma 4);
 - SentencePiece (BPE type) from tokenizer.model -> "llama", pieces with their scores and types.
 tokenizer.model wins when both are present, as in llama.cpp and Ollama (Gemma ships both).
 
@@ -15,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import struct
 from pathlib import Path
 from typing import Any
@@ -55,8 +59,12 @@ class TokenizerConvertError(ValueError):
     """The tokenizer files of a folder are missing, malformed or of a kind we cannot convert."""
 
 
-def convert_tokenizer(folder: str | Path, vocab_size: int | None = None, config: dict | None = None) -> dict[str, Any]:
-    """tokenizer.ggml.* (and tokenizer.chat_template) keys for a HF folder, the vocabulary padded to vocab_size."""
+def convert_tokenizer(folder: str | Path, vocab_size: int | None = None, config: dict | None = None,
+                      sentencepiece_bpe: bool = False) -> dict[str, Any]:
+    """tokenizer.ggml.* (and tokenizer.chat_template) keys for a HF folder, the vocabulary padded to vocab_size.
+
+    `sentencepiece_bpe`: a SentencePiece-style tokenizer.json is written as llama.cpp's "gemma4"
+    vocabulary (its architecture's readers know it); otherwise such a folder needs tokenizer.model."""
     folder = Path(folder)
     config = config or {}
     tok_config = _read_json(folder / "tokenizer_config.json") or {}
@@ -64,7 +72,8 @@ def convert_tokenizer(folder: str | Path, vocab_size: int | None = None, config:
         md, add_bos, add_eos = _sentencepiece(folder, tok_config, vocab_size)
     elif (folder / "tokenizer.json").is_file():
         try:
-            md, add_bos, add_eos = _bpe(_read_json(folder / "tokenizer.json"), tok_config, vocab_size)
+            tj = _read_json(folder / "tokenizer.json")
+            md, add_bos, add_eos = _bpe(tj, tok_config, vocab_size, sentencepiece_bpe)
         except (KeyError, TypeError, AttributeError) as e:
             raise TokenizerConvertError(f"{folder / 'tokenizer.json'}: malformed ({type(e).__name__}: {e})") from None
     else:
@@ -138,17 +147,22 @@ def _chat_template(folder: Path, tok_config: dict) -> str | None:
 
 # --- byte-level BPE (tokenizer.json) -------------------------------------------------------------
 
-def _bpe(tj: Any, tok_config: dict, vocab_size: int | None) -> tuple[dict[str, Any], bool, bool]:
+def _bpe(tj: Any, tok_config: dict, vocab_size: int | None,
+         sentencepiece_bpe: bool = False) -> tuple[dict[str, Any], bool, bool]:
     if not isinstance(tj, dict):
         raise TokenizerConvertError("tokenizer.json is not a JSON object")
     model = tj.get("model") or {}
     if model.get("type") != "BPE":
         raise TokenizerConvertError(f"tokenizer.json holds a {model.get('type')!r} model; only BPE is supported")
-    if not _steps(tj.get("pre_tokenizer"), "ByteLevel"):
-        # A BPE over SentencePiece-style text (byte fallback, "▁" for spaces) needs tokenizer.model.
+    spm_style = not _steps(tj.get("pre_tokenizer"), "ByteLevel")
+    if spm_style and not (sentencepiece_bpe and model.get("byte_fallback") and _replaces_spaces(tj.get("normalizer"))):
+        # A BPE over SentencePiece-style text (byte fallback, "\u2581" for spaces) needs
+        # tokenizer.model, unless the architecture's readers take llama.cpp's "gemma4" vocabulary.
         raise TokenizerConvertError("tokenizer.json is not a byte-level BPE; a tokenizer.model is needed")
     vocab: dict[str, int] = model.get("vocab") or {}
-    by_id: dict[int, tuple[str, int]] = {i: (t, NORMAL) for t, i in vocab.items()}
+    # SentencePiece-style: <0xXX> pieces are the byte fallback (llama.cpp's LlamaHfVocab types them so).
+    by_id: dict[int, tuple[str, int]] = {
+        i: (t, BYTE if spm_style and _BYTE_PIECE.fullmatch(t) else NORMAL) for t, i in vocab.items()}
     for added in tj.get("added_tokens") or []:
         # Added tokens are matched in raw text, so their text is stored as is (not byte-mapped).
         text = added["content"]
@@ -162,15 +176,31 @@ def _bpe(tj: Any, tok_config: dict, vocab_size: int | None) -> tuple[dict[str, A
         tokens.append(text)
         types.append(kind)
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges") or []]
-    md = {
-        "tokenizer.ggml.model": "gpt2",
-        "tokenizer.ggml.pre": pre_tokenizer_name(tj, tok_config),
+    md = {"tokenizer.ggml.model": "gemma4"} if spm_style else {
+        "tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": pre_tokenizer_name(tj, tok_config)}
+    md.update({
         "tokenizer.ggml.tokens": tokens,
         "tokenizer.ggml.token_type": types,
         "tokenizer.ggml.merges": merges,
-    }
+    })
+    if spm_style:
+        md["tokenizer.ggml.add_space_prefix"] = False
     add_bos, add_eos = _template_flags(tj.get("post_processor"))
     return md, add_bos, add_eos
+
+
+_BYTE_PIECE = re.compile(r"<0x[0-9A-Fa-f]{2}>")
+
+
+def _replaces_spaces(normalizer: Any) -> bool:
+    """Whether a tokenizer.json normalizer writes spaces as SentencePiece's "\u2581"."""
+    if not isinstance(normalizer, dict):
+        return False
+    if normalizer.get("type") == "Sequence":
+        return any(_replaces_spaces(n) for n in normalizer.get("normalizers") or [])
+    pattern = normalizer.get("pattern") or {}
+    return (normalizer.get("type") == "Replace" and pattern.get("String") == " "
+            and normalizer.get("content") == "\u2581")
 
 
 def _looks_special(text: str) -> bool:

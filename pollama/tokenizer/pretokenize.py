@@ -71,6 +71,8 @@ GPT4O = (rf"[^\r\n\p{{L}}\p{{N}}]?((?=[\p{{L}}])([^a-z]))*((?=[\p{{L}}])([^A-Z])
          r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+",)
 BAILINGMOE = (r"'(?:[sSdDmMtT]|[lL][lL]|[vV][eE]|[rR][eE])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
               r"|\s*[\r\n]|\s+(?!\S)|\s+",)
+# SentencePiece-style BPE (Gemma 4): no word split, only newline runs apart from the rest.
+NEWLINE_RUNS = ("[^\\n]+|[\\n]+",)
 SEED_CODER = (rf"{_CONTRACTION}|[^\r\n\p{{L}}\p{{N}}]?\p{{L}}+|\p{{N}}{{1}}| ?[^\s\p{{L}}\p{{N}}\r\n]+|\s*[\r\n]+"
               r"|\s+(?!\S)|\s+",)
 
@@ -86,6 +88,11 @@ class PreTokenizer:
     add_bos: bool = False  # default of tokenizer.ggml.add_bos_token
     add_sep: bool = False
     no_bos: bool = False  # the family's default BOS id does not exist
+    # SentencePiece-style BPE (Gemma 4): words are merged as raw UTF-8, not GPT-2's byte map,
+    # spaces are written "\u2581" first, and bytes missing from the vocabulary become <0xXX>.
+    byte_level: bool = True
+    escape_spaces: bool = False
+    whole_newline_runs: bool = False  # a run of newlines that is itself a token skips the merges
 
 
 def _family(names: str, regexes: tuple[str, ...] | str, **flags) -> dict[str, PreTokenizer]:
@@ -120,6 +127,9 @@ PRE_TOKENIZERS: dict[str, PreTokenizer] = {
     **_family("gpt-4o llama4 kanana2 talkie minimax-m2", GPT4O, clean_spaces=False),
     **_family("bailingmoe bailingmoe2 llada-moe", BAILINGMOE, clean_spaces=False),
     **_family("seed-coder", SEED_CODER, clean_spaces=False),
+    **_family("gemma4 granite-embed-multi-311m", NEWLINE_RUNS, byte_level=False, escape_spaces=True,
+              whole_newline_runs=True, add_bos=True),
+    **_family("sarvam-moe", NEWLINE_RUNS, byte_level=False, escape_spaces=True, clean_spaces=False),
 }
 
 

@@ -14,7 +14,7 @@ from .vocab import (
 )
 from .wpm import WPMModel
 
-_KINDS = {"gpt2": "bpe", "llama": "spm", "bert": "wpm"}
+_KINDS = {"gpt2": "bpe", "gemma4": "bpe", "llama": "spm", "bert": "wpm"}
 _SPACE_ESCAPE = "\u2581"  # SentencePiece's visible space
 _STRIP_CHARS = " \t\n\v\f\r"  # C isspace(), which llama.cpp uses around lstrip/rstrip tokens
 
@@ -31,10 +31,12 @@ class Tokenizer:
         model = metadata.get("tokenizer.ggml.model")
         kind = _KINDS.get(model)
         if kind is None:
-            raise ValueError(f"unsupported tokenizer.ggml.model {model!r} (supported: gpt2, llama, bert)")
+            raise ValueError(f"unsupported tokenizer.ggml.model {model!r} (supported: gpt2, gemma4, llama, bert)")
         self.model_name: str = model
         self.kind = kind
-        pre = _ARCH_PRE.get(metadata.get("general.architecture"), metadata.get("tokenizer.ggml.pre"))
+        # llama.cpp's "gemma4" vocabulary is BPE with its own pre-tokenizer, whatever the file names.
+        pre = "gemma4" if model == "gemma4" else metadata.get("tokenizer.ggml.pre")
+        pre = _ARCH_PRE.get(metadata.get("general.architecture"), pre)
         self.pre = pre_tokenizer(pre) if kind == "bpe" else None
         # Family defaults (llama.cpp load()), then the GGUF's own keys.
         if kind == "bpe":
@@ -46,7 +48,10 @@ class Tokenizer:
                           ("add_sep", "tokenizer.ggml.add_sep_token")):
             if metadata.get(key) is not None:
                 flags[flag] = bool(metadata[key])
-        self.vocab = v = Vocab(metadata, kind, flags, no_default_bos=bool(self.pre and self.pre.no_bos))
+        if self.pre is not None and self.pre.name == "gemma4":
+            flags["add_bos"] = True  # llama.cpp overrides a file's false here (Gemma 4 needs its BOS)
+        defaults = "gemma4" if model == "gemma4" else kind
+        self.vocab = v = Vocab(metadata, defaults, flags, no_default_bos=bool(self.pre and self.pre.no_bos))
         self.clean_spaces = self.pre.clean_spaces if self.pre else kind == "wpm"
 
         if kind == "bpe":
@@ -169,11 +174,12 @@ class Tokenizer:
         else:
             if add_special and (v.add_bos or self.kind == "wpm") and v.ids["bos"] is not None:
                 out.append(v.ids["bos"])
+            escape = self.pre is not None and self.pre.escape_spaces
             for frag in fragments:
                 if isinstance(frag, int):
                     out.append(frag)
                 else:
-                    encode(frag, out)
+                    encode(frag.replace(" ", _SPACE_ESCAPE) if escape else frag, out)
             if add_special:
                 if self.kind == "wpm":
                     if v.ids["sep"] is not None:
@@ -278,7 +284,7 @@ class Tokenizer:
         if attr & (ATTR_CONTROL | ATTR_UNKNOWN | ATTR_USER_DEFINED):
             return _to_bytes(text)
         if attr & ATTR_NORMAL:
-            if self.kind == "bpe":
+            if self.kind == "bpe" and self.pre.byte_level:
                 return _byte_decode(text)
             return _to_bytes(text.replace(_SPACE_ESCAPE, " "))
         if attr & ATTR_BYTE:

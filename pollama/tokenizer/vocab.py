@@ -66,6 +66,7 @@ _DEFAULT_IDS = {
     "spm": {"bos": 1, "eos": 2, "unk": 0, "sep": None, "pad": None, "mask": None},
     "wpm": {"bos": 101, "eos": None, "unk": 100, "sep": 102, "pad": 0, "mask": 103},
     "bpe": {"bos": 11, "eos": 11, "unk": None, "sep": None, "pad": None, "mask": None},
+    "gemma4": {"bos": None, "eos": None, "unk": None, "sep": None, "pad": None, "mask": None},
 }
 _ID_KEYS = {
     "bos": "tokenizer.ggml.bos_token_id",

@@ -91,6 +91,31 @@ def bpe_tokenizer(pre: str, specials: list[str], *, eos: str, bos: str | None = 
     return hf
 
 
+def gemma_tokenizer(specials: list[str], trained_size: int = 300):
+    """Gemma's own kind of tokenizer (transformers' GemmaTokenizer, as Gemma 4 ships it): BPE over
+    text whose spaces are written "\u2581", with <0xXX> byte fallback, BOS added. Trained on
+    TRAIN_TEXTS with newline runs kept apart (as llama.cpp splits them); ids: `specials`, the 256
+    byte pieces, then the trained pieces."""
+    import json
+
+    from tokenizers import normalizers
+
+    tok = Tokenizer(models.BPE())
+    tok.normalizer = normalizers.Replace(" ", "\u2581")
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("\n+"), behavior="isolated")
+    tok.train_from_iterator(TRAIN_TEXTS * 3, trainers.BpeTrainer(vocab_size=trained_size, show_progress=False))
+    trained = json.loads(tok.to_str())["model"]
+    vocab = {s: i for i, s in enumerate(specials)}
+    vocab.update({f"<0x{b:02X}>": len(specials) + b for b in range(256)})
+    for piece, _ in sorted(trained["vocab"].items(), key=lambda item: item[1]):
+        vocab.setdefault(piece, len(vocab))
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in trained["merges"]]
+    hf = transformers.GemmaTokenizer(vocab=vocab, merges=merges, bos_token="<bos>", eos_token="<eos>",
+                                     pad_token="<pad>", unk_token="<unk>", mask_token=None, add_bos_token=True)
+    hf.add_special_tokens({"additional_special_tokens": [s for s in specials if s not in hf.all_special_tokens]})
+    return hf
+
+
 def randomize_(model, std: float = 0.1, seed: int = 0) -> None:
     """Add N(0, std) to every parameter, so no norm, bias or gate keeps its tell-nothing init."""
     g = torch.Generator().manual_seed(seed)
