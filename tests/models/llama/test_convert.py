@@ -156,6 +156,8 @@ def test_split_regexes_are_the_ones_ollama_knows():
         "qwen2": "1ff7f41064896984db5d1bb6ff64fa4bc29007d08c1b439e505b7392777a319e",
         "qwen35": "00431aed57e696b747435f734d1e3b9b1bfd931a121fb5cac7129e97c181e9ba",
         "tekken": "1d64a9a8eaf9f1bd80331984d81fdd514e7feafe8df83a525dd31472f275699a",  # (not in Ollama's list)
+        # o200k (gpt-oss), llama.cpp's name; not in Ollama's list, which converts gpt-oss apart.
+        "gpt-4o": "2d1b8dc11e89af71459b36004f698ab3693f59fd84f63e8ec2b49564ab857420",
     }
 
 
