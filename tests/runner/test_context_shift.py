@@ -1,5 +1,5 @@
 """Context shift and prompt truncation: Ollama's rules (window.py), and the cache's RoPE
-re-rotation of moved keys, checked against evaluating the same tokens fresh.
+re-rotation of moved keys, checked against evaluating the same tokens fresh (tests/contextshift.py).
 
 Why the fresh evaluation is at keep = 0: after a shift, the K/V of the tokens that moved were
 computed while they could see the tokens now dropped, which a fresh evaluation of the kept
@@ -21,6 +21,7 @@ from pollama.runner.engine import Engine, make_backend
 from pollama.runner.generation import Done, GenerateOptions
 from pollama.runner.parallel import ParallelEngine
 from pollama.sample import SamplerOptions
+from contextshift import logits_after, unturned
 from realmodels import real_model
 
 GREEDY = SamplerOptions(temperature=0.0, repeat_penalty=1.0)
@@ -57,21 +58,6 @@ def test_shift_frees_half_of_what_is_not_kept():
 # -- the cache's re-rotation ---------------------------------------------------------------------
 
 
-def _next_logits(engine: Engine, tail: list[int], start: int, shift: bool, turn=None) -> np.ndarray:
-    """Evaluate tail at positions start.., move it to 0 (shift) or not, then the logits of one
-    more token after it."""
-    engine.reset()
-    engine._forward(tail, start)
-    position = start + len(tail)
-    if shift:
-        if turn is None:
-            engine.shift(0, 0, start)
-        else:
-            engine.cache.shift(0, 0, start, turn)
-        position = len(tail)
-    return engine._forward(engine.tokenizer.encode(" a", add_special=False), position)[-1]
-
-
 # The same tokens evaluated fresh at other positions differ by rounding (RoPE's angles round
 # differently): on ggml's quantized models through 8-bit activations up to 1.41 (Gemma 3,
 # measured), on torch by 4.6e-5. A shift must be no worse than that; keys not turned are off
@@ -85,10 +71,11 @@ def test_shifted_keys_equal_a_fresh_evaluation(model, backend, flash):
     chosen = make_backend(backend, flash_attention=flash) if backend == "ggml" else backend
     with Engine(real_model(model), backend=chosen, num_ctx=256, num_batch=256) as engine:
         tail = engine.tokenizer.encode(TEXT, add_special=False)
-        fresh = _next_logits(engine, tail, 0, shift=False)
-        elsewhere = _next_logits(engine, tail, DROPPED, shift=False)  # the rounding of other positions
-        shifted = _next_logits(engine, tail, DROPPED, shift=True)
-        unturned = _next_logits(engine, tail, DROPPED, shift=True, turn=lambda ctx, layer, keys, offsets: keys)
+        (after,) = engine.tokenizer.encode(" a", add_special=False)
+        fresh = logits_after(engine, tail, 0, after, shift=False)
+        elsewhere = logits_after(engine, tail, DROPPED, after, shift=False)  # the rounding of other positions
+        shifted = logits_after(engine, tail, DROPPED, after, shift=True)
+        not_turned = logits_after(engine, tail, DROPPED, after, shift=True, turn=unturned)
     noise = float(np.abs(elsewhere - fresh).max())
     error = float(np.abs(shifted - fresh).max())
     if backend == "torch":  # measured 3.4e-5 (SmolLM2), 4.0e-5 (Gemma 3)
@@ -96,7 +83,7 @@ def test_shifted_keys_equal_a_fresh_evaluation(model, backend, flash):
     else:  # measured 0.55 / 1.16 / 0.39 against noise of 0.44 / 1.41 / 0.35
         assert error < max(2 * noise, 0.1), (error, noise)
     assert shifted.argmax() == fresh.argmax()
-    assert float(np.abs(unturned - fresh).max()) > 5.0  # the test sees keys that were not turned
+    assert float(np.abs(not_turned - fresh).max()) > 5.0  # the test sees keys that were not turned
 
 
 # -- generation past the context -----------------------------------------------------------------

@@ -19,6 +19,7 @@ from models.tinyhf import (
     Case, GREEDY_STEPS, assert_tokenizer_matches, bpe_tokenizer, build_case, convert, gemma_tokenizer, hf_greedy,
     max_logit_diff, our_greedy, read_gguf, torch, transformers,
 )
+from contextshift import logits_after, unturned
 from realmodels import llamacpp_loads
 from pollama.create.convert import ConvertError, convert_hf
 from pollama.fs.gguf import GGUFFile
@@ -190,21 +191,6 @@ def test_sharing_layout_llamacpp_cannot_read_is_refused(tmp_path):
         convert_hf(c.folder, tmp_path / "out.gguf")
 
 
-def _after(engine, tail: list[int], start: int, shift: bool, turn=None):
-    """Evaluate tail at positions start.., move it to 0 (shift) or not, then the logits of one
-    more token (as tests/runner/test_context_shift.py does on the real models)."""
-    engine.reset()
-    engine._forward(tail, start)
-    position = start + len(tail)
-    if shift:
-        if turn is None:
-            engine.shift(0, 0, start)
-        else:
-            engine.cache.shift(0, 0, start, turn)
-        position = len(tail)
-    return engine._forward([tail[0]], position)[-1]
-
-
 @pytest.mark.parametrize("backend", ["torch", "ggml"])
 def test_context_shift_turns_each_kind_of_layer(case, backend):
     # A shift turns the moved keys with their layer's RoPE (local, or global with its frequency
@@ -212,9 +198,9 @@ def test_context_shift_turns_each_kind_of_layer(case, backend):
     # before the dropped positions, so the moved tokens saw only each other).
     with Engine(case.gguf, backend=backend, num_ctx=64, kv_cache_type="f32", exact_gelu=True) as engine:
         tail = case.ids[1:]
-        fresh = _after(engine, tail, 0, shift=False)
-        shifted = _after(engine, tail, 20, shift=True)
-        unturned = _after(engine, tail, 20, shift=True, turn=lambda ctx, layer, keys, offsets: keys)
+        fresh = logits_after(engine, tail, 0, tail[0], shift=False)
+        shifted = logits_after(engine, tail, 20, tail[0], shift=True)
+        not_turned = logits_after(engine, tail, 20, tail[0], shift=True, turn=unturned)
     error = float(np.abs(shifted - fresh).max())
     assert error < SHIFT_TOLERANCE, error
-    assert float(np.abs(unturned - fresh).max()) > 0.5  # the test sees keys that were not turned
+    assert float(np.abs(not_turned - fresh).max()) > 0.5  # the test sees keys that were not turned

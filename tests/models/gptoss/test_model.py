@@ -17,6 +17,7 @@ from models.gptoss.tiny import N_EXPERTS, N_USED, WINDOW
 from models.tinyhf import GREEDY_STEPS, convert, hf_greedy, hf_logits, our_greedy, our_logits, torch
 from pollama.models.gptoss.model import GptOss
 from pollama.nn import softmax_then_top_k, top_k_then_softmax
+from contextshift import logits_after, unturned
 from realmodels import llamacpp_greedy
 
 # max |ours - transformers| over every prompt position, about 2x the measured: 1.8e-6 (torch
@@ -200,20 +201,6 @@ def test_untruncated_yarn_is_llama_cpps(gptoss_case):
     assert 100 * TOLERANCE["torch"] < np.abs(ours - untruncated).max() < 0.03
 
 
-def _next_logits(engine, tail: list[int], start: int, shift: bool, turn=None) -> np.ndarray:
-    """tail evaluated at positions start.., moved to 0 (shift) or not; the logits of one more token."""
-    engine.reset()
-    engine._forward(tail, start)
-    position = start + len(tail)
-    if shift:
-        if turn is None:
-            engine.shift(0, 0, start)
-        else:
-            engine.cache.shift(0, 0, start, turn)
-        position = len(tail)
-    return engine._forward([tail[0]], position)[-1]
-
-
 @pytest.mark.parametrize("backend", ["torch", "ggml"])
 def test_context_shift_turns_keys_with_yarn(gptoss_case, backend):
     """A context shift moves the cached keys by turning them as gpt-oss's YaRN RoPE turns keys
@@ -223,9 +210,9 @@ def test_context_shift_turns_keys_with_yarn(gptoss_case, backend):
 
     with Engine(gptoss_case.gguf, backend=backend, num_ctx=128, num_batch=128, kv_cache_type="f32") as engine:
         tail = gptoss_case.ids
-        fresh = _next_logits(engine, tail, 0, shift=False)
-        shifted = _next_logits(engine, tail, 60, shift=True)
-        unturned = _next_logits(engine, tail, 60, shift=True, turn=lambda ctx, layer, keys, offsets: keys)
+        fresh = logits_after(engine, tail, 0, tail[0], shift=False)
+        shifted = logits_after(engine, tail, 60, tail[0], shift=True)
+        not_turned = logits_after(engine, tail, 60, tail[0], shift=True, turn=unturned)
     error = float(np.abs(shifted - fresh).max())
     assert error < 2.5e-6, error  # measured 1.1e-6 (torch), 6.3e-7 (ggml)
-    assert float(np.abs(unturned - fresh).max()) > 0.1  # measured 0.9: the test sees keys left unturned
+    assert float(np.abs(not_turned - fresh).max()) > 0.1  # measured 0.9: the test sees keys left unturned
