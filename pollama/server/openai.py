@@ -22,6 +22,7 @@ from pollama.server.chat import (
     check_tools,
     tool_call_schema,
 )
+from pollama.server.common import keep_alive_of
 from pollama.server.errors import APIError
 from pollama.server.generate import Completion, embed, in_thread, run_completion
 from pollama.server.http import (
@@ -35,6 +36,8 @@ from pollama.server.http import (
     read_json,
     unless_disconnected,
 )
+from pollama.server.native_generate import ChatRequest, debug_info
+from pollama.server.native_models import list_models
 from pollama.server.options import request_options
 from pollama.template.output import openai_finish_reason, to_openai_tool_calls
 
@@ -347,7 +350,6 @@ def sse(events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
 
 def add_openai_routes(app: FastAPI, state) -> None:
     """Mount the /v1 routes on app, sharing state (store, scheduler) with the native ones."""
-    from pollama.server.app import keep_alive_of, list_models
     from pollama.server.prompt import generate_prompt
 
     async def completion_job(body: dict[str, Any], build, *, completions: bool = False) -> tuple[Any, Completion]:
@@ -392,7 +394,6 @@ def add_openai_routes(app: FastAPI, state) -> None:
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
         from pollama.sample.constraint import format_from_response_format
-        from pollama.server.app import ChatRequest, debug_info
 
         body = await read_json(request)
         check_field_types(body, "chat")
