@@ -30,7 +30,7 @@ from pollama.server.errors import APIError
 from pollama.server.generate import run_completion
 from pollama.server.http import ClientGone, EventStream, json_response, named_sse, primed, read_json, unless_disconnected
 from pollama.server.native_generate import ChatRequest
-from pollama.server.openai import apply_tool_choice, check_field_types
+from pollama.server.openai_request import apply_tool_choice, check_field_types
 from pollama.server.options import request_options
 from pollama.template.output import arguments_json
 

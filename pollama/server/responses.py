@@ -23,7 +23,7 @@ from pollama.server.errors import APIError
 from pollama.server.generate import run_completion
 from pollama.server.http import EventStream, json_response, loads_checked, named_sse, primed, read_json, unless_disconnected
 from pollama.server.native_generate import ChatRequest
-from pollama.server.openai import (
+from pollama.server.openai_request import (
     apply_tool_choice,
     check_field_types,
     image_from_url,
