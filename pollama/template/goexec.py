@@ -14,7 +14,7 @@ import time
 import urllib.parse
 from collections.abc import Callable
 
-from . import goparse as P
+from . import gonodes as N
 from .errors import TemplateError
 from .gofmt import (
     GoValueError,
@@ -379,7 +379,7 @@ OLLAMA_FUNCS: dict[str, Func] = {
 class State:
     """One execution: output buffer, variable stack, the template set."""
 
-    def __init__(self, trees: dict[str, P.ListNode], funcs: dict[str, Func], name: str, text: str):
+    def __init__(self, trees: dict[str, N.ListNode], funcs: dict[str, Func], name: str, text: str):
         self.trees = trees
         self.funcs = funcs
         self.name = name
@@ -391,7 +391,7 @@ class State:
         self.deadline = time.monotonic() + MAX_EXECUTION_SECONDS
 
     # errors
-    def error(self, node: P.Node | None, msg: str) -> TemplateError:
+    def error(self, node: N.Node | None, msg: str) -> TemplateError:
         if node is None:
             return TemplateError(msg, name=self.name)
         ctx = str(node)
@@ -424,40 +424,40 @@ class State:
         raise self.error(node, f"undefined variable: {name}")
 
     # walking
-    def walk(self, dot, node: P.Node) -> None:
-        if isinstance(node, P.TextNode):
+    def walk(self, dot, node: N.Node) -> None:
+        if isinstance(node, N.TextNode):
             self.out.append(node.text)
-        elif isinstance(node, P.ActionNode):
+        elif isinstance(node, N.ActionNode):
             val = self.eval_pipeline(dot, node.pipe)
             if not node.pipe.decl:
                 self.print_value(node, val)
-        elif isinstance(node, P.ListNode):
+        elif isinstance(node, N.ListNode):
             for n in node.nodes:
                 self.walk(dot, n)
-        elif isinstance(node, (P.IfNode, P.WithNode)):
+        elif isinstance(node, (N.IfNode, N.WithNode)):
             mark = self.mark()
             try:
                 val = self.eval_pipeline(dot, node.pipe)
                 if is_true(val):
-                    self.walk(val if isinstance(node, P.WithNode) else dot, node.list)
+                    self.walk(val if isinstance(node, N.WithNode) else dot, node.list)
                 elif node.else_list is not None:
                     self.walk(dot, node.else_list)
             finally:
                 self.pop(mark)
-        elif isinstance(node, P.RangeNode):
+        elif isinstance(node, N.RangeNode):
             self.walk_range(dot, node)
-        elif isinstance(node, P.TemplateNode):
+        elif isinstance(node, N.TemplateNode):
             self.walk_template(dot, node)
-        elif isinstance(node, P.BreakNode):
+        elif isinstance(node, N.BreakNode):
             raise _Break()
-        elif isinstance(node, P.ContinueNode):
+        elif isinstance(node, N.ContinueNode):
             raise _Continue()
-        elif isinstance(node, P.CommentNode):
+        elif isinstance(node, N.CommentNode):
             pass
         else:
             raise self.error(node, f"unknown node: {node}")
 
-    def walk_range(self, dot, r: P.RangeNode) -> None:
+    def walk_range(self, dot, r: N.RangeNode) -> None:
         outer = self.mark()
         try:
             val = _plain(self.eval_pipeline(dot, r.pipe))
@@ -517,7 +517,7 @@ class State:
         finally:
             self.pop(outer)
 
-    def walk_template(self, dot, t: P.TemplateNode) -> None:
+    def walk_template(self, dot, t: N.TemplateNode) -> None:
         tree = self.trees.get(t.name)
         if tree is None:
             raise self.error(t, f'template "{t.name}" not defined')
@@ -534,7 +534,7 @@ class State:
             self.depth -= 1
 
     # evaluation
-    def eval_pipeline(self, dot, pipe: P.PipeNode | None):
+    def eval_pipeline(self, dot, pipe: N.PipeNode | None):
         if pipe is None:
             return None
         value = _MISSING
@@ -551,41 +551,41 @@ class State:
         if len(args) > 1 or final is not _MISSING:
             raise self.error(args[0], f"can't give argument to non-function {args[0]}")
 
-    def eval_command(self, dot, cmd: P.CommandNode, final):
+    def eval_command(self, dot, cmd: N.CommandNode, final):
         first = cmd.args[0]
-        if isinstance(first, P.FieldNode):
+        if isinstance(first, N.FieldNode):
             return self.eval_field_chain(dot, dot, first, first.ident, cmd.args, final)
-        if isinstance(first, P.ChainNode):
+        if isinstance(first, N.ChainNode):
             return self.eval_chain(dot, first, cmd.args, final)
-        if isinstance(first, P.IdentifierNode):
+        if isinstance(first, N.IdentifierNode):
             return self.eval_function(dot, first, cmd.args, final)
-        if isinstance(first, P.PipeNode):
+        if isinstance(first, N.PipeNode):
             self.not_a_function(cmd.args, final)
             return self.eval_pipeline(dot, first)
-        if isinstance(first, P.VariableNode):
+        if isinstance(first, N.VariableNode):
             return self.eval_variable(dot, first, cmd.args, final)
         self.not_a_function(cmd.args, final)
-        if isinstance(first, P.BoolNode):
+        if isinstance(first, N.BoolNode):
             return first.value
-        if isinstance(first, P.DotNode):
+        if isinstance(first, N.DotNode):
             return dot
-        if isinstance(first, P.NilNode):
+        if isinstance(first, N.NilNode):
             raise self.error(first, "nil is not a command")
-        if isinstance(first, P.NumberNode):
+        if isinstance(first, N.NumberNode):
             return first.value
-        if isinstance(first, P.StringNode):
+        if isinstance(first, N.StringNode):
             return first.text
         raise self.error(first, f"can't evaluate command {first}")
 
-    def eval_variable(self, dot, node: P.VariableNode, args, final):
+    def eval_variable(self, dot, node: N.VariableNode, args, final):
         value = self.var_value(node, node.ident[0])
         if len(node.ident) == 1:
             self.not_a_function(args or [node], final)
             return value
         return self.eval_field_chain(dot, value, node, node.ident[1:], args, final)
 
-    def eval_chain(self, dot, chain: P.ChainNode, args, final):
-        if isinstance(chain.node, P.NilNode):
+    def eval_chain(self, dot, chain: N.ChainNode, args, final):
+        if isinstance(chain.node, N.NilNode):
             raise self.error(chain, f"indirection through explicit nil in {chain}")
         pipe = self.eval_arg(dot, chain.node)
         return self.eval_field_chain(dot, pipe, chain, chain.field, args, final)
@@ -612,7 +612,7 @@ class State:
             return _held(value)
         raise self.error(node, f"can't evaluate field {name} in type {go_type_name(receiver)}")
 
-    def eval_function(self, dot, node: P.IdentifierNode, args: list, final):
+    def eval_function(self, dot, node: N.IdentifierNode, args: list, final):
         name = node.name
         spec = self.funcs.get(name)
         if spec is None:
@@ -651,26 +651,26 @@ class State:
         except Exception as e:  # noqa: BLE001 - a failing function is the template's error, never a traceback
             raise self.error(node, f"error calling {name}: {e}") from None
 
-    def eval_arg(self, dot, n: P.Node):
-        if isinstance(n, P.DotNode):
+    def eval_arg(self, dot, n: N.Node):
+        if isinstance(n, N.DotNode):
             return dot
-        if isinstance(n, P.NilNode):
+        if isinstance(n, N.NilNode):
             return None
-        if isinstance(n, P.FieldNode):
+        if isinstance(n, N.FieldNode):
             return self.eval_field_chain(dot, dot, n, n.ident, [n], _MISSING)
-        if isinstance(n, P.VariableNode):
+        if isinstance(n, N.VariableNode):
             return self.eval_variable(dot, n, None, _MISSING)
-        if isinstance(n, P.PipeNode):
+        if isinstance(n, N.PipeNode):
             return self.eval_pipeline(dot, n)
-        if isinstance(n, P.IdentifierNode):
+        if isinstance(n, N.IdentifierNode):
             return self.eval_function(dot, n, [n], _MISSING)
-        if isinstance(n, P.ChainNode):
+        if isinstance(n, N.ChainNode):
             return self.eval_chain(dot, n, None, _MISSING)
-        if isinstance(n, P.BoolNode):
+        if isinstance(n, N.BoolNode):
             return n.value
-        if isinstance(n, P.NumberNode):
+        if isinstance(n, N.NumberNode):
             return n.value
-        if isinstance(n, P.StringNode):
+        if isinstance(n, N.StringNode):
             return n.text
         raise self.error(n, f"can't handle {n} for arg")
 
@@ -706,7 +706,7 @@ def _struct_field(obj, name: str):
     return _NO_FIELD
 
 
-def execute(trees: dict[str, P.ListNode], name: str, text: str, data, funcs: dict[str, Func]) -> str:
+def execute(trees: dict[str, N.ListNode], name: str, text: str, data, funcs: dict[str, Func]) -> str:
     """Run the template `name` of `trees` on `data`; raises TemplateError."""
     state = State(trees, funcs, name, text)
     tree = trees.get(name)
