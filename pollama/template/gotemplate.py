@@ -24,7 +24,8 @@ from functools import lru_cache
 from . import gonodes as N
 from . import goparse as P
 from .errors import TemplateError
-from .goexec import BUILTINS, OLLAMA_FUNCS, Func, execute
+from .goexec import execute
+from .gofuncs import BUILTINS, OLLAMA_FUNCS, Func
 from .golex import template_error
 
 __all__ = ["Template", "TemplateError", "capabilities", "parse_cached", "thinking_tags", "tool_call_tag"]
