@@ -7,7 +7,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pollama.models import discovery
-from pollama.models.convert import ConvertError, ModelConverter, convert_folder, read_hf_config
+from pollama.models.checkpoint import read_hf_config
+from pollama.models.convert import ConvertError, ModelConverter, convert_folder
 
 __all__ = ["ConvertError", "convert_hf", "supported_architectures"]
 

@@ -161,7 +161,7 @@ def _convert(store: Store, value: str, folder: Path, tmp: Path, status: Status) 
     consolidated*.pth, then GGUF.
     """
     from pollama.create.convert import convert_hf
-    from pollama.models.convert import find_weights
+    from pollama.models.checkpoint import find_weights
 
     kind, files = find_weights(folder)
     if kind == "gguf":

@@ -43,7 +43,7 @@ def _import_transformers():
 
 def load_reference(folder: str | Path):
     """The HF model of a checkpoint folder (class named by config.json), float32, eval mode."""
-    from pollama.models.convert import ConvertError, read_hf_config
+    from pollama.models.checkpoint import ConvertError, read_hf_config
 
     folder = Path(folder)
     if folder.is_dir() and not (folder / "config.json").is_file():

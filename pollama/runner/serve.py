@@ -16,7 +16,7 @@ Requests ("op"):
               "draft_accepted_count", "context"}
               `format` ("json" or a JSON schema) constrains the output; with `constrain_after`
               (a thinking block's closing tag; the prompt left the model inside that block)
-              only the text after it, and the block is bounded (see ThinkingThenFormat).
+              only the text after it, and the block is bounded (see sample/thinking_format.py).
               `images` (base64) are the images the prompt's `[img-N]` tags stand for.
   embed       {input: [str], truncate, normalize, dimensions} -> {"embeddings", "prompt_eval_count"}
   tokenize    {content, add_special?} -> {"tokens"}
@@ -142,82 +142,6 @@ class Model:
             self.embedder.close()
 
 
-class ThinkingThenFormat:
-    """A thinking block, then structured output: the constraint for a format with thinking on.
-
-    The thinking text is free, but it may not end the answer (end-of-generation tokens are
-    masked) and it has a budget of tokens: once spent, the closing tag is forced. So every
-    answer reaches the format, whose grammar then rules until the structure is complete. A
-    small model that never closes its thinking would otherwise give no structured output at
-    all (Ollama's longest-standing structured-output complaint, #8063).
-    """
-
-    def __init__(self, tokenizer, inner, closing: str, budget: int):
-        self.tokenizer = tokenizer
-        self.straddling = _tokens_straddling(tokenizer, closing)
-        self.inner = inner
-        self.closing = closing
-        self.budget = budget
-        self.closing_ids = tokenizer.encode(closing, add_special=False, parse_special=True)
-        self.thinking_tokens = 0
-        self.forced: list[int] = []  # the closing tag's tokens still to come, once the budget is spent
-        self.in_format = False
-        self._tail = ""
-
-    def mask(self):
-        import numpy as np
-
-        if self.in_format:
-            return self.inner.mask()
-        allowed = np.zeros(self.tokenizer.vocab_size, dtype=bool)
-        if self.forced:
-            allowed[self.forced[0]] = True
-            return allowed
-        allowed[:] = True
-        allowed[[t for t in self.tokenizer.eog_ids if t < len(allowed)]] = False
-        allowed[self.straddling] = False
-        return allowed
-
-    def accept(self, token: int) -> None:
-        if self.in_format:
-            self.inner.accept(token)
-            return
-        if self.forced:
-            self.forced.pop(0)
-            self.in_format = not self.forced
-            return
-        self.thinking_tokens += 1
-        self._tail = (self._tail + self.tokenizer.decode([int(token)]))[-4 * len(self.closing):]
-        if self.closing in self._tail:
-            self.in_format = True
-        elif self.thinking_tokens >= self.budget:
-            self.forced = list(self.closing_ids)
-
-    @property
-    def done(self) -> bool:
-        return self.in_format and self.inner.done
-
-
-_straddling_cache: dict[tuple[int, str], list[int]] = {}
-
-
-def _tokens_straddling(tokenizer, closing: str) -> list[int]:
-    """Tokens that would end the closing tag and go on past it in one piece (">{"): the format's
-    grammar starts after the tag and could not see their rest, so thinking may not use them."""
-    key = (id(tokenizer), closing)
-    if key not in _straddling_cache:
-        tag = closing.encode()
-        found = []
-        for token in range(tokenizer.vocab_size):
-            piece = tokenizer.token_piece(token, special=True)
-            for end in range(1, min(len(piece), len(tag))):
-                if tag.endswith(piece[:end]) and piece[end:].strip():
-                    found.append(token)
-                    break
-        _straddling_cache[key] = found
-    return _straddling_cache[key]
-
-
 def _images(value: Any) -> list[bytes]:
     """The request's images (base64 strings, as the server forwards them) as bytes."""
     if value is None:
@@ -233,17 +157,12 @@ def _images(value: Any) -> list[bytes]:
     return out
 
 
-def thinking_budget(num_predict: int) -> int:
-    """Tokens a thinking block may take before structured output: half of num_predict when it
-    is set, so the structure has the other half; else 1024."""
-    return max(1, num_predict // 2) if num_predict > 0 else 1024
-
-
 def _generate_options(request: dict[str, Any], tokenizer):
     from pollama.runner.generation import GenerateOptions
     from pollama.runner.speculative import DEFAULT_DRAFT_NUM_PREDICT, MAX_DRAFT_NUM_PREDICT
     from pollama.sample import SamplerOptions
     from pollama.sample.constraint import make_constraint
+    from pollama.sample.thinking_format import ThinkingThenFormat, thinking_budget
 
     options = request.get("options") or {}
     # Built before the prompt is queued, so a bad format fails at once with Ollama's message.

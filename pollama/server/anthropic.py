@@ -29,7 +29,8 @@ from pollama.server.chat import chat_model, check_tools, collect_blocks, reply_b
 from pollama.server.errors import APIError
 from pollama.server.generate import run_completion
 from pollama.server.http import ClientGone, EventStream, json_response, named_sse, primed, read_json, unless_disconnected
-from pollama.server.openai import apply_tool_choice, check_field_types
+from pollama.server.native_generate import ChatRequest
+from pollama.server.openai_request import apply_tool_choice, check_field_types
 from pollama.server.options import request_options
 from pollama.template.output import arguments_json
 
@@ -350,7 +351,6 @@ async def stream_events(message: Message, estimate: int, lines: AsyncIterator[di
 
 def add_anthropic_routes(app: FastAPI, state) -> None:
     """Mount POST /v1/messages (and count_tokens's 404), sharing state with the other routes."""
-    from pollama.server.app import ChatRequest
 
     @app.post("/v1/messages")
     @in_anthropic_shape

@@ -2,7 +2,7 @@
 
 The checks and error messages are Ollama's (server/routes.go, api/types.go, openai/openai.go);
 the output parser is pollama.template.output's ChatOutputParser, made once per request for
-the rendered prompt. The native routes (app.py), the OpenAI ones (openai.py, responses.py) and
+the rendered prompt. The native routes (native_generate.py), the OpenAI ones (openai.py, responses.py) and
 Anthropic's (anthropic.py) share this.
 """
 
@@ -231,3 +231,32 @@ async def collect_blocks(messages: AsyncIterator[dict[str, Any]]) -> tuple[list[
     finally:
         await messages.aclose()
     return blocks, done
+
+
+def check_messages(value: object) -> list[dict[str, Any]]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise APIError(400, 'invalid value for "messages": expected an array')
+    messages = []
+    for i, m in enumerate(value):
+        if not isinstance(m, dict):
+            raise APIError(400, f"messages[{i}] must be an object")
+        role = m.get("role")
+        if not isinstance(role, str) or not role:
+            raise APIError(400, f"messages[{i}] needs a role")
+        content = m.get("content")
+        if content is None:
+            content = ""
+        if not isinstance(content, str):
+            raise APIError(400, f'messages[{i}].content must be a string')
+        checked = {**m, "role": role.lower(), "content": content}
+        images = check_images(f"messages[{i}].images", m.get("images"))
+        if images:
+            checked["images"] = images
+        else:
+            checked.pop("images", None)
+        if m.get("tool_calls") is not None:
+            checked["tool_calls"] = check_tool_calls(i, m["tool_calls"])
+        messages.append(checked)
+    return messages

@@ -22,7 +22,8 @@ from pollama.server.chat import chat_model, check_tools, collect_blocks, reply_b
 from pollama.server.errors import APIError
 from pollama.server.generate import run_completion
 from pollama.server.http import EventStream, json_response, loads_checked, named_sse, primed, read_json, unless_disconnected
-from pollama.server.openai import (
+from pollama.server.native_generate import ChatRequest
+from pollama.server.openai_request import (
     apply_tool_choice,
     check_field_types,
     image_from_url,
@@ -363,7 +364,6 @@ async def stream_events(reply: Reply, messages: AsyncIterator[dict[str, Any]]) -
 
 def add_responses_routes(app: FastAPI, state) -> None:
     """Mount POST /v1/responses, sharing state (store, scheduler) with the other routes."""
-    from pollama.server.app import ChatRequest
 
     @app.post("/v1/responses")
     async def responses(request: Request) -> Response:

@@ -9,58 +9,17 @@ pipelines turn `NIL` into `None` after every command, as Go's evalPipeline does.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import time
-import urllib.parse
-from collections.abc import Callable
 
-from . import goparse as P
+from . import gonodes as N
 from .errors import TemplateError
-from .gofmt import (
-    GoValueError,
-    format_value,
-    go_json,
-    go_type_name,
-    is_struct,
-    sorted_items,
-    sprint,
-    sprintf,
-    sprintln,
-)
+from .gofmt import format_value, go_type_name, is_struct, sorted_items
+from .gofuncs import NIL, Func, _CallError, _held, _plain, is_true
 from .golex import template_error
 
 MAX_TEMPLATE_DEPTH = 64
 # An execution may take this long (seconds): {{ range 1000000000 }} must not hang the server.
 MAX_EXECUTION_SECONDS = 10.0
-
-
-class _Nil:
-    """A nil interface value held by a map, struct field or slice element."""
-
-    _instance = None
-
-    def __new__(cls):
-        if cls._instance is None:
-            cls._instance = super().__new__(cls)
-        return cls._instance
-
-    def __repr__(self) -> str:
-        return "NIL"
-
-    def __bool__(self) -> bool:
-        return False
-
-
-NIL = _Nil()
-
-
-def _plain(v):
-    return None if v is NIL else v
-
-
-def _held(v):
-    """A value as read out of a container: nil becomes a (typed) nil interface."""
-    return NIL if v is None else v
 
 
 class _Break(Exception):
@@ -71,315 +30,13 @@ class _Continue(Exception):
     pass
 
 
-class _CallError(Exception):
-    """An error from a template function; the executor wraps it as Go's 'error calling'."""
-
-
-def is_true(v) -> bool:
-    """Go's truth of a template value: the zero value of its type and empty collections are false."""
-    v = _plain(v)
-    if v is None:
-        return False
-    if isinstance(v, bool):
-        return v
-    if isinstance(v, (int, float, complex)):
-        return v != 0
-    if isinstance(v, (str, list, tuple, dict)):
-        return len(v) > 0
-    truth = getattr(v, "go_truth", None)
-    if truth is not None:
-        return bool(truth())
-    return True  # structs and pointers to them are always true
-
-
-# ---------------------------------------------------------------- builtin functions
-
-
-def _kind(v) -> str:
-    v = _plain(v)
-    if v is None:
-        return "invalid"
-    if isinstance(v, bool):
-        return "bool"
-    if isinstance(v, int):
-        return "int"
-    if isinstance(v, float):
-        return "float"
-    if isinstance(v, complex):
-        return "complex"
-    if isinstance(v, str):
-        return "string"
-    if isinstance(v, (list, tuple)):
-        return "slice"
-    if isinstance(v, dict):
-        return "map"
-    return "struct"
-
-
-_BASIC = {"bool", "int", "float", "complex", "string"}
-
-
-def _eq(arg1, *rest):
-    if not rest:
-        raise _CallError("missing argument for comparison")
-    a = _plain(arg1)
-    k1 = _kind(a)
-    for arg in rest:
-        b = _plain(arg)
-        k2 = _kind(b)
-        if k1 != k2:
-            if (k1 in _BASIC or k2 in _BASIC) and a is not None and b is not None:
-                raise _CallError(f"incompatible types for comparison: {go_type_name(a)} and {go_type_name(b)}")
-            truth = False
-            if a is None or b is None:
-                truth = a is None and b is None
-            elif k1 not in _BASIC and k2 not in _BASIC:
-                raise _CallError(f"non-comparable types {format_value(a)}: {go_type_name(a)}, "
-                                 f"{go_type_name(b)}: {format_value(b)}")
-        elif k1 in _BASIC:
-            truth = a == b
-        elif k1 == "invalid":
-            truth = True
-        else:
-            if k1 in ("slice", "map"):
-                raise _CallError(f"non-comparable type {format_value(b)}: {go_type_name(b)}")
-            truth = a == b
-        if truth:
-            return True
-    return False
-
-
-def _ne(a, b):
-    return not _eq(a, b)
-
-
-def _lt(a, b):
-    a, b = _plain(a), _plain(b)
-    k1, k2 = _kind(a), _kind(b)
-    if k1 not in _BASIC or k2 not in _BASIC:
-        raise _CallError("invalid type for comparison")
-    if k1 != k2:
-        raise _CallError(f"incompatible types for comparison: {go_type_name(a)} and {go_type_name(b)}")
-    if k1 in ("bool", "complex"):
-        raise _CallError("invalid type for comparison")
-    return a < b
-
-
-def _le(a, b):
-    return _lt(a, b) or _eq(a, b)
-
-
-def _gt(a, b):
-    return not _le(a, b)
-
-
-def _ge(a, b):
-    return not _lt(a, b)
-
-
-def _not(a):
-    return not is_true(a)
-
-
-def _len(item):
-    item = _plain(item)
-    if item is None:
-        raise _CallError("len of nil pointer")
-    if isinstance(item, str):
-        return len(item.encode("utf-8"))  # Go strings are measured in bytes
-    if isinstance(item, (list, tuple, dict)):
-        return len(item)
-    raise _CallError(f"len of type {go_type_name(item)}")
-
-
-def _index_arg(index, cap: int) -> int:
-    index = _plain(index)
-    if index is None:
-        raise _CallError("cannot index slice/array with nil")
-    if isinstance(index, bool) or not isinstance(index, int):
-        raise _CallError(f"cannot index slice/array with type {go_type_name(index)}")
-    if index < 0 or index > cap:
-        raise _CallError(f"index out of range: {index}")
-    return index
-
-
-def _index(item, *indexes):
-    item = _plain(item)
-    if item is None:
-        raise _CallError("index of untyped nil")
-    for index in indexes:
-        index = _plain(index)
-        if item is None or item is NIL:
-            raise _CallError("index of nil pointer")
-        if isinstance(item, (list, tuple, str)):
-            seq = item.encode("utf-8") if isinstance(item, str) else item
-            x = _index_arg(index, len(seq))
-            if x == len(seq):
-                raise _CallError(f"index out of range: {x}")
-            item = seq[x]
-            item = _held(item)
-        elif isinstance(item, dict):
-            # Template maps are Go map[string]any unless their keys say otherwise.
-            key_type = go_type_name(next(iter(item))) if item else "string"
-            if index is None:
-                raise _CallError(f"value is nil; should be of type {key_type}")
-            if go_type_name(index) != key_type:
-                raise _CallError(f"value has type {go_type_name(index)}; should be {key_type}")
-            item = _held(item.get(index))
-        else:
-            raise _CallError(f"can't index item of type {go_type_name(item)}")
-    return item
-
-
-def _slice(item, *indexes):
-    item = _plain(item)
-    if item is None:
-        raise _CallError("slice of untyped nil")
-    if len(indexes) > 3:
-        raise _CallError(f"too many slice indexes: {len(indexes)}")
-    if isinstance(item, str):
-        if len(indexes) == 3:
-            raise _CallError("cannot 3-index slice a string")
-        seq = item.encode("utf-8")
-    elif isinstance(item, (list, tuple)):
-        seq = item
-    else:
-        raise _CallError(f"can't slice item of type {go_type_name(item)}")
-    idx = [0, len(seq), len(seq)]
-    for i, index in enumerate(indexes):
-        idx[i] = _index_arg(index, len(seq))
-    if idx[0] > idx[1]:
-        raise _CallError(f"invalid slice index: {idx[0]} > {idx[1]}")
-    if len(indexes) == 3 and idx[1] > idx[2]:
-        raise _CallError(f"invalid slice index: {idx[1]} > {idx[2]}")
-    out = seq[idx[0] : idx[1]]
-    return out.decode("utf-8", errors="replace") if isinstance(item, str) else list(out)
-
-
-def _eval_args(args) -> str:
-    args = [_plain(a) for a in args]
-    if len(args) == 1 and isinstance(args[0], str):
-        return args[0]
-    return sprint(args)
-
-
-def _html(*args):
-    s = _eval_args(args)
-    return (s.replace("\0", "\ufffd").replace("&", "&amp;").replace("'", "&#39;").replace('"', "&#34;")
-            .replace("<", "&lt;").replace(">", "&gt;"))
-
-
-_JS_ESCAPES = {"\\": "\\\\", "'": "\\'", '"': '\\"', "<": "\\u003C", ">": "\\u003E", "&": "\\u0026", "=": "\\u003D"}
-
-
-def _js(*args):
-    out = []
-    for c in _eval_args(args):
-        if c in _JS_ESCAPES:
-            out.append(_JS_ESCAPES[c])
-        elif ord(c) < 0x20:
-            out.append(f"\\u00{ord(c):02X}")
-        elif ord(c) >= 0x80 and not c.isprintable():
-            out.append(f"\\u{ord(c):04X}")
-        else:
-            out.append(c)
-    return "".join(out)
-
-
-def _urlquery(*args):
-    return urllib.parse.quote_plus(_eval_args(args), safe="-_.~")
-
-
-def _print(*args):
-    return sprint([_plain(a) for a in args])
-
-
-def _println(*args):
-    return sprintln([_plain(a) for a in args])
-
-
-def _printf(fmt, *args):
-    return sprintf(fmt, [_plain(a) for a in args])
-
-
-def _call(fn, *args):
-    fn = _plain(fn)
-    if fn is None:
-        raise _CallError("call of nil")
-    raise _CallError(f"non-function of type {go_type_name(fn)}")
-
-
-@dataclasses.dataclass(frozen=True)
-class Func:
-    """A template function: its Python body and Go's parameter shape."""
-
-    fn: Callable
-    fixed: int  # number of fixed parameters
-    variadic: bool = False
-    string_params: bool = False  # every parameter is a Go string
-
-
-BUILTINS: dict[str, Func] = {
-    "and": Func(None, 1, True),  # evaluated lazily by the executor
-    "or": Func(None, 1, True),
-    "call": Func(_call, 1, True),
-    "eq": Func(_eq, 1, True),
-    "ge": Func(_ge, 2),
-    "gt": Func(_gt, 2),
-    "html": Func(_html, 0, True),
-    "index": Func(_index, 1, True),
-    "js": Func(_js, 0, True),
-    "le": Func(_le, 2),
-    "len": Func(_len, 1),
-    "lt": Func(_lt, 2),
-    "ne": Func(_ne, 2),
-    "not": Func(_not, 1),
-    "print": Func(_print, 0, True),
-    "printf": Func(_printf, 1, True),
-    "println": Func(_println, 0, True),
-    "slice": Func(_slice, 1, True),
-    "urlquery": Func(_urlquery, 0, True),
-}
-
-
-# ---------------------------------------------------------------- Ollama's functions
-
-
-def _ollama_json(v):
-    try:
-        return go_json(_plain(v))
-    except GoValueError:
-        return ""  # Ollama ignores json.Marshal's error and prints nothing
-
-
-def _current_date(*_fmt):
-    return datetime.date.today().strftime("%Y-%m-%d")
-
-
-def _yesterday_date(*_fmt):
-    return (datetime.date.today() - datetime.timedelta(days=1)).strftime("%Y-%m-%d")
-
-
-def _to_typescript_type(v):
-    convert = getattr(_plain(v), "to_typescript_type", None)
-    return convert() if convert is not None else "any"
-
-
-OLLAMA_FUNCS: dict[str, Func] = {
-    "json": Func(_ollama_json, 1),
-    "currentDate": Func(_current_date, 0, True, string_params=True),
-    "yesterdayDate": Func(_yesterday_date, 0, True, string_params=True),
-    "toTypeScriptType": Func(_to_typescript_type, 1),
-}
-
-
 # ---------------------------------------------------------------- executor
 
 
 class State:
     """One execution: output buffer, variable stack, the template set."""
 
-    def __init__(self, trees: dict[str, P.ListNode], funcs: dict[str, Func], name: str, text: str):
+    def __init__(self, trees: dict[str, N.ListNode], funcs: dict[str, Func], name: str, text: str):
         self.trees = trees
         self.funcs = funcs
         self.name = name
@@ -391,7 +48,7 @@ class State:
         self.deadline = time.monotonic() + MAX_EXECUTION_SECONDS
 
     # errors
-    def error(self, node: P.Node | None, msg: str) -> TemplateError:
+    def error(self, node: N.Node | None, msg: str) -> TemplateError:
         if node is None:
             return TemplateError(msg, name=self.name)
         ctx = str(node)
@@ -424,40 +81,40 @@ class State:
         raise self.error(node, f"undefined variable: {name}")
 
     # walking
-    def walk(self, dot, node: P.Node) -> None:
-        if isinstance(node, P.TextNode):
+    def walk(self, dot, node: N.Node) -> None:
+        if isinstance(node, N.TextNode):
             self.out.append(node.text)
-        elif isinstance(node, P.ActionNode):
+        elif isinstance(node, N.ActionNode):
             val = self.eval_pipeline(dot, node.pipe)
             if not node.pipe.decl:
                 self.print_value(node, val)
-        elif isinstance(node, P.ListNode):
+        elif isinstance(node, N.ListNode):
             for n in node.nodes:
                 self.walk(dot, n)
-        elif isinstance(node, (P.IfNode, P.WithNode)):
+        elif isinstance(node, (N.IfNode, N.WithNode)):
             mark = self.mark()
             try:
                 val = self.eval_pipeline(dot, node.pipe)
                 if is_true(val):
-                    self.walk(val if isinstance(node, P.WithNode) else dot, node.list)
+                    self.walk(val if isinstance(node, N.WithNode) else dot, node.list)
                 elif node.else_list is not None:
                     self.walk(dot, node.else_list)
             finally:
                 self.pop(mark)
-        elif isinstance(node, P.RangeNode):
+        elif isinstance(node, N.RangeNode):
             self.walk_range(dot, node)
-        elif isinstance(node, P.TemplateNode):
+        elif isinstance(node, N.TemplateNode):
             self.walk_template(dot, node)
-        elif isinstance(node, P.BreakNode):
+        elif isinstance(node, N.BreakNode):
             raise _Break()
-        elif isinstance(node, P.ContinueNode):
+        elif isinstance(node, N.ContinueNode):
             raise _Continue()
-        elif isinstance(node, P.CommentNode):
+        elif isinstance(node, N.CommentNode):
             pass
         else:
             raise self.error(node, f"unknown node: {node}")
 
-    def walk_range(self, dot, r: P.RangeNode) -> None:
+    def walk_range(self, dot, r: N.RangeNode) -> None:
         outer = self.mark()
         try:
             val = _plain(self.eval_pipeline(dot, r.pipe))
@@ -517,7 +174,7 @@ class State:
         finally:
             self.pop(outer)
 
-    def walk_template(self, dot, t: P.TemplateNode) -> None:
+    def walk_template(self, dot, t: N.TemplateNode) -> None:
         tree = self.trees.get(t.name)
         if tree is None:
             raise self.error(t, f'template "{t.name}" not defined')
@@ -534,7 +191,7 @@ class State:
             self.depth -= 1
 
     # evaluation
-    def eval_pipeline(self, dot, pipe: P.PipeNode | None):
+    def eval_pipeline(self, dot, pipe: N.PipeNode | None):
         if pipe is None:
             return None
         value = _MISSING
@@ -551,41 +208,41 @@ class State:
         if len(args) > 1 or final is not _MISSING:
             raise self.error(args[0], f"can't give argument to non-function {args[0]}")
 
-    def eval_command(self, dot, cmd: P.CommandNode, final):
+    def eval_command(self, dot, cmd: N.CommandNode, final):
         first = cmd.args[0]
-        if isinstance(first, P.FieldNode):
+        if isinstance(first, N.FieldNode):
             return self.eval_field_chain(dot, dot, first, first.ident, cmd.args, final)
-        if isinstance(first, P.ChainNode):
+        if isinstance(first, N.ChainNode):
             return self.eval_chain(dot, first, cmd.args, final)
-        if isinstance(first, P.IdentifierNode):
+        if isinstance(first, N.IdentifierNode):
             return self.eval_function(dot, first, cmd.args, final)
-        if isinstance(first, P.PipeNode):
+        if isinstance(first, N.PipeNode):
             self.not_a_function(cmd.args, final)
             return self.eval_pipeline(dot, first)
-        if isinstance(first, P.VariableNode):
+        if isinstance(first, N.VariableNode):
             return self.eval_variable(dot, first, cmd.args, final)
         self.not_a_function(cmd.args, final)
-        if isinstance(first, P.BoolNode):
+        if isinstance(first, N.BoolNode):
             return first.value
-        if isinstance(first, P.DotNode):
+        if isinstance(first, N.DotNode):
             return dot
-        if isinstance(first, P.NilNode):
+        if isinstance(first, N.NilNode):
             raise self.error(first, "nil is not a command")
-        if isinstance(first, P.NumberNode):
+        if isinstance(first, N.NumberNode):
             return first.value
-        if isinstance(first, P.StringNode):
+        if isinstance(first, N.StringNode):
             return first.text
         raise self.error(first, f"can't evaluate command {first}")
 
-    def eval_variable(self, dot, node: P.VariableNode, args, final):
+    def eval_variable(self, dot, node: N.VariableNode, args, final):
         value = self.var_value(node, node.ident[0])
         if len(node.ident) == 1:
             self.not_a_function(args or [node], final)
             return value
         return self.eval_field_chain(dot, value, node, node.ident[1:], args, final)
 
-    def eval_chain(self, dot, chain: P.ChainNode, args, final):
-        if isinstance(chain.node, P.NilNode):
+    def eval_chain(self, dot, chain: N.ChainNode, args, final):
+        if isinstance(chain.node, N.NilNode):
             raise self.error(chain, f"indirection through explicit nil in {chain}")
         pipe = self.eval_arg(dot, chain.node)
         return self.eval_field_chain(dot, pipe, chain, chain.field, args, final)
@@ -612,7 +269,7 @@ class State:
             return _held(value)
         raise self.error(node, f"can't evaluate field {name} in type {go_type_name(receiver)}")
 
-    def eval_function(self, dot, node: P.IdentifierNode, args: list, final):
+    def eval_function(self, dot, node: N.IdentifierNode, args: list, final):
         name = node.name
         spec = self.funcs.get(name)
         if spec is None:
@@ -651,26 +308,26 @@ class State:
         except Exception as e:  # noqa: BLE001 - a failing function is the template's error, never a traceback
             raise self.error(node, f"error calling {name}: {e}") from None
 
-    def eval_arg(self, dot, n: P.Node):
-        if isinstance(n, P.DotNode):
+    def eval_arg(self, dot, n: N.Node):
+        if isinstance(n, N.DotNode):
             return dot
-        if isinstance(n, P.NilNode):
+        if isinstance(n, N.NilNode):
             return None
-        if isinstance(n, P.FieldNode):
+        if isinstance(n, N.FieldNode):
             return self.eval_field_chain(dot, dot, n, n.ident, [n], _MISSING)
-        if isinstance(n, P.VariableNode):
+        if isinstance(n, N.VariableNode):
             return self.eval_variable(dot, n, None, _MISSING)
-        if isinstance(n, P.PipeNode):
+        if isinstance(n, N.PipeNode):
             return self.eval_pipeline(dot, n)
-        if isinstance(n, P.IdentifierNode):
+        if isinstance(n, N.IdentifierNode):
             return self.eval_function(dot, n, [n], _MISSING)
-        if isinstance(n, P.ChainNode):
+        if isinstance(n, N.ChainNode):
             return self.eval_chain(dot, n, None, _MISSING)
-        if isinstance(n, P.BoolNode):
+        if isinstance(n, N.BoolNode):
             return n.value
-        if isinstance(n, P.NumberNode):
+        if isinstance(n, N.NumberNode):
             return n.value
-        if isinstance(n, P.StringNode):
+        if isinstance(n, N.StringNode):
             return n.text
         raise self.error(n, f"can't handle {n} for arg")
 
@@ -706,7 +363,7 @@ def _struct_field(obj, name: str):
     return _NO_FIELD
 
 
-def execute(trees: dict[str, P.ListNode], name: str, text: str, data, funcs: dict[str, Func]) -> str:
+def execute(trees: dict[str, N.ListNode], name: str, text: str, data, funcs: dict[str, Func]) -> str:
     """Run the template `name` of `trees` on `data`; raises TemplateError."""
     state = State(trees, funcs, name, text)
     tree = trees.get(name)

@@ -21,9 +21,11 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+from . import gonodes as N
 from . import goparse as P
 from .errors import TemplateError
-from .goexec import BUILTINS, OLLAMA_FUNCS, Func, execute
+from .goexec import execute
+from .gofuncs import BUILTINS, OLLAMA_FUNCS, Func
 from .golex import template_error
 
 __all__ = ["Template", "TemplateError", "capabilities", "parse_cached", "thinking_tags", "tool_call_tag"]
@@ -31,15 +33,15 @@ __all__ = ["Template", "TemplateError", "capabilities", "parse_cached", "thinkin
 FUNCS: dict[str, Func] = {**BUILTINS, **OLLAMA_FUNCS}
 
 
-def _response_action() -> P.ActionNode:
-    field = P.FieldNode(0, ["Response"])
-    return P.ActionNode(0, P.PipeNode(0, cmds=[P.CommandNode(0, [field])]))
+def _response_action() -> N.ActionNode:
+    field = N.FieldNode(0, ["Response"])
+    return N.ActionNode(0, N.PipeNode(0, cmds=[N.CommandNode(0, [field])]))
 
 
 class Template:
     """A parsed Go template with the set of templates it defines."""
 
-    def __init__(self, text: str, name: str, trees: dict[str, P.ListNode]):
+    def __init__(self, text: str, name: str, trees: dict[str, N.ListNode]):
         self.text = text
         self.name = name
         self.trees = trees
@@ -52,7 +54,7 @@ class Template:
         if ollama:
             # Ollama's Vars fails on {{ template "x" }} without a pipeline, and so does its Parse.
             for tree in trees.values():
-                node = _find(tree, lambda n: isinstance(n, P.TemplateNode) and n.pipe is None)
+                node = _find(tree, lambda n: isinstance(n, N.TemplateNode) and n.pipe is None)
                 if node is not None:
                     raise template_error(text, name, "undefined template specified", node.pos)
             names = tmpl.vars()
@@ -61,7 +63,7 @@ class Template:
         return tmpl
 
     @property
-    def root(self) -> P.ListNode:
+    def root(self) -> N.ListNode:
         """The parse tree of the main template."""
         return self.trees[self.name]
 
@@ -109,14 +111,14 @@ def parse_cached(text: str) -> Template:
     return Template.parse(text)
 
 
-def _find(n, match) -> P.Node | None:
+def _find(n, match) -> N.Node | None:
     """The first node under `n` (in the order Go's walks visit them) for which `match` is true."""
     if match(n):
         return n
     children: list = []
-    if isinstance(n, P.ListNode):
+    if isinstance(n, N.ListNode):
         children = n.nodes
-    elif isinstance(n, P.BranchNode):
+    elif isinstance(n, N.BranchNode):
         children = [n.list, n.else_list]
     for c in children:
         if c is not None and (found := _find(c, match)) is not None:
@@ -124,52 +126,52 @@ def _find(n, match) -> P.Node | None:
     return None
 
 
-def identifiers(n: P.Node) -> list[str]:
+def identifiers(n: N.Node) -> list[str]:
     """Field and variable identifiers under `n`, as Ollama's Identifiers walks them."""
-    if isinstance(n, P.ListNode):
+    if isinstance(n, N.ListNode):
         return [i for c in n.nodes for i in identifiers(c)]
-    if isinstance(n, P.TemplateNode):
+    if isinstance(n, N.TemplateNode):
         return identifiers(n.pipe) if n.pipe is not None else []
-    if isinstance(n, P.ActionNode):
+    if isinstance(n, N.ActionNode):
         return identifiers(n.pipe)
-    if isinstance(n, P.BranchNode):
+    if isinstance(n, N.BranchNode):
         out = identifiers(n.pipe) + identifiers(n.list)
         if n.else_list is not None:
             out += identifiers(n.else_list)
         return out
-    if isinstance(n, P.PipeNode):
+    if isinstance(n, N.PipeNode):
         return [i for c in n.cmds for a in c.args for i in identifiers(a)]
-    if isinstance(n, (P.FieldNode, P.VariableNode)):
+    if isinstance(n, (N.FieldNode, N.VariableNode)):
         return list(n.ident)
     return []
 
 
-def _delete_after_response(n: P.Node, cut: list[bool]) -> P.Node | None:
+def _delete_after_response(n: N.Node, cut: list[bool]) -> N.Node | None:
     """Ollama's deleteNode: keep nodes up to the first .Response field, drop every later one.
 
     As Ollama, the pipelines of if/range/with are not searched for .Response. Where Go would
     crash (a later else-list of a cut branch), the list is emptied instead.
     """
-    if isinstance(n, P.FieldNode) and "Response" in n.ident:
+    if isinstance(n, N.FieldNode) and "Response" in n.ident:
         cut[0] = True
         return n
     if cut[0]:
         return None
-    if isinstance(n, P.ListNode):
+    if isinstance(n, N.ListNode):
         n.nodes = [c for c in (_delete_after_response(c, cut) for c in n.nodes) if c is not None]
         return n
-    if isinstance(n, P.BranchNode):
-        n.list = _delete_after_response(n.list, cut) or P.ListNode(n.list.pos)
+    if isinstance(n, N.BranchNode):
+        n.list = _delete_after_response(n.list, cut) or N.ListNode(n.list.pos)
         if n.else_list is not None:
-            n.else_list = _delete_after_response(n.else_list, cut) or P.ListNode(n.else_list.pos)
+            n.else_list = _delete_after_response(n.else_list, cut) or N.ListNode(n.else_list.pos)
         return n
-    if isinstance(n, P.ActionNode):
+    if isinstance(n, N.ActionNode):
         pipe = _delete_after_response(n.pipe, cut)
         if pipe is None:
             return None
         n.pipe = pipe
         return n
-    if isinstance(n, P.PipeNode):
+    if isinstance(n, N.PipeNode):
         cmds = []
         for c in n.cmds:
             args = [a for a in (_delete_after_response(a, cut) for a in c.args) if a is not None]
@@ -187,43 +189,43 @@ def _delete_after_response(n: P.Node, cut: list[bool]) -> P.Node | None:
 # ---------------------------------------------------------------- tree inference (tools/, thinking/)
 
 
-def _pipe_has_field(pipe: P.PipeNode, name: str) -> bool:
-    return any(isinstance(a, P.FieldNode) and name in a.ident for c in pipe.cmds for a in c.args)
+def _pipe_has_field(pipe: N.PipeNode, name: str) -> bool:
+    return any(isinstance(a, N.FieldNode) and name in a.ident for c in pipe.cmds for a in c.args)
 
 
-def _find_tool_call_if(nodes: list[P.Node]) -> P.IfNode | None:
+def _find_tool_call_if(nodes: list[N.Node]) -> N.IfNode | None:
     for n in nodes:
-        if isinstance(n, P.IfNode):
+        if isinstance(n, N.IfNode):
             if _pipe_has_field(n.pipe, "ToolCalls"):
                 return n
             for lst in (n.list, n.else_list):
                 if lst is not None and (found := _find_tool_call_if(lst.nodes)):
                     return found
-        elif isinstance(n, P.ListNode):
+        elif isinstance(n, N.ListNode):
             if found := _find_tool_call_if(n.nodes):
                 return found
-        elif isinstance(n, (P.RangeNode, P.WithNode)):
+        elif isinstance(n, (N.RangeNode, N.WithNode)):
             for lst in (n.list, n.else_list):
                 if lst is not None and (found := _find_tool_call_if(lst.nodes)):
                     return found
     return None
 
 
-def _first_text(nodes: list[P.Node]) -> P.TextNode | None:
+def _first_text(nodes: list[N.Node]) -> N.TextNode | None:
     for n in nodes:
-        if isinstance(n, P.TextNode):
+        if isinstance(n, N.TextNode):
             if n.text.strip() == "":
                 continue
             return n
-        if isinstance(n, P.ListNode):
+        if isinstance(n, N.ListNode):
             if found := _first_text(n.nodes):
                 return found
-        elif isinstance(n, P.BranchNode):
+        elif isinstance(n, N.BranchNode):
             for lst in (n.list, n.else_list):
                 if lst is not None and (found := _first_text(lst.nodes)):
                     return found
             return None  # text after a control structure is not the tag
-        elif isinstance(n, P.ActionNode):
+        elif isinstance(n, N.ActionNode):
             return None
     return None
 
@@ -244,21 +246,21 @@ def tool_call_tag(tmpl: Template) -> str | None:
     return tag or None
 
 
-def _children(n: P.Node) -> list[P.Node]:
-    if isinstance(n, P.ListNode):
+def _children(n: N.Node) -> list[N.Node]:
+    if isinstance(n, N.ListNode):
         return list(n.nodes)
-    if isinstance(n, P.BranchNode):
+    if isinstance(n, N.BranchNode):
         return [_Branch(n)]
     if isinstance(n, _Branch):
         b = n.node
         return [x for x in (b.pipe, b.list, b.else_list) if x is not None]
-    if isinstance(n, P.ActionNode):
+    if isinstance(n, N.ActionNode):
         return [n.pipe]
-    if isinstance(n, P.TemplateNode):
+    if isinstance(n, N.TemplateNode):
         return [n.pipe] if n.pipe is not None else []
-    if isinstance(n, P.PipeNode):
+    if isinstance(n, N.PipeNode):
         return list(n.cmds)
-    if isinstance(n, P.CommandNode):
+    if isinstance(n, N.CommandNode):
         return list(n.args)
     return []
 
@@ -266,15 +268,15 @@ def _children(n: P.Node) -> list[P.Node]:
 class _Branch:
     """Go's BranchNode, which its tree walk visits as a node of its own below an If/Range/With."""
 
-    def __init__(self, node: P.BranchNode):
+    def __init__(self, node: N.BranchNode):
         self.node = node
 
 
-def _range_uses_field(r: P.RangeNode, name: str) -> bool:
+def _range_uses_field(r: N.RangeNode, name: str) -> bool:
     stack: list = [r.pipe]
     while stack:
         n = stack.pop()
-        if isinstance(n, P.FieldNode) and n.ident[0] == name:
+        if isinstance(n, N.FieldNode) and n.ident[0] == name:
             return True
         stack.extend(_children(n))
     return False
@@ -293,14 +295,14 @@ def thinking_tags(tmpl: Template) -> tuple[str, str] | None:
     def visit(n) -> None:
         nonlocal opening, closing
         ancestors.append(n)
-        if isinstance(n, P.FieldNode) and n.ident and n.ident[0] == "Thinking":
-            rng = next((a for a in reversed(ancestors) if isinstance(a, P.RangeNode)), None)
+        if isinstance(n, N.FieldNode) and n.ident and n.ident[0] == "Thinking":
+            rng = next((a for a in reversed(ancestors) if isinstance(a, N.RangeNode)), None)
             if rng is not None and _range_uses_field(rng, "Messages"):
-                lst = next((a for a in reversed(ancestors) if isinstance(a, P.ListNode)), None)
+                lst = next((a for a in reversed(ancestors) if isinstance(a, N.ListNode)), None)
                 if lst is not None and lst.nodes:
-                    if isinstance(lst.nodes[0], P.TextNode):
+                    if isinstance(lst.nodes[0], N.TextNode):
                         opening = lst.nodes[0].text.strip()
-                    if isinstance(lst.nodes[-1], P.TextNode):
+                    if isinstance(lst.nodes[-1], N.TextNode):
                         closing = lst.nodes[-1].text.strip()
         for c in _children(n):
             visit(c)

@@ -29,7 +29,7 @@ from models.tinyhf import (
     transformers,
 )
 
-from pollama.models.convert import find_weights
+from pollama.models.checkpoint import find_weights
 from pollama.create.pipeline import create_model
 from pollama.fs.gguf import GGUFFile
 from pollama.store.store import Store

@@ -14,8 +14,8 @@ from models.tinyhf import Case
 
 from pollama.debug.compare import compare_model
 from pollama.ml.base import RopeMode
-from pollama.ml.ggml.backend import GGMLTensor
-from pollama.ml.torch.backend import TorchTensor
+from pollama.ml.ggml.tensor import GGMLTensor
+from pollama.ml.torch.tensor import TorchTensor
 from pollama.models.gemma3 import model as gemma3_model
 from pollama.models.llama import model as llama_model
 

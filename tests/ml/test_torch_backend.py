@@ -12,7 +12,8 @@ import torch
 
 from pollama.fs.ggml_types import GGMLType
 from pollama.ml.base import BackendError, Rope, RopeMode
-from pollama.ml.torch.backend import TorchBackend, rope_cos_sin
+from pollama.ml.torch.backend import TorchBackend
+from pollama.ml.torch.rope import rope_cos_sin
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from pollama.store.errors import ModelNotFound
-from pollama.store.store import STALE_TEMP_SECONDS, TEMP_PREFIX, Store
+from pollama.store.files import STALE_TEMP_SECONDS, TEMP_PREFIX
+from pollama.store.store import Store
 
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
 

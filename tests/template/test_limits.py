@@ -16,6 +16,7 @@ from jinja2 import meta
 from pollama.create.capabilities import model_capabilities
 from pollama.template import goparse
 from pollama.template import jinja as J
+from pollama.template import jinja_bounds, jinja_sandbox
 from pollama.template.errors import TemplateError
 from pollama.template.golex import lex
 from pollama.template.gotemplate import Template, capabilities, parse_cached, thinking_tags, tool_call_tag
@@ -228,14 +229,15 @@ SCOPING = [
 
 @pytest.mark.parametrize("source", SCOPING)
 def test_template_variables_are_jinjas_undeclared_variables(source):
-    reference = jinja2.sandbox.ImmutableSandboxedEnvironment(extensions=[J._GenerationBlock, jinja2.ext.loopcontrols])
+    reference = jinja2.sandbox.ImmutableSandboxedEnvironment(
+        extensions=[jinja_sandbox._GenerationBlock, jinja2.ext.loopcontrols])
     reference.globals.update(J._ENV.globals)
     assert J.template_variables(source) == meta.find_undeclared_variables(reference.parse(source))
 
 
 # ---------------------------------------------------------------- Jinja render sizes
 
-CHARS = J.MAX_RENDER_CHARS
+CHARS = jinja_bounds.MAX_RENDER_CHARS
 MIB = 1 << 20
 
 
@@ -348,16 +350,16 @@ BUDGET_BOMBS = {
 @pytest.mark.parametrize("name", BUDGET_BOMBS)
 def test_a_jinja_template_holding_too_much_is_refused(name, monkeypatch):
     # The same at 256 MiB, 16 (128) times as long.
-    monkeypatch.setattr(J, "MAX_RENDER_BYTES", (2 if name == "slice-many" else 16) * MIB)
+    monkeypatch.setattr(jinja_bounds, "MAX_RENDER_BYTES", (2 if name == "slice-many" else 16) * MIB)
     peak, seconds = refused(BUDGET_BOMBS[name], "MAX_RENDER_BYTES")
-    assert peak < 1.2 * J.MAX_RENDER_BYTES + MIB
+    assert peak < 1.2 * jinja_bounds.MAX_RENDER_BYTES + MIB
     assert seconds < 2
 
 
 def test_what_a_render_drops_stops_counting(monkeypatch):
     # 100 strings of 1 MB built one after another, each garbage at the next: 100 MB in all,
     # over the budget were they counted for good (the pattern of ns.s = ns.s ~ part).
-    monkeypatch.setattr(J, "MAX_RENDER_BYTES", 8 * MIB)
+    monkeypatch.setattr(jinja_bounds, "MAX_RENDER_BYTES", 8 * MIB)
     source = ("{% set big = 'a'|center(1000000) %}{% set ns = namespace(s='', l=[]) %}"
               "{% for i in range(100) %}{% set ns.s = big ~ i %}{% endfor %}{{ ns.s|length }}")
     assert J.render_chat_template(source, []) == "1000002"

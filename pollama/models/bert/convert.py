@@ -22,7 +22,8 @@ from pollama.fs.ggml_types import GGMLType
 from pollama.fs.gguf import GGUFValueType
 from pollama.fs.writer import LazyTensor, write_gguf
 from pollama.models.bert.model import Pooling
-from pollama.models.convert import ConvertError, ModelConverter, open_weights
+from pollama.models.checkpoint import open_weights
+from pollama.models.convert import ConvertError, ModelConverter
 
 # GGUF token types (llama.h)
 NORMAL, CONTROL, USER_DEFINED, UNUSED = 1, 3, 4, 5

@@ -6,7 +6,8 @@ from __future__ import annotations
 import logging
 from typing import Any, Mapping
 
-from pollama.models.convert import ConvertError, ModelConverter, StackedExperts, rope_scaling_metadata
+from pollama.models.checkpoint import StackedExperts
+from pollama.models.convert import ConvertError, ModelConverter, rope_scaling_metadata
 from pollama.models.llama.convert import LAYER_NAMES
 
 log = logging.getLogger(__name__)
