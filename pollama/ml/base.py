@@ -351,8 +351,10 @@ class Context(ABC):
         return results[:asked]
 
     @abstractmethod
-    def input(self, array: np.ndarray, name: str | None = None) -> Tensor:
-        """An input tensor from a float32 or int32 numpy array; a name lets rerun() replace it."""
+    def input(self, array: np.ndarray, name: str | None = None, constant: bool = False) -> Tensor:
+        """An input tensor from a float32 or int32 numpy array; a name lets rerun() replace it.
+        In a reusable context every input is named, or says it is `constant` (the same data at
+        every rerun): an unnamed one would go stale, so it is an error."""
 
     @abstractmethod
     def attention_mask(self, mask: np.ndarray, name: str | None = None) -> Tensor:

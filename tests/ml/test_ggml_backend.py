@@ -267,8 +267,8 @@ def test_rerun_equals_a_fresh_graph_even_after_other_graphs_grew_the_allocator(b
     table = randn(50, 32)
 
     def build(ctx, x, idx):
-        rows = ctx.input(table).rows(ctx.input(idx, name="idx"))
-        return (ctx.input(x, name="x") + rows).linear(ctx.input(w)).silu()
+        rows = ctx.input(table, constant=True).rows(ctx.input(idx, name="idx"))
+        return (ctx.input(x, name="x") + rows).linear(ctx.input(w, constant=True)).silu()
 
     x1, i1 = randn(3, 32), np.array([1, 2, 3], np.int32)
     x2, i2 = randn(3, 32), np.array([49, 0, 7], np.int32)
@@ -284,14 +284,30 @@ def test_rerun_equals_a_fresh_graph_even_after_other_graphs_grew_the_allocator(b
     np.testing.assert_array_equal(again, expected)
     assert not np.array_equal(first, again)
     with pytest.raises(BackendError, match="out of range"):
-        reused.rerun({"idx": np.array([1, 2, 50], np.int32)})
+        reused.rerun({"x": x1, "idx": np.array([1, 2, 50], np.int32)})
     with pytest.raises(BackendError, match="shape"):
-        reused.rerun({"x": randn(4, 32)})
+        reused.rerun({"x": randn(4, 32), "idx": i1})
     with pytest.raises(BackendError, match="no input named"):
-        reused.rerun({"y": x1})
+        reused.rerun({"x": x1, "idx": i1, "y": x1})
+    with pytest.raises(BackendError, match="without new data for the inputs 'idx'"):
+        reused.rerun({"x": x1})  # idx would keep the last step's data
     reused.close()
     with pytest.raises(BackendError):
         reused.rerun({"x": x1})
+
+
+def test_a_reusable_graph_refuses_an_input_that_would_go_stale(backend):
+    """rerun() refreshes named inputs only: an unnamed input must say it is constant."""
+    with backend.context(reusable=True) as ctx:
+        with pytest.raises(BackendError, match="needs a name"):
+            ctx.input(randn(2, 2))
+        with pytest.raises(BackendError, match="needs a name"):
+            ctx.attention_mask(np.zeros((1, 2), np.float32))
+        ctx.compute(ctx.input(randn(2, 2), constant=True) + ctx.input(randn(2, 2), name="x"))
+    with backend.context() as plain:  # computed once: nothing to go stale
+        plain.compute(plain.input(randn(2, 2)).scale(2.0))
+
+
 
 
 def test_plain_contexts_cannot_rerun(backend):

@@ -102,8 +102,9 @@ class GGMLContext(Context, _Owner):
         if self.computed:
             raise BackendError("context already computed: make a new one for the next step")
 
-    def input(self, array: np.ndarray, name: str | None = None) -> Tensor:
+    def input(self, array: np.ndarray, name: str | None = None, constant: bool = False) -> Tensor:
         self._check_open()
+        self._check_refreshable(name, constant)
         array = np.ascontiguousarray(array)
         dtype = _NP_TYPES.get(array.dtype)
         if dtype is None:
@@ -111,6 +112,12 @@ class GGMLContext(Context, _Owner):
         if not 1 <= array.ndim <= 4 or array.size == 0:
             raise BackendError(f"inputs must have 1 to 4 non-empty dims, got shape {array.shape}")
         return self._input(array, dtype, name)
+
+    def _check_refreshable(self, name: str | None, constant: bool) -> None:
+        # rerun() refreshes named inputs only: an unnamed one would silently keep its first data.
+        if self.reusable and name is None and not constant:
+            raise BackendError("an input of a reusable graph needs a name (rerun() gives it each step's data) "
+                               "or constant=True (the same data every step)")
 
     def _input(self, array: np.ndarray, dtype: GGMLType, name: str | None = None) -> GGMLTensor:
         if name is not None and name in self.named:
@@ -129,6 +136,7 @@ class GGMLContext(Context, _Owner):
         self._check_open()
         if not isinstance(mask, np.ndarray) or mask.ndim != 2 or mask.size == 0:
             raise BackendError(f"attention mask must be a 2-D array [queries, keys], got {getattr(mask, 'shape', mask)!r}")
+        self._check_refreshable(name, constant=False)
         tensor = self._input(np.ascontiguousarray(mask, dtype=np.float32), GGMLType.F32, name)
         self.masks.add(tensor)
         return tensor
@@ -356,6 +364,9 @@ class GGMLContext(Context, _Owner):
         """
         if not self.alive or not self.computed or not self.reusable:
             raise BackendError("rerun() needs a reusable context that was computed and not closed")
+        missing = sorted(set(self.named) - set(arrays))
+        if missing:  # each would keep the data of the step that built the graph
+            raise BackendError(f"rerun() without new data for the inputs {', '.join(map(repr, missing))}")
         updates = []
         for name, array in arrays.items():
             tensor = self.named.get(name)

@@ -48,8 +48,8 @@ class TorchContext(Context, _Owner):
         # A copy: the caller may reuse its array once input() returns.
         return torch.tensor(array, dtype=dtype, device=self.backend.device)
 
-    def input(self, array: np.ndarray, name: str | None = None) -> Tensor:
-        """An input tensor from a float32 or int32 numpy array (copied)."""
+    def input(self, array: np.ndarray, name: str | None = None, constant: bool = False) -> Tensor:
+        """An input tensor from a float32 or int32 numpy array (copied; no graph is rerun here)."""
         self._check_open()
         if not isinstance(array, np.ndarray):
             raise BackendError(f"inputs must be numpy arrays, got {type(array).__name__}")

@@ -61,7 +61,7 @@ class Mistral3(Llama):
         # A table by position, gathered by the positions input (so a reused graph stays right).
         periods = np.floor(np.arange(self.max_positions, dtype=np.float64) / self.temperature_period)
         table = (1.0 + self.temperature_beta * np.log1p(periods)).astype(np.float32)[:, None]
-        return ctx.input(table).rows(positions).reshape(positions.shape[0], 1, 1)
+        return ctx.input(table, constant=True).rows(positions).reshape(positions.shape[0], 1, 1)
 
     def preprocess(self, data: bytes) -> pixtral_image.PixtralImage:
         """The image scaled to whole patches as Pixtral takes it."""
