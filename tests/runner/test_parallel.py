@@ -33,13 +33,12 @@ def collect(job):
 
 @pytest.fixture(scope="module")
 def alone():
-    """Each prompt's greedy continuation, run on its own."""
+    """Each prompt's greedy continuation, run on its own in plain one-token steps (no drafts)."""
     out = {}
-    with Engine(real_model("smollm2"), num_ctx=256) as engine:
+    with ParallelEngine(real_model("smollm2"), num_ctx=256) as engine:
         for prompt in PROMPTS:
-            engine.reset()
             ids = engine.tokenizer.encode(prompt)
-            out[prompt] = collect(iter(engine.generate(ids, GenerateOptions(num_predict=32, sampler=GREEDY))))
+            out[prompt] = collect(engine.submit(ids, GenerateOptions(num_predict=32, sampler=GREEDY, draft_num_predict=0)))
     return out
 
 
@@ -147,13 +146,13 @@ def test_many_sequences_share_one_forward_pass(monkeypatch):
     """Decoding N sequences runs one model pass per step, not N."""
     with ParallelEngine(real_model("smollm2"), num_parallel=4, num_ctx=128) as engine:
         sizes = []
-        run = engine.engine._run
+        run = engine.engine.run
 
         def counting_run(batch, plans):
             sizes.append(len(batch))
             return run(batch, plans)
 
-        monkeypatch.setattr(engine.engine, "_run", counting_run)
+        monkeypatch.setattr(engine.engine, "run", counting_run)
         ids = engine.tokenizer.encode("Count: one, two,")
         jobs = [engine.submit(ids, GenerateOptions(num_predict=10, sampler=GREEDY)) for _ in range(4)]
         for job in jobs:

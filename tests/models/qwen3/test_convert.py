@@ -210,7 +210,7 @@ def test_experts_rows_apart_equal_one_token_steps_bit_for_bit(moe, tmp_path, qua
             tokens.append(int(np.argmax(one_at_a_time[-1])))
         engine.cache.remove(0, len(prompt))
         batch = make_batch(engine.model, [Part(0, len(prompt), tokens[:9], "all")], rows_apart=True)
-        together = engine._run(batch, engine.cache.plan(batch))
+        together = engine.run(batch, engine.cache.plan(batch))
     assert np.array_equal(together, np.stack(one_at_a_time))
 
 
