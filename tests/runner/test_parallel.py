@@ -84,6 +84,16 @@ def test_prefix_reuse_cancel_and_limits():
         _, again = collect(engine.submit(follow, GenerateOptions(num_predict=4, sampler=GREEDY)))
         assert (again.prompt_eval_count, again.prompt_cached) == (len(follow), len(done.tokens) - 1)
 
+        # forget() waits for the running job (its cache is not emptied under it), then the
+        # next prompt is evaluated whole, as on a fresh engine.
+        events = iter(engine.submit(first, GenerateOptions(num_predict=8, sampler=GREEDY)))
+        started = next(events)  # the job runs
+        engine.forget()
+        ran = [started, *events][-1]
+        assert ran.eval_count == 8 and ran.tokens[:len(done.tokens)] == done.tokens
+        _, fresh = collect(engine.submit(follow, GenerateOptions(num_predict=4, sampler=GREEDY)))
+        assert (fresh.prompt_eval_count, fresh.prompt_cached) == (len(follow), 0)
+
         # A cancelled job frees its slot within a step; both slots then serve new jobs.
         long_jobs = [engine.submit(first, GenerateOptions(num_predict=100_000, sampler=GREEDY)) for _ in range(2)]
         for job in long_jobs:
