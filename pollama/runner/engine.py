@@ -2,10 +2,8 @@
 a kept compute graph.
 
 Generation is not here: ParallelEngine (parallel.py) is the one decode loop, for the server,
-the CLI, bench/ and tests alike. What else stays here are forward passes of one sequence,
-step by step (prefill, decode, logits), for the tests and tools that compare logits against
-a reference (transformers, llama.cpp) row by row; they use sequence 0 of an Engine of their
-own, never one a ParallelEngine is using.
+the CLI, bench/ and tests alike. Forward passes of one sequence step by step, for tests and
+tools that compare logits with a reference, are pollama.debug.steps.StepEngine's.
 """
 
 from __future__ import annotations
@@ -159,10 +157,8 @@ def check_context_memory(model: TextModel, backend: Backend, num_ctx: int, num_b
 class Engine:
     """A model, its tokenizer and its cache: run() computes a batch of any sequences' items.
 
-    ParallelEngine owns one and runs every generation's steps on it. prefill/decode/logits
-    below drive sequence 0 one step at a time for tests and tools; they keep their own record
-    of what the cache holds, so they must not be used on a ParallelEngine's engine (its slots
-    would find their cached tokens gone)."""
+    It keeps no record of what the cache holds: its user does (ParallelEngine's slots,
+    StepEngine's sequence 0)."""
 
     def __init__(
         self,
@@ -196,18 +192,13 @@ class Engine:
                 self.backend.close()
             self.gguf.close()
             raise
-        # Room for num_parallel sequences of num_ctx tokens each (ParallelEngine uses them;
-        # prefill/decode/logits use sequence 0).
+        # Room for num_parallel sequences of num_ctx tokens each (ParallelEngine's slots).
         self.cache = self.model.new_cache(
             self.backend, num_ctx, self.num_batch, n_seq=num_parallel, dtype=kv_dtype
         )
-        self.cached: list[Item] = []  # prompt items whose K/V the cache holds for sequence 0
         self.graphs: dict[tuple, object] = {}  # reusable step contexts by shape, oldest first
         self.reran_graph = False  # whether the last step reran a kept graph (its time then compares with others')
         self.images: OrderedDict[str, multimodal.Image] = OrderedDict()  # encoded, by digest
-        # M-RoPE: how far the rope position of the next token is past its cache position (the
-        # prompt's images moved it; the text generated after them moves both alike).
-        self.rope_delta = 0
         self.load_duration = time.perf_counter_ns() - start
 
     def close(self) -> None:
@@ -242,17 +233,7 @@ class Engine:
         """Tokens of a prompt whose `[img-N]` tags stand for images[N], as the model lays them out."""
         return build_prompt(self, text, images, add_special)
 
-    # -- forward passes -------------------------------------------------------------------
-    def _forward(self, items: Sequence[Item], start: int, all_logits: bool = False, rope: np.ndarray | None = None) -> np.ndarray:
-        """Run items at positions start.. through the model; logits of the last (or every) one."""
-        batch = make_batch(self.model, [Part(0, start, items, "all" if all_logits else "last", rope)])
-        plans = self.cache.plan(batch)
-        try:
-            return self.run(batch, plans)
-        except BaseException:
-            self.cache.remove(0, start, start + len(batch))  # give back the cells just claimed
-            raise
-
+    # -- the forward pass -----------------------------------------------------------------
     def run(self, batch: Batch, plans) -> np.ndarray:
         """The logits of the batch's output rows, its K/V written to the cells `plans` (the
         cache's plan for it) claimed; the caller gives those back if this raises.
@@ -329,34 +310,6 @@ class Engine:
             return None
         return np.full((1, 3), position + rope_delta, dtype=np.int32)
 
-    def prefill(self, prompt: Sequence[Item]) -> tuple[np.ndarray, int]:
-        """Bring the cache to `prompt`, reusing a common prefix; (last logits, items evaluated)."""
-        if not prompt:
-            raise ValueError("empty prompt: at least one token is needed")
-        if len(prompt) >= self.num_ctx:
-            raise ValueError(f"prompt of {len(prompt)} tokens does not fit the context of {self.num_ctx}")
-        self.check_items(prompt)
-        keep = self.keep_prefix(0, self.cached, prompt)
-        self.cached = list(prompt[:keep])
-        rope = self.rope_positions(prompt)
-        self.rope_delta = multimodal.rope_end(prompt) - len(prompt) if rope is not None else 0
-        logits = None
-        for start, end in self.chunks(prompt, keep):
-            chunk = prompt[start:end]
-            logits = self._forward(chunk, start, rope=None if rope is None else rope[start:end])
-            self.cached.extend(chunk)
-        return logits[-1], len(prompt) - keep
-
-    def decode(self, token: int) -> np.ndarray:
-        """Evaluate one token after the cached ones; the logits of the next position."""
-        if len(self.cached) + 1 > self.num_ctx:
-            raise ValueError(f"the context of {self.num_ctx} tokens is full")
-        self.check_items([token])
-        rope = self.decode_rope(len(self.cached), self.rope_delta)
-        logits = self._forward([token], len(self.cached), rope=rope)[-1]
-        self.cached.append(token)
-        return logits
-
     def shift(self, seq: int, start: int, end: int) -> None:
         """Drop positions [start, end) of a sequence's cache and move the later ones down, their
         keys turned by the model's RoPE (a context shift; see KVCache.shift)."""
@@ -371,23 +324,6 @@ class Engine:
 
         self.cache.shift(seq, start, end, turn)
 
-    def reset(self) -> None:
-        """Forget the cached tokens (the next prompt is evaluated whole)."""
-        self.cache.clear()
-        self.cached = []
-        self.rope_delta = 0
-
-    def logits(self, items: Sequence[Item]) -> np.ndarray:
-        """Logits for every position of `items` from an empty cache (for tests and tools)."""
-        self.reset()
-        self.check_items(items)
-        rope = self.rope_positions(items)
-        self.rope_delta = multimodal.rope_end(items) - len(items) if rope is not None else 0
-        rows = []
-        for start, end in self.chunks(items, 0):
-            rows.append(self._forward(items[start:end], start, all_logits=True, rope=None if rope is None else rope[start:end]))
-        self.cached = list(items)
-        return np.concatenate(rows)
 
 
 def common_prefix(a: Sequence[Item], b: Sequence[Item]) -> int:

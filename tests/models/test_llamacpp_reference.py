@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from realmodels import REFERENCE_MODELS, real_model
-from pollama.runner.engine import Engine
+from pollama.debug.steps import StepEngine
 from pollama.runner.generation import Done, GenerateOptions
 from pollama.runner.parallel import ParallelEngine
 from pollama.sample import SamplerOptions
@@ -45,7 +45,7 @@ PORTABLE_LIB_DIR = Path(sys.prefix) / "lib" / "pollama-ggml-portable"
 @pytest.fixture(scope="module", params=list(REFERENCE_MODELS))
 def engine_and_reference(request, llamacpp_reference):
     path = real_model(request.param)
-    with Engine(path, backend="ggml", num_ctx=256) as engine:
+    with StepEngine(path, backend="ggml", num_ctx=256) as engine:
         yield engine, llamacpp_reference["models"][REFERENCE_MODELS[request.param]]
 
 
@@ -113,7 +113,7 @@ def measure(path: str, reference: dict) -> list[dict]:
     """Per prompt: the worst top-5 logit difference, steps whose argmax is not llama.cpp's
     token, each run as llama.cpp ran it (prefill, then decode), and the greedy continuation."""
     results = []
-    with Engine(path, backend="ggml", num_ctx=256) as engine:
+    with StepEngine(path, backend="ggml", num_ctx=256) as engine:
         for case in reference["generate"]:
             engine.reset()
             logits, _ = engine.prefill(case["prompt_ids"])

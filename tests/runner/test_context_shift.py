@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from pollama.runner import window
-from pollama.runner.engine import Engine, make_backend
+from pollama.runner.engine import make_backend
+from pollama.debug.steps import StepEngine
 from pollama.runner.generation import Done, GenerateOptions
 from pollama.runner.parallel import ParallelEngine
 from pollama.sample import SamplerOptions
@@ -57,11 +58,11 @@ def test_shift_frees_half_of_what_is_not_kept():
 # -- the cache's re-rotation ---------------------------------------------------------------------
 
 
-def _next_logits(engine: Engine, tail: list[int], start: int, shift: bool, turn=None) -> np.ndarray:
+def _next_logits(engine: StepEngine, tail: list[int], start: int, shift: bool, turn=None) -> np.ndarray:
     """Evaluate tail at positions start.., move it to 0 (shift) or not, then the logits of one
     more token after it."""
     engine.reset()
-    engine._forward(tail, start)
+    engine.forward(tail, start)
     position = start + len(tail)
     if shift:
         if turn is None:
@@ -69,7 +70,7 @@ def _next_logits(engine: Engine, tail: list[int], start: int, shift: bool, turn=
         else:
             engine.cache.shift(0, 0, start, turn)
         position = len(tail)
-    return engine._forward(engine.tokenizer.encode(" a", add_special=False), position)[-1]
+    return engine.forward(engine.tokenizer.encode(" a", add_special=False), position)[-1]
 
 
 # The same tokens evaluated fresh at other positions differ by rounding (RoPE's angles round
@@ -83,7 +84,7 @@ CASES = [("smollm2", "ggml", True), ("smollm2", "ggml", False), ("gemma3-270m", 
 @pytest.mark.parametrize("model,backend,flash", CASES)
 def test_shifted_keys_equal_a_fresh_evaluation(model, backend, flash):
     chosen = make_backend(backend, flash_attention=flash) if backend == "ggml" else backend
-    with Engine(real_model(model), backend=chosen, num_ctx=256, num_batch=256) as engine:
+    with StepEngine(real_model(model), backend=chosen, num_ctx=256, num_batch=256) as engine:
         tail = engine.tokenizer.encode(TEXT, add_special=False)
         fresh = _next_logits(engine, tail, 0, shift=False)
         elsewhere = _next_logits(engine, tail, DROPPED, shift=False)  # the rounding of other positions

@@ -1,12 +1,12 @@
 """Generation on a real model through the one decode loop (ParallelEngine, one slot): prefill
-in chunks, prefix reuse, counts and stops; and Engine's single-sequence forward passes."""
+in chunks, prefix reuse, counts and stops; and StepEngine's single-sequence forward passes."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from pollama.runner.engine import Engine
+from pollama.debug.steps import StepEngine
 from pollama.runner.generation import Done, GenerateOptions, Piece
 from pollama.runner.parallel import ParallelEngine
 from pollama.sample import SamplerOptions
@@ -49,7 +49,7 @@ def test_prefix_is_reused_and_only_new_tokens_are_evaluated(engine):
 
 def test_prefix_reuse_gives_the_same_logits_as_a_fresh_prompt():
     """On the float32 reference backend, where batch shapes do not change rounding."""
-    with Engine(real_model("smollm2"), backend="torch", num_ctx=128) as e:
+    with StepEngine(real_model("smollm2"), backend="torch", num_ctx=128) as e:
         a = e.tokenizer.encode("One, two, three, four")
         b = e.tokenizer.encode("One, two, three, five, six")
         e.prefill(a)
@@ -99,5 +99,5 @@ def test_kv_cache_type_option_and_env(monkeypatch):
     assert kv_cache_dtype(None) == GGMLType.F32
     monkeypatch.setenv("OLLAMA_KV_CACHE_TYPE", "q8_0")  # not available here: f16, as Ollama falls back
     assert kv_cache_dtype(None) == GGMLType.F16
-    with Engine(real_model("smollm2"), num_ctx=64, kv_cache_type="f32") as e:
+    with StepEngine(real_model("smollm2"), num_ctx=64, kv_cache_type="f32") as e:
         assert all(t.dtype == GGMLType.F32 for c in e.cache.caches for t in c.k.values())

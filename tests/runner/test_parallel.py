@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from realmodels import real_model
 
-from pollama.runner.engine import Engine
+from pollama.debug.steps import StepEngine
 from pollama.runner.generation import Done, GenerateOptions, Piece
 from pollama.runner.parallel import EngineClosed, ParallelEngine
 from pollama.sample import SamplerOptions, logprobs
@@ -127,7 +127,7 @@ def test_logprobs_are_the_models_distribution():
         done = events[-1]
     assert len(entries) == 5
     generated = done.tokens[len(ids):]
-    with Engine(real_model("smollm2"), num_ctx=128) as engine:  # the same steps, alone
+    with StepEngine(real_model("smollm2"), num_ctx=128) as engine:  # the same steps, alone
         rows = [engine.prefill(ids)[0]] + [engine.decode(t) for t in generated[:-1]]
     for i, entry in enumerate(entries):
         token = generated[i]

@@ -22,7 +22,7 @@ from models.tinyhf import (
 from realmodels import llamacpp_loads
 from pollama.create.convert import ConvertError, convert_hf
 from pollama.fs.gguf import GGUFFile
-from pollama.runner.engine import Engine
+from pollama.debug.steps import StepEngine
 
 SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<|turn>", "<turn|>", "<|channel>", "<channel|>"]
 S, F = "sliding_attention", "full_attention"
@@ -194,7 +194,7 @@ def _after(engine, tail: list[int], start: int, shift: bool, turn=None):
     """Evaluate tail at positions start.., move it to 0 (shift) or not, then the logits of one
     more token (as tests/runner/test_context_shift.py does on the real models)."""
     engine.reset()
-    engine._forward(tail, start)
+    engine.forward(tail, start)
     position = start + len(tail)
     if shift:
         if turn is None:
@@ -202,7 +202,7 @@ def _after(engine, tail: list[int], start: int, shift: bool, turn=None):
         else:
             engine.cache.shift(0, 0, start, turn)
         position = len(tail)
-    return engine._forward([tail[0]], position)[-1]
+    return engine.forward([tail[0]], position)[-1]
 
 
 @pytest.mark.parametrize("backend", ["torch", "ggml"])
@@ -210,7 +210,7 @@ def test_context_shift_turns_each_kind_of_layer(case, backend):
     # A shift turns the moved keys with their layer's RoPE (local, or global with its frequency
     # factors): they must be those of a fresh evaluation at the new positions (nothing was kept
     # before the dropped positions, so the moved tokens saw only each other).
-    with Engine(case.gguf, backend=backend, num_ctx=64, kv_cache_type="f32", exact_gelu=True) as engine:
+    with StepEngine(case.gguf, backend=backend, num_ctx=64, kv_cache_type="f32", exact_gelu=True) as engine:
         tail = case.ids[1:]
         fresh = _after(engine, tail, 0, shift=False)
         shifted = _after(engine, tail, 20, shift=True)

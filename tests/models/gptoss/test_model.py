@@ -203,7 +203,7 @@ def test_untruncated_yarn_is_llama_cpps(gptoss_case):
 def _next_logits(engine, tail: list[int], start: int, shift: bool, turn=None) -> np.ndarray:
     """tail evaluated at positions start.., moved to 0 (shift) or not; the logits of one more token."""
     engine.reset()
-    engine._forward(tail, start)
+    engine.forward(tail, start)
     position = start + len(tail)
     if shift:
         if turn is None:
@@ -211,7 +211,7 @@ def _next_logits(engine, tail: list[int], start: int, shift: bool, turn=None) ->
         else:
             engine.cache.shift(0, 0, start, turn)
         position = len(tail)
-    return engine._forward([tail[0]], position)[-1]
+    return engine.forward([tail[0]], position)[-1]
 
 
 @pytest.mark.parametrize("backend", ["torch", "ggml"])
@@ -219,9 +219,9 @@ def test_context_shift_turns_keys_with_yarn(gptoss_case, backend):
     """A context shift moves the cached keys by turning them as gpt-oss's YaRN RoPE turns keys
     (TextModel.shift_keys): the same logits as the moved tokens evaluated fresh at their new
     positions (both layer kinds: the window counts positions, as the sinks never do)."""
-    from pollama.runner.engine import Engine
+    from pollama.debug.steps import StepEngine
 
-    with Engine(gptoss_case.gguf, backend=backend, num_ctx=128, num_batch=128, kv_cache_type="f32") as engine:
+    with StepEngine(gptoss_case.gguf, backend=backend, num_ctx=128, num_batch=128, kv_cache_type="f32") as engine:
         tail = gptoss_case.ids
         fresh = _next_logits(engine, tail, 0, shift=False)
         shifted = _next_logits(engine, tail, 60, shift=True)
