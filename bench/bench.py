@@ -43,10 +43,10 @@ def prompt_ids(model_path: str, n: int) -> list[int]:
 def run_pollama(model: str, ids: list[int], gen: int, threads: int) -> dict:
     import numpy as np
 
-    from pollama.runner.engine import Engine
+    from pollama.debug.steps import StepEngine
 
     t0 = time.perf_counter()
-    engine = Engine(model, num_ctx=len(ids) + gen + 16, num_batch=512, num_thread=threads)
+    engine = StepEngine(model, num_ctx=len(ids) + gen + 16, num_batch=512, num_thread=threads)
     load = time.perf_counter() - t0
     engine.prefill(ids[:16])  # warm up: page in weights, size the allocator
     engine.reset()

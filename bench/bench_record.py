@@ -25,7 +25,7 @@ from pollama.kvcache import Batch
 from pollama.ml.base import Recorder
 from pollama.ml.ggml.backend import GGMLBackend
 from pollama.models.llama import model as llama_module
-from pollama.runner.engine import Engine
+from pollama.debug.steps import StepEngine
 from pollama.store.embedded import embedded_model_path
 
 PROMPT = list(range(100, 164))
@@ -41,7 +41,7 @@ def forward_without_records():
     return namespace["forward"]
 
 
-def build_seconds(engine: Engine) -> float:
+def build_seconds(engine: StepEngine) -> float:
     """Time to build one prefill graph in Python (no compute)."""
     batch = Batch.single(PROMPT, 0)
     plans = engine.cache.plan(batch)
@@ -55,7 +55,7 @@ def build_seconds(engine: Engine) -> float:
         engine.cache.remove(0, 0)
 
 
-def run_seconds(engine: Engine) -> tuple[float, float]:
+def run_seconds(engine: StepEngine) -> tuple[float, float]:
     """(prefill seconds, decode seconds per token) from an empty cache; the graph cache cleared."""
     for ctx in engine.graphs.values():
         ctx.close()
@@ -97,7 +97,7 @@ def main() -> None:
     args = parser.parse_args()
     shipped, absent = llama_module.Llama.forward, forward_without_records()
     results: dict[str, list[tuple[float, float, float]]] = {"absent": [], "off": [], "on": []}
-    with Engine(embedded_model_path("smollm2"), num_ctx=256, num_thread=2) as engine:
+    with StepEngine(embedded_model_path("smollm2"), num_ctx=256, num_thread=2) as engine:
         assert engine.backend.recorder is None, "unset OLLAMA_DEBUG to benchmark"
         for _ in range(args.rounds):
             for variant in list(results):  # interleaved, so drift in machine load hits all three

@@ -87,6 +87,12 @@ def flash_attention() -> bool:
     return boolean("OLLAMA_FLASH_ATTENTION", True)
 
 
+def context_length() -> int:
+    """OLLAMA_CONTEXT_LENGTH: a model's context when its options do not say; 0 or unset means
+    DEFAULT_NUM_CTX."""
+    return uint("OLLAMA_CONTEXT_LENGTH", 0) or DEFAULT_NUM_CTX
+
+
 def kv_cache_type() -> str:
     """OLLAMA_KV_CACHE_TYPE, lower-cased; "" when unset (the runner's f16)."""
     return var("OLLAMA_KV_CACHE_TYPE").lower()

@@ -15,11 +15,11 @@ def unturned(ctx, layer, keys, offsets):
 
 
 def logits_after(engine, tokens: list[int], start: int, next_token: int, *, shift: bool, turn=None) -> np.ndarray:
-    """tokens evaluated at positions start.. (sequence 0 of an Engine), moved down to 0 when
+    """tokens evaluated at positions start.. (a StepEngine's sequence 0), moved down to 0 when
     `shift` (turning keys with the model's shift_keys, or `turn`); the logits of next_token
     evaluated after them."""
     engine.reset()
-    engine._forward(tokens, start)
+    engine.forward(tokens, start)
     position = start + len(tokens)
     if shift:
         if turn is None:
@@ -27,4 +27,4 @@ def logits_after(engine, tokens: list[int], start: int, next_token: int, *, shif
         else:
             engine.cache.shift(0, 0, start, turn)
         position = len(tokens)
-    return engine._forward([next_token], position)[-1]
+    return engine.forward([next_token], position)[-1]

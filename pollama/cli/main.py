@@ -10,6 +10,7 @@ import os
 import sys
 from pathlib import Path
 
+from pollama import envconfig
 from pollama.store.embedded import EMBEDDED_MODELS, embedded_model_path
 
 
@@ -170,7 +171,7 @@ def run_here(args: argparse.Namespace, prompt: str, no_server: str | None = None
     # Options: the model's stored PARAMETERs, overridden by flags given here.
     options = {**(stored.params if stored is not None else {}), **run_flags(args)}
     sampler = SamplerOptions.from_options(options)
-    num_ctx = options.get("num_ctx", 4096)
+    num_ctx = options.get("num_ctx") or envconfig.context_length()  # as the server's default
     # The served path's engine (one slot), so a run here decodes as the server would.
     with ParallelEngine(path, backend=args.backend, num_ctx=num_ctx, num_thread=options.get("num_thread")) as served:
         engine = served.engine
@@ -271,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--hidethinking", action="store_true", help="do not print the thinking (the model still thinks)")
     run.add_argument("--nowordwrap", action="store_true", help="don't wrap words to the next line at the terminal width")
     run.add_argument("--backend", default="ggml", choices=["ggml", "torch"])
-    run.add_argument("--num-ctx", type=int, help="context length (default 4096, or the model's num_ctx)")
+    run.add_argument("--num-ctx", type=int, help=f"context length (default OLLAMA_CONTEXT_LENGTH or {envconfig.DEFAULT_NUM_CTX}, or the model's num_ctx)")
     run.add_argument("--num-thread", type=int)
     run.add_argument("--num-predict", type=int, help="tokens to generate at most (default 128; -1: until EOS or the context is full)")
     run.add_argument("--temperature", type=float)

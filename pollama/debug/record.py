@@ -13,7 +13,8 @@ import numpy as np
 from pollama.fs.gguf import GGUFFile
 from pollama.ml.base import Recorder, describe
 from pollama.models.multimodal import token_ids
-from pollama.runner.engine import Engine, make_backend
+from pollama.runner.engine import make_backend
+from pollama.debug.steps import StepEngine
 
 
 @dataclass
@@ -101,12 +102,12 @@ def record_forward(path: str | Path, tokens: Sequence[int], backend: str = "ggml
     if arch == "bert":
         return _record_encoder(path, tokens, backend, recorder, num_thread)
     backend_obj = make_backend(backend, num_thread)
-    backend_obj.recorder = recorder  # before the Engine builds (and keeps) any graph
+    backend_obj.recorder = recorder  # before the StepEngine builds (and keeps) any graph
     n_ctx = IMAGE_CONTEXT if image is not None else len(tokens) + 1
     try:
-        engine = Engine(path, backend=backend_obj, num_ctx=n_ctx, num_batch=n_ctx, kv_cache_type="f32")
+        engine = StepEngine(path, backend=backend_obj, num_ctx=n_ctx, num_batch=n_ctx, kv_cache_type="f32")
     except BaseException:
-        backend_obj.close()  # the Engine closes it from here on, not before it exists
+        backend_obj.close()  # the StepEngine closes it from here on, not before it exists
         raise
     with engine:
         if image is None:

@@ -1,7 +1,9 @@
-"""One loaded model: prefill in chunks, decode as a generator, counts and durations.
+"""One loaded model: its tokenizer, its K/V cache, and run(): one forward pass of a batch on
+a kept compute graph.
 
-The engine keeps the tokens its cache holds, so a prompt that starts like the previous one
-(the next turn of a chat) only evaluates what is new.
+Generation is not here: ParallelEngine (parallel.py) is the one decode loop, for the server,
+the CLI, bench/ and tests alike. Forward passes of one sequence step by step, for tests and
+tools that compare logits with a reference, are pollama.debug.steps.StepEngine's.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ from pollama.models import multimodal
 from pollama.models.base import TextModel, load_model
 from pollama.models.multimodal import ImageToken, Item
 from pollama.runner import limits
-from pollama.runner.generation import Done, GenerateOptions, Generation, Piece
 from pollama.runner.limits import flash_attention_default  # OLLAMA_FLASH_ATTENTION (the server reads it too)
 from pollama.tokenizer import load_tokenizer
 
@@ -154,7 +155,10 @@ def check_context_memory(model: TextModel, backend: Backend, num_ctx: int, num_b
 
 
 class Engine:
-    """A model, its tokenizer and its cache, ready to generate."""
+    """A model, its tokenizer and its cache: run() computes a batch of any sequences' items.
+
+    It keeps no record of what the cache holds: its user does (ParallelEngine's slots,
+    StepEngine's sequence 0)."""
 
     def __init__(
         self,
@@ -188,18 +192,13 @@ class Engine:
                 self.backend.close()
             self.gguf.close()
             raise
-        # Room for num_parallel sequences of num_ctx tokens each (ParallelEngine uses them;
-        # this class's own methods use sequence 0).
+        # Room for num_parallel sequences of num_ctx tokens each (ParallelEngine's slots).
         self.cache = self.model.new_cache(
             self.backend, num_ctx, self.num_batch, n_seq=num_parallel, dtype=kv_dtype
         )
-        self.cached: list[Item] = []  # prompt items whose K/V the cache holds for sequence 0
         self.graphs: dict[tuple, object] = {}  # reusable step contexts by shape, oldest first
         self.reran_graph = False  # whether the last step reran a kept graph (its time then compares with others')
         self.images: OrderedDict[str, multimodal.Image] = OrderedDict()  # encoded, by digest
-        # M-RoPE: how far the rope position of the next token is past its cache position (the
-        # prompt's images moved it; the text generated after them moves both alike).
-        self.rope_delta = 0
         self.load_duration = time.perf_counter_ns() - start
 
     def close(self) -> None:
@@ -234,19 +233,13 @@ class Engine:
         """Tokens of a prompt whose `[img-N]` tags stand for images[N], as the model lays them out."""
         return build_prompt(self, text, images, add_special)
 
-    # -- forward passes -------------------------------------------------------------------
-    def _forward(self, items: Sequence[Item], start: int, all_logits: bool = False, rope: np.ndarray | None = None) -> np.ndarray:
-        """Run items at positions start.. through the model; logits of the last (or every) one."""
-        batch = make_batch(self.model, [Part(0, start, items, "all" if all_logits else "last", rope)])
-        plans = self.cache.plan(batch)
-        try:
-            return self._run(batch, plans)
-        except BaseException:
-            self.cache.remove(0, start, start + len(batch))  # give back the cells just claimed
-            raise
+    # -- the forward pass -----------------------------------------------------------------
+    def run(self, batch: Batch, plans) -> np.ndarray:
+        """The logits of the batch's output rows, its K/V written to the cells `plans` (the
+        cache's plan for it) claimed; the caller gives those back if this raises.
 
-    def _run(self, batch: Batch, plans) -> np.ndarray:
-        # A graph depends only on these sizes: reuse the last few (decode repeats one shape).
+        A graph depends only on the batch's sizes: the last few are kept and rerun (decode
+        repeats one shape); `reran_graph` says whether this step was one of them."""
         key = (len(batch), len(batch.outputs), tuple(plan.n_kv for plan in plans), batch.attention_groups(), batch.shape_key())
         ctx = self.graphs.pop(key, None)
         self.reran_graph = ctx is not None
@@ -298,44 +291,24 @@ class Engine:
             yield start, end
             start = end
 
-    def prefill(self, prompt: Sequence[Item]) -> tuple[np.ndarray, int]:
-        """Bring the cache to `prompt`, reusing a common prefix; (last logits, items evaluated)."""
-        if not prompt:
-            raise ValueError("empty prompt: at least one token is needed")
-        if len(prompt) >= self.num_ctx:
-            raise ValueError(f"prompt of {len(prompt)} tokens does not fit the context of {self.num_ctx}")
-        self.check_items(prompt)
-        keep = 0
-        for a, b in zip(self.cached, prompt):
-            if a != b:
-                break
-            keep += 1
-        keep = min(keep, len(prompt) - 1)  # the last token is always evaluated, for its logits
-        keep = self.cache.prefix_keep(0, prompt, multimodal.keep_whole_blocks(prompt, keep))
-        if not self.cache.can_keep(0, keep):
+    def keep_prefix(self, seq: int, cached: Sequence[Item], prompt: Sequence[Item]) -> int:
+        """How many of the prompt's first items keep the K/V a sequence's cache holds for
+        `cached` (the rest of the sequence is dropped from the cache): their common prefix,
+        never the prompt's last item (its logits give the first new token), nor part of an
+        image's block or less than the cache can keep (a sliding window's)."""
+        keep = min(common_prefix(cached, prompt), len(prompt) - 1)
+        keep = self.cache.prefix_keep(seq, prompt, multimodal.keep_whole_blocks(prompt, keep))
+        if not self.cache.can_keep(seq, keep):
             keep = 0
-        self.cache.remove(0, keep)
-        self.cached = list(prompt[:keep])
-        rope = self.rope_positions(prompt)
-        self.rope_delta = multimodal.rope_end(prompt) - len(prompt) if rope is not None else 0
-        logits = None
-        for start, end in self.chunks(prompt, keep):
-            chunk = prompt[start:end]
-            logits = self._forward(chunk, start, rope=None if rope is None else rope[start:end])
-            self.cached.extend(chunk)
-        return logits[-1], len(prompt) - keep
+        self.cache.remove(seq, keep)
+        return keep
 
-    def decode(self, token: int) -> np.ndarray:
-        """Evaluate one token after the cached ones; the logits of the next position."""
-        if len(self.cached) + 1 > self.num_ctx:
-            raise ValueError(f"the context of {self.num_ctx} tokens is full")
-        self.check_items([token])
-        rope = None
-        if self.model.uses_rope_positions:
-            rope = np.full((1, 3), len(self.cached) + self.rope_delta, dtype=np.int32)
-        logits = self._forward([token], len(self.cached), rope=rope)[-1]
-        self.cached.append(token)
-        return logits
+    def decode_rope(self, position: int, rope_delta: int) -> np.ndarray | None:
+        """M-RoPE positions of a generated token at cache position `position`, for models that
+        use them (the prompt's images moved its rope position `rope_delta` past it)."""
+        if not self.model.uses_rope_positions:
+            return None
+        return np.full((1, 3), position + rope_delta, dtype=np.int32)
 
     def shift(self, seq: int, start: int, end: int) -> None:
         """Drop positions [start, end) of a sequence's cache and move the later ones down, their
@@ -351,54 +324,16 @@ class Engine:
 
         self.cache.shift(seq, start, end, turn)
 
-    def reset(self) -> None:
-        """Forget the cached tokens (the next prompt is evaluated whole)."""
-        self.cache.clear()
-        self.cached = []
-        self.rope_delta = 0
 
-    def logits(self, items: Sequence[Item]) -> np.ndarray:
-        """Logits for every position of `items` from an empty cache (for tests and tools)."""
-        self.reset()
-        self.check_items(items)
-        rope = self.rope_positions(items)
-        self.rope_delta = multimodal.rope_end(items) - len(items) if rope is not None else 0
-        rows = []
-        for start, end in self.chunks(items, 0):
-            rows.append(self._forward(items[start:end], start, all_logits=True, rope=None if rope is None else rope[start:end]))
-        self.cached = list(items)
-        return np.concatenate(rows)
 
-    # -- generation -----------------------------------------------------------------------
-    def generate(self, prompt: Sequence[Item], options: GenerateOptions | None = None) -> Iterator[Piece | Done]:
-        """Yield text pieces as tokens are sampled, then a Done with counts and durations."""
-        options = options or GenerateOptions()
-        generation = Generation(self.tokenizer, self.model.vocab_size, prompt, options)
-
-        start = time.perf_counter_ns()
-        logits, evaluated = self.prefill(prompt)
-        prompt_duration = time.perf_counter_ns() - start
-
-        start = time.perf_counter_ns()
-        if options.num_predict == 0:
-            generation.finish()
-        while not generation.finished:
-            yield from generation.step(logits)
-            if generation.finished:
-                break
-            if len(self.cached) + 1 >= self.num_ctx:
-                yield from generation.finish("length")  # going on would need a shift of the cache
-                break
-            logits = self.decode(generation.last_token)
-        yield Done(
-            done_reason=generation.done_reason,
-            prompt_eval_count=len(prompt),
-            prompt_eval_duration=prompt_duration,
-            eval_count=generation.generated,
-            eval_duration=time.perf_counter_ns() - start,
-            tokens=generation.history,
-            prompt_cached=len(prompt) - evaluated,
-        )
+def common_prefix(a: Sequence[Item], b: Sequence[Item]) -> int:
+    """How many first items two sequences share."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def build_prompt(engine: Engine, text: str, images: Sequence[bytes], add_special: bool = True) -> list[Item]:

@@ -1,7 +1,7 @@
 """One sequence's generation: logits in, text pieces out, until EOS, a stop string or a limit.
 
-The forward passes are someone else's (Engine for one sequence, ParallelEngine for several
-in one batch): this only samples, decodes, filters stop strings and counts.
+The forward passes are ParallelEngine's (the one decode loop, one batch for all its
+sequences): this only samples, decodes, filters stop strings and counts.
 """
 
 from __future__ import annotations

@@ -1,5 +1,8 @@
 """Several sequences of one model, decoded together: one forward pass per step for all of them.
 
+This is the one generation loop: the server, the CLI, bench/ and the tests all generate
+through submit(), with one slot or many (as Ollama's runner serves 1..N sequences).
+
 Each request (a Job) gets a slot: a sequence id in the shared KV cache, with room for
 num_ctx tokens. Every step gathers, for each busy slot, either its next token (decoding) or
 a chunk of its prompt (prefill), into one Batch; the model runs it once; each slot that
@@ -34,7 +37,7 @@ from pollama.kvcache import Batch
 from pollama.ml.base import Backend
 from pollama.models import multimodal
 from pollama.models.multimodal import Item
-from pollama.runner.engine import DEFAULT_NUM_BATCH, DEFAULT_NUM_CTX, Engine, Part, make_batch
+from pollama.runner.engine import DEFAULT_NUM_BATCH, DEFAULT_NUM_CTX, Engine, Part, common_prefix, make_batch
 from pollama.runner import window
 from pollama.runner.generation import Done, GenerateOptions, Generation, Piece
 from pollama.runner.speculative import PromptLookup, StepCosts, drafting_allowed
@@ -158,6 +161,7 @@ class ParallelEngine:
         # The backend computes one graph at a time: steps and image encodings take turns.
         self._compute = threading.Lock()
         self._waiting: list[Job] = []
+        self._forgets: list[threading.Event] = []  # forget() calls waiting for the slots to be free
         self._wake = threading.Condition()
         self._closing = False
         self._thread = threading.Thread(target=self._loop, name="pollama-engine", daemon=True)
@@ -188,6 +192,17 @@ class ParallelEngine:
             return self.engine.prompt_items(text)
         with self._compute:
             return self.engine.prompt_items(text, images)
+
+    def forget(self) -> None:
+        """Drop what every slot's cache holds, once no job runs, so the next prompts are
+        evaluated whole: for tests and tools that compare with a run from an empty cache."""
+        done = threading.Event()
+        with self._wake:
+            if self._closing:
+                raise EngineClosed("the engine is closed")
+            self._forgets.append(done)
+            self._wake.notify()
+        done.wait()
 
     def busy(self) -> int:
         """Jobs running or waiting."""
@@ -224,6 +239,9 @@ class ParallelEngine:
             self._closing = True
             jobs = self._waiting + [slot.job for slot in self._slots if slot.job is not None]
             self._waiting.clear()
+            forgets, self._forgets = self._forgets, []
+        for done in forgets:
+            done.set()
         for slot in self._slots:
             slot.job = slot.generation = None
         for job in jobs:
@@ -232,16 +250,26 @@ class ParallelEngine:
     def _next_step(self) -> bool:
         """Admit waiting jobs, run one batch; False once closing."""
         with self._wake:
-            while not self._closing and not self._waiting and not any(s.job for s in self._slots):
+            while not self._closing and not self._waiting and not self._forgets and not any(s.job for s in self._slots):
                 self._wake.wait()
             if self._closing:
                 return False
+            if self._forgets and not any(s.job for s in self._slots):
+                self._forget_all()
             self._admit()
         self._drop_cancelled()
         batch, members = self._gather()
         if members:
             self._step(batch, members)
         return True
+
+    def _forget_all(self) -> None:
+        for slot in self._slots:
+            self.engine.cache.remove(slot.seq)
+            slot.cached = []
+        for done in self._forgets:
+            done.set()
+        self._forgets.clear()
 
     def _admit(self) -> None:
         """Give waiting jobs free slots, each the one caching most of its prompt."""
@@ -251,7 +279,7 @@ class ParallelEngine:
             if not free:
                 return
             job = self._waiting.pop(0)
-            best = max(free, key=lambda slot: (_common_prefix(slot.cached, job.prompt), -slot.last_used))
+            best = max(free, key=lambda slot: (common_prefix(slot.cached, job.prompt), -slot.last_used))
             self._start(best, job)
 
     def _discard_if_cancelled(self, job: Job) -> bool:
@@ -260,13 +288,7 @@ class ParallelEngine:
         return job.cancelled
 
     def _start(self, slot: _Slot, job: Job) -> None:
-        cache = self.engine.cache
-        # The last prompt token is always evaluated: its logits give the first new token.
-        keep = min(_common_prefix(slot.cached, job.prompt), len(job.prompt) - 1)
-        keep = cache.prefix_keep(slot.seq, job.prompt, multimodal.keep_whole_blocks(job.prompt, keep))
-        if not cache.can_keep(slot.seq, keep):
-            keep = 0
-        cache.remove(slot.seq, keep)
+        keep = self.engine.keep_prefix(slot.seq, slot.cached, job.prompt)
         slot.cached = job.prompt[:keep]
         slot.pending = job.prompt[keep:]
         slot.rope = self.engine.rope_positions(job.prompt)
@@ -308,7 +330,6 @@ class ParallelEngine:
             members.append(_Member(slot, len(chunk), rows if logits != "none" else None, drafts))
             rows += {"all": len(chunk), "last": 1, "none": 0}[logits]
 
-        uses_rope = self.model.uses_rope_positions
         for slot in self._slots:
             if slot.job is not None and not slot.pending and len(slot.cached) + 1 >= self.num_ctx:
                 self._shift(slot)  # full (the generation would have ended without shift)
@@ -319,7 +340,7 @@ class ParallelEngine:
         alone = len(busy) == 1 and not busy[0].pending
         for slot in busy:
             if not slot.pending:
-                rope = np.full((1, 3), len(slot.cached) + slot.rope_delta, dtype=np.int32) if uses_rope else None
+                rope = self.engine.decode_rope(len(slot.cached), slot.rope_delta)
                 drafts = self._drafts(slot) if alone else []
                 if drafts:
                     slot.draft_count += len(drafts)
@@ -365,7 +386,7 @@ class ParallelEngine:
             try:
                 with self._compute:
                     started = time.perf_counter()
-                    logits = self.engine._run(batch, plans)
+                    logits = self.engine.run(batch, plans)
                     seconds = time.perf_counter() - started
             except BaseException:
                 for member in members:  # give back the cells just claimed
@@ -489,11 +510,3 @@ class ParallelEngine:
         ))
         self._release(slot)
 
-
-def _common_prefix(a: Sequence[Item], b: Sequence[Item]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n

@@ -151,7 +151,7 @@ class ServerConfig:
             max_loaded_models=max_loaded if max_loaded > 0 else 3,  # 0 = auto: 3 on CPU
             num_parallel=max(1, envconfig.uint("OLLAMA_NUM_PARALLEL", 1)),
             max_queue=max(1, envconfig.uint("OLLAMA_MAX_QUEUE", envconfig.DEFAULT_MAX_QUEUE)),
-            context_length=envconfig.uint("OLLAMA_CONTEXT_LENGTH", 0) or envconfig.DEFAULT_NUM_CTX,
+            context_length=envconfig.context_length(),
             load_timeout=load_timeout,
             draft_num_predict=envconfig.uint("POLLAMA_DRAFT_NUM_PREDICT", DEFAULT_DRAFT_NUM_PREDICT),
         )

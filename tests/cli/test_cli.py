@@ -36,6 +36,14 @@ def test_run_greedy_matches_llamacpp_and_prints_timings(llamacpp_reference):
         assert line in result.stderr, result.stderr
 
 
+def test_run_here_takes_its_context_from_ollama_context_length():
+    """Without --num-ctx, a run in this process gets the server's default context:
+    OLLAMA_CONTEXT_LENGTH when set: a prompt longer than it is refused (it was a fixed 4096)."""
+    prompt = "one two three four five six seven eight nine ten " * 4
+    short = pollama("run", str(real_model("smollm2")), prompt, "--num-predict", "1", env={"OLLAMA_CONTEXT_LENGTH": "16"})
+    assert_one_line_error(short, "does not fit the context of 16")
+
+
 def test_verbose_timings_end_with_the_draft_accept_rate(capsys):
     from pollama.cli.main import print_timings
 

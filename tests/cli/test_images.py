@@ -48,7 +48,7 @@ def test_run_reads_an_image_path_for_a_vision_model(tmp_path):
     from cliproc import pollama
     from models.gemma3.test_vision import _config, _png, _tokenizer
     from models.tinyhf import convert, save_tiny, transformers
-    from pollama.runner.engine import Engine
+    from pollama.runner.parallel import ParallelEngine
     from pollama.runner.generation import Done, GenerateOptions
 
     tok = _tokenizer()
@@ -58,7 +58,7 @@ def test_run_reads_an_image_path_for_a_vision_model(tmp_path):
     result = pollama("run", str(gguf), f"what is {tmp_path}/cat.png", "--temperature", "0", "--num-predict", "6")
     assert result.returncode == 0, result.stderr
     assert f"Added image '{tmp_path}/cat.png'" in result.stderr
-    with Engine(gguf) as engine:
+    with ParallelEngine(gguf) as engine:
         items = engine.prompt_items("[img-0]what is", [_png()])
-        want = "".join(e.text for e in engine.generate(items, GenerateOptions(num_predict=6)) if not isinstance(e, Done))
+        want = "".join(e.text for e in engine.submit(items, GenerateOptions(num_predict=6)) if not isinstance(e, Done))
     assert result.stdout == want + "\n"

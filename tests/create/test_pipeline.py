@@ -76,12 +76,13 @@ LICENSE """Apache License 2.0"""
 
 def _greedy_chat(gguf: Path, turns: list[tuple[str, str]], n: int) -> str:
     """The greedy answer of SmolLM2 to a conversation in hand-written ChatML."""
-    from pollama.runner.engine import Engine, GenerateOptions
+    from pollama.runner.generation import GenerateOptions
+    from pollama.runner.parallel import ParallelEngine
     from pollama.sample import SamplerOptions
 
     prompt = "".join(f"<|im_start|>{role}\n{text}<|im_end|>\n" for role, text in turns) + "<|im_start|>assistant\n"
-    with Engine(gguf, num_ctx=512) as engine:
-        events = engine.generate(engine.tokenizer.encode(prompt), GenerateOptions(
+    with ParallelEngine(gguf, num_ctx=512) as engine:
+        events = engine.submit(engine.tokenizer.encode(prompt), GenerateOptions(
             num_predict=n, stop=["<|im_end|>"], sampler=SamplerOptions(temperature=0.0, repeat_penalty=1.0)))
         return "".join(e.text for e in events if hasattr(e, "text"))
 

@@ -19,7 +19,7 @@ from pollama.ml.base import Context, Recorder
 from pollama.ml.ggml.backend import GGMLBackend
 from pollama.ml.ggml.lib import ggml
 from pollama.models.base import load_model
-from pollama.runner.engine import Engine
+from pollama.debug.steps import StepEngine
 
 SMOLLM2_BLOCKS = 30
 SMOLLM2_DIM = 576
@@ -117,7 +117,7 @@ def test_smollm2_dump_has_one_finite_entry_per_block():
 def decode_logits(gguf_path, ids, recorder, steps: int = 5) -> list[np.ndarray]:
     backend = GGMLBackend(n_threads=1)
     backend.recorder = recorder
-    with Engine(gguf_path, backend=backend, num_ctx=64) as engine:
+    with StepEngine(gguf_path, backend=backend, num_ctx=64) as engine:
         logits, _ = engine.prefill(ids)
         out = [logits]
         for _ in range(steps):

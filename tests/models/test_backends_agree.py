@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from realmodels import REFERENCE_MODELS, real_model
-from pollama.runner.engine import Engine
+from pollama.debug.steps import StepEngine
 
 TOP20_TOLERANCE = 1.75  # |ggml - torch| on torch's 20 most likely tokens, every position
 RMS_TOLERANCE = 1.0  # root-mean-square difference over the vocabulary, every position
@@ -28,7 +28,7 @@ def test_ggml_and_torch_agree_on_greedy_tokens_and_logits(name, llamacpp_referen
     cases = llamacpp_reference["models"][REFERENCE_MODELS[name]]["generate"]
     logits = {}
     for backend in ("ggml", "torch"):
-        with Engine(path, backend=backend, num_ctx=64) as engine:
+        with StepEngine(path, backend=backend, num_ctx=64) as engine:
             # Teacher-forced on llama.cpp's continuation: every step of the greedy path is compared.
             logits[backend] = [engine.logits(c["prompt_ids"] + c["ids"])[len(c["prompt_ids"]) - 1 : -1] for c in cases]
     decisive = 0

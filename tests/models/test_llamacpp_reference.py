@@ -24,7 +24,9 @@ from pathlib import Path
 import pytest
 
 from realmodels import REFERENCE_MODELS, real_model
-from pollama.runner.engine import Done, Engine, GenerateOptions
+from pollama.debug.steps import StepEngine
+from pollama.runner.generation import Done, GenerateOptions
+from pollama.runner.parallel import ParallelEngine
 from pollama.sample import SamplerOptions
 
 # Measured on the native build: the widest llama.cpp top-2 gap where our greedy choice
@@ -43,7 +45,7 @@ PORTABLE_LIB_DIR = Path(sys.prefix) / "lib" / "pollama-ggml-portable"
 @pytest.fixture(scope="module", params=list(REFERENCE_MODELS))
 def engine_and_reference(request, llamacpp_reference):
     path = real_model(request.param)
-    with Engine(path, backend="ggml", num_ctx=256) as engine:
+    with StepEngine(path, backend="ggml", num_ctx=256) as engine:
         yield engine, llamacpp_reference["models"][REFERENCE_MODELS[request.param]]
 
 
@@ -72,15 +74,23 @@ def test_tokenization_matches_llamacpp(engine_and_reference):
         assert tok.encode(case["prompt"]) == case["prompt_ids"], case["prompt"]
 
 
+def greedy(path: str, reference: dict) -> list[list[int]]:
+    """Each prompt's greedy continuation, generated as the server does (the one decode loop,
+    drafting by prompt lookup: exact by design), from an empty cache as llama.cpp ran it."""
+    out = []
+    with ParallelEngine(path, backend="ggml", num_ctx=256) as served:
+        for case in reference["generate"]:
+            served.forget()
+            done = list(served.submit(case["prompt_ids"], GenerateOptions(num_predict=len(case["ids"]), sampler=GREEDY)))[-1]
+            assert isinstance(done, Done) and done.prompt_cached == 0
+            out.append(done.tokens[len(case["prompt_ids"]) :])
+    return out
+
+
 def test_greedy_continuations_match_llamacpp(engine_and_reference):
     engine, reference = engine_and_reference
     compared = []
-    for case in reference["generate"]:
-        engine.reset()
-        events = list(engine.generate(case["prompt_ids"], GenerateOptions(num_predict=len(case["ids"]), sampler=GREEDY)))
-        done = events[-1]
-        assert isinstance(done, Done)
-        ours = done.tokens[len(case["prompt_ids"]) :]
+    for ours, case in zip(greedy(engine.gguf.path, reference), reference["generate"]):
         compared.append(compare_greedy(ours, case))
     # Near-ties are rare: most steps of most prompts must have been compared.
     assert sum(compared) >= 0.6 * sum(len(c["ids"]) for c in reference["generate"]), compared
@@ -99,25 +109,24 @@ def test_logits_close_to_llamacpp_at_every_step(engine_and_reference):
     assert worst < LOGIT_TOLERANCE, worst
 
 
-def measure(engine: Engine, reference: dict) -> list[dict]:
+def measure(path: str, reference: dict) -> list[dict]:
     """Per prompt: the worst top-5 logit difference, steps whose argmax is not llama.cpp's
-    token, and the greedy continuation, each run as llama.cpp ran it (prefill, then decode)."""
+    token, each run as llama.cpp ran it (prefill, then decode), and the greedy continuation."""
     results = []
-    for case in reference["generate"]:
-        engine.reset()
-        logits, _ = engine.prefill(case["prompt_ids"])
-        worst, other_argmax = 0.0, []
-        for step, (token, top5) in enumerate(zip(case["ids"], case["top5"])):
-            worst = max(worst, *(abs(float(logits[i]) - value) for i, value in top5))
-            if int(logits.argmax()) != token:
-                other_argmax.append(step)
-            logits = engine.decode(token)
-        engine.reset()
-        done = list(engine.generate(case["prompt_ids"], GenerateOptions(num_predict=len(case["ids"]), sampler=GREEDY)))[-1]
-        results.append({
-            "prompt": case["prompt"], "worst": worst, "other_argmax": other_argmax,
-            "greedy": done.tokens[len(case["prompt_ids"]) :], "reference": case["ids"],
-        })
+    with StepEngine(path, backend="ggml", num_ctx=256) as engine:
+        for case in reference["generate"]:
+            engine.reset()
+            logits, _ = engine.prefill(case["prompt_ids"])
+            worst, other_argmax = 0.0, []
+            for step, (token, top5) in enumerate(zip(case["ids"], case["top5"])):
+                worst = max(worst, *(abs(float(logits[i]) - value) for i, value in top5))
+                if int(logits.argmax()) != token:
+                    other_argmax.append(step)
+                logits = engine.decode(token)
+            results.append({"prompt": case["prompt"], "worst": worst, "other_argmax": other_argmax,
+                            "reference": case["ids"]})
+    for result, tokens in zip(results, greedy(path, reference)):
+        result["greedy"] = tokens
     return results
 
 
@@ -150,5 +159,4 @@ if __name__ == "__main__":  # the child process of test_portable_build_is_exact
 
     name = sys.argv[1]
     reference = json.loads(LLAMACPP_REFERENCE.read_text())["models"][REFERENCE_MODELS[name]]
-    with Engine(real_model(name), backend="ggml", num_ctx=256) as engine:
-        print(json.dumps([ggml.variant, measure(engine, reference)]))
+    print(json.dumps([ggml.variant, measure(real_model(name), reference)]))

@@ -26,7 +26,7 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, proce
 
 from pollama.create.convert import convert_hf  # noqa: E402
 from pollama.fs.gguf import GGUFFile  # noqa: E402
-from pollama.runner.engine import Engine  # noqa: E402
+from pollama.debug.steps import StepEngine  # noqa: E402
 from pollama.tokenizer import load_tokenizer  # noqa: E402
 from pollama.tokenizer.convert import PRE_BY_SPLIT_REGEX  # noqa: E402
 
@@ -158,20 +158,20 @@ def hf_greedy(model, ids: list[int], steps: int = GREEDY_STEPS) -> list[int]:
 
 
 def our_logits(gguf: Path, backend: str, ids: list[int], f32_cache: bool = True, exact_gelu: bool = False) -> np.ndarray:
-    """Our Engine's logits for every position (F32 K/V cache unless told; on ggml, GELU from
+    """Our StepEngine's logits for every position (F32 K/V cache unless told; on ggml, GELU from
     llama.cpp's F16 table unless `exact_gelu`)."""
     # On ggml, rounding K and V to F16 alone moves these logits by 1.4e-3 to 2.4e-3 (measured
     # on the Llama and Qwen2 cases; 2e-6 with an F32 cache), which would hide the converter's
     # exactness. The torch reference backend keeps its cache in float32 whatever it is asked.
-    with Engine(gguf, backend=backend, num_ctx=64, kv_cache_type="f32" if f32_cache else "f16",
-                exact_gelu=exact_gelu) as engine:
+    with StepEngine(gguf, backend=backend, num_ctx=64, kv_cache_type="f32" if f32_cache else "f16",
+                    exact_gelu=exact_gelu) as engine:
         return engine.logits(ids)
 
 
 def our_greedy(gguf: Path, backend: str, ids: list[int], steps: int = GREEDY_STEPS, f32_cache: bool = False) -> list[int]:
-    """Greedy tokens from our Engine: prefill, then one decode step per token through the KV cache
+    """Greedy tokens from our StepEngine: prefill, then one decode step per token through the KV cache
     (F16 unless told, as a user runs it)."""
-    with Engine(gguf, backend=backend, num_ctx=64, kv_cache_type="f32" if f32_cache else None) as engine:
+    with StepEngine(gguf, backend=backend, num_ctx=64, kv_cache_type="f32" if f32_cache else None) as engine:
         logits, _ = engine.prefill(ids)
         out = []
         for _ in range(steps):

@@ -9,13 +9,13 @@ from pollama.store.store import Store
 
 
 def _greedy(path, prompt: str = "The capital of France is") -> str:
-    from pollama.runner.engine import Engine
+    from pollama.runner.parallel import ParallelEngine
     from pollama.runner.generation import Done, GenerateOptions
     from pollama.sample import SamplerOptions
 
-    with Engine(path, num_ctx=128, num_batch=32) as engine:
+    with ParallelEngine(path, num_ctx=128, num_batch=32) as engine:
         events = list(
-            engine.generate(
+            engine.submit(
                 engine.tokenizer.encode(prompt),
                 GenerateOptions(num_predict=12, sampler=SamplerOptions(temperature=0.0, repeat_penalty=1.0)),
             )

@@ -16,8 +16,9 @@ import re
 import numpy as np
 import pytest
 
+from pollama.debug.steps import StepEngine
 from pollama.runner import window
-from pollama.runner.engine import Engine, make_backend
+from pollama.runner.engine import make_backend
 from pollama.runner.generation import Done, GenerateOptions
 from pollama.runner.parallel import ParallelEngine
 from pollama.sample import SamplerOptions
@@ -69,7 +70,7 @@ CASES = [("smollm2", "ggml", True), ("smollm2", "ggml", False), ("gemma3-270m", 
 @pytest.mark.parametrize("model,backend,flash", CASES)
 def test_shifted_keys_equal_a_fresh_evaluation(model, backend, flash):
     chosen = make_backend(backend, flash_attention=flash) if backend == "ggml" else backend
-    with Engine(real_model(model), backend=chosen, num_ctx=256, num_batch=256) as engine:
+    with StepEngine(real_model(model), backend=chosen, num_ctx=256, num_batch=256) as engine:
         tail = engine.tokenizer.encode(TEXT, add_special=False)
         (after,) = engine.tokenizer.encode(" a", add_special=False)
         fresh = logits_after(engine, tail, 0, after, shift=False)

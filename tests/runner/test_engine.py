@@ -1,11 +1,14 @@
-"""The engine on a real model: prefill in chunks, prefix reuse, generation's counts and stops."""
+"""Generation on a real model through the one decode loop (ParallelEngine, one slot): prefill
+in chunks, prefix reuse, counts and stops; and StepEngine's single-sequence forward passes."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from pollama.runner.engine import Done, Engine, GenerateOptions, Piece
+from pollama.debug.steps import StepEngine
+from pollama.runner.generation import Done, GenerateOptions, Piece
+from pollama.runner.parallel import ParallelEngine
 from pollama.sample import SamplerOptions
 from realmodels import real_model
 
@@ -14,29 +17,27 @@ GREEDY = SamplerOptions(temperature=0.0, repeat_penalty=1.0)
 
 @pytest.fixture(scope="module")
 def engine():
-    with Engine(real_model("smollm2"), num_ctx=512, num_batch=16) as e:
+    with ParallelEngine(real_model("smollm2"), num_ctx=512, num_batch=16) as e:
         yield e
 
 
 def run(engine, prompt, **options):
-    events = list(engine.generate(prompt, GenerateOptions(sampler=GREEDY, **options)))
+    events = list(engine.submit(prompt, GenerateOptions(sampler=GREEDY, **options)))
     assert isinstance(events[-1], Done) and all(isinstance(e, Piece) for e in events[:-1])
     return "".join(e.text for e in events[:-1]), events[-1]
 
 
 def test_chunked_prefill_and_counts(engine):
-    engine.reset()
     prompt = engine.tokenizer.encode("The capital of France is Paris. " * 6)  # > num_batch tokens
-    assert len(prompt) > 2 * engine.num_batch
+    assert len(prompt) > 2 * engine.engine.num_batch
     text, done = run(engine, prompt, num_predict=5)
-    assert done.done_reason == "length" and done.eval_count == 5
+    assert done.done_reason == "length" and done.eval_count == 5 and done.prompt_cached == 0
     assert done.prompt_eval_count == len(prompt) and done.prompt_eval_duration > 0 and done.eval_duration > 0
     assert done.tokens[: len(prompt)] == prompt and len(done.tokens) == len(prompt) + 5
     assert engine.tokenizer.decode(done.tokens[len(prompt) :]) == text
 
 
 def test_prefix_is_reused_and_only_new_tokens_are_evaluated(engine):
-    engine.reset()
     first = engine.tokenizer.encode("The capital of France is")
     _, done = run(engine, first, num_predict=3)
     follow_up = done.tokens + engine.tokenizer.encode(" And Germany's is")
@@ -48,7 +49,7 @@ def test_prefix_is_reused_and_only_new_tokens_are_evaluated(engine):
 
 def test_prefix_reuse_gives_the_same_logits_as_a_fresh_prompt():
     """On the float32 reference backend, where batch shapes do not change rounding."""
-    with Engine(real_model("smollm2"), backend="torch", num_ctx=128) as e:
+    with StepEngine(real_model("smollm2"), backend="torch", num_ctx=128) as e:
         a = e.tokenizer.encode("One, two, three, four")
         b = e.tokenizer.encode("One, two, three, five, six")
         e.prefill(a)
@@ -60,7 +61,6 @@ def test_prefix_reuse_gives_the_same_logits_as_a_fresh_prompt():
 
 
 def test_stop_string_and_eos(engine):
-    engine.reset()
     prompt = engine.tokenizer.encode("1, 2, 3, 4,")
     text, done = run(engine, prompt, num_predict=30, stop=[", 7"])
     assert done.done_reason == "stop" and text == " 5, 6"
@@ -72,27 +72,22 @@ def test_stop_string_and_eos(engine):
 
 
 def test_bad_tokens_are_refused_and_the_engine_recovers(engine):
-    engine.reset()
     with pytest.raises(ValueError, match="outside the vocabulary"):
-        engine.prefill([1, 2, 10**6])
+        engine.submit([1, 2, 10**6])
     with pytest.raises(ValueError, match="empty prompt"):
-        engine.prefill([])
+        engine.submit([])
     with pytest.raises(ValueError, match="does not fit"):
-        engine.prefill([1] * 600)
+        engine.submit([1] * 600)
     prompt = engine.tokenizer.encode("The capital of France is")
     text, _ = run(engine, prompt, num_predict=2)
     assert text == " Paris."
 
 
-def test_seeded_sampling_repeats():
-    with Engine(real_model("smollm2"), num_ctx=128) as e:
-        prompt = e.tokenizer.encode("Once upon a time")
-        options = GenerateOptions(num_predict=12, sampler=SamplerOptions(temperature=1.0, seed=42))
-        outs = []
-        for _ in range(2):
-            e.reset()
-            outs.append([p.token for p in e.generate(prompt, options) if isinstance(p, Piece)])
-        assert outs[0] == outs[1]
+def test_seeded_sampling_repeats(engine):
+    prompt = engine.tokenizer.encode("Once upon a time")
+    options = GenerateOptions(num_predict=12, sampler=SamplerOptions(temperature=1.0, seed=42))
+    outs = [[p.token for p in engine.submit(prompt, options) if isinstance(p, Piece)] for _ in range(2)]
+    assert outs[0] == outs[1]
 
 
 def test_kv_cache_type_option_and_env(monkeypatch):
@@ -104,5 +99,5 @@ def test_kv_cache_type_option_and_env(monkeypatch):
     assert kv_cache_dtype(None) == GGMLType.F32
     monkeypatch.setenv("OLLAMA_KV_CACHE_TYPE", "q8_0")  # not available here: f16, as Ollama falls back
     assert kv_cache_dtype(None) == GGMLType.F16
-    with Engine(real_model("smollm2"), num_ctx=64, kv_cache_type="f32") as e:
+    with StepEngine(real_model("smollm2"), num_ctx=64, kv_cache_type="f32") as e:
         assert all(t.dtype == GGMLType.F32 for c in e.cache.caches for t in c.k.values())

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from realmodels import real_model
 
-from pollama.runner.engine import Engine
+from pollama.debug.steps import StepEngine
 from pollama.runner.generation import Done, GenerateOptions, Piece
 from pollama.runner.parallel import EngineClosed, ParallelEngine
 from pollama.sample import SamplerOptions, logprobs
@@ -33,13 +33,12 @@ def collect(job):
 
 @pytest.fixture(scope="module")
 def alone():
-    """Each prompt's greedy continuation, run on its own."""
+    """Each prompt's greedy continuation, run on its own in plain one-token steps (no drafts)."""
     out = {}
-    with Engine(real_model("smollm2"), num_ctx=256) as engine:
+    with ParallelEngine(real_model("smollm2"), num_ctx=256) as engine:
         for prompt in PROMPTS:
-            engine.reset()
             ids = engine.tokenizer.encode(prompt)
-            out[prompt] = collect(iter(engine.generate(ids, GenerateOptions(num_predict=32, sampler=GREEDY))))
+            out[prompt] = collect(engine.submit(ids, GenerateOptions(num_predict=32, sampler=GREEDY, draft_num_predict=0)))
     return out
 
 
@@ -85,6 +84,16 @@ def test_prefix_reuse_cancel_and_limits():
         _, again = collect(engine.submit(follow, GenerateOptions(num_predict=4, sampler=GREEDY)))
         assert (again.prompt_eval_count, again.prompt_cached) == (len(follow), len(done.tokens) - 1)
 
+        # forget() waits for the running job (its cache is not emptied under it), then the
+        # next prompt is evaluated whole, as on a fresh engine.
+        events = iter(engine.submit(first, GenerateOptions(num_predict=8, sampler=GREEDY)))
+        started = next(events)  # the job runs
+        engine.forget()
+        ran = [started, *events][-1]
+        assert ran.eval_count == 8 and ran.tokens[:len(done.tokens)] == done.tokens
+        _, fresh = collect(engine.submit(follow, GenerateOptions(num_predict=4, sampler=GREEDY)))
+        assert (fresh.prompt_eval_count, fresh.prompt_cached) == (len(follow), 0)
+
         # A cancelled job frees its slot within a step; both slots then serve new jobs.
         long_jobs = [engine.submit(first, GenerateOptions(num_predict=100_000, sampler=GREEDY)) for _ in range(2)]
         for job in long_jobs:
@@ -118,7 +127,7 @@ def test_logprobs_are_the_models_distribution():
         done = events[-1]
     assert len(entries) == 5
     generated = done.tokens[len(ids):]
-    with Engine(real_model("smollm2"), num_ctx=128) as engine:  # the same steps, alone
+    with StepEngine(real_model("smollm2"), num_ctx=128) as engine:  # the same steps, alone
         rows = [engine.prefill(ids)[0]] + [engine.decode(t) for t in generated[:-1]]
     for i, entry in enumerate(entries):
         token = generated[i]
@@ -147,13 +156,13 @@ def test_many_sequences_share_one_forward_pass(monkeypatch):
     """Decoding N sequences runs one model pass per step, not N."""
     with ParallelEngine(real_model("smollm2"), num_parallel=4, num_ctx=128) as engine:
         sizes = []
-        run = engine.engine._run
+        run = engine.engine.run
 
         def counting_run(batch, plans):
             sizes.append(len(batch))
             return run(batch, plans)
 
-        monkeypatch.setattr(engine.engine, "_run", counting_run)
+        monkeypatch.setattr(engine.engine, "run", counting_run)
         ids = engine.tokenizer.encode("Count: one, two,")
         jobs = [engine.submit(ids, GenerateOptions(num_predict=10, sampler=GREEDY)) for _ in range(4)]
         for job in jobs:

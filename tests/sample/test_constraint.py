@@ -373,9 +373,9 @@ def test_every_token_the_mask_allows_keeps_the_output_completable(tokenizer, nam
 
 @pytest.fixture(scope="module")
 def engine():
-    from pollama.runner.engine import Engine
+    from pollama.debug.steps import StepEngine
 
-    with Engine(real_model("smollm2"), num_ctx=1024, num_batch=64) as e:
+    with StepEngine(real_model("smollm2"), num_ctx=1024, num_batch=64) as e:
         yield e
 
 

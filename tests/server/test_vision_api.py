@@ -11,7 +11,7 @@ import pytest
 
 from models.gemma3.test_vision import _config, _png, _tokenizer
 from models.tinyhf import convert, save_tiny, transformers
-from pollama.runner.engine import Engine
+from pollama.runner.parallel import ParallelEngine
 from pollama.runner.generation import Done, GenerateOptions
 
 import anthropic  # noqa: E402
@@ -40,10 +40,10 @@ def vlm(server, vision_gguf):
 def engine_answer(gguf, prompt: str, image: bytes) -> tuple[str, int, list[list[int]]]:
     """Greedy text, prompt length and each token's bytes from the engine itself, for the
     server's rendered prompt."""
-    with Engine(gguf, num_ctx=4096) as engine:
+    with ParallelEngine(gguf, num_ctx=4096) as engine:
         items = engine.prompt_items(prompt, [image])
         text, tokens = [], []
-        for event in engine.generate(items, GenerateOptions(num_predict=STEPS, logprobs=True)):
+        for event in engine.submit(items, GenerateOptions(num_predict=STEPS, logprobs=True)):
             if not isinstance(event, Done):
                 text.append(event.text)
                 tokens += [entry["bytes"] for entry in event.logprobs or []]

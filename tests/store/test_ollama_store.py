@@ -150,15 +150,16 @@ def test_our_writer_writes_ollamas_bytes(tmp_path, ollama_store, gguf_digest):
 
 
 def test_a_model_from_an_ollama_store_runs(ollama_store):
-    from pollama.runner.engine import Engine, GenerateOptions, Piece
+    from pollama.runner.generation import GenerateOptions, Piece
+    from pollama.runner.parallel import ParallelEngine
     from pollama.sample import SamplerOptions
 
     root, _ = ollama_store
     resolved = Store(root, hash_cache=None).resolve(NAME)
-    with Engine(resolved.model_path, num_ctx=128) as engine:
+    with ParallelEngine(resolved.model_path, num_ctx=128) as engine:
         prompt = engine.tokenizer.encode("The capital of France is")
         options = GenerateOptions(num_predict=2, sampler=SamplerOptions(temperature=0))
-        text = "".join(p.text for p in engine.generate(prompt, options) if isinstance(p, Piece))
+        text = "".join(p.text for p in engine.submit(prompt, options) if isinstance(p, Piece))
     assert text == " Paris."
 
 

@@ -184,7 +184,7 @@ def test_finish_reason(reason, sent, want):
 
 def test_qwen_coder_calls_the_weather_tool():
     """Qwen2.5-Coder-0.5B, prompted by its GGUF chat template with a weather tool, makes a parsed call."""
-    from pollama.runner.engine import Engine
+    from pollama.runner.parallel import ParallelEngine
     from pollama.runner.generation import GenerateOptions, Piece
     from pollama.template.prompt import jinja_chat_prompt
 
@@ -192,14 +192,14 @@ def test_qwen_coder_calls_the_weather_tool():
         "name": "get_weather", "description": "Get the current weather in a city",
         "parameters": {"type": "object", "properties": {"city": {"type": "string", "description": "The city"}},
                        "required": ["city"]}}}]
-    with Engine(real_model("qwen2.5-coder-0.5b"), num_ctx=512, num_thread=2) as engine:
-        chat_template = engine.gguf.metadata["tokenizer.chat_template"]
+    with ParallelEngine(real_model("qwen2.5-coder-0.5b"), num_ctx=512, num_thread=2) as engine:
+        chat_template = engine.engine.gguf.metadata["tokenizer.chat_template"]
         prompt, _ = jinja_chat_prompt(chat_template, [{"role": "user", "content": "What is the weather in Paris?"}],
                                       tools=weather, truncate=False)
         parser = ChatOutputParser(None, weather, chat_template=chat_template)
         assert parser.tools.tag == "<tool_call>"
         out = {"thinking": "", "content": "", "tool_calls": []}
-        for event in engine.generate(engine.tokenizer.encode(prompt), GenerateOptions(num_predict=64)):
+        for event in engine.submit(engine.tokenizer.encode(prompt), GenerateOptions(num_predict=64)):
             if isinstance(event, Piece):
                 delta = parser.add(event.text)
                 out["content"] += delta["content"]

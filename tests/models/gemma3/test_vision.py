@@ -28,7 +28,7 @@ from pollama.fs.gguf import GGUFFile
 from pollama.models import imageproc
 from pollama.models.gemma3.process_image import process_image
 from pollama.models.multimodal import ImageToken, token_ids
-from pollama.runner.engine import Engine
+from pollama.debug.steps import StepEngine
 
 from PIL import Image, ImageDraw  # noqa: E402  (transformers' processors need PIL anyway)
 
@@ -131,7 +131,7 @@ def _hf_image_embeds(case: VisionCase, ggml_gelu: bool = False) -> np.ndarray:
 
 
 def _our_logits(case: VisionCase, backend: str, blocks: bool = True, exact_gelu: bool = False) -> np.ndarray:
-    with Engine(case.gguf, backend=backend, num_ctx=64, kv_cache_type="f32", exact_gelu=exact_gelu) as engine:
+    with StepEngine(case.gguf, backend=backend, num_ctx=64, kv_cache_type="f32", exact_gelu=exact_gelu) as engine:
         items = engine.prompt_items(PROMPT, [case.png])
         if not blocks:  # the soft tokens made causal, as if they did not see each other both ways
             items = [replace(i, block=None) if isinstance(i, ImageToken) else i for i in items]
@@ -140,7 +140,7 @@ def _our_logits(case: VisionCase, backend: str, blocks: bool = True, exact_gelu:
 
 def test_items_are_the_processor_ids(case):
     ids = case.inputs["input_ids"][0].tolist()
-    with Engine(case.gguf, backend="torch", num_ctx=64) as engine:
+    with StepEngine(case.gguf, backend="torch", num_ctx=64) as engine:
         items = engine.prompt_items(PROMPT, [case.png])
         assert token_ids(items) == ids
         soft = [i for i in items if isinstance(i, ImageToken)]
@@ -165,7 +165,7 @@ def test_items_are_the_processor_ids(case):
 @pytest.mark.parametrize("backend", ["torch", "ggml"])
 def test_image_embeddings_match_transformers(case, backend):
     # The vision tower and projector alone: Engine.encode_image against get_image_features.
-    with Engine(case.gguf, backend=backend, num_ctx=64) as engine:
+    with StepEngine(case.gguf, backend=backend, num_ctx=64) as engine:
         ours = engine.model.encode_image(engine.backend, case.png).embeds
     ref = _hf_image_embeds(case)
     assert ours.shape == ref.shape == (TOKENS_PER_IMAGE, 64)
@@ -192,7 +192,7 @@ def test_logits_match_transformers_on_ggml(case):
 def test_small_batches_keep_the_image_whole(case, backend):
     # With 5 items a batch, the soft tokens (items 9..12) would straddle two batches: the engine
     # ends a batch before them instead, and later batches still see them through the cache.
-    with Engine(case.gguf, backend=backend, num_ctx=64, num_batch=5, kv_cache_type="f32", exact_gelu=True) as engine:
+    with StepEngine(case.gguf, backend=backend, num_ctx=64, num_batch=5, kv_cache_type="f32", exact_gelu=True) as engine:
         items = engine.prompt_items(PROMPT, [case.png])
         assert (5, 9) in list(engine.chunks(items, 0))
         assert np.abs(engine.logits(items) - _hf_logits(case)).max() < TOLERANCE / 100
@@ -216,7 +216,7 @@ def _hf_greedy(case: VisionCase) -> list[int]:
 
 @pytest.mark.parametrize("backend", ["torch", "ggml"])
 def test_greedy_tokens_match_generate(case, backend):
-    with Engine(case.gguf, backend=backend, num_ctx=64) as engine:
+    with StepEngine(case.gguf, backend=backend, num_ctx=64) as engine:
         logits, _ = engine.prefill(engine.prompt_items(PROMPT, [case.png]))
         out = []
         for _ in range(GREEDY_STEPS):

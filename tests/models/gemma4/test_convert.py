@@ -23,7 +23,7 @@ from contextshift import logits_after, unturned
 from realmodels import llamacpp_loads
 from pollama.create.convert import ConvertError, convert_hf
 from pollama.fs.gguf import GGUFFile
-from pollama.runner.engine import Engine
+from pollama.debug.steps import StepEngine
 
 SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<|turn>", "<turn|>", "<|channel>", "<channel|>"]
 S, F = "sliding_attention", "full_attention"
@@ -196,7 +196,7 @@ def test_context_shift_turns_each_kind_of_layer(case, backend):
     # A shift turns the moved keys with their layer's RoPE (local, or global with its frequency
     # factors): they must be those of a fresh evaluation at the new positions (nothing was kept
     # before the dropped positions, so the moved tokens saw only each other).
-    with Engine(case.gguf, backend=backend, num_ctx=64, kv_cache_type="f32", exact_gelu=True) as engine:
+    with StepEngine(case.gguf, backend=backend, num_ctx=64, kv_cache_type="f32", exact_gelu=True) as engine:
         tail = case.ids[1:]
         fresh = logits_after(engine, tail, 0, tail[0], shift=False)
         shifted = logits_after(engine, tail, 20, tail[0], shift=True)

@@ -206,9 +206,9 @@ def test_context_shift_turns_keys_with_yarn(gptoss_case, backend):
     """A context shift moves the cached keys by turning them as gpt-oss's YaRN RoPE turns keys
     (TextModel.shift_keys): the same logits as the moved tokens evaluated fresh at their new
     positions (both layer kinds: the window counts positions, as the sinks never do)."""
-    from pollama.runner.engine import Engine
+    from pollama.debug.steps import StepEngine
 
-    with Engine(gptoss_case.gguf, backend=backend, num_ctx=128, num_batch=128, kv_cache_type="f32") as engine:
+    with StepEngine(gptoss_case.gguf, backend=backend, num_ctx=128, num_batch=128, kv_cache_type="f32") as engine:
         tail = gptoss_case.ids
         fresh = logits_after(engine, tail, 0, tail[0], shift=False)
         shifted = logits_after(engine, tail, 60, tail[0], shift=True)

@@ -9,7 +9,7 @@ from models.tinyhf import TOLERANCE, Case, convert, hf_logits
 
 from pollama.debug.compare import compare_model
 from pollama.models.base import architectures
-from pollama.runner.engine import Engine
+from pollama.debug.steps import StepEngine
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def test_compare_names_the_first_layer_where_llama_differs(case, tmp_path):
 
 @pytest.mark.parametrize("num_batch", [1, 3, 5])
 def test_prefill_in_batches_smaller_and_larger_than_the_window(case, num_batch):
-    with Engine(case.gguf, num_ctx=64, num_batch=num_batch, kv_cache_type="f32") as engine:
+    with StepEngine(case.gguf, num_ctx=64, num_batch=num_batch, kv_cache_type="f32") as engine:
         ours = engine.logits(case.ids)
         assert engine.cache.caches[0].window == WINDOW
     assert np.abs(ours - hf_logits(case.model, case.ids)).max() < TOLERANCE

@@ -27,7 +27,7 @@ from pollama.models import imageproc
 from pollama.models.mistral3 import process_image as pixtral_image
 from pollama.models.mistral3.convert import Mistral3Converter
 from pollama.models.multimodal import ImageToken, token_ids
-from pollama.runner.engine import Engine
+from pollama.debug.steps import StepEngine
 
 # Tekken's special ids: [IMG] 10, [IMG_BREAK] 12, [IMG_END] 13, as in Mistral Small 3.1.
 SPECIALS = ["<unk>", "<s>", "</s>", "[INST]", "[/INST]", "[AVAILABLE_TOOLS]", "[/AVAILABLE_TOOLS]",
@@ -135,14 +135,14 @@ def hf_greedy(case) -> list[int]:
     return out[0, len(case.ids):].tolist()
 
 
-def our_items(engine: Engine, png: bytes) -> list:
+def our_items(engine: StepEngine, png: bytes) -> list:
     """Our prompt items: the prompt's text tokenized around the image's items."""
     return engine.prompt_items(PROMPT.replace("[IMG]", "[img-0]"), [png])
 
 
-def engine(case, backend: str) -> Engine:
+def engine(case, backend: str) -> StepEngine:
     # F32 K/V cache: rounding K/V to F16 alone would move the logits by about 1e-3 (tinyhf.py).
-    return Engine(case.gguf, backend=backend, num_ctx=128, kv_cache_type="f32")
+    return StepEngine(case.gguf, backend=backend, num_ctx=128, kv_cache_type="f32")
 
 
 def test_image_items_are_the_processors_ids(case):
@@ -203,7 +203,7 @@ def test_decoded_logits_match_transformers(case, backend):
 
 def test_an_image_split_across_batches_matches_transformers(case):
     # Each [IMG] position carries its own embedding row, so batches may cut an image anywhere.
-    with Engine(case.gguf, backend="ggml", num_ctx=128, num_batch=5, kv_cache_type="f32") as e:
+    with StepEngine(case.gguf, backend="ggml", num_ctx=128, num_batch=5, kv_cache_type="f32") as e:
         ours = e.logits(our_items(e, case.png))
     assert float(np.abs(ours - hf_logits(case)).max()) < TOLERANCE
 

@@ -37,7 +37,8 @@ from pollama.models.mllama.convert import MllamaConverter
 from pollama.models import imageproc
 from pollama.models.multimodal import Image as MImage
 from pollama.models.multimodal import ImageToken, token_ids
-from pollama.runner.engine import Engine, make_backend
+from pollama.runner.engine import make_backend
+from pollama.debug.steps import StepEngine
 
 from PIL import Image  # noqa: E402  (after tinyhf, which sets the offline environment)
 from transformers.models.mllama.image_processing_pil_mllama import MllamaImageProcessorPil  # noqa: E402
@@ -111,7 +112,7 @@ class Case:
         return out[0, n:].tolist()
 
 
-def our_items(engine: Engine, inputs) -> list:
+def our_items(engine: StepEngine, inputs) -> list:
     """The processor's ids with its <|image|> replaced by our image item, encoded from the SAME pixels."""
     model = engine.model
     pixels = inputs["pixel_values"][0, 0].numpy()
@@ -133,10 +134,10 @@ def case(tmp_path_factory) -> Case:
 BACKENDS = ["torch", "ggml", "ggml-flash"]
 
 
-def engine(case: Case, backend: str, **kwargs) -> Engine:
+def engine(case: Case, backend: str, **kwargs) -> StepEngine:
     if backend == "ggml-flash":
         backend = make_backend("ggml", flash_attention=True)
-    return Engine(case.gguf, backend=backend, num_ctx=64, **kwargs)
+    return StepEngine(case.gguf, backend=backend, num_ctx=64, **kwargs)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -318,7 +319,7 @@ def test_a_file_without_the_tile_gate_tensor_derives_it(case, tmp_path):
                    if t.name != "v.tile_position_embd.gate"]
         write_gguf(out, f.metadata, tensors, f.value_types, array_types=f.array_types)
     inputs = case.inputs("four-tiles")
-    with Engine(out, backend="ggml", num_ctx=64, kv_cache_type="f32") as e:
+    with StepEngine(out, backend="ggml", num_ctx=64, kv_cache_type="f32") as e:
         ours = e.logits(our_items(e, inputs))
     assert float(np.abs(ours - case.hf_logits(inputs)).max()) < TOLERANCE
 
@@ -343,7 +344,7 @@ def test_f16_and_quantized_files_run(case, tmp_path):
     assert summary.tensor_types["blk.1.cross_attn_k_proj.weight"].name == "Q8_0"
     assert summary.tensor_types["v.patch_embd.weight"].name == "F16"
     for path, backend, bound in ((f16, "torch", 1e-2), (f16, "ggml", 1e-2), (q8, "ggml", 0.25)):
-        with Engine(path, backend=backend, num_ctx=64, kv_cache_type="f32") as e:
+        with StepEngine(path, backend=backend, num_ctx=64, kv_cache_type="f32") as e:
             assert float(np.abs(e.logits(our_items(e, inputs)) - ref).max()) < bound, (path.name, backend)
 
 
@@ -385,7 +386,7 @@ def test_a_file_that_disagrees_with_itself_is_refused(case, tmp_path, key, value
         tensors = [(t.name, np.array(f.tensor_bytes(t.name)), t.type, t.shape) for t in f.tensors.values()]
         write_gguf(out, {**f.metadata, key: value}, tensors, f.value_types, array_types=f.array_types)
     with pytest.raises(ModelError, match=message):
-        Engine(out, backend="ggml", num_ctx=64)
+        StepEngine(out, backend="ggml", num_ctx=64)
 
 
 def test_a_text_only_file_runs_without_images(case, tmp_path):
@@ -402,7 +403,7 @@ def test_a_text_only_file_runs_without_images(case, tmp_path):
     ids = case.tokenizer("<|begin_of_text|>The quick brown fox jumps", add_special_tokens=False).input_ids
     with torch.no_grad():
         ref = case.model(input_ids=torch.tensor([ids])).logits[0].numpy()
-    with Engine(out, backend="ggml", num_ctx=64, kv_cache_type="f32") as e:
+    with StepEngine(out, backend="ggml", num_ctx=64, kv_cache_type="f32") as e:
         assert not e.model.vision
         assert float(np.abs(e.logits(ids) - ref).max()) < TOLERANCE
         with pytest.raises(ValueError, match="does not support images"):
@@ -412,7 +413,7 @@ def test_a_text_only_file_runs_without_images(case, tmp_path):
 TWO_IMAGES = "<|begin_of_text|>Look: <|image|>The quick brown fox jumps. And this: <|image|>it sleeps"
 
 
-def our_items_of_images(engine: Engine, inputs) -> list:
+def our_items_of_images(engine: StepEngine, inputs) -> list:
     """The processor's ids with its k-th <|image|> replaced by our item for its k-th image (same pixels)."""
     model, images = engine.model, []
     for k in range(inputs["pixel_values"].shape[1]):

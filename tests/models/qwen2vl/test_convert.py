@@ -13,7 +13,7 @@ import pytest
 from models.tinyhf import read_gguf, torch
 from pollama.create.convert import ConvertError, convert_hf, supported_architectures
 from pollama.fs.gguf import GGUFFile
-from pollama.runner.engine import Engine
+from pollama.debug.steps import StepEngine
 
 from PIL import Image  # noqa: E402
 
@@ -89,7 +89,7 @@ def test_f16_file(case, tmp_path_factory, backend):
                                  images=[Image.open(io.BytesIO(case.pngs["wide"]))], return_tensors="pt"))
     with torch.no_grad():
         ref = case.model(**inputs).logits[0].numpy()
-    with Engine(out, backend=backend, num_ctx=64, kv_cache_type="f32") as engine:
+    with StepEngine(out, backend=backend, num_ctx=64, kv_cache_type="f32") as engine:
         ours = engine.logits(engine.prompt_items("Look:[img-0]", [case.pngs["wide"]]))
     assert np.abs(ours - ref).max() < 2e-2
 
@@ -140,7 +140,7 @@ def test_pixel_limits_come_from_the_image_processors_config(case, tmp_path):
     convert_hf(folder, tmp_path / "limited.gguf", outtype="f32")
     md, _ = read_gguf(tmp_path / "limited.gguf")
     assert (md[f"{case.arch}.vision.min_pixels"], md[f"{case.arch}.vision.max_pixels"]) == (784, 1568)
-    with Engine(tmp_path / "limited.gguf", backend="torch", num_ctx=64) as engine:
+    with StepEngine(tmp_path / "limited.gguf", backend="torch", num_ctx=64) as engine:
         image = engine.model.preprocess(case.pngs["wide"])  # 90x60 would be 84x56; at most 2 cells of 28x28 now
         assert image.grid_thw[1] * image.grid_thw[2] * 14 * 14 <= 1568
 

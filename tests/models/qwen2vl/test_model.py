@@ -24,7 +24,7 @@ import pytest
 from models.tinyhf import TOLERANCE, torch
 from pollama.models import multimodal
 from pollama.models.multimodal import ImageToken
-from pollama.runner.engine import Engine
+from pollama.debug.steps import StepEngine
 
 from PIL import Image  # noqa: E402
 
@@ -48,7 +48,7 @@ def hf_logits(case, inputs: dict) -> np.ndarray:
 
 @pytest.mark.parametrize("image", IMAGES)
 def test_pixel_values_are_the_processors(case, image):
-    with Engine(case.gguf, backend="torch", num_ctx=64) as engine:
+    with StepEngine(case.gguf, backend="torch", num_ctx=64) as engine:
         ours = engine.model.preprocess(case.pngs[image])
     inputs = hf_inputs(case, image)
     assert np.array_equal(ours.pixel_values, inputs["pixel_values"].numpy())
@@ -58,7 +58,7 @@ def test_pixel_values_are_the_processors(case, image):
 @pytest.mark.parametrize("image", IMAGES)
 def test_items_are_the_processors_ids(case, image):
     inputs = hf_inputs(case, image)
-    with Engine(case.gguf, backend="torch", num_ctx=64) as engine:
+    with StepEngine(case.gguf, backend="torch", num_ctx=64) as engine:
         items = engine.prompt_items(PROMPT, [case.pngs[image]])
     assert multimodal.token_ids(items) == inputs["input_ids"][0].tolist()
     # One ImageToken per <|image_pad|> (mm_token_type_ids 1), taking the merged rows in order.
@@ -72,7 +72,7 @@ def test_items_are_the_processors_ids(case, image):
 @pytest.mark.parametrize("image", IMAGES)
 def test_rope_positions_are_get_rope_index(case, image):
     inputs = hf_inputs(case, image)
-    with Engine(case.gguf, backend="torch", num_ctx=64) as engine:
+    with StepEngine(case.gguf, backend="torch", num_ctx=64) as engine:
         items = engine.prompt_items(PROMPT, [case.pngs[image]])
     hf, delta = case.model.model.get_rope_index(
         inputs["input_ids"], inputs["mm_token_type_ids"], image_grid_thw=inputs["image_grid_thw"])
@@ -86,7 +86,7 @@ def test_image_embeddings_match_transformers(case):
     with torch.no_grad():
         ref = case.model.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"]).pooler_output[0]
     for backend in ("torch", "ggml"):
-        with Engine(case.gguf, backend=backend, num_ctx=64) as engine:
+        with StepEngine(case.gguf, backend=backend, num_ctx=64) as engine:
             ours = engine.encode_image(case.pngs["wide"]).embeds
         assert ours.shape == tuple(ref.shape)
         assert np.abs(ours - ref.numpy()).max() < 1e-4, backend
@@ -99,7 +99,7 @@ def test_image_embeddings_match_transformers(case):
 @pytest.mark.parametrize("backend", ["torch", "ggml"])
 def test_logits_match_transformers(case, backend, image):
     inputs = hf_inputs(case, image)
-    with Engine(case.gguf, backend=backend, num_ctx=64, kv_cache_type="f32") as engine:
+    with StepEngine(case.gguf, backend=backend, num_ctx=64, kv_cache_type="f32") as engine:
         ours = engine.logits(engine.prompt_items(PROMPT, [case.pngs[image]]))
     ref = hf_logits(case, inputs)
     assert ours.shape == ref.shape
@@ -113,7 +113,7 @@ def test_greedy_tokens_match_generate(case, backend):
     with torch.no_grad():
         out = case.model.generate(**inputs, do_sample=False, max_new_tokens=GREEDY_STEPS, min_new_tokens=GREEDY_STEPS)
     expected = out[0, n:].tolist()
-    with Engine(case.gguf, backend=backend, num_ctx=64) as engine:
+    with StepEngine(case.gguf, backend=backend, num_ctx=64) as engine:
         logits, _ = engine.prefill(engine.prompt_items(PROMPT, [case.pngs["wide"]]))
         tokens = []
         for _ in range(GREEDY_STEPS):
@@ -150,14 +150,14 @@ def test_text_only_logits_match_transformers(case, backend):
     ids = case.processor.tokenizer("The quick brown fox jumps").input_ids
     with torch.no_grad():
         ref = case.model(input_ids=torch.tensor([ids])).logits[0].numpy()
-    with Engine(case.gguf, backend=backend, num_ctx=64, kv_cache_type="f32") as engine:
+    with StepEngine(case.gguf, backend=backend, num_ctx=64, kv_cache_type="f32") as engine:
         assert np.abs(engine.logits(ids) - ref).max() < TOLERANCE
 
 
 def test_windows_full_and_partial(case):
     # The wide image's 2x3 merged grid: a window of 2x2 cells and one of 2x1 (16 and 8 patches);
     # only Qwen2.5-VL has windows, and only in block 0.
-    with Engine(case.gguf, backend="torch", num_ctx=64) as engine:
+    with StepEngine(case.gguf, backend="torch", num_ctx=64) as engine:
         v = engine.model.v
         if case.arch == "qwen2vl":
             assert v.window == 0 and not v.full_blocks
@@ -175,7 +175,7 @@ def test_two_images_match_transformers(case, backend):
     pngs = [case.pngs["square"], case.pngs["wide"]]
     pictures = [Image.open(io.BytesIO(p)) for p in pngs]
     inputs = dict(case.processor(text=[hf_prompt], images=pictures, return_tensors="pt"))
-    with Engine(case.gguf, backend=backend, num_ctx=128, kv_cache_type="f32") as engine:
+    with StepEngine(case.gguf, backend=backend, num_ctx=128, kv_cache_type="f32") as engine:
         items = engine.prompt_items(prompt, pngs)
         assert multimodal.token_ids(items) == inputs["input_ids"][0].tolist()
         ours = engine.logits(items)
@@ -186,6 +186,6 @@ def test_an_image_split_across_batches(case):
     # The image's rows need not share a batch (Qwen's image tokens attend causally): with
     # batches of 4 items the wide image's 6 rows straddle three of them.
     inputs = hf_inputs(case, "wide")
-    with Engine(case.gguf, backend="ggml", num_ctx=64, num_batch=4, kv_cache_type="f32") as engine:
+    with StepEngine(case.gguf, backend="ggml", num_ctx=64, num_batch=4, kv_cache_type="f32") as engine:
         ours = engine.logits(engine.prompt_items(PROMPT, [case.pngs["wide"]]))
     assert np.abs(ours - hf_logits(case, inputs)).max() < TOLERANCE

@@ -21,7 +21,8 @@ from pollama.models import discovery
 from pollama.models.base import architectures, model_class
 from pollama.models.qwen3.convert import Qwen3Converter, Qwen3MoeConverter
 from pollama.models.qwen3.model import Qwen3, Qwen3Moe
-from pollama.runner.engine import Engine, Part, make_batch
+from pollama.runner.engine import Part, make_batch
+from pollama.debug.steps import StepEngine
 from pollama.store.store import Store
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
@@ -200,7 +201,7 @@ def test_experts_rows_apart_equal_one_token_steps_bit_for_bit(moe, tmp_path, qua
         store = Store(tmp_path / "store")
         create_model(store, "moe:q", f"FROM {moe.folder}\n", tmp_path, quantize=quantize)
         path = store.resolve("moe:q").model_path
-    with Engine(path, num_ctx=256) as engine:
+    with StepEngine(path, num_ctx=256) as engine:
         prompt = (moe.ids * 6)[:58]
         logits, _ = engine.prefill(prompt)
         tokens = [int(np.argmax(logits))]
@@ -210,7 +211,7 @@ def test_experts_rows_apart_equal_one_token_steps_bit_for_bit(moe, tmp_path, qua
             tokens.append(int(np.argmax(one_at_a_time[-1])))
         engine.cache.remove(0, len(prompt))
         batch = make_batch(engine.model, [Part(0, len(prompt), tokens[:9], "all")], rows_apart=True)
-        together = engine._run(batch, engine.cache.plan(batch))
+        together = engine.run(batch, engine.cache.plan(batch))
     assert np.array_equal(together, np.stack(one_at_a_time))
 
 
