@@ -298,7 +298,8 @@ class Recorder:
         """The part of `tensor` to keep: its last row unless all rows are asked for."""
         if self.all_rows or tensor.ndim != 2 or tensor.shape[0] == 1:
             return tensor
-        return tensor.rows(ctx.input(np.array([tensor.shape[0] - 1], dtype=np.int32)))
+        # The last row's index follows from the shape, which a reused graph keeps: constant.
+        return tensor.rows(ctx.input(np.array([tensor.shape[0] - 1], dtype=np.int32), constant=True))
 
     def collect(self, names: Sequence[str], arrays: Sequence[np.ndarray]) -> None:
         """Take one computed step's recorded arrays."""
