@@ -119,16 +119,21 @@ class GGMLBackend(Backend):
                 if status != 0:
                     raise BackendError(f"could not place tensor {info.name!r} (status {status})")
 
+        def allocate(infos, buft, what: str) -> list[GGMLTensor]:
+            """Tensors for `infos` in a new weights buffer of `buft`, their data still to upload."""
+            ctx = new_context(len(infos))
+            tensors = [declare(ctx, info) for info in infos]
+            buffer = ggml.ggml_backend_alloc_ctx_tensors_from_buft(ctx, buft)
+            if not buffer:
+                raise BackendError(f"out of memory allocating {what}")
+            store.buffers.append(buffer)
+            ggml.ggml_backend_buffer_set_usage(buffer, ggml.GGML_BACKEND_BUFFER_USAGE_WEIGHTS)
+            return tensors
+
         if repacked:
             # The repack buffer type rearranges blocks at upload for faster CPU matmuls; the
             # file pages read during the copy are dropped afterwards, so memory stays ~1x.
-            ctx = new_context(len(repacked))
-            tensors = [declare(ctx, info) for info in repacked]
-            buffer = ggml.ggml_backend_alloc_ctx_tensors_from_buft(ctx, self.repack_buft)
-            if not buffer:
-                raise BackendError("out of memory allocating repacked weights")
-            store.buffers.append(buffer)
-            ggml.ggml_backend_buffer_set_usage(buffer, ggml.GGML_BACKEND_BUFFER_USAGE_WEIGHTS)
+            tensors = allocate(repacked, self.repack_buft, "repacked weights")
             for info, tensor in zip(repacked, tensors):
                 raw = gguf.tensor_bytes(info.name)
                 ggml.ggml_backend_tensor_set(tensor.ptr, raw.ctypes.data, 0, info.nbytes)
@@ -136,13 +141,7 @@ class GGMLBackend(Backend):
                 gguf.advise_dontneed(info.offset, info.nbytes)
 
         if copied:
-            ctx = new_context(len(copied))
-            tensors = [declare(ctx, info) for info in copied]
-            buffer = ggml.ggml_backend_alloc_ctx_tensors_from_buft(ctx, self.cpu_buft)
-            if not buffer:
-                raise BackendError("out of memory allocating reordered weights")
-            store.buffers.append(buffer)
-            ggml.ggml_backend_buffer_set_usage(buffer, ggml.GGML_BACKEND_BUFFER_USAGE_WEIGHTS)
+            tensors = allocate(copied, self.cpu_buft, "reordered weights")
             for info, tensor in zip(copied, tensors):
                 raw = gguf.tensor_bytes(info.name)
                 step = mxfp4.BLOCK_BYTES << 16  # a chunk at a time: the reordered copy stays small
