@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from rowsapart import rows_apart_and_one_at_a_time
 from realmodels import real_model
 
-from pollama.runner.engine import Part, make_batch
 from pollama.debug.steps import StepEngine
 from pollama.runner.generation import Done, GenerateOptions, Piece
 from pollama.runner.parallel import ParallelEngine
@@ -163,17 +163,8 @@ def test_verification_rows_equal_one_token_steps_bit_for_bit(name):
     """A batch of the next token and 8 more, computed rows_apart, gives each row the logits of
     decoding those tokens one at a time, exactly (here across a 64-cell boundary of n_kv)."""
     with StepEngine(real_model(name), num_ctx=256) as engine:
-        prompt = engine.tokenizer.encode("def add(a, b):\n    return a + b\n\n" * 8)[:58]
-        logits, _ = engine.prefill(prompt)
-        tokens = [int(np.argmax(logits))]
-        one_at_a_time = []
-        for _ in range(9):
-            one_at_a_time.append(engine.decode(tokens[-1]))
-            tokens.append(int(np.argmax(one_at_a_time[-1])))
-        engine.cache.remove(0, len(prompt))
-        batch = make_batch(engine.model, [Part(0, len(prompt), tokens[:9], "all")], rows_apart=True)
-        together = engine.run(batch, engine.cache.plan(batch))
-    assert np.array_equal(together, np.stack(one_at_a_time))
+        together, one_at_a_time = rows_apart_and_one_at_a_time(engine, engine.tokenizer.encode("def add(a, b):\n    return a + b\n\n" * 8)[:58])
+    assert np.array_equal(together, one_at_a_time)
 
 
 # -- real generations ------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from models.tinyhf import (
     Case, assert_tokenizer_matches, bpe_tokenizer, build_case, convert, hf_greedy, hf_logits, our_greedy,
     our_logits, read_gguf, torch, transformers,
 )
+from rowsapart import rows_apart_and_one_at_a_time
 from realmodels import llamacpp_greedy, llamacpp_loads
 
 from pollama.create.convert import supported_architectures
@@ -21,7 +22,6 @@ from pollama.models import discovery
 from pollama.models.base import architectures, model_class
 from pollama.models.qwen3.convert import Qwen3Converter, Qwen3MoeConverter
 from pollama.models.qwen3.model import Qwen3, Qwen3Moe
-from pollama.runner.engine import Part, make_batch
 from pollama.debug.steps import StepEngine
 from pollama.store.store import Store
 
@@ -202,17 +202,8 @@ def test_experts_rows_apart_equal_one_token_steps_bit_for_bit(moe, tmp_path, qua
         create_model(store, "moe:q", f"FROM {moe.folder}\n", tmp_path, quantize=quantize)
         path = store.resolve("moe:q").model_path
     with StepEngine(path, num_ctx=256) as engine:
-        prompt = (moe.ids * 6)[:58]
-        logits, _ = engine.prefill(prompt)
-        tokens = [int(np.argmax(logits))]
-        one_at_a_time = []
-        for _ in range(9):
-            one_at_a_time.append(engine.decode(tokens[-1]))
-            tokens.append(int(np.argmax(one_at_a_time[-1])))
-        engine.cache.remove(0, len(prompt))
-        batch = make_batch(engine.model, [Part(0, len(prompt), tokens[:9], "all")], rows_apart=True)
-        together = engine.run(batch, engine.cache.plan(batch))
-    assert np.array_equal(together, np.stack(one_at_a_time))
+        together, one_at_a_time = rows_apart_and_one_at_a_time(engine, (moe.ids * 6)[:58])
+    assert np.array_equal(together, one_at_a_time)
 
 
 @pytest.mark.parametrize("build", [qwen3, qwen3moe], ids=["qwen3", "qwen3moe"])
