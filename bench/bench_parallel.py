@@ -82,11 +82,12 @@ def main() -> None:
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 4, 8])
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--num-ctx", type=int, default=512, help="per sequence (the server's default is 4096)")
     args = parser.parse_args()
     path = embedded_model_path(args.model)
     print(f"model {args.model}: {path.name}, {args.tokens} tokens per stream")
     for n in args.streams:
-        with ParallelEngine(path, num_parallel=n, num_ctx=512, num_thread=args.threads) as engine:
+        with ParallelEngine(path, num_parallel=n, num_ctx=args.num_ctx, num_thread=args.threads) as engine:
             run_streams(engine, n, 8)  # warm-up: graphs, caches, pages
             rate, total = run_streams(engine, n, args.tokens)
             ttft = time_to_first_token(engine) if n == 1 else None

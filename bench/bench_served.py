@@ -9,9 +9,10 @@ and tg128; the rates are the responses' own prompt_eval and eval counts and dura
 `ollama run --verbose` shows them) beside llama-bench's pp512 and tg128 on the same GGUF file
 and thread count (its defaults otherwise: flash attention auto, f16 K/V).
 
-`parallel`: N clients at once through /v1/completions (streamed, greedy, --tokens each, short
-different prompts that every model continues) against `pollama serve` with OLLAMA_NUM_PARALLEL=N and against
-`llama-server -np N` (the context N x 2048 on both): the aggregate completion tokens/s over
+`parallel`: N clients at once, streamed, greedy, --tokens each, short different prompts that
+every model continues, given as they are: through /api/generate with "raw": true to `pollama
+serve` with OLLAMA_NUM_PARALLEL=N, through /v1/completions to `llama-server -np N` (the context
+N x 2048 on both; see stream_completion for why not /v1/completions on both): the aggregate completion tokens/s over
 the wall time, and the time to first token of a new request sent while the other N-1 decode.
 
 llama.cpp's tools are found in $LLAMACPP_TOOLS (a directory; ../shared/tools/
@@ -80,6 +81,7 @@ class Server:
         if side == "pollama":
             self.home = tempfile.mkdtemp(prefix="bench-served-")
             env.update(OLLAMA_HOST=f"127.0.0.1:{self.port}", OLLAMA_MODELS=self.home, OLLAMA_NUM_PARALLEL=str(parallel),
+                       OLLAMA_CONTEXT_LENGTH=str(ctx),
                        OLLAMA_KEEP_ALIVE="10m", POLLAMA_CACHE=env.get("POLLAMA_CACHE", ""))
             if not env["POLLAMA_CACHE"]:
                 del env["POLLAMA_CACHE"]
@@ -188,16 +190,35 @@ def single(args, model: str) -> None:
 
 
 # -- concurrent clients -------------------------------------------------------------------
-def stream_completion(base: str, model: str, prompt: str, tokens: int) -> tuple[float, float, int]:
-    """(seconds to the first token, seconds to the end, completion tokens) of one streamed request."""
-    body = {"model": model, "prompt": prompt, "max_tokens": tokens, "temperature": 0, "stream": True,
-            "stream_options": {"include_usage": True}}
+def stream_completion(base: str, model: str, prompt: str, tokens: int, raw_generate: bool = False) -> tuple[float, float, int]:
+    """(seconds to the first token, seconds to the end, completion tokens) of one streamed request.
+
+    The same text must reach both models as the same tokens: llama-server's /v1/completions
+    takes the prompt as it is, while Ollama's (and so pollama's) wraps it in the model's chat
+    template (SmolLM2's adds a 30-token system prompt, and the model then answers as a chat,
+    often ending early). So pollama gets the text through /api/generate with "raw": true,
+    Ollama's own way to send text as it is."""
+    if raw_generate:
+        url, body = "/api/generate", {"model": model, "prompt": prompt, "raw": True, "stream": True,
+                                      "options": {"num_predict": tokens, "temperature": 0}}
+    else:
+        url, body = "/v1/completions", {"model": model, "prompt": prompt, "max_tokens": tokens, "temperature": 0,
+                                        "stream": True, "stream_options": {"include_usage": True}}
     start = time.perf_counter()
     first = None
     count = 0
-    with httpx.stream("POST", base + "/v1/completions", json=body, timeout=600) as reply:
+    with httpx.stream("POST", base + url, json=body, timeout=600) as reply:
         reply.raise_for_status()
         for line in reply.iter_lines():
+            if raw_generate:
+                if not line:
+                    continue
+                chunk = json.loads(line)
+                if chunk.get("response") and first is None:
+                    first = time.perf_counter() - start
+                if chunk.get("done"):
+                    count = chunk["eval_count"]
+                continue
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
             chunk = json.loads(line[6:])
@@ -212,14 +233,14 @@ def stream_completion(base: str, model: str, prompt: str, tokens: int) -> tuple[
     return first or 0.0, time.perf_counter() - start, count
 
 
-def all_at_once(base: str, name: str, clients: int, tokens: int, salt: str = "") -> float:
+def all_at_once(base: str, name: str, clients: int, tokens: int, salt: str = "", raw: bool = False) -> float:
     """Completion tokens per second of wall time for `clients` requests sent together."""
     results: list = [None] * clients
     started = threading.Barrier(clients)
 
     def client(i: int) -> None:
         started.wait()
-        results[i] = stream_completion(base, name, salt + PROMPTS[i % len(PROMPTS)], tokens)
+        results[i] = stream_completion(base, name, salt + PROMPTS[i % len(PROMPTS)], tokens, raw)
 
     t0 = time.perf_counter()
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
@@ -230,19 +251,19 @@ def all_at_once(base: str, name: str, clients: int, tokens: int, salt: str = "")
     return sum(r[2] for r in results) / (time.perf_counter() - t0)
 
 
-def concurrent_run(base: str, name: str, clients: int, tokens: int) -> dict:
+def concurrent_run(base: str, name: str, clients: int, tokens: int, raw: bool = False) -> dict:
     # Steady state: an untimed round first (weights paged in; pollama builds its step graphs
     # for these batch shapes once, llama-server fills its slots), with other prompts.
-    all_at_once(base, name, clients, 8, salt="0")
-    aggregate = all_at_once(base, name, clients, tokens)
+    all_at_once(base, name, clients, 8, salt="0", raw=raw)
+    aggregate = all_at_once(base, name, clients, tokens, raw=raw)
 
     # Time to first token of a new request while the others decode.
-    others = [threading.Thread(target=stream_completion, args=(base, name, " " + PROMPTS[i % len(PROMPTS)], tokens))
+    others = [threading.Thread(target=stream_completion, args=(base, name, " " + PROMPTS[i % len(PROMPTS)], tokens, raw))
               for i in range(clients - 1)]
     for t in others:
         t.start()
     time.sleep(1.0)  # they are decoding by now
-    ttft, _, _ = stream_completion(base, name, "7, 8, 9, 10,", 8)
+    ttft, _, _ = stream_completion(base, name, "7, 8, 9, 10,", 8, raw)
     for t in others:
         t.join()
     return {"aggregate": aggregate, "ttft": ttft}
@@ -252,11 +273,11 @@ def parallel(args, model: str) -> None:
     sides = {"pollama": [], "llama-server": []}
     for _ in range(args.repeat):
         with Server("pollama", model, args.threads, parallel=args.clients) as server:
-            sides["pollama"].append(concurrent_run(server.base, args.model, args.clients, args.tokens))
+            sides["pollama"].append(concurrent_run(server.base, args.model, args.clients, args.tokens, raw=True))
         if llamacpp_tool("llama-server"):
             with Server("llama-server", model, args.threads, parallel=args.clients) as server:
                 sides["llama-server"].append(concurrent_run(server.base, args.model, args.clients, args.tokens))
-    print(f"{args.model}: {args.clients} clients x {args.tokens} tokens, /v1/completions, {args.threads} threads, median of {args.repeat}")
+    print(f"{args.model}: {args.clients} clients x {args.tokens} tokens (pollama /api/generate raw, llama-server /v1/completions: the same text), {args.threads} threads, median of {args.repeat}")
     print_sides(sides, lambda runs: f"aggregate {median(runs, 'aggregate'):6.1f} tok/s   first token while "
                                     f"{args.clients - 1} decode {median(runs, 'ttft') * 1000:6.0f} ms")
 
