@@ -44,6 +44,9 @@ class GGMLType(enum.IntEnum):
     TQ2_0 = 35
     # 36..38 were the IQ4_NL_4_4 / _4_8 / _8_8 repack types, now runtime-only.
     MXFP4 = 39
+    NVFP4 = 40  # 64 E2M1 values, a UE4M3 scale per 16
+    Q1_0 = 41  # 128 signs times one f16 scale
+    Q2_0 = 42  # 64 values in {-1, 0, 1, 2} times one f16 scale
 
 
 # (elements per block, bytes per block), from ggml's type traits table.
@@ -80,6 +83,9 @@ _BLOCK: dict[GGMLType, tuple[int, int]] = {
     GGMLType.TQ1_0: (256, 54),
     GGMLType.TQ2_0: (256, 66),
     GGMLType.MXFP4: (32, 17),
+    GGMLType.NVFP4: (64, 36),
+    GGMLType.Q1_0: (128, 18),
+    GGMLType.Q2_0: (64, 18),
 }
 
 
@@ -162,20 +168,25 @@ class FileType(enum.IntEnum):
     TQ1_0 = 36
     TQ2_0 = 37
     MXFP4_MOE = 38  # llama.cpp's number for gpt-oss style files
+    NVFP4 = 39
+    Q1_0 = 40
+    Q2_0 = 41
 
     def name(self) -> str:  # type: ignore[override]
         """Ollama's display name for this file type ("unknown" for types Ollama doesn't name)."""
         return _FILE_TYPE_DISPLAY.get(self, "unknown")
 
 
-# Ollama shows only these; the IQ/TQ types display as "unknown" there, and we match it
-# because the string goes out on the wire (details.quantization_level).
+# Ollama's names (fs/ggml/type.go FileType.String() as of v0.32.15, the release pollama
+# follows); the string goes out on the wire (details.quantization_level). Since it runs GGUF
+# files through llama-server, it names the IQ/TQ types and llama.cpp's MXFP4_MOE, NVFP4 and
+# Q1_0, and no longer names 4 (llama.cpp's retired Q4_1_F16, which Ollama's own gpt-oss
+# files once used for MXFP4): that and Q2_0 show as "unknown".
 _FILE_TYPE_DISPLAY: dict[int, str] = {
     FileType.ALL_F32: "F32",
     FileType.MOSTLY_F16: "F16",
     FileType.Q4_0: "Q4_0",
     FileType.Q4_1: "Q4_1",
-    FileType.MXFP4: "MXFP4",
     FileType.Q8_0: "Q8_0",
     FileType.Q5_0: "Q5_0",
     FileType.Q5_1: "Q5_1",
@@ -188,8 +199,25 @@ _FILE_TYPE_DISPLAY: dict[int, str] = {
     FileType.Q5_K_S: "Q5_K_S",
     FileType.Q5_K_M: "Q5_K_M",
     FileType.Q6_K: "Q6_K",
+    FileType.IQ2_XXS: "IQ2_XXS",
+    FileType.IQ2_XS: "IQ2_XS",
     FileType.Q2_K_S: "Q2_K_S",
+    FileType.IQ3_XS: "IQ3_XS",
+    FileType.IQ3_XXS: "IQ3_XXS",
+    FileType.IQ1_S: "IQ1_S",
+    FileType.IQ4_NL: "IQ4_NL",
+    FileType.IQ3_S: "IQ3_S",
+    FileType.IQ3_M: "IQ3_M",
+    FileType.IQ2_S: "IQ2_S",
+    FileType.IQ2_M: "IQ2_M",
+    FileType.IQ4_XS: "IQ4_XS",
+    FileType.IQ1_M: "IQ1_M",
     FileType.BF16: "BF16",
+    FileType.TQ1_0: "TQ1_0",
+    FileType.TQ2_0: "TQ2_0",
+    FileType.MXFP4_MOE: "MXFP4_MOE",
+    FileType.NVFP4: "NVFP4",
+    FileType.Q1_0: "Q1_0",
 }
 
 

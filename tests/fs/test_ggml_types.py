@@ -24,8 +24,9 @@ def test_table_matches_gguf_package():
         if t == GGMLType.Q8_1:  # gguf 0.17.1 has the old 40-byte layout; ggml's block is 36 bytes
             assert (block_size(t), type_size(t)) == (32, 36)
             continue
-        if t == GGMLType.MXFP4:  # newer than gguf 0.17.1
-            assert (block_size(t), type_size(t)) == (32, 17)
+        newer = {GGMLType.MXFP4: (32, 17), GGMLType.NVFP4: (64, 36), GGMLType.Q1_0: (128, 18), GGMLType.Q2_0: (64, 18)}
+        if t in newer:  # newer than gguf 0.17.1 (test_table_matches_ggml_itself checks them)
+            assert (block_size(t), type_size(t)) == newer[t]
             continue
         assert (block_size(t), type_size(t)) == gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(int(t))]
     # and nothing gguf knows is missing here
@@ -62,8 +63,12 @@ def test_file_type_names():
     assert FileType(1).name() == "F16"
     assert FileType.ALL_F32.name() == "F32"
     assert FileType.BF16.name() == "BF16"
-    assert FileType.MXFP4.name() == "MXFP4"
-    assert FileType.IQ2_XS.name() == "unknown"  # as Ollama shows it
+    # As Ollama v0.32.15 names them (fs/ggml/type.go): the IQ and newer types by name, its
+    # old gpt-oss slot 4 and llama.cpp's Q2_0 not.
+    assert FileType.IQ2_XS.name() == "IQ2_XS"
+    assert FileType.MXFP4_MOE.name() == "MXFP4_MOE"
+    assert [FileType(v).name() for v in (39, 40, 41)] == ["NVFP4", "Q1_0", "unknown"]
+    assert FileType.MXFP4.name() == "unknown"
     assert FileType.Q4_K_M._name_ == "Q4_K_M"
     assert file_type_name(15) == "Q4_K_M"
     assert file_type_name(999) == "unknown"

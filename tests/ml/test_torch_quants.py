@@ -114,6 +114,22 @@ def test_random_blocks_match_ggml(qtype):
     check_equal(dequantize(raw, qtype, shape), ref, shape)
 
 
+@pytest.mark.parametrize("qtype", [GGMLType.NVFP4, GGMLType.Q1_0, GGMLType.Q2_0], ids=lambda t: t.name)
+def test_newer_types_match_ggml(qtype):
+    """ggml 0.25.3's NVFP4, Q1_0 and Q2_0 (types 40-42, newer than gguf 0.17.1), bit for bit."""
+    rng = np.random.default_rng([int(qtype), 3])
+    n_blocks, ts = 256, type_size(qtype)
+    raw = rng.integers(0, 256, (n_blocks, ts), dtype=np.uint8)
+    if qtype == GGMLType.NVFP4:  # every UE4M3 scale byte, in each of the 4 positions
+        raw[:, 0:4] = np.stack([rng.permutation(256) for _ in range(4)], axis=1)
+    else:  # a finite f16 scale
+        raw[:, 0:2] = f16_scales(rng, n_blocks).view(np.uint8).reshape(-1, 2)
+    shape = (n_blocks // 2, 2 * block_size(qtype))
+    ref = ggml_to_float(raw, qtype, int(np.prod(shape)))
+    assert ref is not None, "ggml 0.25.3 dequantizes every one of these"
+    check_equal(dequantize(raw, qtype, shape), ref, shape)
+
+
 def test_mxfp4_every_exponent_and_code():
     # Reference written from ggml's formula: value = kvalues_mxfp4[code] * 2**(e - 128).
     e = np.arange(256, dtype=np.uint8)
@@ -200,9 +216,9 @@ def test_read_only_input_is_used_without_warnings_or_writes():
 
 
 def test_supported_types():
-    expected = {0, 1, 2, 3, 6, 7, 8, 10, 11, 12, 13, 14, 15, 20, 23, 24, 25, 26, 27, 28, 30, 39}
+    expected = {0, 1, 2, 3, 6, 7, 8, 10, 11, 12, 13, 14, 15, 20, 23, 24, 25, 26, 27, 28, 30, 39, 40, 41, 42}
     assert SUPPORTED_TYPES == expected
-    for qtype in SUPPORTED_TYPES - {MXFP4}:
+    for qtype in SUPPORTED_TYPES - {MXFP4, GGMLType.NVFP4, GGMLType.Q1_0, GGMLType.Q2_0}:
         assert T(qtype) in SUPPORTED_TYPES
 
 
@@ -233,7 +249,8 @@ def accelerators():
 
 
 @pytest.mark.skipif(not accelerators(), reason="no CUDA or MPS device")
-@pytest.mark.parametrize("qtype", [*F16_FIELDS, T.Q8_K, MXFP4, T.F16, T.BF16], ids=lambda t: t.name)
+@pytest.mark.parametrize("qtype", [*F16_FIELDS, T.Q8_K, MXFP4, GGMLType.NVFP4, GGMLType.Q1_0, GGMLType.Q2_0,
+                                   T.F16, T.BF16], ids=lambda t: t.name)
 def test_accelerator_matches_cpu(qtype):
     rng = np.random.default_rng(11)
     shape = (4, 512)

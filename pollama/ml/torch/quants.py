@@ -11,7 +11,7 @@ copied in, then scaled and offset): fresh float temporaries cost more than the a
 because every large allocation comes back from the OS as new pages to fault in.
 
 Supported: F32, F16, BF16, F64, I8, I16, I32, I64 (converted to float32), Q4_0, Q4_1, Q5_0,
-Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K, IQ4_NL, IQ4_XS, MXFP4.
+Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K, IQ4_NL, IQ4_XS, MXFP4, NVFP4, Q1_0, Q2_0.
 Not supported: Q8_1, the grid-based IQ1/IQ2/IQ3 types, TQ1_0, TQ2_0.
 """
 
@@ -141,6 +141,51 @@ def _mxfp4(b: torch.Tensor, out: torch.Tensor) -> None:
     out.mul_(_e8m0_half(b[:, 0:1]))
 
 
+def _ue4m3(x: int) -> float:
+    """ggml's UE4M3 scale byte (4 exponent bits, 3 mantissa bits, bias 7; the top bit ignored;
+    0 and 0x7F mean 0), halved like MXFP4's to undo the doubled E2M1 codebook."""
+    if x in (0, 0x7F):
+        return 0.0
+    exp, man = (x >> 3) & 0xF, x & 0x7
+    raw = man * 2.0**-9 if exp == 0 else (1 + man / 8) * 2.0 ** (exp - 7)
+    return raw * 0.5  # every value is exact in float32
+
+
+_UE4M3_SCALES = tuple(_ue4m3(x) for x in range(256))
+
+
+def _nvfp4(b: torch.Tensor, out: torch.Tensor) -> None:
+    # d: 4 UE4M3 scale bytes, one per 16 values | qs: 32 bytes of FP4 codes; in sub-block s,
+    # byte 8s + j holds value j in its low nibble and value j + 8 in its high one
+    n = b.shape[0]
+    y = out.view(n, 4, 16)
+    _lookup_into(y, _KVALUES_MXFP4, _unpack(b[:, 4:36].reshape(n, 4, 8), (0, 4), 0xF).reshape(n, 4, 16))
+    scales = torch.empty((n, 4), dtype=torch.float32, device=b.device)
+    _lookup_into(scales, _UE4M3_SCALES, b[:, 0:4])
+    y.mul_(scales.unsqueeze(-1))
+
+
+# --- low-bit block types: 64 and 128 elements -----------------------------------------------
+
+
+def _q1_0(b: torch.Tensor, out: torch.Tensor) -> None:
+    # d: f16 | qs: 16 bytes, element j is bit j % 8 of byte j // 8: +d when set, -d when not
+    n = b.shape[0]
+    y = out.view(n, 16, 8)
+    y.copy_(_unpack(b[:, 2:18], (0, 1, 2, 3, 4, 5, 6, 7), 1).transpose(1, 2))
+    y.mul_(2).sub_(1)  # {0, 1} -> {-1, +1}, exactly
+    out.mul_(_f16(b[:, 0:2]))
+
+
+def _q2_0(b: torch.Tensor, out: torch.Tensor) -> None:
+    # d: f16 | qs: 16 bytes, element j is bits 2(j % 4).. of byte j // 4: code - 1 (-1, 0, 1, 2) times d
+    n = b.shape[0]
+    y = out.view(n, 16, 4)
+    y.copy_(_unpack(b[:, 2:18], (0, 2, 4, 6), 3).transpose(1, 2))
+    y.sub_(1)
+    out.mul_(_f16(b[:, 0:2]))
+
+
 # --- K-quants: 256-element super-blocks ----------------------------------------------------
 
 
@@ -265,6 +310,9 @@ _DECODERS: dict[GGMLType, Decoder] = {
     GGMLType.IQ4_NL: _iq4_nl,
     GGMLType.IQ4_XS: _iq4_xs,
     GGMLType.MXFP4: _mxfp4,
+    GGMLType.NVFP4: _nvfp4,
+    GGMLType.Q1_0: _q1_0,
+    GGMLType.Q2_0: _q2_0,
 }
 
 # Plain numbers, cast to float32 with round-to-nearest-even like numpy's astype.
