@@ -236,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for alias in ("list", "ls"):
         sub.add_parser(alias, help="list models").set_defaults(
-            func=remote.via_server(models.cmd_list, remote.list_remote, say="list on the store"))
+            func=remote.through_a_server(remote.list_remote, say="list on the store"))
 
     cp = sub.add_parser("cp", help="copy a model")
     cp.add_argument("source")

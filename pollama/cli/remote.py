@@ -331,6 +331,23 @@ def via_server(local, remote, say: str | None = None):
     return run
 
 
+def through_a_server(remote, say: str):
+    """A command through the server at OLLAMA_HOST when one answers, else through the same server
+    started in this process for it (private_client), saying so on stderr in one line."""
+    def run(args: argparse.Namespace) -> int:
+        client = Client()
+        if client.is_running():
+            with client:
+                return remote(client, args)
+        from pollama.cli.main import say_in_process
+
+        say_in_process(client.base_url, say)
+        with private_client() as here:
+            return remote(here, args)
+
+    return run
+
+
 def _transfer_remote(client: Client, args: argparse.Namespace, path: str) -> int:
     """pull or push through the server, drawing its progress as Ollama's CLI does."""
     from pollama.cli.registry import ProgressPrinter

@@ -96,7 +96,8 @@ def test_thinking_shown_without_a_server_as_the_server_answers(server):
     assert ran.stdout == f"Thinking...\n{thought['thinking']}\n...done thinking.\n\n{thought['content']}\n"
 
 
-def runner_of(proc: subprocess.Popen) -> psutil.Process | None:
+def runner_of(proc) -> psutil.Process | None:
+    """The runner process under proc (a Popen, or pexpect's child), None when there is none."""
     try:
         children = psutil.Process(proc.pid).children(recursive=True)
     except psutil.Error:
@@ -164,3 +165,35 @@ def test_ctrl_c_ends_the_runner_too(tmp_path):
     assert proc.returncode == 130
     assert gone(runner)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_interactive_chat_without_a_server(server, tmp_path):
+    """The REPL (which needed a server) runs on the one started here: the answer to a turn is the
+    server's answer to the same chat, and /bye leaves no runner behind."""
+    import pexpect
+
+    options = {"temperature": 0, "num_predict": 30}
+    with server.http() as http:
+        body = {"model": "smollm2", "messages": [{"role": "user", "content": QUESTION}], "stream": False,
+                "options": options}
+        want = http.post("/api/chat", json=body).json()["message"]["content"]
+    env = {**os.environ, "OLLAMA_HOST": dead_host(), "HOME": str(tmp_path), "TERM": "xterm-256color",
+           "TMPDIR": str(tmp_path)}
+    child = pexpect.spawn(sys.executable, ["-m", "pollama.cli.main", "run", "smollm2", "--temperature", "0",
+                                           "--num-predict", "30"], env=env, encoding="utf-8", timeout=300,
+                          dimensions=(24, 200))
+    try:
+        child.expect_exact(">>> ")
+        assert "running the model in this process" in child.before
+        runner = runner_of(child)
+        assert runner is not None
+        child.sendline(QUESTION)
+        child.expect_exact(">>> ")
+        said = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]|[" + "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏" + "]", "", child.before)
+        assert said.split()[-len(want.split()):] == want.split(), (said, want)
+        child.sendline("/bye")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    assert child.exitstatus == 0
+    assert gone(runner)
