@@ -197,3 +197,11 @@ def test_interactive_chat_without_a_server(server, tmp_path):
         child.close()
     assert child.exitstatus == 0
     assert gone(runner)
+
+
+def test_a_served_api_never_loads_a_file_its_client_names(server):
+    """Taking a path as a model name is the private server's alone (ServerConfig.model_files)."""
+    with server.http() as http:
+        for route, body in (("/api/show", {}), ("/api/generate", {"prompt": "Hi", "raw": True})):
+            r = http.post(route, json={"model": str(real_model("smollm2")), **body})
+            assert r.status_code == 400 and "invalid model name" in r.json()["error"], r.text
