@@ -37,7 +37,7 @@ def test_run_greedy_matches_llamacpp_and_prints_timings(llamacpp_reference):
         assert line in result.stderr, result.stderr
 
 
-def test_run_here_takes_its_context_from_ollama_context_length():
+def test_run_without_a_server_takes_its_context_from_ollama_context_length():
     """Without --num-ctx, a run in this process gets the server's default context,
     OLLAMA_CONTEXT_LENGTH when set: a longer prompt is cut to fit it, as the server cuts one."""
     prompt = "one two three four five six seven eight nine ten " * 4  # 41 tokens
