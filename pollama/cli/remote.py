@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -81,8 +82,18 @@ def private_client(backend: str = "ggml") -> Iterator[Client]:
     from pollama.server.serve import serve_privately
 
     config = replace(ServerConfig.from_env(), backend=backend, model_files=True)
-    with serve_privately(config) as path, Client(socket_path=str(path)) as client:
-        yield client
+    # SIGTERM (a `kill`, a closing session) ends the command as Ctrl+C does: by unwinding, so
+    # that the server stops its runner and removes its socket's directory on the way out.
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        with serve_privately(config) as path, Client(socket_path=str(path)) as client:
+            yield client
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_sigterm(signum, frame) -> None:
+    raise SystemExit(128 + signal.SIGTERM)
 
 
 def run_remote(client: Client, args: argparse.Namespace, prompt: str, options: dict, raw: bool = False) -> int:

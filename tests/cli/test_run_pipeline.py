@@ -156,13 +156,14 @@ def test_torch_backend_reaches_the_runner_and_no_runner_is_left(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_ctrl_c_ends_the_runner_too(tmp_path):
+@pytest.mark.parametrize("sig, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupted_or_terminated_the_runner_ends_too(tmp_path, sig, status):
     proc = start_run(tmp_path, "smollm2", PROSE, "--seed", "42")
     runner, _ = watch_runner(proc)
     proc.stdout.read(1)  # the answer has begun: interrupt a generation, not a load
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     proc.communicate(timeout=60)
-    assert proc.returncode == 130
+    assert proc.returncode == status
     assert gone(runner)
     assert list(tmp_path.iterdir()) == []
 
