@@ -19,11 +19,15 @@ class ServerError(Exception):
 class Client:
     """Blocking calls to the API; streamed answers are iterated line by line."""
 
-    def __init__(self, base_url: str | None = None, timeout: float | None = None):
-        self.base_url = base_url or parse_host().url
+    def __init__(self, base_url: str | None = None, timeout: float | None = None, socket_path: str | None = None):
+        """base_url: default $OLLAMA_HOST's; socket_path: a Unix socket to reach it by instead
+        (the server this process starts for itself, pollama.server.serve.serve_privately)."""
+        self.base_url = base_url or ("http://localhost" if socket_path else parse_host().url)
         key = client_api_key()
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-        self.http = httpx.Client(base_url=self.base_url, timeout=httpx.Timeout(timeout, connect=5.0), headers=headers)
+        transport = httpx.HTTPTransport(uds=socket_path) if socket_path else None
+        self.http = httpx.Client(base_url=self.base_url, timeout=httpx.Timeout(timeout, connect=5.0), headers=headers,
+                                 transport=transport)
 
     def close(self) -> None:
         self.http.close()

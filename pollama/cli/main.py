@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import logging
 import os
@@ -20,20 +19,9 @@ class CLIError(Exception):
 
 def resolve_model(name: str) -> Path:
     """A GGUF path from a file path, an embedded PyPI model, or a model in the store."""
-    return resolve(name)[0]
-
-
-def resolve(name: str) -> tuple[Path, dict]:
-    """(GGUF path, the model's stored options) for a file, embedded model or store model."""
-    path, stored = resolve_stored(name)
-    return path, dict(stored.params) if stored is not None else {}
-
-
-def resolve_stored(name: str):
-    """(GGUF path, the store's ResolvedModel or None) for a file, embedded model or store model."""
     path = Path(name).expanduser()
     if path.is_file():
-        return path, None
+        return path
     if path.exists():
         raise CLIError(f"{name}: not a regular file")
     from pollama.store.store import Store
@@ -44,12 +32,12 @@ def resolve_stored(name: str):
             resolved = store.resolve(name)
             if resolved.model_path is None:
                 raise CLIError(f"model {name!r} has no weights pollama can run")
-            return resolved.model_path, resolved
+            return resolved.model_path
     except ValueError as e:
         if name not in EMBEDDED_MODELS:
             raise CLIError(str(e)) from None
     if name in EMBEDDED_MODELS:
-        return embedded_model_path(name), None
+        return embedded_model_path(name)
     known = ", ".join(EMBEDDED_MODELS)
     raise CLIError(f"model {name!r} not found: give a GGUF file, a model created with `pollama create`, or one of {known}")
 
@@ -126,109 +114,41 @@ def say_in_process(url: str, command: str) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """Through the server at OLLAMA_HOST when one answers (models by name); else in this process."""
+    """Through the server at OLLAMA_HOST when one answers, else through the same server started
+    in this process for this command (pollama.server.serve.serve_privately): one pipeline either
+    way. A GGUF given by its path, or --backend torch, is always run here (a server would not)."""
+    from pollama.cli.client import Client
+    from pollama.cli.remote import private_client
+
     is_file = Path(args.model).expanduser().exists()
     think_value(args.think)  # a bad value is an error before anything loads
     prompt = read_prompt(args)
-    interactive = prompt is None and sys.stdout.isatty()
     if not is_file and args.backend == "ggml":
-        from pollama.cli.client import Client
-
         client = Client()
         if client.is_running():
             with client:
-                if interactive:
-                    from pollama.cli.repl import repl
-
-                    return repl(client, args)
-                if not prompt:  # nothing to ask (no words, empty stdin, no terminal): load it, as Ollama does
-                    client.request("POST", "/api/generate", {"model": args.model, **({"keep_alive": args.keepalive} if args.keepalive else {})})
-                    return 0
-                from pollama.cli.remote import run_remote
-
-                return run_remote(client, args, prompt, run_flags(args))
-        if interactive:
-            raise CLIError(f"an interactive chat needs a server: start one with 'pollama serve' (none answers at {client.base_url})")
-        return run_here(args, prompt or "", no_server=client.base_url)
-    return run_here(args, prompt or "")
+                return run_with(client, args, prompt)
+        with private_client(args.backend) as here:
+            here.request("POST", "/api/show", {"model": args.model})  # a model that is not there: only that error
+            say_in_process(client.base_url, "the model")
+            return run_with(here, args, prompt)
+    with private_client(args.backend) as here:
+        return run_with(here, args, prompt, raw=is_file)
 
 
-def run_here(args: argparse.Namespace, prompt: str, no_server: str | None = None) -> int:
-    """`run` without a server: load the model in this process and answer the prompt as a chat
-    message through the model's template, as the server would. A GGUF given by its path (not
-    something Ollama can run) takes the prompt as raw text: the way to test a file as it is."""
-    import time
+def run_with(client, args: argparse.Namespace, prompt: str | None, raw: bool = False) -> int:
+    """`run` through a client: the interactive chat on a terminal when no prompt is given, just
+    the load for an empty one, else the one answer (raw: the prompt is the model's input as it is)."""
+    if prompt is None and sys.stdout.isatty():
+        from pollama.cli.repl import repl
 
-    from pollama.runner.generation import Done, GenerateOptions
-    from pollama.runner.parallel import ParallelEngine
-    from pollama.runner.speculative import DEFAULT_DRAFT_NUM_PREDICT
-    from pollama.sample import SamplerOptions
+        return repl(client, args)
+    if not prompt:  # nothing to ask (no words, empty stdin, no terminal): load it, as Ollama does
+        client.request("POST", "/api/generate", {"model": args.model, **({"keep_alive": args.keepalive} if args.keepalive else {})})
+        return 0
+    from pollama.cli.remote import run_remote
 
-    started = time.perf_counter_ns()
-    path, stored = resolve_stored(args.model)
-    if no_server is not None:
-        say_in_process(no_server, "the model")
-    # Options: the model's stored PARAMETERs, overridden by flags given here.
-    options = {**(stored.params if stored is not None else {}), **run_flags(args)}
-    sampler = SamplerOptions.from_options(options)
-    num_ctx = options.get("num_ctx") or envconfig.context_length()  # as the server's default
-    # The served path's engine (one slot), so a run here decodes as the server would.
-    with ParallelEngine(path, backend=args.backend, num_ctx=num_ctx, num_thread=options.get("num_thread")) as served:
-        engine = served.engine
-        is_file = Path(args.model).expanduser().is_file()
-        images: list[str] = []
-        if engine.model.vision:  # image paths in the prompt are read, as Ollama's run does
-            from pollama.cli.images import extract_images
-
-            prompt, images, notes = extract_images(prompt)
-            for note in notes:
-                print(note, file=sys.stderr)
-        if is_file:
-            text = "".join(f"[img-{i}]" for i in range(len(images))) + prompt
-        else:
-            text = _chat_prompt_here(engine, stored, prompt, num_ctx, images)
-        ids = served.prompt_items(text, [base64.b64decode(image) for image in images])
-        options = GenerateOptions(num_predict=options.get("num_predict", 128), stop=options.get("stop") or (), sampler=sampler,
-                                  draft_num_predict=options.get("draft_num_predict", DEFAULT_DRAFT_NUM_PREDICT))
-        done = None
-        for event in served.submit(ids, options):
-            if isinstance(event, Done):
-                done = event
-            else:
-                sys.stdout.write(event.text)
-                sys.stdout.flush()
-        sys.stdout.write("\n")
-        if args.verbose and done is not None:
-            print_timings(done, time.perf_counter_ns() - started, engine.load_duration)
-    return 0
-
-
-def _chat_prompt_here(engine, stored, prompt: str, num_ctx: int, images: list[str] = ()) -> str:
-    """The prompt as one user message in the model's chat: its Go TEMPLATE (with SYSTEM and
-    MESSAGEs) when it has one, else the GGUF's Jinja chat_template; the text itself without either."""
-    from pollama.template import TemplateError
-    from pollama.template.prompt import chat_prompt, jinja_chat_prompt
-
-    messages = [{"role": "user", "content": prompt, **({"images": list(images)} if images else {})}]
-    if stored is not None:
-        history = list(stored.messages)
-        if stored.system:
-            history.insert(0, {"role": "system", "content": stored.system})
-        messages = history + messages
-    tokenizer = engine.tokenizer
-    count = lambda text: len(tokenizer.encode(text, add_special=True, parse_special=True))  # noqa: E731
-    try:
-        if stored is not None and stored.template is not None:
-            return chat_prompt(stored.template, messages, count_tokens=count, num_ctx=num_ctx)[0]
-        jinja = engine.gguf.metadata.get("tokenizer.chat_template")
-        if isinstance(jinja, str) and jinja.strip():
-            bos = tokenizer.token_text(tokenizer.bos_id) if tokenizer.bos_id is not None else ""
-            eos = tokenizer.token_text(tokenizer.eos_id) if tokenizer.eos_id is not None else ""
-            return jinja_chat_prompt(jinja, messages, bos_token=bos, eos_token=eos, tokenizer_adds_bos=tokenizer.add_bos,
-                                     count_tokens=count, num_ctx=num_ctx)[0]
-    except TemplateError as e:
-        raise CLIError(f"the model's template: {e}") from None
-    return prompt
+    return run_remote(client, args, prompt, run_flags(args), raw=raw)
 
 
 def _load_tokenizer(name: str):
@@ -274,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--backend", default="ggml", choices=["ggml", "torch"])
     run.add_argument("--num-ctx", type=int, help=f"context length (default OLLAMA_CONTEXT_LENGTH or {envconfig.DEFAULT_NUM_CTX}, or the model's num_ctx)")
     run.add_argument("--num-thread", type=int)
-    run.add_argument("--num-predict", type=int, help="tokens to generate at most (default 128; -1: until EOS or the context is full)")
+    run.add_argument("--num-predict", type=int, help="tokens to generate at most (default -1: until the model ends, or the context is full)")
     run.add_argument("--temperature", type=float)
     run.add_argument("--top-k", type=int)
     run.add_argument("--top-p", type=float)
@@ -316,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for alias in ("list", "ls"):
         sub.add_parser(alias, help="list models").set_defaults(
-            func=remote.via_server(models.cmd_list, remote.list_remote, say="list on the store"))
+            func=remote.through_a_server(remote.list_remote, say="list on the store"))
 
     cp = sub.add_parser("cp", help="copy a model")
     cp.add_argument("source")

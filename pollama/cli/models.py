@@ -101,14 +101,6 @@ def _table(rows: list[list[str]], indent: str = "") -> str:
     return "\n".join(indent + "    ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
 
-def cmd_list(args: argparse.Namespace) -> int:
-    rows = [["NAME", "ID", "SIZE", "MODIFIED"]]
-    for info in _store().list():
-        rows.append([info.name.display, info.digest[:12], human_bytes(info.size), human_time(info.modified_at)])
-    print(_table(rows))
-    return 0
-
-
 def cmd_cp(args: argparse.Namespace) -> int:
     dst = _store().copy(args.source, args.destination)
     print(f"copied '{args.source}' to '{dst.display}'")

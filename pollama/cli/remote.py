@@ -1,10 +1,15 @@
-"""Commands that talk to a running server: serve, ps, stop, and run when a server answers."""
+"""Commands that talk to a server: serve, ps, stop, run (through the server at OLLAMA_HOST, or one
+started in this process for the command), and the model commands when a server answers."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
 import time
+from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from pollama.cli.client import Client, ServerError
@@ -68,24 +73,55 @@ def cmd_stop(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_remote(client: Client, args: argparse.Namespace, prompt: str, options: dict) -> int:
-    """`run MODEL PROMPT` through the server's /api/chat, printing the answer as `ollama run` does:
-    a spinner on stderr until the first words, the thinking set apart, words wrapped on a terminal."""
+@contextlib.contextmanager
+def private_client(backend: str = "ggml") -> Iterator[Client]:
+    """A client of the server's own app started in this process for one command
+    (pollama.server.serve.serve_privately): the same routes, scheduler and runner processes as
+    `pollama serve`, on the backend given, taking a GGUF file's path as a model name."""
+    from pollama.server.config import ServerConfig
+    from pollama.server.serve import serve_privately
+
+    config = replace(ServerConfig.from_env(), backend=backend, model_files=True)
+    # SIGTERM (a `kill`, a closing session) ends the command as Ctrl+C does: by unwinding, so
+    # that the server stops its runner and removes its socket's directory on the way out.
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        with serve_privately(config) as path, Client(socket_path=str(path)) as client:
+            yield client
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_sigterm(signum, frame) -> None:
+    raise SystemExit(128 + signal.SIGTERM)
+
+
+def run_remote(client: Client, args: argparse.Namespace, prompt: str, options: dict, raw: bool = False) -> int:
+    """`run MODEL PROMPT` through the server's /api/chat (raw: /api/generate with the prompt as the
+    model's input, for a GGUF given by its path), printing the answer as `ollama run` does: a
+    spinner on stderr until the first words, the thinking set apart, words wrapped on a terminal."""
     from pollama.cli.display import AnswerPrinter, Spinner, is_terminal
     from pollama.cli.main import think_value
 
     spinner = Spinner()
     try:
         capabilities = model_capabilities(client, args.model)
-        message: dict = {"role": "user", "content": prompt}
+        content, images = prompt, []
         if "vision" in capabilities:
-            message["content"], images, notes = extract_images(prompt)
+            content, images, notes = extract_images(prompt)
             for note in notes:
                 spinner.stop()
                 print(note, file=sys.stderr)
+        if raw:
+            path, body = "/api/generate", {"model": args.model, "prompt": content, "raw": True}
+            if images:
+                body["images"] = images
+        else:
+            message: dict = {"role": "user", "content": content}
             if images:
                 message["images"] = images
-        body: dict = {"model": args.model, "messages": [message], "options": options}
+            path, body = "/api/chat", {"model": args.model, "messages": [message]}
+        body["options"] = options
         think = think_value(getattr(args, "think", None))
         if think is None and "thinking" in capabilities:
             think = True  # as Ollama's CLI: a model that thinks does, unless told not to
@@ -100,11 +136,13 @@ def run_remote(client: Client, args: argparse.Namespace, prompt: str, options: d
         terminal = is_terminal(sys.stdout)
         printer = AnswerPrinter(sys.stdout, wrap=terminal and not getattr(args, "nowordwrap", False),
                                 hide_thinking=getattr(args, "hidethinking", False), plain=not terminal, spinner=spinner)
-        for message in client.stream("/api/chat", body):
-            if message.get("done"):
-                final = message
+        for chunk in client.stream(path, body):
+            if chunk.get("done"):
+                final = chunk
+            elif raw:
+                printer.add(chunk.get("response", ""), chunk.get("thinking", ""))
             else:
-                printer.add(message["message"].get("content", ""), message["message"].get("thinking", ""))
+                printer.add(chunk["message"].get("content", ""), chunk["message"].get("thinking", ""))
         printer.close()
     finally:
         spinner.stop()
@@ -300,6 +338,23 @@ def via_server(local, remote, say: str | None = None):
 
             say_in_process(client.base_url, say)
         return local(args)
+
+    return run
+
+
+def through_a_server(remote, say: str):
+    """A command through the server at OLLAMA_HOST when one answers, else through the same server
+    started in this process for it (private_client), saying so on stderr in one line."""
+    def run(args: argparse.Namespace) -> int:
+        client = Client()
+        if client.is_running():
+            with client:
+                return remote(client, args)
+        from pollama.cli.main import say_in_process
+
+        say_in_process(client.base_url, say)
+        with private_client() as here:
+            return remote(here, args)
 
     return run
 

@@ -1,6 +1,7 @@
 """`pollama run MODEL` on a terminal: Ollama's interactive chat (>>> prompt, /commands, \"\"\").
 
-Everything goes through the server's API: /api/chat for turns, /api/show for /show,
+Everything goes through the server's API (the one at OLLAMA_HOST, or the one `run` starts in
+its own process): /api/chat for turns, /api/show for /show,
 /api/create for /save. Ctrl+C stops a generation (the turn is dropped), Ctrl+D leaves.
 """
 

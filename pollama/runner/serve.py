@@ -413,8 +413,11 @@ class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
 def _exit_when_stdin_closes(socket_path: str) -> None:
     # The server holds our stdin open; when it dies (even by SIGKILL) the pipe closes, and
     # nobody else is left to remove the socket and the private directory it made for it.
+    # The file descriptor itself, not sys.stdin's buffer: a daemon thread blocked holding that
+    # buffer's lock makes a runner that returns early (a model that fails to load) die with
+    # "Fatal Python error: could not acquire lock" at interpreter shutdown.
     try:
-        while sys.stdin.buffer.read(4096):
+        while os.read(0, 4096):
             pass
     except OSError:
         pass

@@ -33,13 +33,13 @@ class State:
         self.scheduler = Scheduler(config)
 
     async def resolve(self, name: object) -> ModelRef:
-        return await in_thread(_resolve_with_capabilities, self.store, name)
+        return await in_thread(_resolve_with_capabilities, self.store, name, self.config.model_files)
 
 
-def _resolve_with_capabilities(store: Store, name: object) -> ModelRef:
+def _resolve_with_capabilities(store: Store, name: object, model_files: bool) -> ModelRef:
     # The capabilities parse the model's template: do it here, off the event loop, where the
     # routes would otherwise first ask for them (and warm the parse cache for the prompt).
-    model = resolve_model(store, name)
+    model = resolve_model(store, name, model_files)
     model.capabilities  # noqa: B018 - a cached_property, computed now
     return model
 

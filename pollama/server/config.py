@@ -126,6 +126,11 @@ class ServerConfig:
     context_length: int = envconfig.DEFAULT_NUM_CTX
     load_timeout: float = 300.0
     draft_num_predict: int = DEFAULT_DRAFT_NUM_PREDICT  # the option's default (0: no speculative decoding)
+    backend: str = "ggml"  # what runners compute on: "ggml", or "torch" (the reference, for `run --backend torch`)
+    # A model name that is the path of a GGUF file loads that file. Only the CLI's private
+    # server (pollama.server.serve.serve_privately, for `run FILE`) does this: a served API
+    # never reads a file its client names.
+    model_files: bool = False
 
     @classmethod
     def from_env(cls) -> ServerConfig:

@@ -134,10 +134,16 @@ def not_found(name: str) -> APIError:
     return APIError(404, f'model "{name}" not found, try pulling it first')
 
 
-def resolve_model(store: Store, name: object) -> ModelRef:
-    """The model called `name`; APIError 400 for a bad name, 404 for an unknown one."""
+def resolve_model(store: Store, name: object, model_files: bool = False) -> ModelRef:
+    """The model called `name`; APIError 400 for a bad name, 404 for an unknown one.
+
+    With model_files (ServerConfig.model_files: the CLI's private server only), a name that is
+    the path of a file is that GGUF file, as `pollama run FILE` takes it.
+    """
     if not isinstance(name, str) or not name.strip():
         raise APIError(400, "model is required")
+    if model_files and Path(name).expanduser().exists():
+        return _file_model(name)
     try:
         ModelName.parse(name)
     except (InvalidName, ValueError):
@@ -163,8 +169,6 @@ def resolve_model(store: Store, name: object) -> ModelRef:
 
 
 def _resolve_embedded(name: str) -> ModelRef:
-    import hashlib
-
     from pollama.store.embedded import embedded_model_path, embedded_name
 
     short = embedded_name(name)
@@ -174,11 +178,29 @@ def _resolve_embedded(name: str) -> ModelRef:
         path = embedded_model_path(short)
     except FileNotFoundError:
         raise not_found(name) from None
+    return _unmanaged(f"{short}:latest", path)
+
+
+def _file_model(name: str) -> ModelRef:
+    """A GGUF file named by its path: a bad file is the request's fault (400, naming the file)."""
+    path = Path(name).expanduser()
+    if not path.is_file():
+        raise APIError(400, f"{name}: not a regular file")
+    try:
+        return _unmanaged(name, path.resolve())
+    except (ValueError, OSError) as e:  # GGUFError is a ValueError: a truncated or foreign file
+        raise APIError(400, f"{name}: {e}") from None
+
+
+def _unmanaged(name: str, path: Path) -> ModelRef:
+    """A model that is only its GGUF file (no manifest, template or parameters of the store's)."""
+    import hashlib
+
     metadata, n_params = read_metadata(path)
     st = path.stat()
     # No manifest: an ID that is stable for this file, so `ps` and `list` show something.
     digest = hashlib.sha256(f"{path}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()
     return ModelRef(
-        name=f"{short}:latest", model_path=path, digest=digest, size=st.st_size,
+        name=name, model_path=path, digest=digest, size=st.st_size,
         modified_at=datetime.fromtimestamp(st.st_mtime, UTC), metadata=metadata, n_params=n_params,
     )

@@ -184,7 +184,7 @@ def request_options(model: ModelRef, request_options_: object, config: ServerCon
         _check_memory(model, num_ctx, num_batch, num_parallel)
     spec = LoadSpec(
         model_path=str(model.model_path), kind=kind, num_ctx=num_ctx, num_batch=num_batch,
-        num_parallel=num_parallel, num_thread=num_thread, kv_cache_type=None,
+        num_parallel=num_parallel, num_thread=num_thread, kv_cache_type=None, backend=config.backend,
     )
     predict = {k: v for k, v in merged.items() if not OPTIONS[k].load_time}
     predict["num_predict"] = num_predict

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import sys
+from collections.abc import Iterator
+from pathlib import Path
 
 from pollama.server.config import ServerConfig, parse_host
 
@@ -65,3 +68,44 @@ def _listen(host: str, port: int) -> socket.socket:
         raise OSError(f"listen tcp {host}:{port}: bind: {e.strerror or e}") from None
     sock.set_inheritable(False)
     return sock
+
+
+@contextlib.contextmanager
+def serve_privately(config: ServerConfig) -> Iterator[Path]:
+    """The server's own app (routes, scheduler, runner processes) in a thread of this process,
+    for one CLI command when no server answers: it listens on a Unix socket in a new directory
+    that only this user may enter, so no network client and no other user can reach it. Yields
+    the socket's path; on leaving, the server stops and its runners with it."""
+    import shutil
+    import tempfile
+    import threading
+    import time
+
+    import uvicorn
+
+    from pollama.server.app import create_app
+
+    folder = Path(tempfile.mkdtemp(prefix="pollama-cli-"))  # mode 0700
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(str(folder / "server.sock"))
+        sock.set_inheritable(False)  # runner processes must not hold it open
+        app = create_app(config, host_check=True)
+        server = uvicorn.Server(uvicorn.Config(app, log_level="error", access_log=False, lifespan="on",
+                                               log_config=None, timeout_graceful_shutdown=5))
+        # Signals stay with the CLI (uvicorn installs no handlers off the main thread): Ctrl+C
+        # ends the command, and leaving this block stops the server.
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="pollama-server", daemon=True)
+        thread.start()
+        try:
+            while not server.started:
+                if not thread.is_alive():
+                    raise RuntimeError("the server in this process did not start")
+                time.sleep(0.005)
+            yield folder / "server.sock"
+        finally:
+            server.should_exit = True
+            thread.join()
+    finally:
+        sock.close()
+        shutil.rmtree(folder, ignore_errors=True)
