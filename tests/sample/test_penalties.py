@@ -68,6 +68,24 @@ def test_greedy_sees_the_penalty():
     assert s.sample(np.array([2.0, 1.9], np.float32), [0]) == 1
 
 
+def test_greedy_with_penalties_leaves_the_logits_and_breaks_ties_as_a_penalized_copy():
+    # The greedy path writes the penalized values in place and puts the originals back.
+    rng = np.random.default_rng(5)
+    opts = SamplerOptions(temperature=0, repeat_penalty=1.3, frequency_penalty=0.2, presence_penalty=0.1)
+    s = Sampler(opts, 1000)
+    for _ in range(50):
+        logits = rng.integers(-3, 4, 1000).astype(np.float32)  # many exact ties
+        history = list(rng.integers(0, 1000, 80))
+        before = logits.copy()
+        want = int(np.argmax(apply_penalties(before, history, last_n=opts.repeat_last_n, repeat=1.3,
+                                             frequency=0.2, presence=0.1)))
+        assert s.sample(logits, history) == want
+        np.testing.assert_array_equal(logits, before)
+    read_only = before.copy()
+    read_only.flags.writeable = False  # e.g. a view of the engine's buffer: the copying path
+    assert s.sample(read_only, history) == want
+
+
 def test_penalty_moves_mass_in_random_sampling():
     opts = SamplerOptions(temperature=1.0, top_k=0, top_p=1.0, repeat_penalty=1.0, frequency_penalty=1.0, seed=3)
     s = Sampler(opts, 2)
