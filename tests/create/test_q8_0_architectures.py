@@ -25,7 +25,7 @@ from pollama.fs.ggml_types import GGMLType
 from pollama.fs.gguf import GGUFFile
 from pollama.store.store import Store
 
-gguf_quants = pytest.importorskip("gguf.quants")
+from gguf import quants as gguf_quants
 import gguf  # noqa: E402
 
 BUILDERS = {"llama": llama, "mistral": mistral, "qwen2": qwen2, "gemma3": gemma3, "qwen3": qwen3, "qwen3moe": qwen3moe}

@@ -16,9 +16,9 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-tokenizers = pytest.importorskip("tokenizers")
+import torch
+import transformers
+import tokenizers
 
 from pollama.fs.gguf import GGUFFile, read_metadata  # noqa: E402
 from pollama.ml.ggml.backend import GGMLBackend  # noqa: E402
