@@ -40,7 +40,7 @@ FLOAT_TOLERANCE = 0.25
 # positions stay within 0.2): routing turns a small error into a discrete one.
 MOE_FLOAT_TOLERANCE = 1.4
 # Against transformers with the Q8_0 weights: torch is float32 arithmetic on the very same
-# weights (within 1e-3, as the float models); ggml also rounds each activation row to 8 bits
+# weights (within TOLERANCE, as the float models); ggml also rounds each activation row to 8 bits
 # before it multiplies Q8_0 weights (as llama.cpp does), measured 0.051 (mistral) to 0.086 (gemma3).
 ROUNDED_TOLERANCE = {"torch": TOLERANCE, "ggml": 0.15}
 
