@@ -11,6 +11,7 @@ import argparse
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, TextIO
 
 from pollama.cli.models import human_bytes
@@ -105,6 +106,23 @@ def _eta(seconds: float) -> str:
     return f"{seconds // 60}m{seconds % 60}s" if seconds >= 60 else f"{seconds}s"
 
 
+def show_transfer(transfer: Callable[[ProgressPrinter], object], cancel: threading.Event | None = None) -> int:
+    """Run transfer(printer) drawing its progress; on Ctrl+C set cancel, say how to resume
+    and return 130 (the shell's code for an interrupt)."""
+    printer = ProgressPrinter()
+    try:
+        transfer(printer)
+    except KeyboardInterrupt:
+        if cancel is not None:
+            cancel.set()
+        printer.close()
+        print("interrupted: run the same command again to resume", file=sys.stderr)
+        return 130
+    finally:
+        printer.close()
+    return 0
+
+
 def _local(transfer_name: str):
     """The command run here, on the store at $OLLAMA_MODELS (when no server answers)."""
 
@@ -113,18 +131,11 @@ def _local(transfer_name: str):
         from pollama.store.store import Store
 
         transfer = getattr(registry, transfer_name)
-        printer = ProgressPrinter()
         cancel = threading.Event()
-        try:
-            transfer(Store(), args.model, insecure=args.insecure, progress=printer, cancel=cancel)
-        except KeyboardInterrupt:
-            cancel.set()
-            printer.close()
-            print("interrupted: run the same command again to resume", file=sys.stderr)
-            return 130
-        finally:
-            printer.close()
-        return 0
+        return show_transfer(
+            lambda printer: transfer(Store(), args.model, insecure=args.insecure, progress=printer, cancel=cancel),
+            cancel,
+        )
 
     return run
 

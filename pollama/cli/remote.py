@@ -361,19 +361,13 @@ def through_a_server(remote, say: str):
 
 def _transfer_remote(client: Client, args: argparse.Namespace, path: str) -> int:
     """pull or push through the server, drawing its progress as Ollama's CLI does."""
-    from pollama.cli.registry import ProgressPrinter
+    from pollama.cli.registry import show_transfer
 
-    printer = ProgressPrinter()
-    try:
+    def stream(printer) -> None:
         for update in client.stream(path, {"model": args.model, "insecure": args.insecure, "stream": True}):
             printer(update)
-    except KeyboardInterrupt:
-        printer.close()
-        print("interrupted: run the same command again to resume", file=sys.stderr)
-        return 130
-    finally:
-        printer.close()
-    return 0
+
+    return show_transfer(stream)
 
 
 def pull_remote(client: Client, args: argparse.Namespace) -> int:

@@ -21,11 +21,11 @@ import numpy as np
 from pollama import envconfig
 from pollama.fs.ggml_types import GGMLType
 from pollama.fs.gguf import GGUFFile
-from pollama.kvcache import Batch
 from pollama.ml.base import Backend
 from pollama.models import multimodal
 from pollama.models.base import TextModel, load_model
 from pollama.models.multimodal import ImageToken, Item
+from pollama.nn import Batch
 from pollama.runner import limits
 from pollama.runner.limits import flash_attention_default  # OLLAMA_FLASH_ATTENTION (the server reads it too)
 from pollama.tokenizer import load_tokenizer

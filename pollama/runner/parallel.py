@@ -33,10 +33,10 @@ from typing import Callable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
-from pollama.kvcache import Batch
 from pollama.ml.base import Backend
 from pollama.models import multimodal
 from pollama.models.multimodal import Item
+from pollama.nn import Batch
 from pollama.runner.engine import DEFAULT_NUM_BATCH, DEFAULT_NUM_CTX, Engine, Part, common_prefix, make_batch
 from pollama.runner import window
 from pollama.runner.generation import Done, GenerateOptions, Generation, Piece
