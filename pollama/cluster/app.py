@@ -60,7 +60,8 @@ def build(config: ClusterConfig) -> serve.Application:
         deployment = serve.deployment(ModelReplica).options(
             name=deployment_name(model.name), request_router_config=router,
             **model.deployment_options(config.keep_alive))
-        models[model.name] = deployment.bind(model.name, model.num_parallel, config.store)
+        threads = max(1, int(model.num_cpus)) if model.num_cpus else None
+        models[model.name] = deployment.bind(model.name, model.num_parallel, threads, config.store)
     ingress = serve.deployment(serve.ingress()(Ingress)).options(
         name="ingress", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000)
     return ingress.bind(models, config)

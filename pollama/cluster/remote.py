@@ -30,8 +30,19 @@ from pollama.server.models import ModelRef
 from pollama.server.runner import LoadSpec, RunnerClient
 
 REPLICA_HEADER = b"x-pollama-replica"
-# The replicas that served the current HTTP request (ServedBy sets a list per request).
-_served_by: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("pollama_served_by", default=None)
+CACHED_HEADER = b"x-pollama-prompt-cached"
+
+
+@dataclass
+class Served:
+    """Who answered the current HTTP request: replicas, and the prompt tokens their runners
+    found cached (known before the response starts only when it is not streamed)."""
+
+    replicas: list[str] = field(default_factory=list)
+    prompt_cached: list[int] = field(default_factory=list)
+
+
+_served: contextvars.ContextVar[Served | None] = contextvars.ContextVar("pollama_served", default=None)
 
 
 def _answer(message: Any, name: str) -> dict[str, Any]:
@@ -73,8 +84,8 @@ class RemoteRunner(RunnerClient):
             async for message in answers:
                 if "replica" in message:
                     replica = message["replica"]
-                    if (served := _served_by.get()) is not None:
-                        served.append(replica)
+                    if (served := _served.get()) is not None:
+                        served.replicas.append(replica)
                     if prompt:
                         self.table.record(prompt, replica)
                     continue
@@ -82,6 +93,8 @@ class RemoteRunner(RunnerClient):
                 text.append(message.get("content") or "")
                 yield message
                 if message.get("done"):
+                    if (served := _served.get()) is not None and "prompt_cached" in message:
+                        served.prompt_cached.append(int(message["prompt_cached"]))
                     if prompt:
                         # The slot now holds the answer too: the next turn's prompt starts with both.
                         self.table.record(prompt + "".join(text), replica)
@@ -182,7 +195,8 @@ class ClusterScheduler:
 
 
 class ServedBy:
-    """ASGI middleware: the x-pollama-replica header names the replica(s) that answered."""
+    """ASGI middleware: the x-pollama-replica header names the replica(s) that answered, and
+    x-pollama-prompt-cached the prompt tokens they found cached (for a whole answer)."""
 
     def __init__(self, app):
         self.app = app
@@ -190,17 +204,19 @@ class ServedBy:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        served: list[str] = []
-        token = _served_by.set(served)
+        served = Served()
+        token = _served.set(served)
 
-        async def send_with_header(message):
-            if message["type"] == "http.response.start" and served:
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start" and served.replicas:
                 headers = list(message.get("headers", []))
-                headers.append((REPLICA_HEADER, ",".join(dict.fromkeys(served)).encode()))
+                headers.append((REPLICA_HEADER, ",".join(dict.fromkeys(served.replicas)).encode()))
+                if served.prompt_cached:
+                    headers.append((CACHED_HEADER, str(sum(served.prompt_cached)).encode()))
                 message = {**message, "headers": headers}
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_header)
+            await self.app(scope, receive, send_with_headers)
         finally:
-            _served_by.reset(token)
+            _served.reset(token)

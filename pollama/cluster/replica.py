@@ -42,17 +42,22 @@ def error_line(e: APIError) -> dict[str, Any]:
 class ModelReplica:
     """A model's replica (see the module docstring); deployed by pollama.cluster.app."""
 
-    def __init__(self, model: str, num_parallel: int, store: str | None = None):
+    def __init__(self, model: str, num_parallel: int, num_thread: int | None = None, store: str | None = None):
         self.store = Store(store) if store else Store()
         self.model = resolve_model(self.store, model)
         config = ServerConfig.from_env()
         # One model per replica; its requests may use all its slots.
         self.config = dataclasses.replace(config, num_parallel=num_parallel, max_loaded_models=1)
+        self.num_thread = num_thread
         self.scheduler = Scheduler(self.config)
         self.served = 0
 
     def _spec(self, spec: LoadSpec) -> LoadSpec:
-        return dataclasses.replace(spec, model_path=str(self.model.model_path))
+        """The ingress's spec as this replica loads it: its own file, its slots, and as many
+        threads as Ray gave it CPUs unless the request asked for a number."""
+        slots = 1 if spec.kind == "embedding" else self.config.num_parallel
+        return dataclasses.replace(spec, model_path=str(self.model.model_path), num_parallel=slots,
+                                   num_thread=spec.num_thread or self.num_thread)
 
     async def hello(self, spec: LoadSpec, keep_alive: float | None) -> dict[str, Any]:
         """The loaded runner's facts (num_ctx, special tokens), loading it if need be."""
@@ -89,7 +94,8 @@ class ModelReplica:
         """What this replica holds: for /api/ps across the cluster and for tests."""
         running = self.scheduler.running()
         return {"replica": replica_id(), "pid": os.getpid(), "served": self.served,
-                "loaded": [{"num_ctx": m.runner.num_ctx, "runner_pid": m.runner.pid} for m in running]}
+                "loaded": [{"spec": dataclasses.asdict(m.spec), "num_ctx": m.runner.num_ctx, "runner_pid": m.runner.pid}
+                           for m in running]}
 
     async def __del__(self):
         await self.scheduler.close()
