@@ -14,8 +14,9 @@ A TOML file (`pollama serve --ray --config FILE`):
     # num_cpus = 1                 # Ray CPUs reserved per replica
 
 Autoscaling follows Ray Serve's ongoing requests per replica, aiming at num_parallel (each
-slot busy); a replica's queue is full at max_ongoing_requests (default twice num_parallel),
-where the router stops sending it requests that prefer it.
+slot busy). A replica is saturated at max_ongoing_requests (default num_parallel: all its
+slots busy): the router then sends a request that prefers it (prefix affinity) to the less
+loaded of two others, and when all are saturated requests wait in Ray's queue.
 """
 
 from __future__ import annotations
@@ -44,11 +45,11 @@ class ModelDeployment:
     min_replicas: int = 1
     max_replicas: int = 1
     num_cpus: float = 1.0
-    max_ongoing_requests: int = 0  # 0: twice num_parallel
+    max_ongoing_requests: int = 0  # 0: num_parallel
 
     @property
     def queue_limit(self) -> int:
-        return self.max_ongoing_requests or 2 * self.num_parallel
+        return self.max_ongoing_requests or self.num_parallel
 
     def deployment_options(self, keep_alive: float) -> dict[str, Any]:
         """Ray Serve's options for this model's deployment (replica count or autoscaling)."""
