@@ -38,13 +38,17 @@ class Ingress:
     def __serve_build_asgi_app__(self):
         from pollama.server.app import create_app
         from pollama.server.config import ServerConfig
-        from pollama.server.models import resolve_model
+        from pollama.cluster.replica import local_model
         from pollama.store.store import Store
 
         store = Store(self.config.store) if self.config.store else Store()
         # The routes resolve a request's model by the store's name for it ("smollm2" may be
-        # "smollm2:latest"): the handles are keyed the same way.
-        handles = {resolve_model(store, name).name: handle for name, handle in self.models.items()}
+        # "smollm2:latest"): the handles are keyed the same way. The ingress renders prompts,
+        # so it needs each model (its template and metadata) in its own store too.
+        handles = {}
+        for model in self.config.models:
+            ref = local_model(store, model.name, pull=model.pull, insecure=model.insecure)
+            handles[ref.name] = self.models[model.name]
         server_config = ServerConfig.from_env()
         scheduler = ClusterScheduler(handles, self.config.keep_alive)
         app = create_app(server_config, store, scheduler=scheduler)
@@ -61,7 +65,8 @@ def build(config: ClusterConfig) -> serve.Application:
             name=deployment_name(model.name), request_router_config=router,
             **model.deployment_options(config.keep_alive))
         threads = max(1, int(model.num_cpus)) if model.num_cpus else None
-        models[model.name] = deployment.bind(model.name, model.num_parallel, threads, config.store)
+        models[model.name] = deployment.bind(model.name, model.num_parallel, threads, model.store or config.store,
+                                             model.pull, model.insecure)
     ingress = serve.deployment(serve.ingress()(Ingress)).options(
         name="ingress", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000)
     return ingress.bind(models, config)

@@ -12,6 +12,9 @@ A TOML file (`pollama serve --ray --config FILE`):
     # min_replicas = 0             # 0: scaled to zero after keep_alive without requests
     # max_replicas = 4
     # num_cpus = 1                 # Ray CPUs reserved per replica
+    # pull = true                  # a replica (and the ingress) missing the model pulls it from
+    # insecure = false             #   its registry (name = "host/namespace/model:tag"), by digest
+    # store = "/var/lib/pollama"   # this model's replicas' store (default: the store above)
 
 Autoscaling follows Ray Serve's ongoing requests per replica, aiming at num_parallel (each
 slot busy). A replica is saturated at max_ongoing_requests (default num_parallel: all its
@@ -30,7 +33,7 @@ from typing import Any
 from pollama.server.config import DEFAULT_KEEP_ALIVE, parse_keep_alive
 
 MODEL_KEYS = {"name", "num_parallel", "replicas", "min_replicas", "max_replicas", "num_cpus",
-              "max_ongoing_requests"}
+              "max_ongoing_requests", "pull", "insecure", "store"}
 
 
 class ConfigError(ValueError):
@@ -46,6 +49,9 @@ class ModelDeployment:
     max_replicas: int = 1
     num_cpus: float = 1.0
     max_ongoing_requests: int = 0  # 0: num_parallel
+    pull: bool = False  # pull the model from its registry where a store lacks it
+    insecure: bool = False  # that registry speaks plain HTTP
+    store: str | None = None  # the replicas' store, if not the cluster's
 
     @property
     def queue_limit(self) -> int:
@@ -128,8 +134,14 @@ def _model(entry: Any, where: str) -> ModelDeployment:
     low, high = count("min_replicas", 1, 0), count("max_replicas", 1, 1)
     if autoscaled and low > high:
         raise ConfigError(f"{where}: min_replicas is above max_replicas")
+    for key in ("pull", "insecure"):
+        if not isinstance(entry.get(key, False), bool):
+            raise ConfigError(f"{where}: {key} must be true or false")
+    if not isinstance(entry.get("store", ""), str):
+        raise ConfigError(f"{where}: store must be a path")
     return ModelDeployment(
         name=entry["name"], num_parallel=count("num_parallel", 1, 1),
         replicas=None if autoscaled else count("replicas", 1, 1), min_replicas=low, max_replicas=high,
         num_cpus=float(num_cpus), max_ongoing_requests=count("max_ongoing_requests", 0, 0),
+        pull=entry.get("pull", False), insecure=entry.get("insecure", False), store=entry.get("store"),
     )

@@ -101,6 +101,8 @@ class RemoteRunner(RunnerClient):
                     return
         except Exception as e:
             if _is_ray_failure(e):
+                if replica:
+                    self.table.forget(replica)  # its K/V went with it
                 raise _replica_failure(self.name, replica, e) from None
             raise
         finally:

@@ -6,8 +6,8 @@ spec to serve them under; answers and errors come back as the runner's lines, so
 ingress's RemoteRunner reads them as the server reads a local runner's. A stream's first
 line names the replica ({"replica": id}), for prefix affinity and the response header.
 
-The replica resolves the model in its own store: on a node-local store the file is where
-that store keeps it (the spec's path is the ingress's).
+The replica resolves the model in its own store (pulling it from its registry when told to):
+on a node-local store the file is where that store keeps it (the spec's path is the ingress's).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 
 from pollama.server.config import ServerConfig
 from pollama.server.errors import APIError
-from pollama.server.models import resolve_model
+from pollama.server.models import ModelRef, resolve_model
 from pollama.server.runner import LoadSpec
 from pollama.server.scheduler import Scheduler
 from pollama.store.store import Store
@@ -39,12 +39,27 @@ def error_line(e: APIError) -> dict[str, Any]:
     return {"error": e.message, "status": e.status}
 
 
+def local_model(store: Store, name: str, *, pull: bool = False, insecure: bool = False) -> ModelRef:
+    """The model in this node's store; pulled from its registry first (blobs checked against
+    their digests) when the store lacks it and pull is on."""
+    try:
+        return resolve_model(store, name)
+    except APIError as e:
+        if not pull or e.status != 404:
+            raise
+    from pollama.store.registry import pull_model
+
+    pull_model(store, name, insecure=insecure)
+    return resolve_model(store, name)
+
+
 class ModelReplica:
     """A model's replica (see the module docstring); deployed by pollama.cluster.app."""
 
-    def __init__(self, model: str, num_parallel: int, num_thread: int | None = None, store: str | None = None):
+    def __init__(self, model: str, num_parallel: int, num_thread: int | None = None, store: str | None = None,
+                 pull: bool = False, insecure: bool = False):
         self.store = Store(store) if store else Store()
-        self.model = resolve_model(self.store, model)
+        self.model = local_model(self.store, model, pull=pull, insecure=insecure)
         config = ServerConfig.from_env()
         # One model per replica; its requests may use all its slots.
         self.config = dataclasses.replace(config, num_parallel=num_parallel, max_loaded_models=1)

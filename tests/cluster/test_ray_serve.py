@@ -11,6 +11,8 @@ import asyncio
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -237,3 +239,74 @@ def test_a_dead_replica_fails_only_its_requests_and_comes_back(cluster):
         status = serve.status().applications["pollama"].deployments["model-smollm2"]
     assert status.status == "HEALTHY" and status.replica_states.get("RUNNING") == 2, status
     assert dead not in _replica_pids()  # a new replica in its place
+
+
+def _registry_plumbing():
+    """tests/registry/conftest.py (RunningRegistry: Debian's docker-registry on loopback)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("registry_conftest", REPO / "tests" / "registry" / "conftest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _single_server(models: Path, tmp: Path) -> tuple[subprocess.Popen, str]:
+    """A plain `pollama serve` on a free port over the store `models`."""
+    port = free_port()
+    env = {**os.environ, "OLLAMA_HOST": f"127.0.0.1:{port}", "OLLAMA_MODELS": str(models),
+           "POLLAMA_CACHE": str(tmp / "cache"), "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "pollama.cli.main", "serve"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    proc.kill()
+    raise AssertionError("pollama serve did not start")
+
+
+def test_a_replica_with_an_empty_store_pulls_the_model_and_answers_as_a_single_server(cluster, tmp_path):
+    from pollama.cluster.app import build
+    from pollama.cluster.config import ClusterConfig
+    from pollama.create.pipeline import create_model
+    from pollama.store.registry import push_model
+    from pollama.store.store import Store
+
+    plumbing = _registry_plumbing()
+    registry = plumbing.RunningRegistry(tmp_path / "registry")
+    single = None
+    try:
+        source = Store(tmp_path / "source", hash_cache=None)
+        create_model(source, "smollm2", f"FROM {real_model('smollm2')}\n", tmp_path)
+        name = f"{registry.host}/test/smollm2:latest"
+        source.copy("smollm2", name)
+        pushed = push_model(source, name, insecure=True, settings=plumbing.SETTINGS).manifest
+        node_store = tmp_path / "node-store"
+        config = ClusterConfig.from_dict({"store": str(tmp_path / "ingress-store"), "models": [
+            {"name": name, "replicas": 1, "num_parallel": 1, "pull": True, "insecure": True, "store": str(node_store)}]})
+        serve.run(build(config), name="pulled", route_prefix="/pulled")
+        # The replica's store now holds the pushed manifest's blobs, each its digest's bytes.
+        import hashlib
+
+        for layer in pushed.all_layers():
+            blob = Store(node_store).blob_path(layer.digest)
+            assert "sha256:" + hashlib.sha256(blob.read_bytes()).hexdigest() == layer.digest
+        body = {"prompt": "The capital of France is", "raw": True, "stream": False,
+                "options": {"temperature": 0, "num_predict": 16, "num_thread": 1}}
+        r = httpx.post(cluster + "/pulled/api/generate", json={"model": name, **body}, timeout=300)
+        assert r.status_code == 200, r.text
+        single, url = _single_server(source.root, tmp_path)
+        alone = httpx.post(url + "/api/generate", json={"model": "smollm2", **body}, timeout=300)
+        assert alone.status_code == 200, alone.text
+        assert r.json()["response"] == alone.json()["response"] and r.json()["eval_count"] == 16
+    finally:
+        if single is not None:
+            single.terminate()
+            single.wait(10)
+        serve.delete("pulled")
+        registry.stop()
