@@ -24,6 +24,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from ray.exceptions import RayError
+from ray.serve.exceptions import RayServeException
+
 from pollama.cluster.affinity import PrefixTable
 from pollama.server.errors import APIError, RunnerError
 from pollama.server.models import ModelRef
@@ -60,10 +63,17 @@ def _replica_failure(name: str, replica: str | None, e: Exception) -> RunnerErro
     return RunnerError(f"{who} failed during the request: {type(e).__name__}: {reason}")
 
 
-def _is_ray_failure(e: BaseException) -> bool:
-    from ray.exceptions import RayError
+# What a call to a replica raises when the replica died, could not be reached or refused.
+RAY_FAILURES = (RayError, RayServeException)
 
-    return isinstance(e, RayError)
+
+@contextlib.contextmanager
+def _replica_failures(name: str):
+    """Ray's failures of a call to some replica of model `name`, as a RunnerError."""
+    try:
+        yield
+    except RAY_FAILURES as e:
+        raise _replica_failure(name, None, e) from None
 
 
 class RemoteRunner(RunnerClient):
@@ -99,33 +109,23 @@ class RemoteRunner(RunnerClient):
                         # The slot now holds the answer too: the next turn's prompt starts with both.
                         self.table.record(prompt + "".join(text), replica)
                     return
-        except Exception as e:
-            if _is_ray_failure(e):
-                if replica:
-                    self.table.forget(replica)  # its K/V went with it
-                raise _replica_failure(self.name, replica, e) from None
-            raise
+        except RAY_FAILURES as e:
+            if replica:
+                self.table.forget(replica)  # its K/V went with it
+            raise _replica_failure(self.name, replica, e) from None
         finally:
             answers.cancel()  # a no-op once done; else the replica's generator (and runner request) ends
         raise _replica_failure(self.name, replica, RuntimeError("the answer ended before it was done"))
 
     async def call(self, request: dict[str, Any]) -> dict[str, Any]:
-        try:
+        with _replica_failures(self.name):
             message = await self.handle.call.remote(self.spec, self.keep_alive, request)
-        except Exception as e:
-            if _is_ray_failure(e):
-                raise _replica_failure(self.name, None, e) from None
-            raise
         return _answer(message, self.name)
 
     def call_sync(self, request: dict[str, Any]) -> dict[str, Any]:
         # From a worker thread (prompt assembly): no event loop runs here, so .result() may block.
-        try:
+        with _replica_failures(self.name):
             message = self.handle.call.remote(self.spec, self.keep_alive, request).result()
-        except Exception as e:
-            if _is_ray_failure(e):
-                raise _replica_failure(self.name, None, e) from None
-            raise
         return _answer(message, self.name)
 
 
@@ -169,12 +169,8 @@ class ClusterScheduler:
         key = (model.name, spec)
         hello = self._hellos.get(key)
         if hello is None:
-            try:
+            with _replica_failures(model.name):
                 hello = _answer(await handle.hello.remote(spec, keep_alive), model.name)
-            except Exception as e:
-                if _is_ray_failure(e):
-                    raise _replica_failure(model.name, None, e) from None
-                raise
             self._hellos[key] = hello
         used = Used(model, RemoteRunner(model.name, spec, keep_alive, handle, self.tables[model.name], hello), keep_alive)
         self._used[model.name] = used
