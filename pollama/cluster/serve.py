@@ -8,7 +8,12 @@ OLLAMA_HOST's address and port through Ray Serve's HTTP proxy.
 from __future__ import annotations
 
 import logging
+import signal
 import sys
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def serve_ray(config_path: str | None) -> int:
@@ -32,6 +37,7 @@ def serve_ray(config_path: str | None) -> int:
 
     where = parse_host(None)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+    signal.signal(signal.SIGTERM, _interrupt)  # as Ctrl+C: the application and Ray stop cleanly
     ray.init()
     serve.start(http_options={"host": where.host, "port": where.port})
     try:
