@@ -40,7 +40,7 @@ def block_names(text: str, block: int = BLOCK) -> list[bytes]:
 
 class PrefixTable:
     """Block name -> replica id, least recently used dropped beyond max_blocks; thread-safe
-    (the ingress's routes and Ray's router run on different threads)."""
+    (the ingress's routes use it on their event loop, but nothing binds it to one thread)."""
 
     def __init__(self, block: int = BLOCK, min_share: float = MIN_SHARE, max_blocks: int = MAX_BLOCKS):
         self.block, self.min_share, self.max_blocks = block, min_share, max_blocks
