@@ -18,6 +18,14 @@ from pollama.cli.models import human_bytes
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    if getattr(args, "ray", False):
+        from pollama.cluster.serve import serve_ray
+
+        return serve_ray(args.config)
+    if getattr(args, "config", None):
+        from pollama.cli.main import CLIError
+
+        raise CLIError("--config is the configuration of a Ray cluster: use it with --ray")
     from pollama.server.serve import serve
 
     return serve()

@@ -11,7 +11,8 @@ never stalls the others for more than one chunk.
 
 A slot keeps its sequence's K/V after its job ends. The next job goes to the slot whose
 cached tokens share the longest prefix with its prompt, so the next turn of a chat evaluates
-only what is new.
+only what is new; a slot whose tokens all lead the prompt (or an empty one) comes before one
+that would lose the rest of another conversation (_slot_choice).
 
 A greedy slot decoding alone may put draft tokens after its next token (speculative decoding
 by prompt lookup, see speculative.py): the step then computes its rows as one-token steps
@@ -127,6 +128,16 @@ class _Member(NamedTuple):
     items: int
     row: int | None
     drafts: list[int]
+
+
+def _slot_choice(slot: _Slot, prompt: list[Item]) -> tuple:
+    """How good a free slot is for a prompt (the greatest is taken). First the slots that lose
+    nothing, whose every cached token leads the prompt (the same conversation's, or an empty
+    slot), the one keeping most first: a new conversation that shares only a system prompt
+    with a finished one must not wipe that one's K/V while a slot stands empty. When every
+    free slot would lose something, the one keeping most, the least recently used on ties."""
+    kept = common_prefix(slot.cached, prompt)
+    return kept == len(slot.cached), kept, -slot.last_used
 
 
 class ParallelEngine:
@@ -279,7 +290,7 @@ class ParallelEngine:
             if not free:
                 return
             job = self._waiting.pop(0)
-            best = max(free, key=lambda slot: (common_prefix(slot.cached, job.prompt), -slot.last_used))
+            best = max(free, key=lambda slot: _slot_choice(slot, job.prompt))
             self._start(best, job)
 
     def _discard_if_cancelled(self, job: Job) -> bool:

@@ -12,7 +12,7 @@ code that crashes or aborts takes down this process only. The protocol is JSON l
 
 Requests ("op"):
   completion  {prompt, images?, options, logprobs, top_logprobs, format?, constrain_after?} -> {"content", "logprobs"?}... then
-              {"done": true, "done_reason", counts and durations, "draft_count",
+              {"done": true, "done_reason", counts and durations, "prompt_cached", "draft_count",
               "draft_accepted_count", "context"}
               `format` ("json" or a JSON schema) constrains the output; with `constrain_after`
               (a thinking block's closing tag; the prompt left the model inside that block)
@@ -215,6 +215,7 @@ def completion_line(event) -> bytes:
             "done": True,
             "done_reason": event.done_reason,
             "prompt_eval_count": event.prompt_eval_count,
+            "prompt_cached": event.prompt_cached,  # of those, tokens whose K/V the slot held (not evaluated)
             "prompt_eval_duration": event.prompt_eval_duration,
             "eval_count": event.eval_count,
             "eval_duration": event.eval_duration,
