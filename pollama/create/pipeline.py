@@ -25,6 +25,7 @@ from pollama.store.errors import ModelNotFound, StoreError
 from pollama.store.manifest import Layer, MediaType, Manifest, encode_messages, encode_params
 from pollama.store.names import parse_name
 from pollama.store.store import Store
+from pollama.tokenizer.compare import tokenizer_mismatch
 
 Status = Callable[[str], None]
 
@@ -247,7 +248,8 @@ def _draft_layer(store: Store, value: str, layers: list[Layer], base_dir: Path, 
     if model is None:
         raise CreateError(f"DRAFT {value}: the model has no weights to draft for")
     gguf = _draft_gguf(store, value, base_dir, tmp, status)
-    mismatch = tokenizer_mismatch(store.blob_path(model.digest), gguf)
+    with GGUFFile(store.blob_path(model.digest)) as a, GGUFFile(gguf) as b:
+        mismatch = tokenizer_mismatch(a.metadata, b.metadata)
     if mismatch:
         raise CreateError(f"DRAFT {value}: the draft model's tokenizer is not the model's ({mismatch})")
     return _new_layer(store, gguf, MediaType.DRAFT, status)
@@ -289,29 +291,6 @@ def _draft_gguf(store: Store, value: str, base_dir: Path, tmp: Path, status: Sta
     if resolved.model_path is None:
         raise CreateError(f"DRAFT {value}: model '{value}' has no weights")
     return resolved.model_path
-
-
-# Tokenizer keys a draft must share with its model: its tokens are proposed as the model's
-# ids, and are only worth proposing if the two read them alike (special tokens included).
-_TOKENIZER_KEYS = ("tokenizer.ggml.model", "tokenizer.ggml.tokens", "tokenizer.ggml.bos_token_id",
-                   "tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id",
-                   "tokenizer.ggml.add_bos_token")
-
-
-def tokenizer_mismatch(model: Path, draft: Path) -> str:
-    """What differs between two GGUF files' tokenizers ("" when nothing does)."""
-    with GGUFFile(model) as a, GGUFFile(draft) as b:
-        for key in _TOKENIZER_KEYS:
-            left, right = a.metadata.get(key), b.metadata.get(key)
-            if left == right:
-                continue
-            if key == "tokenizer.ggml.tokens" and isinstance(left, list) and isinstance(right, list):
-                if len(left) != len(right):
-                    return f"{len(right)} tokens, not {len(left)}"
-                at = next(i for i, (x, y) in enumerate(zip(left, right)) if x != y)
-                return f"token {at} is {right[at]!r}, not {left[at]!r}"
-            return f"{key} is {right!r}, not {left!r}"
-    return ""
 
 
 def _check_template(text: str) -> None:
