@@ -173,7 +173,9 @@ def run_here(args: argparse.Namespace, prompt: str, no_server: str | None = None
     sampler = SamplerOptions.from_options(options)
     num_ctx = options.get("num_ctx") or envconfig.context_length()  # as the server's default
     # The served path's engine (one slot), so a run here decodes as the server would.
-    with ParallelEngine(path, backend=args.backend, num_ctx=num_ctx, num_thread=options.get("num_thread")) as served:
+    draft = stored.draft_path if stored is not None else None  # the model's DRAFT, as the server loads it
+    with ParallelEngine(path, backend=args.backend, num_ctx=num_ctx, num_thread=options.get("num_thread"),
+                        draft=draft) as served:
         engine = served.engine
         is_file = Path(args.model).expanduser().is_file()
         images: list[str] = []

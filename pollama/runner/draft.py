@@ -77,6 +77,8 @@ class DraftModel:
 
     def relative_step(self, target_costs: StepCosts) -> float:
         """A draft-model pass in the model's plain steps: measured, else its share of the weights."""
+        if target_costs.free:
+            return 0.0
         plain = target_costs.plain_seconds()
         if plain and self._steps:
             return statistics.median(self._steps) / plain

@@ -32,6 +32,7 @@ from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 
+from pollama import envconfig
 from pollama.kvcache import Batch
 from pollama.ml.base import Backend
 from pollama.models import multimodal
@@ -113,7 +114,7 @@ class ParallelEngine:
         self.num_parallel = num_parallel
         self.load_duration = self.engine.load_duration
         self._slots = [_Slot(seq) for seq in range(num_parallel)]
-        self.step_costs = StepCosts()  # what drafts cost on this model and machine, measured
+        self.step_costs = StepCosts(envconfig.draft_ignore_cost())  # what drafts cost on this model and machine
         # The backend computes one graph at a time: steps and image encodings take turns.
         self._compute = threading.Lock()
         self._waiting: list[Job] = []

@@ -114,9 +114,11 @@ def best_draft_count(acceptance: float, step_cost, most: int) -> int:
 
 class StepCosts:
     """What a step with k drafts costs relative to a plain one-token step, measured on the
-    engine's own steps (one sequence decoding alone, so the steps compare)."""
+    engine's own steps (one sequence decoding alone, so the steps compare); `free`: as if
+    drafts cost nothing (POLLAMA_DRAFT_IGNORE_COST)."""
 
-    def __init__(self):
+    def __init__(self, free: bool = False):
+        self.free = free
         self._plain: deque[float] = deque(maxlen=COST_SAMPLES)  # seconds of plain steps
         self._scales: deque[float] = deque(maxlen=COST_SAMPLES)  # measured / modelled extra cost
 
@@ -136,6 +138,8 @@ class StepCosts:
 
     def relative(self, drafts: int) -> float:
         """The cost of a step with `drafts` guesses, in plain steps."""
+        if self.free:
+            return 1.0
         return 1.0 + self.scale() * (STEP_OVERHEAD + COST_PER_DRAFT * drafts) if drafts else 1.0
 
 

@@ -40,6 +40,7 @@ class LoadSpec:
     num_parallel: int
     num_thread: int | None = None
     kv_cache_type: str | None = None
+    draft_path: str | None = None  # a draft model for speculative decoding
 
 
 def _exit_description(code: int | None) -> str:
@@ -91,6 +92,8 @@ class RunnerProcess:
             cmd += ["--num-thread", str(spec.num_thread)]
         if spec.kv_cache_type:
             cmd += ["--kv-cache-type", spec.kv_cache_type]
+        if spec.draft_path:
+            cmd += ["--draft-model", spec.draft_path]
         # ggml's threads own the cores; numpy's OpenBLAS threads, which spin after any BLAS
         # call, would steal them from ggml's barriers (numpy reads this once, at import).
         env = {"OPENBLAS_NUM_THREADS": "1", **os.environ}
