@@ -50,6 +50,8 @@ class DraftModel:
     def __init__(self, path: str | Path, target: Engine, *, num_parallel: int = 1, num_ctx: int = DEFAULT_NUM_CTX,
                  num_batch: int = DEFAULT_NUM_BATCH, num_thread: int | None = None, kv_cache_type: str | None = None,
                  backend: str | Backend = "ggml"):
+        if not isinstance(backend, str):  # an Engine closes its backend: each needs its own
+            raise ValueError("a draft model needs its backend by name (ggml or torch)")
         self.engine = Engine(path, backend=backend, num_ctx=num_ctx, num_batch=num_batch, num_thread=num_thread,
                              kv_cache_type=kv_cache_type, num_parallel=num_parallel)
         # Its ids are proposed as the model's: they must name the same tokens (create checks

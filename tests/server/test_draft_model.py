@@ -68,3 +68,28 @@ def test_run_verbose_prints_the_draft_accept_rate(served):
     line = next(line for line in result.stderr.splitlines() if line.startswith("draft accept rate:"))
     accepted, drafted = (int(n) for n in line.split("(")[1].split(" draft")[0].split(" of "))
     assert 0 < accepted < drafted and line.startswith(f"draft accept rate:    {accepted / drafted:.2%}")
+
+
+def test_openai_usage_counts_drafts_as_prediction_tokens(served):
+    """OpenAI's own fields for tokens guessed ahead (Predicted Outputs): accepted and rejected
+    prediction tokens, read by the official client, streamed or not."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url=served.url + "/v1", api_key="unused")
+    messages = [{"role": "user", "content": PROMPT}]
+    whole = client.chat.completions.create(model="spec", messages=messages, temperature=0, max_tokens=60)
+    details = whole.usage.completion_tokens_details
+    assert details.accepted_prediction_tokens > 0 and details.rejected_prediction_tokens > 0
+    with served.http() as http:
+        native = http.post("/api/chat", json={"model": "spec", "stream": False, "messages": messages,
+                                              "options": {"temperature": 0, "num_predict": 60}}).json()
+    assert whole.choices[0].message.content == native["message"]["content"]
+    assert (details.accepted_prediction_tokens, details.rejected_prediction_tokens) == \
+        (native["draft_accepted_count"], native["draft_count"] - native["draft_accepted_count"])
+    chunks = list(client.chat.completions.create(model="spec", messages=messages, temperature=0, max_tokens=60,
+                                                 stream=True, stream_options={"include_usage": True}))
+    assert chunks[-1].usage.completion_tokens_details == details
+    completion = client.completions.create(model="spec", prompt=PROMPT, temperature=0, max_tokens=60)
+    assert completion.usage.completion_tokens_details.accepted_prediction_tokens > 0
+    plain = client.chat.completions.create(model="spec", messages=messages, temperature=0.8, max_tokens=10, seed=1)
+    assert plain.usage.completion_tokens_details is None  # sampled: nothing drafted, no details (as Ollama)
