@@ -78,6 +78,11 @@ def test_create_command_with_draft(tmp_path, models):
     result = pollama("create", "spec", "-f", str(tmp_path / "Modelfile"), env=env)
     assert result.returncode == 0, result.stderr
     assert Store(tmp_path / "store").resolve("spec").draft_path.read_bytes() == draft.read_bytes()
+    # `run` in its own process loads the draft too (drafts verified whatever they cost here).
+    ran = pollama("run", "spec", "1, 2, 3,", "--verbose", "--temperature", "0", "--num-predict", "20",
+                  env={**env, "POLLAMA_DRAFT_IGNORE_COST": "1"})
+    assert ran.returncode == 0, ran.stderr
+    assert any(line.startswith("draft accept rate:") for line in ran.stderr.splitlines()), ran.stderr
     bad = tiny_llama(tmp_path / "bad.gguf", eos=1)
     (tmp_path / "Modelfile").write_text(f"FROM {target.name}\nDRAFT {bad.name}\n")
     assert_one_line_error(pollama("create", "bad", "-f", str(tmp_path / "Modelfile"), env=env),
