@@ -30,9 +30,9 @@ from typing import Sequence
 import numpy as np
 
 from pollama.ml.base import Backend
+from pollama.models.base import TextModel
 from pollama.models.multimodal import ImageToken, Item
 from pollama.runner.engine import DEFAULT_NUM_BATCH, DEFAULT_NUM_CTX, Engine, Part, make_batch
-from pollama.models.base import TextModel
 from pollama.runner.generation import GenerateOptions
 from pollama.runner.speculative import COST_SAMPLES, Drafter, PromptLookup, StepCosts, best_draft_count, drafting_allowed
 from pollama.tokenizer.compare import tokenizer_mismatch
@@ -40,7 +40,9 @@ from pollama.tokenizer.compare import tokenizer_mismatch
 log = logging.getLogger(__name__)
 
 # A draft model was chosen to agree with the model: it starts trusted (0.9), and is drafted
-# from only where that pays; the agreement seen then decides, as for prompt lookup.
+# from only where that pays; the agreement seen then decides, as for prompt lookup. Unlike a
+# lookup's, a guess costs draft-model passes to make, so none is made to check the rate while
+# drafting does not pay: a sequence that stopped drafting does not start again.
 PRIOR_TRIED, PRIOR_AGREED = 2.0, 1.8
 
 
