@@ -93,3 +93,26 @@ def test_openai_usage_counts_drafts_as_prediction_tokens(served):
     assert completion.usage.completion_tokens_details.accepted_prediction_tokens > 0
     plain = client.chat.completions.create(model="spec", messages=messages, temperature=0.8, max_tokens=10, seed=1)
     assert plain.usage.completion_tokens_details is None  # sampled: nothing drafted, no details (as Ollama)
+
+
+def test_create_command_through_the_server_uploads_the_draft(served, tmp_path):
+    """`pollama create` as a client: a DRAFT file is uploaded and sent as draft_files; a DRAFT
+    that is no file names a model in the server's store (pollama's `draft`)."""
+    from pollama.store.store import Store
+
+    target, draft = tiny_llama(tmp_path / "t.gguf"), tiny_llama(tmp_path / "d.gguf", seed=5, n_layers=1)
+    env = {"OLLAMA_HOST": served.host}
+    (tmp_path / "Modelfile").write_text(f"FROM {target.name}\nDRAFT {draft.name}\n")
+    result = pollama("create", "remote-spec", "-f", str(tmp_path / "Modelfile"), env=env)
+    assert result.returncode == 0, result.stderr
+    (tmp_path / "Modelfile").write_text(f"FROM {target.name}\nDRAFT remote-spec\n")
+    result = pollama("create", "by-name", "-f", str(tmp_path / "Modelfile"), env=env)
+    assert result.returncode == 0, result.stderr
+    store = Store(served.models)
+    assert store.resolve("remote-spec").draft_path.read_bytes() == draft.read_bytes()
+    assert store.resolve("by-name").draft_path.read_bytes() == target.read_bytes()  # remote-spec's weights
+    with served.http() as http:
+        r = http.post("/api/create", json={"model": "x", "from": "spec", "draft": "/etc/passwd"})
+        assert r.status_code == 400 and "draft must name a model, not a path" in r.json()["error"]
+        r = http.post("/api/create", json={"model": "x", "from": "spec", "draft": "ghost", "stream": False})
+        assert r.status_code in (400, 404) and "DRAFT ghost" in r.json()["error"], r.text
