@@ -98,9 +98,9 @@ class ParallelEngine:
             kv_cache_type=kv_cache_type, num_parallel=num_parallel,
         )
         try:
-            self.draft = draft and DraftModel(draft, self.engine, num_parallel=num_parallel, num_ctx=num_ctx,
-                                              num_batch=num_batch, num_thread=num_thread,
-                                              kv_cache_type=kv_cache_type, backend=backend)
+            self.draft = DraftModel(draft, self.engine, num_parallel=num_parallel, num_ctx=num_ctx,
+                                    num_batch=num_batch, num_thread=num_thread, kv_cache_type=kv_cache_type,
+                                    backend=backend) if draft else None
         except BaseException:
             self.engine.close()
             raise
@@ -112,7 +112,7 @@ class ParallelEngine:
             num_parallel = 1
         self.num_ctx = num_ctx  # per sequence
         self.num_parallel = num_parallel
-        self.load_duration = self.engine.load_duration
+        self.load_duration = self.engine.load_duration + (self.draft.engine.load_duration if self.draft else 0)
         self._slots = [_Slot(seq) for seq in range(num_parallel)]
         self.step_costs = StepCosts(envconfig.draft_ignore_cost())  # what drafts cost on this model and machine
         # The backend computes one graph at a time: steps and image encodings take turns.
