@@ -129,3 +129,23 @@ def test_draft_length_counts_the_draft_models_steps(models):
         assert engine.draft.cached[0] == prompt + drafts[:3]  # rolled back to what was shared, then on
         # Until measured, a draft-model pass costs its share of the weights (here a copy: 1).
         assert type(engine.draft).relative_step(engine.draft, StepCosts()) == pytest.approx(1.0)
+
+
+def test_quantized_real_model_drafting_for_itself():
+    """SmolLM2 Q4_1 as its own draft model: the drafts are its greedy tokens, though the draft
+    model reads them in batches (other kernels, other rounding) where the verification computes
+    one-token rows; the output is plain decoding's."""
+    from realmodels import real_model
+
+    path = real_model("smollm2")
+    with ParallelEngine(path, draft=path, num_ctx=512) as engine:
+        engine.step_costs = StepCosts(free=True)
+        prompt = engine.tokenizer.encode("<|im_start|>user\nWrite a short poem about the sea.<|im_end|>\n"
+                                         "<|im_start|>assistant\n")
+        plain = generate(engine, prompt, sampler=UNPENALIZED, num_predict=60, draft_num_predict=0)
+        engine.forget()
+        drafted = generate(engine, prompt, sampler=UNPENALIZED, num_predict=60)
+        assert drafted.tokens == plain.tokens
+        # Measured: 51 of 51 accepted (a near tie rounded the other way would reject one).
+        assert drafted.draft_accepted_count >= 0.9 * drafted.draft_count > 0
+        assert_caches_hold_exactly(engine)
