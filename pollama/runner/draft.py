@@ -92,7 +92,7 @@ class DraftModel:
         """`count` tokens the draft model would write greedily after `tokens` (fewer if one is
         not in the model's vocabulary); its cache then holds tokens and all but the last."""
         keep = self.engine.keep_prefix(seq, self.cached[seq], tokens)
-        self.cached[seq] = list(tokens[:keep])
+        del self.cached[seq][keep:]
         pending, drafts = list(tokens[keep:]), []
         while len(drafts) < count:
             for start, end in self.engine.chunks(pending, 0):
