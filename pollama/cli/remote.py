@@ -287,7 +287,7 @@ def _files_of(client: Client, path) -> dict[str, str]:
 
 
 def create_remote(client: Client, args: argparse.Namespace) -> int:
-    """Parse the Modelfile here, upload what FROM and ADAPTER name, and let the server create."""
+    """Parse the Modelfile here, upload what FROM, ADAPTER and DRAFT name, and let the server create."""
     from pathlib import Path
 
     from pollama.create.modelfile import parse_modelfile
@@ -316,6 +316,14 @@ def create_remote(client: Client, args: argparse.Namespace) -> int:
         adapters.update(_files_of(client, adapter_path if adapter_path.is_absolute() else base / adapter_path))
     if adapters:
         body["adapters"] = adapters
+    if modelfile.drafts:
+        draft = modelfile.drafts[-1]
+        draft_path = Path(draft).expanduser()
+        draft_path = draft_path if draft_path.is_absolute() else base / draft_path
+        if draft_path.exists():
+            body["draft_files"] = _files_of(client, draft_path)
+        else:
+            body["draft"] = draft
     for key in ("template", "system"):
         value = getattr(modelfile, key)
         if value is not None:

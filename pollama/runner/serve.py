@@ -81,6 +81,7 @@ class Model:
             self.engine = ParallelEngine(
                 args.model, num_parallel=args.num_parallel, num_ctx=args.num_ctx, num_batch=args.num_batch,
                 num_thread=args.num_thread, kv_cache_type=args.kv_cache_type, backend=args.backend,
+                draft=args.draft_model,
             )
             self.tokenizer = self.engine.tokenizer
             self.num_ctx = self.engine.num_ctx
@@ -448,6 +449,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num-parallel", type=int, default=1)
     p.add_argument("--num-thread", type=int)
     p.add_argument("--kv-cache-type")
+    p.add_argument("--draft-model", help="a draft model's GGUF (same tokenizer) for speculative decoding")
     p.add_argument("--backend", default="ggml", choices=["ggml", "torch"])
     return p.parse_args(argv)
 

@@ -306,6 +306,14 @@ def _create_commands(state: State, body: dict[str, Any], staging: Path) -> tuple
         commands.append(["model", _stage_files(state.store, files, staging)])
     else:
         raise APIError(400, "neither 'from' or 'files' was specified")
+    # The draft model: uploaded files (Ollama's draft_files), or pollama's `draft`, a model's name.
+    draft_files, draft = field(body, "draft_files", dict, {}), field(body, "draft", str, "")
+    if draft and draft_files:
+        raise APIError(400, "give either draft or draft_files, not both")
+    if draft.startswith(("/", ".", "~")) or "\\" in draft:
+        raise APIError(400, f"draft must name a model, not a path ({draft!r}): upload files with /api/blobs and give them in draft_files")
+    if draft or draft_files:
+        commands.append(["draft", draft or _stage_files(state.store, draft_files, staging / "draft")])
     adapters = field(body, "adapters", dict, {})
     if adapters:
         for path in _stage_files(state.store, adapters, staging / "adapters", single=False):

@@ -41,6 +41,7 @@ class LoadSpec:
     num_thread: int | None = None
     kv_cache_type: str | None = None
     backend: str = "ggml"
+    draft_path: str | None = None  # a draft model for speculative decoding
 
 
 def _exit_description(code: int | None) -> str:
@@ -141,6 +142,8 @@ class RunnerProcess(RunnerClient):
             cmd += ["--kv-cache-type", spec.kv_cache_type]
         if spec.backend != "ggml":
             cmd += ["--backend", spec.backend]
+        if spec.draft_path:
+            cmd += ["--draft-model", spec.draft_path]
         # ggml's threads own the cores; numpy's OpenBLAS threads, which spin after any BLAS
         # call, would steal them from ggml's barriers (numpy reads this once, at import).
         env = {"OPENBLAS_NUM_THREADS": "1", **os.environ}
