@@ -142,10 +142,11 @@ class ParallelEngine:
         num_thread: int | None = None,
         kv_cache_type: str | None = None,
         backend: str | Backend = "ggml",
+        num_gpu: int = -1,
     ):
         self.engine = Engine(
             path, backend=backend, num_ctx=num_ctx, num_batch=num_batch, num_thread=num_thread,
-            kv_cache_type=kv_cache_type, num_parallel=num_parallel,
+            kv_cache_type=kv_cache_type, num_parallel=num_parallel, num_gpu=num_gpu,
         )
         self.tokenizer = self.engine.tokenizer
         self.model = self.engine.model
