@@ -99,6 +99,7 @@ class GGMLBackend(Backend):
         self.layers_offloaded = self.layers_total = 0  # of the model loaded last, output layer counted
         self.device_bytes = 0  # weights and caches placed on the device
         self.host_bytes = 0  # weights and caches on the CPU
+        self.weights_on_device: set[str] = set()  # names, of every file loaded
 
     def memory(self) -> tuple[int, int]:
         if self.layers_total and self.layers_offloaded >= self.layers_total:
@@ -198,6 +199,7 @@ class GGMLBackend(Backend):
             if len(info.shape) > 4:
                 raise BackendError(f"tensor {info.name!r} has {len(info.shape)} dims; at most 4 are supported")
         device_names = self._on_device(gguf, infos, gathered)
+        self.weights_on_device |= device_names
         store.host_bytes = sum(info.nbytes for info in infos if info.name not in device_names)
         self.host_bytes += store.host_bytes
         for info in infos:
