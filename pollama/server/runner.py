@@ -40,6 +40,7 @@ class LoadSpec:
     num_parallel: int
     num_thread: int | None = None
     kv_cache_type: str | None = None
+    num_gpu: int = -1  # layers on a GPU device: -1 as many as fit
 
 
 def _exit_description(code: int | None) -> str:
@@ -67,6 +68,7 @@ class RunnerProcess:
         self.bos_token = self.eos_token = ""  # texts of the model's special tokens
         self.adds_bos = False  # whether the tokenizer puts BOS before every prompt
         self.max_token_chars = 0  # input characters one token stands for at most (runner/limits.py)
+        self.size = self.size_vram = 0
         self.exited = asyncio.Event()
         self._watch: asyncio.Task | None = None
         self._drain: asyncio.Task | None = None
@@ -91,6 +93,8 @@ class RunnerProcess:
             cmd += ["--num-thread", str(spec.num_thread)]
         if spec.kv_cache_type:
             cmd += ["--kv-cache-type", spec.kv_cache_type]
+        if spec.num_gpu >= 0:
+            cmd += ["--num-gpu", str(spec.num_gpu)]
         # ggml's threads own the cores; numpy's OpenBLAS threads, which spin after any BLAS
         # call, would steal them from ggml's barriers (numpy reads this once, at import).
         env = {"OPENBLAS_NUM_THREADS": "1", **os.environ}
@@ -120,6 +124,8 @@ class RunnerProcess:
         self.adds_bos = bool(hello.get("add_bos"))
         self.eos_token = str(hello.get("eos_token") or "")
         self.max_token_chars = int(hello.get("max_token_chars") or 0)
+        self.size = int(hello.get("size") or 0)  # bytes of weights and caches, as /api/ps says them
+        self.size_vram = int(hello.get("size_vram") or 0)  # of which on a GPU device
         self._watch = asyncio.create_task(self._watch_exit())
         self._drain = asyncio.create_task(self._drain_stdout())
 
