@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -41,6 +42,12 @@ class LoadSpec:
     num_thread: int | None = None
     kv_cache_type: str | None = None
     num_gpu: int = -1  # layers on a GPU device: -1 as many as fit
+
+    def serves(self, wanted: LoadSpec) -> bool:
+        """Whether a runner loaded with this spec serves a request for `wanted`: the same spec,
+        where a num_gpu left to the default (-1) takes whatever the runner was loaded with, as
+        Ollama's scheduler does (needsReload)."""
+        return self == (wanted if wanted.num_gpu >= 0 else dataclasses.replace(wanted, num_gpu=self.num_gpu))
 
 
 def _exit_description(code: int | None) -> str:
