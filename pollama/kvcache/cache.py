@@ -99,9 +99,9 @@ class KVCache:
         # As llama.cpp keeps them: K as rows [cells, width]; V transposed [width, cells] so
         # that attention multiplies by it without a copy, or as rows for flash attention.
         self.v_rows = backend.flash_attention
-        self.k = {i: backend.zeros((n_cells, k_width), dtype) for i in self.layers}
+        self.k = {i: backend.zeros((n_cells, k_width), dtype, layer=i) for i in self.layers}
         v_shape = (n_cells, v_width) if self.v_rows else (v_width, n_cells)
-        self.v = {i: backend.zeros(v_shape, dtype) for i in self.layers}
+        self.v = {i: backend.zeros(v_shape, dtype, layer=i) for i in self.layers}
         self.cell_pos = np.full(n_cells, -1, dtype=np.int32)  # -1: empty
         self.cell_seq = np.full(n_cells, -1, dtype=np.int32)
         # Cells are handed out in pages: position p of a sequence lives at offset

@@ -152,8 +152,8 @@ class EncoderCache:
         seq = plan.seq
         if seq not in self.k:
             v_shape = (self.rows, self.v_width) if self.v_rows else (self.v_width, self.rows)
-            self.k[seq] = {i: self.backend.zeros((self.rows, self.k_width), self.dtype) for i in self.layers}
-            self.v[seq] = {i: self.backend.zeros(v_shape, self.dtype) for i in self.layers}
+            self.k[seq] = {i: self.backend.zeros((self.rows, self.k_width), self.dtype, layer=i) for i in self.layers}
+            self.v[seq] = {i: self.backend.zeros(v_shape, self.dtype, layer=i) for i in self.layers}
         kc, vc = self.k[seq][layer], self.v[seq][layer]
         if k is not None:
             ctx.store(kc, inputs["cells"], k)

@@ -434,14 +434,20 @@ class Backend(ABC):
         """
 
     @abstractmethod
-    def zeros(self, shape: Sequence[int], dtype: GGMLType) -> Tensor:
-        """A persistent tensor filled with zeros (a KV cache)."""
+    def zeros(self, shape: Sequence[int], dtype: GGMLType, layer: int | None = None) -> Tensor:
+        """A persistent tensor filled with zeros (a KV cache); `layer` says whose cache it is, so
+        that it lives on the device that layer's weights are on."""
 
     @abstractmethod
     def context(self, reusable: bool = False, rows_apart: bool = False) -> Context:
         """A fresh context for one step; `reusable` asks for one that rerun() can compute again
         (the context then says whether the backend could make it so); `rows_apart` makes its
         matmuls compute row by row (see Context.rows_apart)."""
+
+    def memory(self) -> tuple[int, int]:
+        """(total, on a GPU device) bytes of weights and caches, as Ollama's ps reports a model:
+        total equals the device's part once every layer is there. (0, 0): not counted."""
+        return 0, 0
 
     def close(self) -> None:
         """Release weights and buffers."""

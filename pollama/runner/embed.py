@@ -66,6 +66,7 @@ class Embedder:
         n_threads: int | None = None,
         num_ctx: int | None = None,
         num_batch: int = DEFAULT_NUM_BATCH,
+        num_gpu: int = -1,
     ):
         if num_batch <= 0 or (num_ctx is not None and num_ctx <= 0):
             raise ValueError("num_ctx and num_batch must be positive")
@@ -73,7 +74,7 @@ class Embedder:
         self.backend: Backend | None = None
         try:
             self.tokenizer = load_tokenizer(self.gguf.metadata)
-            self.backend = make_backend(backend, n_threads) if isinstance(backend, str) else backend
+            self.backend = make_backend(backend, n_threads, num_gpu=num_gpu) if isinstance(backend, str) else backend
             self.model = load_model(self.gguf, self.backend)  # importing Bert registered "bert"
             if not isinstance(self.model, Bert):
                 raise ModelError(f"{path}: a {self.model.arch} model is not an embedding model")

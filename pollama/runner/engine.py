@@ -116,14 +116,19 @@ def exact_gelu_default() -> bool:
 
 
 def make_backend(name: str = "ggml", n_threads: int | None = None, flash_attention: bool | None = None,
-                 exact_gelu: bool | None = None) -> Backend:
-    """A backend by name: "ggml" (production) or "torch" (reference; needs PyTorch)."""
+                 exact_gelu: bool | None = None, num_gpu: int = -1, context_cells: int = 0,
+                 kv_bytes: int = 2) -> Backend:
+    """A backend by name: "ggml" (production) or "torch" (reference; needs PyTorch).
+
+    num_gpu (Ollama's option): layers on a GPU device where the ggml build has one, -1 as many
+    as fit the device's memory with a KV cache of context_cells cells of kv_bytes numbers."""
     if name == "ggml":
         from pollama.ml.ggml.backend import GGMLBackend
 
         fa = flash_attention_default() if flash_attention is None else flash_attention
         exact = exact_gelu_default() if exact_gelu is None else exact_gelu
-        return GGMLBackend(n_threads=n_threads, flash_attention=fa, exact_gelu=exact)
+        return GGMLBackend(n_threads=n_threads, flash_attention=fa, exact_gelu=exact, num_gpu=num_gpu,
+                           context_cells=context_cells, kv_bytes=kv_bytes)
     if name == "torch":
         try:
             from pollama.ml.torch.backend import TorchBackend
@@ -170,21 +175,27 @@ class Engine:
         kv_cache_type: str | None = None,
         num_parallel: int = 1,
         exact_gelu: bool | None = None,
+        num_gpu: int = -1,
     ):
         if num_ctx <= 0 or num_batch <= 0 or num_parallel <= 0:
             raise ValueError("num_ctx, num_batch and num_parallel must be positive")
         start = time.perf_counter_ns()
         self.gguf = GGUFFile(path)
+        kv_dtype = kv_cache_dtype(kv_cache_type)
         try:
             self.tokenizer = load_tokenizer(self.gguf.metadata)
-            self.backend = make_backend(backend, num_thread, exact_gelu=exact_gelu) if isinstance(backend, str) else backend
+            if isinstance(backend, str):
+                self.backend = make_backend(backend, num_thread, exact_gelu=exact_gelu, num_gpu=num_gpu,
+                                            context_cells=num_ctx * num_parallel,
+                                            kv_bytes=4 if kv_dtype == GGMLType.F32 else 2)
+            else:
+                self.backend = backend
             self.model: TextModel = load_model(self.gguf, self.backend)
         except BaseException:
             self.gguf.close()
             raise
         self.num_ctx = num_ctx  # per sequence
         self.num_batch = min(num_batch, num_ctx)
-        kv_dtype = kv_cache_dtype(kv_cache_type)
         try:
             check_context_memory(self.model, self.backend, num_ctx, self.num_batch, num_parallel, kv_dtype)
         except BaseException:

@@ -102,11 +102,12 @@ class ParallelEngine:
         kv_cache_type: str | None = None,
         backend: str | Backend = "ggml",
         draft: str | Path | None = None,
+        num_gpu: int = -1,
     ):
         """`draft`: a draft model's GGUF (same tokenizer) for speculative decoding (draft.py)."""
         self.engine = Engine(
             path, backend=backend, num_ctx=num_ctx, num_batch=num_batch, num_thread=num_thread,
-            kv_cache_type=kv_cache_type, num_parallel=num_parallel,
+            kv_cache_type=kv_cache_type, num_parallel=num_parallel, num_gpu=num_gpu,
         )
         try:
             self.draft = DraftModel(draft, self.engine, num_parallel=num_parallel, num_ctx=num_ctx,

@@ -69,7 +69,7 @@ class Model:
             from pollama.runner.embed import Embedder
 
             self.embedder = Embedder(args.model, backend=args.backend, n_threads=args.num_thread,
-                                     num_ctx=args.num_ctx, num_batch=args.num_batch)
+                                     num_ctx=args.num_ctx, num_batch=args.num_batch, num_gpu=args.num_gpu)
             self.tokenizer = self.embedder.tokenizer
             self.num_ctx = self.embedder.num_ctx
             self.load_duration = 0
@@ -80,12 +80,14 @@ class Model:
 
             self.engine = ParallelEngine(
                 args.model, num_parallel=args.num_parallel, num_ctx=args.num_ctx, num_batch=args.num_batch,
-                num_thread=args.num_thread, kv_cache_type=args.kv_cache_type, backend=args.backend,
+                num_thread=args.num_thread, kv_cache_type=args.kv_cache_type, backend=args.backend, num_gpu=args.num_gpu,
                 draft=args.draft_model,
             )
             self.tokenizer = self.engine.tokenizer
             self.num_ctx = self.engine.num_ctx
             self.load_duration = self.engine.load_duration
+        backend = (self.engine.engine if self.engine else self.embedder).backend
+        self.size, self.size_vram = backend.memory()
         # Texts longer than this cannot fit in num_ctx tokens: refused before tokenizing.
         self.token_chars = limits.max_token_chars(self.tokenizer)
         self.char_limit = limits.prompt_char_limit(self.num_ctx, self.token_chars)
@@ -448,6 +450,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num-batch", type=int, default=envconfig.DEFAULT_NUM_BATCH)
     p.add_argument("--num-parallel", type=int, default=1)
     p.add_argument("--num-thread", type=int)
+    p.add_argument("--num-gpu", type=int, default=-1)
     p.add_argument("--kv-cache-type")
     p.add_argument("--draft-model", help="a draft model's GGUF (same tokenizer) for speculative decoding")
     p.add_argument("--backend", default="ggml", choices=["ggml", "torch"])
@@ -481,6 +484,7 @@ def main(argv: list[str] | None = None) -> int:
         "ready": True, "pid": os.getpid(), "num_ctx": model.num_ctx, "load_duration": model.load_duration,
         "kind": model.kind, "add_bos": bool(model.tokenizer.add_bos), "bos_token": _token_text(model.tokenizer, "bos_id"),
         "eos_token": _token_text(model.tokenizer, "eos_id"), "max_token_chars": model.token_chars,
+        "size": model.size, "size_vram": model.size_vram,
     }), flush=True)
     try:
         server.serve_forever(poll_interval=0.5)

@@ -134,9 +134,13 @@ def add_model_routes(app: FastAPI, state: State) -> None:
         models = []
         for loaded in state.scheduler.running():
             m = loaded.model
+            # On the CPU alone the size is the model's; with layers on a device, the runner's
+            # count of what it placed (weights and KV cache), size_vram the device's part.
+            size_vram = loaded.runner.size_vram
+            size = loaded.runner.size if size_vram else m.size or _file_size(m.model_path)
             models.append({
-                "name": m.name, "model": m.name, "size": m.size or _file_size(m.model_path), "digest": m.digest,
-                "details": m.details, "expires_at": rfc3339(loaded.until()), "size_vram": 0,
+                "name": m.name, "model": m.name, "size": size, "digest": m.digest,
+                "details": m.details, "expires_at": rfc3339(loaded.until()), "size_vram": size_vram,
                 "context_length": loaded.runner.num_ctx,
             })
         return json_response({"models": models})

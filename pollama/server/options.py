@@ -8,8 +8,10 @@ in this machine's memory, stop strings by the thousand or of megabytes, any inte
 Go's int64 (Ollama cannot decode those either). Values that are merely odd keep working as
 in Ollama: a temperature of 5 or below 0 (greedy), top_k beyond the vocabulary (all),
 top_p/min_p/typical_p outside [0, 1] (clamped), huge penalties, repeat_last_n of any
-size (beyond the history it is the whole history); num_gpu and main_gpu do nothing in
-this engine, and they and num_keep (negative: the whole prompt) take any 32-bit value.
+size (beyond the history it is the whole history); num_gpu is the number of layers on a GPU
+device where the ggml build has one (-1, the default, as many as fit; any negative is -1),
+main_gpu does nothing in this engine, and they and num_keep (negative: the whole prompt)
+take any 32-bit value.
 """
 
 from __future__ import annotations
@@ -176,6 +178,7 @@ def request_options(model: ModelRef, request_options_: object, config: ServerCon
         num_predict = 10 * num_ctx  # Ollama's cap: generation ends when the context is full anyway
     _check_ranges(merged)
     num_thread = merged.get("num_thread") or None
+    num_gpu = max(-1, merged.get("num_gpu", -1))
     kind = model.kind
     num_batch = min(num_batch, num_ctx)
     # Ollama runs embedding models with one sequence.
@@ -184,7 +187,7 @@ def request_options(model: ModelRef, request_options_: object, config: ServerCon
         _check_memory(model, num_ctx, num_batch, num_parallel)
     spec = LoadSpec(
         model_path=str(model.model_path), kind=kind, num_ctx=num_ctx, num_batch=num_batch,
-        num_parallel=num_parallel, num_thread=num_thread, kv_cache_type=None, backend=config.backend,
+        num_parallel=num_parallel, num_thread=num_thread, kv_cache_type=None, backend=config.backend, num_gpu=num_gpu,
         draft_path=str(model.draft_path) if model.draft_path and kind == "completion" else None,
     )
     predict = {k: v for k, v in merged.items() if not OPTIONS[k].load_time}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -42,6 +43,13 @@ class LoadSpec:
     kv_cache_type: str | None = None
     backend: str = "ggml"
     draft_path: str | None = None  # a draft model for speculative decoding
+    num_gpu: int = -1  # layers on a GPU device: -1 as many as fit
+
+    def serves(self, wanted: LoadSpec) -> bool:
+        """Whether a runner loaded with this spec serves a request for `wanted`: the same spec,
+        where a num_gpu left to the default (-1) takes whatever the runner was loaded with, as
+        Ollama's scheduler does (needsReload)."""
+        return self == (wanted if wanted.num_gpu >= 0 else dataclasses.replace(wanted, num_gpu=self.num_gpu))
 
 
 def _exit_description(code: int | None) -> str:
@@ -69,6 +77,7 @@ class RunnerClient:
         self.bos_token = self.eos_token = ""  # texts of the model's special tokens
         self.adds_bos = False  # whether the tokenizer puts BOS before every prompt
         self.max_token_chars = 0  # input characters one token stands for at most (runner/limits.py)
+        self.size = self.size_vram = 0
 
     def take_hello(self, hello: dict[str, Any]) -> None:
         """The loaded runner's facts, from its {"ready"} line."""
@@ -78,11 +87,14 @@ class RunnerClient:
         self.adds_bos = bool(hello.get("add_bos"))
         self.eos_token = str(hello.get("eos_token") or "")
         self.max_token_chars = int(hello.get("max_token_chars") or 0)
+        self.size = int(hello.get("size") or 0)  # bytes of weights and caches, as /api/ps says them
+        self.size_vram = int(hello.get("size_vram") or 0)  # of which on a GPU device
 
     def hello(self) -> dict[str, Any]:
         """The facts take_hello reads, as the runner's hello line gives them."""
         return {"num_ctx": self.num_ctx, "load_duration": self.load_duration, "bos_token": self.bos_token,
-                "add_bos": self.adds_bos, "eos_token": self.eos_token, "max_token_chars": self.max_token_chars}
+                "add_bos": self.adds_bos, "eos_token": self.eos_token, "max_token_chars": self.max_token_chars,
+                "size": self.size, "size_vram": self.size_vram}
 
     def stream(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """Send one request; yield its answer lines (an error line raises APIError)."""
@@ -144,6 +156,8 @@ class RunnerProcess(RunnerClient):
             cmd += ["--backend", spec.backend]
         if spec.draft_path:
             cmd += ["--draft-model", spec.draft_path]
+        if spec.num_gpu >= 0:
+            cmd += ["--num-gpu", str(spec.num_gpu)]
         # ggml's threads own the cores; numpy's OpenBLAS threads, which spin after any BLAS
         # call, would steal them from ggml's barriers (numpy reads this once, at import).
         env = {"OPENBLAS_NUM_THREADS": "1", **os.environ}

@@ -103,7 +103,7 @@ class Scheduler:
                 if current is not None and current.ready.done() and not current.runner.alive:
                     self._forget(current)
                     continue
-                if current is not None and current.spec == spec:
+                if current is not None and current.spec.serves(spec):
                     current.refcount += 1
                     current.keep_alive = keep_alive
                     current.unload_when_idle = False

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from pollama.cli.models import human_time
-from pollama.cli.remote import until
+from pollama.cli.remote import processor, until
 
 NOW = datetime(2026, 12, 8, 1, 30, 0, tzinfo=UTC)
 
@@ -69,3 +69,18 @@ def test_ps_until():
     assert until(later(4 * 60 + 59), now=NOW) == "4 minutes from now"
     assert until(later(-1), now=NOW) == "Stopping..."
     assert until(later(300 * 365 * 86400), now=NOW) == "Forever"
+
+
+@pytest.mark.parametrize("size, size_vram, words", [
+    # cmd/cmd.go ListRunningHandler at fb30760: CPU share math.Round'ed (halves up), GPU the rest.
+    (1000, 0, "100% CPU"),
+    (1000, 1000, "100% GPU"),
+    (1000, 1001, "Unknown"),
+    (0, 5, "Unknown"),
+    (1000, 520, "48%/52% CPU/GPU"),
+    (1000, 525, "48%/52% CPU/GPU"),  # 47.5% on the CPU rounds up to 48
+    (1000, 995, "1%/99% CPU/GPU"),  # 0.5% rounds up to 1
+    (1000, 996, "0%/100% CPU/GPU"),
+])
+def test_ps_processor(size, size_vram, words):
+    assert processor(size, size_vram) == words

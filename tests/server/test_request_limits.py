@@ -105,12 +105,13 @@ def test_every_route_checks_its_options(server, smollm2_path, runner_pid):
     assert_same_runner_serves(server, smollm2_path, runner_pid)
 
 
-# Odd values Ollama accepts keep working: they cannot crash, fill memory or spin.
+# Odd values Ollama accepts keep working: they cannot crash, fill memory or spin. (A num_gpu of
+# 0 or more is a load option that reloads, as in Ollama; a negative one is its default.)
 ODD = [
     {"temperature": 5}, {"temperature": -1}, {"top_k": 10**12}, {"top_k": -3}, {"top_p": 7.5}, {"top_p": -1},
     {"min_p": 2}, {"typical_p": -0.5}, {"typical_p": 0.2}, {"repeat_last_n": -1000}, {"repeat_last_n": 10**12},
     {"repeat_penalty": 1e30}, {"repeat_penalty": -2}, {"presence_penalty": -1e30}, {"frequency_penalty": 1e30},
-    {"seed": (1 << 63) - 1}, {"seed": -(1 << 63)}, {"num_keep": -1}, {"num_gpu": 999}, {"main_gpu": 3},
+    {"seed": (1 << 63) - 1}, {"seed": -(1 << 63)}, {"num_keep": -1}, {"num_gpu": -7}, {"main_gpu": 3},
     {"stop": ["\n"] * limits.MAX_STOP_STRINGS}, {"stop": ["z" * limits.MAX_STOP_CHARS, "<|im_end|>"]},
     {"num_thread": 0}, {"num_ctx": 0},
 ]

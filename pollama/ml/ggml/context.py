@@ -5,6 +5,7 @@ inputs, attention and KV-cache writes, and compute/rerun on the backend's alloca
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 from typing import TYPE_CHECKING, Mapping
 
@@ -18,6 +19,8 @@ from pollama.ml.ggml.tensor import CACHE_TYPES, GGMLTensor, _Owner, _rows_dense
 if TYPE_CHECKING:
     from pollama.ml.ggml.backend import GGMLBackend
 
+
+_log = logging.getLogger("pollama.ggml")
 
 # Upper bound on tensors (ops and views) in one step's context; checked before creating one
 # because running out inside ggml aborts.
@@ -50,7 +53,15 @@ class GGMLContext(Context, _Owner):
         # allocator keeps a tensor's address once set, so if another graph grew the shared
         # buffer in between, the old graph would write into freed memory.
         self.reusable = reusable
-        self.allocr = ggml.ggml_gallocr_new(backend.cpu_buft) if reusable else backend.allocr
+        # With layers on a device, ggml's scheduler allocates and splits the graph instead; a
+        # reusable graph has one of its own for the same reason (it remembers its last split).
+        self.sched = None
+        if backend.sched is not None:
+            self.sched = backend.new_sched() if reusable else backend.sched
+            self.allocr = None
+        else:
+            self.allocr = ggml.ggml_gallocr_new(backend.cpu_buft) if reusable else backend.allocr
+        self.n_splits = 1  # graph splits between backends, once computed
         params = ggml.ggml_init_params(mem_size=backend.ctx_mem_size, mem_buffer=None, no_alloc=True)
         self.ctx = ggml.ggml_init(params)
         if not self.ctx:
@@ -70,7 +81,6 @@ class GGMLContext(Context, _Owner):
         self.outputs: list[GGMLTensor] = []
         self.alive = True
         self.computed = False
-        self.allocated = False  # this graph's tensors placed by self.allocr (see _run)
 
     def _new(self, ptr, shape: tuple[int, ...], dtype: GGMLType = GGMLType.F32, contiguous: bool = True) -> GGMLTensor:
         # Each op makes at most a handful of tensors; the margin keeps ggml's own allocation
@@ -337,23 +347,33 @@ class GGMLContext(Context, _Owner):
             finals.append(out)
         self.computed = True
         self.outputs = finals
-        self.allocated = False  # the graph just grew: place its tensors (again)
         return self.hand_back(self._run(), self.asked)
 
-    def _run(self) -> list[np.ndarray]:
-        backend = self.backend
-        # A reusable context's allocator is its own, so a rerun of the same graph finds every
-        # tensor where the last run placed it: placing them again only walks the graph (about
-        # 0.1 ms a decode step). A shared allocator may have placed other graphs since.
-        if not (self.reusable and self.allocated):
+    def _allocate(self) -> None:
+        if self.sched is None:
             if not ggml.ggml_gallocr_alloc_graph(self.allocr, self.graph):
                 raise BackendError("could not allocate the compute graph (out of memory)")
-            self.allocated = True
+            return
+        ggml.ggml_backend_sched_reset(self.sched)
+        if not ggml.ggml_backend_sched_alloc_graph(self.sched, self.graph):
+            raise BackendError("could not allocate the compute graph on its devices (out of memory)")
+        self.n_splits = ggml.ggml_backend_sched_get_n_splits(self.sched)
+        if _log.isEnabledFor(logging.DEBUG):
+            _log.debug("graph of %d nodes: %d splits between %s and CPU, %d copies", ggml.ggml_graph_n_nodes(self.graph),
+                       self.n_splits, self.backend.device.name, ggml.ggml_backend_sched_get_n_copies(self.sched))
+
+    def _run(self, allocate: bool = True) -> list[np.ndarray]:
+        backend = self.backend
+        if allocate:  # a rerun keeps its graph's allocation (and split)
+            self._allocate()
         # An input no op reads (an M-RoPE model's 1-D positions) gets no memory: nothing to set.
         self.inputs = [(tensor, array) for tensor, array in self.inputs if tensor.ptr.contents.buffer]
         for tensor, array in self.inputs:
             ggml.ggml_backend_tensor_set(tensor.ptr, array.ctypes.data, 0, array.nbytes)
-        status = ggml.ggml_backend_graph_compute(backend.cpu, self.graph)
+        if self.sched is not None:
+            status = ggml.ggml_backend_sched_graph_compute(self.sched, self.graph)
+        else:
+            status = ggml.ggml_backend_graph_compute(backend.cpu, self.graph)
         if status != 0:
             raise BackendError(f"ggml graph compute failed with status {status}")
         results = []
@@ -391,7 +411,10 @@ class GGMLContext(Context, _Owner):
         for index, cells, width, n_cells in self.derived:
             self.arrays[id(index)] = _column_index(self.arrays[id(cells)], width, n_cells, index.dtype)
         self.inputs = [(tensor, self.arrays[id(tensor)]) for tensor, _ in self.inputs]
-        return self.hand_back(self._run(), self.asked)
+        # A reusable graph's allocator (or scheduler) is its own, so every tensor is still where
+        # the last run placed it: placing them again would only walk the graph (about 0.1 ms a
+        # decode step on the CPU), and a scheduler would split it again for nothing.
+        return self.hand_back(self._run(allocate=False), self.asked)
 
     def close(self) -> None:
         if self.alive:
@@ -400,6 +423,8 @@ class GGMLContext(Context, _Owner):
             self.arrays.clear()
             ggml.ggml_free(self.ctx)
             self.ctx = None
-            if self.reusable:
+            if self.reusable and self.allocr:
                 ggml.ggml_gallocr_free(self.allocr)
-            self.allocr = None
+            if self.reusable and self.sched:
+                ggml.ggml_backend_sched_free(self.sched)
+            self.allocr = self.sched = None

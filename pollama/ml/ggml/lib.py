@@ -1,8 +1,10 @@
-"""pollama's own ctypes binding of ggml's CPU backend: the functions the backend calls, typed.
+"""pollama's own ctypes binding of ggml: the functions the backend calls, typed.
 
 Only ml/ggml imports this. It loads libggml-base and libggml-cpu as built by
 `native/build.sh` (setup.sh runs it): from $POLLAMA_GGML_LIB_DIR, else from
-`<venv>/lib/pollama-ggml`. A build that is missing, of another ggml version, or made for CPU
+`<venv>/lib/pollama-ggml`. A build whose BUILD file names GPU backends (`build.sh --vulkan`
+makes one with `backends: vulkan`) has their libraries too: they are loaded beside, and
+`gpu_regs` holds their registration functions (devices.py asks them for devices). A build that is missing, of another ggml version, or made for CPU
 features this machine lacks is refused with an ImportError saying what to run, never loaded
 (running it would die with SIGILL somewhere inside a matmul).
 
@@ -172,6 +174,32 @@ _SIGNATURES = {
     "ggml_backend_tensor_alloc": (c_int, [P, T, c_void_p]),
     "ggml_backend_tensor_set": (None, [T, c_void_p, c_size_t, c_size_t]),
     "ggml_backend_tensor_get": (None, [T, c_void_p, c_size_t, c_size_t]),
+    "ggml_backend_name": (c_char_p, [P]),
+    "ggml_backend_buffer_get_size": (c_size_t, [P]),
+    "ggml_backend_buffer_is_host": (c_bool, [P]),
+    # ggml-backend.h: devices of a backend registration (every pointer a c_void_p: a narrower
+    # restype truncates it)
+    "ggml_backend_reg_name": (c_char_p, [P]),
+    "ggml_backend_reg_dev_count": (c_size_t, [P]),
+    "ggml_backend_reg_dev_get": (P, [P, c_size_t]),
+    "ggml_backend_dev_name": (c_char_p, [P]),
+    "ggml_backend_dev_description": (c_char_p, [P]),
+    "ggml_backend_dev_memory": (None, [P, POINTER(c_size_t), POINTER(c_size_t)]),
+    "ggml_backend_dev_type": (c_int, [P]),  # enum ggml_backend_dev_type
+    "ggml_backend_dev_init": (P, [P, c_char_p]),
+    "ggml_backend_dev_buffer_type": (P, [P]),
+    "ggml_backend_dev_supports_op": (c_bool, [P, T]),
+    # ggml-backend.h: the scheduler, which splits one graph between backends (last: the CPU)
+    # (backends, bufts or NULL, n_backends, graph_size, parallel, op_offload)
+    "ggml_backend_sched_new": (P, [POINTER(c_void_p), POINTER(c_void_p), c_int, c_size_t, c_bool, c_bool]),
+    "ggml_backend_sched_free": (None, [P]),
+    "ggml_backend_sched_reset": (None, [P]),
+    "ggml_backend_sched_alloc_graph": (c_bool, [P, P]),
+    "ggml_backend_sched_graph_compute": (c_int, [P, P]),
+    "ggml_backend_sched_get_n_splits": (c_int, [P]),
+    "ggml_backend_sched_get_n_copies": (c_int, [P]),
+    "ggml_backend_sched_get_buffer_size": (c_size_t, [P, P]),
+    "ggml_backend_sched_get_tensor_backend": (P, [P, T]),
     # ggml-cpu.h
     "ggml_backend_cpu_init": (P, []),
     "ggml_backend_cpu_reg": (P, []),
@@ -182,7 +210,13 @@ _SIGNATURES = {
     "ggml_cpu_has_avx512": (c_int, []),
 }
 
+# GPU backend libraries a build may have: BUILD's `backends` name -> registration function.
+_GPU_REGS = {"vulkan": "ggml_backend_vk_reg"}
+
 _CONSTANTS = {
+    "GGML_BACKEND_DEVICE_TYPE_CPU": 0,  # enum ggml_backend_dev_type
+    "GGML_BACKEND_DEVICE_TYPE_GPU": 1,
+    "GGML_BACKEND_DEVICE_TYPE_IGPU": 2,
     "GGML_PREC_F32": 10,  # enum ggml_prec
     "GGML_BACKEND_BUFFER_USAGE_WEIGHTS": 1,  # enum ggml_backend_buffer_usage
     "GGML_TYPE_COUNT": 43,  # enum ggml_type
@@ -192,8 +226,9 @@ def default_lib_dir() -> Path:
     return Path(sys.prefix) / "lib" / "pollama-ggml"
 
 
-def _check_build(lib_dir: Path) -> str:
-    """The build's description, after checking it exists, is this version and fits this CPU."""
+def _check_build(lib_dir: Path) -> tuple[str, list[str]]:
+    """The build's variant and GPU backends, after checking it exists, is this version and fits
+    this CPU."""
     fix = "run ./setup.sh to build ggml for this machine"
     build_file = lib_dir / "BUILD"
     if not build_file.is_file():
@@ -207,15 +242,26 @@ def _check_build(lib_dir: Path) -> str:
         raise ImportError(
             f"the ggml build in {lib_dir} was made for a CPU with {' '.join(sorted(missing))}, which this one lacks ({fix})"
         )
-    return fields.get("variant", "").strip()
+    backends = fields.get("backends", "").split()
+    unknown = [b for b in backends if b not in _GPU_REGS or not (lib_dir / f"libggml-{b}.so").is_file()]
+    if unknown:
+        raise ImportError(f"the ggml build in {lib_dir} names backends it lacks or pollama does not know: {' '.join(unknown)} ({fix})")
+    return fields.get("variant", "").strip(), backends
 
 
 def _load() -> SimpleNamespace:
     lib_dir = Path(envconfig.ggml_lib_dir() or default_lib_dir())
-    variant = _check_build(lib_dir)
+    variant, backends = _check_build(lib_dir)
     # RTLD_GLOBAL, base first: libggml-cpu finds libggml-base by its soname among loaded ones.
     libs = [ctypes.CDLL(str(lib_dir / name), mode=ctypes.RTLD_GLOBAL) for name in ("libggml-base.so", "libggml-cpu.so")]
-    ns = SimpleNamespace(**_CONSTANTS, lib_dir=lib_dir, variant=variant)
+    ns = SimpleNamespace(**_CONSTANTS, lib_dir=lib_dir, variant=variant, backends=backends, gpu_regs={})
+    for backend in backends:
+        # Loading does not touch a device: the registration function does, when devices.py
+        # first asks (a Vulkan loader without a driver answers NULL there, not at load).
+        gpu = ctypes.CDLL(str(lib_dir / f"libggml-{backend}.so"), mode=ctypes.RTLD_GLOBAL)
+        reg = getattr(gpu, _GPU_REGS[backend])  # ggml_backend_reg_t fn(void)
+        reg.restype, reg.argtypes = c_void_p, []
+        ns.gpu_regs[backend] = reg
     ns.ggml_init_params = ggml_init_params
     ns.ggml_log_callback = ggml_log_callback
     for name, (restype, argtypes) in _SIGNATURES.items():

@@ -66,7 +66,7 @@ class TorchBackend(Backend):
             weights[name] = self._persistent(t)
         return weights
 
-    def zeros(self, shape: Sequence[int], dtype: GGMLType) -> Tensor:
+    def zeros(self, shape: Sequence[int], dtype: GGMLType, layer: int | None = None) -> Tensor:
         """A persistent zero tensor; stored as float32 whatever `dtype` asks (this is the reference)."""
         try:
             GGMLType(dtype)
