@@ -231,12 +231,16 @@ class Parser:
             del self.vars[mark:]
             self.leave()
 
-    def block_control(self, t: Token) -> Node:
-        context = "block clause"
+    def template_name(self, context: str) -> str:
+        """The quoted name after {{block or {{template (Go's parseTemplateName)."""
         name_tok = self.next_non_space()
         if name_tok.typ not in (Tok.STRING, Tok.RAW_STRING):
             raise self.unexpected(name_tok, context)
-        name = self._unquote(name_tok)
+        return self._unquote(name_tok)
+
+    def block_control(self, t: Token) -> Node:
+        context = "block clause"
+        name = self.template_name(context)
         pipe = self.pipeline(context, Tok.RIGHT_DELIM)
         saved_vars, saved_depth = self.vars, self.range_depth
         self.vars, self.range_depth = ["$"], 0
@@ -251,10 +255,7 @@ class Parser:
 
     def template_control(self, t: Token) -> Node:
         context = "template clause"
-        name_tok = self.next_non_space()
-        if name_tok.typ not in (Tok.STRING, Tok.RAW_STRING):
-            raise self.unexpected(name_tok, context)
-        name = self._unquote(name_tok)
+        name = self.template_name(context)
         pipe = None
         if self.next_non_space().typ is not Tok.RIGHT_DELIM:
             self.backup()
