@@ -89,6 +89,12 @@ ATTENTION_LAYER_NAMES = {
     "self_attn.o_proj": "attn_output",
 }
 
+# Per-head RMSNorms of queries and keys before RoPE (Qwen3, Gemma 3).
+QK_NORM_LAYER_NAMES = {
+    "self_attn.q_norm": "attn_q_norm",
+    "self_attn.k_norm": "attn_k_norm",
+}
+
 # A whole Llama-style layer: the attention half, then a SwiGLU MLP after its own norm.
 LLAMA_LAYER_NAMES = {
     **ATTENTION_LAYER_NAMES,

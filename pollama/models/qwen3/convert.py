@@ -7,16 +7,12 @@ import logging
 from typing import Any, Mapping
 
 from pollama.models.checkpoint import StackedExperts
-from pollama.models.convert import ConvertError, ModelConverter
+from pollama.models.convert import QK_NORM_LAYER_NAMES, ConvertError, ModelConverter
 from pollama.models.llama.convert import LAYER_NAMES
 
 log = logging.getLogger(__name__)
 
-QWEN3_LAYER_NAMES = {
-    **LAYER_NAMES,
-    "self_attn.q_norm": "attn_q_norm",
-    "self_attn.k_norm": "attn_k_norm",
-}
+QWEN3_LAYER_NAMES = {**LAYER_NAMES, **QK_NORM_LAYER_NAMES}
 
 QWEN3MOE_LAYER_NAMES = {
     **QWEN3_LAYER_NAMES,
