@@ -166,16 +166,7 @@ class GGUFFile:
     def _parse_metadata(self, p: _Parser, n_kv: int) -> None:
         metadata, value_types, array_types = self.metadata, self.value_types, self.array_types
         for i in range(n_kv):
-            raw = p.raw_string(f"key #{i}", MAX_KEY_LENGTH)
-            if not raw:
-                raise p.fail(f"key #{i} is empty")
-            try:
-                key = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                raise p.fail(f"key #{i} is not valid UTF-8: {raw[:64]!r}") from None
-            qkey = _quote(key)
-            if key in metadata:
-                raise p.fail(f"duplicate metadata key {qkey}")
+            key, qkey = p.name(f"key #{i}", MAX_KEY_LENGTH, "metadata key", metadata)
             vtype = p.u32(f"type of key {qkey}")
             if vtype not in _MIN_ELEMENT_SIZE:
                 raise p.fail(f"unknown value type {vtype} for key {qkey}")
@@ -202,18 +193,7 @@ class GGUFFile:
         infos = []
         seen: set[str] = set()
         for i in range(n_tensors):
-            raw = p.raw_string(f"name of tensor #{i}", GGML_MAX_NAME - 1)
-            if not raw:
-                raise p.fail(f"tensor #{i} has an empty name")
-            try:
-                # Names are looked up and handed to ggml as text; no model has a name
-                # that is not UTF-8 (as keys, refused rather than carried as surrogates).
-                name = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                raise p.fail(f"the name of tensor #{i} is not valid UTF-8: {raw!r}") from None
-            qname = _quote(name)
-            if name in seen:
-                raise p.fail(f"duplicate tensor name {qname}")
+            name, qname = p.name(f"name of tensor #{i}", GGML_MAX_NAME - 1, "tensor name", seen)
             seen.add(name)
             n_dims = p.u32(f"n_dims of tensor {qname}")
             if not 1 <= n_dims <= GGML_MAX_DIMS:

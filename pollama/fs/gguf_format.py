@@ -156,6 +156,22 @@ class _Parser:
         self.pos += n
         return raw
 
+    def name(self, what: str, limit: int, kind: str, seen) -> tuple[str, str]:
+        """A metadata key or tensor name, as (text, quoted text for messages): non-empty UTF-8
+        and not in `seen`. Names are looked up and handed to ggml as text; no model has one
+        that is not UTF-8, so such a name is refused rather than carried as surrogates."""
+        raw = self.raw_string(what, limit)
+        if not raw:
+            raise self.fail(f"{what} is empty")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise self.fail(f"{what} is not valid UTF-8: {raw[:64]!r}") from None
+        quoted = _quote(text)
+        if text in seen:
+            raise self.fail(f"duplicate {kind} {quoted}")
+        return text, quoted
+
     def string(self, what: str) -> str:
         return _decode(self.raw_string(what, self.max_string))
 

@@ -136,6 +136,20 @@ class TextModel(Module):
     def __init__(self, cfg: Config, weights: Weights):
         raise NotImplementedError
 
+    # Gemma's tanh soft cap on the logits (final_logit_softcapping); 0: none.
+    final_softcap: float = 0.0
+
+    def logits(self, ctx: Context, x: Tensor) -> Tensor:
+        """The last hidden states [outputs, dim] -> logits [outputs, vocab]: the final norm
+        (the `output_norm` every decoder declares), the output projection, the soft cap if any."""
+        x = self.output_norm(x)
+        ctx.record("output_norm", x)
+        logits = self.output(x)
+        if self.final_softcap:
+            logits = logits.softcap(self.final_softcap)
+        ctx.record("logits", logits)
+        return logits
+
     def load_weights(self, w: Weights, **hp) -> None:
         """Read every declared weight not set yet (nn.load_weights). A model whose `output` is
         absent computes its logits with the embedding table (tied embeddings), whose rows are

@@ -89,6 +89,21 @@ ATTENTION_LAYER_NAMES = {
     "self_attn.o_proj": "attn_output",
 }
 
+# Per-head RMSNorms of queries and keys before RoPE (Qwen3, Gemma 3).
+QK_NORM_LAYER_NAMES = {
+    "self_attn.q_norm": "attn_q_norm",
+    "self_attn.k_norm": "attn_k_norm",
+}
+
+# A whole Llama-style layer: the attention half, then a SwiGLU MLP after its own norm.
+LLAMA_LAYER_NAMES = {
+    **ATTENTION_LAYER_NAMES,
+    "post_attention_layernorm": "ffn_norm",
+    "mlp.gate_proj": "ffn_gate",
+    "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down",
+}
+
 
 class ModelConverter:
     """One architecture's HF -> GGUF mapping; models/<name>/convert.py subclasses it."""
@@ -149,14 +164,23 @@ class ModelConverter:
         if dot and suffix in ("weight", "bias"):
             if stem in self.top_names:
                 return f"{self.top_names[stem]}.{suffix}"
-            m = re.fullmatch(r"model\.layers\.(\d+)\.(.+)", stem)
-            if m and m.group(2) in self.layer_names:
-                return f"blk.{m.group(1)}.{self.layer_names[m.group(2)]}.{suffix}"
+            for hf_prefix, names, gguf_prefix in self.layer_stacks():
+                m = re.fullmatch(re.escape(hf_prefix) + r"\.(\d+)\.(.+)", stem)
+                if m and m.group(2) in names:
+                    return f"{gguf_prefix}.{m.group(1)}.{names[m.group(2)]}.{suffix}"
         raise ConvertError(f"tensor {hf_name!r} has no place in a {self.arch} GGUF")
 
+    def layer_stacks(self) -> tuple[tuple[str, dict[str, str], str], ...]:
+        """Each stack of numbered layers as (HF prefix, HF -> GGUF names inside a layer, GGUF
+        prefix): `<HF prefix>.N.<name>` becomes `<GGUF prefix>.N.<GGUF name>`."""
+        return (("model.layers", self.layer_names, "blk"),)
+
     # -- helpers for subclasses -------------------------------------------------------------------
-    def decoder_metadata(self, default_eps: float = 1e-6, default_ctx: int = 2048) -> dict[str, Any]:
-        """The keys every decoder has: sizes, heads, norm epsilon, context length."""
+    def decoder_metadata(self, default_eps: float = 1e-6, default_ctx: int = 2048, rope: dict[str, Any] | None = None,
+                         rope_scaling: bool = True) -> dict[str, Any]:
+        """The keys every decoder has: sizes, heads, norm epsilon, context length; with `rope`
+        (HFConfig.rope's dict), its rope.freq_base and (unless rope_scaling is False: a scaling
+        the architecture stores otherwise) its rope.scaling.* keys."""
         c = self.cfg
         heads = c.require("num_attention_heads")
         md = {
@@ -171,6 +195,10 @@ class ModelConverter:
         }
         if c.get("head_dim") is not None:  # llama.cpp writes these when the config names a head size
             md["attention.key_length"] = md["attention.value_length"] = c.get("head_dim")
+        if rope is not None:
+            md["rope.freq_base"] = float(rope["rope_theta"])
+            if rope_scaling:
+                md.update(rope_scaling_metadata(rope))
         return md
 
     def head_dim(self) -> int:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -108,6 +109,37 @@ def resize(image: Image.Image, height: int, width: int, resample: int = BILINEAR
 def to_chw_uint8(image: Image.Image) -> np.ndarray:
     """The RGB image as a [3, H, W] uint8 array."""
     return np.asarray(image.convert("RGB"), dtype=np.uint8).transpose(2, 0, 1)
+
+
+def rgb_size(image: Image.Image) -> tuple[Image.Image, int, int]:
+    """The image in RGB and its (height, width); a zero-size image raises ValueError."""
+    image = to_rgb(image)
+    width, height = image.size
+    if width <= 0 or height <= 0:
+        raise ValueError(f"image has zero size ({width}x{height})")
+    return image, height, width
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """What a transformers image processor configures besides sizes: its resize filter and the
+    per-channel mean and std; every vision model resizes and normalizes through one of these."""
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    resample: int
+
+    def resized(self, image: Image.Image, height: int, width: int) -> np.ndarray:
+        """The RGB image resized with this filter, as [3, height, width] uint8."""
+        return to_chw_uint8(resize(image, height, width, self.resample))
+
+    def normalize(self, pixels: np.ndarray) -> np.ndarray:
+        """[3, H, W] uint8 -> float32 (x / 255 - mean) / std."""
+        return np.ascontiguousarray(rescale_and_normalize(pixels, self.mean, self.std))
+
+    def __call__(self, image: Image.Image, height: int, width: int) -> np.ndarray:
+        """Resize then normalize: [3, height, width] float32."""
+        return self.normalize(self.resized(image, height, width))
 
 
 def rescale_and_normalize(

@@ -16,8 +16,10 @@ import numpy as np
 class VisionAdapter:
     """Where one transformers VLM keeps what we record, and how to call it."""
 
-    text_layers: str  # dotted path of the language model's layer list
-    text_norm: str  # its final norm
+    # Dotted path of the language model's layer list, and of its final norm: where every
+    # transformers 5 VLM (Gemma 3, Llama 3.2 Vision, Mistral 3, Qwen2-VL) keeps them.
+    text_layers: str = "model.language_model.layers"
+    text_norm: str = "model.language_model.norm"
     # Our name -> (dotted path of a module, its output -> our [rows, ...] array)
     modules: dict[str, str] = field(default_factory=dict)
     # Our name prefix (as "v.blk") -> dotted path of a vision layer list

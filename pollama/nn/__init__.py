@@ -17,6 +17,7 @@ from pollama.nn.modules import (  # noqa: F401
     make_rope,
 )
 from pollama.nn.loader import Module, load_weights  # noqa: F401
+from pollama.nn.decoder import PreNormAttention  # noqa: F401
 from pollama.nn.moe import (  # noqa: F401
     RoutedExperts,
     softmax_then_top_k,

@@ -30,16 +30,20 @@ class Weights:
         return name in self.tensors
 
 
-class Linear:
-    """y = x W^T + b, W kept in its GGUF type (`name.weight`, optional `name.bias`)."""
+class _WeightAndBias:
+    """A weight kept in its GGUF type and an optional bias, read as `name.weight` and `name.bias`."""
 
     def __init__(self, weight: Tensor, bias: Tensor | None = None):
         self.weight = weight
         self.bias = bias
 
     @classmethod
-    def load(cls, weights: Weights, name: str, **_) -> Linear:
+    def load(cls, weights: Weights, name: str, **_):
         return cls(weights[f"{name}.weight"], weights.get(f"{name}.bias"))
+
+
+class Linear(_WeightAndBias):
+    """y = x W^T + b, W kept in its GGUF type (`name.weight`, optional `name.bias`)."""
 
     @property
     def out_features(self) -> int:
@@ -49,18 +53,13 @@ class Linear:
         return x.linear(self.weight, self.bias)
 
 
-class ExpertLinear:
+class ExpertLinear(_WeightAndBias):
     """One linear map per expert: `name.weight` [n_experts, out, in] (+ `name.bias` [n_experts, out])."""
 
     def __init__(self, weight: Tensor, bias: Tensor | None = None):
         if weight.ndim != 3:
             raise ModelError(f"expert weights must be [experts, out, in], got {list(weight.shape)}")
-        self.weight = weight
-        self.bias = bias
-
-    @classmethod
-    def load(cls, weights: Weights, name: str, **_) -> ExpertLinear:
-        return cls(weights[f"{name}.weight"], weights.get(f"{name}.bias"))
+        super().__init__(weight, bias)
 
     @property
     def n_experts(self) -> int:

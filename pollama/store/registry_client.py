@@ -20,6 +20,8 @@ import re
 import ssl
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
@@ -277,15 +279,23 @@ class RegistryClient:
         response = self.send(method, url, what, **kw)
         if response.status_code not in ok:
             raise self.fail(response, what)
-        try:
+        with self.receiving(response, what):
             body = b"" if method == "HEAD" else read_bounded(response, limit, what)
+        return response, body
+
+    @contextmanager
+    def receiving(self, response: httpx.Response, what: str) -> Iterator[None]:
+        """Around reading response's body: a stall or a broken connection becomes a TransientError
+        (which retrying() tries again), and the response is closed after, read or not."""
+        host = response.request.url.host
+        try:
+            yield
         except httpx.TimeoutException:
-            raise TransientError(f"{what}: {self.host} stalled") from None
+            raise TransientError(f"{what}: {host} stalled (nothing received for {self.settings.stall_timeout:g}s)") from None
         except httpx.TransportError as e:
-            raise TransientError(f"{what}: connection to {self.host} failed: {e}") from None
+            raise TransientError(f"{what}: connection to {host} failed: {e or type(e).__name__}") from None
         finally:
             response.close()
-        return response, body
 
     def retrying(self, call, cancel: threading.Event | None = None):
         """call(), again after a backoff while it fails with a TransientError (settings.retries times)."""

@@ -303,7 +303,7 @@ class BlobDownload:
         start, end = part.offset + part.completed, part.offset + part.size - 1
         whole = start == 0 and end == self.total - 1
         response = client.send("GET", url, what, headers={"Range": f"bytes={start}-{end}", "Accept-Encoding": "identity"})
-        try:
+        with client.receiving(response, what):
             if response.status_code == 200 and not whole:
                 raise UntrustedBytes(f"{what}: the server ignored the byte range asked for (answered 200, not 206)")
             if response.status_code in (401, 403, 404, 410) and not client.is_registry(url):
@@ -329,12 +329,6 @@ class BlobDownload:
                 if time.monotonic() - last_save >= DESCRIPTOR_SAVE_SECONDS:
                     self._save_synced(fd, part)
                     last_save = time.monotonic()
-        except httpx.TimeoutException:
-            raise TransientError(f"{what}: stalled (nothing received for {client.settings.stall_timeout:g}s)") from None
-        except httpx.TransportError as e:
-            raise TransientError(f"{what}: connection to {url.host} failed: {e or type(e).__name__}") from None
-        finally:
-            response.close()
         if part.completed < part.size:
             raise TransientError(f"{what}: the connection ended after {part.completed} of {part.size} bytes")
 

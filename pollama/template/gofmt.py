@@ -13,6 +13,7 @@ import dataclasses
 import math
 import re
 from decimal import Decimal
+from typing import Sequence
 
 
 class OrderedMap(dict):
@@ -23,24 +24,26 @@ class GoValueError(Exception):
     """A value Go's fmt or json cannot handle (the caller adds the template position)."""
 
 
+# The Go type a Python value stands for: (Python types, Go's type name, its reflect.Kind),
+# tested in order (bool before int: a bool is an int in Python).
+GO_TYPES = (
+    (bool, "bool", "bool"),
+    (int, "int", "int"),
+    (float, "float64", "float"),
+    (complex, "complex128", "complex"),
+    (str, "string", "string"),
+    ((list, tuple), "[]interface {}", "slice"),
+    (dict, "map[string]interface {}", "map"),
+)
+
+
 def go_type_name(v) -> str:
     """Go's name for the type a Python value stands for, as error messages print it."""
     if v is None:
         return "<nil>"
-    if isinstance(v, bool):
-        return "bool"
-    if isinstance(v, int):
-        return "int"
-    if isinstance(v, float):
-        return "float64"
-    if isinstance(v, complex):
-        return "complex128"
-    if isinstance(v, str):
-        return "string"
-    if isinstance(v, (list, tuple)):
-        return "[]interface {}"
-    if isinstance(v, dict):
-        return "map[string]interface {}"
+    for types, name, _ in GO_TYPES:
+        if isinstance(v, types):
+            return name
     return type(v).__name__
 
 
@@ -298,17 +301,15 @@ def sprintf(fmt: str, args: list) -> str:
             out.append("%!(NOVERB)")
             break
         if width == "*":
-            width, argi = (args[argi] if argi < len(args) else None), argi + 1
-            if not _is_int(width) or abs(width) > _MAX_WIDTH:
+            width, argi = _int_from_arg(args, argi)
+            if width is None:
                 out.append("%!(BADWIDTH)")
-                width = None
             elif width < 0:
                 flags, width = flags + "-", -width
         if prec == "*":
-            prec, argi = (args[argi] if argi < len(args) else None), argi + 1
-            if not _is_int(prec) or abs(prec) > _MAX_WIDTH:
+            prec, argi = _int_from_arg(args, argi)
+            if prec is None:
                 out.append("%!(BADPREC)")
-                prec = None
             elif prec < 0:
                 prec = None
         width = int(width) if width is not None else None
@@ -338,6 +339,15 @@ def sprintf(fmt: str, args: list) -> str:
 
 
 _MAX_WIDTH = 1_000_000  # Go's fmt refuses widths and precisions beyond this
+
+
+def _int_from_arg(args: Sequence, argi: int) -> tuple[int | None, int]:
+    """The argument a `*` width or precision takes, and the next argument's index (Go's
+    intFromArg): None where it is missing, not an integer or beyond _MAX_WIDTH."""
+    value = args[argi] if argi < len(args) else None
+    if not _is_int(value) or abs(value) > _MAX_WIDTH:
+        return None, argi + 1
+    return value, argi + 1
 
 
 def _is_int(v) -> bool:

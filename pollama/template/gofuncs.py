@@ -10,7 +10,7 @@ import datetime
 import urllib.parse
 from collections.abc import Callable
 
-from .gofmt import GoValueError, format_value, go_json, go_type_name, sprint, sprintf, sprintln
+from .gofmt import GO_TYPES, GoValueError, format_value, go_json, go_type_name, sprint, sprintf, sprintln
 
 class _Nil:
     """A nil interface value held by a map, struct field or slice element."""
@@ -69,20 +69,9 @@ def _kind(v) -> str:
     v = _plain(v)
     if v is None:
         return "invalid"
-    if isinstance(v, bool):
-        return "bool"
-    if isinstance(v, int):
-        return "int"
-    if isinstance(v, float):
-        return "float"
-    if isinstance(v, complex):
-        return "complex"
-    if isinstance(v, str):
-        return "string"
-    if isinstance(v, (list, tuple)):
-        return "slice"
-    if isinstance(v, dict):
-        return "map"
+    for types, _, kind in GO_TYPES:
+        if isinstance(v, types):
+            return kind
     return "struct"
 
 

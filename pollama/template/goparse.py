@@ -176,26 +176,9 @@ class Parser:
 
     def action(self) -> Node:
         t = self.next_non_space()
-        typ = t.typ
-        if typ is Tok.BLOCK:
-            return self.block_control(t)
-        if typ is Tok.BREAK:
-            return self.break_control(t, "break", BreakNode)
-        if typ is Tok.CONTINUE:
-            return self.break_control(t, "continue", ContinueNode)
-        if typ is Tok.ELSE:
-            return self.else_control(t)
-        if typ is Tok.END:
-            self.expect(Tok.RIGHT_DELIM, "end")
-            return EndMarker(t)
-        if typ is Tok.IF:
-            return self.control(IfNode, "if", t)
-        if typ is Tok.RANGE:
-            return self.control(RangeNode, "range", t)
-        if typ is Tok.TEMPLATE:
-            return self.template_control(t)
-        if typ is Tok.WITH:
-            return self.control(WithNode, "with", t)
+        keyword = _KEYWORD_ACTIONS.get(t.typ)
+        if keyword is not None:
+            return keyword(self, t)
         self.backup()
         tok = self.peek()
         return ActionNode(tok.pos, self.pipeline("command", Tok.RIGHT_DELIM))
@@ -207,6 +190,10 @@ class Parser:
         if self.range_depth == 0:
             raise self.error("{{" + word + "}} outside {{range}}", t)
         return cls(t.pos)
+
+    def end_control(self, t: Token) -> EndMarker:
+        self.expect(Tok.RIGHT_DELIM, "end")
+        return EndMarker(t)
 
     def else_control(self, t: Token) -> ElseMarker:
         peek = self.peek_non_space()
@@ -244,12 +231,16 @@ class Parser:
             del self.vars[mark:]
             self.leave()
 
-    def block_control(self, t: Token) -> Node:
-        context = "block clause"
+    def template_name(self, context: str) -> str:
+        """The quoted name after {{block or {{template (Go's parseTemplateName)."""
         name_tok = self.next_non_space()
         if name_tok.typ not in (Tok.STRING, Tok.RAW_STRING):
             raise self.unexpected(name_tok, context)
-        name = self._unquote(name_tok)
+        return self._unquote(name_tok)
+
+    def block_control(self, t: Token) -> Node:
+        context = "block clause"
+        name = self.template_name(context)
         pipe = self.pipeline(context, Tok.RIGHT_DELIM)
         saved_vars, saved_depth = self.vars, self.range_depth
         self.vars, self.range_depth = ["$"], 0
@@ -264,10 +255,7 @@ class Parser:
 
     def template_control(self, t: Token) -> Node:
         context = "template clause"
-        name_tok = self.next_non_space()
-        if name_tok.typ not in (Tok.STRING, Tok.RAW_STRING):
-            raise self.unexpected(name_tok, context)
-        name = self._unquote(name_tok)
+        name = self.template_name(context)
         pipe = None
         if self.next_non_space().typ is not Tok.RIGHT_DELIM:
             self.backup()
@@ -423,6 +411,20 @@ class ElseMarker:
 
     def __str__(self) -> str:
         return "{{else}}"
+
+
+# The action that each keyword opening {{...}} starts (as Go's parse.go switch in action()).
+_KEYWORD_ACTIONS = {
+    Tok.BLOCK: Parser.block_control,
+    Tok.BREAK: lambda p, t: p.break_control(t, "break", BreakNode),
+    Tok.CONTINUE: lambda p, t: p.break_control(t, "continue", ContinueNode),
+    Tok.ELSE: Parser.else_control,
+    Tok.END: Parser.end_control,
+    Tok.IF: lambda p, t: p.control(IfNode, "if", t),
+    Tok.RANGE: lambda p, t: p.control(RangeNode, "range", t),
+    Tok.TEMPLATE: Parser.template_control,
+    Tok.WITH: lambda p, t: p.control(WithNode, "with", t),
+}
 
 
 def _is_empty(tree: ListNode) -> bool:

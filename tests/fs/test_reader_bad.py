@@ -294,12 +294,12 @@ def test_bad_names(build):
     assert "key #1 is not valid UTF-8" in open_fails(build(Build(kvs=[kv("a", U8, 1), kv(b"\xff", U8, 1)])))
     assert "key #0 has length 70000, over the limit of 65535" in open_fails(build(Build(kvs=[kv("k" * 70000, U8, 1)])))
     b = Build(tensors=[Tensor("", (8,), 0, 0)], data=b"\0" * 32)
-    assert "tensor #0 has an empty name" in open_fails(build(b))
+    assert "name of tensor #0 is empty" in open_fails(build(b))
     b = Build(tensors=[Tensor("n" * 64, (8,), 0, 0)], data=b"\0" * 32)
     assert "name of tensor #0 has length 64, over the limit of 63 bytes" in open_fails(build(b))
     # A tensor name is text handed to ggml and looked up by models: not UTF-8 is refused.
     b = Build(tensors=[Tensor(b"blk.0\xff.weight", (8,), 0, 0)], data=b"\0" * 32)
-    assert "the name of tensor #0 is not valid UTF-8: b'blk.0\\xff.weight'" in open_fails(build(b))
+    assert "name of tensor #0 is not valid UTF-8: b'blk.0\\xff.weight'" in open_fails(build(b))
 
 
 def test_not_a_file(tmp_path):

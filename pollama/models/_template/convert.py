@@ -10,18 +10,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from pollama.models.convert import ATTENTION_LAYER_NAMES, ModelConverter, rope_scaling_metadata
+from pollama.models.convert import LLAMA_LAYER_NAMES, ModelConverter
 
 # HF name inside `model.layers.N.` (without .weight/.bias) -> GGUF name inside `blk.N.`.
 # `pollama tensors FOLDER` lists the HF names; outside the layers, ModelConverter.top_names
-# maps model.embed_tokens, model.norm and lm_head already.
-LAYER_NAMES = {
-    **ATTENTION_LAYER_NAMES,  # input_layernorm and self_attn.{q,k,v,o}_proj
-    "post_attention_layernorm": "ffn_norm",
-    "mlp.gate_proj": "ffn_gate",
-    "mlp.up_proj": "ffn_up",
-    "mlp.down_proj": "ffn_down",
-}
+# maps model.embed_tokens, model.norm and lm_head already. Add or replace entries where your
+# layer differs from Llama's (e.g. {**LLAMA_LAYER_NAMES, "self_attn.q_norm": "attn_q_norm"}).
+LAYER_NAMES = {**LLAMA_LAYER_NAMES}  # input_layernorm, self_attn.{q,k,v,o}_proj, post_attention_layernorm, mlp.*
 
 
 class MyModelConverter(ModelConverter):
@@ -34,11 +29,9 @@ class MyModelConverter(ModelConverter):
         c = self.cfg
         # Refuse what model.py does not compute, rather than convert it into a wrong model.
         self.check_activation("hidden_act", ("silu",), "silu")
-        rope = c.rope()
-        md = self.decoder_metadata(default_eps=1e-6, default_ctx=4096)
-        md["rope.freq_base"] = float(rope["rope_theta"])
+        # rope: rope.freq_base and the linear/YaRN rope.scaling.* keys (decoder_metadata's).
+        md = self.decoder_metadata(default_eps=1e-6, default_ctx=4096, rope=c.rope())
         md["rope.dimension_count"] = self.head_dim()
-        md.update(rope_scaling_metadata(rope))
         return md
 
     def transform(self, name: str, data: np.ndarray) -> np.ndarray:

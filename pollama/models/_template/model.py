@@ -14,20 +14,17 @@ import math
 
 from pollama.ml.base import Context, RopeMode, Tensor
 from pollama.models.base import Config, TextModel, register
-from pollama.nn import Batch, Linear, Module, RMSNorm, Weights, attention, make_rope
+from pollama.nn import Batch, Linear, PreNormAttention, RMSNorm, Weights, attention, make_rope
 
 ARCH = "mymodel"  # TEMPLATE: general.architecture = the folder's name; GGUF keys are "<ARCH>.block_count", ...
 
 
-class Block(Module):
+class Block(PreNormAttention):
     """One decoder layer: x + attn(norm(x)), then h + mlp(norm(h))."""
 
-    # blk.N.<name>.weight (and .bias if any); Optional[...] if a file may lack it (nn/loader.py)
-    attn_norm: RMSNorm
-    attn_q: Linear
-    attn_k: Linear
-    attn_v: Linear
-    attn_output: Linear
+    # blk.N.<name>.weight (and .bias if any); Optional[...] if a file may lack it (nn/loader.py).
+    # PreNormAttention declares attn_norm, attn_q, attn_k, attn_v and attn_output; declare your
+    # own instead (class Block(Module)) where your attention has other weights.
     ffn_norm: RMSNorm
     ffn_gate: Linear
     ffn_up: Linear
@@ -79,8 +76,4 @@ class MyModel(TextModel):
             ctx.record(f"blk.{i}.ffn_out", m)
             x = x + m
             ctx.record(f"blk.{i}.out", x)
-        x = self.output_norm(x)
-        ctx.record("output_norm", x)
-        logits = self.output(x)  # [outputs, vocab]
-        ctx.record("logits", logits)
-        return logits
+        return self.logits(ctx, x)  # output_norm, then output: [outputs, vocab]

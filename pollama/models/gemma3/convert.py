@@ -8,21 +8,16 @@ import re
 
 import numpy as np
 
-from pollama.models.convert import ConvertError, HFConfig, ModelConverter, rope_scaling_metadata
+from pollama.models.convert import (
+    LLAMA_LAYER_NAMES, QK_NORM_LAYER_NAMES, ConvertError, HFConfig, ModelConverter, rope_scaling_metadata,
+)
 
+# Llama's names with Q/K norms, and a norm both before and after attention and the MLP.
 LAYER_NAMES = {
-    "input_layernorm": "attn_norm",
-    "self_attn.q_proj": "attn_q",
-    "self_attn.k_proj": "attn_k",
-    "self_attn.v_proj": "attn_v",
-    "self_attn.q_norm": "attn_q_norm",
-    "self_attn.k_norm": "attn_k_norm",
-    "self_attn.o_proj": "attn_output",
+    **LLAMA_LAYER_NAMES,
+    **QK_NORM_LAYER_NAMES,
     "post_attention_layernorm": "post_attention_norm",
     "pre_feedforward_layernorm": "ffn_norm",
-    "mlp.gate_proj": "ffn_gate",
-    "mlp.up_proj": "ffn_up",
-    "mlp.down_proj": "ffn_down",
     "post_feedforward_layernorm": "post_ffw_norm",
 }
 

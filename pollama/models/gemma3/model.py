@@ -37,6 +37,13 @@ class Block(Module):
     ffn_down: Linear
     post_ffw_norm: RMSNorm
 
+    def feed_forward(self, ctx: Context, i: int, x: Tensor) -> Tensor:
+        """x plus the GeGLU MLP of the layer (i) on normed x, its output normed too."""
+        h = self.ffn_norm(x)
+        h = self.ffn_down(self.ffn_gate(h).geglu(self.ffn_up(h)))
+        ctx.record(f"blk.{i}.ffn_out", h)
+        return x + self.post_ffw_norm(h)
+
 
 @register("gemma3")
 class Gemma3(TextModel):
@@ -160,15 +167,6 @@ class Gemma3(TextModel):
             ctx.record(f"blk.{i}.attn_out", a)
             x = x + layer.post_attention_norm(a)
 
-            h = layer.ffn_norm(x)
-            h = layer.ffn_down(layer.ffn_gate(h).geglu(layer.ffn_up(h)))
-            ctx.record(f"blk.{i}.ffn_out", h)
-            x = x + layer.post_ffw_norm(h)
+            x = layer.feed_forward(ctx, i, x)
             ctx.record(f"blk.{i}.out", x)
-        x = self.output_norm(x)
-        ctx.record("output_norm", x)
-        logits = self.output(x)
-        if self.final_softcap:
-            logits = logits.softcap(self.final_softcap)
-        ctx.record("logits", logits)
-        return logits
+        return self.logits(ctx, x)  # final norm, output, soft cap

@@ -11,20 +11,16 @@ from PIL import Image
 from pollama.models import imageproc
 
 IMAGE_SIZE = 896
+# SiglipImageProcessor: bilinear, to [-1, 1].
+NORMALIZATION = imageproc.Normalization(imageproc.HALF_MEAN, imageproc.HALF_STD, imageproc.BILINEAR)
 
 
 def process_image(
     image: Image.Image,
     *,
     image_size: int = IMAGE_SIZE,
-    mean: tuple[float, float, float] = imageproc.HALF_MEAN,
-    std: tuple[float, float, float] = imageproc.HALF_STD,
-    resample: int = imageproc.BILINEAR,
+    normalization: imageproc.Normalization = NORMALIZATION,
 ) -> np.ndarray:
     """One decoded image as [3, image_size, image_size] float32 in [-1, 1] for the SigLIP encoder."""
-    image = imageproc.to_rgb(image)
-    width, height = image.size
-    if width <= 0 or height <= 0:
-        raise ValueError(f"image has zero size ({width}x{height})")
-    pixels = imageproc.to_chw_uint8(imageproc.resize(image, image_size, image_size, resample))
-    return np.ascontiguousarray(imageproc.rescale_and_normalize(pixels, mean, std))
+    image, _, _ = imageproc.rgb_size(image)
+    return normalization(image, image_size, image_size)

@@ -24,8 +24,6 @@ def _gemma3_inputs(model, tokens: Sequence[int], pixels: np.ndarray | None) -> d
 
 ADAPTERS = {
     "Gemma3ForConditionalGeneration": VisionAdapter(
-        text_layers="model.language_model.layers",
-        text_norm="model.language_model.norm",
         modules={"v.embd": "model.vision_tower.embeddings", "v.post_layernorm": "model.vision_tower.post_layernorm",
                  "mm.out": "model.multi_modal_projector"},
         vision_layers={"v.blk": "model.vision_tower.encoder.layers"},

@@ -202,10 +202,7 @@ class Gemma4(TextModel):
             ctx.record(f"blk.{i}.attn_out", a)
             x = x + layer.post_attention_norm(a)
 
-            h = layer.ffn_norm(x)
-            h = layer.ffn_down(layer.ffn_gate(h).geglu(layer.ffn_up(h)))
-            ctx.record(f"blk.{i}.ffn_out", h)
-            x = x + layer.post_ffw_norm(h)
+            x = layer.feed_forward(ctx, i, x)  # Gemma 3's MLP
 
             if ple is not None:
                 mine = ple.slice(1, i * self.ple_dim, (i + 1) * self.ple_dim)  # [t, ple_dim]
@@ -216,10 +213,4 @@ class Gemma4(TextModel):
             if layer.layer_output_scale is not None:
                 x = x * layer.layer_output_scale
             ctx.record(f"blk.{i}.out", x)
-        x = self.output_norm(x)
-        ctx.record("output_norm", x)
-        logits = self.output(x)
-        if self.final_softcap:
-            logits = logits.softcap(self.final_softcap)
-        ctx.record("logits", logits)
-        return logits
+        return self.logits(ctx, x)  # final norm, output, soft cap

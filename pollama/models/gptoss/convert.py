@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from pollama.fs import mxfp4
-from pollama.models.convert import ATTENTION_LAYER_NAMES, ConvertError, ModelConverter, rope_scaling_metadata
+from pollama.models.convert import ATTENTION_LAYER_NAMES, ConvertError, ModelConverter
 
 LAYER_NAMES = {
     **ATTENTION_LAYER_NAMES,
@@ -151,8 +151,7 @@ class GptOssConverter(ModelConverter):
             "sliding_attention" if (i + 1) % 2 else "full_attention" for i in range(n_layers)]
         if len(layer_types) != n_layers:
             raise ConvertError(f"config.json layer_types has {len(layer_types)} entries for {n_layers} layers")
-        rope = c.rope(default_theta=150000.0)
-        md = self.decoder_metadata(default_eps=1e-5, default_ctx=131072)
+        md = self.decoder_metadata(default_eps=1e-5, default_ctx=131072, rope=c.rope(default_theta=150000.0))
         md.update({
             "attention.key_length": self.head_dim(),
             "attention.value_length": self.head_dim(),
@@ -161,8 +160,6 @@ class GptOssConverter(ModelConverter):
             "expert_feed_forward_length": c.require("intermediate_size"),
             "attention.sliding_window": c.get("sliding_window", 128),
             "attention.sliding_window_pattern": [t == "sliding_attention" for t in layer_types],
-            "rope.freq_base": float(rope["rope_theta"]),
-            **rope_scaling_metadata(rope),
         })
         return md
 

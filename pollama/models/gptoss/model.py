@@ -11,7 +11,6 @@ attention sinks, alternating sliding-window and full attention, YaRN RoPE and bi
 
 from __future__ import annotations
 
-import math
 from typing import Annotated, Optional
 
 from pollama.errors import ModelError
@@ -19,10 +18,10 @@ from pollama.kvcache import LayerCaches
 from pollama.ml.base import Backend, Context, RopeMode, Tensor
 from pollama.fs.ggml_types import GGMLType
 from pollama.models.base import Config, TextModel, positive, register
-from pollama.models.llama.model import read_rope_scaling
+from pollama.models.llama.model import decoder_layer, read_rope_scaling
 from pollama.nn import (
     Batch,
-    Linear, Module, RMSNorm, RopeScaling, RoutedExperts, Weights, attention, load_weights, make_rope, top_k_then_softmax,
+    Linear, PreNormAttention, RMSNorm, RopeScaling, RoutedExperts, Weights, load_weights, make_rope, top_k_then_softmax,
 )
 
 SWIGLU_ALPHA = 1.702
@@ -34,17 +33,16 @@ def clamped_swiglu(gate: Tensor, up: Tensor) -> Tensor:
     return gate.swiglu_oai(up, SWIGLU_ALPHA, SWIGLU_LIMIT)
 
 
-class Block(Module):
-    """One layer: x + attn(norm(x)), then h + experts(norm(h)); `experts` is built by the model."""
+class Block(PreNormAttention):
+    """One layer: x + attn(norm(x)), then h + experts(norm(h)); `experts` is built by the model.
+    It runs as Llama's layer (llama.model.decoder_layer) with these sinks and experts."""
 
-    attn_norm: RMSNorm
-    attn_q: Linear
-    attn_k: Linear
-    attn_v: Linear
-    attn_output: Linear
     attn_sinks: Annotated[Tensor, "attn_sinks.weight"]  # [heads]
-    post_attention_norm: RMSNorm
+    ffn_norm: Annotated[RMSNorm, "post_attention_norm"]  # the norm before the experts
     experts: RoutedExperts  # ffn_gate_inp, ffn_{gate,up,down}_exps under blk.N
+
+    def feed_forward(self, h: Tensor) -> Tensor:
+        return self.experts(h)
 
 
 class OllamaBlock(Block):
@@ -56,7 +54,21 @@ class OllamaBlock(Block):
     attn_v: Optional[Linear]
     attn_output: Annotated[Linear, "attn_out"]
     attn_sinks: Annotated[Tensor, "attn_sinks"]
-    post_attention_norm: Annotated[RMSNorm, "ffn_norm"]
+    ffn_norm: RMSNorm
+    widths = (0, 0, 0)  # q, k and v rows of attn_qkv, set by the model
+
+    def qkv(self, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """From the fused projection where the file has one, else from the three."""
+        if self.attn_qkv is None:
+            if self.attn_q is None or self.attn_k is None or self.attn_v is None:
+                raise ModelError("a layer has neither attn_qkv nor all of attn_q, attn_k and attn_v")
+            return super().qkv(h)
+        q_end, k_width, v_width = self.widths
+        k_end = q_end + k_width
+        if self.attn_qkv.out_features != k_end + v_width:
+            raise ModelError(f"attn_qkv has {self.attn_qkv.out_features} outputs where the heads need {k_end + v_width}")
+        qkv = self.attn_qkv(h)
+        return qkv.slice(1, 0, q_end), qkv.slice(1, q_end, k_end), qkv.slice(1, k_end, k_end + v_width)
 
 
 @register("gpt-oss")
@@ -67,6 +79,7 @@ class GptOss(TextModel):
 
     blk: list[Block]
     output_norm: RMSNorm
+    rope_freqs = None  # (decoder_layer's Llama 3.1 frequency factors: gpt-oss has YaRN instead)
 
     def __init__(self, cfg: Config, w: Weights):
         self.read_dims(cfg)
@@ -88,6 +101,7 @@ class GptOss(TextModel):
             block.experts = RoutedExperts.load(w, f"blk.{i}", n_used=n_used, route=type(self).route,
                                                activation=clamped_swiglu)
             load_weights(block, w, f"blk.{i}", eps=eps)
+            block.widths = (self.n_heads * self.head_dim, self.k_width, self.v_width)
             self.blk.append(block)
         self.load_weights(w, eps=eps)
 
@@ -101,45 +115,12 @@ class GptOss(TextModel):
         return self.windowed_cache(backend, self.is_local, self.window, n_ctx, n_batch, n_seq, dtype)
 
     def forward(self, ctx: Context, batch: Batch, cache) -> Tensor:
-        t = len(batch)
         tokens, positions, outputs = batch.bind(ctx)
         x = self.token_embd(tokens)  # [t, dim]
         ctx.record("token_embd", x)
         for i, layer in enumerate(self.blk):
-            q, k, v = self.qkv(layer, layer.attn_norm(x))
-            q = q.reshape(t, self.n_heads, self.head_dim).rope(positions, self.rope)
-            k = k.reshape(t, self.n_kv_heads, self.head_dim).rope(positions, self.rope)
-            v = v.reshape(t, self.n_kv_heads, self.v_head_dim)
-            a = attention(ctx, q, k, v, cache, i, 1.0 / math.sqrt(self.head_dim), sinks=layer.attn_sinks)
-            a = layer.attn_output(a)
-            if i == self.n_layers - 1:  # from here on only the rows whose logits are wanted
-                a, x = a.rows(outputs), x.rows(outputs)
-            ctx.record(f"blk.{i}.attn_out", a)
-            x = x + a
-
-            m = layer.experts(layer.post_attention_norm(x))
-            ctx.record(f"blk.{i}.ffn_out", m)
-            x = x + m
-            ctx.record(f"blk.{i}.out", x)
-        x = self.output_norm(x)
-        ctx.record("output_norm", x)
-        logits = self.output(x)
-        ctx.record("logits", logits)
-        return logits
-
-    def qkv(self, layer: Block, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Queries, keys and values [t, width] of normed x, from one fused projection or three."""
-        fused = getattr(layer, "attn_qkv", None)
-        if fused is None:
-            if layer.attn_q is None or layer.attn_k is None or layer.attn_v is None:
-                raise ModelError("a layer has neither attn_qkv nor all of attn_q, attn_k and attn_v")
-            return layer.attn_q(h), layer.attn_k(h), layer.attn_v(h)
-        qkv = fused(h)
-        q_end = self.n_heads * self.head_dim
-        k_end = q_end + self.k_width
-        if fused.out_features != k_end + self.v_width:
-            raise ModelError(f"attn_qkv has {fused.out_features} outputs where the heads need {k_end + self.v_width}")
-        return qkv.slice(1, 0, q_end), qkv.slice(1, q_end, k_end), qkv.slice(1, k_end, k_end + self.v_width)
+            x = decoder_layer(ctx, self, layer, i, x, positions, cache, outputs)  # Llama's, with sinks and experts
+        return self.logits(ctx, x)
 
 
 @register("gptoss")

@@ -7,18 +7,12 @@ import math
 
 import numpy as np
 
-from pollama.models.convert import ATTENTION_LAYER_NAMES, ConvertError, ModelConverter, rope_scaling_metadata
+from pollama.models.convert import LLAMA_LAYER_NAMES, ConvertError, ModelConverter
 
 log = logging.getLogger(__name__)
 
 # HF name inside `model.layers.N.` -> GGUF name inside `blk.N.`.
-LAYER_NAMES = {
-    **ATTENTION_LAYER_NAMES,
-    "post_attention_layernorm": "ffn_norm",
-    "mlp.gate_proj": "ffn_gate",
-    "mlp.up_proj": "ffn_up",
-    "mlp.down_proj": "ffn_down",
-}
+LAYER_NAMES = LLAMA_LAYER_NAMES
 
 
 class LlamaConverter(ModelConverter):
@@ -34,11 +28,10 @@ class LlamaConverter(ModelConverter):
             # As llama.cpp: the llama architecture has no sliding window; it only matters past it.
             log.warning("sliding_window=%d is not kept: attention will see the whole context", window)
         rope = c.rope()
-        md = self.decoder_metadata(default_eps=1e-6, default_ctx=2048)
-        md["rope.freq_base"] = float(rope["rope_theta"])
+        # Llama 3.1's scaling is a tensor (see extra_tensors), not rope.scaling keys.
+        md = self.decoder_metadata(default_eps=1e-6, default_ctx=2048, rope=rope,
+                                   rope_scaling=rope["rope_type"] != "llama3")
         md["rope.dimension_count"] = self.head_dim()
-        if rope["rope_type"] != "llama3":  # Llama 3.1's scaling is a tensor (see extra_tensors)
-            md.update(rope_scaling_metadata(rope))
         return md
 
     def transform(self, name: str, data: np.ndarray) -> np.ndarray:

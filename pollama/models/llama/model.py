@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 from pollama.ml.base import Context, RopeMode, Tensor
 from pollama.models.base import Config, TextModel, register
 from pollama.errors import ModelError
-from pollama.nn import Batch, Linear, Module, RMSNorm, RopeScaling, Weights, attention, make_rope
+from pollama.nn import Batch, Linear, PreNormAttention, RMSNorm, RopeScaling, Weights, attention, make_rope
 
 
 def read_rope_scaling(cfg: Config) -> RopeScaling:
@@ -24,22 +24,13 @@ def read_rope_scaling(cfg: Config) -> RopeScaling:
     )
 
 
-class Block(Module):
+class Block(PreNormAttention):
     """One decoder layer: x + attn(norm(x)), then h + mlp(norm(h))."""
 
-    attn_norm: RMSNorm
-    attn_q: Linear
-    attn_k: Linear
-    attn_v: Linear
-    attn_output: Linear
     ffn_norm: RMSNorm
     ffn_gate: Linear
     ffn_up: Linear
     ffn_down: Linear
-
-    def qk_norm(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
-        """Q and K [t, heads, head_dim] before RoPE: as they are (Qwen3 normalises each head here)."""
-        return q, k
 
     def feed_forward(self, h: Tensor) -> Tensor:
         """The MLP on the normed residual: SwiGLU (a sparse layer routes to experts instead)."""
@@ -88,28 +79,25 @@ class Llama(TextModel):
         temperature = self.query_temperature(ctx, positions)
         for i, layer in enumerate(self.blk):
             x = decoder_layer(ctx, self, layer, i, x, rotary, cache, outputs, temperature)
-        x = self.output_norm(x)
-        ctx.record("output_norm", x)
-        logits = self.output(x)
-        ctx.record("logits", logits)
-        return logits
+        return self.logits(ctx, x)
 
 
 def decoder_layer(ctx: Context, model: TextModel, layer: Block, i: int, x: Tensor, positions: Tensor, cache,
                   outputs: Tensor, temperature: Tensor | None = None) -> Tensor:
     """One Llama layer on x [t, dim] (model: the sizes, RoPE and frequency factors); the last
-    layer keeps only the rows of `outputs`."""
+    layer keeps only the rows of `outputs`. The layer's own methods (qkv, qk_norm,
+    feed_forward) and sinks are where Qwen3 and gpt-oss differ."""
     t = x.shape[0]
-    h = layer.attn_norm(x)
-    q = layer.attn_q(h).reshape(t, model.n_heads, model.head_dim)
-    k = layer.attn_k(h).reshape(t, model.n_kv_heads, model.head_dim)
-    v = layer.attn_v(h).reshape(t, model.n_kv_heads, model.v_head_dim)
+    q, k, v = layer.qkv(layer.attn_norm(x))
+    q = q.reshape(t, model.n_heads, model.head_dim)
+    k = k.reshape(t, model.n_kv_heads, model.head_dim)
+    v = v.reshape(t, model.n_kv_heads, model.v_head_dim)
     q, k = layer.qk_norm(q, k)
     q = q.rope(positions, model.rope, model.rope_freqs)
     if temperature is not None:
         q = q * temperature
     k = k.rope(positions, model.rope, model.rope_freqs)
-    a = layer.attn_output(attention(ctx, q, k, v, cache, i, 1.0 / math.sqrt(model.head_dim)))
+    a = layer.attn_output(attention(ctx, q, k, v, cache, i, 1.0 / math.sqrt(model.head_dim), sinks=layer.attn_sinks))
     if i == model.n_layers - 1:  # from here on only the rows whose logits are wanted
         a, x = a.rows(outputs), x.rows(outputs)
     ctx.record(f"blk.{i}.attn_out", a)

@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from pollama.models.convert import OUT_TYPES, ConvertError, convert_folder, rope_scaling_metadata
+from pollama.models.convert import OUT_TYPES, ConvertError, convert_folder
 from pollama.models.llama.convert import LlamaConverter
 
 
@@ -25,10 +25,8 @@ class MistralConverter(LlamaConverter):
         rope = c.rope()
         if rope["rope_type"] == "llama3":
             raise ConvertError("config.json rope scaling 'llama3' is Llama 3.1's, not Mistral's")
-        md = self.decoder_metadata(default_eps=1e-6, default_ctx=32768)  # MistralConfig's defaults
-        md["rope.freq_base"] = float(rope["rope_theta"])
+        md = self.decoder_metadata(default_eps=1e-6, default_ctx=32768, rope=rope)  # MistralConfig's defaults
         md["rope.dimension_count"] = self.head_dim()
-        md.update(rope_scaling_metadata(rope))
         window = c.get("sliding_window")
         if window is not None:
             if not isinstance(window, int) or isinstance(window, bool) or window <= 0:

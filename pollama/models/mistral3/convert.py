@@ -8,7 +8,6 @@ adjacent-pair RoPE (as Llama's) and the vision Q/K are not (the tower rotates ha
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import numpy as np
@@ -135,18 +134,9 @@ class Mistral3Converter(ModelConverter):
             return True
         return hf_name == "language_model.lm_head.weight" and bool(self.cfg.get("tie_word_embeddings", False))
 
-    def gguf_name(self, hf_name: str) -> str:
-        stem, dot, suffix = hf_name.rpartition(".")
-        if dot and suffix in ("weight", "bias"):
-            if stem in self.top_names:
-                return f"{self.top_names[stem]}.{suffix}"
-            m = re.fullmatch(r"language_model\.model\.layers\.(\d+)\.(.+)", stem)
-            if m and m.group(2) in TEXT_LAYER_NAMES:
-                return f"blk.{m.group(1)}.{TEXT_LAYER_NAMES[m.group(2)]}.{suffix}"
-            m = re.fullmatch(r"vision_tower\.transformer\.layers\.(\d+)\.(.+)", stem)
-            if m and m.group(2) in VISION_LAYER_NAMES:
-                return f"v.blk.{m.group(1)}.{VISION_LAYER_NAMES[m.group(2)]}.{suffix}"
-        raise ConvertError(f"tensor {hf_name!r} has no place in a {self.arch} GGUF")
+    def layer_stacks(self) -> tuple[tuple[str, dict[str, str], str], ...]:
+        return (("language_model.model.layers", TEXT_LAYER_NAMES, "blk"),
+                ("vision_tower.transformer.layers", VISION_LAYER_NAMES, "v.blk"))
 
     def transform(self, name: str, data: np.ndarray) -> np.ndarray:
         # Text Q/K as Llama's (adjacent-pair RoPE); the vision tower keeps HF's rows.

@@ -18,6 +18,8 @@ from pollama.models import imageproc
 LONGEST_EDGE = 1540
 PATCH_SIZE = 14
 SPATIAL_MERGE_SIZE = 2
+# PixtralImageProcessor: bicubic, CLIP's mean and std.
+NORMALIZATION = imageproc.Normalization(imageproc.CLIP_MEAN, imageproc.CLIP_STD, imageproc.BICUBIC)
 # Tekken vocabulary ids of the image tokens.
 IMG_TOKEN = 10
 IMG_BREAK_TOKEN = 12
@@ -73,15 +75,10 @@ def process_image(
     longest_edge: int = LONGEST_EDGE,
     patch_size: int = PATCH_SIZE,
     spatial_merge_size: int = SPATIAL_MERGE_SIZE,
-    mean: tuple[float, float, float] = imageproc.CLIP_MEAN,
-    std: tuple[float, float, float] = imageproc.CLIP_STD,
-    resample: int = imageproc.BICUBIC,
+    normalization: imageproc.Normalization = NORMALIZATION,
 ) -> PixtralImage:
     """Resize and normalize one decoded image for the Pixtral vision encoder."""
-    image = imageproc.to_rgb(image)
-    width, height = image.size
+    image, height, width = imageproc.rgb_size(image)
     step = patch_size * spatial_merge_size
     new_height, new_width = output_size(height, width, longest_edge, step)
-    pixels = imageproc.to_chw_uint8(imageproc.resize(image, new_height, new_width, resample))
-    normalized = imageproc.rescale_and_normalize(pixels, mean, std)
-    return PixtralImage(np.ascontiguousarray(normalized), new_height // step, new_width // step)
+    return PixtralImage(normalization(image, new_height, new_width), new_height // step, new_width // step)

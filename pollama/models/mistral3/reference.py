@@ -32,8 +32,6 @@ def _inputs(model, tokens: Sequence[int], prepared) -> dict:
 
 
 ADAPTERS = {"Mistral3ForConditionalGeneration": VisionAdapter(
-    text_layers="model.language_model.layers",
-    text_norm="model.language_model.norm",
     modules={"v.embd": "model.vision_tower.ln_pre", "mm.out": "model.multi_modal_projector"},
     vision_layers={"v.blk": "model.vision_tower.transformer.layers"},
     inputs=_inputs,

@@ -144,11 +144,7 @@ class Mllama(TextModel):
                 ctx.record(f"blk.{i}.out", x)
             else:
                 x = decoder_layer(ctx, self, layer, i, x, positions, cache, outputs)  # Llama's
-        x = self.output_norm(x)
-        ctx.record("output_norm", x)
-        logits = self.output(x)
-        ctx.record("logits", logits)
-        return logits
+        return self.logits(ctx, x)
 
     def cross_layer(self, ctx: Context, layer: CrossBlock, i: int, x: Tensor, encoder: EncoderCache, scale: float,
                     outputs: Tensor | None) -> Tensor:

@@ -17,6 +17,8 @@ from pollama.models import imageproc
 
 TILE_SIZE = 560
 MAX_NUM_TILES = 4
+# MllamaImageProcessor: bilinear, CLIP's mean and std.
+NORMALIZATION = imageproc.Normalization(imageproc.CLIP_MEAN, imageproc.CLIP_STD, imageproc.BILINEAR)
 
 
 @dataclass(frozen=True)
@@ -69,26 +71,21 @@ def process_image(
     *,
     tile_size: int = TILE_SIZE,
     max_num_tiles: int = MAX_NUM_TILES,
-    mean: tuple[float, float, float] = imageproc.CLIP_MEAN,
-    std: tuple[float, float, float] = imageproc.CLIP_STD,
-    resample: int = imageproc.BILINEAR,
+    normalization: imageproc.Normalization = NORMALIZATION,
 ) -> MllamaImage:
     """Tile one decoded image for the mllama vision encoder."""
     if tile_size <= 0 or max_num_tiles <= 0:
         raise ValueError(f"tile_size and max_num_tiles must be positive, got {tile_size} and {max_num_tiles}")
-    image = imageproc.to_rgb(image)
-    width, height = image.size
-    if width <= 0 or height <= 0:
-        raise ValueError(f"image has zero size ({width}x{height})")
+    image, height, width = imageproc.rgb_size(image)
     rows, cols = best_canvas(height, width, max_num_tiles, tile_size)
     canvas_height, canvas_width = rows * tile_size, cols * tile_size
     new_height, new_width = fit_to_canvas(height, width, canvas_height, canvas_width, tile_size)
-    resized = imageproc.to_chw_uint8(imageproc.resize(image, new_height, new_width, resample))
+    resized = normalization.resized(image, new_height, new_width)
 
     # Padding is black in 8-bit values, so after normalization it is -mean/std, not zero.
     canvas = np.zeros((3, canvas_height, canvas_width), dtype=np.uint8)
     canvas[:, :new_height, :new_width] = resized
-    normalized = imageproc.rescale_and_normalize(canvas, mean, std)
+    normalized = normalization.normalize(canvas)
 
     # [3, rows*T, cols*T] -> [rows*cols, 3, T, T], tiles in row-major order.
     tiles = normalized.reshape(3, rows, tile_size, cols, tile_size).transpose(1, 3, 0, 2, 4)

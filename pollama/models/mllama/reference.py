@@ -130,8 +130,6 @@ def _rows(name: str, output, model, prepared) -> np.ndarray:
 
 
 ADAPTERS = {"MllamaForConditionalGeneration": VisionAdapter(
-    text_layers="model.language_model.layers",
-    text_norm="model.language_model.norm",
     modules={"v.embd": "model.vision_model.layernorm_pre", "mm.out": "model.multi_modal_projector"},
     vision_layers={"v.blk": "model.vision_model.transformer.layers",
                    "v.global.blk": "model.vision_model.global_transformer.layers"},

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from pollama.models.convert import ModelConverter, rope_scaling_metadata
+from pollama.models.convert import ModelConverter
 from pollama.models.llama.convert import LAYER_NAMES
 
 log = logging.getLogger(__name__)
@@ -21,11 +21,7 @@ class Qwen2Converter(ModelConverter):
         self.check_activation("hidden_act", ("silu",), "silu")
         if c.get("use_sliding_window", False):
             log.warning("use_sliding_window is not kept: attention will see the whole context")
-        rope = c.rope()
-        md = self.decoder_metadata(default_eps=1e-6, default_ctx=32768)
-        md["rope.freq_base"] = float(rope["rope_theta"])
-        md.update(rope_scaling_metadata(rope))
-        return md
+        return self.decoder_metadata(default_eps=1e-6, default_ctx=32768, rope=c.rope())
 
 
 # What `create` converts with, by config.json class (models/discovery.py finds it).

@@ -156,8 +156,7 @@ class Qwen2VLConverter(ModelConverter):
         if not sections or sum(sections) != head_dim // 2:
             raise ConvertError(
                 f"config.json mrope_section {sections} must split the {head_dim // 2} rotary frequencies")
-        md = self.decoder_metadata(default_eps=1e-6, default_ctx=32768)
-        md["rope.freq_base"] = float(rope["rope_theta"])
+        md = self.decoder_metadata(default_eps=1e-6, default_ctx=32768, rope=rope, rope_scaling=False)
         md["rope.dimension_count"] = head_dim
         md["rope.mrope_section"] = [int(s) for s in sections]
 

@@ -19,6 +19,8 @@ from pollama.models import imageproc
 PATCH_SIZE = 14
 MERGE_SIZE = 2
 TEMPORAL_PATCH_SIZE = 2
+# Qwen2VLImageProcessor: bicubic, CLIP's mean and std.
+NORMALIZATION = imageproc.Normalization(imageproc.CLIP_MEAN, imageproc.CLIP_STD, imageproc.BICUBIC)
 # transformers' Qwen2VLImageProcessor defaults; a model's preprocessor config may widen them.
 MIN_PIXELS = 56 * 56
 MAX_PIXELS = 28 * 28 * 1280
@@ -91,15 +93,11 @@ def process_image(
     temporal_patch_size: int = TEMPORAL_PATCH_SIZE,
     min_pixels: int = MIN_PIXELS,
     max_pixels: int = MAX_PIXELS,
-    mean: tuple[float, float, float] = imageproc.CLIP_MEAN,
-    std: tuple[float, float, float] = imageproc.CLIP_STD,
-    resample: int = imageproc.BICUBIC,
+    normalization: imageproc.Normalization = NORMALIZATION,
 ) -> Qwen2VLImage:
     """Resize, normalize and patchify one decoded image for the Qwen2-VL vision encoder."""
-    image = imageproc.to_rgb(image)
-    width, height = image.size
+    image, height, width = imageproc.rgb_size(image)
     new_height, new_width = smart_resize(height, width, patch_size * merge_size, min_pixels, max_pixels)
-    pixels = imageproc.to_chw_uint8(imageproc.resize(image, new_height, new_width, resample))
-    normalized = imageproc.rescale_and_normalize(pixels, mean, std)
+    normalized = normalization(image, new_height, new_width)
     patches, grid_h, grid_w = patchify(normalized, patch_size, merge_size, temporal_patch_size)
     return Qwen2VLImage(patches, (1, grid_h, grid_w), merge_size)

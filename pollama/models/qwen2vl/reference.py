@@ -67,8 +67,6 @@ def _qwen25vl_rows(name: str, output, model, prepared) -> np.ndarray:
 
 def _adapter(rows) -> VisionAdapter:
     return VisionAdapter(
-        text_layers="model.language_model.layers",
-        text_norm="model.language_model.norm",
         modules={"v.embd": "model.visual.patch_embed", "v.merger.ln_q": "model.visual.merger.ln_q",
                  "mm.out": "model.visual.merger"},
         vision_layers={"v.blk": "model.visual.blocks"},

@@ -7,16 +7,12 @@ import logging
 from typing import Any, Mapping
 
 from pollama.models.checkpoint import StackedExperts
-from pollama.models.convert import ConvertError, ModelConverter, rope_scaling_metadata
+from pollama.models.convert import QK_NORM_LAYER_NAMES, ConvertError, ModelConverter
 from pollama.models.llama.convert import LAYER_NAMES
 
 log = logging.getLogger(__name__)
 
-QWEN3_LAYER_NAMES = {
-    **LAYER_NAMES,
-    "self_attn.q_norm": "attn_q_norm",
-    "self_attn.k_norm": "attn_k_norm",
-}
+QWEN3_LAYER_NAMES = {**LAYER_NAMES, **QK_NORM_LAYER_NAMES}
 
 QWEN3MOE_LAYER_NAMES = {
     **QWEN3_LAYER_NAMES,
@@ -40,12 +36,9 @@ class Qwen3Converter(ModelConverter):
             log.warning("use_sliding_window is not kept: attention will see the whole context")
         if c.get("attention_bias", False):
             raise ConvertError("config.json attention_bias=true: qwen3 models have no Q/K/V biases")
-        rope = c.rope(default_theta=1000000.0)
-        md = self.decoder_metadata(default_eps=1e-6, default_ctx=40960)
+        md = self.decoder_metadata(default_eps=1e-6, default_ctx=40960, rope=c.rope(default_theta=1000000.0))
         # Qwen3's head size is its own (128 with a hidden size of 1024, 16 heads): always written.
         md["attention.key_length"] = md["attention.value_length"] = self.head_dim()
-        md["rope.freq_base"] = float(rope["rope_theta"])
-        md.update(rope_scaling_metadata(rope))
         return md
 
 
