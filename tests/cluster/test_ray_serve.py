@@ -121,6 +121,35 @@ def test_conversations_stay_on_the_replica_of_their_first_turn(cluster):
     print("prompt_eval_duration (ms) per turn:", durations)
 
 
+def _ps(url: str, count: int) -> list:
+    """/api/ps through the official client, once it lists `count` models (replicas report to
+    the board when they load, then every 2 s)."""
+    import ollama
+
+    client = ollama.Client(host=url, timeout=60)
+    deadline = time.monotonic() + 20
+    while len(models := client.ps().models) != count and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return models
+
+
+def test_ps_and_tags_report_across_the_cluster(cluster):
+    import ollama
+    from datetime import UTC, datetime
+
+    models = _ps(cluster, 2)
+    assert [m.model for m in models] == ["smollm2:latest"] * 2, models
+    raw = httpx.get(cluster + "/api/ps").json()["models"]
+    # One entry per replica, each naming its replica: the replicas that answer requests.
+    assert sorted(m["replica"] for m in raw) == sorted(_replica_pids()), raw
+    for m in models:
+        assert m.size > 0 and m.size_vram == 0 and m.context_length == 1024 and m.details.family == "llama", m
+        # Ollama's default keep_alive (5m) from the replica's last use.
+        assert 0 < (m.expires_at - datetime.now(UTC)).total_seconds() <= 300, m
+    tags = ollama.Client(host=cluster).list().models
+    assert [t.model for t in tags] == ["smollm2:latest"] and tags[0].size == models[0].size, tags
+
+
 def test_concurrent_streams_through_the_official_clients_spread_over_both_replicas(cluster):
     import ollama
     import openai
@@ -311,3 +340,38 @@ def test_a_replica_with_an_empty_store_pulls_the_model_and_answers_as_a_single_s
             single.wait(10)
         serve.delete("pulled")
         registry.stop()
+
+
+def test_a_model_with_min_replicas_0_scales_to_zero_after_keep_alive_and_back(cluster):
+    """keep_alive 5 s: the replica goes once idle that long (Ray's autoscaler, downscale delay and
+    look-back window of keep_alive), and the next request brings one back."""
+    from pollama.cluster.app import build
+    from pollama.cluster.config import ClusterConfig
+
+    def running() -> int:
+        deployment = serve.status().applications["scaled"].deployments["model-smollm2"]
+        return deployment.replica_states.get("RUNNING", 0)
+
+    def generate() -> dict:
+        r = httpx.post(cluster + "/scaled/api/generate", timeout=120, json={
+            "model": "smollm2", "prompt": "Hello", "stream": False, "options": {**OPTIONS, "num_predict": 2}})
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    config = ClusterConfig.from_dict({"keep_alive": "5s", "models": [
+        {"name": "smollm2", "min_replicas": 0, "max_replicas": 1, "num_parallel": 1, "num_cpus": 0}]})
+    serve.run(build(config), name="scaled", route_prefix="/scaled")
+    try:
+        assert generate()["done"] and running() == 1
+        idle_since = time.monotonic()
+        while running() and time.monotonic() - idle_since < 60:
+            time.sleep(0.5)
+        gone_after = time.monotonic() - idle_since
+        print(f"scaled to zero {gone_after:.1f} s after the last request")
+        assert running() == 0 and gone_after >= 5
+        assert httpx.get(cluster + "/scaled/api/ps", timeout=30).json() == {"models": []}
+        back = time.monotonic()
+        assert generate()["done"] and running() == 1
+        print(f"back from zero in {time.monotonic() - back:.1f} s")
+    finally:
+        serve.delete("scaled")
