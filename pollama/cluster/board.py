@@ -43,6 +43,8 @@ class ReplicaBoard:
 
 def board(app_name: str):
     """The board of application app_name, created by whichever asks first. Detached, so it
-    outlives the replica or ingress that happened to create it."""
+    outlives the replica or ingress that happened to create it (it stays until Ray stops, also
+    after `serve.delete` of its application: one idle actor without CPUs); restarted by Ray if
+    its process dies, empty, and filled again by the replicas' next reports."""
     return ReplicaBoard.options(name=f"pollama-board:{app_name}", namespace="serve", get_if_exists=True,
-                                lifetime="detached").remote()
+                                lifetime="detached", max_restarts=-1, max_task_retries=-1).remote()
