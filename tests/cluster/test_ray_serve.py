@@ -27,6 +27,7 @@ from realmodels import real_model
 REPO = Path(__file__).resolve().parents[2]
 NUM_PARALLEL = 12  # more slots than a replica gets conversations, so none is evicted
 REPLICA_PROCESS = "ServeReplica:pollama:model-smollm2"
+RAY_TEMP = "(set by the cluster fixture)"  # this module's Ray temp directory
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +40,9 @@ def cluster(tmp_path_factory):
     env = {"OLLAMA_MODELS": str(tmp / "models"), "POLLAMA_CACHE": str(tmp / "cache"), "PYTHONPATH": str(REPO),
            "OLLAMA_CONTEXT_LENGTH": "1024"}
     port = free_port()
-    ray.init(num_cpus=3, include_dashboard=False, runtime_env={"env_vars": env}, _temp_dir=str(tmp / "ray"))
+    global RAY_TEMP
+    RAY_TEMP = str(tmp / "ray")
+    ray.init(num_cpus=3, include_dashboard=False, runtime_env={"env_vars": env}, _temp_dir=RAY_TEMP)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         config = ClusterConfig.from_dict({"models": [{"name": "smollm2", "replicas": 2, "num_parallel": NUM_PARALLEL}]})
@@ -194,11 +197,18 @@ def test_concurrent_streams_through_the_official_clients_spread_over_both_replic
 
 
 def _replica_processes() -> list[psutil.Process]:
+    """This cluster's replica processes: workers of the raylet started with this module's temp
+    directory (other sessions on the machine may run their own Ray with the same app name)."""
     found = []
     for p in psutil.process_iter(["cmdline"]):
         cmd = " ".join(p.info["cmdline"] or [])
         if REPLICA_PROCESS in cmd:
-            found.append(p)
+            try:
+                raylet = " ".join(p.parent().cmdline())
+            except (psutil.Error, AttributeError):
+                continue
+            if RAY_TEMP in raylet:
+                found.append(p)
     return found
 
 
@@ -269,6 +279,12 @@ def test_a_dead_replica_fails_only_its_requests_and_comes_back(cluster):
         status = serve.status().applications["pollama"].deployments["model-smollm2"]
     assert status.status == "HEALTHY" and status.replica_states.get("RUNNING") == 2, status
     assert dead not in _replica_pids()  # a new replica in its place
+    # /api/ps drops the dead replica once its last report is stale (6 s).
+    deadline = time.monotonic() + 15
+    while dead in (listed := [m["replica"] for m in httpx.get(cluster + "/api/ps").json()["models"]]) \
+            and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert dead not in listed and listed, listed
 
 
 def _registry_plumbing():
