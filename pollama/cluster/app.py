@@ -16,6 +16,7 @@ from typing import Any
 from ray import serve
 from ray.serve.config import RequestRouterConfig
 
+from pollama.cluster.board import board
 from pollama.cluster.config import ClusterConfig
 from pollama.cluster.remote import ClusterScheduler, ServedBy
 from pollama.cluster.replica import ModelReplica
@@ -45,12 +46,12 @@ class Ingress:
         # The routes resolve a request's model by the store's name for it ("smollm2" may be
         # "smollm2:latest"): the handles are keyed the same way. The ingress renders prompts,
         # so it needs each model (its template and metadata) in its own store too.
-        handles = {}
+        handles, refs = {}, {}
         for model in self.config.models:
             ref = local_model(store, model.name, pull=model.pull, insecure=model.insecure)
-            handles[ref.name] = self.models[model.name]
+            handles[ref.name], refs[ref.name] = self.models[model.name], ref
         server_config = ServerConfig.from_env()
-        scheduler = ClusterScheduler(handles, self.config.keep_alive)
+        scheduler = ClusterScheduler(handles, self.config.keep_alive, refs, board(serve.get_replica_context().app_name))
         app = create_app(server_config, store, scheduler=scheduler)
         app.add_middleware(ServedBy)
         return app

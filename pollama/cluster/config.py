@@ -65,10 +65,15 @@ class ModelDeployment:
             options["num_replicas"] = self.replicas
         else:
             delay = 600.0 if math.isinf(keep_alive) or keep_alive < 0 else max(keep_alive, 1.0)
+            # Ray averages ongoing requests over look_back_period_s before it sees a replica idle:
+            # a window no longer than keep_alive keeps "idle for keep_alive, then gone" (Ollama's
+            # unload) near keep_alive rather than keep_alive + 30 s. From zero, the first request
+            # starts a replica at once (Ray's cold-start path), with no upscale delay.
             options["autoscaling_config"] = {
                 "min_replicas": self.min_replicas, "max_replicas": self.max_replicas,
                 "initial_replicas": max(self.min_replicas, 1),
                 "target_ongoing_requests": self.num_parallel, "downscale_delay_s": delay,
+                "downscale_to_zero_delay_s": delay, "look_back_period_s": min(30.0, delay),
             }
         return options
 

@@ -145,11 +145,32 @@ class Used:
         return now + timedelta(seconds=max(0.0, self.keep_alive - (time.monotonic() - self.last_used)))
 
 
-class ClusterScheduler:
-    """The server's scheduler interface (use, unload, running, close) over model deployments."""
+@dataclass(eq=False)
+class OnReplica:
+    """A model loaded in one replica, as its report to the board says (an /api/ps entry)."""
 
-    def __init__(self, handles: dict[str, Any], keep_alive: float):
+    model: ModelRef
+    replica: str
+    context_length: int
+    expires_at: datetime
+    size_vram: int = 0  # replicas report no device placement yet: they run on the CPU
+    placed_size: int = 0
+
+    def until(self) -> datetime:
+        return self.expires_at
+
+
+class ClusterScheduler:
+    """The server's scheduler interface (use, unload, running, loaded_models,
+    deployed, close) over
+    model deployments. board: the application's ReplicaBoard (pollama.cluster.board), for
+    what every replica has loaded."""
+
+    def __init__(self, handles: dict[str, Any], keep_alive: float, models: dict[str, ModelRef] | None = None,
+                 board=None):
         self.handles = handles  # the model's name as the store resolves it -> its deployment's handle
+        self.models = models or {}  # the same names -> the ingress's ModelRef
+        self.board = board
         self.keep_alive = keep_alive
         self.tables = {name: PrefixTable() for name in handles}
         self._hellos: dict[tuple[str, LoadSpec], dict[str, Any]] = {}
@@ -187,6 +208,26 @@ class ClusterScheduler:
         live = [u for u in self._used.values()
                 if u.keep_alive < 0 or math.isinf(u.keep_alive) or now - u.last_used < u.keep_alive]
         return sorted(live, key=lambda u: -u.last_used)
+
+    async def loaded_models(self) -> list[OnReplica]:
+        """/api/ps: every replica's loaded models, as the replicas last reported them (by model,
+        then replica); without a board, the models this ingress served lately."""
+        if self.board is None:
+            return [OnReplica(u.model, "", u.runner.num_ctx, u.until()) for u in self.running()]
+        with _replica_failures("the replica board"):
+            reports = await self.board.current.remote()
+        found = []
+        for report in reports:
+            model = self.models.get(report["model"])
+            if model is None:
+                continue
+            found += [OnReplica(model, report["replica"], m["num_ctx"], m["until"]) for m in report["loaded"]]
+        return sorted(found, key=lambda m: (m.model.name, m.replica))
+
+    def deployed(self) -> list[ModelRef]:
+        """/api/tags: the models this cluster serves (one in the ingress's store that is not
+        deployed would only answer 404), whether in the store or embedded."""
+        return [self.models[name] for name in self.handles if name in self.models]
 
     async def close(self) -> None:
         await asyncio.sleep(0)

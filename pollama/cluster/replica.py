@@ -12,6 +12,8 @@ on a node-local store the file is where that store keeps it (the spec's path is 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import os
 from collections.abc import AsyncIterator
@@ -33,6 +35,16 @@ def replica_id() -> str:
         return serve.get_replica_context().replica_id.unique_id
     except Exception:  # noqa: BLE001 - not in a replica (a test calling the class directly)
         return ""
+
+
+def app_name() -> str | None:
+    """The Ray Serve application this replica belongs to (None outside one)."""
+    from ray import serve
+
+    try:
+        return serve.get_replica_context().app_name
+    except Exception:  # noqa: BLE001 - not in a replica
+        return None
 
 
 def error_line(e: APIError) -> dict[str, Any]:
@@ -66,6 +78,27 @@ class ModelReplica:
         self.num_thread = num_thread
         self.scheduler = Scheduler(self.config)
         self.served = 0
+        self._board, self._reporter, self._changed = None, None, asyncio.Event()
+
+    def _report(self) -> None:
+        """Tell the application's board (pollama.cluster.board) what this replica holds now,
+        and from then on every few seconds: started on the first request, from the event loop."""
+        self._changed.set()
+        if self._reporter is None and (app := app_name()) is not None:
+            from pollama.cluster.board import board
+
+            self._board = board(app)
+            self._reporter = asyncio.get_running_loop().create_task(self._report_forever())
+
+    async def _report_forever(self) -> None:
+        from pollama.cluster.board import REPORT_EVERY_S
+
+        while True:
+            self._changed.clear()
+            with contextlib.suppress(Exception):  # a missed report only ages this replica's entry
+                await self._board.report.remote(replica_id(), self.status())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), REPORT_EVERY_S)
 
     def _spec(self, spec: LoadSpec) -> LoadSpec:
         """The ingress's spec as this replica loads it: its own file, its slots, and as many
@@ -81,6 +114,8 @@ class ModelReplica:
                 return {**loaded.runner.hello(), "replica": replica_id(), "pid": os.getpid()}
         except APIError as e:
             return error_line(e)
+        finally:
+            self._report()
 
     async def call(self, spec: LoadSpec, keep_alive: float | None, request: dict[str, Any]) -> dict[str, Any]:
         """A runner request with one answer line (tokenize, detokenize, embed)."""
@@ -101,6 +136,8 @@ class ModelReplica:
                     yield message
         except APIError as e:
             yield error_line(e)
+        finally:
+            self._report()  # a new expiry: keep_alive counts from now
 
     async def unload(self) -> None:
         await self.scheduler.unload(self.model.name)
@@ -108,9 +145,13 @@ class ModelReplica:
     def status(self) -> dict[str, Any]:
         """What this replica holds: for /api/ps across the cluster and for tests."""
         running = self.scheduler.running()
-        return {"replica": replica_id(), "pid": os.getpid(), "served": self.served,
-                "loaded": [{"spec": dataclasses.asdict(m.spec), "num_ctx": m.runner.num_ctx, "runner_pid": m.runner.pid}
-                           for m in running]}
+        return {"replica": replica_id(), "pid": os.getpid(), "served": self.served, "model": self.model.name,
+                "loaded": [{"spec": dataclasses.asdict(m.spec), "num_ctx": m.runner.num_ctx, "runner_pid": m.runner.pid,
+                            "until": m.until()} for m in running]}
 
     async def __del__(self):
+        if self._reporter is not None:
+            self._reporter.cancel()
+            with contextlib.suppress(Exception):  # stopping: its entry goes at once, not when stale
+                await self._board.report.remote(replica_id(), None)
         await self.scheduler.close()

@@ -39,6 +39,9 @@ def add_model_routes(app: FastAPI, state: State) -> None:
 
     @app.api_route("/api/tags", methods=["GET", "HEAD"])
     async def api_tags() -> Response:
+        deployed = state.scheduler.deployed()
+        if deployed is not None:
+            return json_response({"models": [_tag(m) for m in deployed]})
         return json_response({"models": await in_thread(list_models, state.store)})
 
     @app.post("/api/show")
@@ -132,19 +135,27 @@ def add_model_routes(app: FastAPI, state: State) -> None:
     @app.get("/api/ps")
     async def api_ps() -> Response:
         models = []
-        for loaded in state.scheduler.running():
+        for loaded in await state.scheduler.loaded_models():
             m = loaded.model
             # On the CPU alone the size is the model's; with layers on a device, the runner's
             # count of what it placed (weights and KV cache), size_vram the device's part.
-            size_vram = loaded.runner.size_vram
-            size = loaded.runner.size if size_vram else m.size or _file_size(m.model_path)
+            size_vram = loaded.size_vram
+            size = loaded.placed_size if size_vram else m.size or _file_size(m.model_path)
             models.append({
                 "name": m.name, "model": m.name, "size": size, "digest": m.digest,
                 "details": m.details, "expires_at": rfc3339(loaded.until()), "size_vram": size_vram,
-                "context_length": loaded.runner.num_ctx,
+                "context_length": loaded.context_length,
             })
+            if loaded.replica:  # in a cluster (pollama.cluster): which replica holds it
+                models[-1]["replica"] = loaded.replica
         return json_response({"models": models})
 
+
+
+def _tag(m: ModelRef) -> dict[str, Any]:
+    """An /api/tags entry for a resolved model (list_models' fields)."""
+    return {"name": m.name, "model": m.name, "modified_at": rfc3339(m.modified_at),
+            "size": m.size or _file_size(m.model_path), "digest": m.digest, "details": m.details}
 
 
 def _file_size(path: Path) -> int:

@@ -24,6 +24,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import ClassVar
 
 from pollama.server.config import ServerConfig
 from pollama.server.errors import APIError
@@ -50,6 +51,23 @@ class Loaded:
     expires_at: datetime | None = None  # set while idle with a finite keep_alive
     timer: asyncio.TimerHandle | None = None
     unload_when_idle: bool = False
+
+    # Which replica holds it, in a cluster's /api/ps (pollama.cluster.remote.OnReplica); none here.
+    replica: ClassVar[str] = ""
+
+    @property
+    def context_length(self) -> int:
+        return self.runner.num_ctx
+
+    @property
+    def size_vram(self) -> int:
+        """Bytes the runner placed on a GPU device (0 on the CPU alone)."""
+        return self.runner.size_vram
+
+    @property
+    def placed_size(self) -> int:
+        """Bytes of weights and caches the runner placed, device and CPU together."""
+        return self.runner.size
 
     def until(self) -> datetime:
         """When this model will be unloaded if nothing uses it (far away when never)."""
@@ -211,6 +229,15 @@ class Scheduler:
         """Loaded models (not those still loading), the most recently used first."""
         models = [m for m in self.loaded.values() if m.ready.done() and not m.ready.cancelled() and m.ready.exception() is None]
         return sorted(models, key=lambda m: -m.last_used)
+
+    async def loaded_models(self) -> list[Loaded]:
+        """/api/ps's models (a cluster's scheduler asks its replicas here)."""
+        return self.running()
+
+    def deployed(self) -> list[ModelRef] | None:
+        """The models /api/tags lists when not the store's (a cluster's deployed models); None
+        here: every model in the store can be loaded."""
+        return None
 
     async def close(self) -> None:
         """Stop every runner (server shutdown)."""

@@ -50,7 +50,8 @@ def test_config_gives_fixed_or_autoscaled_replicas():
     fixed, scaled = (m.deployment_options(config.keep_alive) for m in config.models)
     assert fixed == {"max_ongoing_requests": 4, "ray_actor_options": {"num_cpus": 1.0}, "num_replicas": 2}
     assert scaled["autoscaling_config"] == {"min_replicas": 0, "max_replicas": 3, "initial_replicas": 1,
-                                            "target_ongoing_requests": 2, "downscale_delay_s": 600.0}
+                                            "target_ongoing_requests": 2, "downscale_delay_s": 600.0,
+                                            "downscale_to_zero_delay_s": 600.0, "look_back_period_s": 30.0}
 
 
 @pytest.mark.parametrize(("data", "message"), [

@@ -27,6 +27,7 @@ from realmodels import real_model
 REPO = Path(__file__).resolve().parents[2]
 NUM_PARALLEL = 12  # more slots than a replica gets conversations, so none is evicted
 REPLICA_PROCESS = "ServeReplica:pollama:model-smollm2"
+RAY_TEMP = "(set by the cluster fixture)"  # this module's Ray temp directory
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +40,9 @@ def cluster(tmp_path_factory):
     env = {"OLLAMA_MODELS": str(tmp / "models"), "POLLAMA_CACHE": str(tmp / "cache"), "PYTHONPATH": str(REPO),
            "OLLAMA_CONTEXT_LENGTH": "1024"}
     port = free_port()
-    ray.init(num_cpus=3, include_dashboard=False, runtime_env={"env_vars": env}, _temp_dir=str(tmp / "ray"))
+    global RAY_TEMP
+    RAY_TEMP = str(tmp / "ray")
+    ray.init(num_cpus=3, include_dashboard=False, runtime_env={"env_vars": env}, _temp_dir=RAY_TEMP)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         config = ClusterConfig.from_dict({"models": [{"name": "smollm2", "replicas": 2, "num_parallel": NUM_PARALLEL}]})
@@ -121,6 +124,35 @@ def test_conversations_stay_on_the_replica_of_their_first_turn(cluster):
     print("prompt_eval_duration (ms) per turn:", durations)
 
 
+def _ps(url: str, count: int) -> list:
+    """/api/ps through the official client, once it lists `count` models (replicas report to
+    the board when they load, then every 2 s)."""
+    import ollama
+
+    client = ollama.Client(host=url, timeout=60)
+    deadline = time.monotonic() + 20
+    while len(models := client.ps().models) != count and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return models
+
+
+def test_ps_and_tags_report_across_the_cluster(cluster):
+    import ollama
+    from datetime import UTC, datetime
+
+    models = _ps(cluster, 2)
+    assert [m.model for m in models] == ["smollm2:latest"] * 2, models
+    raw = httpx.get(cluster + "/api/ps").json()["models"]
+    # One entry per replica, each naming its replica: the replicas that answer requests.
+    assert sorted(m["replica"] for m in raw) == sorted(_replica_pids()), raw
+    for m in models:
+        assert m.size > 0 and m.size_vram == 0 and m.context_length == 1024 and m.details.family == "llama", m
+        # Ollama's default keep_alive (5m) from the replica's last use.
+        assert 0 < (m.expires_at - datetime.now(UTC)).total_seconds() <= 300, m
+    tags = ollama.Client(host=cluster).list().models
+    assert [t.model for t in tags] == ["smollm2:latest"] and tags[0].size == models[0].size, tags
+
+
 def test_concurrent_streams_through_the_official_clients_spread_over_both_replicas(cluster):
     import ollama
     import openai
@@ -165,11 +197,18 @@ def test_concurrent_streams_through_the_official_clients_spread_over_both_replic
 
 
 def _replica_processes() -> list[psutil.Process]:
+    """This cluster's replica processes: workers of the raylet started with this module's temp
+    directory (other sessions on the machine may run their own Ray with the same app name)."""
     found = []
     for p in psutil.process_iter(["cmdline"]):
         cmd = " ".join(p.info["cmdline"] or [])
         if REPLICA_PROCESS in cmd:
-            found.append(p)
+            try:
+                raylet = " ".join(p.parent().cmdline())
+            except (psutil.Error, AttributeError):
+                continue
+            if RAY_TEMP in raylet:
+                found.append(p)
     return found
 
 
@@ -245,6 +284,12 @@ def test_a_dead_replica_fails_only_its_requests_and_comes_back(cluster):
         status = serve.status().applications["pollama"].deployments["model-smollm2"]
     assert status.status == "HEALTHY" and status.replica_states.get("RUNNING") == 2, status
     assert dead not in _replica_pids()  # a new replica in its place
+    # /api/ps drops the dead replica once its last report is stale (6 s).
+    deadline = time.monotonic() + 15
+    while dead in (listed := [m["replica"] for m in httpx.get(cluster + "/api/ps").json()["models"]]) \
+            and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert dead not in listed and listed, listed
 
 
 def _registry_plumbing():
@@ -316,3 +361,38 @@ def test_a_replica_with_an_empty_store_pulls_the_model_and_answers_as_a_single_s
             single.wait(10)
         serve.delete("pulled")
         registry.stop()
+
+
+def test_a_model_with_min_replicas_0_scales_to_zero_after_keep_alive_and_back(cluster):
+    """keep_alive 5 s: the replica goes once idle that long (Ray's autoscaler, downscale delay and
+    look-back window of keep_alive), and the next request brings one back."""
+    from pollama.cluster.app import build
+    from pollama.cluster.config import ClusterConfig
+
+    def running() -> int:
+        deployment = serve.status().applications["scaled"].deployments["model-smollm2"]
+        return deployment.replica_states.get("RUNNING", 0)
+
+    def generate() -> dict:
+        r = httpx.post(cluster + "/scaled/api/generate", timeout=120, json={
+            "model": "smollm2", "prompt": "Hello", "stream": False, "options": {**OPTIONS, "num_predict": 2}})
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    config = ClusterConfig.from_dict({"keep_alive": "5s", "models": [
+        {"name": "smollm2", "min_replicas": 0, "max_replicas": 1, "num_parallel": 1, "num_cpus": 0}]})
+    serve.run(build(config), name="scaled", route_prefix="/scaled")
+    try:
+        assert generate()["done"] and running() == 1
+        idle_since = time.monotonic()
+        while running() and time.monotonic() - idle_since < 60:
+            time.sleep(0.5)
+        gone_after = time.monotonic() - idle_since
+        print(f"scaled to zero {gone_after:.1f} s after the last request")
+        assert running() == 0 and gone_after >= 5
+        assert httpx.get(cluster + "/scaled/api/ps", timeout=30).json() == {"models": []}
+        back = time.monotonic()
+        assert generate()["done"] and running() == 1
+        print(f"back from zero in {time.monotonic() - back:.1f} s")
+    finally:
+        serve.delete("scaled")
