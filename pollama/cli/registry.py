@@ -1,13 +1,13 @@
-"""`pollama pull` and `pollama push` on the local store, with progress bars drawn as Ollama's
-CLI draws them (ProgressPrinter also draws a server's /api/pull stream: cli/remote.py).
+"""`pollama pull` and `pollama push`: their arguments, and the progress bars drawn as Ollama's
+CLI draws them from the server's /api/pull and /api/push streams (cli/remote.py).
 
 Credentials for registries with Basic auth or a token server come from
-$POLLAMA_REGISTRY_USERNAME and $POLLAMA_REGISTRY_PASSWORD.
+$POLLAMA_REGISTRY_USERNAME and $POLLAMA_REGISTRY_PASSWORD, in the server's environment (the
+CLI's own, when the command starts the server in its process).
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 import threading
 import time
@@ -20,15 +20,13 @@ REDRAW_SECONDS = 0.1
 
 
 def add_registry_parsers(subparsers) -> None:
-    """Register `pull NAME [--insecure]` and `push NAME [--insecure]`."""
+    """Register `pull NAME [--insecure]` and `push NAME [--insecure]` (main.py sets what they run)."""
     pull = subparsers.add_parser("pull", help="pull a model from a registry")
     pull.add_argument("model")
     pull.add_argument("--insecure", action="store_true", help="use plain http (for a local registry)")
-    pull.set_defaults(func=cmd_pull)
     push = subparsers.add_parser("push", help="push a model to a registry")
     push.add_argument("model")
     push.add_argument("--insecure", action="store_true", help="use plain http (for a local registry)")
-    push.set_defaults(func=cmd_push)
 
 
 class ProgressPrinter:
@@ -103,33 +101,3 @@ def _eta(seconds: float) -> str:
     if seconds >= 3600:
         return f"{seconds // 3600}h{seconds % 3600 // 60}m"
     return f"{seconds // 60}m{seconds % 60}s" if seconds >= 60 else f"{seconds}s"
-
-
-def _local(transfer_name: str):
-    """The command run here, on the store at $OLLAMA_MODELS (when no server answers)."""
-
-    def run(args: argparse.Namespace) -> int:
-        from pollama.store import registry
-        from pollama.store.store import Store
-
-        transfer = getattr(registry, transfer_name)
-        printer = ProgressPrinter()
-        cancel = threading.Event()
-        try:
-            transfer(Store(), args.model, insecure=args.insecure, progress=printer, cancel=cancel)
-        except KeyboardInterrupt:
-            cancel.set()
-            printer.close()
-            print("interrupted: run the same command again to resume", file=sys.stderr)
-            return 130
-        finally:
-            printer.close()
-        return 0
-
-    return run
-
-
-# On the store here. main.py runs them through the server instead when one answers (it
-# owns the store then): remote.via_server(cmd_pull, remote.pull_remote).
-cmd_pull = _local("pull_model")
-cmd_push = _local("push_model")

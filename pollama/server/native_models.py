@@ -119,6 +119,7 @@ def add_model_routes(app: FastAPI, state: State) -> None:
             log.warning("blob upload %s failed: %s", digest, e)
             status = 507 if e.errno in (errno.ENOSPC, errno.EDQUOT) else 500
             raise APIError(status, f"cannot store blob {digest}: {e.strerror or e}") from None
+        state.uploads.add(digest)
         return Response(status_code=201)
 
     @app.post("/api/pull")
