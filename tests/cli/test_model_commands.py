@@ -153,3 +153,14 @@ def test_a_missing_adapter_is_named_in_one_line(tmp_path):
     result = pollama("create", "bad", "-f", str(mf), env={"OLLAMA_HOST": dead_host(), "OLLAMA_MODELS": str(tmp_path / "m")})
     assert_one_line_error(result, "ADAPTER ./lora.gguf: no such file")
     assert not (tmp_path / "m" / "blobs").exists() or not any((tmp_path / "m" / "blobs").iterdir())
+
+
+def test_a_create_error_names_the_file_as_the_user_gave_it(tmp_path):
+    """Not by the folder where the server staged the upload; the upload leaves with the server."""
+    (tmp_path / "notes.gguf").write_text("not a model")
+    (tmp_path / "Modelfile").write_text("FROM ./notes.gguf\n")
+    root = tmp_path / "m"
+    result = pollama("create", "bad", "-f", str(tmp_path / "Modelfile"), env={"OLLAMA_HOST": dead_host(), "OLLAMA_MODELS": str(root)})
+    line = assert_one_line_error(result)
+    assert line.startswith("Error: notes.gguf: not a GGUF file"), line
+    assert not any((root / "blobs").iterdir())  # it was uploaded, and is gone
