@@ -21,10 +21,10 @@ import textwrap
 import time
 import timeit
 
-from pollama.kvcache import Batch
 from pollama.ml.base import Recorder
 from pollama.ml.ggml.backend import GGMLBackend
 from pollama.models.llama import model as llama_module
+from pollama.nn import Batch
 from pollama.debug.steps import StepEngine
 from pollama.store.embedded import embedded_model_path
 

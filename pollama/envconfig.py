@@ -104,6 +104,13 @@ def exact_gelu() -> bool:
     return boolean("POLLAMA_EXACT_GELU")
 
 
+def draft_ignore_cost() -> bool:
+    """POLLAMA_DRAFT_IGNORE_COST: speculative decoding drafts as if a step with drafts cost no
+    more than a plain step (every guess the acceptance rate allows is verified): to measure
+    how often a draft model or prompt lookup is right, not for speed."""
+    return boolean("POLLAMA_DRAFT_IGNORE_COST")
+
+
 def no_history() -> bool:
     """OLLAMA_NOHISTORY: the interactive chat keeps no readline history."""
     return boolean("OLLAMA_NOHISTORY")

@@ -208,7 +208,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from pollama.cli import remote
 
-    sub.add_parser("serve", help="start the server (Ollama's API and OpenAI's) on $OLLAMA_HOST").set_defaults(func=remote.cmd_serve)
+    serve = sub.add_parser("serve", help="start the server (Ollama's API and OpenAI's) on $OLLAMA_HOST")
+    serve.add_argument("--ray", action="store_true",
+                       help="serve as a Ray Serve application: model replicas on a Ray cluster (docs/scaling.md)")
+    serve.add_argument("--config", help="with --ray: the cluster's models and replicas (a TOML file)")
+    serve.set_defaults(func=remote.cmd_serve)
     sub.add_parser("ps", help="list running models").set_defaults(func=remote.cmd_ps)
     stop = sub.add_parser("stop", help="stop a running model")
     stop.add_argument("model")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, TextIO
 
 from pollama.cli.models import human_bytes
@@ -101,3 +102,18 @@ def _eta(seconds: float) -> str:
     if seconds >= 3600:
         return f"{seconds // 3600}h{seconds % 3600 // 60}m"
     return f"{seconds // 60}m{seconds % 60}s" if seconds >= 60 else f"{seconds}s"
+
+
+def show_transfer(transfer: Callable[[ProgressPrinter], object]) -> int:
+    """Run transfer(printer) drawing its progress; on Ctrl+C say how to resume and return 130
+    (the shell's code for an interrupt). Leaving the stream is what stops the server's transfer."""
+    printer = ProgressPrinter()
+    try:
+        transfer(printer)
+    except KeyboardInterrupt:
+        printer.close()
+        print("interrupted: run the same command again to resume", file=sys.stderr)
+        return 130
+    finally:
+        printer.close()
+    return 0

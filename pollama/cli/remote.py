@@ -18,6 +18,14 @@ from pollama.cli.models import human_bytes
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    if getattr(args, "ray", False):
+        from pollama.cluster.serve import serve_ray
+
+        return serve_ray(args.config)
+    if getattr(args, "config", None):
+        from pollama.cli.main import CLIError
+
+        raise CLIError("--config is the configuration of a Ray cluster: use it with --ray")
     from pollama.server.serve import serve
 
     return serve()
@@ -280,7 +288,7 @@ def _files_of(client: Client, path) -> dict[str, str]:
 
 
 def create_remote(client: Client, args: argparse.Namespace) -> int:
-    """Parse the Modelfile here, upload what FROM and ADAPTER name, and let the server create."""
+    """Parse the Modelfile here, upload what FROM, ADAPTER and DRAFT name, and let the server create."""
     from pathlib import Path
 
     from pollama.create.modelfile import parse_modelfile
@@ -317,6 +325,13 @@ def create_remote(client: Client, args: argparse.Namespace) -> int:
         adapters.update(_files_of(client, local(adapter)))
     if adapters:
         body["adapters"] = adapters
+    if modelfile.drafts:
+        draft = modelfile.drafts[-1]
+        draft_path = local(draft)
+        if draft_path.exists():
+            body["draft_files"] = _files_of(client, draft_path)
+        else:
+            body["draft"] = draft
     for key in ("template", "system", "renderer", "parser"):
         value = getattr(modelfile, key)
         if value is not None:
@@ -356,19 +371,13 @@ def through_a_server(command, say: str):
 
 def _transfer_remote(client: Client, args: argparse.Namespace, path: str) -> int:
     """pull or push through the server, drawing its progress as Ollama's CLI does."""
-    from pollama.cli.registry import ProgressPrinter
+    from pollama.cli.registry import show_transfer
 
-    printer = ProgressPrinter()
-    try:
+    def stream(printer) -> None:
         for update in client.stream(path, {"model": args.model, "insecure": args.insecure, "stream": True}):
             printer(update)
-    except KeyboardInterrupt:
-        printer.close()
-        print("interrupted: run the same command again to resume", file=sys.stderr)
-        return 130
-    finally:
-        printer.close()
-    return 0
+
+    return show_transfer(stream)
 
 
 def pull_remote(client: Client, args: argparse.Namespace) -> int:

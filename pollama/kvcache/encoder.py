@@ -21,8 +21,9 @@ from typing import Sequence
 import numpy as np
 
 from pollama.fs.ggml_types import GGMLType
-from pollama.kvcache.cache import Batch, LayerCaches
+from pollama.kvcache.cache import LayerCaches
 from pollama.ml.base import Backend, Context, Tensor
+from pollama.nn.batch import Batch
 
 
 @dataclass

@@ -6,11 +6,11 @@ import math
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 from pollama.fs.ggml_types import GGMLType
-from pollama.kvcache import N_KV_PAD, Batch, KVCache, LayerCaches, pages_for
+from pollama.kvcache import N_KV_PAD, KVCache, LayerCaches, pages_for
 from pollama.ml.base import Backend, Context, Tensor
 from pollama.models import discovery
 from pollama.errors import ModelError
-from pollama.nn import Embedding, Linear, Module, Weights, load_weights
+from pollama.nn import Batch, Embedding, Linear, Module, Weights, load_weights
 
 _REGISTRY: dict[str, type[TextModel]] = {}
 

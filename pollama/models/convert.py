@@ -79,6 +79,17 @@ class HFConfig:
         return {**params, "rope_type": params.get("rope_type") or params.get("type") or "default"}
 
 
+# The attention half of a decoder layer as HF's Llama names it, which most architectures
+# (text and vision) keep: HF name inside the layer (without .weight/.bias) -> GGUF name.
+ATTENTION_LAYER_NAMES = {
+    "input_layernorm": "attn_norm",
+    "self_attn.q_proj": "attn_q",
+    "self_attn.k_proj": "attn_k",
+    "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output",
+}
+
+
 class ModelConverter:
     """One architecture's HF -> GGUF mapping; models/<name>/convert.py subclasses it."""
 

@@ -1,4 +1,7 @@
-"""Layers built from ml/ ops: Linear, Embedding, norms, RoPE parameters, attention."""
+"""Layers built from ml/ ops: Linear, Embedding, norms, RoPE parameters, attention; and Batch,
+the input of a model's forward."""
+
+from pollama.nn.batch import Batch  # noqa: F401
 
 from pollama.nn.modules import (  # noqa: F401
     Embedding,

@@ -21,11 +21,11 @@ import numpy as np
 from pollama import envconfig
 from pollama.fs.ggml_types import GGMLType
 from pollama.fs.gguf import GGUFFile
-from pollama.kvcache import Batch
 from pollama.ml.base import Backend
 from pollama.models import multimodal
 from pollama.models.base import TextModel, load_model
 from pollama.models.multimodal import ImageToken, Item
+from pollama.nn import Batch
 from pollama.runner import limits
 from pollama.runner.limits import flash_attention_default  # OLLAMA_FLASH_ATTENTION (the server reads it too)
 from pollama.tokenizer import load_tokenizer
@@ -328,12 +328,20 @@ class Engine:
 
 def common_prefix(a: Sequence[Item], b: Sequence[Item]) -> int:
     """How many first items two sequences share."""
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
+    # Compared by slices (at C speed; a draft model compares its whole sequence every step),
+    # halving the range that holds the first difference.
+    a, b = list(a), list(b)
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:
+        return n
+    same, differs = 0, n  # a[:same] == b[:same], and a[same:differs] != b[same:differs]
+    while differs - same > 1:
+        middle = (same + differs) // 2
+        if a[same:middle] == b[same:middle]:
+            same = middle
+        else:
+            differs = middle
+    return same
 
 
 def build_prompt(engine: Engine, text: str, images: Sequence[bytes], add_special: bool = True) -> list[Item]:

@@ -11,11 +11,12 @@ never stalls the others for more than one chunk.
 
 A slot keeps its sequence's K/V after its job ends. The next job goes to the slot whose
 cached tokens share the longest prefix with its prompt, so the next turn of a chat evaluates
-only what is new.
+only what is new; a slot whose tokens all lead the prompt (or an empty one) comes before one
+that would lose the rest of another conversation (_slot_choice).
 
 A greedy slot decoding alone may put draft tokens after its next token (speculative decoding
-by prompt lookup, see speculative.py): the step then computes its rows as one-token steps
-would, and the slot samples them in order while the model agrees with the drafts.
+by prompt lookup, speculative.py, or from a draft model, draft.py): the step then computes its
+rows as one-token steps would, and the slot samples them in order while the model agrees.
 
 All model work happens on one background thread; submit(), iteration and cancel() are safe
 to call from any thread.
@@ -24,79 +25,27 @@ to call from any thread.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 
-from pollama.kvcache import Batch
+from pollama import envconfig
 from pollama.ml.base import Backend
 from pollama.models import multimodal
 from pollama.models.multimodal import Item
+from pollama.nn import Batch
 from pollama.runner.engine import DEFAULT_NUM_BATCH, DEFAULT_NUM_CTX, Engine, Part, common_prefix, make_batch
 from pollama.runner import window
 from pollama.runner.generation import Done, GenerateOptions, Generation, Piece
-from pollama.runner.speculative import PromptLookup, StepCosts, drafting_allowed
+from pollama.runner.draft import DraftModel, make_drafter
+from pollama.runner.job import _END, EngineClosed, Job
+from pollama.runner.speculative import Drafter, StepCosts, draft_budget, sample_drafts
 
 log = logging.getLogger(__name__)
-
-_END = object()  # ends a Job's event stream without a Done (cancelled, or the engine closed)
-
-
-class EngineClosed(RuntimeError):
-    """The engine was closed before the job finished."""
-
-
-class Job:
-    """One generation request: iterate it for Piece events and a final Done.
-
-    With `deliver`, the engine thread hands each Piece and the Done to it as soon as they are
-    made, and iteration yields only what it declined. That spares a thread wake-up per token
-    per request (on 2 cores, each one preempts a compute thread that the other waits for).
-    `deliver` must never block: it returns False for an event it cannot take now, which then
-    goes to the iteration, with every event after it.
-    """
-
-    def __init__(self, prompt: Sequence[Item], options: GenerateOptions,
-                 deliver: Callable[[Piece | Done], bool] | None = None):
-        self.prompt = list(prompt)
-        self.options = options
-        self._events: queue.SimpleQueue = queue.SimpleQueue()
-        self._cancelled = threading.Event()
-        self._deliver = deliver
-
-    def __iter__(self) -> Iterator[Piece | Done]:
-        while True:
-            event = self._events.get()
-            if event is _END:
-                return
-            if isinstance(event, BaseException):
-                raise event
-            yield event
-            if isinstance(event, Done):
-                return
-
-    def cancel(self) -> None:
-        """Stop generating (within one step); the iteration ends without a Done."""
-        self._cancelled.set()
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancelled.is_set()
-
-    def _put(self, event) -> None:
-        if self._deliver is not None and isinstance(event, (Piece, Done)):
-            if self._deliver(event):
-                if isinstance(event, Done):
-                    self._events.put(_END)
-                return
-            self._deliver = None  # in order from here on: everything through the iteration
-        self._events.put(event)
-
 
 @dataclass
 class _Slot:
@@ -113,7 +62,7 @@ class _Slot:
     started: int = 0  # ns: the job entered the slot
     prompt_done: int = 0  # ns: its prompt was evaluated
     last_used: float = 0.0
-    drafter: PromptLookup | None = None  # this job's draft tokens, when it speculates
+    drafter: Drafter | None = None  # this job's draft tokens, when it speculates
     draft_count: int = 0  # draft tokens evaluated for this job
     draft_accepted: int = 0  # of which the model agreed with
     shifts: int = 0  # context shifts of this job's sequence
@@ -129,6 +78,16 @@ class _Member(NamedTuple):
     drafts: list[int]
 
 
+def _slot_choice(slot: _Slot, prompt: list[Item]) -> tuple:
+    """How good a free slot is for a prompt (the greatest is taken). First the slots that lose
+    nothing, whose every cached token leads the prompt (the same conversation's, or an empty
+    slot), the one keeping most first: a new conversation that shares only a system prompt
+    with a finished one must not wipe that one's K/V while a slot stands empty. When every
+    free slot would lose something, the one keeping most, the least recently used on ties."""
+    kept = common_prefix(slot.cached, prompt)
+    return kept == len(slot.cached), kept, -slot.last_used
+
+
 class ParallelEngine:
     """A model serving up to num_parallel generations at once, batched together."""
 
@@ -142,11 +101,20 @@ class ParallelEngine:
         num_thread: int | None = None,
         kv_cache_type: str | None = None,
         backend: str | Backend = "ggml",
+        draft: str | Path | None = None,
     ):
+        """`draft`: a draft model's GGUF (same tokenizer) for speculative decoding (draft.py)."""
         self.engine = Engine(
             path, backend=backend, num_ctx=num_ctx, num_batch=num_batch, num_thread=num_thread,
             kv_cache_type=kv_cache_type, num_parallel=num_parallel,
         )
+        try:
+            self.draft = DraftModel(draft, self.engine, num_parallel=num_parallel, num_ctx=num_ctx,
+                                    num_batch=num_batch, num_thread=num_thread, kv_cache_type=kv_cache_type,
+                                    backend=backend) if draft else None
+        except BaseException:
+            self.engine.close()
+            raise
         self.tokenizer = self.engine.tokenizer
         self.model = self.engine.model
         if self.model.one_image and num_parallel > 1:
@@ -155,9 +123,9 @@ class ParallelEngine:
             num_parallel = 1
         self.num_ctx = num_ctx  # per sequence
         self.num_parallel = num_parallel
-        self.load_duration = self.engine.load_duration
+        self.load_duration = self.engine.load_duration + (self.draft.engine.load_duration if self.draft else 0)
         self._slots = [_Slot(seq) for seq in range(num_parallel)]
-        self.step_costs = StepCosts()  # what drafts cost on this model and machine, measured
+        self.step_costs = StepCosts(envconfig.draft_ignore_cost())  # what drafts cost on this model and machine
         # The backend computes one graph at a time: steps and image encodings take turns.
         self._compute = threading.Lock()
         self._waiting: list[Job] = []
@@ -216,6 +184,8 @@ class ParallelEngine:
             self._wake.notify()
         self._thread.join()
         self.engine.close()
+        if self.draft:
+            self.draft.close()
 
     def __enter__(self) -> ParallelEngine:
         return self
@@ -267,6 +237,8 @@ class ParallelEngine:
         for slot in self._slots:
             self.engine.cache.remove(slot.seq)
             slot.cached = []
+            if self.draft:
+                self.draft.forget(slot.seq)
         for done in self._forgets:
             done.set()
         self._forgets.clear()
@@ -279,7 +251,7 @@ class ParallelEngine:
             if not free:
                 return
             job = self._waiting.pop(0)
-            best = max(free, key=lambda slot: (common_prefix(slot.cached, job.prompt), -slot.last_used))
+            best = max(free, key=lambda slot: _slot_choice(slot, job.prompt))
             self._start(best, job)
 
     def _discard_if_cancelled(self, job: Job) -> bool:
@@ -296,15 +268,10 @@ class ParallelEngine:
         slot.cached_prompt = keep
         slot.job = job
         slot.generation = Generation(self.tokenizer, self.model.vocab_size, job.prompt, job.options)
-        slot.drafter = PromptLookup(job.options.draft_num_predict, self.model.vocab_size) if self._can_draft(job) else None
+        slot.drafter = make_drafter(job.options, job.prompt, slot.seq, self.model, self.draft, self.step_costs)
         slot.draft_count = slot.draft_accepted = slot.shifts = 0
         slot.started = time.perf_counter_ns()
         slot.last_used = time.monotonic()
-
-    def _can_draft(self, job: Job) -> bool:
-        # Drafts need rows that are plain tokens at consecutive positions: not M-RoPE models
-        # (an image moves the positions) nor those whose cross-attention holds one image.
-        return drafting_allowed(job.options) and not self.model.uses_rope_positions and not self.model.one_image
 
     def _drop_cancelled(self) -> None:
         for slot in self._slots:
@@ -367,17 +334,12 @@ class ParallelEngine:
         return make_batch(self.model, parts, rows_apart=any(m.drafts for m in members)), members
 
     def _drafts(self, slot: _Slot) -> list[int]:
-        """Draft tokens to evaluate after the slot's next one: only as many as could be used
-        before num_predict or the end of the context stops the generation."""
+        """Draft tokens to evaluate after the slot's next one (no more than can be used)."""
         if slot.drafter is None:
             return []
         generation = slot.generation
-        # Row i of the step samples generated token number generated + i + 1, and is only
-        # reached while the cache (len(cached) + i tokens after it) leaves room for another.
-        most = self.num_ctx - 2 - len(slot.cached)
-        if generation.options.num_predict > 0:
-            most = min(most, generation.options.num_predict - generation.generated - 1)
-        return slot.drafter.propose(generation.history, most, self.step_costs.relative)
+        most = draft_budget(self.num_ctx, len(slot.cached), generation.options.num_predict, generation.generated)
+        return slot.drafter.propose(generation.history, most, self.step_costs.relative, slot.cached)
 
     def _step(self, batch: Batch, members: list[_Member]) -> None:
         cache = self.engine.cache
@@ -427,17 +389,13 @@ class ParallelEngine:
         K/V of the drafts after the first disagreement are dropped from the cache.
         """
         generation = slot.generation
-        agreed = 0
-        for i, token in enumerate([generation.last_token, *drafts]):
-            slot.cached.append(token)  # its K/V, computed in this step, stays
-            before = len(generation.history)
-            if not self._sample(slot, rows[i]):
-                break  # failed: the job is gone
-            # An end-of-generation token is never in the history: it agrees with no draft.
-            agrees = i < len(drafts) and len(generation.history) > before and generation.history[-1] == drafts[i]
-            agreed += agrees
-            if not agrees or generation.finished or slot.job.cancelled:
-                break
+        tokens = [generation.last_token, *drafts]
+
+        def sample(i: int) -> bool:
+            slot.cached.append(tokens[i])  # its K/V, computed in this step, stays
+            return self._sample(slot, rows[i])
+
+        agreed = sample_drafts(generation, drafts, sample, lambda: slot.job.cancelled)
         self.engine.cache.remove(slot.seq, len(slot.cached))
         slot.draft_accepted += agreed
         if slot.drafter is not None:

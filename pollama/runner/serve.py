@@ -12,7 +12,7 @@ code that crashes or aborts takes down this process only. The protocol is JSON l
 
 Requests ("op"):
   completion  {prompt, images?, options, logprobs, top_logprobs, format?, constrain_after?} -> {"content", "logprobs"?}... then
-              {"done": true, "done_reason", counts and durations, "draft_count",
+              {"done": true, "done_reason", counts and durations, "prompt_cached", "draft_count",
               "draft_accepted_count", "context"}
               `format` ("json" or a JSON schema) constrains the output; with `constrain_after`
               (a thinking block's closing tag; the prompt left the model inside that block)
@@ -81,6 +81,7 @@ class Model:
             self.engine = ParallelEngine(
                 args.model, num_parallel=args.num_parallel, num_ctx=args.num_ctx, num_batch=args.num_batch,
                 num_thread=args.num_thread, kv_cache_type=args.kv_cache_type, backend=args.backend,
+                draft=args.draft_model,
             )
             self.tokenizer = self.engine.tokenizer
             self.num_ctx = self.engine.num_ctx
@@ -215,6 +216,7 @@ def completion_line(event) -> bytes:
             "done": True,
             "done_reason": event.done_reason,
             "prompt_eval_count": event.prompt_eval_count,
+            "prompt_cached": event.prompt_cached,  # of those, tokens whose K/V the slot held (not evaluated)
             "prompt_eval_duration": event.prompt_eval_duration,
             "eval_count": event.eval_count,
             "eval_duration": event.eval_duration,
@@ -447,6 +449,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num-parallel", type=int, default=1)
     p.add_argument("--num-thread", type=int)
     p.add_argument("--kv-cache-type")
+    p.add_argument("--draft-model", help="a draft model's GGUF (same tokenizer) for speculative decoding")
     p.add_argument("--backend", default="ggml", choices=["ggml", "torch"])
     return p.parse_args(argv)
 

@@ -32,7 +32,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Sequence
 
 if TYPE_CHECKING:
-    from pollama.runner.generation import GenerateOptions
+    from pollama.runner.generation import GenerateOptions, Generation
 
 # The most tokens drafted a step (Ollama's `draft_num_predict` option): a step of at most
 # 16 rows keeps its compute graph for reuse (engine.MAX_DECODE_BATCH).
@@ -68,6 +68,32 @@ def drafting_allowed(options: GenerateOptions) -> bool:
     return options.draft_num_predict > 0 and (sampler.temperature <= 0 or sampler.top_k == 1)
 
 
+def sample_drafts(generation: Generation, drafts: list[int], sample, cancelled) -> int:
+    """Sample a verification step's rows in order while the model agrees with the drafts; how
+    many it agreed with. `sample(i)` samples row i (the logits after the next token and
+    drafts[:i]), False if the generation failed; it stops there, at the first disagreement,
+    at the generation's end, or once `cancelled()`."""
+    agreed = 0
+    for i in range(len(drafts) + 1):
+        before = len(generation.history)
+        if not sample(i):
+            break  # failed: the job is gone
+        # An end-of-generation token is never in the history: it agrees with no draft.
+        agrees = i < len(drafts) and len(generation.history) > before and generation.history[-1] == drafts[i]
+        agreed += agrees
+        if not agrees or generation.finished or cancelled():
+            break
+    return agreed
+
+
+def draft_budget(num_ctx: int, cached: int, num_predict: int, generated: int) -> int:
+    """The most drafts a step can use: row i of the step samples generated token number
+    generated + i + 1, and is only reached while the cache (`cached` + i tokens after it)
+    leaves room for another and num_predict (if positive) is not reached."""
+    most = num_ctx - 2 - cached
+    return min(most, num_predict - generated - 1) if num_predict > 0 else most
+
+
 def expected_tokens(acceptance: float, drafts: int) -> float:
     """Tokens a step with `drafts` guesses yields when each is agreed with at `acceptance`
     (given the ones before it): its own token plus the run of agreeing guesses."""
@@ -88,9 +114,11 @@ def best_draft_count(acceptance: float, step_cost, most: int) -> int:
 
 class StepCosts:
     """What a step with k drafts costs relative to a plain one-token step, measured on the
-    engine's own steps (one sequence decoding alone, so the steps compare)."""
+    engine's own steps (one sequence decoding alone, so the steps compare); `free`: as if
+    drafts cost nothing (POLLAMA_DRAFT_IGNORE_COST)."""
 
-    def __init__(self):
+    def __init__(self, free: bool = False):
+        self.free = free
         self._plain: deque[float] = deque(maxlen=COST_SAMPLES)  # seconds of plain steps
         self._scales: deque[float] = deque(maxlen=COST_SAMPLES)  # measured / modelled extra cost
 
@@ -101,33 +129,61 @@ class StepCosts:
             extra = seconds / statistics.median(self._plain) - 1.0
             self._scales.append(max(extra, 0.0) / (STEP_OVERHEAD + COST_PER_DRAFT * drafts))
 
+    def plain_seconds(self) -> float | None:
+        """A plain one-token step's time, once measured."""
+        return statistics.median(self._plain) if self._plain else None
+
     def scale(self) -> float:
         return statistics.median(self._scales) if self._scales else 1.0
 
     def relative(self, drafts: int) -> float:
         """The cost of a step with `drafts` guesses, in plain steps."""
+        if self.free:
+            return 1.0
         return 1.0 + self.scale() * (STEP_OVERHEAD + COST_PER_DRAFT * drafts) if drafts else 1.0
 
 
-class PromptLookup:
-    """Drafts for one sequence: what followed the latest earlier occurrence of its last n
-    tokens, as many as pay at the rate the sequence has agreed with such guesses."""
+class Drafter:
+    """What a sequence's drafts have shown: the rate at which the model agrees with them.
+
+    A drafter proposes with `propose(tokens, most, step_cost, cached)`: draft tokens to follow
+    `tokens`, the whole sequence so far (prompt + generated, ending with the next token), at
+    most `most`, as many as pay at `step_cost(k)` (a step with k drafts, in plain steps);
+    `cached` is what the model's cache holds before that next token (less than tokens[:-1]
+    after a context shift). It hears back with `update`.
+    """
 
     def __init__(self, max_drafts: int, vocab_size: int):
         self.max_drafts = max(0, min(int(max_drafts), MAX_DRAFT_NUM_PREDICT))
         self.vocab_size = vocab_size
-        # For each n: n-gram -> the index of the token that followed its latest occurrence.
-        self._follower: dict[int, dict[tuple[int, ...], int]] = {n: {} for n in range(MIN_NGRAM, MAX_NGRAM + 1)}
-        self._indexed = 0  # tokens of the sequence indexed so far
         self._tried, self._agreed = PRIOR_TRIED, PRIOR_AGREED  # decayed counts of checked guesses
-        self._unevaluated: tuple[int, list[int]] | None = None  # (where, guess) not drafted, to check
 
     @property
     def acceptance(self) -> float:
         """The rate at which the model agreed with a guess, given it agreed with the ones before."""
         return self._agreed / self._tried
 
-    def propose(self, tokens: Sequence[int], most: int, step_cost=None) -> list[int]:
+    def update(self, proposed: int, accepted: int) -> None:
+        """Count a verification: the model agreed with the first `accepted` of `proposed` drafts."""
+        self._observe(min(proposed, accepted + 1), accepted)
+
+    def _observe(self, tried: int, agreed: int) -> None:
+        self._tried = self._tried * ACCEPTANCE_DECAY + tried
+        self._agreed = self._agreed * ACCEPTANCE_DECAY + agreed
+
+
+class PromptLookup(Drafter):
+    """Drafts for one sequence: what followed the latest earlier occurrence of its last n
+    tokens, as many as pay at the rate the sequence has agreed with such guesses."""
+
+    def __init__(self, max_drafts: int, vocab_size: int):
+        super().__init__(max_drafts, vocab_size)
+        # For each n: n-gram -> the index of the token that followed its latest occurrence.
+        self._follower: dict[int, dict[tuple[int, ...], int]] = {n: {} for n in range(MIN_NGRAM, MAX_NGRAM + 1)}
+        self._indexed = 0  # tokens of the sequence indexed so far
+        self._unevaluated: tuple[int, list[int]] | None = None  # (where, guess) not drafted, to check
+
+    def propose(self, tokens: Sequence[int], most: int, step_cost=None, cached=None) -> list[int]:
         """Draft tokens to follow `tokens`, the whole sequence so far (prompt + generated): up
         to `most`, as many as pay at the cost `step_cost(k)` (plain steps; a fixed model when
         None); [] when its end was not seen before or no draft pays."""
@@ -159,10 +215,6 @@ class PromptLookup:
                 return guess
         return []
 
-    def update(self, proposed: int, accepted: int) -> None:
-        """Count a verification: the model agreed with the first `accepted` of `proposed` drafts."""
-        self._observe(min(proposed, accepted + 1), accepted)
-
     def _check_unevaluated(self, tokens: Sequence[int]) -> None:
         # A guess not drafted is settled once the tokens that came disagree with it or cover
         # it: the same count a verification of it would have given, for free.
@@ -174,10 +226,6 @@ class PromptLookup:
         if agreed < len(came) or len(came) == len(guess):
             self._observe(min(len(guess), agreed + 1), agreed)
             self._unevaluated = None
-
-    def _observe(self, tried: int, agreed: int) -> None:
-        self._tried = self._tried * ACCEPTANCE_DECAY + tried
-        self._agreed = self._agreed * ACCEPTANCE_DECAY + agreed
 
     def _index(self, tokens: Sequence[int]) -> None:
         # The sequence only grows within a generation: index the n-grams that got a follower

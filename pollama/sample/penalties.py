@@ -52,22 +52,15 @@ def penalized(
     return ids, v.astype(dtype)
 
 
-def apply_penalties(
-    logits: np.ndarray,
-    history: Sequence[int],
-    last_n: int = 64,
-    repeat: float = 1.1,
-    frequency: float = 0.0,
-    presence: float = 0.0,
-    out: np.ndarray | None = None,
-) -> np.ndarray:
-    """Penalize tokens seen in the last `last_n` ids of `history`; returns `logits` itself if nothing applies.
+def apply_penalties(logits: np.ndarray, history: Sequence[int], out: np.ndarray | None = None, **settings) -> np.ndarray:
+    """Penalize tokens seen in the last `last_n` ids of `history` (settings: penalized()'s
+    last_n, repeat, frequency, presence); returns `logits` itself if nothing applies.
 
     Otherwise the result is a copy, written into `out` when it is given and fits (a
     sampler reuses one buffer rather than page-fault a fresh vocabulary-sized array
     every token).
     """
-    change = penalized(logits, history, last_n, repeat, frequency, presence)
+    change = penalized(logits, history, **settings)
     if change is None:
         return logits
     ids, values = change

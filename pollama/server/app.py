@@ -34,12 +34,14 @@ from pollama.store.store import Store
 log = logging.getLogger(__name__)
 
 
-def create_app(config: ServerConfig | None = None, store: Store | None = None, *, host_check: bool = False) -> FastAPI:
-    """The application, with its own scheduler; runners stop when it shuts down.
+def create_app(config: ServerConfig | None = None, store: Store | None = None, *, host_check: bool = False,
+               scheduler=None) -> FastAPI:
+    """The application, with its own scheduler (or the one given); runners stop when it shuts down.
 
     host_check: refuse non-local Host headers (for a server bound to loopback).
+    scheduler: what hands out the runner for a model (pollama.server.common.State).
     """
-    state = State(config or ServerConfig.from_env(), store)
+    state = State(config or ServerConfig.from_env(), store, scheduler)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -25,12 +25,16 @@ log = logging.getLogger(__name__)
 
 
 class State:
-    """What the routes share: the store, the scheduler and the settings."""
+    """What the routes share: the store, the scheduler and the settings.
 
-    def __init__(self, config: ServerConfig, store: Store | None = None):
+    The scheduler is where a request gets "the runner for model X": this process's Scheduler
+    (runner subprocesses), or another object with its use/unload/running/close (a cluster's,
+    pollama.cluster.remote.ClusterScheduler, whose runners are Ray Serve replicas)."""
+
+    def __init__(self, config: ServerConfig, store: Store | None = None, scheduler=None):
         self.config = config
         self.store = store or Store()
-        self.scheduler = Scheduler(config)
+        self.scheduler = scheduler if scheduler is not None else Scheduler(config)
         # Blobs received by POST /api/blobs: the server a CLI command starts for itself deletes
         # those no model uses when it stops (serve_privately), as the store then never sees a
         # server start's prune; `pollama serve` leaves them to that prune, as Ollama does.

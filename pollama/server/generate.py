@@ -17,12 +17,12 @@ from pollama.runner import limits
 from pollama.server.errors import APIError
 from pollama.server.models import ModelRef
 from pollama.server.options import RequestOptions
-from pollama.server.runner import RunnerProcess
+from pollama.server.runner import RunnerClient
 from pollama.server.scheduler import Scheduler
 
 # Builds the prompt text, and the images its [img-N] tags stand for (base64), with the loaded
 # runner at hand (for token counts).
-PromptBuilder = Callable[[RunnerProcess, int], Awaitable[tuple[str, list[str]]]]
+PromptBuilder = Callable[[RunnerClient, int], Awaitable[tuple[str, list[str]]]]
 # Makes the output parser (thinking, tool calls) for a rendered prompt: it needs the prompt
 # to know whether the model starts inside a thinking block.
 ParserFactory = Callable[[str], Any]
@@ -113,26 +113,26 @@ async def run_completion(scheduler: Scheduler, job: Completion) -> AsyncIterator
             yield message
 
 
-def char_limit(runner: RunnerProcess, truncate: bool = False) -> int:
+def char_limit(runner: RunnerClient, truncate: bool = False) -> int:
     """Characters beyond which a text cannot fit in the runner's context, or be cut to fit
     (runner/limits.py)."""
     return limits.prompt_char_limit(runner.num_ctx, runner.max_token_chars, truncate)
 
 
-def check_length(what: str, text: str, runner: RunnerProcess, truncate: bool = False) -> None:
+def check_length(what: str, text: str, runner: RunnerClient, truncate: bool = False) -> None:
     """A 400, before the runner sees (and tokenizes) a text that cannot fit in its context."""
     if len(text) > char_limit(runner, truncate):
         raise APIError(400, limits.too_long_message(what, len(text), runner.num_ctx, runner.max_token_chars,
                                                     truncate))
 
 
-async def tokenize(runner: RunnerProcess, content: str) -> list[int]:
+async def tokenize(runner: RunnerClient, content: str) -> list[int]:
     """/api/tokenize's tokens (a content that cannot fit in the context is refused untokenized)."""
     check_length("the content", content, runner)
     return (await runner.call({"op": "tokenize", "content": content}))["tokens"]
 
 
-async def detokenize(runner: RunnerProcess, tokens: list[int]) -> str:
+async def detokenize(runner: RunnerClient, tokens: list[int]) -> str:
     """The text of tokens (/api/detokenize, a generate request's `context`); more tokens than
     any text that fits the context could give are refused without being sent."""
     if len(tokens) > char_limit(runner):

@@ -40,6 +40,7 @@ class ModelRef:
     metadata: dict[str, Any] = field(default_factory=dict)
     n_params: int = 0
     has_projector: bool = False  # a vision projector layer in the manifest
+    draft_path: Path | None = None  # a speculative-decoding draft model (the manifest's DRAFT)
 
     @property
     def arch(self) -> str:
@@ -165,6 +166,7 @@ def resolve_model(store: Store, name: object, model_files: bool = False) -> Mode
         system=resolved.system, params=dict(resolved.params), messages=list(resolved.messages),
         license=list(resolved.license), config=dict(resolved.config), parent_model=resolved.parent_model,
         metadata=metadata, n_params=n_params, has_projector=bool(getattr(resolved, "projector_paths", None)),
+        draft_path=resolved.draft_path,
     )
 
 

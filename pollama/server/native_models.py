@@ -307,6 +307,14 @@ def _create_commands(state: State, body: dict[str, Any], staging: Path) -> tuple
         commands.append(["model", _stage_files(state.store, files, staging)])
     else:
         raise APIError(400, "neither 'from' or 'files' was specified")
+    # The draft model: uploaded files (Ollama's draft_files), or pollama's `draft`, a model's name.
+    draft_files, draft = field(body, "draft_files", dict, {}), field(body, "draft", str, "")
+    if draft and draft_files:
+        raise APIError(400, "give either draft or draft_files, not both")
+    if draft.startswith(("/", ".", "~")) or "\\" in draft:
+        raise APIError(400, f"draft must name a model, not a path ({draft!r}): upload files with /api/blobs and give them in draft_files")
+    if draft or draft_files:
+        commands.append(["draft", draft or _stage_files(state.store, draft_files, staging / "draft")])
     adapters = field(body, "adapters", dict, {})
     if adapters:
         for path in _stage_files(state.store, adapters, staging / "adapters", single=False):
@@ -373,7 +381,7 @@ def _stage_files(store: Store, files: dict[str, Any], staging: Path, single: boo
 def _as_uploaded(error: str, staging: Path) -> str:
     """A create error naming the uploaded files by the names the client gave them, rather than
     by where this server staged them (a folder of its own, meaningless to the client)."""
-    for folder in (staging / "adapters", staging):  # where _create_commands stages them
+    for folder in (staging / "adapters", staging / "draft", staging):  # where _create_commands stages them
         error = error.replace(f"{folder}{os.sep}", "")
     return error
 

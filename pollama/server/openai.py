@@ -64,9 +64,17 @@ def _finish_reason(done_reason: str | None) -> str:
     return "length" if done_reason == "length" else "stop"
 
 
-def _usage(done: dict[str, Any]) -> dict[str, int]:
+def _usage(done: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI's usage; where the answer was decoded speculatively, its draft tokens as OpenAI
+    counts a Predicted Output's: accepted and rejected prediction tokens (Ollama sends none)."""
     prompt, completion = done.get("prompt_eval_count", 0), done.get("eval_count", 0)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    usage: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion,
+                             "total_tokens": prompt + completion}
+    drafted, accepted = done.get("draft_count", 0), done.get("draft_accepted_count", 0)
+    if drafted:
+        usage["completion_tokens_details"] = {"accepted_prediction_tokens": accepted,
+                                              "rejected_prediction_tokens": drafted - accepted}
+    return usage
 
 
 def _openai_logprobs(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -117,7 +117,7 @@ def _check_memory(model: ModelRef, num_ctx: int, num_batch: int, num_parallel: i
                                  num_parallel=num_parallel, kv_bytes=_kv_bytes(),
                                  flash_attention=limits.flash_attention_default())
     try:
-        weights = os.path.getsize(model.model_path)
+        weights = os.path.getsize(model.model_path) + (os.path.getsize(model.draft_path) if model.draft_path else 0)
     except OSError:
         weights = 0
     total = limits.memory_total()
@@ -185,6 +185,7 @@ def request_options(model: ModelRef, request_options_: object, config: ServerCon
     spec = LoadSpec(
         model_path=str(model.model_path), kind=kind, num_ctx=num_ctx, num_batch=num_batch,
         num_parallel=num_parallel, num_thread=num_thread, kv_cache_type=None, backend=config.backend,
+        draft_path=str(model.draft_path) if model.draft_path and kind == "completion" else None,
     )
     predict = {k: v for k, v in merged.items() if not OPTIONS[k].load_time}
     predict["num_predict"] = num_predict

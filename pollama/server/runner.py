@@ -41,6 +41,7 @@ class LoadSpec:
     num_thread: int | None = None
     kv_cache_type: str | None = None
     backend: str = "ggml"
+    draft_path: str | None = None  # a draft model for speculative decoding
 
 
 def _exit_description(code: int | None) -> str:
@@ -54,20 +55,67 @@ def _exit_description(code: int | None) -> str:
     return f"exit status {code}"
 
 
-class RunnerProcess:
-    """One child process serving one model."""
+class RunnerClient:
+    """What the routes use of a loaded model's runner: its context size and special tokens
+    (from its hello line), and requests by the protocol of pollama/runner/serve.py. A
+    RunnerProcess talks to its child process; pollama.cluster.remote.RemoteRunner to a Ray
+    Serve replica that owns one."""
 
     def __init__(self, name: str, spec: LoadSpec):
         self.name = name
         self.spec = spec
-        self.proc: asyncio.subprocess.Process | None = None
-        self.dir = Path(tempfile.mkdtemp(prefix="pollama-runner-"))  # mode 0700: ours alone
-        self.socket_path = self.dir / "runner.sock"
         self.num_ctx = spec.num_ctx
         self.load_duration = 0
         self.bos_token = self.eos_token = ""  # texts of the model's special tokens
         self.adds_bos = False  # whether the tokenizer puts BOS before every prompt
         self.max_token_chars = 0  # input characters one token stands for at most (runner/limits.py)
+
+    def take_hello(self, hello: dict[str, Any]) -> None:
+        """The loaded runner's facts, from its {"ready"} line."""
+        self.num_ctx = int(hello.get("num_ctx") or self.spec.num_ctx)
+        self.load_duration = int(hello.get("load_duration") or 0)
+        self.bos_token = str(hello.get("bos_token") or "")
+        self.adds_bos = bool(hello.get("add_bos"))
+        self.eos_token = str(hello.get("eos_token") or "")
+        self.max_token_chars = int(hello.get("max_token_chars") or 0)
+
+    def hello(self) -> dict[str, Any]:
+        """The facts take_hello reads, as the runner's hello line gives them."""
+        return {"num_ctx": self.num_ctx, "load_duration": self.load_duration, "bos_token": self.bos_token,
+                "add_bos": self.adds_bos, "eos_token": self.eos_token, "max_token_chars": self.max_token_chars}
+
+    def stream(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """Send one request; yield its answer lines (an error line raises APIError)."""
+        raise NotImplementedError
+
+    def call_sync(self, request: dict[str, Any]) -> dict[str, Any]:
+        """call() from a worker thread (for prompt assembly, which counts tokens synchronously)."""
+        raise NotImplementedError
+
+    async def call(self, request: dict[str, Any]) -> dict[str, Any]:
+        """A request with a single answer line."""
+        async for message in self.stream(request):
+            return message
+        raise RunnerError(f"model runner for {self.name} gave no answer")
+
+    def specials(self):
+        """The special-token texts prompt templates need (pollama.server.prompt.Specials)."""
+        from pollama.server.prompt import Specials
+
+        return Specials(self.bos_token, self.eos_token, self.adds_bos, self.max_token_chars)
+
+    def tokenize_sync(self, text: str) -> list[int]:
+        return self.call_sync({"op": "tokenize", "content": text})["tokens"]
+
+
+class RunnerProcess(RunnerClient):
+    """One child process serving one model."""
+
+    def __init__(self, name: str, spec: LoadSpec):
+        super().__init__(name, spec)
+        self.proc: asyncio.subprocess.Process | None = None
+        self.dir = Path(tempfile.mkdtemp(prefix="pollama-runner-"))  # mode 0700: ours alone
+        self.socket_path = self.dir / "runner.sock"
         self.exited = asyncio.Event()
         self._watch: asyncio.Task | None = None
         self._drain: asyncio.Task | None = None
@@ -94,6 +142,8 @@ class RunnerProcess:
             cmd += ["--kv-cache-type", spec.kv_cache_type]
         if spec.backend != "ggml":
             cmd += ["--backend", spec.backend]
+        if spec.draft_path:
+            cmd += ["--draft-model", spec.draft_path]
         # ggml's threads own the cores; numpy's OpenBLAS threads, which spin after any BLAS
         # call, would steal them from ggml's barriers (numpy reads this once, at import).
         env = {"OPENBLAS_NUM_THREADS": "1", **os.environ}
@@ -117,12 +167,7 @@ class RunnerProcess:
             status = hello.get("status")
             raise RunnerError(f"error loading model {self.name}: {reason}",
                               status if status in (400, 500) else 500)
-        self.num_ctx = int(hello.get("num_ctx") or spec.num_ctx)
-        self.load_duration = int(hello.get("load_duration") or 0)
-        self.bos_token = str(hello.get("bos_token") or "")
-        self.adds_bos = bool(hello.get("add_bos"))
-        self.eos_token = str(hello.get("eos_token") or "")
-        self.max_token_chars = int(hello.get("max_token_chars") or 0)
+        self.take_hello(hello)
         self._watch = asyncio.create_task(self._watch_exit())
         self._drain = asyncio.create_task(self._drain_stdout())
 
@@ -215,14 +260,7 @@ class RunnerProcess:
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    async def call(self, request: dict[str, Any]) -> dict[str, Any]:
-        """A request with a single answer line."""
-        async for message in self.stream(request):
-            return message
-        raise RunnerError(f"model runner for {self.name} gave no answer")
-
     def call_sync(self, request: dict[str, Any]) -> dict[str, Any]:
-        """call() from a worker thread (for prompt assembly, which counts tokens synchronously)."""
         import socket
 
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
@@ -239,12 +277,3 @@ class RunnerProcess:
         if "error" in message:
             raise APIError(int(message.get("status") or 500), message["error"])
         return message
-
-    def specials(self):
-        """The special-token texts prompt templates need (pollama.server.prompt.Specials)."""
-        from pollama.server.prompt import Specials
-
-        return Specials(self.bos_token, self.eos_token, self.adds_bos, self.max_token_chars)
-
-    def tokenize_sync(self, text: str) -> list[int]:
-        return self.call_sync({"op": "tokenize", "content": text})["tokens"]

@@ -95,6 +95,18 @@ def _is_stale_temp(path: Path) -> bool:
     return age > STALE_TEMP_SECONDS or not _pid_alive(pid)
 
 
+def remove_stale_temp_files(top: Path) -> None:
+    """Delete the temp files under top whose writers died or left them an hour ago."""
+    if not top.is_dir():
+        return
+    for dirpath, _dirs, files in os.walk(top):
+        for name in files:
+            path = Path(dirpath) / name
+            if name.startswith(TEMP_PREFIX) and _is_stale_temp(path):
+                log.info("removing %s, left by an interrupted write", path)
+                path.unlink(missing_ok=True)
+
+
 # -- blob verification -------------------------------------------------------------------------
 class BlobVerifier:
     """Checks that a blob's bytes hash to its digest, remembering files already checked.

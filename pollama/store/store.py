@@ -1,7 +1,7 @@
 """Ollama's on-disk model store: the same layout, so an existing Ollama store works unchanged.
 
     <root>/manifests/<host>/<namespace>/<model>/<tag>   manifest JSON (see manifest.py)
-    <root>/blobs/sha256-<64 hex>                        content-addressed layer bytes
+    <root>/blobs/sha256-<64 hex>                        content-addressed layer bytes (blobs.py)
 
 root is $OLLAMA_MODELS, else ~/.ollama/models.
 
@@ -14,8 +14,11 @@ Safety rules, each checked where a path is made:
 - temp files are named ``.pollama-tmp-<pid>-<random>``: not a digest and not a valid name
   part, so this store and Ollama both ignore them (Ollama's prune deletes them after an
   hour); a later Store() deletes those whose writer process is gone;
-- blobs are checked against their digest before use (resolve); see BlobVerifier for why a
-  cache keyed by file identity and mtime makes that cheap.
+- blobs are checked against their digest before use (resolve.py); see BlobVerifier for why
+  a cache keyed by file identity and mtime makes that cheap.
+
+Store adds to BlobStore (blobs.py) the manifests: names, reading and writing them, list,
+copy, remove and prune; resolve.py turns a manifest into what a runner needs.
 
 There is no lock between processes, as in Ollama: removing a model while another process
 writes a model that shares its blobs can race (the other write then fails its blob checks).
@@ -24,7 +27,6 @@ writes a model that shares its blobs can race (the other write then fails its bl
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import os
 import time
@@ -32,45 +34,28 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from pollama import envconfig
-from pollama.store.errors import DigestMismatch, InvalidName, ModelNotFound, StoreError
-from pollama.store.files import (
-    CHUNK,
-    TEMP_PREFIX,
-    BlobVerifier,
-    _commit,
-    _fsync_dir,
-    _is_stale_temp,
-    _temp_file,
-    atomic_write,
-    sha256_file,
-)
+from pollama.store.blobs import BlobStore
+from pollama.store.errors import InvalidName, ModelNotFound, StoreError
+from pollama.store.files import TEMP_PREFIX, BlobVerifier, _fsync_dir, atomic_write, remove_stale_temp_files
 from pollama.store.manifest import (
     CONFIG_MEDIA_TYPE,
     LAYER_MEDIA_TYPES,
     MAX_MANIFEST_BYTES,
-    MAX_METADATA_BYTES,
     Layer,
     Manifest,
-    MediaType,
-    check_digest,
     encode_config,
     is_digest,
     parse_config,
-    parse_messages,
-    parse_params,
 )
 from pollama.store.names import PART_KINDS, ModelName, is_valid_part
+from pollama.store.resolve import ResolvedModel, resolve_layers
 
 log = logging.getLogger(__name__)
 
-Source = str | os.PathLike | bytes | bytearray | memoryview | BinaryIO
 NameLike = str | ModelName
-GGUF_MAGIC = b"GGUF"
-# Layers a GGUF runner cannot use; resolve says so instead of failing later.
-_SAFETENSORS_TYPES = (MediaType.TENSOR, MediaType.JSON)
 
 
 def default_root() -> Path:
@@ -89,34 +74,10 @@ class ModelInfo:
     manifest: Manifest = field(repr=False)
 
 
-@dataclass
-class ResolvedModel:
-    """Everything a runner needs from a model's manifest, with blob paths checked.
-
-    model_path is None only for a model without weights (a remote model: config remote_host).
-    template and system are None when the manifest has no such layer (the caller's default
-    applies); params holds the options of the params layer; license has one entry per layer.
-    """
-
-    name: ModelName
-    manifest: Manifest
-    config: dict[str, Any]
-    model_path: Path | None
-    parent_model: str = ""
-    projector_paths: list[Path] = field(default_factory=list)
-    adapter_paths: list[Path] = field(default_factory=list)
-    draft_path: Path | None = None
-    template: str | None = None
-    system: str | None = None
-    params: dict[str, Any] = field(default_factory=dict)
-    messages: list[dict[str, Any]] = field(default_factory=list)
-    license: list[str] = field(default_factory=list)
-
-
 _DEFAULT_CACHE = object()
 
 
-class Store:
+class Store(BlobStore):
     """An Ollama model store rooted at root (default: $OLLAMA_MODELS or ~/.ollama/models).
 
     hash_cache is the file remembering which blobs were verified (default
@@ -127,45 +88,18 @@ class Store:
     def __init__(self, root: str | os.PathLike | None = None, *, hash_cache: Any = _DEFAULT_CACHE):
         self.root = Path(root) if root is not None else default_root()
         self.manifests_dir = self.root / "manifests"
-        self.blobs_dir = self.root / "blobs"
         if hash_cache is _DEFAULT_CACHE:
             from pollama.store.embedded import cache_dir
 
             hash_cache = cache_dir() / "verified-blobs.json"
-        self.verifier = BlobVerifier(Path(hash_cache) if hash_cache is not None else None)
-        self._clean_temp_files()
-        self._fix_blob_names()
+        for top in (self.root / "blobs", self.manifests_dir):
+            remove_stale_temp_files(top)
+        super().__init__(self.root / "blobs", BlobVerifier(Path(hash_cache) if hash_cache is not None else None))
 
     def __repr__(self) -> str:
         return f"Store({str(self.root)!r})"
 
-    # -- housekeeping -------------------------------------------------------------------------
-    def _clean_temp_files(self) -> None:
-        for top in (self.blobs_dir, self.manifests_dir):
-            if not top.is_dir():
-                continue
-            for dirpath, _dirs, files in os.walk(top):
-                for name in files:
-                    path = Path(dirpath) / name
-                    if name.startswith(TEMP_PREFIX) and _is_stale_temp(path):
-                        log.info("removing %s, left by an interrupted write", path)
-                        path.unlink(missing_ok=True)
-
-    def _fix_blob_names(self) -> None:
-        # Very old Ollama named blobs "sha256:<hex>"; Ollama renames them at start, so do we.
-        if not self.blobs_dir.is_dir():
-            return
-        for path in self.blobs_dir.glob("sha256:*"):
-            new = self.blobs_dir / path.name.replace(":", "-", 1)
-            if is_digest(path.name) and not new.exists():
-                os.replace(path, new)
-
-    # -- paths --------------------------------------------------------------------------------
-    def blob_path(self, digest: str) -> Path:
-        """Where the blob with this digest lives (whether or not it exists)."""
-        check_digest(digest)
-        return self.blobs_dir / ("sha256-" + digest[len("sha256:") :])
-
+    # -- names and their manifest files -----------------------------------------------------
     def _on_disk_parts(self, name: ModelName) -> tuple[tuple[str, ...], bool]:
         """name's parts as the directories on disk spell them, and whether all four exist.
 
@@ -213,135 +147,6 @@ class Store:
         parts, _ = self._on_disk_parts(name)
         return name.with_parts(parts), self._manifest_path(parts)
 
-    # -- blobs --------------------------------------------------------------------------------
-    def has_blob(self, digest: str) -> bool:
-        """Whether the blob with this digest is present (its bytes are not checked)."""
-        return self.blob_path(digest).is_file()
-
-    def write_blob(self, source: Source, expected_digest: str | None = None) -> str:
-        """Store bytes, a file's content (path) or a binary stream as a blob; return its digest.
-
-        The bytes go to a temp file while being hashed and are renamed into place only if
-        their digest is expected_digest (when given); otherwise DigestMismatch. If a blob
-        with expected_digest is already present and intact, source is not read at all.
-        """
-        if expected_digest is not None:
-            check_digest(expected_digest, "expected digest")
-            existing = self.blob_path(expected_digest)
-            if existing.is_file() and self._blob_ok(existing, expected_digest):
-                return expected_digest
-        if isinstance(source, (bytes, bytearray, memoryview)):
-            return self._write_stream(io.BytesIO(bytes(source)), expected_digest)
-        if isinstance(source, (str, os.PathLike)):
-            with open(source, "rb") as f:
-                return self._write_stream(f, expected_digest)
-        if hasattr(source, "read"):
-            return self._write_stream(source, expected_digest)
-        raise TypeError(f"write_blob takes a path, bytes or a binary file, not {type(source).__name__}")
-
-    def _write_stream(self, stream: BinaryIO, expected_digest: str | None) -> str:
-        h = hashlib.sha256()
-        temp, f = _temp_file(self.blobs_dir)
-        try:
-            with f:
-                while chunk := stream.read(CHUNK):
-                    if not isinstance(chunk, (bytes, bytearray, memoryview)):
-                        raise TypeError(f"write_blob needs a binary stream; read() gave {type(chunk).__name__}")
-                    h.update(chunk)
-                    f.write(chunk)
-                digest = "sha256:" + h.hexdigest()
-                if expected_digest is not None and digest != expected_digest:
-                    raise DigestMismatch(f"blob content has digest {digest}, expected {expected_digest}")
-                dest = self.blob_path(digest)
-                if dest.is_file() and self.verifier.is_known(dest, digest):
-                    f.close()
-                    temp.unlink()
-                else:
-                    # Replaces a blob of the right name but wrong bytes, healing the store.
-                    _commit(temp, f, dest)
-            self.verifier.remember(dest, digest)
-            return digest
-        except BaseException:
-            temp.unlink(missing_ok=True)
-            raise
-
-    def partial_blob_path(self, digest: str) -> Path:
-        """Where a download of this blob is assembled (Ollama's name: "<blob>-partial")."""
-        path = self.blob_path(digest)
-        return path.with_name(path.name + "-partial")
-
-    def commit_partial_blob(self, partial: Path, digest: str) -> Path:
-        """Make a finished download visible as blob digest, only if its bytes hash to it.
-
-        On a mismatch the partial file is deleted (its bytes cannot be trusted for a resume)
-        and DigestMismatch names both digests.
-        """
-        dest = self.blob_path(digest)
-        if partial.parent != dest.parent:
-            raise StoreError(f"refusing to commit {partial}: not in {self.blobs_dir}")
-        actual = sha256_file(partial)
-        if actual != digest:
-            partial.unlink(missing_ok=True)
-            raise DigestMismatch(f"downloaded blob has digest {actual}, expected {digest}; the download was deleted")
-        with open(partial, "rb+") as f:
-            os.fsync(f.fileno())
-        os.chmod(partial, 0o644)
-        os.replace(partial, dest)
-        _fsync_dir(dest.parent)
-        self.verifier.remember(dest, digest)
-        return dest
-
-    def add_layer(self, source: Source, media_type: str, *, from_: str = "", name: str = "") -> Layer:
-        """Write source as a blob and return the Layer that describes it."""
-        if media_type not in LAYER_MEDIA_TYPES:
-            raise StoreError(f"unknown layer media type {media_type!r}")
-        digest = self.write_blob(source)
-        return Layer(media_type, digest, self.blob_path(digest).stat().st_size, from_, name)
-
-    def _blob_ok(self, path: Path, digest: str) -> bool:
-        if self.verifier.is_known(path, digest):
-            return True
-        if sha256_file(path) != digest:
-            return False
-        self.verifier.remember(path, digest)
-        return True
-
-    def verify_blob(self, layer: Layer, model: str = "") -> Path:
-        """The path of layer's blob after checking it exists, has its size and hashes to its digest."""
-        path = self.blob_path(layer.digest)
-        owner = f" of model '{model}'" if model else ""
-        try:
-            size = path.stat().st_size
-        except FileNotFoundError:
-            raise StoreError(f"blob {layer.digest}{owner} is missing from {self.blobs_dir}") from None
-        if size != layer.size:
-            raise DigestMismatch(
-                f"blob {layer.digest}{owner} is {size} bytes but its manifest says {layer.size}: "
-                f"the file is damaged or incomplete; remove the model and pull or create it again"
-            )
-        if not self._blob_ok(path, layer.digest):
-            raise DigestMismatch(
-                f"blob {layer.digest}{owner} does not match its digest: the file is damaged; "
-                f"remove the model and pull or create it again"
-            )
-        return path
-
-    def _read_small_blob(self, layer: Layer, model: str, what: str) -> bytes:
-        owner = f" of model '{model}'" if model else ""
-        if layer.size > MAX_METADATA_BYTES:
-            raise StoreError(f"{what} blob {layer.digest}{owner} is {layer.size} bytes, too large to read")
-        path = self.blob_path(layer.digest)
-        try:
-            with open(path, "rb") as f:
-                data = f.read(MAX_METADATA_BYTES + 1)
-        except FileNotFoundError:
-            raise StoreError(f"{what} blob {layer.digest}{owner} is missing from {self.blobs_dir}") from None
-        if len(data) != layer.size or "sha256:" + hashlib.sha256(data).hexdigest() != layer.digest:
-            raise DigestMismatch(
-                f"{what} blob {layer.digest}{owner} does not match its digest or size: the file is damaged"
-            )
-        return data
-
     # -- manifests ----------------------------------------------------------------------------
     def write_manifest(self, name: NameLike, config: dict[str, Any], layers: list[Layer]) -> Manifest:
         """Write config as the config blob and a manifest of layers under name; return it.
@@ -354,7 +159,7 @@ class Store:
                 raise TypeError(f"layers must be Layer objects, not {type(layer).__name__}")
             if layer.media_type not in LAYER_MEDIA_TYPES:
                 raise StoreError(f"unknown layer media type {layer.media_type!r}")
-            self._check_blob_present(layer, model.display)
+            self.check_blob_present(layer, model.display)
         config_bytes = encode_config(config)
         config_layer = Layer(CONFIG_MEDIA_TYPE, self.write_blob(config_bytes), len(config_bytes))
         manifest = Manifest(config=config_layer, layers=list(layers))
@@ -365,17 +170,8 @@ class Store:
         model = ModelName.parse(name)
         manifest = Manifest.parse(data, f"manifest for model '{model.display}'")
         for layer in manifest.all_layers():
-            self._check_blob_present(layer, model.display)
+            self.check_blob_present(layer, model.display)
         return self._put_manifest(model, data)
-
-    def _check_blob_present(self, layer: Layer, model: str) -> None:
-        path = self.blob_path(layer.digest)
-        try:
-            size = path.stat().st_size
-        except FileNotFoundError:
-            raise StoreError(f"blob {layer.digest} of model '{model}' is not in the store; write it first") from None
-        if size != layer.size:
-            raise StoreError(f"layer {layer.digest} of model '{model}' says {layer.size} bytes, its blob has {size}")
 
     def _put_manifest(self, model: ModelName, data: bytes) -> Manifest:
         model, path = self._manifest_target(model)
@@ -419,7 +215,7 @@ class Store:
         """The config blob of name's manifest (model_format, model_family, file_type, ...)."""
         manifest = manifest or self.read_manifest(name)
         shown = _shown(name)
-        return parse_config(self._read_small_blob(manifest.config, shown, "config"), f"config of model '{shown}'")
+        return parse_config(self.read_small_blob(manifest.config, shown, "config"), f"config of model '{shown}'")
 
     def _walk_manifests(self) -> Iterator[tuple[ModelName, Path]]:
         """Every file at manifests/<host>/<namespace>/<model>/<tag> with a valid name."""
@@ -500,9 +296,7 @@ class Store:
             return
         in_use = {layer.digest for _, m in others for layer in m.all_layers()}
         for digest in set(digests) - in_use:
-            path = self.blob_path(digest)
-            path.unlink(missing_ok=True)
-            self.verifier.forget(path)
+            self.delete_blob(self.blob_path(digest))
 
     def prune(self, grace_seconds: float = 3600) -> int:
         """What Ollama's server does at start (PruneLayers, then PruneDirectory): delete blobs
@@ -519,7 +313,7 @@ class Store:
             return 0
         now, removed, candidates = time.time(), 0, {}
         for path in self.blobs_dir.iterdir():
-            # Our own temp files are a live writer's, or removed when stale (_clean_temp_files).
+            # Our own temp files are a live writer's, or removed when stale (remove_stale_temp_files).
             if not path.is_file() or path.name.startswith(TEMP_PREFIX) or now - path.stat().st_mtime < grace_seconds:
                 continue
             digest = path.name.replace("-", ":", 1)
@@ -532,8 +326,7 @@ class Store:
         unused = set(candidates) - in_use
         log.info("total blobs: %d", len(candidates))
         for digest in unused:
-            candidates[digest].unlink(missing_ok=True)
-            self.verifier.forget(candidates[digest])
+            self.delete_blob(candidates[digest])
         log.info("total unused blobs removed: %d", len(unused))
         if self.manifests_dir.is_dir():
             for dirpath, _dirs, _files in sorted(os.walk(self.manifests_dir), reverse=True):
@@ -561,53 +354,7 @@ class Store:
             raise ModelNotFound(_shown(name))
         model, path = found
         manifest = self._load_manifest(model, path)
-        shown = model.display
-        config = self.read_config(model, manifest)
-        resolved = ResolvedModel(name=model, manifest=manifest, config=config, model_path=None)
-        for layer in manifest.layers:
-            kind = layer.media_type
-            what = kind.rsplit(".", 1)[-1]  # "template", "params", ...
-            if kind == MediaType.MODEL:
-                resolved.model_path = self._checked_gguf(layer, shown)
-                resolved.parent_model = layer.from_
-            elif kind == MediaType.PROJECTOR:
-                resolved.projector_paths.append(self._checked_gguf(layer, shown))
-            elif kind == MediaType.ADAPTER:
-                resolved.adapter_paths.append(self._checked_gguf(layer, shown))
-            elif kind == MediaType.DRAFT:
-                resolved.draft_path = self.verify_blob(layer, shown)
-            elif kind in (MediaType.TEMPLATE, MediaType.PROMPT):
-                resolved.template = self._text(layer, shown, "template")
-            elif kind == MediaType.SYSTEM:
-                resolved.system = self._text(layer, shown, what)
-            elif kind == MediaType.LICENSE:
-                resolved.license.append(self._text(layer, shown, what))
-            elif kind == MediaType.PARAMS:
-                data = self._read_small_blob(layer, shown, what)
-                resolved.params = parse_params(data, f"params layer of model '{shown}'")
-            elif kind == MediaType.MESSAGES:
-                data = self._read_small_blob(layer, shown, what)
-                resolved.messages = parse_messages(data, f"messages layer of model '{shown}'")
-            elif kind == MediaType.EMBED:
-                log.info("model '%s' has a legacy embed layer; it is ignored, as Ollama does", shown)
-            elif kind in _SAFETENSORS_TYPES:
-                raise StoreError(f"model '{shown}' is a safetensors (MLX) model, which pollama cannot run")
-            else:
-                raise StoreError(f"model '{shown}' has a layer of unknown media type {kind!r}")
-        if resolved.model_path is None and not config.get("remote_host"):
-            raise StoreError(f"model '{shown}' has no model layer")
-        return resolved
-
-    def _text(self, layer: Layer, model: str, what: str) -> str:
-        # Go keeps arbitrary bytes in a string; replacing bad UTF-8 is the nearest to that.
-        return self._read_small_blob(layer, model, what).decode("utf-8", "replace")
-
-    def _checked_gguf(self, layer: Layer, model: str) -> Path:
-        path = self.verify_blob(layer, model)
-        with open(path, "rb") as f:
-            if f.read(4) != GGUF_MAGIC:
-                raise StoreError(f"blob {layer.digest} of model '{model}' is not a GGUF file")
-        return path
+        return resolve_layers(self, model, manifest, self.read_config(model, manifest))
 
 
 def _shown(name: NameLike) -> str:

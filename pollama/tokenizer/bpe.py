@@ -3,9 +3,9 @@ over raw UTF-8 with <0xXX> byte fallback (SentencePiece-style, tokenizer.ggml.mo
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Sequence
 
+from .merge import merge_adjacent
 from .pretokenize import PreTokenizer, byte_encode, splitter
 
 _CACHE_LIMIT = 1 << 17  # words; a prompt rarely has more than a few thousand distinct ones
@@ -58,34 +58,5 @@ class BPEModel:
 
     def _merge(self, word: str) -> list[str]:
         """Apply merges lowest rank first, leftmost first among equal ranks; return the symbols."""
-        syms = list(word)
-        n = len(syms)
-        if n < 2:
-            return syms
         ranks = self.ranks
-        nxt = list(range(1, n + 1))
-        nxt[-1] = -1
-        prv = list(range(-1, n - 1))
-        heap = []
-        for i in range(n - 1):
-            r = ranks.get(syms[i] + " " + syms[i + 1])
-            if r is not None:
-                heap.append((r, i, i + 1, syms[i] + syms[i + 1]))
-        heapq.heapify(heap)
-        while heap:
-            _, left, right, text = heapq.heappop(heap)
-            # Stale entry: one side was merged away or grew since it was queued.
-            if not syms[left] or not syms[right] or syms[left] + syms[right] != text:
-                continue
-            syms[left] = text
-            syms[right] = ""
-            after = nxt[right]
-            nxt[left] = after
-            if after != -1:
-                prv[after] = left
-            for a, b in ((prv[left], left), (left, after)):
-                if a != -1 and b != -1:
-                    r = ranks.get(syms[a] + " " + syms[b])
-                    if r is not None:
-                        heapq.heappush(heap, (r, a, b, syms[a] + syms[b]))
-        return [s for s in syms if s]
+        return merge_adjacent(list(word), lambda left, right: ranks.get(left + " " + right))

@@ -42,9 +42,6 @@ def test_text_without_paths_is_unchanged():
 def test_run_reads_an_image_path_for_a_vision_model(tmp_path):
     # `pollama run FILE "... /path/x.png"` on a vision model: the image is read, taken out of
     # the prompt and placed first, as the engine itself answers "[img-0]<rest>" with it.
-    import pytest
-
-    pytest.importorskip("torch")
     from cliproc import pollama
     from models.gemma3.test_vision import _config, _png, _tokenizer
     from models.tinyhf import convert, save_tiny, transformers

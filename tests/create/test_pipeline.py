@@ -140,7 +140,7 @@ def test_tensors_lists_gguf_and_checkpoints(tmp_path):
     gguf = real_model("smollm2")
     rows = json.loads(pollama("tensors", str(gguf), "--json").stdout)
     assert len(rows) == 272 and rows[0] == {"name": "token_embd.weight", "shape": [49152, 576], "dtype": "Q8_0"}
-    torch = pytest.importorskip("torch")
+    import torch
     from safetensors.torch import save_file
 
     save_file({"a.weight": torch.zeros(3, 4), "b": torch.zeros(2, dtype=torch.float16)}, tmp_path / "m.safetensors")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-transformers = pytest.importorskip("transformers")
+import transformers
 
 from models.tinyhf import PROMPT, bpe_tokenizer, hf_greedy, hf_ids, hf_logits, our_greedy, our_logits, save_tiny  # noqa: E402
 from pollama.create.pipeline import create_model  # noqa: E402

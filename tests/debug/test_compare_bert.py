@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import pytest
 from models.bert.test_convert import minilm_folder
-from models.bert.test_model import build_tokenizer
+from models.bert.test_model import save_tiny_bert
 
 from pollama.debug.compare import compare_model
 from pollama.models.bert import model as bert_model
 from pollama.models.bert.convert import convert
 
-import torch  # noqa: E402
 import transformers  # noqa: E402
 from debug.test_compare import break_layer, skip
 
@@ -21,17 +20,7 @@ PROMPT_WORDS = "the quick brown fox"
 def tiny(tmp_path_factory):
     """(HF folder, our F32 GGUF, token ids) of a tiny random BertModel."""
     folder = tmp_path_factory.mktemp("tiny-bert")
-    tok, n_vocab = build_tokenizer()
-    tok.save(str(folder / "tokenizer.json"))
-    torch.manual_seed(0)
-    config = transformers.BertConfig(
-        vocab_size=n_vocab, hidden_size=64, num_hidden_layers=3, num_attention_heads=4, intermediate_size=128,
-        max_position_embeddings=128, type_vocab_size=2, hidden_act="gelu", layer_norm_eps=1e-12)
-    model = transformers.BertModel(config).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    model.save_pretrained(folder)
+    tok, _model = save_tiny_bert(folder, layers=3)
     out = folder.parent / "tiny-bert.gguf"
     convert(folder, out, outtype="f32")
     return folder, out, tok.encode(PROMPT_WORDS).ids

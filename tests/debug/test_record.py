@@ -14,11 +14,11 @@ from realmodels import real_model
 from pollama.debug.record import record_forward
 from pollama.fs.ggml_types import GGMLType
 from pollama.fs.gguf import GGUFFile
-from pollama.kvcache import Batch
 from pollama.ml.base import Context, Recorder
 from pollama.ml.ggml.backend import GGMLBackend
 from pollama.ml.ggml.lib import ggml
 from pollama.models.base import load_model
+from pollama.nn import Batch
 from pollama.debug.steps import StepEngine
 
 SMOLLM2_BLOCKS = 30

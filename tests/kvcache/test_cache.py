@@ -8,8 +8,9 @@ import pytest
 from realmodels import real_model
 
 from pollama.errors import CacheFullError
-from pollama.kvcache import KV_READ_PAD, N_KV_PAD, Batch, KVCache, LayerCaches
+from pollama.kvcache import KV_READ_PAD, N_KV_PAD, KVCache, LayerCaches
 from pollama.ml.ggml.backend import GGMLBackend
+from pollama.nn import Batch
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from pollama.ml.base import BackendError
 from pollama.ml.ggml.backend import GGMLBackend
 from pollama.nn import RoutedExperts, Weights, softmax_then_top_k, top_k_then_softmax
 
-torch = pytest.importorskip("torch")
+import torch
 from pollama.ml.torch.backend import TorchBackend  # noqa: E402
 
 RNG = np.random.default_rng(18)

@@ -14,7 +14,7 @@ import pytest
 
 from pollama.ml.ggml.backend import GGMLBackend
 
-torch = pytest.importorskip("torch")
+import torch
 from pollama.ml.torch.backend import TorchBackend  # noqa: E402
 
 

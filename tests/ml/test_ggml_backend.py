@@ -19,7 +19,7 @@ from pollama.ml.base import BackendError, Rope, RopeMode
 from pollama.ml.ggml.backend import GGMLBackend
 from pollama.ml.ggml.lib import ggml
 
-torch = pytest.importorskip("torch")
+import torch
 from pollama.ml.torch.quants import SUPPORTED_TYPES, dequantize  # noqa: E402
 
 rng = np.random.default_rng(0)
@@ -320,7 +320,8 @@ def test_plain_contexts_cannot_rerun(backend):
 
 def test_flash_attention_equals_plain_attention():
     """With flash attention the cache keeps V as rows and ggml's fused kernel runs."""
-    from pollama.kvcache import Batch, KVCache
+    from pollama.kvcache import KVCache
+    from pollama.nn import Batch
 
     results = {}
     for flash in (False, True):

@@ -8,8 +8,8 @@ import pytest
 
 from pollama.ml.ggml.backend import GGMLBackend
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+import torch
+import transformers
 from transformers.models.gpt_oss import modeling_gpt_oss as hf  # noqa: E402
 
 from pollama.ml.torch.backend import TorchBackend  # noqa: E402

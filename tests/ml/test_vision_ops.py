@@ -11,7 +11,7 @@ from pollama.ml.base import BackendError, Rope, RopeMode
 from pollama.ml.ggml.backend import GGMLBackend
 from pollama.nn import attend
 
-torch = pytest.importorskip("torch")
+import torch
 from pollama.ml.torch.backend import TorchBackend  # noqa: E402
 
 RNG = np.random.default_rng(7)

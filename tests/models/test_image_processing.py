@@ -20,7 +20,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-PIL = pytest.importorskip("PIL")
+import PIL
 from PIL import Image, ImageDraw, ImageOps  # noqa: E402
 
 from pollama.models import imageproc  # noqa: E402
@@ -71,7 +71,6 @@ def sample(request) -> tuple[str, Image.Image, Image.Image]:
 
 @pytest.fixture(scope="module")
 def hf_image_processors():
-    pytest.importorskip("transformers")
     # The PIL processors directly: the auto classes would pick torchvision ones where installed.
     from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
     from transformers.models.mllama.image_processing_pil_mllama import MllamaImageProcessorPil

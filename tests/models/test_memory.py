@@ -12,9 +12,9 @@ MEASURE = r"""
 import os, sys
 import psutil
 from pollama.fs.gguf import GGUFFile
-from pollama.kvcache import Batch
 from pollama.ml.ggml.backend import GGMLBackend
 from pollama.models.base import load_model
+from pollama.nn import Batch
 from pollama.tokenizer import load_tokenizer
 
 path = sys.argv[1]

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pollama.kvcache import Batch
-from pollama.kvcache.cache import KVCache, multi_positions_array
+from pollama.kvcache.cache import KVCache
 from pollama.models import multimodal
 from pollama.models.multimodal import Image, ImageToken
+from pollama.nn.batch import Batch, multi_positions_array
 from pollama.runner.engine import Part, build_prompt, make_batch
 
 
@@ -56,7 +56,6 @@ def test_blocks_are_never_split_between_batches():
 
 
 def test_image_tokens_see_their_whole_image_in_the_cache_mask():
-    pytest.importorskip("torch")
     from pollama.ml.torch.backend import TorchBackend
 
     img = image()

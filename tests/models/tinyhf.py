@@ -20,8 +20,8 @@ from typing import Any  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+import torch  # noqa: E402
+import transformers  # noqa: E402
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers  # noqa: E402
 
 from pollama.create.convert import convert_hf  # noqa: E402
@@ -30,7 +30,10 @@ from pollama.debug.steps import StepEngine  # noqa: E402
 from pollama.tokenizer import load_tokenizer  # noqa: E402
 from pollama.tokenizer.convert import PRE_BY_SPLIT_REGEX  # noqa: E402
 
-TOLERANCE = 1e-3  # max |ours - transformers| on float32 weights (DESIGN.md)
+# max |ours - transformers| on float32 weights, either backend (F32 cache, exact GELU): measured
+# 1.4e-6 to 4.1e-6 on every tiny model (llama, smollm, mistral, qwen2, gemma3, mistral3,
+# qwen2-vl, qwen2.5-vl, mllama); cases that differ more have their own named bounds.
+TOLERANCE = 1e-5
 PROMPT = "The quick brown fox jumps"
 GREEDY_STEPS = 16
 

@@ -101,3 +101,18 @@ def test_kv_cache_type_option_and_env(monkeypatch):
     assert kv_cache_dtype(None) == GGMLType.F16
     with StepEngine(real_model("smollm2"), num_ctx=64, kv_cache_type="f32") as e:
         assert all(t.dtype == GGMLType.F32 for c in e.cache.caches for t in c.k.values())
+
+
+def test_common_prefix_is_the_longest_shared_start():
+    """Against the standard library's commonprefix (which works on any sequences), on random
+    sequences with differences anywhere, including none and at the very start or end."""
+    import os
+    import random
+
+    from pollama.runner.engine import common_prefix
+
+    rng = random.Random(0)
+    for _ in range(5000):
+        a = [rng.randint(0, 2) for _ in range(rng.randint(0, 40))]
+        b = a[:rng.randint(0, len(a))] + [rng.randint(0, 2) for _ in range(rng.randint(0, 10))]
+        assert common_prefix(a, b) == common_prefix(b, a) == len(os.path.commonprefix([a, b]))

@@ -11,6 +11,7 @@ from realmodels import real_model
 
 from pollama.debug.steps import StepEngine
 from pollama.runner.generation import Done, GenerateOptions, Piece
+from pollama.runner.engine import common_prefix
 from pollama.runner.parallel import EngineClosed, ParallelEngine
 from pollama.sample import SamplerOptions, logprobs
 
@@ -116,6 +117,28 @@ def test_prefix_reuse_cancel_and_limits():
         for bad, match in (([], "empty prompt"), ([1] * 128, "does not fit"), ([10**9], "outside the vocabulary")):
             with pytest.raises(ValueError, match=match):
                 engine.submit(bad)
+
+
+def test_a_new_conversation_takes_an_empty_slot_not_a_finished_conversations():
+    # Two chats share their first tokens (a system prompt). With a slot standing empty, the
+    # second must not take the first's slot for that shared start: the first's next turn
+    # then finds its whole exchange cached.
+    system = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+    with ParallelEngine(real_model("smollm2"), num_parallel=2, num_ctx=256) as engine:
+        tok = engine.tokenizer
+        options = GenerateOptions(num_predict=4, sampler=GREEDY)
+        _, ann = collect(engine.submit(tok.encode(system + "My name is Ann."), options))
+        _, bob = collect(engine.submit(tok.encode(system + "My name is Bob."), options))
+        assert bob.prompt_cached == 0  # the empty slot, not Ann's (which shares the system prompt)
+        follow = ann.tokens + tok.encode("<|im_end|>\n<|im_start|>user\nAnd then?", add_special=False)
+        _, again = collect(engine.submit(follow, options))
+        assert again.prompt_cached == len(ann.tokens) - 1
+        # Both slots now hold a conversation and a third shares as much with each: it takes
+        # the least recently used (Bob's), and Ann's goes on cached.
+        _, cid = collect(engine.submit(tok.encode(system + "My name is Cid."), options))
+        assert cid.prompt_cached == common_prefix(bob.tokens, tok.encode(system + "My name is Cid."))
+        _, ann3 = collect(engine.submit(again.tokens + tok.encode(" Ok.", add_special=False), options))
+        assert ann3.prompt_cached == len(again.tokens) - 1
 
 
 def test_logprobs_are_the_models_distribution():

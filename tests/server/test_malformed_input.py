@@ -433,12 +433,12 @@ def test_blob_upload_out_of_disk_tells_the_client_in_process(tmp_path, monkeypat
     """The same through the app in this process, the disk filling up after 1 MiB."""
     from starlette.testclient import TestClient
 
-    import pollama.store.store as store_module
+    import pollama.store.blobs as blobs_module
     from pollama.server.app import create_app
     from pollama.server.config import ServerConfig
     from pollama.store.store import Store
 
-    real_temp_file = store_module._temp_file
+    real_temp_file = blobs_module._temp_file
 
     class FillingFile:
         def __init__(self, f):
@@ -463,7 +463,7 @@ def test_blob_upload_out_of_disk_tells_the_client_in_process(tmp_path, monkeypat
         path, f = real_temp_file(directory)
         return path, FillingFile(f)
 
-    monkeypatch.setattr(store_module, "_temp_file", filling_temp_file)
+    monkeypatch.setattr(blobs_module, "_temp_file", filling_temp_file)
     store = Store(tmp_path / "models")
     data = os.urandom(3 << 20)
     digest = "sha256:" + hashlib.sha256(data).hexdigest()

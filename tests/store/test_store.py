@@ -12,7 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import pollama.store.store as store_module
+import pollama.store.blobs as blobs_module
+import pollama.store.files as files_module
 from pollama.store.errors import DigestMismatch, InvalidName, ModelNotFound, StoreError
 from pollama.store.manifest import (
     CONFIG_MEDIA_TYPE,
@@ -281,13 +282,13 @@ def test_damaged_small_layer_is_refused(store):
 
 
 def test_verified_blobs_are_not_rehashed_until_they_change(tmp_path, monkeypatch):
-    monkeypatch.setattr(store_module.BlobVerifier, "PERSIST_BYTES", 0)  # our test blobs are small
+    monkeypatch.setattr(files_module.BlobVerifier, "PERSIST_BYTES", 0)  # our test blobs are small
     cache = tmp_path / "verified.json"
     store = Store(tmp_path / "models", hash_cache=cache)
     m = make_model(store, "alpha")
     calls = []
-    real = store_module.sha256_file
-    monkeypatch.setattr(store_module, "sha256_file", lambda p: calls.append(p) or real(p))
+    real = blobs_module.sha256_file
+    monkeypatch.setattr(blobs_module, "sha256_file", lambda p: calls.append(p) or real(p))
     store.resolve("alpha")
     assert calls == []  # written by this store: already known
     Store(tmp_path / "models", hash_cache=cache).resolve("alpha")
@@ -332,7 +333,7 @@ def test_exception_while_writing_a_manifest_leaves_nothing(store, monkeypatch):
             raise OSError("disk full")
         return real_replace(src, dst)
 
-    monkeypatch.setattr(store_module.os, "replace", failing_replace)
+    monkeypatch.setattr(files_module.os, "replace", failing_replace)
     with pytest.raises(OSError, match="disk full"):
         make_model(store, "beta")
     with pytest.raises(OSError, match="disk full"):

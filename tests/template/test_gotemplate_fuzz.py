@@ -6,7 +6,7 @@ import pytest
 
 from pollama.template.gotemplate import Template, TemplateError
 
-hypothesis = pytest.importorskip("hypothesis")
+import hypothesis
 st = hypothesis.strategies
 
 PIECES = [

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-import mmap
-import struct
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from pollama.fs.gguf import GGUFFile
+from pollama.store.embedded import embedded_model_path
 from pollama.tokenizer import Tokenizer, load_tokenizer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,53 +32,9 @@ REAL_MODELS = {
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
-    """GGUF metadata as plain Python values: pollama's reader when present, else a local one."""
-    try:
-        from pollama.fs.gguf import GGUFFile
-    except ImportError:
-        return _read_metadata_fallback(path)
+    """GGUF metadata as plain Python values."""
     with GGUFFile(path) as f:
         return dict(f.metadata)
-
-
-# A small GGUF metadata reader, kept for checkouts where pollama.fs.gguf is absent. (The gguf
-# package's GGUFReader works too, but takes over ten seconds on a 128k-token vocabulary.)
-_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 10: "Q", 11: "q", 12: "d"}
-
-
-def _read_metadata_fallback(path: str | Path) -> dict[str, Any]:
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-        assert mm[:4] == b"GGUF", f"{path}: not a GGUF file"
-        _version, _n_tensors, n_kv = struct.unpack_from("<IQQ", mm, 4)
-        pos, out = 24, {}
-        for _ in range(n_kv):
-            key, pos = _read_value(mm, pos, 8)
-            (vtype,) = struct.unpack_from("<I", mm, pos)
-            out[key], pos = _read_value(mm, pos + 4, vtype)
-        return out
-
-
-def _read_value(buf: mmap.mmap, pos: int, vtype: int) -> tuple[Any, int]:
-    if vtype in _SCALARS:
-        fmt = "<" + _SCALARS[vtype]
-        return struct.unpack_from(fmt, buf, pos)[0], pos + struct.calcsize(fmt)
-    if vtype == 7:  # bool
-        return buf[pos] != 0, pos + 1
-    if vtype == 8:  # string
-        (n,) = struct.unpack_from("<Q", buf, pos)
-        return buf[pos + 8:pos + 8 + n].decode("utf-8", "surrogateescape"), pos + 8 + n
-    if vtype == 9:  # array
-        etype, n = struct.unpack_from("<IQ", buf, pos)
-        pos += 12
-        if etype in _SCALARS:
-            size = struct.calcsize(_SCALARS[etype])
-            return list(struct.unpack_from(f"<{n}{_SCALARS[etype]}", buf, pos)), pos + n * size
-        items = []
-        for _ in range(n):
-            item, pos = _read_value(buf, pos, etype)
-            items.append(item)
-        return items, pos
-    raise ValueError(f"unknown GGUF value type {vtype}")
 
 
 @cache
@@ -111,10 +67,6 @@ def vocab_cases(name: str) -> list[tuple[str, list[int]]]:
 @cache
 def model_path(name: str) -> Path:
     """Path of an installed real model's GGUF, assembled once into the cache (skips when absent)."""
-    try:
-        from pollama.store.embedded import embedded_model_path
-    except ImportError:
-        pytest.skip("pollama.store.embedded is not available")
     try:
         return embedded_model_path(name)
     except FileNotFoundError as e:

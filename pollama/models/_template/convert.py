@@ -10,17 +10,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from pollama.models.convert import ModelConverter, rope_scaling_metadata
+from pollama.models.convert import ATTENTION_LAYER_NAMES, ModelConverter, rope_scaling_metadata
 
 # HF name inside `model.layers.N.` (without .weight/.bias) -> GGUF name inside `blk.N.`.
 # `pollama tensors FOLDER` lists the HF names; outside the layers, ModelConverter.top_names
 # maps model.embed_tokens, model.norm and lm_head already.
 LAYER_NAMES = {
-    "input_layernorm": "attn_norm",
-    "self_attn.q_proj": "attn_q",
-    "self_attn.k_proj": "attn_k",
-    "self_attn.v_proj": "attn_v",
-    "self_attn.o_proj": "attn_output",
+    **ATTENTION_LAYER_NAMES,  # input_layernorm and self_attn.{q,k,v,o}_proj
     "post_attention_layernorm": "ffn_norm",
     "mlp.gate_proj": "ffn_gate",
     "mlp.up_proj": "ffn_up",

@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import math
 
-from pollama.kvcache import Batch
 from pollama.ml.base import Context, RopeMode, Tensor
 from pollama.models.base import Config, TextModel, register
-from pollama.nn import Linear, Module, RMSNorm, Weights, attention, make_rope
+from pollama.nn import Batch, Linear, Module, RMSNorm, Weights, attention, make_rope
 
 ARCH = "mymodel"  # TEMPLATE: general.architecture = the folder's name; GGUF keys are "<ARCH>.block_count", ...
 

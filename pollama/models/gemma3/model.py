@@ -8,7 +8,7 @@ import math
 import numpy as np
 
 from pollama.fs.ggml_types import GGMLType
-from pollama.kvcache import Batch, LayerCaches
+from pollama.kvcache import LayerCaches
 from pollama.ml.base import Backend, Context, RopeMode, Tensor
 from pollama.models import imageproc
 from pollama.models.base import Config, TextModel, positive, register
@@ -17,7 +17,7 @@ from pollama.models.gemma3.vision import VisionModel
 from pollama.models.llama.model import read_rope_scaling
 from pollama.models.multimodal import Image, ImageToken
 from pollama.errors import ModelError
-from pollama.nn import Linear, Module, RMSNorm, RopeScaling, Weights, attention, make_rope
+from pollama.nn import Batch, Linear, Module, RMSNorm, RopeScaling, Weights, attention, make_rope
 
 
 class Block(Module):

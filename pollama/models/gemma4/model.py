@@ -21,11 +21,11 @@ from typing import Annotated, Optional
 
 from pollama.errors import ModelError
 from pollama.fs.ggml_types import GGMLType
-from pollama.kvcache import N_KV_PAD, Batch, KVCache, LayerCaches, pages_for
+from pollama.kvcache import N_KV_PAD, KVCache, LayerCaches, pages_for
 from pollama.ml.base import Backend, Context, RopeMode, Tensor
 from pollama.models.base import Config, TextModel, positive, register
 from pollama.models.gemma3.model import Block as Gemma3Block
-from pollama.nn import Embedding, Linear, RMSNorm, Weights, attention, attention_shared, make_rope
+from pollama.nn import Batch, Embedding, Linear, RMSNorm, Weights, attention, attention_shared, make_rope
 
 
 class Block(Gemma3Block):

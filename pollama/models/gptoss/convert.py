@@ -16,14 +16,10 @@ from typing import Any
 import numpy as np
 
 from pollama.fs import mxfp4
-from pollama.models.convert import ConvertError, ModelConverter, rope_scaling_metadata
+from pollama.models.convert import ATTENTION_LAYER_NAMES, ConvertError, ModelConverter, rope_scaling_metadata
 
 LAYER_NAMES = {
-    "input_layernorm": "attn_norm",
-    "self_attn.q_proj": "attn_q",
-    "self_attn.k_proj": "attn_k",
-    "self_attn.v_proj": "attn_v",
-    "self_attn.o_proj": "attn_output",
+    **ATTENTION_LAYER_NAMES,
     "self_attn.sinks": "attn_sinks",
     "post_attention_layernorm": "post_attention_norm",
     "mlp.router": "ffn_gate_inp",

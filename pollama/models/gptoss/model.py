@@ -15,12 +15,13 @@ import math
 from typing import Annotated, Optional
 
 from pollama.errors import ModelError
-from pollama.kvcache import Batch, LayerCaches
+from pollama.kvcache import LayerCaches
 from pollama.ml.base import Backend, Context, RopeMode, Tensor
 from pollama.fs.ggml_types import GGMLType
 from pollama.models.base import Config, TextModel, positive, register
 from pollama.models.llama.model import read_rope_scaling
 from pollama.nn import (
+    Batch,
     Linear, Module, RMSNorm, RopeScaling, RoutedExperts, Weights, attention, load_weights, make_rope, top_k_then_softmax,
 )
 

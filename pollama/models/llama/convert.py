@@ -7,17 +7,13 @@ import math
 
 import numpy as np
 
-from pollama.models.convert import ConvertError, ModelConverter, rope_scaling_metadata
+from pollama.models.convert import ATTENTION_LAYER_NAMES, ConvertError, ModelConverter, rope_scaling_metadata
 
 log = logging.getLogger(__name__)
 
 # HF name inside `model.layers.N.` -> GGUF name inside `blk.N.`.
 LAYER_NAMES = {
-    "input_layernorm": "attn_norm",
-    "self_attn.q_proj": "attn_q",
-    "self_attn.k_proj": "attn_k",
-    "self_attn.v_proj": "attn_v",
-    "self_attn.o_proj": "attn_output",
+    **ATTENTION_LAYER_NAMES,
     "post_attention_layernorm": "ffn_norm",
     "mlp.gate_proj": "ffn_gate",
     "mlp.up_proj": "ffn_up",

@@ -5,11 +5,10 @@ from __future__ import annotations
 import math
 from typing import Annotated, Optional
 
-from pollama.kvcache import Batch
 from pollama.ml.base import Context, RopeMode, Tensor
 from pollama.models.base import Config, TextModel, register
 from pollama.errors import ModelError
-from pollama.nn import Linear, Module, RMSNorm, RopeScaling, Weights, attention, make_rope
+from pollama.nn import Batch, Linear, Module, RMSNorm, RopeScaling, Weights, attention, make_rope
 
 
 def read_rope_scaling(cfg: Config) -> RopeScaling:

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from pollama.models.convert import ConvertError, HFConfig
+from pollama.models.convert import ATTENTION_LAYER_NAMES, ConvertError, HFConfig
 from pollama.models.llama.convert import LAYER_NAMES as LLAMA_LAYER_NAMES
 from pollama.models.llama.convert import LlamaConverter, interleave_halves
 
@@ -31,11 +31,7 @@ TEXT_LAYER_GATES = ("cross_attn_attn_gate", "cross_attn_mlp_gate")  # [1] parame
 
 # HF name inside `vision_model.(global_)transformer.layers.N.` -> GGUF name inside `v.(global.)blk.N.`.
 VISION_LAYER_NAMES = {
-    "input_layernorm": "attn_norm",
-    "self_attn.q_proj": "attn_q",
-    "self_attn.k_proj": "attn_k",
-    "self_attn.v_proj": "attn_v",
-    "self_attn.o_proj": "attn_output",
+    **ATTENTION_LAYER_NAMES,
     "post_attention_layernorm": "ffn_norm",
     "mlp.fc1": "ffn_up",
     "mlp.fc2": "ffn_down",

@@ -14,7 +14,7 @@ from typing import Annotated, Optional
 import numpy as np
 
 from pollama.fs.ggml_types import GGMLType
-from pollama.kvcache import Batch, KVCache, pages_for
+from pollama.kvcache import KVCache, pages_for
 from pollama.kvcache.encoder import EncoderCache, WithEncoder
 from pollama.ml.base import Backend, Context, RopeMode, Tensor
 from pollama.models import imageproc
@@ -24,7 +24,7 @@ from pollama.models.mllama.process_image import process_image
 from pollama.models.mllama.vision import VisionModel
 from pollama.models.multimodal import Image, ImageToken
 from pollama.errors import ModelError
-from pollama.nn import Linear, Module, RMSNorm, Weights, make_rope
+from pollama.nn import Batch, Linear, Module, RMSNorm, Weights, make_rope
 
 IMAGE_TOKEN = "<|image|>"
 IMAGE_TOKEN_ID = 128256  # Llama 3.2 Vision's, when the vocabulary does not name it

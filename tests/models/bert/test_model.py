@@ -16,9 +16,9 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-tokenizers = pytest.importorskip("tokenizers")
+import torch
+import transformers
+import tokenizers
 
 from pollama.fs.gguf import GGUFFile, read_metadata  # noqa: E402
 from pollama.ml.ggml.backend import GGMLBackend  # noqa: E402
@@ -67,23 +67,28 @@ def reference_pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> np
     return hidden[torch.arange(len(hidden)), last].numpy()
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """HF folder, transformers' last hidden states and token ids for TEXTS."""
-    folder = tmp_path_factory.mktemp("tiny-bert")
+def save_tiny_bert(folder, layers: int):
+    """(tokenizer, model) of a tiny random BertModel, saved with its tokenizer.json in folder."""
     tok, n_vocab = build_tokenizer()
     tok.save(str(folder / "tokenizer.json"))
     torch.manual_seed(0)
     config = transformers.BertConfig(
-        vocab_size=n_vocab, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+        vocab_size=n_vocab, hidden_size=64, num_hidden_layers=layers, num_attention_heads=4, intermediate_size=128,
         max_position_embeddings=128, type_vocab_size=2, hidden_act="gelu", layer_norm_eps=1e-12,
     )
     model = transformers.BertModel(config).eval()
     with torch.no_grad():
         for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
+            p.add_(torch.randn_like(p) * 0.05)  # away from the zeros and ones of a fresh model
     model.save_pretrained(folder)
+    return tok, model
 
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """HF folder, transformers' last hidden states and token ids for TEXTS."""
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    tok, model = save_tiny_bert(folder, layers=2)
     ids = [tok.encode(t).ids for t in TEXTS]
     n = max(map(len, ids))
     input_ids = torch.tensor([i + [0] * (n - len(i)) for i in ids])

@@ -62,13 +62,18 @@ def case(request, tmp_path_factory) -> Case:
     return BUILDERS[request.param](tmp_path_factory.mktemp(request.param))
 
 
-def test_logits_match_transformers_on_torch(case):
-    assert max_logit_diff(case, "torch") < TOLERANCE
+# The 62 layers compound float32 rounding: measured 7.9e-6 (torch) and 8.5e-6 (ggml, exact
+# GELU), where the 2-layer model gives 2.4e-6 and 2.6e-6.
+EXACT_TOLERANCE = {"gemma3": TOLERANCE, "gemma3-62-layers": 2e-5}
 
 
-def test_logits_match_transformers_on_ggml_with_exact_gelu(case):
+def test_logits_match_transformers_on_torch(case, request):
+    assert max_logit_diff(case, "torch") < EXACT_TOLERANCE[request.node.callspec.params["case"]]
+
+
+def test_logits_match_transformers_on_ggml_with_exact_gelu(case, request):
     # POLLAMA_EXACT_GELU: GELU from its formula in float32, as transformers computes it.
-    assert max_logit_diff(case, "ggml", exact_gelu=True) < TOLERANCE
+    assert max_logit_diff(case, "ggml", exact_gelu=True) < EXACT_TOLERANCE[request.node.callspec.params["case"]]
 
 
 # By default ggml's CPU GELU is an F16 lookup table, as in llama.cpp (whose numbers the real
@@ -76,9 +81,9 @@ def test_logits_match_transformers_on_ggml_with_exact_gelu(case):
 # GELU, ggml agrees as closely as the other architectures do; the 62 layers of the second model
 # compound what little of the table differs (F16 rounding of the table's own entries).
 # Measured, max |ggml - transformers|:
-#   gemma3            plain 1.4e-3, with ggml's GELU 7.6e-5, with POLLAMA_EXACT_GELU 2.6e-6
-#   gemma3-62-layers  plain 5.3e-3, with ggml's GELU 2.1e-3, with POLLAMA_EXACT_GELU 1.0e-5
-GGML_TOLERANCE = {"gemma3": TOLERANCE, "gemma3-62-layers": 5e-3}
+#   gemma3            plain 1.4e-3, with ggml's GELU 7.5e-5, with POLLAMA_EXACT_GELU 2.6e-6
+#   gemma3-62-layers  plain 5.3e-3, with ggml's GELU 2.1e-3, with POLLAMA_EXACT_GELU 8.5e-6
+GGML_TOLERANCE = {"gemma3": 1.5e-4, "gemma3-62-layers": 5e-3}
 
 
 def test_logits_match_transformers_with_the_gelu_table_on_ggml(case, request):

@@ -76,8 +76,8 @@ def test_logits_match_transformers(case, backend):
 
 
 def test_ggml_with_its_f16_cache_is_off_only_by_the_cache_rounding(case):
-    # The default cache rounds K and V to F16: measured 1.4e-3 to 2.4e-3 on these models (2e-6 with F32).
-    assert max_logit_diff(case, "ggml", f32_cache=False) < 1e-2
+    # The default cache rounds K and V to F16: measured 2.3e-3 to 3.9e-3 on these models (2e-6 with F32).
+    assert max_logit_diff(case, "ggml", f32_cache=False) < 8e-3
 
 
 @pytest.mark.parametrize("backend", ["ggml", "torch"])
@@ -122,7 +122,7 @@ def test_f16_by_default(tmp_path):
     assert tensors["blk.0.attn_q.weight"] == ("F16", (128, 64)) and tensors["token_embd.weight"][0] == "F16"
     assert tensors["blk.0.attn_norm.weight"] == ("F32", (64,))
     # Rounding weights to F16 moves these logits by 2.2e-3 (measured); the model is the same.
-    assert np.abs(our_logits(out, "torch", c.ids) - hf_logits(c.model, c.ids)).max() < 1e-2
+    assert np.abs(our_logits(out, "torch", c.ids) - hf_logits(c.model, c.ids)).max() < 5e-3
 
 
 def test_sharded_checkpoint_converts_to_the_same_file(tmp_path):
@@ -138,13 +138,16 @@ def test_sharded_checkpoint_converts_to_the_same_file(tmp_path):
 def test_bf16_checkpoint_converts(tmp_path):
     c = mistral(tmp_path / "f32")
     bf16 = tmp_path / "bf16" / "tiny"
-    c.model.to(torch.bfloat16).save_pretrained(bf16)
+    inv_freq = c.model.model.rotary_emb.inv_freq.clone()
+    c.model.to(torch.bfloat16).save_pretrained(bf16)  # (in place: c.model is bf16 now)
     c.tokenizer.save_pretrained(bf16)
     out = convert(bf16, tmp_path / "bf16.gguf")
     md, tensors = read_gguf(out)
     assert md["general.file_type"] == 0 and tensors["blk.0.attn_q.weight"][0] == "F32"
-    # The bf16 values, exactly: the same model in float32 computes what we compute.
-    model = c.model.to(torch.bfloat16).to(torch.float32)
+    # The bf16 values, exactly: the same model in float32 computes what we compute. Its RoPE
+    # frequencies stay float32, as ours are: .to(bfloat16) rounded that buffer too (9.2e-4 off).
+    model = c.model.to(torch.float32)
+    model.model.rotary_emb.inv_freq = inv_freq
     assert np.abs(our_logits(out, "torch", c.ids) - hf_logits(model, c.ids)).max() < TOLERANCE
 
 
