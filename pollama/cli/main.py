@@ -128,11 +128,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         if client.is_running():
             with client:
                 return run_with(client, args, prompt)
-        with private_client(args.backend) as here:
+        with private_client(args.backend, model_files=True) as here:
             here.request("POST", "/api/show", {"model": args.model})  # a model that is not there: only that error
             say_in_process(client.base_url, "the model")
             return run_with(here, args, prompt)
-    with private_client(args.backend) as here:
+    with private_client(args.backend, model_files=True) as here:
         return run_with(here, args, prompt, raw=is_file)
 
 
@@ -219,24 +219,24 @@ def build_parser() -> argparse.ArgumentParser:
     stop.set_defaults(func=remote.cmd_stop)
     from pollama.cli import registry
 
+    # The model commands are the server's clients, as Ollama's: through the server at OLLAMA_HOST,
+    # else through the same server started in this process for the one command.
     registry.add_registry_parsers(sub)
-    sub.choices["pull"].set_defaults(func=remote.via_server(registry.cmd_pull, remote.pull_remote))
-    sub.choices["push"].set_defaults(func=remote.via_server(registry.cmd_push, remote.push_remote))
-
-    from pollama.cli import models
+    sub.choices["pull"].set_defaults(func=remote.through_a_server(remote.pull_remote, say="pull on the store"))
+    sub.choices["push"].set_defaults(func=remote.through_a_server(remote.push_remote, say="push on the store"))
 
     create = sub.add_parser("create", help="create a model from a Modelfile")
     create.add_argument("model")
     create.add_argument("-f", "--file", default="Modelfile", help="the Modelfile (default ./Modelfile)")
     create.add_argument("-q", "--quantize", help="quantize the weights, e.g. q4_K_M, q8_0")
-    create.set_defaults(func=remote.via_server(models.cmd_create, remote.create_remote))
+    create.set_defaults(func=remote.through_a_server(remote.create_remote, say="create on the store"))
 
     show = sub.add_parser("show", help="show a model's information")
     show.add_argument("model")
     for flag in ("--modelfile", "--parameters", "--template", "--system", "--license"):
         show.add_argument(flag, action="store_true")
     show.add_argument("-v", "--verbose", action="store_true", help="also list the GGUF metadata")
-    show.set_defaults(func=remote.via_server(models.cmd_show, remote.show_remote))
+    show.set_defaults(func=remote.through_a_server(remote.show_remote, say="show on the store"))
 
     for alias in ("list", "ls"):
         sub.add_parser(alias, help="list models").set_defaults(
@@ -245,11 +245,16 @@ def build_parser() -> argparse.ArgumentParser:
     cp = sub.add_parser("cp", help="copy a model")
     cp.add_argument("source")
     cp.add_argument("destination")
-    cp.set_defaults(func=remote.via_server(models.cmd_cp, remote.cp_remote))
+    cp.set_defaults(func=remote.through_a_server(remote.cp_remote, say="cp on the store"))
 
     rm = sub.add_parser("rm", help="remove models")
     rm.add_argument("models", nargs="+")
-    rm.set_defaults(func=remote.via_server(models.cmd_rm, remote.rm_remote))
+    rm.set_defaults(func=remote.through_a_server(remote.rm_remote, say="rm on the store"))
+
+    # tensors, tokenize and compare read a model's files (a path, an embedded model, or a stored
+    # model's GGUF, read-only) and answer nothing a server does (compare runs the forward pass
+    # itself, recording its intermediates): they need no server, and always work here.
+    from pollama.cli import models
 
     tensors = sub.add_parser("tensors", help="list the tensors of a GGUF, safetensors or PyTorch checkpoint")
     tensors.add_argument("path")

@@ -1,4 +1,5 @@
-"""Model management commands: create, show, list, cp, rm, tensors (Ollama's output formats)."""
+"""`pollama tensors`, and the formats of Ollama's model listings (sizes, relative times, tables)
+that the server's clients in cli/remote.py print."""
 
 from __future__ import annotations
 
@@ -6,29 +7,6 @@ import argparse
 import json
 from datetime import UTC, datetime
 from pathlib import Path
-
-from pollama.create.options import format_option_value
-
-
-def _store():
-    from pollama.store.store import Store
-
-    return Store()
-
-
-def cmd_create(args: argparse.Namespace) -> int:
-    from pollama.create.pipeline import create_model
-
-    path = Path(args.file)
-    if not path.is_file():
-        if args.file == "Modelfile" and not path.exists():
-            text, base = "FROM .", Path(".")  # Ollama: no Modelfile means FROM .
-        else:
-            raise ValueError(f"{args.file}: no such Modelfile")
-    else:
-        text, base = path.read_bytes(), path.parent
-    create_model(_store(), args.model, text, base, quantize=args.quantize, status=lambda line: print(line, flush=True))
-    return 0
 
 
 def human_bytes(n: int) -> str:
@@ -99,84 +77,6 @@ def human_time(then: datetime | None, zero: str = "Never", now: datetime | None 
 def _table(rows: list[list[str]], indent: str = "") -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join(indent + "    ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
-
-
-def cmd_cp(args: argparse.Namespace) -> int:
-    dst = _store().copy(args.source, args.destination)
-    print(f"copied '{args.source}' to '{dst.display}'")
-    return 0
-
-
-def cmd_rm(args: argparse.Namespace) -> int:
-    store = _store()
-    for name in args.models:
-        store.remove(name)
-        print(f"deleted '{name}'")
-    return 0
-
-
-def _capabilities(metadata: dict, template: str | None, projector: bool = False, family: str = "",
-                  parser: str = "") -> list[str]:
-    from pollama.create.capabilities import model_capabilities
-
-    return model_capabilities(metadata, template, projector=projector, family=family, parser=parser)
-
-
-def cmd_show(args: argparse.Namespace) -> int:
-    from pollama.create.modelfile import format_modelfile
-    from pollama.create.pipeline import human_number
-    from pollama.fs.gguf import GGUFFile
-
-    resolved = _store().resolve(args.model)
-    if args.modelfile:
-        print(format_modelfile(
-            str(resolved.model_path), name=resolved.name.display, template=resolved.template,
-            system=resolved.system, adapters=[str(p) for p in resolved.adapter_paths],
-            projectors=[str(p) for p in resolved.projector_paths], parameters=resolved.params,
-            license=resolved.license, messages=resolved.messages,
-        ), end="")
-        return 0
-    if args.parameters:
-        for key, value in resolved.params.items():
-            for v in value if isinstance(value, list) else [value]:
-                print(f"{key:<30} {format_option_value(v)}")
-        return 0
-    if args.template:
-        print(resolved.template or "{{ .Prompt }}")
-        return 0
-    if args.system:
-        print(resolved.system or "")
-        return 0
-    if args.license:
-        print("\n\n".join(resolved.license))
-        return 0
-    with GGUFFile(resolved.model_path) as gguf:
-        md = gguf.metadata
-        arch = md.get("general.architecture", "")
-        n_params = sum(info.n_elements for info in gguf.tensors.values())
-        rows = [
-            ["architecture", arch],
-            ["parameters", human_number(n_params)],
-            ["context length", str(md.get(f"{arch}.context_length", ""))],
-            ["embedding length", str(md.get(f"{arch}.embedding_length", ""))],
-            ["quantization", resolved.config.get("file_type", "")],
-        ]
-        sections = [("Model", _table(rows, "    "))]
-        sections.append(("Capabilities", "\n".join("    " + c for c in _capabilities(
-            md, resolved.template, bool(resolved.projector_paths), str(resolved.config.get("model_family") or ""),
-            str(resolved.config.get("parser") or "")))))
-        if resolved.params:
-            lines = [[k, format_option_value(v)] for k, vs in resolved.params.items() for v in (vs if isinstance(vs, list) else [vs])]
-            sections.append(("Parameters", _table(lines, "    ")))
-        if resolved.system:
-            sections.append(("System", "\n".join("    " + line for line in resolved.system.splitlines()[:2])))
-        if resolved.license:
-            sections.append(("License", "\n".join("    " + line for line in resolved.license[0].splitlines()[:2])))
-        if args.verbose:
-            meta = [[k, _short(v)] for k, v in md.items()]
-            sections.append(("Metadata", _table(meta, "    ")))
-    print("\n\n".join(f"  {title}\n{body}" for title, body in sections) + "\n")
-    return 0
 
 
 def _short(value) -> str:

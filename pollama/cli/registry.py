@@ -1,13 +1,13 @@
-"""`pollama pull` and `pollama push` on the local store, with progress bars drawn as Ollama's
-CLI draws them (ProgressPrinter also draws a server's /api/pull stream: cli/remote.py).
+"""`pollama pull` and `pollama push`: their arguments, and the progress bars drawn as Ollama's
+CLI draws them from the server's /api/pull and /api/push streams (cli/remote.py).
 
 Credentials for registries with Basic auth or a token server come from
-$POLLAMA_REGISTRY_USERNAME and $POLLAMA_REGISTRY_PASSWORD.
+$POLLAMA_REGISTRY_USERNAME and $POLLAMA_REGISTRY_PASSWORD, in the server's environment (the
+CLI's own, when the command starts the server in its process).
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 import threading
 import time
@@ -21,15 +21,13 @@ REDRAW_SECONDS = 0.1
 
 
 def add_registry_parsers(subparsers) -> None:
-    """Register `pull NAME [--insecure]` and `push NAME [--insecure]`."""
+    """Register `pull NAME [--insecure]` and `push NAME [--insecure]` (main.py sets what they run)."""
     pull = subparsers.add_parser("pull", help="pull a model from a registry")
     pull.add_argument("model")
     pull.add_argument("--insecure", action="store_true", help="use plain http (for a local registry)")
-    pull.set_defaults(func=cmd_pull)
     push = subparsers.add_parser("push", help="push a model to a registry")
     push.add_argument("model")
     push.add_argument("--insecure", action="store_true", help="use plain http (for a local registry)")
-    push.set_defaults(func=cmd_push)
 
 
 class ProgressPrinter:
@@ -106,41 +104,16 @@ def _eta(seconds: float) -> str:
     return f"{seconds // 60}m{seconds % 60}s" if seconds >= 60 else f"{seconds}s"
 
 
-def show_transfer(transfer: Callable[[ProgressPrinter], object], cancel: threading.Event | None = None) -> int:
-    """Run transfer(printer) drawing its progress; on Ctrl+C set cancel, say how to resume
-    and return 130 (the shell's code for an interrupt)."""
+def show_transfer(transfer: Callable[[ProgressPrinter], object]) -> int:
+    """Run transfer(printer) drawing its progress; on Ctrl+C say how to resume and return 130
+    (the shell's code for an interrupt). Leaving the stream is what stops the server's transfer."""
     printer = ProgressPrinter()
     try:
         transfer(printer)
     except KeyboardInterrupt:
-        if cancel is not None:
-            cancel.set()
         printer.close()
         print("interrupted: run the same command again to resume", file=sys.stderr)
         return 130
     finally:
         printer.close()
     return 0
-
-
-def _local(transfer_name: str):
-    """The command run here, on the store at $OLLAMA_MODELS (when no server answers)."""
-
-    def run(args: argparse.Namespace) -> int:
-        from pollama.store import registry
-        from pollama.store.store import Store
-
-        transfer = getattr(registry, transfer_name)
-        cancel = threading.Event()
-        return show_transfer(
-            lambda printer: transfer(Store(), args.model, insecure=args.insecure, progress=printer, cancel=cancel),
-            cancel,
-        )
-
-    return run
-
-
-# On the store here. main.py runs them through the server instead when one answers (it
-# owns the store then): remote.via_server(cmd_pull, remote.pull_remote).
-cmd_pull = _local("pull_model")
-cmd_push = _local("push_model")

@@ -95,14 +95,15 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 @contextlib.contextmanager
-def private_client(backend: str = "ggml") -> Iterator[Client]:
+def private_client(backend: str = "ggml", *, model_files: bool = False) -> Iterator[Client]:
     """A client of the server's own app started in this process for one command
     (pollama.server.serve.serve_privately): the same routes, scheduler and runner processes as
-    `pollama serve`, on the backend given, taking a GGUF file's path as a model name."""
+    `pollama serve`, on the backend given (model_files: also taking a GGUF file's path as a
+    model name, for `run`)."""
     from pollama.server.config import ServerConfig
     from pollama.server.serve import serve_privately
 
-    config = replace(ServerConfig.from_env(), backend=backend, model_files=True)
+    config = replace(ServerConfig.from_env(), backend=backend, model_files=model_files)
     # SIGTERM (a `kill`, a closing session) ends the command as Ctrl+C does: by unwinding, so
     # that the server stops its runner and removes its socket's directory on the way out.
     previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
@@ -315,9 +316,18 @@ def create_remote(client: Client, args: argparse.Namespace) -> int:
     froms = modelfile.froms
     if len(froms) != 1:
         raise ValueError("a Modelfile needs exactly one FROM" if not froms else "more than one FROM is not supported")
+
+    def local(path: str) -> Path:
+        full = Path(path).expanduser()
+        return full if full.is_absolute() else base / full
+
     body: dict = {"model": args.model, "stream": True}
-    source = Path(froms[0]).expanduser()
-    source = source if source.is_absolute() else base / source
+    source = local(froms[0])
+    if not source.exists() and froms[0].startswith((".", "/", "~")):  # a path, not a model's name
+        raise ValueError(f"{froms[0]}: no such file or folder")
+    for adapter in modelfile.adapters:  # each checked before anything is sent
+        if not local(adapter).exists():
+            raise ValueError(f"ADAPTER {adapter}: no such file")
     if source.exists():
         print("gathering model components", flush=True)
         body["files"] = _files_of(client, source)
@@ -325,19 +335,17 @@ def create_remote(client: Client, args: argparse.Namespace) -> int:
         body["from"] = froms[0]
     adapters = {}
     for adapter in modelfile.adapters:
-        adapter_path = Path(adapter).expanduser()
-        adapters.update(_files_of(client, adapter_path if adapter_path.is_absolute() else base / adapter_path))
+        adapters.update(_files_of(client, local(adapter)))
     if adapters:
         body["adapters"] = adapters
     if modelfile.drafts:
         draft = modelfile.drafts[-1]
-        draft_path = Path(draft).expanduser()
-        draft_path = draft_path if draft_path.is_absolute() else base / draft_path
+        draft_path = local(draft)
         if draft_path.exists():
             body["draft_files"] = _files_of(client, draft_path)
         else:
             body["draft"] = draft
-    for key in ("template", "system"):
+    for key in ("template", "system", "renderer", "parser"):
         value = getattr(modelfile, key)
         if value is not None:
             body[key] = value
@@ -354,36 +362,22 @@ def create_remote(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
-def via_server(local, remote, say: str | None = None):
-    """A command that uses the server at OLLAMA_HOST when one answers, else works here (and
-    says so on stderr, in one line, when `say` names what it does here)."""
-    def run(args: argparse.Namespace) -> int:
-        client = Client()
-        if client.is_running():
-            with client:
-                return remote(client, args)
-        if say is not None:
-            from pollama.cli.main import say_in_process
-
-            say_in_process(client.base_url, say)
-        return local(args)
-
-    return run
-
-
-def through_a_server(remote, say: str):
+def through_a_server(command, say: str):
     """A command through the server at OLLAMA_HOST when one answers, else through the same server
-    started in this process for it (private_client), saying so on stderr in one line."""
+    started in this process for it (private_client): one implementation either way. Without a
+    server it says so on stderr in one line once the command is done, so that an error the
+    command meets stays the one line the user reads."""
     def run(args: argparse.Namespace) -> int:
         client = Client()
         if client.is_running():
             with client:
-                return remote(client, args)
+                return command(client, args)
+        with private_client() as here:
+            code = command(here, args)
         from pollama.cli.main import say_in_process
 
         say_in_process(client.base_url, say)
-        with private_client() as here:
-            return remote(here, args)
+        return code
 
     return run
 

@@ -35,6 +35,10 @@ class State:
         self.config = config
         self.store = store or Store()
         self.scheduler = scheduler if scheduler is not None else Scheduler(config)
+        # Blobs received by POST /api/blobs: the server a CLI command starts for itself deletes
+        # those no model uses when it stops (serve_privately), as the store then never sees a
+        # server start's prune; `pollama serve` leaves them to that prune, as Ollama does.
+        self.uploads: set[str] = set()
 
     async def resolve(self, name: object) -> ModelRef:
         return await in_thread(_resolve_with_capabilities, self.store, name, self.config.model_files)

@@ -122,6 +122,7 @@ def add_model_routes(app: FastAPI, state: State) -> None:
             log.warning("blob upload %s failed: %s", digest, e)
             status = 507 if e.errno in (errno.ENOSPC, errno.EDQUOT) else 500
             raise APIError(status, f"cannot store blob {digest}: {e.strerror or e}") from None
+        state.uploads.add(digest)
         return Response(status_code=201)
 
     @app.post("/api/pull")
@@ -392,6 +393,14 @@ def _stage_files(store: Store, files: dict[str, Any], staging: Path, single: boo
     return str(staging)
 
 
+def _as_uploaded(error: str, staging: Path) -> str:
+    """A create error naming the uploaded files by the names the client gave them, rather than
+    by where this server staged them (a folder of its own, meaningless to the client)."""
+    for folder in (staging / "adapters", staging / "draft", staging):  # where _create_commands stages them
+        error = error.replace(f"{folder}{os.sep}", "")
+    return error
+
+
 async def create_response(state: State, request: Request, body: dict[str, Any]) -> Response:
     """/api/create: the job runs in a child process; its status lines are streamed."""
     stream = field(body, "stream", bool, True)
@@ -415,7 +424,7 @@ async def create_response(state: State, request: Request, body: dict[str, Any]) 
             while line := await proc.stdout.readline():
                 message = json.loads(line)
                 if "error" in message:
-                    raise APIError(message.get("status_code", 500), message["error"])
+                    raise APIError(message.get("status_code", 500), _as_uploaded(message["error"], staging))
                 yield message
             await proc.wait()
         finally:

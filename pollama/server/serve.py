@@ -75,7 +75,9 @@ def serve_privately(config: ServerConfig) -> Iterator[Path]:
     """The server's own app (routes, scheduler, runner processes) in a thread of this process,
     for one CLI command when no server answers: it listens on a Unix socket in a new directory
     that only this user may enter, so no network client and no other user can reach it. Yields
-    the socket's path; on leaving, the server stops and its runners with it."""
+    the socket's path; on leaving, the server stops and its runners with it, and the files
+    uploaded to it (a create's GGUF or checkpoint) that no model kept are deleted: no later
+    server start prunes them when every command runs this way."""
     import shutil
     import tempfile
     import threading
@@ -106,6 +108,9 @@ def serve_privately(config: ServerConfig) -> Iterator[Path]:
         finally:
             server.should_exit = True
             thread.join()
+            state = app.state.pollama
+            if state.uploads:
+                state.store.delete_unreferenced_blobs(state.uploads)
     finally:
         sock.close()
         shutil.rmtree(folder, ignore_errors=True)

@@ -1,4 +1,4 @@
-"""`pollama pull` / `pollama push` (parsers from pollama.cli.registry): progress lines as Ollama's."""
+"""`pollama pull` / `pollama push` without a server, as a user runs them: progress lines as Ollama's."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import io
 import re
 
-import pytest
+from cliproc import pollama
 
 from pollama.cli.registry import ProgressPrinter, add_registry_parsers
 from pollama.store.store import Store
@@ -24,42 +24,45 @@ def test_parsers():
     assert parse(["push", "a/b"]).insecure is False
 
 
-@pytest.fixture
-def no_server(monkeypatch):
-    """No server answers at OLLAMA_HOST, so the commands work on the store here."""
+def dead_host() -> str:
+    """host:port where nothing listens: the commands run in the server they start in their process."""
     import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    monkeypatch.setenv("OLLAMA_HOST", f"127.0.0.1:{port}")
+        return f"127.0.0.1:{s.getsockname()[1]}"
 
 
-def test_push_then_pull_print_ollamas_lines(registry, smollm2_store, tmp_path, monkeypatch, capsys, no_server):
+def note(host: str, command: str) -> str:
+    return (f"Warning: could not connect to a pollama server at http://{host}; "
+            f"running {command} on the store in this process (start one with 'pollama serve')")
+
+
+def test_push_then_pull_print_ollamas_lines(registry, smollm2_store, tmp_path):
     name = f"{registry.host}/cli/smollm2:latest"
-    monkeypatch.setenv("OLLAMA_MODELS", str(smollm2_store.root))
     smollm2_store.copy("smollm2", name)
-    args = parse(["push", name, "--insecure"])
-    assert args.func(args) == 0
-    pushed = capsys.readouterr().err.splitlines()
-    assert pushed[0] == "retrieving manifest" and pushed[-2:] == ["pushing manifest", "success"]
-    assert any(re.fullmatch(r"pushing [0-9a-f]{12}\.\.\. 100% ▕█{40}▏ +98 MB", line) for line in pushed), pushed
+    host = dead_host()
+    pushed = pollama("push", name, "--insecure", env={"OLLAMA_HOST": host, "OLLAMA_MODELS": str(smollm2_store.root)})
+    assert pushed.returncode == 0, pushed.stderr
+    lines = pushed.stderr.splitlines()
+    assert lines[0] == "retrieving manifest" and lines[-3:] == ["pushing manifest", "success", note(host, "push")]
+    assert any(re.fullmatch(r"pushing [0-9a-f]{12}\.\.\. 100% ▕█{40}▏ +98 MB", line) for line in lines), lines
 
-    monkeypatch.setenv("OLLAMA_MODELS", str(tmp_path / "models"))
-    args = parse(["pull", name, "--insecure"])
-    assert args.func(args) == 0
-    pulled = capsys.readouterr().err.splitlines()
-    assert pulled[0] == "pulling manifest"
-    assert pulled[-3:] == ["verifying sha256 digest", "writing manifest", "success"]
-    assert len([line for line in pulled if line.startswith("pulling ") and "100%" in line]) == 4
+    pulled = pollama("pull", name, "--insecure", env={"OLLAMA_HOST": host, "OLLAMA_MODELS": str(tmp_path / "models")})
+    assert pulled.returncode == 0, pulled.stderr
+    lines = pulled.stderr.splitlines()
+    assert lines[0] == "pulling manifest"
+    assert lines[-4:] == ["verifying sha256 digest", "writing manifest", "success", note(host, "pull")]
+    assert len([line for line in lines if line.startswith("pulling ") and "100%" in line]) == 4
     assert Store(tmp_path / "models", hash_cache=None).exists(name)
 
 
-def test_pull_of_unknown_model_is_one_clear_error(registry, tmp_path, monkeypatch, no_server):
-    monkeypatch.setenv("OLLAMA_MODELS", str(tmp_path / "models"))
-    args = parse(["pull", f"{registry.host}/cli/none", "--insecure"])
-    with pytest.raises(ValueError, match="not found on 127.0.0.1"):
-        args.func(args)
+def test_pull_of_unknown_model_is_one_clear_error(registry, tmp_path):
+    result = pollama("pull", f"{registry.host}/cli/none", "--insecure",
+                     env={"OLLAMA_HOST": dead_host(), "OLLAMA_MODELS": str(tmp_path / "models")})
+    lines = result.stderr.strip().splitlines()  # the progress so far, then the error, as Ollama prints them
+    assert result.returncode == 1 and "Traceback" not in result.stderr and "Warning" not in result.stderr
+    assert lines[-1].startswith("Error: ") and "not found on 127.0.0.1" in lines[-1], lines
 
 
 def test_progress_printer_without_a_terminal_prints_each_status_once():

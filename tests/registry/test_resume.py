@@ -18,6 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from registry.conftest import free_port
 
 from pollama.store.registry import TransferCancelled, TransferSettings, pull_model
 from pollama.store.store import Store
@@ -240,19 +241,16 @@ def test_two_processes_pulling_one_blob_download_it_once(published, proxy, tmp_p
 
 
 def test_ctrl_c_in_the_cli_keeps_the_download_for_the_next_run(published, proxy, tmp_path):
-    """`pollama pull` interrupted with Ctrl+C exits 130 saying how to resume; the next run resumes."""
+    """`pollama pull` interrupted with Ctrl+C exits 130 saying how to resume; the next run resumes.
+    No server answers, so the pull runs in the server the command starts in its own process."""
     layer = model_layer(published)
     root = tmp_path / "models"
     blobs = root / "blobs"
     name = f"{proxy.host}/test/resume:latest"
     proxy.delay = 0.02
-    script = (
-        "import argparse, sys\n"
-        "from pollama.cli.registry import cmd_pull\n"
-        "sys.exit(cmd_pull(argparse.Namespace(model=sys.argv[1], insecure=True)))\n"
-    )
-    env = {**os.environ, "OLLAMA_MODELS": str(root)}
-    child = subprocess.Popen([sys.executable, "-c", script, name], cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+    env = {**os.environ, "OLLAMA_MODELS": str(root), "OLLAMA_HOST": f"127.0.0.1:{free_port()}"}
+    child = subprocess.Popen([sys.executable, "-m", "pollama.cli.main", "pull", name, "--insecure"], cwd=REPO, env=env,
+                             stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
         while sum(d["Completed"] for d in descriptors(blobs, layer.digest)) < 4 << 20:
