@@ -122,15 +122,9 @@ def _from(store: Store, value: str, base_dir: Path, tmp: Path, status: Status) -
         return _convert(store, value, path, tmp, status)
     if value.startswith((".", "/", "~")) or (os.sep in value and not _is_model_name(value)):
         raise CreateError(f"{value}: no such file or folder")
-    try:
-        resolved = store.resolve(value)
-    except ModelNotFound as e:
-        embedded = _embedded_gguf(value)
-        if embedded is None:
-            raise CreateError(f"FROM {value}: {e}") from None
-        return _from(store, str(embedded), base_dir, tmp, status)
-    except StoreError as e:
-        raise CreateError(f"FROM {value}: {e}") from None
+    resolved = _named_model(store, value, "FROM")
+    if isinstance(resolved, Path):  # an embedded model's GGUF
+        return _from(store, str(resolved), base_dir, tmp, status)
     # Reuse the model's layers as they are (the same blobs), as Ollama does.
     layers = []
     for layer in resolved.manifest.layers:
@@ -279,18 +273,26 @@ def _draft_gguf(store: Store, value: str, base_dir: Path, tmp: Path, status: Sta
         return path
     if value.startswith((".", "/", "~")) or (os.sep in value and not _is_model_name(value)):
         raise CreateError(f"DRAFT {value}: no such file or folder")
-    try:
-        resolved = store.resolve(value)
-    except ModelNotFound as e:
-        embedded = _embedded_gguf(value)
-        if embedded is None:
-            raise CreateError(f"DRAFT {value}: {e}") from None
-        return embedded
-    except StoreError as e:
-        raise CreateError(f"DRAFT {value}: {e}") from None
+    resolved = _named_model(store, value, "DRAFT")
+    if isinstance(resolved, Path):  # an embedded model's GGUF
+        return resolved
     if resolved.model_path is None:
         raise CreateError(f"DRAFT {value}: model '{value}' has no weights")
     return resolved.model_path
+
+
+def _named_model(store: Store, value: str, label: str):
+    """`value` as a model's name (FROM's or DRAFT's: `label` in errors): the store's model, else
+    the GGUF file of the embedded model of that name."""
+    try:
+        return store.resolve(value)
+    except ModelNotFound as e:
+        embedded = _embedded_gguf(value)
+        if embedded is None:
+            raise CreateError(f"{label} {value}: {e}") from None
+        return Path(embedded)
+    except StoreError as e:
+        raise CreateError(f"{label} {value}: {e}") from None
 
 
 def _check_template(text: str) -> None:
