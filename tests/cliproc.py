@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 
@@ -37,3 +38,18 @@ def run_compare(*argv: str) -> int:
     add_compare_parser(parser.add_subparsers())
     args = parser.parse_args(["compare", *argv])
     return args.func(args)
+
+
+def dead_host() -> str:
+    """host:port where nothing listens (the port was free a moment ago): a command given it as
+    OLLAMA_HOST finds no server and runs in the one it starts in its own process."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{s.getsockname()[1]}"
+
+
+def no_server_note(host: str, what: str) -> str:
+    """The one stderr line a command prints when no server answers at `host` and it runs `what`
+    ("the model", "show on the store", ...) in its own process."""
+    return (f"Warning: could not connect to a pollama server at http://{host}; "
+            f"running {what} in this process (start one with 'pollama serve')\n")

@@ -5,11 +5,10 @@ through a real `pollama serve` on the same store, and say in one stderr line whe
 from __future__ import annotations
 
 import json
-import socket
 
 import pytest
 import transformers  # a dependency of the tests: missing, this fails rather than skips
-from cliproc import assert_one_line_error, pollama
+from cliproc import assert_one_line_error, dead_host, no_server_note, pollama
 from models.tinyhf import bpe_tokenizer, save_tiny
 from realmodels import real_model
 from server.conftest import start_server, stop_server
@@ -38,16 +37,8 @@ of two lines"""
 '''
 
 
-def dead_host() -> str:
-    """host:port where nothing listens (the port was free a moment ago)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{s.getsockname()[1]}"
-
-
 def note(host: str, command: str) -> str:
-    return (f"Warning: could not connect to a pollama server at http://{host}; "
-            f"running {command} on the store in this process (start one with 'pollama serve')\n")
+    return no_server_note(host, f"{command} on the store")
 
 
 @pytest.fixture(scope="module")

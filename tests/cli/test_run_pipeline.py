@@ -11,14 +11,13 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 import psutil
 import pytest
-from cliproc import pollama
+from cliproc import dead_host, no_server_note, pollama
 from realmodels import real_model
 from server.conftest import start_server, stop_server
 from server.test_cli_terminal import QUESTION, THOUGHT_TEMPLATE
@@ -26,16 +25,8 @@ from server.test_cli_terminal import QUESTION, THOUGHT_TEMPLATE
 PROSE = "Why is the sky blue?"
 
 
-def dead_host() -> str:
-    """host:port where nothing listens (the port was free a moment ago)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{s.getsockname()[1]}"
-
-
 def note(host: str) -> str:
-    return (f"Warning: could not connect to a pollama server at http://{host}; "
-            "running the model in this process (start one with 'pollama serve')\n")
+    return no_server_note(host, "the model")
 
 
 @pytest.fixture(scope="module")

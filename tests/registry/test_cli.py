@@ -6,7 +6,7 @@ import argparse
 import io
 import re
 
-from cliproc import pollama
+from cliproc import dead_host, no_server_note, pollama
 
 from pollama.cli.registry import ProgressPrinter, add_registry_parsers
 from pollama.store.store import Store
@@ -24,18 +24,8 @@ def test_parsers():
     assert parse(["push", "a/b"]).insecure is False
 
 
-def dead_host() -> str:
-    """host:port where nothing listens: the commands run in the server they start in their process."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{s.getsockname()[1]}"
-
-
 def note(host: str, command: str) -> str:
-    return (f"Warning: could not connect to a pollama server at http://{host}; "
-            f"running {command} on the store in this process (start one with 'pollama serve')")
+    return no_server_note(host, f"{command} on the store").rstrip("\n")
 
 
 def test_push_then_pull_print_ollamas_lines(registry, smollm2_store, tmp_path):
